@@ -1,0 +1,158 @@
+"""The small ports handlers talk to. Handlers import these, never aiokafka, httpx or pymongo.
+
+Real adapters live beside them in libs/common (kafka.py, mongo.py, tiktok/); in-memory fakes live
+in `reelay_common.testing`, checked against the real ones by the same contract tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel
+
+from reelay_common.messages import PostInfo, StateSource, UploadMode, UploadRequested
+from reelay_common.records import AccountRecord, UploadRecord
+from reelay_common.states import UploadState
+from reelay_common.tiktok.models import (
+    CreatorInfo,
+    FileUploadSourceInfo,
+    InitResult,
+    PublishStatus,
+    SourceInfo,
+)
+
+RateBucket = Literal["init", "status", "creator_info"]
+ProgressCallback = Callable[[int], Awaitable[None]]  # called with the bytes TikTok has confirmed
+
+
+class Publisher(Protocol):
+    """Puts messages on Kafka (JSON, keyed), waiting for the broker's acknowledgement."""
+
+    async def publish(self, topic: str, message: BaseModel, *, key: str) -> None: ...
+
+
+class UploadStore(Protocol):
+    """The `uploads` collection, with guarded forward-only transitions."""
+
+    async def create(self, cmd: UploadRequested, *, source: StateSource) -> tuple[UploadRecord, bool]:
+        """Insert the `accepted` document if absent. Returns (record, created)."""
+        ...
+
+    async def get(self, request_id: str) -> UploadRecord | None: ...
+
+    async def transition(
+        self,
+        request_id: str,
+        target: UploadState,
+        *,
+        source: StateSource,
+        detail: Mapping[str, Any] | None = None,
+        set_fields: Mapping[str, Any] | None = None,
+    ) -> UploadRecord | None:
+        """Move to `target` if that is forward from the current state (atomic, guarded), append
+        the history entry and apply `set_fields`. Returns the new record, or None if the guard
+        refused (already there or beyond)."""
+        ...
+
+    async def checkpoint(
+        self, request_id: str, fields: Mapping[str, Any], *, expect_state: UploadState | None = None
+    ) -> UploadRecord | None:
+        """Set `fields` (publish_id, upload_url, uploaded_bytes...) without a state change.
+        With `expect_state`, only while the document is in that state."""
+        ...
+
+    async def list(
+        self, *, account_id: str | None = None, state: UploadState | None = None, limit: int = 100
+    ) -> list[UploadRecord]: ...
+
+    async def find_by_publish_id(self, publish_id: str) -> UploadRecord | None: ...
+
+    async def claim_due_poll(self, now: datetime, lease_seconds: float) -> UploadRecord | None:
+        """Atomically lease one tracked upload whose `poll_next_at` has come (status-poller)."""
+        ...
+
+    async def schedule_poll(self, request_id: str, next_at: datetime, *, attempts: int) -> None:
+        """Set when to poll next and release the lease."""
+        ...
+
+
+class AccountStore(Protocol):
+    """The `accounts` collection. Tokens go in and out in clear; at rest they are encrypted."""
+
+    async def upsert_tokens(
+        self,
+        account_id: str,
+        *,
+        open_id: str,
+        access_token: str,
+        expires_in: int,
+        refresh_token: str,
+        refresh_expires_in: int,
+        scopes: list[str],
+    ) -> AccountRecord: ...
+
+    async def get(self, account_id: str) -> AccountRecord | None: ...
+
+
+class TokenProvider(Protocol):
+    """Hands out a valid access token for an account, refreshing single-flight when needed."""
+
+    async def access_token(self, account_id: str) -> str: ...
+
+    async def force_refresh(self, account_id: str, stale_token: str) -> str:
+        """The token `stale_token` was refused: refresh (once, across replicas) and return the new one."""
+        ...
+
+
+class RateLimiter(Protocol):
+    """Paces calls per account and bucket, shared by every replica."""
+
+    async def acquire(self, account_id: str, bucket: RateBucket) -> None: ...
+
+
+class VideoReader(Protocol):
+    """A video's bytes, readable as a stream from any offset (to resume after a failure)."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def content_type(self) -> str: ...
+
+    def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
+        """Yield exactly `length` bytes starting at `offset`, in pieces of bounded size."""
+        ...
+
+
+class TikTokApi(Protocol):
+    """TikTok, per account: tokens, pacing, 401-refresh and 429 backoff are handled inside."""
+
+    async def creator_info(self, account_id: str) -> CreatorInfo: ...
+
+    async def init_upload(
+        self,
+        account_id: str,
+        *,
+        mode: UploadMode,
+        post_info: PostInfo | None,
+        source_info: SourceInfo,
+    ) -> InitResult:
+        """video/init (mode 'direct', with post_info) or inbox/video/init (mode 'inbox')."""
+        ...
+
+    async def fetch_status(self, account_id: str, publish_id: str) -> PublishStatus: ...
+
+    async def upload_chunks(
+        self,
+        upload_url: str,
+        plan: FileUploadSourceInfo,
+        reader: VideoReader,
+        *,
+        start_offset: int = 0,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        """PUT every chunk from `start_offset` on, sequentially, streaming, resuming after
+        416/lost responses. Raises UploadUrlExpiredError on 403."""
+        ...

@@ -1,0 +1,73 @@
+"""What Reelay keeps in MongoDB: the `uploads` and `accounts` documents, as typed records."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from reelay_common.messages import PostInfo, StateSource, UploadMode, VideoSource
+from reelay_common.states import UploadState
+
+
+class HistoryEntry(BaseModel):
+    """One transition of an upload: when, by whom, and TikTok's detail (fail_reason, log_id...)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    state: UploadState
+    at: datetime
+    source: StateSource
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class UploadRecord(BaseModel):
+    """The `uploads` document: one per request_id (`_id` = request_id)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    request_id: str = Field(alias="_id")
+    account_id: str
+    mode: UploadMode
+    source: VideoSource
+    post_info: PostInfo | None = None
+    state: UploadState
+    history: list[HistoryEntry] = Field(default_factory=list)
+    created_at: datetime
+    updated_at: datetime
+    # Checkpointed before the first PUT so a redelivery resumes instead of initialising again.
+    publish_id: str | None = None
+    upload_url: str | None = None
+    upload_url_expires_at: datetime | None = None
+    video_size: int | None = None
+    chunk_size: int | None = None
+    total_chunk_count: int | None = None
+    uploaded_bytes: int = 0
+    init_attempts: int = 0
+    post_ids: list[str] = Field(default_factory=list)
+    # Status tracking, owned by the status-poller.
+    poll_next_at: datetime | None = None
+    poll_attempts: int = 0
+    poll_lease_until: datetime | None = None
+    tracking_started_at: datetime | None = None
+
+
+class AccountRecord(BaseModel):
+    """The `accounts` document. Tokens are stored encrypted (`*_enc`), never in clear."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    account_id: str = Field(alias="_id")
+    open_id: str | None = None
+    scopes: list[str] = Field(default_factory=list)
+    access_token_enc: str | None = None
+    access_expires_at: datetime | None = None
+    refresh_token_enc: str | None = None
+    refresh_expires_at: datetime | None = None
+    token_version: int = 0
+    refresh_lock_until: datetime | None = None
+    refresh_lock_owner: str | None = None
+    status: str = "connected"  # connected | revoked | reauth_required
+    created_at: datetime
+    updated_at: datetime

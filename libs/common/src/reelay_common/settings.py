@@ -1,0 +1,64 @@
+"""Typed settings shared by every service. Each service subclasses `CommonSettings` with its own
+env prefix (INGEST_, UPLOADER_, POLLER_); the shared fields keep their unprefixed names."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from reelay_common.messages import (
+    TOPIC_PUBLISH_EVENTS,
+    TOPIC_PUBLISH_STATUS,
+    TOPIC_UPLOAD_REQUESTED,
+)
+
+# Placeholders that work for a laptop and are refused when REELAY_ENV=prod.
+DEV_CLIENT_SECRET = "dev-client-secret"  # noqa: S105  # a documented placeholder, refused in prod
+DEV_TOKEN_KEY = "ZGV2LW9ubHktcmVlbGF5LXRva2VuLWtleS0zMmJ5dGU="  # noqa: S105  # dev Fernet key, refused in prod
+DEV_API_KEY = "dev-api-key"
+
+
+class CommonSettings(BaseSettings):
+    """Settings every service reads. Env var names are given by each field's alias."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    environment: Literal["dev", "prod"] = Field("dev", validation_alias="REELAY_ENV")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", validation_alias="REELAY_LOG_LEVEL"
+    )
+    log_format: Literal["auto", "json", "console"] = Field("auto", validation_alias="REELAY_LOG_FORMAT")
+
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS")
+    topic_partitions: int = Field(6, ge=1, validation_alias="REELAY_TOPIC_PARTITIONS")
+    topic_replication_factor: int = Field(1, ge=1, validation_alias="REELAY_TOPIC_REPLICATION_FACTOR")
+    topic_upload_requested: str = Field(
+        TOPIC_UPLOAD_REQUESTED, validation_alias="REELAY_TOPIC_UPLOAD_REQUESTED"
+    )
+    topic_publish_events: str = Field(TOPIC_PUBLISH_EVENTS, validation_alias="REELAY_TOPIC_PUBLISH_EVENTS")
+    topic_publish_status: str = Field(TOPIC_PUBLISH_STATUS, validation_alias="REELAY_TOPIC_PUBLISH_STATUS")
+
+    mongodb_uri: SecretStr = Field(SecretStr("mongodb://127.0.0.1:27017"), validation_alias="MONGODB_URI")
+    mongodb_database: str = Field("reelay", validation_alias="MONGODB_DATABASE")
+
+    tiktok_api_base_url: str = Field("https://open.tiktokapis.com", validation_alias="TIKTOK_API_BASE_URL")
+    tiktok_client_key: str = Field("dev-client-key", validation_alias="TIKTOK_CLIENT_KEY")
+    tiktok_client_secret: SecretStr = Field(
+        SecretStr(DEV_CLIENT_SECRET), validation_alias="TIKTOK_CLIENT_SECRET"
+    )
+    tiktok_timeout_seconds: float = Field(30.0, gt=0, validation_alias="TIKTOK_TIMEOUT_SECONDS")
+
+    token_encryption_key: SecretStr = Field(
+        SecretStr(DEV_TOKEN_KEY), validation_alias="REELAY_TOKEN_ENCRYPTION_KEY"
+    )
+
+    @model_validator(mode="after")
+    def _no_placeholders_in_prod(self) -> CommonSettings:
+        if self.environment == "prod":
+            if self.tiktok_client_secret.get_secret_value() == DEV_CLIENT_SECRET:
+                raise ValueError("TIKTOK_CLIENT_SECRET must be set in prod (the dev placeholder is refused)")
+            if self.token_encryption_key.get_secret_value() == DEV_TOKEN_KEY:
+                raise ValueError("REELAY_TOKEN_ENCRYPTION_KEY must be set in prod (the dev key is refused)")
+        return self
