@@ -152,7 +152,10 @@ class TikTokApi(Protocol):
         *,
         start_offset: int = 0,
         on_progress: ProgressCallback | None = None,
+        account_id: str | None = None,
+        publish_id: str | None = None,
     ) -> None:
         """PUT every chunk from `start_offset` on, sequentially, streaming, resuming after
-        416/lost responses. Raises UploadUrlExpiredError on 403."""
+        416/lost responses. Raises UploadUrlExpiredError on 403. With `account_id` and
+        `publish_id`, a lost response is resynchronised from status/fetch `uploaded_bytes`."""
         ...
