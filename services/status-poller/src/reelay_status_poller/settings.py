@@ -1,0 +1,39 @@
+"""Typed settings of the status-poller (env prefix `POLLER_`, shared fields unprefixed)."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+from reelay_common.settings import CommonSettings
+
+
+class PollerSettings(CommonSettings):
+    """How the status-poller consumes publish events and paces status/fetch polls."""
+
+    model_config = SettingsConfigDict(env_prefix="POLLER_", extra="ignore", populate_by_name=True)
+
+    consumer_group: str = Field("reelay-status-poller", min_length=1)
+    # Adaptive schedule: the first poll waits min_interval, each next one backoff_factor times
+    # longer, never more than max_interval.
+    min_interval_seconds: float = Field(2.0, gt=0)
+    max_interval_seconds: float = Field(60.0, gt=0)
+    backoff_factor: float = Field(1.5, ge=1.0)
+    # Without a terminal TikTok status this long after tracking started, the upload is `unconfirmed`.
+    give_up_after_seconds: float = Field(7200.0, gt=0)
+    # A published PUBLIC_TO_EVERYONE direct post gets its post ids only after moderation
+    # (about a minute, sometimes hours): keep polling slowly this long to collect them.
+    post_id_watch_seconds: float = Field(600.0, ge=0)
+    # A claimed poll is leased this long; a poll that takes longer is abandoned (see scheduler).
+    lease_seconds: float = Field(30.0, gt=0)
+    scheduler_concurrency: int = Field(4, ge=1, le=256)
+    # How long the scheduler sleeps when nothing is due (it wakes at once on stop).
+    idle_sleep_seconds: float = Field(0.5, gt=0, le=30)
+    ops_host: str = "127.0.0.1"
+    ops_port: int = Field(9102, ge=0, le=65535)
+    shutdown_grace_seconds: float = Field(20.0, ge=0)
+
+    @model_validator(mode="after")
+    def _intervals_ordered(self) -> PollerSettings:
+        if self.min_interval_seconds > self.max_interval_seconds:
+            raise ValueError("POLLER_MIN_INTERVAL_SECONDS must not exceed POLLER_MAX_INTERVAL_SECONDS")
+        return self
