@@ -1,0 +1,493 @@
+"""What the status-poller decides: publish events start or settle tracking, polls map TikTok's
+status onto the upload's state and schedule the next poll.
+
+Pure logic against ports (UploadStore, a StateRecorder, TikTokApi, a clock): no Kafka, HTTP or
+Mongo here. Transitions go through the recorder, whose guarded update refuses to move a document
+backwards, so a late or duplicate event or poll result changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from reelay_common.errors import (
+    InvalidInputError,
+    PermanentError,
+    RateLimitedError,
+    RetryableError,
+    TikTokRejectedError,
+    TransientTikTokError,
+)
+from reelay_common.logging import get_logger
+from reelay_common.messages import StateSource, TikTokWebhookReceived, VideoUploaded
+from reelay_common.ports import TikTokApi, UploadStore
+from reelay_common.records import UploadRecord
+from reelay_common.states import UploadState
+from reelay_common.tiktok.models import PublishStatus
+
+log = get_logger(__name__)
+
+EVENT_COMPLETE = "post.publish.complete"
+EVENT_INBOX_DELIVERED = "post.publish.inbox_delivered"
+EVENT_FAILED = "post.publish.failed"
+EVENT_PUBLICLY_AVAILABLE = "post.publish.publicly_available"
+EVENT_NO_LONGER_PUBLIC = "post.publish.no_longer_publicaly_available"  # misspelled by TikTok
+EVENT_AUTHORIZATION_REMOVED = "authorization.removed"
+
+# TikTok's answer to a publish it does not know: it will never become a post.
+CODE_INVALID_PUBLISH_ID = "invalid_publish_id"
+
+
+class Recorder(Protocol):
+    """The part of `reelay_common.recorder.StateRecorder` the poller uses."""
+
+    async def record(
+        self,
+        request_id: str,
+        target: UploadState,
+        *,
+        source: StateSource,
+        detail: Mapping[str, Any] | None = None,
+        set_fields: Mapping[str, Any] | None = None,
+    ) -> UploadRecord | None: ...
+
+    async def announce(self, record: UploadRecord, *, source: StateSource) -> None: ...
+
+
+@dataclass(frozen=True)
+class PollPolicy:
+    """The adaptive schedule (seconds); see PollerSettings for what each knob means."""
+
+    min_interval: float = 2.0
+    max_interval: float = 60.0
+    backoff_factor: float = 1.5
+    give_up_after: float = 7200.0
+    post_id_watch: float = 600.0
+    # One status/fetch (pacing wait included) is abandoned after this long and retried later,
+    # so a poll always ends well inside its lease and no other replica takes it over meanwhile.
+    fetch_timeout: float = 20.0
+
+    def interval(self, attempts: int) -> float:
+        """Seconds to wait after the `attempts`-th poll (0-based): grows geometrically, capped."""
+        # min() before the power would overflow floats after ~1700 attempts; cap the exponent.
+        exponent = min(max(attempts, 0), 200)
+        return min(self.max_interval, self.min_interval * self.backoff_factor**exponent)
+
+
+@dataclass(frozen=True)
+class PollerDeps:
+    """Everything the handlers need, built by the composition root."""
+
+    store: UploadStore
+    recorder: Recorder
+    tiktok: TikTokApi
+    policy: PollPolicy
+    clock: Callable[[], datetime]
+
+
+class PollOutcome(enum.StrEnum):
+    """What one poll did (for logs and metrics)."""
+
+    PROGRESSED = "progressed"  # state moved (e.g. uploaded -> processing), still tracking
+    SETTLED = "settled"  # reached a terminal state
+    WAITING = "waiting"  # no news, polled again later
+    POST_IDS = "post_ids"  # a published post's ids were collected (or still awaited)
+    RETRY = "retry"  # TikTok or our pacing said not now; no state change
+    GAVE_UP = "gave_up"  # no terminal status in time: unconfirmed
+    STOPPED = "stopped"  # nothing left to learn: tracking ended without calling TikTok
+
+
+# ---------------------------------------------------------------------------------------------
+# Publish events (Kafka `reelay.publish.events`)
+
+
+async def handle_publish_event(event: VideoUploaded | TikTokWebhookReceived, deps: PollerDeps) -> None:
+    """Apply one publish event: start tracking an uploaded video, or apply a TikTok webhook."""
+    if isinstance(event, VideoUploaded):
+        await start_tracking(event, deps)
+    else:
+        await apply_webhook(event, deps)
+
+
+async def start_tracking(event: VideoUploaded, deps: PollerDeps) -> None:
+    """Make the upload due for polling now; idempotent on redelivery, a no-op once terminal."""
+    bound = log.bind(request_id=event.request_id, account_id=event.account_id, publish_id=event.publish_id)
+    # A checkpoint guarded by the state just read; if the state moved meanwhile, read again.
+    for _ in range(3):
+        record = await deps.store.get(event.request_id)
+        if record is None:
+            raise InvalidInputError(
+                f"no upload {event.request_id!r} for this VideoUploaded event", code="unknown_request"
+            )
+        if record.account_id != event.account_id:
+            raise InvalidInputError(
+                f"upload {event.request_id!r} belongs to another account than the event says",
+                code="account_mismatch",
+            )
+        if record.publish_id is not None and record.publish_id != event.publish_id:
+            # The uploader initialised again after this publish (its upload_url expired):
+            # the event speaks of a publish that will never become a post.
+            bound.info("stale_video_uploaded_skipped", current_publish_id=record.publish_id)
+            return
+        if record.state.is_terminal:
+            bound.info("tracking_not_needed", state=record.state.value)
+            return
+        if record.tracking_started_at is not None and record.poll_next_at is not None:
+            bound.info("tracking_already_started", state=record.state.value)
+            return
+        now = deps.clock()
+        fields: dict[str, Any] = {
+            "publish_id": event.publish_id,
+            "poll_next_at": now,
+            "poll_lease_until": None,
+        }
+        if record.tracking_started_at is None:
+            fields["tracking_started_at"] = now
+            fields["poll_attempts"] = 0
+        updated = await deps.store.checkpoint(event.request_id, fields, expect_state=record.state)
+        if updated is not None:
+            bound.info("tracking_started", state=updated.state.value)
+            return
+    # Three state changes while we looked: whoever is moving it also tracks it.
+    bound.warning("tracking_start_contended")
+
+
+async def apply_webhook(event: TikTokWebhookReceived, deps: PollerDeps) -> None:
+    """Apply a verified TikTok webhook to the upload it names (forward-only)."""
+    bound = log.bind(webhook_event=event.event, publish_id=event.publish_id, account_id=event.account_id)
+    if event.event == EVENT_AUTHORIZATION_REMOVED:
+        # Account handling belongs to the accounts side; the poller only notes it.
+        bound.warning("authorization_removed_seen", reason=event.reason, user_openid=event.user_openid)
+        return
+    if event.publish_id is None:
+        bound.warning("webhook_without_publish_id_skipped")
+        return
+    record = await deps.store.find_by_publish_id(event.publish_id)
+    if record is None:
+        # Another system may post through the same TikTok app; its publishes are not ours.
+        bound.info("webhook_for_unknown_publish_skipped")
+        return
+    bound = bound.bind(request_id=record.request_id, account_id=record.account_id)
+    detail: dict[str, Any] = {"webhook_event": event.event, "create_time": event.create_time}
+    if event.publish_type is not None:
+        detail["publish_type"] = event.publish_type
+
+    if event.event == EVENT_COMPLETE:
+        if record.mode == "inbox":
+            # For an inbox upload this only means the user posted the draft; its success is
+            # inbox_delivered (reached now if the inbox_delivered news was missed).
+            await _record_terminal(
+                record, UploadState.INBOX_DELIVERED, "webhook", {**detail, "user_posted_draft": True}, deps
+            )
+            await _note_fact(record, {"user_posted_draft_at": deps.clock()}, deps)
+            bound.info("inbox_draft_posted")
+        else:
+            await _record_terminal(record, UploadState.PUBLISHED, "webhook", detail, deps)
+    elif event.event == EVENT_INBOX_DELIVERED:
+        await _record_terminal(record, UploadState.INBOX_DELIVERED, "webhook", detail, deps)
+    elif event.event == EVENT_FAILED:
+        if event.reason is not None:
+            detail["fail_reason"] = event.reason
+        await _record_terminal(record, UploadState.FAILED, "webhook", detail, deps)
+    elif event.event == EVENT_PUBLICLY_AVAILABLE:
+        if event.post_id is None:
+            bound.warning("publicly_available_without_post_id")
+            return
+        await _add_post_ids(record, [event.post_id], "webhook", deps)
+    elif event.event == EVENT_NO_LONGER_PUBLIC:
+        # A fact about the post, not a state of the upload: note it, change nothing else.
+        bound.info("post_no_longer_public", post_id=event.post_id)
+        await _note_fact(
+            record, {"no_longer_public_at": deps.clock(), "no_longer_public_post_id": event.post_id}, deps
+        )
+    else:
+        bound.info("webhook_event_ignored")
+
+
+# ---------------------------------------------------------------------------------------------
+# Polls (driven by the scheduler on leased documents)
+
+
+async def poll_once(record: UploadRecord, deps: PollerDeps) -> PollOutcome:
+    """Poll TikTok once for a leased upload, record what changed and schedule (or end) tracking."""
+    bound = log.bind(request_id=record.request_id, account_id=record.account_id, publish_id=record.publish_id)
+    now = deps.clock()
+
+    if record.state.is_terminal and not _wants_post_ids(record, now, deps.policy):
+        await _stop_tracking(record.request_id, deps)
+        bound.info("tracking_stopped", state=record.state.value)
+        return PollOutcome.STOPPED
+    if record.publish_id is None:
+        # Tracking is only started with a publish_id; a document without one cannot be polled.
+        await _stop_tracking(record.request_id, deps)
+        bound.error("tracking_without_publish_id_stopped", state=record.state.value)
+        return PollOutcome.STOPPED
+
+    try:
+        async with asyncio.timeout(deps.policy.fetch_timeout):
+            status = await deps.tiktok.fetch_status(record.account_id, record.publish_id)
+    except TimeoutError:
+        timeout = TransientTikTokError(
+            f"status/fetch took longer than {deps.policy.fetch_timeout:g} s", code="poll_timeout"
+        )
+        return await _after_retryable(record, timeout, deps)
+    except RetryableError as exc:
+        return await _after_retryable(record, exc, deps)
+    except PermanentError as exc:
+        return await _after_permanent(record, exc, deps)
+
+    if record.state.is_terminal:
+        # Only here to collect the post ids of a published public post.
+        return await _collect_post_ids(record, status, deps)
+
+    updated = await _apply_status(record, status, deps)
+    current = updated or await deps.store.get(record.request_id) or record
+    if current.state is UploadState.PUBLISHED and status.publicaly_available_post_id:
+        # Published meanwhile by a webhook: the ids this poll brought are still news.
+        current = await _add_post_ids(current, status.publicaly_available_post_id, "poller", deps) or current
+    now = deps.clock()
+    if current.state.is_terminal:
+        if _wants_post_ids(current, now, deps.policy):
+            await _schedule(current, now + timedelta(seconds=deps.policy.max_interval), deps)
+        else:
+            await _stop_tracking(current.request_id, deps, attempts=current.poll_attempts + 1)
+        bound.info("publish_settled", state=current.state.value, tiktok_status=status.status)
+        return PollOutcome.SETTLED
+    if _give_up_due(current, now, deps.policy):
+        return await _give_up(current, {"last_tiktok_status": status.status}, deps)
+    await _schedule(current, _next_poll_at(current, now, deps.policy), deps)
+    bound.debug("publish_still_processing", state=current.state.value, tiktok_status=status.status)
+    return PollOutcome.PROGRESSED if updated is not None else PollOutcome.WAITING
+
+
+async def _apply_status(record: UploadRecord, status: PublishStatus, deps: PollerDeps) -> UploadRecord | None:
+    detail: dict[str, Any] = {"tiktok_status": status.status}
+    if status.status in ("PROCESSING_UPLOAD", "PROCESSING_DOWNLOAD"):
+        if status.uploaded_bytes is not None:
+            detail["uploaded_bytes"] = status.uploaded_bytes
+        if status.downloaded_bytes is not None:
+            detail["downloaded_bytes"] = status.downloaded_bytes
+        return await deps.recorder.record(
+            record.request_id, UploadState.PROCESSING, source="poller", detail=detail
+        )
+    if status.status == "PUBLISH_COMPLETE":
+        if record.mode == "inbox":
+            # The user posted the draft: the inbox upload's success is inbox_delivered.
+            moved = await deps.recorder.record(
+                record.request_id,
+                UploadState.INBOX_DELIVERED,
+                source="poller",
+                detail={**detail, "user_posted_draft": True},
+            )
+            await _note_fact(record, {"user_posted_draft_at": deps.clock()}, deps)
+            return moved
+        set_fields: dict[str, Any] = {}
+        merged = _merge(record.post_ids, status.publicaly_available_post_id)
+        if merged != record.post_ids:
+            set_fields["post_ids"] = merged
+        return await deps.recorder.record(
+            record.request_id, UploadState.PUBLISHED, source="poller", detail=detail, set_fields=set_fields
+        )
+    if status.status == "SEND_TO_USER_INBOX":
+        return await deps.recorder.record(
+            record.request_id, UploadState.INBOX_DELIVERED, source="poller", detail=detail
+        )
+    # FAILED
+    if status.fail_reason is not None:
+        detail["fail_reason"] = status.fail_reason
+    return await deps.recorder.record(record.request_id, UploadState.FAILED, source="poller", detail=detail)
+
+
+async def _collect_post_ids(record: UploadRecord, status: PublishStatus, deps: PollerDeps) -> PollOutcome:
+    current = record
+    if status.publicaly_available_post_id:
+        current = await _add_post_ids(record, status.publicaly_available_post_id, "poller", deps) or record
+    now = deps.clock()
+    if _wants_post_ids(current, now, deps.policy):
+        await _schedule(current, now + timedelta(seconds=deps.policy.max_interval), deps)
+    else:
+        await _stop_tracking(current.request_id, deps, attempts=current.poll_attempts + 1)
+        log.info(
+            "post_id_watch_ended",
+            request_id=record.request_id,
+            publish_id=record.publish_id,
+            post_ids=current.post_ids,
+        )
+    return PollOutcome.POST_IDS
+
+
+async def _after_retryable(record: UploadRecord, exc: RetryableError, deps: PollerDeps) -> PollOutcome:
+    now = deps.clock()
+    bound = log.bind(request_id=record.request_id, account_id=record.account_id, publish_id=record.publish_id)
+    if not record.state.is_terminal and _give_up_due(record, now, deps.policy):
+        return await _give_up(record, {"last_error": exc.detail()}, deps)
+    next_at = _next_poll_at(record, now, deps.policy)
+    if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+        next_at = max(next_at, now + timedelta(seconds=exc.retry_after))
+    await _schedule(record, next_at, deps)
+    bound.warning("status_poll_deferred", **exc.detail(), next_poll_at=next_at.isoformat())
+    return PollOutcome.RETRY
+
+
+async def _after_permanent(record: UploadRecord, exc: PermanentError, deps: PollerDeps) -> PollOutcome:
+    bound = log.bind(request_id=record.request_id, account_id=record.account_id, publish_id=record.publish_id)
+    if record.state.is_terminal:
+        # Only the post-id watch was left; it cannot go on.
+        await _stop_tracking(record.request_id, deps, attempts=record.poll_attempts + 1)
+        bound.warning("post_id_watch_aborted", **exc.detail())
+        return PollOutcome.STOPPED
+    detail: dict[str, Any] = {"reason": "status_fetch_refused", **exc.detail()}
+    if isinstance(exc, TikTokRejectedError) and exc.code == CODE_INVALID_PUBLISH_ID:
+        # TikTok says this publish does not exist: it will never become a post.
+        target = UploadState.FAILED
+    else:
+        # Auth gone, or the token may not see this publish: the post may exist, we cannot tell.
+        target = UploadState.UNCONFIRMED
+    await deps.recorder.record(record.request_id, target, source="poller", detail=detail)
+    await _stop_tracking(record.request_id, deps, attempts=record.poll_attempts + 1)
+    bound.warning("status_poll_refused", state=target.value, **exc.detail())
+    return PollOutcome.SETTLED
+
+
+async def _give_up(record: UploadRecord, extra: Mapping[str, Any], deps: PollerDeps) -> PollOutcome:
+    detail = {
+        "reason": "no_terminal_status",
+        "message": (
+            f"TikTok reported no terminal status within {deps.policy.give_up_after:g} s of tracking; "
+            "the outcome is unknown"
+        ),
+        "give_up_after_seconds": deps.policy.give_up_after,
+        **extra,
+    }
+    await deps.recorder.record(record.request_id, UploadState.UNCONFIRMED, source="poller", detail=detail)
+    await _stop_tracking(record.request_id, deps, attempts=record.poll_attempts + 1)
+    log.warning(
+        "publish_unconfirmed",
+        request_id=record.request_id,
+        account_id=record.account_id,
+        publish_id=record.publish_id,
+    )
+    return PollOutcome.GAVE_UP
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+async def _record_terminal(
+    record: UploadRecord,
+    target: UploadState,
+    source: StateSource,
+    detail: Mapping[str, Any],
+    deps: PollerDeps,
+) -> UploadRecord | None:
+    """Record a terminal outcome; end tracking with it unless post ids are still to be collected."""
+    set_fields: dict[str, Any] = {}
+    will_watch = (
+        target is UploadState.PUBLISHED and _is_public_direct(record) and not record.post_ids
+    ) and deps.policy.post_id_watch > 0
+    if not will_watch:
+        set_fields = {"poll_next_at": None, "poll_lease_until": None}
+    elif record.poll_next_at is None:
+        # Not tracked any more (e.g. it was unconfirmed): track again to collect the post ids.
+        set_fields = {"poll_next_at": deps.clock()}
+    moved = await deps.recorder.record(
+        record.request_id, target, source=source, detail=detail, set_fields=set_fields
+    )
+    log.info(
+        "webhook_applied" if moved is not None else "webhook_changed_nothing",
+        request_id=record.request_id,
+        publish_id=record.publish_id,
+        state=(moved.state if moved is not None else record.state).value,
+        target=target.value,
+    )
+    return moved
+
+
+async def _add_post_ids(
+    record: UploadRecord, post_ids: Sequence[str], source: StateSource, deps: PollerDeps
+) -> UploadRecord | None:
+    """Merge new post ids into the document and announce them; returns None if none were new."""
+    # The store has no add-to-set: re-read and write the merged list. Two writers racing here
+    # (a webhook and a poll) could drop one id; the next poll or webhook redelivery restores it.
+    current = await deps.store.get(record.request_id) or record
+    merged = _merge(current.post_ids, post_ids)
+    if merged == current.post_ids:
+        return None
+    updated = await deps.store.checkpoint(record.request_id, {"post_ids": merged})
+    if updated is None:
+        return None
+    await deps.recorder.announce(updated, source=source)
+    log.info(
+        "post_ids_collected",
+        request_id=record.request_id,
+        account_id=record.account_id,
+        publish_id=record.publish_id,
+        post_ids=merged,
+    )
+    return updated
+
+
+async def _note_fact(record: UploadRecord, fields: Mapping[str, Any], deps: PollerDeps) -> None:
+    await deps.store.checkpoint(record.request_id, fields)
+
+
+async def _schedule(record: UploadRecord, next_at: datetime, deps: PollerDeps) -> None:
+    await deps.store.schedule_poll(record.request_id, next_at, attempts=record.poll_attempts + 1)
+
+
+async def _stop_tracking(request_id: str, deps: PollerDeps, *, attempts: int | None = None) -> None:
+    """End tracking; `attempts` counts the status/fetch calls made, when this poll made one."""
+    fields: dict[str, Any] = {"poll_next_at": None, "poll_lease_until": None}
+    if attempts is not None:
+        fields["poll_attempts"] = attempts
+    await deps.store.checkpoint(request_id, fields)
+
+
+def _merge(existing: Sequence[str], new: Sequence[str]) -> list[str]:
+    out = list(existing)
+    for post_id in new:
+        if post_id not in out:
+            out.append(post_id)
+    return out
+
+
+def _is_public_direct(record: UploadRecord) -> bool:
+    return (
+        record.mode == "direct"
+        and record.post_info is not None
+        and record.post_info.privacy_level == "PUBLIC_TO_EVERYONE"
+    )
+
+
+def _published_at(record: UploadRecord) -> datetime | None:
+    for entry in reversed(record.history):
+        if entry.state is UploadState.PUBLISHED:
+            return entry.at
+    return None
+
+
+def _wants_post_ids(record: UploadRecord, now: datetime, policy: PollPolicy) -> bool:
+    """A published public direct post without post ids, still inside the watch window."""
+    if record.state is not UploadState.PUBLISHED or record.post_ids or not _is_public_direct(record):
+        return False
+    published_at = _published_at(record) or record.updated_at
+    return now < published_at + timedelta(seconds=policy.post_id_watch)
+
+
+def _give_up_due(record: UploadRecord, now: datetime, policy: PollPolicy) -> bool:
+    started = record.tracking_started_at or record.created_at
+    return now >= started + timedelta(seconds=policy.give_up_after)
+
+
+def _next_poll_at(record: UploadRecord, now: datetime, policy: PollPolicy) -> datetime:
+    """The adaptive next poll, never later than the give-up deadline (so giving up is on time)."""
+    next_at = now + timedelta(seconds=policy.interval(record.poll_attempts))
+    started = record.tracking_started_at or record.created_at
+    deadline = started + timedelta(seconds=policy.give_up_after)
+    return min(next_at, deadline) if deadline > now else next_at
