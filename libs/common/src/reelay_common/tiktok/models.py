@@ -89,3 +89,11 @@ class TokenGrant(_TikTokModel):
     def scopes(self) -> list[str]:
         """`scope` is comma-separated and may be a subset of what was asked."""
         return [s for s in self.scope.split(",") if s]
+
+
+class PutResult(_TikTokModel):
+    """What one chunk PUT (§3.1) answered: 201 (all received) or 206 (send the next), and the
+    server's progress in bytes read from the response's `Content-Range`, if it sent one."""
+
+    status_code: int
+    server_progress: int | None = None
