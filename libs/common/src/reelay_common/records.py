@@ -51,6 +51,9 @@ class UploadRecord(BaseModel):
     poll_attempts: int = 0
     poll_lease_until: datetime | None = None
     tracking_started_at: datetime | None = None
+    # The last state announced on reelay.publish.status (StateRecorder): lets a retry re-announce a
+    # transition whose announcement failed after the guarded update had already applied it.
+    announced_state: UploadState | None = None
 
 
 class AccountRecord(BaseModel):

@@ -1,0 +1,406 @@
+"""MongoDB for every service: the client, indexes, the `uploads` store and GridFS blobs.
+
+Everything here works on FerretDB v1 too: single-document atomic updates with a guard
+(`find_one_and_update`), no transactions, no partial/sparse/TTL indexes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from typing import Any
+
+from bson import ObjectId
+from bson.errors import InvalidId
+from gridfs import AsyncGridFSBucket
+from gridfs.errors import NoFile
+from pydantic import BaseModel
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from reelay_common.errors import InvalidInputError, RetryableError
+from reelay_common.logging import get_logger
+from reelay_common.messages import (
+    ALLOWED_CONTENT_TYPES,
+    MAX_VIDEO_BYTES,
+    BlobSource,
+    StateSource,
+    UploadRequested,
+)
+from reelay_common.records import UploadRecord
+from reelay_common.states import TERMINAL_STATES, UploadState, states_before
+
+log = get_logger("reelay_common.mongo")
+
+Document = dict[str, Any]
+
+# Fields a caller may not set through transition/checkpoint: they are the store's own bookkeeping.
+_PROTECTED_FIELDS = frozenset({"_id", "request_id", "state", "history", "created_at", "updated_at"})
+_SETTABLE_FIELDS = (
+    frozenset((info.alias or name) for name, info in UploadRecord.model_fields.items() if info.alias != "_id")
+    - _PROTECTED_FIELDS
+)
+
+GRIDFS_CHUNK_BYTES = 1024 * 1024  # one GridFS chunk; also the largest piece a reader yields
+
+
+def connect(uri: str, *, app_name: str) -> AsyncMongoClient[dict[str, Any]]:
+    """A client that returns timezone-aware UTC datetimes (connects lazily)."""
+    return AsyncMongoClient(
+        uri,
+        appname=app_name,
+        tz_aware=True,
+        tzinfo=UTC,
+        serverSelectionTimeoutMS=10_000,
+    )
+
+
+async def ensure_indexes(db: AsyncDatabase[dict[str, Any]]) -> None:
+    """Create the indexes of `uploads` (idempotent; only index kinds FerretDB v1 has)."""
+    uploads = db["uploads"]
+    with _translated("create indexes"):
+        await uploads.create_index([("account_id", ASCENDING), ("state", ASCENDING)], name="account_state")
+        await uploads.create_index(
+            [("account_id", ASCENDING), ("created_at", DESCENDING)], name="account_created"
+        )
+        await uploads.create_index([("state", ASCENDING), ("created_at", DESCENDING)], name="state_created")
+        await uploads.create_index([("publish_id", ASCENDING)], name="publish_id")
+        await uploads.create_index([("poll_next_at", ASCENDING)], name="poll_next_at")
+
+
+async def ping(client: AsyncMongoClient[dict[str, Any]]) -> bool:
+    """True when the server answers a ping within a few seconds."""
+    try:
+        await asyncio.wait_for(client.admin.command("ping"), timeout=5)
+    except (PyMongoError, TimeoutError):
+        return False
+    return True
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    # Connection loss, elections, timeouts: the consumer loop retries RetryableError.
+    try:
+        yield
+    except DuplicateKeyError:
+        raise
+    except PyMongoError as exc:
+        raise RetryableError(f"MongoDB could not {what}: {type(exc).__name__}") from exc
+
+
+def to_bson(value: Any) -> Any:
+    """Plain BSON-storable values: pydantic models as JSON-ish dicts, enums by value, tz-aware UTC."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are ambiguous; pass timezone-aware UTC")
+        return value.astimezone(UTC)
+    if isinstance(value, Mapping):
+        return {str(k): to_bson(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_bson(v) for v in value]
+    return value
+
+
+def check_settable(fields: Mapping[str, Any]) -> None:
+    """Refuse fields the store owns or does not know, with a clear error (nothing is written)."""
+    protected = sorted(set(fields) & _PROTECTED_FIELDS)
+    if protected:
+        raise ValueError(f"these upload fields are managed by the store and cannot be set: {protected}")
+    unknown = sorted(set(fields) - _SETTABLE_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown upload fields: {unknown} (add them to UploadRecord first)")
+
+
+def new_upload_document(cmd: UploadRequested, *, source: StateSource, now: datetime) -> Document:
+    """The `accepted` document of a new upload (shared by the Mongo store and its in-memory fake)."""
+    return {
+        "_id": cmd.request_id,
+        "account_id": cmd.account_id,
+        "mode": cmd.mode,
+        "source": to_bson(cmd.source),
+        "post_info": to_bson(cmd.post_info) if cmd.post_info is not None else None,
+        "requested_at": to_bson(cmd.requested_at),
+        "state": UploadState.ACCEPTED.value,
+        "history": [{"state": UploadState.ACCEPTED.value, "at": now, "source": source, "detail": {}}],
+        "created_at": now,
+        "updated_at": now,
+        "publish_id": None,
+        "upload_url": None,
+        "upload_url_expires_at": None,
+        "video_size": None,
+        "chunk_size": None,
+        "total_chunk_count": None,
+        "uploaded_bytes": 0,
+        "init_attempts": 0,
+        "post_ids": [],
+        "poll_next_at": None,
+        "poll_attempts": 0,
+        "poll_lease_until": None,
+        "tracking_started_at": None,
+        "announced_state": None,
+    }
+
+
+def bson_now() -> datetime:
+    """Now, at the millisecond precision BSON dates keep (so a written value reads back equal)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+class MongoUploadStore:
+    """The `uploads` collection (ports.UploadStore): guarded, forward-only, single-document updates."""
+
+    def __init__(self, db: AsyncDatabase[dict[str, Any]], *, collection: str = "uploads") -> None:
+        self._uploads = db[collection]
+
+    async def create(self, cmd: UploadRequested, *, source: StateSource) -> tuple[UploadRecord, bool]:
+        """Insert the `accepted` document unless one exists for this request_id; (record, created)."""
+        doc = new_upload_document(cmd, source=source, now=bson_now())
+        try:
+            with _translated("insert an upload"):
+                await self._uploads.insert_one(doc)
+        except DuplicateKeyError:
+            existing = await self.get(cmd.request_id)
+            if existing is None:  # deleted in between: not something Reelay does, but be honest
+                raise RetryableError(f"upload {cmd.request_id} vanished during create") from None
+            return existing, False
+        return UploadRecord.model_validate(doc), True
+
+    async def get(self, request_id: str) -> UploadRecord | None:
+        """The upload, or None."""
+        with _translated("read an upload"):
+            doc = await self._uploads.find_one({"_id": request_id})
+        return UploadRecord.model_validate(doc) if doc is not None else None
+
+    async def transition(
+        self,
+        request_id: str,
+        target: UploadState,
+        *,
+        source: StateSource,
+        detail: Mapping[str, Any] | None = None,
+        set_fields: Mapping[str, Any] | None = None,
+    ) -> UploadRecord | None:
+        """Move forward to `target` in one guarded atomic update; None if already there or beyond."""
+        fields = dict(set_fields or {})
+        check_settable(fields)
+        now = bson_now()
+        entry = {"state": target.value, "at": now, "source": source, "detail": to_bson(dict(detail or {}))}
+        with _translated("transition an upload"):
+            doc = await self._uploads.find_one_and_update(
+                {"_id": request_id, "state": {"$in": [s.value for s in states_before(target)]}},
+                {
+                    "$set": {**to_bson(fields), "state": target.value, "updated_at": now},
+                    "$push": {"history": entry},
+                },
+                return_document=ReturnDocument.AFTER,
+            )
+        return UploadRecord.model_validate(doc) if doc is not None else None
+
+    async def checkpoint(
+        self, request_id: str, fields: Mapping[str, Any], *, expect_state: UploadState | None = None
+    ) -> UploadRecord | None:
+        """Set `fields` without a state change (only while in `expect_state`, when given)."""
+        check_settable(fields)
+        query: Document = {"_id": request_id}
+        if expect_state is not None:
+            query["state"] = expect_state.value
+        with _translated("checkpoint an upload"):
+            doc = await self._uploads.find_one_and_update(
+                query,
+                {"$set": {**to_bson(dict(fields)), "updated_at": bson_now()}},
+                return_document=ReturnDocument.AFTER,
+            )
+        return UploadRecord.model_validate(doc) if doc is not None else None
+
+    async def list(
+        self, *, account_id: str | None = None, state: UploadState | None = None, limit: int = 100
+    ) -> builtins.list[UploadRecord]:
+        """Uploads, newest first, optionally for one account and/or in one state."""
+        if not 1 <= limit <= 1000:
+            raise ValueError("limit must be between 1 and 1000")
+        query: Document = {}
+        if account_id is not None:
+            query["account_id"] = account_id
+        if state is not None:
+            query["state"] = state.value
+        with _translated("list uploads"):
+            docs = (
+                await self._uploads.find(query)
+                .sort([("created_at", DESCENDING), ("_id", ASCENDING)])
+                .to_list(limit)
+            )
+        return [UploadRecord.model_validate(d) for d in docs]
+
+    async def find_by_publish_id(self, publish_id: str) -> UploadRecord | None:
+        """The upload TikTok knows as `publish_id`, or None."""
+        with _translated("find an upload by publish_id"):
+            doc = await self._uploads.find_one({"publish_id": publish_id})
+        return UploadRecord.model_validate(doc) if doc is not None else None
+
+    async def claim_due_poll(self, now: datetime, lease_seconds: float) -> UploadRecord | None:
+        """Lease one non-terminal upload whose poll is due and not leased by another replica."""
+        now = to_bson(now)
+        with _translated("claim a due poll"):
+            doc = await self._uploads.find_one_and_update(
+                {
+                    "poll_next_at": {"$lte": now},
+                    "state": {"$nin": [s.value for s in TERMINAL_STATES]},
+                    "$or": [{"poll_lease_until": None}, {"poll_lease_until": {"$lt": now}}],
+                },
+                {"$set": {"poll_lease_until": now + timedelta(seconds=lease_seconds)}},
+                sort=[("poll_next_at", ASCENDING)],
+                return_document=ReturnDocument.AFTER,
+            )
+        return UploadRecord.model_validate(doc) if doc is not None else None
+
+    async def schedule_poll(self, request_id: str, next_at: datetime, *, attempts: int) -> None:
+        """Set when to poll next and release the lease."""
+        with _translated("schedule a poll"):
+            await self._uploads.update_one(
+                {"_id": request_id},
+                {
+                    "$set": {
+                        "poll_next_at": to_bson(next_at),
+                        "poll_attempts": attempts,
+                        "poll_lease_until": None,
+                    }
+                },
+            )
+
+
+class GridFSVideoReader:
+    """A GridFS file read as a VideoReader: any offset, bounded pieces, nothing held in memory."""
+
+    def __init__(self, bucket: AsyncGridFSBucket, file_id: ObjectId, *, size: int, content_type: str) -> None:
+        self._bucket = bucket
+        self._file_id = file_id
+        self._size = size
+        self._content_type = content_type
+
+    @property
+    def size(self) -> int:
+        """Bytes in the file."""
+        return self._size
+
+    @property
+    def content_type(self) -> str:
+        """The media type recorded at save time."""
+        return self._content_type
+
+    async def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
+        """Yield exactly `length` bytes from `offset`, at most one GridFS chunk at a time."""
+        if offset < 0 or length < 0 or offset + length > self._size:
+            raise ValueError(f"range [{offset}, {offset + length}) is outside a file of {self._size} bytes")
+        if length == 0:
+            return
+        with _translated("open a GridFS file"):
+            try:
+                grid_out = await self._bucket.open_download_stream(self._file_id)
+            except NoFile as exc:
+                raise InvalidInputError(
+                    f"blob {self._file_id} no longer exists", code="blob_not_found"
+                ) from exc
+        try:
+            await grid_out.seek(offset)
+            remaining = length
+            while remaining > 0:
+                with _translated("read a GridFS chunk"):
+                    piece = await grid_out.read(min(GRIDFS_CHUNK_BYTES, remaining))
+                if not piece:
+                    raise RetryableError(f"blob {self._file_id} ended {remaining} bytes early")
+                remaining -= len(piece)
+                yield piece
+        finally:
+            await grid_out.close()
+
+
+class GridFSBlobStore:
+    """Uploaded video files in GridFS (bucket "videos"), written as a stream with a size cap."""
+
+    def __init__(self, db: AsyncDatabase[dict[str, Any]], *, bucket_name: str = "videos") -> None:
+        self._bucket = AsyncGridFSBucket(db, bucket_name=bucket_name, chunk_size_bytes=GRIDFS_CHUNK_BYTES)
+
+    async def save(
+        self, chunks: AsyncIterable[bytes], *, filename: str | None, content_type: str, max_bytes: int
+    ) -> BlobSource:
+        """Stream `chunks` into a new file; over `max_bytes`: InvalidInputError "too_large", nothing kept."""
+        if content_type not in ALLOWED_CONTENT_TYPES:
+            raise InvalidInputError(
+                f"unsupported media type {content_type!r}; use one of {', '.join(ALLOWED_CONTENT_TYPES)}",
+                code="unsupported_media_type",
+            )
+        limit = min(max_bytes, MAX_VIDEO_BYTES)
+        with _translated("open a GridFS upload"):
+            grid_in = self._bucket.open_upload_stream(
+                filename or "upload", metadata={"content_type": content_type}
+            )
+        total = 0
+        try:
+            async for piece in chunks:
+                total += len(piece)
+                if total > limit:
+                    raise InvalidInputError(
+                        f"the video is larger than the limit of {limit} bytes", code="too_large"
+                    )
+                with _translated("write a GridFS chunk"):
+                    await grid_in.write(piece)
+            if total == 0:
+                raise InvalidInputError("the video is empty", code="empty")
+            with _translated("finish a GridFS upload"):
+                await grid_in.close()
+        except BaseException:
+            # Whatever went wrong (too large, client gone, cancelled), leave no partial file behind.
+            try:
+                await asyncio.shield(grid_in.abort())
+            except PyMongoError as abort_exc:  # pragma: no cover - the database went away mid-abort
+                log.warning("gridfs_abort_failed", error=type(abort_exc).__name__)
+            raise
+        file_id = grid_in._id
+        log.info("blob_saved", blob_id=str(file_id), bytes=total, content_type=content_type)
+        return BlobSource(blob_id=str(file_id), size=total, content_type=content_type, filename=filename)
+
+    async def open(self, source: BlobSource) -> GridFSVideoReader:
+        """A reader of the stored file (checks it exists and has the recorded size)."""
+        file_id = _object_id(source.blob_id)
+        with _translated("open a GridFS file"):
+            try:
+                grid_out = await self._bucket.open_download_stream(file_id)
+            except NoFile as exc:
+                raise InvalidInputError(
+                    f"blob {source.blob_id} does not exist", code="blob_not_found"
+                ) from exc
+        try:
+            size = grid_out.length
+        finally:
+            await grid_out.close()
+        if size != source.size:
+            raise InvalidInputError(
+                f"blob {source.blob_id} has {size} bytes, the request said {source.size}",
+                code="blob_size_mismatch",
+            )
+        return GridFSVideoReader(self._bucket, file_id, size=size, content_type=source.content_type)
+
+    async def delete(self, blob_id: str) -> None:
+        """Delete a stored file; deleting one that is already gone is fine."""
+        with _translated("delete a GridFS file"):
+            try:
+                await self._bucket.delete(_object_id(blob_id))
+            except NoFile:
+                return
+
+
+def _object_id(blob_id: str) -> ObjectId:
+    try:
+        return ObjectId(blob_id)
+    except (InvalidId, TypeError) as exc:
+        raise InvalidInputError(f"{blob_id!r} is not a blob id", code="invalid_blob_id") from exc
