@@ -1,0 +1,82 @@
+# Reelay: one command set for laptops and CI (CI runs `make test` through .ci/run).
+#
+#   make up       install what is missing, start Kafka, FerretDB, the TikTok sandbox and the three
+#                 services in the background (.run/<name>.pid, .run/<name>.log), wait until healthy,
+#                 then upload a sample video and follow it to `published`
+#   make down     stop what `make up` started
+#   make status   what runs, and whether it is healthy
+#   make test     lint, type check, unit + integration + e2e tests (starts and stops its own
+#                 Kafka on 29092 and FerretDB on 27217 unless KAFKA_BOOTSTRAP_SERVERS / MONGODB_URI are set)
+#
+# Ports (env): KAFKA_PORT=9092 KAFKA_CONTROLLER_PORT=9093 FERRETDB_PORT=27017 SANDBOX_PORT=8100
+# INGEST_PORT=8000 UPLOADER_OPS_PORT=9101 POLLER_OPS_PORT=9102; TIKTOK_API_BASE_URL=http://host:port
+# points the stack at another TikTok endpoint (no sandbox is started). DEMO=0 skips the demo upload.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+UV := $(ROOT)/.cache/tools/bin/uv
+# `uv run --no-sync`: the environment was synced by `install`; never re-resolve in the middle of a run.
+RUN := $(UV) run --no-sync
+# down/status must work even before (or without) the venv: stack.py's stop path is stdlib-only.
+BARE_PY := $(shell test -x $(ROOT)/.venv/bin/python && echo $(ROOT)/.venv/bin/python || echo python3)
+
+MYPY_PATHS := libs/common/src services/ingest/src services/uploader/src services/status-poller/src \
+              tools/tiktok-sandbox/src scripts
+
+.PHONY: help install venv kafka ferretdb up down status demo logs test lint format typecheck \
+        test-python schemas clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: venv kafka ferretdb ## install uv, the Python workspace, Kafka and FerretDB (cached in .cache/)
+
+venv: ## install the pinned uv into .cache/tools and sync .venv from uv.lock
+	@$(ROOT)/scripts/bootstrap.sh
+
+kafka: ## gather Apache Kafka from Maven Central into .cache/kafka
+	@$(ROOT)/scripts/infra/install-kafka.sh
+
+ferretdb: ## build FerretDB from the Go module proxy into .cache/ferretdb
+	@$(ROOT)/scripts/infra/install-ferretdb.sh
+
+up: install ## start the whole stack in the background and run the demo
+	@$(RUN) python $(ROOT)/scripts/stack.py up
+
+down: ## stop what `make up` started
+	@$(BARE_PY) $(ROOT)/scripts/stack.py down
+
+status: ## show what runs and whether it is healthy
+	@$(BARE_PY) $(ROOT)/scripts/stack.py status
+
+demo: venv ## upload a sample video through the running stack and follow it
+	@$(RUN) python $(ROOT)/scripts/stack.py demo
+
+logs: ## follow every log of the stack
+	@tail -n 20 -F $(ROOT)/.run/*.log
+
+test: install lint typecheck test-python ## lint, type check, then unit, integration and e2e tests
+
+lint: venv ## ruff format --check and ruff check
+	$(RUN) ruff format --check .
+	$(RUN) ruff check .
+
+format: venv ## apply ruff's formatting and safe fixes
+	$(RUN) ruff format .
+	$(RUN) ruff check --fix .
+
+typecheck: venv ## mypy --strict on libs/, services/, tools/ and scripts/
+	MYPYPATH=scripts $(RUN) mypy $(MYPY_PATHS)
+
+test-python: install ## pytest: unit, then integration + e2e against real Kafka and FerretDB
+	@$(ROOT)/scripts/test.sh
+
+schemas: venv ## regenerate schemas/ (JSON Schema of every message + AsyncAPI document)
+	$(RUN) python $(ROOT)/scripts/export_schemas.py
+
+clean: down ## stop the stack and delete its data (.run); keeps the install cache
+	rm -rf $(ROOT)/.run

@@ -1,0 +1,461 @@
+"""What the local stack runs: ports and paths from the environment, and one spec per process.
+
+Pure functions and frozen dataclasses only (no I/O), so the unit tests in tests/unit/infra can
+check every generated file and command line.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+DEV_API_KEY = "dev-api-key"
+DEV_CLIENT_KEY = "dev-client-key"
+DEV_CLIENT_SECRET = "dev-client-secret"  # noqa: S105  # the documented local placeholder, as in reelay_common.settings
+
+# Names are part of the operator contract: .run/<name>.pid and .run/<name>.log.
+KAFKA = "kafka"
+FERRETDB = "ferretdb"
+SANDBOX = "sandbox"
+INGEST = "ingest"
+UPLOADER = "uploader"
+STATUS_POLLER = "status-poller"
+INFRA_NAMES = (KAFKA, FERRETDB)
+ALL_NAMES = (KAFKA, FERRETDB, SANDBOX, INGEST, UPLOADER, STATUS_POLLER)
+
+# Set in every process we start; together with a marker in its command line it tells our process
+# from an unrelated one that happens to have reused a pid.
+STACK_ID_ENV = "REELAY_STACK_ID"
+
+
+class ConfigError(ValueError):
+    """The environment asks for something the stack cannot do (bad port, clashing ports, ...)."""
+
+
+HealthKind = Literal["kafka", "mongo", "http"]
+
+
+@dataclass(frozen=True)
+class Health:
+    """How to tell the process is ready: a Kafka metadata call, a Mongo ping or an HTTP 200."""
+
+    kind: HealthKind
+    target: str
+    timeout_seconds: float
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One background process of the stack."""
+
+    name: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    marker: str  # a string in argv that only our process of this name has
+    ports: tuple[int, ...]  # what it listens on (checked for clashes before start)
+    health: Health
+    stop_timeout_seconds: float
+    files: Mapping[Path, str] = field(default_factory=dict)  # config files written before start
+    dirs: tuple[Path, ...] = ()  # directories created before start
+    # Kafka needs its storage formatted once per data dir before the first start.
+    prepare: tuple[str, ...] | None = None
+    prepare_unless_exists: Path | None = None
+
+
+def parse_port(env: Mapping[str, str], name: str, default: int) -> int:
+    """The port named by env var `name`, or `default`; a clear error for anything but 1-65535."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a port number (1-65535), got {raw!r}") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{name} must be a port number (1-65535), got {raw!r}")
+    return port
+
+
+def parse_base_url(env: Mapping[str, str], name: str) -> str | None:
+    """An http(s) base URL from env var `name` without its trailing slash, or None when unset."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.startswith(("http://", "https://")) or len(raw.split("://", 1)[1].strip("/")) == 0:
+        raise ConfigError(f"{name} must be an http(s) URL such as http://127.0.0.1:8100, got {raw!r}")
+    return raw.rstrip("/")
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Paths and ports of one local stack (`make up`) or of the test infrastructure (`make test`)."""
+
+    root: Path
+    run_dir: Path
+    data_dir: Path
+    python: str
+    host: str = "127.0.0.1"
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    ferretdb_port: int = 27017
+    sandbox_port: int = 8100
+    ingest_port: int = 8000
+    uploader_ops_port: int = 9101
+    poller_ops_port: int = 9102
+    external_tiktok_url: str | None = None
+    kafka_version: str = "4.1.1"
+    kafka_heap: tuple[str, ...] = ("-Xms256m", "-Xmx512m")
+    ferretdb_version: str = "v1.24.2"
+    java: str = "java"
+    client_key: str = DEV_CLIENT_KEY
+    client_secret: str = DEV_CLIENT_SECRET
+    api_key: str = DEV_API_KEY
+
+    @classmethod
+    def from_env(cls, root: Path, env: Mapping[str, str], *, python: str) -> StackConfig:
+        """The `make up` stack, with every port and version overridable by env var."""
+        run_dir = Path(env.get("REELAY_RUN_DIR") or root / ".run")
+        cfg = cls(
+            root=root,
+            run_dir=run_dir,
+            data_dir=run_dir / "data",
+            python=python,
+            kafka_port=parse_port(env, "KAFKA_PORT", 9092),
+            kafka_controller_port=parse_port(env, "KAFKA_CONTROLLER_PORT", 9093),
+            ferretdb_port=parse_port(env, "FERRETDB_PORT", 27017),
+            sandbox_port=parse_port(env, "SANDBOX_PORT", 8100),
+            ingest_port=parse_port(env, "INGEST_PORT", 8000),
+            uploader_ops_port=parse_port(env, "UPLOADER_OPS_PORT", 9101),
+            poller_ops_port=parse_port(env, "POLLER_OPS_PORT", 9102),
+            external_tiktok_url=parse_base_url(env, "TIKTOK_API_BASE_URL"),
+            kafka_version=env.get("KAFKA_VERSION") or "4.1.1",
+            kafka_heap=tuple((env.get("KAFKA_HEAP_OPTS") or "-Xms256m -Xmx512m").split()),
+            ferretdb_version=env.get("FERRETDB_VERSION") or "v1.24.2",
+            java=env.get("JAVA") or "java",
+            client_key=env.get("TIKTOK_CLIENT_KEY") or DEV_CLIENT_KEY,
+            client_secret=env.get("TIKTOK_CLIENT_SECRET") or DEV_CLIENT_SECRET,
+            api_key=first_api_key(env.get("INGEST_API_KEYS")) or DEV_API_KEY,
+        )
+        cfg.check_ports()
+        return cfg
+
+    @classmethod
+    def for_tests(cls, root: Path, base_dir: Path, env: Mapping[str, str], *, python: str) -> StackConfig:
+        """The Kafka and FerretDB that `make test` runs beside any `make up` stack."""
+        cfg = cls(
+            root=root,
+            run_dir=base_dir / "run",
+            data_dir=base_dir / "data",
+            python=python,
+            kafka_port=parse_port(env, "TEST_KAFKA_PORT", 29092),
+            kafka_controller_port=parse_port(env, "TEST_KAFKA_CONTROLLER_PORT", 29093),
+            ferretdb_port=parse_port(env, "TEST_FERRETDB_PORT", 27217),
+            kafka_version=env.get("KAFKA_VERSION") or "4.1.1",
+            kafka_heap=tuple((env.get("KAFKA_HEAP_OPTS") or "-Xms256m -Xmx512m").split()),
+            ferretdb_version=env.get("FERRETDB_VERSION") or "v1.24.2",
+            java=env.get("JAVA") or "java",
+        )
+        cfg.check_ports(names=INFRA_NAMES)
+        return cfg
+
+    # -- derived addresses -------------------------------------------------------------------
+    @property
+    def stack_id(self) -> str:
+        """Identifies this stack's processes (one per run dir)."""
+        return str(self.run_dir.resolve())
+
+    @property
+    def kafka_bootstrap_servers(self) -> str:
+        """Where clients reach the broker."""
+        return f"{self.host}:{self.kafka_port}"
+
+    @property
+    def mongodb_uri(self) -> str:
+        """Where clients reach FerretDB."""
+        return f"mongodb://{self.host}:{self.ferretdb_port}"
+
+    @property
+    def sandbox_url(self) -> str:
+        """The local TikTok sandbox."""
+        return f"http://{self.host}:{self.sandbox_port}"
+
+    @property
+    def ingest_url(self) -> str:
+        """The ingest HTTP API."""
+        return f"http://{self.host}:{self.ingest_port}"
+
+    @property
+    def tiktok_api_base_url(self) -> str:
+        """What the services call: the sandbox unless TIKTOK_API_BASE_URL points elsewhere."""
+        return self.external_tiktok_url or self.sandbox_url
+
+    @property
+    def runs_sandbox(self) -> bool:
+        """False when TIKTOK_API_BASE_URL points the stack at another TikTok endpoint."""
+        return self.external_tiktok_url is None
+
+    def pid_file(self, name: str) -> Path:
+        """`.run/<name>.pid`."""
+        return self.run_dir / f"{name}.pid"
+
+    def log_file(self, name: str) -> Path:
+        """`.run/<name>.log`."""
+        return self.run_dir / f"{name}.log"
+
+    @property
+    def kafka_libs(self) -> Path:
+        """The classpath gathered by scripts/infra/install-kafka.sh."""
+        return self.root / ".cache" / "kafka" / self.kafka_version / "libs"
+
+    @property
+    def ferretdb_bin(self) -> Path:
+        """The binary built by scripts/infra/install-ferretdb.sh."""
+        return self.root / ".cache" / "ferretdb" / self.ferretdb_version / "bin" / "ferretdb"
+
+    def ports_by_name(self) -> dict[str, tuple[int, ...]]:
+        """Every port each process listens on."""
+        return {
+            KAFKA: (self.kafka_port, self.kafka_controller_port),
+            FERRETDB: (self.ferretdb_port,),
+            SANDBOX: (self.sandbox_port,),
+            INGEST: (self.ingest_port,),
+            UPLOADER: (self.uploader_ops_port,),
+            STATUS_POLLER: (self.poller_ops_port,),
+        }
+
+    def check_ports(self, names: tuple[str, ...] = ALL_NAMES) -> None:
+        """Refuse two processes configured on one port."""
+        seen: dict[int, str] = {}
+        for name, ports in self.ports_by_name().items():
+            if name not in names or (name == SANDBOX and not self.runs_sandbox):
+                continue
+            for port in ports:
+                if port in seen:
+                    raise ConfigError(f"{name} and {seen[port]} are both configured on port {port}")
+                seen[port] = name
+
+
+def first_api_key(raw: str | None) -> str | None:
+    """The first key of a comma-separated INGEST_API_KEYS value (the one the demo uses)."""
+    if not raw:
+        return None
+    keys = [k.strip() for k in raw.split(",") if k.strip()]
+    return keys[0] if keys else None
+
+
+def new_cluster_id(random_bytes: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """A KRaft cluster id as `kafka-storage random-uuid` makes it: URL-safe base64 of 16 random bytes.
+
+    Kafka's own generator rejects ids starting with '-' (they read as command-line flags), so do we.
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(random_bytes()).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
+def kafka_server_properties(cfg: StackConfig, log_dir: Path) -> str:
+    """A combined broker+controller (KRaft, one node) config bound to `cfg.host` only."""
+    host, port, cport = cfg.host, cfg.kafka_port, cfg.kafka_controller_port
+    lines = [
+        "# Generated by scripts/stack.py; edits are overwritten on the next start.",
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@{host}:{cport}",
+        f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport}",
+        f"advertised.listeners=PLAINTEXT://{host}:{port}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        f"log.dirs={log_dir}",
+        # One node: every internal topic has one replica, and the default 50 offsets partitions
+        # make the first consumer group join slow.
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=1",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+        # Services create their topics (ensure_topics); a typo must not silently create a topic.
+        "auto.create.topics.enable=false",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+KAFKA_LOG4J2_XML = """\
+<?xml version="1.0" encoding="UTF-8"?>
+<!-- Generated by scripts/stack.py: the broker logs warnings, plus the line saying it started. -->
+<Configuration status="WARN">
+  <Appenders>
+    <Console name="STDOUT" target="SYSTEM_OUT">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+    </Console>
+  </Appenders>
+  <Loggers>
+    <Root level="WARN"><AppenderRef ref="STDOUT"/></Root>
+    <Logger name="kafka.server.KafkaRaftServer" level="INFO"/>
+  </Loggers>
+</Configuration>
+"""
+
+
+def kafka_spec(cfg: StackConfig) -> ProcessSpec:
+    """The broker: generated config, storage formatted once, modest heap."""
+    conf_dir = cfg.run_dir / "conf" / KAFKA
+    props = conf_dir / "server.properties"
+    log4j = conf_dir / "log4j2.xml"
+    log_dir = cfg.data_dir / KAFKA
+    classpath = f"{cfg.kafka_libs}/*"
+    jvm = (cfg.java, *cfg.kafka_heap, f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath)
+    return ProcessSpec(
+        name=KAFKA,
+        argv=(*jvm, "kafka.Kafka", str(props)),
+        env={STACK_ID_ENV: cfg.stack_id},
+        marker=str(props),
+        ports=(cfg.kafka_port, cfg.kafka_controller_port),
+        health=Health("kafka", cfg.kafka_bootstrap_servers, 120.0),
+        stop_timeout_seconds=30.0,
+        files={props: kafka_server_properties(cfg, log_dir), log4j: KAFKA_LOG4J2_XML},
+        prepare=(
+            *jvm,
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            new_cluster_id(),
+            "-c",
+            str(props),
+            "--ignore-formatted",
+        ),
+        prepare_unless_exists=log_dir / "meta.properties",
+    )
+
+
+def ferretdb_spec(cfg: StackConfig) -> ProcessSpec:
+    """FerretDB v1 on SQLite, listening on `cfg.host` only."""
+    data = cfg.data_dir / FERRETDB
+    state_flag = f"--state-dir={data}"
+    return ProcessSpec(
+        name=FERRETDB,
+        argv=(
+            str(cfg.ferretdb_bin),
+            "--handler=sqlite",
+            f"--sqlite-url=file:{data}/",  # FerretDB wants the directory URL to end in '/'
+            f"--listen-addr={cfg.host}:{cfg.ferretdb_port}",
+            state_flag,
+            "--debug-addr=-",
+            "--telemetry=disable",
+            "--log-level=warn",
+        ),
+        env={STACK_ID_ENV: cfg.stack_id},
+        marker=state_flag,
+        ports=(cfg.ferretdb_port,),
+        health=Health("mongo", cfg.mongodb_uri, 60.0),
+        stop_timeout_seconds=15.0,
+        dirs=(data,),
+    )
+
+
+def service_env(cfg: StackConfig) -> dict[str, str]:
+    """What every Reelay service is told: where Kafka, Mongo and TikTok are, and its own ports."""
+    return {
+        STACK_ID_ENV: cfg.stack_id,
+        "KAFKA_BOOTSTRAP_SERVERS": cfg.kafka_bootstrap_servers,
+        "MONGODB_URI": cfg.mongodb_uri,
+        "TIKTOK_API_BASE_URL": cfg.tiktok_api_base_url,
+        "TIKTOK_CLIENT_KEY": cfg.client_key,
+        "TIKTOK_CLIENT_SECRET": cfg.client_secret,
+        "INGEST_HOST": cfg.host,
+        "INGEST_PORT": str(cfg.ingest_port),
+        "UPLOADER_OPS_HOST": cfg.host,
+        "UPLOADER_OPS_PORT": str(cfg.uploader_ops_port),
+        "POLLER_OPS_HOST": cfg.host,
+        "POLLER_OPS_PORT": str(cfg.poller_ops_port),
+    }
+
+
+def sandbox_spec(cfg: StackConfig) -> ProcessSpec:
+    """The TikTok sandbox, with the same client credentials as the services and webhooks to ingest."""
+    env = {
+        STACK_ID_ENV: cfg.stack_id,
+        "SANDBOX_HOST": cfg.host,
+        "SANDBOX_PORT": str(cfg.sandbox_port),
+        "SANDBOX_PUBLIC_BASE_URL": cfg.sandbox_url,
+        "SANDBOX_CLIENT_KEY": cfg.client_key,
+        "SANDBOX_CLIENT_SECRET": cfg.client_secret,
+        "SANDBOX_WEBHOOK_URL": f"{cfg.ingest_url}/v1/webhooks/tiktok",
+    }
+    return _python_spec(
+        cfg, SANDBOX, "tiktok_sandbox", env, (cfg.sandbox_port,), f"{cfg.sandbox_url}/healthz"
+    )
+
+
+def _python_spec(
+    cfg: StackConfig,
+    name: str,
+    module: str,
+    env: Mapping[str, str],
+    ports: tuple[int, ...],
+    health_url: str,
+    stop_timeout: float = 20.0,
+) -> ProcessSpec:
+    return ProcessSpec(
+        name=name,
+        argv=(cfg.python, "-m", module),
+        env=env,
+        marker=module,
+        ports=ports,
+        health=Health("http", health_url, 90.0),
+        stop_timeout_seconds=stop_timeout,
+    )
+
+
+def service_specs(cfg: StackConfig) -> list[ProcessSpec]:
+    """ingest, uploader and status-poller, all told the same addresses."""
+    env = service_env(cfg)
+    host = cfg.host
+    return [
+        _python_spec(cfg, INGEST, "reelay_ingest", env, (cfg.ingest_port,), f"{cfg.ingest_url}/healthz"),
+        # The uploader finishes (or hands back) the chunk in flight on SIGTERM: give it the
+        # consumer's 30 s shutdown grace and some margin before SIGKILL.
+        _python_spec(
+            cfg,
+            UPLOADER,
+            "reelay_uploader",
+            env,
+            (cfg.uploader_ops_port,),
+            f"http://{host}:{cfg.uploader_ops_port}/healthz",
+            stop_timeout=45.0,
+        ),
+        _python_spec(
+            cfg,
+            STATUS_POLLER,
+            "reelay_status_poller",
+            env,
+            (cfg.poller_ops_port,),
+            f"http://{host}:{cfg.poller_ops_port}/healthz",
+            stop_timeout=45.0,
+        ),
+    ]
+
+
+def stack_stages(cfg: StackConfig) -> list[list[ProcessSpec]]:
+    """`make up` in stages: each stage starts together and must be healthy before the next."""
+    first = [kafka_spec(cfg), ferretdb_spec(cfg)]
+    if cfg.runs_sandbox:
+        first.append(sandbox_spec(cfg))
+    return [first, service_specs(cfg)]
+
+
+def infra_specs_for_tests(cfg: StackConfig, *, kafka: bool, mongo: bool) -> list[ProcessSpec]:
+    """The Kafka and/or FerretDB that `make test` needs."""
+    specs = []
+    if kafka:
+        specs.append(kafka_spec(cfg))
+    if mongo:
+        specs.append(ferretdb_spec(cfg))
+    return specs

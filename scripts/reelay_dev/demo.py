@@ -1,0 +1,257 @@
+"""The `make up` demo: connect a sandbox user, upload a generated video through the HTTP API, and
+print each state change until TikTok (the sandbox) says `published`.
+
+Idempotent: the demo account and its sandbox user are remembered in `.run/demo.json` and reused
+while the sandbox still knows the user; otherwise a new user (and account id) is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .config import StackConfig
+
+TERMINAL_STATES = frozenset({"published", "inbox_delivered", "failed", "unconfirmed"})
+DEMO_ACCOUNT_ID = "demo"
+DEMO_SCOPES = ["user.info.basic", "video.upload", "video.publish"]
+
+
+class DemoError(RuntimeError):
+    """The demo could not show an upload reaching `published`."""
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """What the demo did."""
+
+    account_id: str
+    request_id: str
+    final_state: str
+
+
+@dataclass(frozen=True)
+class ExternalTokens:
+    """Tokens of a real (or other) TikTok account, passed in by DEMO_* env vars."""
+
+    open_id: str
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    refresh_expires_in: int
+    scope: str
+
+
+def external_tokens(env: Mapping[str, str]) -> ExternalTokens | None:
+    """DEMO_OPEN_ID/DEMO_ACCESS_TOKEN/DEMO_REFRESH_TOKEN (all three) or None; half a set is an error."""
+    names = ("DEMO_OPEN_ID", "DEMO_ACCESS_TOKEN", "DEMO_REFRESH_TOKEN")
+    given = [n for n in names if env.get(n)]
+    if not given:
+        return None
+    if len(given) != len(names):
+        missing = ", ".join(n for n in names if n not in given)
+        raise DemoError(f"the demo needs all of {', '.join(names)}; missing: {missing}")
+    try:
+        expires_in = int(env.get("DEMO_EXPIRES_IN") or 86400)
+        refresh_expires_in = int(env.get("DEMO_REFRESH_EXPIRES_IN") or 31536000)
+    except ValueError as exc:
+        raise DemoError(f"DEMO_EXPIRES_IN / DEMO_REFRESH_EXPIRES_IN must be whole seconds: {exc}") from exc
+    return ExternalTokens(
+        open_id=env["DEMO_OPEN_ID"],
+        access_token=env["DEMO_ACCESS_TOKEN"],
+        refresh_token=env["DEMO_REFRESH_TOKEN"],
+        expires_in=expires_in,
+        refresh_expires_in=refresh_expires_in,
+        scope=env.get("DEMO_SCOPE") or ",".join(DEMO_SCOPES),
+    )
+
+
+def format_entry(entry: Mapping[str, Any], started: float | None, now: float) -> str:
+    """One history entry as a line: state, source, time since the upload started, TikTok detail."""
+    detail = entry.get("detail") or {}
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(detail.items()) if v not in (None, "", [], {}))
+    elapsed = f"+{now - started:5.1f}s" if started is not None else "       "
+    line = f"  {elapsed}  {entry.get('state', '?'):<16} by {entry.get('source', '?'):<9}"
+    return f"{line}  {shown}".rstrip()
+
+
+def new_entries(history: list[dict[str, Any]], seen: int) -> list[dict[str, Any]]:
+    """History entries not printed yet (history only grows)."""
+    return history[seen:]
+
+
+def _load_state(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return (
+        {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+        if isinstance(data, dict)
+        else {}
+    )
+
+
+def _raise_for(resp: httpx.Response, what: str) -> None:
+    if resp.is_error:
+        raise DemoError(f"{what}: HTTP {resp.status_code} {resp.text[:500]}")
+
+
+class Demo:
+    """Drives the stack through its public HTTP interfaces, as a client would."""
+
+    def __init__(self, cfg: StackConfig, http: httpx.AsyncClient, say: Callable[[str], None]) -> None:
+        self._cfg = cfg
+        self._http = http
+        self._say = say
+        self._headers = {"Authorization": f"Bearer {cfg.api_key}"}
+        self._state_path = cfg.run_dir / "demo.json"
+
+    async def sandbox_tokens(self) -> tuple[str, dict[str, Any]]:
+        """(open_id, token JSON) of the demo's sandbox user; reused while the sandbox knows it."""
+        state = _load_state(self._state_path)
+        base = self._cfg.sandbox_url
+        open_id = state.get("open_id")
+        if open_id:
+            resp = await self._http.post(f"{base}/sandbox/users/{open_id}/tokens")
+            if resp.status_code == 200:
+                return open_id, resp.json()
+            # The sandbox forgot the user (it was restarted): make a new one.
+        resp = await self._http.post(
+            f"{base}/sandbox/users",
+            json={"username": "demo", "private_account": False, "scopes": DEMO_SCOPES},
+        )
+        _raise_for(resp, "creating a sandbox user")
+        open_id = str(resp.json()["open_id"])
+        resp = await self._http.post(f"{base}/sandbox/users/{open_id}/tokens")
+        _raise_for(resp, "taking the sandbox user's tokens")
+        self._say(f"demo: new sandbox user open_id={open_id}")
+        return open_id, resp.json()
+
+    async def register(self, open_id: str, tokens: Mapping[str, Any]) -> str:
+        """Register the account with ingest; returns the account id used."""
+        state = _load_state(self._state_path)
+        account_id = state.get("account_id") if state.get("open_id") == open_id else None
+        # An account id stays bound to one TikTok user (ingest answers 409 otherwise), so a new
+        # sandbox user gets a new demo account id.
+        candidates = [account_id] if account_id else [DEMO_ACCOUNT_ID, f"{DEMO_ACCOUNT_ID}-{open_id[-12:]}"]
+        scope = tokens.get("scope", ",".join(DEMO_SCOPES))
+        body = {
+            "open_id": open_id,
+            "access_token": tokens["access_token"],
+            "refresh_token": tokens["refresh_token"],
+            "expires_in": int(tokens["expires_in"]),
+            "refresh_expires_in": int(tokens["refresh_expires_in"]),
+            "scope": scope,
+        }
+        for candidate in candidates:
+            resp = await self._http.post(
+                f"{self._cfg.ingest_url}/v1/accounts",
+                headers=self._headers,
+                json={"account_id": candidate, **body},
+            )
+            if resp.status_code == 409:
+                continue
+            _raise_for(resp, f"registering account {candidate!r} with ingest")
+            self._state_path.parent.mkdir(parents=True, exist_ok=True)
+            self._state_path.write_text(json.dumps({"account_id": candidate, "open_id": open_id}) + "\n")
+            verb = "registered" if resp.status_code == 201 else "tokens refreshed for"
+            self._say(f"demo: {verb} account {candidate!r} (TikTok open_id {open_id})")
+            return candidate
+        raise DemoError(f"every demo account id is taken by another TikTok user: {candidates}")
+
+    async def upload(self, account_id: str, video: Path, size: int) -> str:
+        """POST the video (`size` bytes) as multipart; returns the request id."""
+        post_info = {"privacy_level": "SELF_ONLY", "title": "Hello from make up #reelay"}
+        with video.open("rb") as f:
+            resp = await self._http.post(
+                f"{self._cfg.ingest_url}/v1/uploads",
+                headers=self._headers,
+                data={"account_id": account_id, "mode": "direct", "post_info": json.dumps(post_info)},
+                files={"file": (video.name, f, "video/mp4")},
+            )
+        _raise_for(resp, "uploading the sample video")
+        request_id = str(resp.json()["request_id"])
+        self._say(f"demo: uploaded {video.name} ({size / 1_000_000:.1f} MB), request_id={request_id}")
+        return request_id
+
+    async def follow(self, request_id: str, *, wait_seconds: float) -> str:
+        """Print each new history entry until the upload is terminal; returns the final state."""
+        url = f"{self._cfg.ingest_url}/v1/uploads/{request_id}"
+        started = time.monotonic()
+        deadline = started + wait_seconds
+        seen = 0
+        state = "?"
+        while time.monotonic() < deadline:
+            resp = await self._http.get(url, headers=self._headers)
+            _raise_for(resp, "reading the upload's status")
+            body = resp.json()
+            history = list(body.get("history") or [])
+            for entry in new_entries(history, seen):
+                self._say(format_entry(entry, started, time.monotonic()))
+            seen = len(history)
+            state = str(body.get("state"))
+            if state in TERMINAL_STATES:
+                if body.get("publish_id"):
+                    self._say(f"demo: {state}, publish_id={body['publish_id']}")
+                return state
+            await asyncio.sleep(0.5)
+        raise DemoError(f"upload {request_id} was still {state!r} after {wait_seconds:.0f} s")
+
+
+def sample_video(cfg: StackConfig, size: int) -> Path:
+    """A generated, structurally valid MP4 of `size` bytes (kept in .run for the next run)."""
+    from tiktok_sandbox.media import write_sample_mp4  # lazy: only the demo needs the sandbox package
+
+    path = cfg.run_dir / "demo" / f"sample-{size}.mp4"
+    if not path.exists() or path.stat().st_size != size:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        write_sample_mp4(tmp, size)
+        tmp.replace(path)
+    return path
+
+
+async def run_demo(
+    cfg: StackConfig,
+    env: Mapping[str, str],
+    say: Callable[[str], None],
+    *,
+    video_size: int = 8_000_000,
+    wait_seconds: float = 180.0,
+) -> DemoResult | None:
+    """Run the demo; None when there is no account to post with (TikTok is not the sandbox)."""
+    external = external_tokens(env)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(60.0)) as http:
+        demo = Demo(cfg, http, say)
+        if external is not None:
+            tokens: dict[str, Any] = {
+                "access_token": external.access_token,
+                "refresh_token": external.refresh_token,
+                "expires_in": external.expires_in,
+                "refresh_expires_in": external.refresh_expires_in,
+                "scope": external.scope,
+            }
+            open_id = external.open_id
+        elif cfg.runs_sandbox:
+            open_id, tokens = await demo.sandbox_tokens()
+        else:
+            say(
+                f"demo: skipped. TIKTOK_API_BASE_URL points at {cfg.tiktok_api_base_url}, where the demo "
+                "cannot create users. Pass DEMO_OPEN_ID, DEMO_ACCESS_TOKEN and DEMO_REFRESH_TOKEN to "
+                "post with an account you have."
+            )
+            return None
+        account_id = await demo.register(open_id, tokens)
+        request_id = await demo.upload(account_id, sample_video(cfg, video_size), video_size)
+        final = await demo.follow(request_id, wait_seconds=wait_seconds)
+    if final != "published":
+        raise DemoError(f"upload {request_id} ended {final!r}, not 'published' (see .run/*.log)")
+    return DemoResult(account_id=account_id, request_id=request_id, final_state=final)

@@ -1,0 +1,85 @@
+"""Readiness checks: a Kafka metadata call, a Mongo ping, an HTTP 200 on /healthz.
+
+Third-party clients are imported inside the checks so that `make down` and `make status` run on a
+bare Python (before the workspace venv exists) without them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+
+from .config import Health
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True when something accepts TCP connections on host:port."""
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
+        return True
+    return False
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+async def kafka_ready(bootstrap_servers: str) -> bool:
+    """True when the broker answers a cluster metadata request."""
+    host, port = _host_port(bootstrap_servers.split(",")[0])
+    # Skip the client while the port is closed: aiokafka logs every refused connection.
+    if not await asyncio.to_thread(port_open, host, port):
+        return False
+    from aiokafka.admin import AIOKafkaAdminClient  # lazy: not needed by down/status
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=5000, client_id="reelay-stack-health"
+    )
+    try:
+        await asyncio.wait_for(admin.start(), timeout=10)
+        cluster = await asyncio.wait_for(admin.describe_cluster(), timeout=10)
+        return bool(cluster.get("brokers"))
+    except Exception:  # any failure means "not ready yet"
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
+async def mongo_ready(uri: str) -> bool:
+    """True when the server answers `ping`."""
+    from pymongo import AsyncMongoClient  # lazy: not needed by down/status
+
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
+        uri, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000, appname="reelay-stack-health"
+    )
+    try:
+        reply = await client.admin.command("ping")
+        return bool(reply.get("ok"))
+    except Exception:  # any failure means "not ready yet"
+        return False
+    finally:
+        await client.close()
+
+
+async def http_ok(url: str) -> bool:
+    """True when GET `url` answers 200."""
+    import httpx  # lazy: not needed by down/status
+
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            return (await client.get(url)).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def check(health: Health) -> bool:
+    """Run one readiness check."""
+    if health.kind == "kafka":
+        return await kafka_ready(health.target)
+    if health.kind == "mongo":
+        return await mongo_ready(health.target)
+    return await http_ok(health.target)

@@ -1,0 +1,210 @@
+"""`make up`, `make down`, `make status` and the test infrastructure of `make test`."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from . import config as c
+from .config import ProcessSpec, StackConfig
+from .procs import (
+    ProcessTable,
+    StartError,
+    is_ours,
+    log_tail,
+    read_pid,
+    remove_pid,
+    running_pid,
+    start,
+    stop_all,
+)
+
+Say = Callable[[str], None]
+
+
+def say_stderr(line: str) -> None:
+    """Progress goes to stderr, so stdout stays clean for what scripts read."""
+    print(line, file=sys.stderr, flush=True)
+
+
+class StackError(RuntimeError):
+    """The stack could not be brought up (the message says what to do)."""
+
+
+@dataclass
+class Launched:
+    """A process of the current stage: started now (`proc`) or found running (`pid`)."""
+
+    spec: ProcessSpec
+    pid: int
+    proc: subprocess.Popen[bytes] | None
+
+
+def check_installed(cfg: StackConfig, specs: Sequence[ProcessSpec]) -> None:
+    """Fail early, and clearly, when an install step has not run."""
+    names = {s.name for s in specs}
+    if c.KAFKA in names:
+        if not any(cfg.kafka_libs.glob("kafka_2.13-*.jar")):
+            raise StackError(
+                f"Kafka is not installed in {cfg.kafka_libs}: run scripts/infra/install-kafka.sh"
+            )
+        if shutil.which(cfg.java) is None:
+            raise StackError(f"{cfg.java!r} is not on PATH: Kafka needs Java 17+ (set JAVA=/path/to/java)")
+    if c.FERRETDB in names and not cfg.ferretdb_bin.exists():
+        raise StackError(
+            f"FerretDB is not built at {cfg.ferretdb_bin}: run scripts/infra/install-ferretdb.sh"
+        )
+
+
+def launch(cfg: StackConfig, spec: ProcessSpec, table: ProcessTable, say: Say) -> Launched:
+    """Start `spec` unless our copy of it already runs; refuse ports held by someone else."""
+    from .health import port_open
+
+    pid = running_pid(cfg, spec, table)
+    if pid is not None:
+        say(f"  {spec.name:<14} already running (pid {pid})")
+        return Launched(spec, pid, None)
+    stale = read_pid(cfg.pid_file(spec.name))
+    if stale is not None:
+        say(f"  {spec.name:<14} pid file named pid {stale}, which is not ours any more: starting anew")
+        remove_pid(cfg.pid_file(spec.name))
+    for port in spec.ports:
+        if port_open(cfg.host, port):
+            raise StackError(
+                f"{spec.name} needs {cfg.host}:{port}, but another process (not started by this stack) "
+                f"listens there. Stop it, or choose another port (see `make help`)."
+            )
+    try:
+        proc = start(cfg, spec)
+    except StartError as exc:
+        raise StackError(str(exc)) from exc
+    say(f"  {spec.name:<14} started (pid {proc.pid}), log {cfg.log_file(spec.name)}")
+    return Launched(spec, proc.pid, proc)
+
+
+async def wait_healthy(cfg: StackConfig, launched: Launched, table: ProcessTable, say: Say) -> None:
+    """Poll the spec's health check until it passes, the process dies, or its timeout passes."""
+    from .health import check
+
+    spec = launched.spec
+    began = time.monotonic()
+    deadline = began + spec.health.timeout_seconds
+    while True:
+        if await check(spec.health):
+            say(f"  {spec.name:<14} healthy ({time.monotonic() - began:.1f}s)")
+            return
+        exited = launched.proc.poll() if launched.proc is not None else None
+        gone = exited is not None or not is_ours(
+            table.info(launched.pid), marker=spec.marker, stack_id=cfg.stack_id
+        )
+        if gone:
+            remove_pid(cfg.pid_file(spec.name))
+            code = f" with code {exited}" if exited is not None else ""
+            raise StackError(
+                f"{spec.name} exited{code} before it was healthy. End of {cfg.log_file(spec.name)}:\n"
+                f"{log_tail(cfg.log_file(spec.name))}"
+            )
+        if time.monotonic() >= deadline:
+            raise StackError(
+                f"{spec.name} (pid {launched.pid}) was not healthy after {spec.health.timeout_seconds:.0f}s "
+                f"({spec.health.kind} check on {spec.health.target}). End of its log:\n"
+                f"{log_tail(cfg.log_file(spec.name))}"
+            )
+        await asyncio.sleep(0.5)
+
+
+async def bring_up(
+    cfg: StackConfig, stages: Sequence[Sequence[ProcessSpec]], table: ProcessTable, say: Say
+) -> None:
+    """Start each stage's missing processes and wait for the whole stage to be healthy."""
+    check_installed(cfg, [s for stage in stages for s in stage])
+    for stage in stages:
+        launched = [launch(cfg, spec, table, say) for spec in stage]
+        results = await asyncio.gather(
+            *(wait_healthy(cfg, item, table, say) for item in launched), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise StackError("\n\n".join(str(e) for e in errors))
+
+
+def bring_down(
+    cfg: StackConfig, stages: Sequence[Sequence[ProcessSpec]], table: ProcessTable, say: Say
+) -> bool:
+    """Stop the stages in reverse order (services before the infrastructure they use)."""
+    ok = True
+    for stage in reversed(stages):
+        for outcome in stop_all(cfg, stage, table):
+            if outcome.result == "not running":
+                continue
+            pid = f" (pid {outcome.pid})" if outcome.pid is not None else ""
+            say(f"  {outcome.name:<14} {outcome.result}{pid}")
+            ok = ok and outcome.result in ("stopped", "killed", "stale pid file")
+    return ok
+
+
+def all_stages(cfg: StackConfig) -> list[list[ProcessSpec]]:
+    """Every process `make up` may have started, whatever TIKTOK_API_BASE_URL says now."""
+    stages = c.stack_stages(cfg)
+    if not cfg.runs_sandbox:
+        # The sandbox may be left from an earlier `make up` without the override: stop it too.
+        stages[0].append(c.sandbox_spec(cfg))
+    return stages
+
+
+async def status_lines(cfg: StackConfig, table: ProcessTable) -> list[str]:
+    """One line per process: running or not, pid, healthy or not."""
+    from .health import check
+
+    lines = []
+    for spec in [s for stage in all_stages(cfg) for s in stage]:
+        pid = running_pid(cfg, spec, table)
+        if pid is None:
+            lines.append(f"  {spec.name:<14} stopped")
+            continue
+        healthy = await check(spec.health)
+        lines.append(f"  {spec.name:<14} running (pid {pid}), {'healthy' if healthy else 'NOT healthy'}")
+    return lines
+
+
+def summary_block(cfg: StackConfig, account_id: str | None) -> str:
+    """The block `make up` ends with, for people and scripts."""
+    lines = [f"Ingest:     {cfg.ingest_url}", f"API key:    {cfg.api_key}"]
+    if account_id is not None:
+        lines.append(f"Account id: {account_id}")
+    return "\n".join(lines)
+
+
+def exports_for_tests(cfg: StackConfig, *, kafka: bool, mongo: bool) -> str:
+    """Shell `export` lines that point the tests at the test infrastructure."""
+    lines = []
+    if kafka:
+        lines.append(f"export KAFKA_BOOTSTRAP_SERVERS={cfg.kafka_bootstrap_servers}")
+    if mongo:
+        lines.append(f"export MONGODB_URI={cfg.mongodb_uri}")
+    return "\n".join(lines)
+
+
+def wipe_test_infra(cfg: StackConfig, table: ProcessTable, say: Say) -> None:
+    """Stop what an interrupted earlier run left, then delete its data (each run starts empty)."""
+    specs = c.infra_specs_for_tests(cfg, kafka=True, mongo=True)
+    bring_down(cfg, [specs], table, say)
+    for path in (cfg.data_dir, cfg.run_dir):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """A yes/no env var (1/true/yes/on vs 0/false/no/off)."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise c.ConfigError(f"{name} must be 1/true/yes/on or 0/false/no/off, got {raw!r}")
