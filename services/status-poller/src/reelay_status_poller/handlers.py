@@ -201,10 +201,7 @@ async def apply_webhook(event: TikTokWebhookReceived, deps: PollerDeps) -> None:
         await _add_post_ids(record, [event.post_id], "webhook", deps)
     elif event.event == EVENT_NO_LONGER_PUBLIC:
         # A fact about the post, not a state of the upload: note it, change nothing else.
-        bound.info("post_no_longer_public", post_id=event.post_id)
-        await _note_fact(
-            record, {"no_longer_public_at": deps.clock(), "no_longer_public_post_id": event.post_id}, deps
-        )
+        await _note_fact(record, {"no_longer_public_at": deps.clock()}, deps)
     else:
         bound.info("webhook_event_ignored")
 
@@ -434,7 +431,11 @@ async def _add_post_ids(
 
 
 async def _note_fact(record: UploadRecord, fields: Mapping[str, Any], deps: PollerDeps) -> None:
-    await deps.store.checkpoint(record.request_id, fields)
+    """Keep a fact about the post (not a state): logged always, stored where the record has a field."""
+    log.info("publish_fact", request_id=record.request_id, publish_id=record.publish_id, **fields)
+    known = {k: v for k, v in fields.items() if k in UploadRecord.model_fields}
+    if known:
+        await deps.store.checkpoint(record.request_id, known)
 
 
 async def _schedule(record: UploadRecord, next_at: datetime, deps: PollerDeps) -> None:

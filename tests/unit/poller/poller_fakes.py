@@ -1,0 +1,174 @@
+"""Fakes for the status-poller's unit tests: a settable clock, a scripted TikTok, and a harness that
+wires the real handlers to the in-memory store and a recording publisher."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from reelay_common.messages import (
+    PostInfo,
+    PublishStatusChanged,
+    UploadMode,
+    UploadRequested,
+    UrlSource,
+)
+from reelay_common.recorder import StateRecorder
+from reelay_common.records import UploadRecord
+from reelay_common.states import UploadState
+from reelay_common.testing import InMemoryUploadStore, RecordingPublisher
+from reelay_common.tiktok.models import PublishStatus
+from reelay_status_poller.handlers import PollerDeps, PollOutcome, PollPolicy, poll_once
+
+STATUS_TOPIC = "test.publish.status"
+ACCOUNT = "acct-1"
+
+
+class FakeClock:
+    """A clock the test moves by hand; starts at the real time so the store's own timestamps line up."""
+
+    def __init__(self) -> None:
+        now = datetime.now(UTC)
+        # Milliseconds, as BSON keeps them: what the test sets is what the store reads back.
+        self.now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class ScriptedTikTok:
+    """A TikTokApi whose status/fetch answers come from a per-publish script (the last one repeats)."""
+
+    def __init__(self) -> None:
+        self.scripts: dict[str, list[PublishStatus | Exception]] = {}
+        self.calls: dict[str, int] = defaultdict(int)
+
+    def script(self, publish_id: str, *answers: PublishStatus | Exception) -> None:
+        self.scripts[publish_id] = list(answers)
+
+    async def fetch_status(self, account_id: str, publish_id: str) -> PublishStatus:
+        self.calls[publish_id] += 1
+        answers = self.scripts.get(publish_id)
+        if not answers:
+            raise AssertionError(f"unexpected status/fetch for {publish_id}")
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def creator_info(self, account_id: str) -> Any:
+        raise AssertionError("the poller never asks for creator_info")
+
+    async def init_upload(self, account_id: str, **kwargs: Any) -> Any:
+        raise AssertionError("the poller never initialises uploads")
+
+    async def upload_chunks(self, upload_url: str, plan: Any, reader: Any, **kwargs: Any) -> None:
+        raise AssertionError("the poller never uploads")
+
+
+class HangingTikTok(ScriptedTikTok):
+    """A TikTok whose status/fetch never answers."""
+
+    async def fetch_status(self, account_id: str, publish_id: str) -> PublishStatus:
+        self.calls[publish_id] += 1
+        await asyncio.sleep(3600)
+        raise AssertionError("status/fetch answered after an hour")
+
+
+def status(code: str, *, fail_reason: str | None = None, post_ids: Sequence[str] = ()) -> PublishStatus:
+    return PublishStatus.model_validate(
+        {"status": code, "fail_reason": fail_reason, "publicaly_available_post_id": list(post_ids)}
+    )
+
+
+@dataclass
+class Harness:
+    store: InMemoryUploadStore
+    publisher: RecordingPublisher
+    tiktok: ScriptedTikTok
+    clock: FakeClock
+    policy: PollPolicy
+    deps: PollerDeps = field(init=False)
+
+    def __post_init__(self) -> None:
+        recorder = StateRecorder(self.store, self.publisher, status_topic=STATUS_TOPIC)
+        self.deps = PollerDeps(
+            store=self.store, recorder=recorder, tiktok=self.tiktok, policy=self.policy, clock=self.clock
+        )
+
+    async def uploaded(
+        self,
+        request_id: str = "req-1",
+        *,
+        publish_id: str = "v_pub_file~v2-1.1",
+        mode: UploadMode = "direct",
+        privacy: str = "PUBLIC_TO_EVERYONE",
+        account_id: str = ACCOUNT,
+    ) -> UploadRecord:
+        """An upload the uploader has finished: `uploaded`, with its publish_id checkpointed."""
+        cmd = UploadRequested.model_validate(
+            {
+                "request_id": request_id,
+                "account_id": account_id,
+                "mode": mode,
+                "source": UrlSource(url="https://videos.example.com/a.mp4"),
+                "post_info": PostInfo.model_validate({"privacy_level": privacy})
+                if mode == "direct"
+                else None,
+            }
+        )
+        await self.store.create(cmd, source="ingest")
+        await self.store.transition(
+            request_id, UploadState.UPLOADING, source="uploader", set_fields={"publish_id": publish_id}
+        )
+        record = await self.store.transition(request_id, UploadState.UPLOADED, source="uploader")
+        assert record is not None
+        return record
+
+    async def get(self, request_id: str = "req-1") -> UploadRecord:
+        record = await self.store.get(request_id)
+        assert record is not None
+        return record
+
+    async def poll_due(self, deps: PollerDeps | None = None) -> PollOutcome | None:
+        """What the scheduler does once: claim the next due upload (at the fake time) and poll it."""
+        claimed = await self.store.claim_due_poll(self.clock(), 30)
+        if claimed is None:
+            return None
+        return await poll_once(claimed, deps or self.deps)
+
+    async def poll_when_due(self, request_id: str = "req-1") -> PollOutcome | None:
+        """Poll one upload at its due time, whatever its state (as a settled-but-watched upload is).
+
+        The in-memory store, like Mongo's, leases only non-terminal uploads today, so the
+        published-post watch is driven here directly."""
+        record = await self.get(request_id)
+        if record.poll_next_at is None:
+            return None
+        self.clock.now = max(self.clock.now, record.poll_next_at)
+        return await poll_once(record, self.deps)
+
+    def announced(self, request_id: str = "req-1") -> list[PublishStatusChanged]:
+        """What was announced on the status topic about one upload, in order."""
+        changes: list[PublishStatusChanged] = self.publisher.messages(STATUS_TOPIC, PublishStatusChanged)
+        return [m for m in changes if m.request_id == request_id]
+
+    def announced_states(self, request_id: str = "req-1") -> list[UploadState]:
+        return [m.state for m in self.announced(request_id)]
+
+
+POLICY = PollPolicy(
+    min_interval=2.0,
+    max_interval=60.0,
+    backoff_factor=1.5,
+    give_up_after=7200.0,
+    post_id_watch=600.0,
+    fetch_timeout=5.0,
+)

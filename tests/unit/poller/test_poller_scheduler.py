@@ -1,0 +1,243 @@
+"""The poll scheduler: leases due uploads, bounds concurrency, never loses an upload to a failing
+poll or a failing store, and stops promptly."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from reelay_common.messages import UploadRequested, UrlSource
+from reelay_common.records import UploadRecord
+from reelay_common.testing import InMemoryUploadStore
+from reelay_status_poller.handlers import PollOutcome
+from reelay_status_poller.scheduler import PollScheduler
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def due_uploads(store: InMemoryUploadStore, count: int) -> list[str]:
+    ids = []
+    for i in range(count):
+        rid = f"req-{i}"
+        cmd = UploadRequested(
+            request_id=rid,
+            account_id="acct-1",
+            mode="inbox",
+            source=UrlSource(url="https://videos.example.com/a.mp4"),
+        )
+        await store.create(cmd, source="ingest")
+        await store.checkpoint(rid, {"publish_id": f"pub-{i}", "poll_next_at": now() - timedelta(seconds=1)})
+        ids.append(rid)
+    return ids
+
+
+def scheduler(store: Any, poll: Callable[[UploadRecord], Awaitable[PollOutcome]], **kw: Any) -> PollScheduler:
+    options: dict[str, Any] = {
+        "lease_seconds": 30,
+        "concurrency": 4,
+        "idle_sleep_seconds": 0.01,
+        "error_retry_seconds": 30,
+        "shutdown_grace_seconds": 5,
+    }
+    options.update(kw)
+    return PollScheduler(store=store, poll=poll, clock=now, **options)
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+class Finisher:
+    """A poll that ends tracking, counting calls and how many run at once (overall and per upload)."""
+
+    def __init__(self, store: InMemoryUploadStore, *, delay: float = 0.0, repeat: int = 1) -> None:
+        self.store = store
+        self.delay = delay
+        self.repeat = repeat
+        self.calls: Counter[str] = Counter()
+        self.running: Counter[str] = Counter()
+        self.max_running = 0
+        self.max_running_one = 0
+
+    async def __call__(self, record: UploadRecord) -> PollOutcome:
+        self.calls[record.request_id] += 1
+        self.running[record.request_id] += 1
+        self.max_running = max(self.max_running, sum(self.running.values()))
+        self.max_running_one = max(self.max_running_one, self.running[record.request_id])
+        try:
+            await asyncio.sleep(self.delay)
+            if self.calls[record.request_id] < self.repeat:
+                await self.store.schedule_poll(record.request_id, now(), attempts=record.poll_attempts + 1)
+                return PollOutcome.WAITING
+            await self.store.checkpoint(record.request_id, {"poll_next_at": None, "poll_lease_until": None})
+            return PollOutcome.SETTLED
+        finally:
+            self.running[record.request_id] -= 1
+
+
+async def run_until(sched: PollScheduler, check: Callable[[], bool], timeout: float = 5.0) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(sched.run(stop))
+    try:
+        await eventually(check, timeout)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+class TestPollScheduler:
+    async def test_polls_every_due_upload_once(self) -> None:
+        store = InMemoryUploadStore()
+        ids = await due_uploads(store, 6)
+        poll = Finisher(store)
+
+        await run_until(scheduler(store, poll), lambda: sum(poll.calls.values()) >= 6)
+
+        assert poll.calls == Counter(dict.fromkeys(ids, 1))
+
+    async def test_does_not_poll_what_is_not_due(self) -> None:
+        store = InMemoryUploadStore()
+        [rid] = await due_uploads(store, 1)
+        await store.checkpoint(rid, {"poll_next_at": now() + timedelta(hours=1)})
+        poll = Finisher(store)
+        stop = asyncio.Event()
+        task = asyncio.create_task(scheduler(store, poll).run(stop))
+
+        await asyncio.sleep(0.2)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+        assert poll.calls == Counter()
+
+    async def test_never_runs_more_polls_at_once_than_its_concurrency(self) -> None:
+        store = InMemoryUploadStore()
+        await due_uploads(store, 10)
+        poll = Finisher(store, delay=0.05)
+
+        await run_until(scheduler(store, poll, concurrency=3), lambda: sum(poll.calls.values()) >= 10)
+
+        assert poll.max_running == 3
+
+    async def test_two_schedulers_never_poll_one_upload_at_the_same_time(self) -> None:
+        store = InMemoryUploadStore()
+        ids = await due_uploads(store, 4)
+        poll = Finisher(store, delay=0.02, repeat=5)
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(scheduler(store, poll).run(stop)) for _ in range(2)]
+
+        await eventually(lambda: sum(poll.calls.values()) >= 20)
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+
+        assert poll.calls == Counter(dict.fromkeys(ids, 5))
+        assert poll.max_running_one == 1
+
+    async def test_a_failing_poll_is_rescheduled_not_lost(self) -> None:
+        store = InMemoryUploadStore()
+        [rid] = await due_uploads(store, 1)
+
+        async def broken(record: UploadRecord) -> PollOutcome:
+            raise RuntimeError("bug in a handler")
+
+        outcomes: list[PollOutcome | None] = []
+        sched = scheduler(store, broken, error_retry_seconds=0.2, on_outcome=outcomes.append)
+        await run_until(sched, lambda: len(outcomes) >= 2)
+
+        record = await store.get(rid)
+        assert record is not None
+        assert record.poll_next_at is not None
+        assert record.poll_lease_until is None
+        assert record.poll_attempts >= 2
+        assert outcomes[:2] == [None, None]
+
+    async def test_stops_promptly_while_idle(self) -> None:
+        store = InMemoryUploadStore()
+        stop = asyncio.Event()
+        task = asyncio.create_task(scheduler(store, Finisher(store), idle_sleep_seconds=30).run(stop))
+        await asyncio.sleep(0.05)
+
+        started = time.monotonic()
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+        assert time.monotonic() - started < 1
+
+    async def test_lets_an_inflight_poll_finish_on_stop(self) -> None:
+        store = InMemoryUploadStore()
+        [rid] = await due_uploads(store, 1)
+        poll = Finisher(store, delay=0.3)
+        stop = asyncio.Event()
+        task = asyncio.create_task(scheduler(store, poll).run(stop))
+        await eventually(lambda: poll.running[rid] == 1)
+
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+        record = await store.get(rid)
+        assert record is not None
+        assert record.poll_next_at is None  # the poll ran to its end
+
+    async def test_a_poll_outliving_the_grace_is_cancelled_and_its_lease_left_to_expire(self) -> None:
+        store = InMemoryUploadStore()
+        [rid] = await due_uploads(store, 1)
+        poll = Finisher(store, delay=3600)
+        stop = asyncio.Event()
+        task = asyncio.create_task(scheduler(store, poll, shutdown_grace_seconds=0.1).run(stop))
+        await eventually(lambda: poll.running[rid] == 1)
+
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+        record = await store.get(rid)
+        assert record is not None
+        assert record.poll_next_at is not None
+        assert record.poll_lease_until is not None
+        # Once the lease has expired, the upload is due again: nothing was lost.
+        assert await store.claim_due_poll(record.poll_lease_until + timedelta(seconds=1), 30) is not None
+
+    async def test_survives_a_store_outage_and_reports_it(self) -> None:
+        store = InMemoryUploadStore()
+        [rid] = await due_uploads(store, 1)
+        outage = {"left": 3}
+
+        class FlakyStore:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(store, name)
+
+            async def claim_due_poll(self, when: datetime, lease_seconds: float) -> UploadRecord | None:
+                if outage["left"] > 0:
+                    outage["left"] -= 1
+                    raise ConnectionError("mongo is down")
+                return await store.claim_due_poll(when, lease_seconds)
+
+        poll = Finisher(store)
+        sched = scheduler(FlakyStore(), poll, store_backoff_max_seconds=0.05)
+        health: list[bool] = []
+        stop = asyncio.Event()
+        task = asyncio.create_task(sched.run(stop))
+
+        def polled_while_watching_health() -> bool:
+            health.append(sched.is_healthy())
+            return poll.calls[rid] == 1
+
+        await eventually(polled_while_watching_health)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+        assert False in health
+        assert sched.is_healthy()
+
+    def test_refuses_zero_concurrency(self) -> None:
+        with pytest.raises(ValueError, match="concurrency"):
+            scheduler(InMemoryUploadStore(), Finisher(InMemoryUploadStore()), concurrency=0)
