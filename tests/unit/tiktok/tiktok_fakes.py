@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,9 +24,28 @@ def envelope(
     return {"data": data or {}, "error": {"code": code, "message": f"msg {code}", "log_id": log_id}}
 
 
-def make_client(handler: Callable[[httpx.Request], Any]) -> tuple[TikTokClient, httpx.AsyncClient]:
-    """A TikTokClient over a MockTransport running `handler` (sync or async)."""
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+class StreamingMockTransport(httpx.AsyncBaseTransport):
+    """Like httpx.MockTransport, but hands the request body to the handler unread, as a stream.
+
+    (MockTransport reads the whole body before calling its handler, which would hide buffering.)
+    """
+
+    def __init__(self, handler: Callable[[httpx.Request], Awaitable[httpx.Response]]) -> None:
+        self.handler = handler
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.handler(request)
+
+
+def make_client(
+    handler: Callable[[httpx.Request], Any], *, streaming: bool = False
+) -> tuple[TikTokClient, httpx.AsyncClient]:
+    """A TikTokClient over a MockTransport running `handler` (sync or async); with `streaming`,
+    the (async) handler receives the body as the client streams it."""
+    transport: httpx.AsyncBaseTransport = (
+        StreamingMockTransport(handler) if streaming else httpx.MockTransport(handler)
+    )
+    http = httpx.AsyncClient(transport=transport)
     client = TikTokClient(
         http, base_url=BASE_URL, client_key=CLIENT_KEY, client_secret=SecretStr(CLIENT_SECRET)
     )
