@@ -1,0 +1,504 @@
+"""What the uploader decides for one `UploadRequested`: validate, init once, stream the chunks,
+resume after any crash, and record the outcome (docs/design.md, step 2).
+
+Pure logic against ports (UploadStore, a StateRecorder, Publisher, TikTokApi, a reader factory, a
+clock): no Kafka, HTTP or Mongo here. The promise it keeps is ARCHITECTURE.md's second: never two
+TikTok posts for one request. Hence the order of things: the `publish_id` and `upload_url` are
+checkpointed before the first PUT, and a redelivered request resumes that publish (from TikTok's
+own count of the bytes it holds) or confirms it through status/fetch. A new init happens only when
+the old publish can never become a post: its upload URL expired before TikTok had every byte.
+
+Outcomes, as the consumer loop reads them: returning commits the record (done, failed for good, or
+nothing to do); RetryableError leaves it uncommitted to be retried; cancellation (shutdown,
+rebalance) leaves it uncommitted too, and the checkpoint makes the redelivery resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol
+
+import structlog
+from reelay_common.errors import (
+    AuthExpiredError,
+    InvalidInputError,
+    PermanentError,
+    RateLimitedError,
+    RetryableError,
+    TikTokRejectedError,
+    TransientTikTokError,
+    UploadOutOfSyncError,
+    UploadUrlExpiredError,
+)
+from reelay_common.messages import (
+    ALLOWED_CONTENT_TYPES,
+    MAX_VIDEO_BYTES,
+    BlobSource,
+    PullFromUrlSource,
+    StateSource,
+    UploadRequested,
+    UrlSource,
+    VideoUploaded,
+    utcnow,
+)
+from reelay_common.ports import Publisher, TikTokApi, UploadStore, VideoReader
+from reelay_common.records import UploadRecord
+from reelay_common.states import UploadState
+from reelay_common.tiktok.chunks import plan_chunks
+from reelay_common.tiktok.models import FileUploadSourceInfo, PublishStatus, PullFromUrlSourceInfo
+from structlog.contextvars import bound_contextvars
+
+log = structlog.get_logger(__name__)
+
+SOURCE: StateSource = "uploader"
+UPLOAD_URL_LIFETIME = timedelta(hours=1)  # TikTok: an upload_url is valid for 1 hour after init
+
+# FAILED publishes whose reason says TikTok's side broke, not our video: a new publish may succeed.
+RETRYABLE_FAIL_REASONS = frozenset({"internal"})
+
+ReaderFactory = Callable[[UrlSource | BlobSource], AbstractAsyncContextManager[VideoReader]]
+Outcome = Literal[
+    "uploaded",
+    "already_uploaded",
+    "already_done",
+    "failed",
+    "superseded",
+    "request_id_conflict",
+]
+
+
+class Recorder(Protocol):
+    """The part of `reelay_common.recorder.StateRecorder` the uploader uses."""
+
+    async def record(
+        self,
+        request_id: str,
+        target: UploadState,
+        *,
+        source: StateSource,
+        detail: Mapping[str, Any] | None = None,
+        set_fields: Mapping[str, Any] | None = None,
+    ) -> UploadRecord | None: ...
+
+    async def announce(self, record: UploadRecord, *, source: StateSource) -> None: ...
+
+
+@dataclass(frozen=True)
+class UploaderDeps:
+    """Everything the handler talks to, built by the composition root (or a test)."""
+
+    store: UploadStore
+    recorder: Recorder
+    publisher: Publisher
+    tiktok: TikTokApi
+    open_reader: ReaderFactory
+    events_topic: str
+    chunk_size: int = 10_000_000
+    max_video_bytes: int = MAX_VIDEO_BYTES
+    max_init_attempts: int = 3
+    upload_url_margin: timedelta = timedelta(minutes=5)
+    clock: Callable[[], datetime] = utcnow
+
+
+@dataclass(frozen=True)
+class _FilePublish:
+    """A FILE_UPLOAD publish as checkpointed: where to PUT, until when, the plan, TikTok's progress."""
+
+    publish_id: str
+    upload_url: str
+    expires_at: datetime | None
+    plan: FileUploadSourceInfo
+    confirmed: int
+
+    @classmethod
+    def of(cls, rec: UploadRecord) -> _FilePublish | None:
+        """The checkpointed publish of `rec`, or None if no init was recorded."""
+        if (
+            rec.publish_id is None
+            or rec.upload_url is None
+            or rec.video_size is None
+            or rec.chunk_size is None
+            or rec.total_chunk_count is None
+        ):
+            return None
+        plan = FileUploadSourceInfo(
+            video_size=rec.video_size, chunk_size=rec.chunk_size, total_chunk_count=rec.total_chunk_count
+        )
+        return cls(
+            publish_id=rec.publish_id,
+            upload_url=rec.upload_url,
+            expires_at=rec.upload_url_expires_at,
+            plan=plan,
+            confirmed=rec.uploaded_bytes,
+        )
+
+
+class _Superseded(Exception):
+    """The document left `uploading` under us (another worker finished it): stop, touch nothing."""
+
+
+async def handle_upload_requested(cmd: UploadRequested, deps: UploaderDeps) -> None:
+    """Take one upload request as far as `uploaded` (or `failed`); safe to call again at any time."""
+    started = time.monotonic()
+    outcome: str = "error"
+    with bound_contextvars(request_id=cmd.request_id, account_id=cmd.account_id):
+        job: _Job | None = None
+        try:
+            record, _created = await deps.store.create(cmd, source=SOURCE)
+            if record.state is UploadState.ACCEPTED and record.announced_state is not UploadState.ACCEPTED:
+                # Upstream producers may skip ingest: then this is the first anyone hears of it.
+                await deps.recorder.announce(record, source=SOURCE)
+            if record.account_id != cmd.account_id or record.mode != cmd.mode:
+                log.warning(
+                    "request_id_conflict",
+                    stored_account_id=record.account_id,
+                    stored_mode=record.mode,
+                    mode=cmd.mode,
+                )
+                outcome = "request_id_conflict"
+                return
+            async with AsyncExitStack() as resources:
+                job = _Job(record, deps, resources)
+                outcome = await job.run()
+        except RetryableError as exc:
+            outcome = "retry"
+            log.info("upload_will_retry", error=type(exc).__name__, **_detail_fields(exc))
+            raise
+        except asyncio.CancelledError:
+            # Shutdown or rebalance: nothing is committed and the checkpoint makes the redelivery resume.
+            outcome = "cancelled"
+            raise
+        finally:
+            log.info(
+                "upload_handled",
+                outcome=outcome,
+                publish_id=job.publish_id if job else None,
+                bytes_sent=job.bytes_confirmed if job else 0,
+                inits=job.inits if job else 0,
+                duration_ms=round((time.monotonic() - started) * 1000),
+            )
+            structlog.contextvars.unbind_contextvars("publish_id")
+
+
+def _detail_fields(exc: RetryableError) -> dict[str, Any]:
+    return {k: v for k, v in exc.detail().items() if k in ("code", "log_id", "http_status")}
+
+
+Verdict = Literal["complete", "partial", "dead"]
+
+
+class _Job:
+    """One handling of one request: the record as it stands, and a lazily opened video reader."""
+
+    def __init__(self, record: UploadRecord, deps: UploaderDeps, resources: AsyncExitStack) -> None:
+        self.rec = record
+        self.deps = deps
+        self.resources = resources
+        self.rid = record.request_id
+        self.publish_id: str | None = record.publish_id
+        self.bytes_confirmed = 0
+        self.inits = 0
+        self._reader: VideoReader | None = None
+        self._validated = False
+
+    # -- the decision ------------------------------------------------------------------------
+
+    async def run(self) -> Outcome:
+        state = self.rec.state
+        if state is UploadState.UPLOADED:
+            await self._announce_uploaded(self.rec)
+            return "already_uploaded"
+        if state not in (UploadState.ACCEPTED, UploadState.UPLOADING):
+            log.info("upload_already_done", state=state.value)
+            return "already_done"
+        try:
+            if state is UploadState.ACCEPTED:
+                await self._validate()
+                moved = await self.deps.recorder.record(self.rid, UploadState.UPLOADING, source=SOURCE)
+                self.rec = moved or await self._reload()
+                if self.rec.state is not UploadState.UPLOADING:
+                    raise _Superseded
+            if isinstance(self.rec.source, PullFromUrlSource):
+                return await self._pull(self.rec.source)
+            return await self._file_upload()
+        except _Superseded:
+            log.info("upload_superseded")
+            return "superseded"
+        except UploadOutOfSyncError as exc:
+            # The upload could not find where TikTok stands; the checkpoint lets a retry resume.
+            raise TransientTikTokError(
+                f"the upload lost sync with TikTok: {exc.message}", code=exc.code, log_id=exc.log_id
+            ) from exc
+        except PermanentError as exc:
+            await self._fail(exc.detail())
+            return "failed"
+
+    async def _file_upload(self) -> Outcome:
+        while True:
+            pub = _FilePublish.of(self.rec)
+            if pub is not None:
+                if pub.confirmed >= pub.plan.video_size:
+                    # TikTok confirmed every byte before we could record it (crash after the 201).
+                    return await self._uploaded(pub.publish_id, pub.plan)
+                verdict, progress = await self._tiktok_side(pub)
+                if verdict == "complete":
+                    return await self._uploaded(pub.publish_id, pub.plan)
+                if verdict == "partial" and self._url_is_live(pub):
+                    log.info("upload_resuming", offset=progress)
+                    try:
+                        await self._put_chunks(pub, start_offset=progress)
+                    except UploadUrlExpiredError:
+                        await self._expire_url()
+                        continue
+                    return await self._uploaded(pub.publish_id, pub.plan)
+                # The URL is gone (or the publish failed) before TikTok had every byte: that publish
+                # can never become a post, so a new one cannot make a second.
+                log.info(
+                    "publish_abandoned", abandoned_publish_id=pub.publish_id, verdict=verdict, bytes=progress
+                )
+            elif self.rec.init_attempts == 0:
+                await self._validate()
+            pub = await self._init_file_upload()
+            try:
+                await self._put_chunks(pub, start_offset=0)
+            except UploadUrlExpiredError:
+                await self._expire_url()
+                continue
+            return await self._uploaded(pub.publish_id, pub.plan)
+
+    async def _pull(self, source: PullFromUrlSource) -> Outcome:
+        rec = self.rec
+        if rec.publish_id is not None:
+            # TikTok already has the job; it downloads on its own. Tracking is the poller's.
+            return await self._uploaded(rec.publish_id, None)
+        if rec.init_attempts > 0:
+            # An earlier init was sent and its answer never recorded: TikTok may be downloading
+            # already, and a second init could post the video twice. Only a person can tell.
+            raise InvalidInputError(
+                "an earlier PULL_FROM_URL init has no recorded answer; TikTok may have started it, "
+                "so it is not sent again",
+                code="pull_init_outcome_unknown",
+            )
+        await self._validate()
+        # Mark the attempt before sending it: a lost answer must stop a blind second init.
+        await self._checkpoint({"init_attempts": 1})
+        try:
+            result = await self.deps.tiktok.init_upload(
+                rec.account_id,
+                mode=rec.mode,
+                post_info=rec.post_info,
+                source_info=PullFromUrlSourceInfo(video_url=source.url),
+            )
+        except (PermanentError, RetryableError) as exc:
+            if exc.http_status is not None or isinstance(exc, RateLimitedError | AuthExpiredError):
+                # TikTok answered (or the call was never sent), so it created nothing: the attempt
+                # may be made again. Only a lost answer (timeout, dropped connection) stays marked.
+                await self._checkpoint({"init_attempts": 0})
+            raise
+        self.inits += 1
+        self._bind_publish(result.publish_id)
+        self.rec = await self._checkpoint({"publish_id": result.publish_id})
+        return await self._uploaded(result.publish_id, None)
+
+    # -- steps -------------------------------------------------------------------------------
+
+    async def _validate(self) -> None:
+        """Refuse, before any publish exists, what TikTok would refuse or we cannot send."""
+        if self._validated:
+            return
+        if not isinstance(self.rec.source, PullFromUrlSource):
+            reader = await self._open_reader()
+            if reader.size > self.deps.max_video_bytes:
+                raise InvalidInputError(
+                    f"the video is {reader.size} bytes; the limit is {self.deps.max_video_bytes}",
+                    code="too_large",
+                )
+            if reader.content_type not in ALLOWED_CONTENT_TYPES:
+                raise InvalidInputError(
+                    f"the video's content type {reader.content_type!r} is not one of "
+                    f"{', '.join(ALLOWED_CONTENT_TYPES)}",
+                    code="unsupported_media_type",
+                )
+        if self.rec.mode == "direct" and self.rec.post_info is not None:
+            info = await self.deps.tiktok.creator_info(self.rec.account_id)
+            wanted = self.rec.post_info.privacy_level
+            if wanted not in info.privacy_level_options:
+                raise InvalidInputError(
+                    f"privacy level {wanted} is not offered by this creator "
+                    f"(offered: {', '.join(info.privacy_level_options) or 'none'})",
+                    code="privacy_level_option_mismatch",
+                )
+        self._validated = True
+
+    async def _init_file_upload(self) -> _FilePublish:
+        """Init a FILE_UPLOAD publish and checkpoint it before a single byte is sent."""
+        rec = self.rec
+        if rec.init_attempts >= self.deps.max_init_attempts:
+            raise PermanentError(
+                f"gave up after {rec.init_attempts} publishes whose upload URL expired before "
+                "TikTok had every byte",
+                code="init_attempts_exhausted",
+            )
+        reader = await self._open_reader()
+        plan = plan_chunks(reader.size, chunk_size=self.deps.chunk_size)
+        result = await self.deps.tiktok.init_upload(
+            rec.account_id, mode=rec.mode, post_info=rec.post_info, source_info=plan
+        )
+        self.inits += 1
+        self._bind_publish(result.publish_id)
+        if not result.upload_url:
+            raise TikTokRejectedError("TikTok's init answered without an upload_url", code="no_upload_url")
+        expires = self.deps.clock() + UPLOAD_URL_LIFETIME - self.deps.upload_url_margin
+        self.rec = await self._checkpoint(
+            {
+                "publish_id": result.publish_id,
+                "upload_url": result.upload_url,
+                "upload_url_expires_at": expires,
+                "video_size": plan.video_size,
+                "chunk_size": plan.chunk_size,
+                "total_chunk_count": plan.total_chunk_count,
+                "uploaded_bytes": 0,
+                "init_attempts": rec.init_attempts + 1,
+            }
+        )
+        log.info(
+            "upload_initialised",
+            video_size=plan.video_size,
+            chunk_size=plan.chunk_size,
+            chunks=plan.total_chunk_count,
+            attempt=rec.init_attempts + 1,
+        )
+        return _FilePublish(
+            publish_id=result.publish_id,
+            upload_url=result.upload_url,
+            expires_at=expires,
+            plan=plan,
+            confirmed=0,
+        )
+
+    async def _put_chunks(self, pub: _FilePublish, *, start_offset: int) -> None:
+        """PUT the chunks from `start_offset`, checkpointing TikTok's confirmed progress as it grows."""
+        reader = await self._open_reader()
+        if reader.size != pub.plan.video_size:
+            raise InvalidInputError(
+                f"the video changed size since the upload began ({pub.plan.video_size} -> "
+                f"{reader.size} bytes)",
+                code="source_changed",
+            )
+
+        async def progress(confirmed: int) -> None:
+            self.bytes_confirmed = confirmed
+            await self._checkpoint({"uploaded_bytes": confirmed})
+
+        await self.deps.tiktok.upload_chunks(
+            pub.upload_url,
+            pub.plan,
+            reader,
+            start_offset=start_offset,
+            on_progress=progress,
+            account_id=self.rec.account_id,
+            publish_id=pub.publish_id,
+        )
+
+    async def _tiktok_side(self, pub: _FilePublish) -> tuple[Verdict, int]:
+        """Where TikTok stands on the checkpointed publish, and how many bytes it holds."""
+        size = pub.plan.video_size
+        status: PublishStatus = await self.deps.tiktok.fetch_status(self.rec.account_id, pub.publish_id)
+        held = status.uploaded_bytes if status.uploaded_bytes is not None else pub.confirmed
+        has_all = held >= size
+        log.info("publish_status_checked", status=status.status, uploaded_bytes=status.uploaded_bytes)
+        if status.status in ("PUBLISH_COMPLETE", "SEND_TO_USER_INBOX"):
+            return "complete", size
+        if status.status == "FAILED":
+            if has_all and status.fail_reason not in RETRYABLE_FAIL_REASONS:
+                # TikTok had the whole file and refused it (format, duration, spam...): a new
+                # publish of the same bytes would fail the same way.
+                raise TikTokRejectedError(
+                    f"TikTok failed the publish: {status.fail_reason}", code=status.fail_reason or "failed"
+                )
+            return "dead", held
+        return ("complete" if has_all else "partial"), held
+
+    async def _uploaded(self, publish_id: str, plan: FileUploadSourceInfo | None) -> Outcome:
+        """Record `uploaded` and tell the status-poller (VideoUploaded on the publish events)."""
+        self._bind_publish(publish_id)
+        fields: dict[str, Any] = {"publish_id": publish_id}
+        detail: dict[str, Any] = {"publish_id": publish_id}
+        if plan is not None:
+            fields["uploaded_bytes"] = plan.video_size
+            detail["video_size"] = plan.video_size
+            self.bytes_confirmed = plan.video_size
+        moved = await self.deps.recorder.record(
+            self.rid, UploadState.UPLOADED, source=SOURCE, detail=detail, set_fields=fields
+        )
+        current = moved or await self._reload()
+        if current.state is UploadState.UPLOADED:
+            await self._announce_uploaded(current)
+        log.info(
+            "upload_completed",
+            video_size=plan.video_size if plan else None,
+            chunks=plan.total_chunk_count if plan else None,
+        )
+        return "uploaded"
+
+    async def _announce_uploaded(self, rec: UploadRecord) -> None:
+        """Publish VideoUploaded; consumers are idempotent, so a redelivery may publish it again."""
+        if rec.publish_id is None:
+            log.warning("uploaded_without_publish_id")
+            return
+        self._bind_publish(rec.publish_id)
+        event = VideoUploaded(
+            request_id=rec.request_id,
+            account_id=rec.account_id,
+            publish_id=rec.publish_id,
+            mode=rec.mode,
+            video_size=rec.video_size,
+            chunk_count=rec.total_chunk_count,
+        )
+        await self.deps.publisher.publish(self.deps.events_topic, event, key=rec.account_id)
+
+    async def _fail(self, detail: Mapping[str, Any]) -> None:
+        full = dict(detail)
+        if self.publish_id is not None:
+            full.setdefault("publish_id", self.publish_id)
+        await self.deps.recorder.record(self.rid, UploadState.FAILED, source=SOURCE, detail=full)
+        log.warning("upload_failed", **{k: v for k, v in full.items() if k != "message"})
+
+    async def _expire_url(self) -> None:
+        """The PUT said 403: never trust this upload_url again."""
+        log.info("upload_url_expired", publish_id=self.rec.publish_id)
+        self.rec = await self._checkpoint({"upload_url_expires_at": self.deps.clock()})
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _url_is_live(self, pub: _FilePublish) -> bool:
+        return pub.expires_at is not None and pub.expires_at > self.deps.clock()
+
+    def _bind_publish(self, publish_id: str) -> None:
+        if publish_id != self.publish_id:
+            self.publish_id = publish_id
+        structlog.contextvars.bind_contextvars(publish_id=publish_id)
+
+    async def _open_reader(self) -> VideoReader:
+        if self._reader is None:
+            source = self.rec.source
+            assert not isinstance(source, PullFromUrlSource)  # TikTok reads those itself
+            self._reader = await self.resources.enter_async_context(self.deps.open_reader(source))
+        return self._reader
+
+    async def _checkpoint(self, fields: Mapping[str, Any]) -> UploadRecord:
+        updated = await self.deps.store.checkpoint(self.rid, fields, expect_state=UploadState.UPLOADING)
+        if updated is None:
+            raise _Superseded
+        return updated
+
+    async def _reload(self) -> UploadRecord:
+        current = await self.deps.store.get(self.rid)
+        if current is None:
+            raise _Superseded
+        return current
