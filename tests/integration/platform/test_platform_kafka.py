@@ -1,0 +1,507 @@
+"""The consumer loop on a real Kafka: what each handler outcome does to commits, retries and dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from reelay_common.errors import (
+    InvalidInputError,
+    PermanentError,
+    RateLimitedError,
+    RetryableError,
+    SkipError,
+)
+from reelay_common.kafka import ConsumerLoop, KafkaPublisher, RecordContext, ensure_topics
+from reelay_common.messages import DeadLetter, UploadRequested, dlq_topic
+
+from tests.conftest import UniqueTopic
+
+# Small timeouts so groups form and rebalance in about a second (the broker's minimum session is 6 s).
+FAST = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 500, "metadata_max_age_ms": 5000}
+
+
+def request(n: int, *, account: str = "acct-1") -> UploadRequested:
+    return UploadRequested.model_validate(
+        {
+            "request_id": f"req-{n}",
+            "account_id": account,
+            "mode": "inbox",
+            "source": {"kind": "url", "url": "https://videos.example.com/a.mp4"},
+        }
+    )
+
+
+async def eventually(
+    predicate: Callable[[], bool], *, timeout: float = 30.0, what: str = "condition"
+) -> None:
+    """Wait for `predicate` with a bounded poll."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> dict[int, int]:
+    """The group's committed offsets by partition (-1: nothing committed)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
+        return {tp.partition: (offsets[tp].offset if tp in offsets else -1) for tp in tps}
+    finally:
+        await admin.close()
+
+
+async def read_topic(bootstrap: str, topic: str, count: int, *, timeout: float = 30.0) -> list[Any]:
+    """The first `count` records of `topic` (no group, from the beginning)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    out: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(out) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"only {len(out)} of {count} records on {topic} after {timeout}s")
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                out.extend(records)
+    finally:
+        await consumer.stop()
+    return out
+
+
+@dataclass
+class Seen:
+    """What a test handler observed."""
+
+    started: list[tuple[str, int, int]] = field(default_factory=list)
+    finished: list[tuple[str, int, int]] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+    def ids(self, which: str = "finished") -> list[str]:
+        return [r for r, _, _ in getattr(self, which)]
+
+
+Handler = Callable[[UploadRequested, RecordContext], Awaitable[None]]
+
+
+@dataclass
+class Harness:
+    bootstrap: str
+    publisher: KafkaPublisher
+    topic: str
+    group: str = field(default_factory=lambda: f"g-{uuid.uuid4().hex[:10]}")
+    seen: Seen = field(default_factory=Seen)
+
+    def loop(self, handle: Handler, **kwargs: Any) -> ConsumerLoop[UploadRequested]:
+        async def on_dead_letter(letter: DeadLetter) -> None:
+            self.seen.dead.append(letter)
+
+        options: dict[str, Any] = {
+            "retry_backoff_initial": 0.05,
+            "retry_backoff_max": 0.2,
+            "shutdown_grace_seconds": 5.0,
+            "poll_timeout_ms": 100,
+            **FAST,
+        }
+        options.update(kwargs)
+        return ConsumerLoop(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group,
+            topic=self.topic,
+            decode=UploadRequested.model_validate_json,
+            handle=handle,
+            publisher=self.publisher,
+            on_dead_letter=on_dead_letter,
+            **options,
+        )
+
+    @asynccontextmanager
+    async def running(self, loop: ConsumerLoop[UploadRequested]) -> AsyncIterator[asyncio.Event]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(loop.run(stop))
+        try:
+            yield stop
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=30)
+
+    async def committed(self, partitions: int = 1) -> dict[int, int]:
+        return await committed(self.bootstrap, self.group, self.topic, partitions)
+
+
+@pytest.fixture
+async def h(
+    kafka_bootstrap_servers: str, kafka_publisher: KafkaPublisher, unique_topic: UniqueTopic
+) -> Harness:
+    return Harness(kafka_bootstrap_servers, kafka_publisher, await unique_topic("reelay.test.loop"))
+
+
+def recording(seen: Seen) -> Handler:
+    async def handle(msg: UploadRequested, ctx: RecordContext) -> None:
+        seen.started.append((msg.request_id, ctx.partition, ctx.offset))
+        seen.finished.append((msg.request_id, ctx.partition, ctx.offset))
+
+    return handle
+
+
+class TestEnsureTopics:
+    async def test_creates_the_topic_and_its_dead_letter_topic_idempotently(
+        self, kafka_bootstrap_servers: str
+    ) -> None:
+        name = f"reelay.test.topics.{uuid.uuid4().hex[:10]}"
+        for _ in range(2):
+            await ensure_topics(kafka_bootstrap_servers, [name], partitions=3, replication_factor=1)
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap_servers)
+        await admin.start()
+        try:
+            described = {t["topic"]: t for t in await admin.describe_topics([name, dlq_topic(name)])}
+        finally:
+            await admin.close()
+        assert len(described[name]["partitions"]) == 3
+        assert len(described[dlq_topic(name)]["partitions"]) == 3
+
+    async def test_concurrent_calls_do_not_fail_on_already_existing_topics(
+        self, kafka_bootstrap_servers: str
+    ) -> None:
+        name = f"reelay.test.topics.{uuid.uuid4().hex[:10]}"
+        await asyncio.gather(
+            *(
+                ensure_topics(kafka_bootstrap_servers, [name], partitions=1, replication_factor=1)
+                for _ in range(4)
+            )
+        )
+
+
+class TestRoundTrip:
+    async def test_delivers_published_messages_in_order_and_commits_each(self, h: Harness) -> None:
+        for n in range(3):
+            await h.publisher.publish(h.topic, request(n), key="acct-1")
+        async with h.running(h.loop(recording(h.seen))):
+            await eventually(lambda: len(h.seen.finished) == 3, what="three records handled")
+            await eventually_async(lambda: h.committed(), {0: 3})
+        assert h.seen.ids() == ["req-0", "req-1", "req-2"]
+
+    async def test_hands_the_handler_where_the_record_came_from(self, h: Harness) -> None:
+        contexts: list[RecordContext] = []
+
+        async def handle(msg: UploadRequested, ctx: RecordContext) -> None:
+            contexts.append(ctx)
+
+        await h.publisher.publish(h.topic, request(1), key="acct-9")
+        async with h.running(h.loop(handle)):
+            await eventually(lambda: len(contexts) == 1)
+        (ctx,) = contexts
+        assert (ctx.topic, ctx.partition, ctx.offset, ctx.key) == (h.topic, 0, 0, "acct-9")
+        assert ctx.timestamp_ms > 0
+
+    async def test_reports_healthy_while_running_and_not_after(self, h: Harness) -> None:
+        loop = h.loop(recording(h.seen))
+        assert not loop.is_healthy()
+        async with h.running(loop):
+            await eventually(loop.is_healthy, what="loop healthy")
+        assert not loop.is_healthy()
+
+
+async def eventually_async(
+    fetch: Callable[[], Awaitable[Any]], expected: Any, *, timeout: float = 30.0
+) -> None:
+    """Wait until `await fetch() == expected`, with a bounded poll."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = await fetch()
+        if last == expected:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out: last value {last!r}, expected {expected!r}")
+        await asyncio.sleep(0.1)
+
+
+class TestCommitsOnlyAfterHandling:
+    async def test_a_crash_mid_handle_leads_to_redelivery_to_a_new_consumer(self, h: Harness) -> None:
+        release = asyncio.Event()
+
+        async def slow(msg: UploadRequested, ctx: RecordContext) -> None:
+            h.seen.started.append((msg.request_id, ctx.partition, ctx.offset))
+            await release.wait()
+            h.seen.finished.append((msg.request_id, ctx.partition, ctx.offset))
+
+        await h.publisher.publish(h.topic, request(1), key="acct-1")
+        stop = asyncio.Event()
+        task = asyncio.create_task(h.loop(slow).run(stop))
+        await eventually(lambda: len(h.seen.started) == 1, what="handler started")
+        task.cancel()  # the process dies mid-upload
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert h.seen.finished == []
+        assert await h.committed() == {0: -1}
+
+        release.set()
+        async with h.running(h.loop(slow)):
+            await eventually(lambda: len(h.seen.finished) == 1, what="redelivered record handled")
+            await eventually_async(lambda: h.committed(), {0: 1})
+        assert h.seen.ids("started") == ["req-1", "req-1"]
+
+    async def test_stop_cancels_a_handler_that_outlives_the_grace_and_leaves_it_uncommitted(
+        self, h: Harness
+    ) -> None:
+        never = asyncio.Event()
+        cancelled: list[str] = []
+
+        async def stuck(msg: UploadRequested, ctx: RecordContext) -> None:
+            h.seen.started.append((msg.request_id, ctx.partition, ctx.offset))
+            try:
+                await never.wait()
+            except asyncio.CancelledError:
+                cancelled.append(msg.request_id)
+                raise
+
+        await h.publisher.publish(h.topic, request(1), key="acct-1")
+        async with h.running(h.loop(stuck, shutdown_grace_seconds=0.3)):
+            await eventually(lambda: len(h.seen.started) == 1, what="handler started")
+        assert cancelled == ["req-1"]
+        assert await h.committed() == {0: -1}
+
+        async with h.running(h.loop(recording(h.seen))):
+            await eventually(lambda: h.seen.ids() == ["req-1"], what="redelivery after stop")
+
+    async def test_stop_lets_an_in_flight_handler_finish_within_the_grace(self, h: Harness) -> None:
+        async def brief(msg: UploadRequested, ctx: RecordContext) -> None:
+            h.seen.started.append((msg.request_id, ctx.partition, ctx.offset))
+            await asyncio.sleep(0.5)
+            h.seen.finished.append((msg.request_id, ctx.partition, ctx.offset))
+
+        await h.publisher.publish(h.topic, request(1), key="acct-1")
+        await h.publisher.publish(h.topic, request(2), key="acct-1")
+        async with h.running(h.loop(brief, shutdown_grace_seconds=10)):
+            await eventually(lambda: len(h.seen.started) == 1, what="handler started")
+        # The in-flight record finished and was committed; the next one was not started.
+        assert h.seen.ids() == ["req-1"]
+        assert await h.committed() == {0: 1}
+
+
+class TestDeadLetters:
+    async def test_malformed_records_are_dead_lettered_and_the_loop_moves_on(self, h: Harness) -> None:
+        await h.publisher.publish_raw(h.topic, b"not json at all", key=b"acct-1")
+        await h.publisher.publish_raw(
+            h.topic, b'{"request_id": "req-bad", "account_id": "acct-1"}', key=b"acct-1"
+        )
+        await h.publisher.publish(h.topic, request(3), key="acct-1")
+        async with h.running(h.loop(recording(h.seen))):
+            await eventually(lambda: h.seen.ids() == ["req-3"], what="good record after bad ones")
+            await eventually(lambda: len(h.seen.dead) == 2, what="two dead letters")
+            await eventually_async(lambda: h.committed(), {0: 3})
+
+        letters = [
+            DeadLetter.model_validate_json(r.value)
+            for r in await read_topic(h.bootstrap, dlq_topic(h.topic), 2)
+        ]
+        first, second = letters
+        assert (first.topic, first.partition, first.offset, first.reason) == (h.topic, 0, 0, "invalid_json")
+        assert first.value == "not json at all"
+        assert (second.offset, second.reason) == (1, "validation_failed")
+        assert "mode" in second.error
+        assert "source" in second.error
+        assert (second.request_id, second.account_id) == ("req-bad", "acct-1")
+        assert [d.offset for d in h.seen.dead] == [0, 1]
+
+    async def test_dead_letters_keep_the_original_key(self, h: Harness) -> None:
+        await h.publisher.publish_raw(h.topic, b"[1, 2", key=b"acct-key")
+        async with h.running(h.loop(recording(h.seen))):
+            await eventually(lambda: len(h.seen.dead) == 1)
+        (record,) = await read_topic(h.bootstrap, dlq_topic(h.topic), 1)
+        assert record.key == b"acct-key"
+
+    async def test_a_permanent_error_is_dead_lettered_with_its_code(self, h: Harness) -> None:
+        async def refuse(msg: UploadRequested, ctx: RecordContext) -> None:
+            if msg.request_id == "req-1":
+                raise InvalidInputError("the account is unknown", code="unknown_account")
+            h.seen.finished.append((msg.request_id, ctx.partition, ctx.offset))
+
+        await h.publisher.publish(h.topic, request(1), key="acct-1")
+        await h.publisher.publish(h.topic, request(2), key="acct-1")
+        async with h.running(h.loop(refuse)):
+            await eventually(lambda: h.seen.ids() == ["req-2"], what="next record handled")
+            await eventually_async(lambda: h.committed(), {0: 2})
+        (letter,) = h.seen.dead
+        assert (letter.reason, letter.request_id, letter.account_id, letter.offset) == (
+            "unknown_account",
+            "req-1",
+            "acct-1",
+            0,
+        )
+        assert "the account is unknown" in letter.error
+
+    async def test_a_permanent_error_without_a_code_is_named_by_its_kind(self, h: Harness) -> None:
+        async def refuse(msg: UploadRequested, ctx: RecordContext) -> None:
+            raise PermanentError("no")
+
+        await h.publisher.publish(h.topic, request(1), key="acct-1")
+        async with h.running(h.loop(refuse)):
+            await eventually(lambda: len(h.seen.dead) == 1)
+        assert h.seen.dead[0].reason == "permanent"
+
+    async def test_unexpected_errors_are_retried_then_dead_lettered(self, h: Harness) -> None:
+        attempts: list[int] = []
+
+        async def buggy(msg: UploadRequested, ctx: RecordContext) -> None:
+            attempts.append(ctx.offset)
+            raise KeyError("bug")
+
+        await h.publisher.publish(h.topic, request(1), key="acct-1")
+        async with h.running(h.loop(buggy, max_unexpected_failures=3)):
+            await eventually(lambda: len(h.seen.dead) == 1)
+            await eventually_async(lambda: h.committed(), {0: 1})
+        assert attempts == [0, 0, 0]
+        assert h.seen.dead[0].reason == "handler_failed"
+        assert "KeyError" in h.seen.dead[0].error
+
+    async def test_a_skip_commits_without_a_dead_letter(self, h: Harness) -> None:
+        async def skip(msg: UploadRequested, ctx: RecordContext) -> None:
+            raise SkipError("duplicate")
+
+        await h.publisher.publish(h.topic, request(1), key="acct-1")
+        async with h.running(h.loop(skip)):
+            await eventually_async(lambda: h.committed(), {0: 1})
+        assert h.seen.dead == []
+
+
+class TestRetries:
+    async def test_a_retryable_error_is_retried_until_it_succeeds_and_not_committed_in_between(
+        self, h: Harness
+    ) -> None:
+        commits_seen_while_failing: list[dict[int, int]] = []
+
+        async def flaky(msg: UploadRequested, ctx: RecordContext) -> None:
+            h.seen.started.append((msg.request_id, ctx.partition, ctx.offset))
+            if len(h.seen.started) <= 2:
+                commits_seen_while_failing.append(await h.committed())
+                raise RetryableError("TikTok answered 503")
+            h.seen.finished.append((msg.request_id, ctx.partition, ctx.offset))
+
+        await h.publisher.publish(h.topic, request(1), key="acct-1")
+        await h.publisher.publish(h.topic, request(2), key="acct-1")
+        async with h.running(h.loop(flaky)):
+            await eventually(lambda: h.seen.ids() == ["req-1", "req-2"], what="both handled")
+            await eventually_async(lambda: h.committed(), {0: 2})
+        assert h.seen.ids("started")[:3] == ["req-1", "req-1", "req-1"]
+        assert commits_seen_while_failing == [{0: -1}, {0: -1}]
+        assert h.seen.dead == []
+
+    async def test_respects_retry_after_of_a_rate_limit(self, h: Harness) -> None:
+        times: list[float] = []
+
+        async def limited(msg: UploadRequested, ctx: RecordContext) -> None:
+            times.append(time.monotonic())
+            if len(times) == 1:
+                raise RateLimitedError("slow down", retry_after=1.0)
+
+        await h.publisher.publish(h.topic, request(1), key="acct-1")
+        async with h.running(h.loop(limited, retry_backoff_initial=0.01, retry_backoff_max=0.01)):
+            await eventually(lambda: len(times) == 2)
+        assert times[1] - times[0] >= 0.85  # retry_after (1 s) minus the jitter allowance
+
+    async def test_stop_during_retries_leaves_the_record_uncommitted(self, h: Harness) -> None:
+        async def down(msg: UploadRequested, ctx: RecordContext) -> None:
+            h.seen.started.append((msg.request_id, ctx.partition, ctx.offset))
+            raise RetryableError("Mongo is down")
+
+        await h.publisher.publish(h.topic, request(1), key="acct-1")
+        async with h.running(h.loop(down)):
+            await eventually(lambda: len(h.seen.started) >= 2, what="retrying")
+        assert await h.committed() == {0: -1}
+        assert h.seen.dead == []
+
+
+class TestPartitions:
+    async def test_partitions_are_handled_concurrently_and_each_in_order(
+        self, kafka_bootstrap_servers: str, kafka_publisher: KafkaPublisher, unique_topic: UniqueTopic
+    ) -> None:
+        h = Harness(
+            kafka_bootstrap_servers, kafka_publisher, await unique_topic("reelay.test.parts", partitions=2)
+        )
+        other_partition_done = asyncio.Event()
+        by_partition: dict[int, list[str]] = {0: [], 1: []}
+
+        async def handle(msg: UploadRequested, ctx: RecordContext) -> None:
+            if ctx.partition == 0 and not by_partition[0]:
+                # Partition 0 waits for partition 1: only concurrent workers let this finish.
+                await asyncio.wait_for(other_partition_done.wait(), timeout=20)
+            by_partition[ctx.partition].append(msg.request_id)
+            if ctx.partition == 1:
+                other_partition_done.set()
+
+        for p, n in [(p, n) for p in (0, 1) for n in range(3)]:
+            await send_to_partition(kafka_bootstrap_servers, h.topic, p, request(10 * p + n))
+        async with h.running(h.loop(handle)):
+            await eventually(
+                lambda: len(by_partition[0]) == 3 and len(by_partition[1]) == 3, what="all handled"
+            )
+            await eventually_async(lambda: h.committed(2), {0: 3, 1: 3})
+        assert by_partition == {0: ["req-0", "req-1", "req-2"], 1: ["req-10", "req-11", "req-12"]}
+
+    async def test_a_handler_longer_than_max_poll_interval_causes_no_rebalance(self, h: Harness) -> None:
+        async def long_upload(msg: UploadRequested, ctx: RecordContext) -> None:
+            h.seen.started.append((msg.request_id, ctx.partition, ctx.offset))
+            if msg.request_id == "req-1":
+                await asyncio.sleep(6)  # twice max_poll_interval_ms
+            h.seen.finished.append((msg.request_id, ctx.partition, ctx.offset))
+
+        await h.publisher.publish(h.topic, request(1), key="acct-1")
+        await h.publisher.publish(h.topic, request(2), key="acct-1")
+        async with h.running(h.loop(long_upload, max_poll_interval_ms=3000, rebalance_timeout_ms=6000)):
+            await eventually(lambda: len(h.seen.finished) == 2, timeout=40, what="both handled")
+            await eventually_async(lambda: h.committed(), {0: 2})
+        # A rebalance would have cancelled and redelivered req-1.
+        assert h.seen.ids("started") == ["req-1", "req-2"]
+
+    async def test_revoked_partitions_cancel_in_flight_work_which_the_new_owner_redoes(
+        self, h: Harness
+    ) -> None:
+        gate = asyncio.Event()
+        cancelled: list[str] = []
+
+        async def gated(msg: UploadRequested, ctx: RecordContext) -> None:
+            h.seen.started.append((msg.request_id, ctx.partition, ctx.offset))
+            try:
+                await gate.wait()
+            except asyncio.CancelledError:
+                cancelled.append(msg.request_id)
+                raise
+            h.seen.finished.append((msg.request_id, ctx.partition, ctx.offset))
+
+        await h.publisher.publish(h.topic, request(1), key="acct-1")
+        async with h.running(h.loop(gated)):
+            await eventually(lambda: len(h.seen.started) == 1, what="first consumer started the record")
+            # A second member joins: the partition is revoked from the first during the rebalance.
+            async with h.running(h.loop(gated)):
+                await eventually(lambda: cancelled == ["req-1"], what="in-flight work cancelled on revoke")
+                assert await h.committed() == {0: -1}
+                await eventually(
+                    lambda: len(h.seen.started) == 2, what="the owner after the rebalance restarts it"
+                )
+                gate.set()
+                await eventually(lambda: h.seen.ids() == ["req-1"], what="redone once")
+                await eventually_async(lambda: h.committed(), {0: 1})
+
+
+async def send_to_partition(bootstrap: str, topic: str, partition: int, message: UploadRequested) -> None:
+    """Produce `message` to one partition explicitly (the publisher picks partitions by key)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, message.model_dump_json().encode(), partition=partition)
+    finally:
+        await producer.stop()

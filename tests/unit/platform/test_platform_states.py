@@ -1,0 +1,55 @@
+"""The upload state machine: forward only, terminal states stay put (unconfirmed may be corrected)."""
+
+from __future__ import annotations
+
+import pytest
+from reelay_common.states import TERMINAL_STATES, UploadState, can_transition, states_before
+
+S = UploadState
+PATH = [S.ACCEPTED, S.UPLOADING, S.UPLOADED, S.PROCESSING]
+FINAL = [S.PUBLISHED, S.INBOX_DELIVERED, S.FAILED]
+
+
+class TestTransitionTable:
+    @pytest.mark.parametrize(
+        ("current", "target"), [(a, b) for i, a in enumerate(PATH) for b in PATH[i + 1 :]]
+    )
+    def test_moves_forward_along_the_path(self, current: UploadState, target: UploadState) -> None:
+        assert can_transition(current, target)
+
+    @pytest.mark.parametrize(("current", "target"), [(b, a) for i, a in enumerate(PATH) for b in PATH[i:]])
+    def test_never_moves_back_or_stays(self, current: UploadState, target: UploadState) -> None:
+        assert not can_transition(current, target)
+
+    @pytest.mark.parametrize("current", PATH)
+    @pytest.mark.parametrize("target", [*FINAL, S.UNCONFIRMED])
+    def test_any_live_state_may_end(self, current: UploadState, target: UploadState) -> None:
+        assert can_transition(current, target)
+
+    @pytest.mark.parametrize("current", FINAL)
+    @pytest.mark.parametrize("target", list(UploadState))
+    def test_final_states_never_change(self, current: UploadState, target: UploadState) -> None:
+        assert not can_transition(current, target)
+
+    @pytest.mark.parametrize("target", FINAL)
+    def test_unconfirmed_may_be_corrected_by_the_real_outcome(self, target: UploadState) -> None:
+        assert can_transition(S.UNCONFIRMED, target)
+
+    @pytest.mark.parametrize("target", [*PATH, S.UNCONFIRMED])
+    def test_unconfirmed_never_goes_back_to_a_live_state(self, target: UploadState) -> None:
+        assert not can_transition(S.UNCONFIRMED, target)
+
+    def test_terminal_states_are_the_four_outcomes(self) -> None:
+        assert {s for s in UploadState if s.is_terminal} == TERMINAL_STATES == {*FINAL, S.UNCONFIRMED}
+
+
+class TestStatesBefore:
+    @pytest.mark.parametrize("target", list(UploadState))
+    def test_is_exactly_the_states_that_may_reach_target(self, target: UploadState) -> None:
+        assert set(states_before(target)) == {s for s in UploadState if can_transition(s, target)}
+
+    def test_accepted_is_reachable_from_nowhere(self) -> None:
+        assert states_before(S.ACCEPTED) == []
+
+    def test_published_is_reachable_from_live_states_and_unconfirmed(self) -> None:
+        assert set(states_before(S.PUBLISHED)) == {*PATH, S.UNCONFIRMED}
