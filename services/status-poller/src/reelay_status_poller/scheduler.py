@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
+from prometheus_client import Counter
 from reelay_common.logging import get_logger
 from reelay_common.ports import UploadStore
 from reelay_common.records import UploadRecord
@@ -19,6 +20,10 @@ from reelay_common.records import UploadRecord
 from reelay_status_poller.handlers import PollOutcome
 
 log = get_logger(__name__)
+
+# Registered once per process, like every prometheus_client metric; served by the ops server.
+POLLS = Counter("reelay_poller_polls_total", "Status polls finished, by outcome.", ["outcome"])
+CLAIM_FAILURES = Counter("reelay_poller_claim_failures_total", "Failed attempts to lease a due poll.")
 
 PollFn = Callable[[UploadRecord], Awaitable[PollOutcome]]
 OutcomeHook = Callable[[PollOutcome | None], None]
@@ -74,6 +79,7 @@ class PollScheduler:
                 except Exception as exc:
                     slots.release()
                     store_failures += 1
+                    CLAIM_FAILURES.inc()
                     self._healthy = False
                     delay = min(self._store_backoff_max, self._idle_sleep * 2**store_failures)
                     log.warning("poll_claim_failed", error=repr(exc), retry_in=delay)
@@ -109,6 +115,7 @@ class PollScheduler:
                 log.warning("poll_reschedule_failed", request_id=record.request_id, error=repr(exc))
         finally:
             slots.release()
+        POLLS.labels(outcome=outcome.value if outcome is not None else "error").inc()
         if self._on_outcome is not None:
             self._on_outcome(outcome)
 
