@@ -567,6 +567,7 @@ class TestProgressHeader:
             ("bytes 0-50000122/50000123", 50_000_122, 50_000_123),
             ("bytes 0-19999999/50000123", None, 20_000_000),  # no cross-check: read as HTTP does
             ("bytes 0-50000123/50000123", 50_000_122, 50_000_123),
+            ("bytes */50000123", None, 0),  # nothing stored yet
             ("bytes 5-9/10", None, None),
             ("garbage", None, None),
             (None, None, None),

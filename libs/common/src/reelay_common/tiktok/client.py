@@ -69,6 +69,7 @@ _OAUTH_TRANSIENT: Final = frozenset({"server_error", "temporarily_unavailable"})
 _OAUTH_AUTH: Final = frozenset({"invalid_grant", "access_denied"})
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+_UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/\d+\s*$", re.IGNORECASE)
 
 
 class AccessTokenInvalidError(AuthExpiredError):
@@ -117,6 +118,8 @@ def progress_from_content_range(value: str | None, *, sent_last: int | None = No
     index (progress N+1); when it equals one past it, it is a count (progress N). Otherwise we read
     it as HTTP does (inclusive); the uploader snaps the result to a chunk boundary, trying N too.
     """
+    if value is not None and _UNSATISFIED_RANGE.match(value):
+        return 0  # `bytes */TOTAL` (RFC 9110): no range stored yet
     parsed = parse_content_range(value)
     if parsed is None:
         return None

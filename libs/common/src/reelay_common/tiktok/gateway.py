@@ -52,6 +52,8 @@ class TikTokGateway:
         max_rate_limit_retries: int = 3,
         backoff_initial: float = 1.0,
         backoff_max: float = 30.0,
+        upload_max_attempts: int = 5,
+        upload_backoff_initial: float = 0.5,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._client = client
@@ -60,6 +62,8 @@ class TikTokGateway:
         self._max_429 = max_rate_limit_retries
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
+        self._upload_max_attempts = upload_max_attempts
+        self._upload_backoff_initial = upload_backoff_initial
         self._sleep = sleep
 
     async def creator_info(self, account_id: str) -> CreatorInfo:
@@ -134,6 +138,8 @@ class TikTokGateway:
             start_offset=start_offset,
             on_progress=on_progress,
             status_probe=probe,
+            max_attempts=self._upload_max_attempts,
+            backoff_initial=self._upload_backoff_initial,
         )
 
     async def _call(self, account_id: str, bucket: RateBucket, call: Callable[[str], Awaitable[T]]) -> T:
