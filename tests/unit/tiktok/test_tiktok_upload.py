@@ -109,6 +109,13 @@ class TestRetries:
         assert run.sleeps == [0.5, 1.0, 2.0]
         assert run.progress == ALL_CONFIRMED
 
+    async def test_a_429_on_a_chunk_waits_at_least_retry_after_and_retries_it(self) -> None:
+        run = Run(FakeUploadServer(SIZE, faults=[None, "429"]))
+        await run()
+        assert bytes(run.server.received) == DATA
+        assert run.firsts()[:3] == [0, 100, 100]
+        assert run.sleeps == [2.0]
+
     async def test_gives_up_after_bounded_attempts(self) -> None:
         run = Run(FakeUploadServer(SIZE, faults=[None] + ["500"] * 10))
         with pytest.raises(TransientTikTokError) as info:

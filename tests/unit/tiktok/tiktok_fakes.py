@@ -132,6 +132,9 @@ class FakeUploadServer:
         if fault == "drop_before_store":
             self.requests.append((first, last, 0))
             raise httpx.RemoteProtocolError("server disconnected", request=request)
+        if fault == "429":
+            self.requests.append((first, last, 429))
+            return httpx.Response(429, headers={"Retry-After": "2"})
         if fault in ("500", "502", "503", "403", "404"):
             self.requests.append((first, last, int(fault)))
             return httpx.Response(int(fault), headers={"Content-Range": self._range_header()})

@@ -18,6 +18,7 @@ import structlog
 
 from reelay_common.errors import (
     InvalidInputError,
+    RateLimitedError,
     RetryableError,
     TransientTikTokError,
     UploadOutOfSyncError,
@@ -53,9 +54,9 @@ async def upload_chunks(
 ) -> None:
     """PUT every chunk of `plan` from `start_offset` on, sequentially and streaming.
 
-    Returns once TikTok answered 201 (or its progress proves it holds every byte). A 5xx or a
-    dropped connection retries the same chunk with exponential backoff, `max_attempts` times per
-    chunk, then raises TransientTikTokError. A 416 or a lost response resumes from the server's
+    Returns once TikTok answered 201 (or its progress proves it holds every byte). A 5xx, a 429
+    or a dropped connection retries the same chunk with exponential backoff, `max_attempts` times
+    per chunk, then raises the last error. A 416 or a lost response resumes from the server's
     progress. A 403 raises UploadUrlExpiredError; 400/404 raise TikTokRejectedError.
     `on_progress(confirmed_bytes)` runs after each chunk the server accepted.
     """
@@ -108,12 +109,15 @@ async def upload_chunks(
                 return
             failures = 0
             continue
-        except TransientTikTokError as exc:
+        except (TransientTikTokError, RateLimitedError) as exc:
+            # The PUT's own rate limit is undocumented; a 429 there is waited out like a 5xx.
             failures += 1
             if failures >= max_attempts:
                 log.warning("chunk_upload_gave_up", first=first, last=last, attempts=failures, code=exc.code)
                 raise
             delay = min(backoff_max, backoff_initial * 2 ** (failures - 1))
+            if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+                delay = min(backoff_max, max(delay, exc.retry_after))
             log.info(
                 "chunk_upload_retry", first=first, last=last, attempt=failures, delay=delay, code=exc.code
             )
