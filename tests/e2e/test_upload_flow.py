@@ -1,0 +1,99 @@
+"""Specification of the whole path: one video from HTTP to `published`, through real Kafka and Mongo."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.stack import Stack, wait_for
+from tiktok_sandbox.media import write_sample_mp4
+
+pytestmark = pytest.mark.e2e
+
+BIG_VIDEO_BYTES = 70 * 1000 * 1000  # > 64 MB: TikTok requires several chunks
+
+
+async def connect_account(http: httpx.AsyncClient, stack: Stack, *, private: bool = False) -> str:
+    """Create a sandbox user, take its tokens and register them with ingest. Returns account_id."""
+    username = f"e2e-{uuid.uuid4().hex[:8]}"
+    resp = await http.post(f"{stack.sandbox_url}/sandbox/users", json={"username": username, "private_account": private})
+    resp.raise_for_status()
+    open_id = resp.json()["open_id"]
+    resp = await http.post(f"{stack.sandbox_url}/sandbox/users/{open_id}/tokens")
+    resp.raise_for_status()
+    tokens = resp.json()
+    account_id = f"acct-{username}"
+    resp = await http.post(
+        f"{stack.ingest_url}/v1/accounts",
+        headers=stack.headers,
+        json={
+            "account_id": account_id,
+            "open_id": open_id,
+            "access_token": tokens["access_token"],
+            "refresh_token": tokens["refresh_token"],
+            "expires_in": tokens["expires_in"],
+            "refresh_expires_in": tokens["refresh_expires_in"],
+            "scope": tokens["scope"],
+        },
+    )
+    assert resp.status_code == 201, resp.text
+    return account_id
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class TestUploadThroughTheStack:
+    async def test_large_video_is_published_in_sequential_chunks(
+        self, stack: Stack, http: httpx.AsyncClient, video_dir: Path
+    ) -> None:
+        account_id = await connect_account(http, stack)
+        video = video_dir / "big.mp4"
+        write_sample_mp4(video, BIG_VIDEO_BYTES)
+
+        with video.open("rb") as f:
+            resp = await http.post(
+                f"{stack.ingest_url}/v1/uploads",
+                headers=stack.headers,
+                data={
+                    "account_id": account_id,
+                    "mode": "direct",
+                    "post_info": json.dumps({"privacy_level": "SELF_ONLY", "title": "e2e #reelay"}),
+                },
+                files={"file": ("big.mp4", f, "video/mp4")},
+            )
+        assert resp.status_code == 202, resp.text
+        accepted = resp.json()
+        request_id = accepted["request_id"]
+
+        final = await wait_for(
+            http,
+            f"{stack.ingest_url}/v1/uploads/{request_id}",
+            until={"published", "failed", "unconfirmed"},
+            timeout=240,
+            headers=stack.headers,
+        )
+        assert final["state"] == "published", f"{final}\n{stack.logs()}"
+        states = [entry["state"] for entry in final["history"]]  # type: ignore[union-attr]
+        assert states == ["accepted", "uploading", "uploaded", "processing", "published"]
+
+        publish = (await http.get(f"{stack.sandbox_url}/sandbox/publishes/{final['publish_id']}")).json()
+        chunks = publish["chunks"]
+        assert len(chunks) >= 2, "a > 64 MB video must go in several chunks"
+        expected_first = 0
+        for chunk in chunks:
+            assert chunk["first"] == expected_first, "chunks must be sequential and contiguous"
+            expected_first = chunk["last"] + 1
+        assert expected_first == BIG_VIDEO_BYTES
+        assert publish["complete"] is True
+        assert publish["sha256"] == sha256_file(video)
