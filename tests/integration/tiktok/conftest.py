@@ -1,0 +1,41 @@
+"""Fixtures of the TikTok layer's integration tests: the real sandbox in-process, FerretDB, the stack."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from pymongo.asynchronous.database import AsyncDatabase
+from tiktok_sandbox.testing import SandboxHandle, running_sandbox
+
+from tests.integration.tiktok.tiktok_it import Stack, build_stack
+
+# A short rate-limit window on both sides keeps pacing real (the sandbox enforces it) but fast.
+WINDOW_SECONDS = 3.0
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[SandboxHandle]:
+    async with running_sandbox(
+        processing_delay_seconds=0.2,
+        moderation_delay_seconds=0.1,
+        rate_limit_window_seconds=WINDOW_SECONDS,
+    ) as handle:
+        yield handle
+
+
+@pytest.fixture
+async def tt_http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
+        yield http
+
+
+@pytest.fixture
+def stack(
+    tt_http: httpx.AsyncClient, mongo_db: AsyncDatabase[dict[str, Any]], sandbox: SandboxHandle
+) -> Stack:
+    return build_stack(
+        tt_http, mongo_db, sandbox.base_url, window_seconds=WINDOW_SECONDS, safety_margin_seconds=0.3
+    )
