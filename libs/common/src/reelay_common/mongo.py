@@ -1,18 +1,24 @@
 """MongoDB for every service: the client, indexes, the `uploads` store and GridFS blobs.
 
-Everything here works on FerretDB v1 too: single-document atomic updates with a guard
-(`find_one_and_update`), no transactions, no partial/sparse/TTL indexes.
+Everything here works on FerretDB v1 too: no transactions, no partial/sparse/TTL indexes. One more
+difference matters: FerretDB v1 implements update and findAndModify as "read the document, then
+replace it", so two concurrent guarded updates of one document can both succeed (measured: 6 of 20
+racing transitions "won"). `WriteGuard` restores single-document atomicity there with a per-document
+lock built on what *is* atomic, the unique `_id` of an insert; on MongoDB it does nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
-from contextlib import contextmanager
+import random
+import time
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from bson import ObjectId
 from bson.errors import InvalidId
@@ -47,6 +53,7 @@ _SETTABLE_FIELDS = (
 )
 
 GRIDFS_CHUNK_BYTES = 1024 * 1024  # one GridFS chunk; also the largest piece a reader yields
+_CLAIM_BATCH = 20  # due candidates looked at per claim_due_poll
 
 
 def connect(uri: str, *, app_name: str) -> AsyncMongoClient[dict[str, Any]]:
@@ -156,16 +163,113 @@ def bson_now() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
-class MongoUploadStore:
-    """The `uploads` collection (ports.UploadStore): guarded, forward-only, single-document updates."""
+_T = TypeVar("_T")
 
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], *, collection: str = "uploads") -> None:
+
+async def is_ferretdb(db: AsyncDatabase[dict[str, Any]]) -> bool:
+    """True when the server is FerretDB (its buildInfo says so), whose updates are not atomic."""
+    with _translated("read buildInfo"):
+        info = await db.client.admin.command("buildInfo")
+    return "ferretdbVersion" in info
+
+
+class WriteGuard:
+    """Serialises writes to one document across processes where the server does not (FerretDB v1).
+
+    `async with guard.document("uploads", request_id): <one update>` holds a lock document
+    `{_id: "uploads:<id>"}` in `collection` for the duration. Inserting it is atomic on every
+    Mongo-wire server (unique `_id`), so only one writer at a time gets past it. A lock whose holder
+    died is taken over after `ttl_seconds`. mode "auto" asks the server once; "never" is plain
+    MongoDB behaviour; "always" forces the locks (tests).
+    """
+
+    def __init__(
+        self,
+        db: AsyncDatabase[dict[str, Any]],
+        *,
+        mode: Literal["auto", "always", "never"] = "auto",
+        collection: str = "reelay_locks",
+        ttl_seconds: float = 10.0,
+        acquire_timeout_seconds: float = 15.0,
+    ) -> None:
+        self._db = db
+        self._locks = db[collection]
+        self._enabled: bool | None = {"auto": None, "always": True, "never": False}[mode]
+        self._ttl = timedelta(seconds=ttl_seconds)
+        self._timeout = acquire_timeout_seconds
+
+    async def enabled(self) -> bool:
+        """Whether writes are serialised through lock documents (asked of the server once)."""
+        if self._enabled is None:
+            self._enabled = await is_ferretdb(self._db)
+        return self._enabled
+
+    @asynccontextmanager
+    async def document(self, collection: str, doc_id: str) -> AsyncIterator[None]:
+        """Hold the write lock of one document (a no-op where the server's updates are atomic)."""
+        if not await self.enabled():
+            yield
+            return
+        key = f"{collection}:{doc_id}"
+        owner = uuid.uuid4().hex
+        await self._acquire(key, owner)
+        try:
+            yield
+        finally:
+            # Shielded: a cancelled writer must still release, or others wait out the TTL.
+            with _translated("release a write lock"):
+                await asyncio.shield(self._locks.delete_one({"_id": key, "owner": owner}))
+
+    async def _acquire(self, key: str, owner: str) -> None:
+        deadline = time.monotonic() + self._timeout
+        delay = 0.002
+        while True:
+            now = bson_now()
+            with _translated("take a write lock"):
+                try:
+                    await self._locks.insert_one({"_id": key, "owner": owner, "expires_at": now + self._ttl})
+                    return
+                except DuplicateKeyError:
+                    holder = await self._locks.find_one({"_id": key})
+                if holder is not None and holder["expires_at"] < now:
+                    # Its holder died mid-write; remove exactly that lock (by owner) and race again.
+                    log.warning("write_lock_expired", key=key)
+                    await self._locks.delete_one({"_id": key, "owner": holder["owner"]})
+                    continue
+            if time.monotonic() > deadline:
+                raise RetryableError(f"the write lock of {key} stayed busy for {self._timeout}s")
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311  # jitter, not security
+            delay = min(delay * 2, 0.05)
+
+    async def run(self, collection: str, doc_id: str, write: Callable[[], Awaitable[_T]]) -> _T:
+        """`await write()` while holding the document's write lock."""
+        async with self.document(collection, doc_id):
+            return await write()
+
+
+class MongoUploadStore:
+    """The `uploads` collection (ports.UploadStore): guarded, forward-only, single-document updates.
+
+    Every write goes through `WriteGuard` (a no-op on MongoDB), so on FerretDB too a transition,
+    a checkpoint and a poll lease never overwrite each other.
+    """
+
+    def __init__(
+        self,
+        db: AsyncDatabase[dict[str, Any]],
+        *,
+        collection: str = "uploads",
+        guard: WriteGuard | None = None,
+    ) -> None:
+        self._name = collection
         self._uploads = db[collection]
+        self._guard = guard if guard is not None else WriteGuard(db)
 
     async def create(self, cmd: UploadRequested, *, source: StateSource) -> tuple[UploadRecord, bool]:
         """Insert the `accepted` document unless one exists for this request_id; (record, created)."""
         doc = new_upload_document(cmd, source=source, now=bson_now())
         try:
+            # An insert is atomic everywhere (unique _id): no write lock needed.
             with _translated("insert an upload"):
                 await self._uploads.insert_one(doc)
         except DuplicateKeyError:
@@ -179,6 +283,18 @@ class MongoUploadStore:
         """The upload, or None."""
         with _translated("read an upload"):
             doc = await self._uploads.find_one({"_id": request_id})
+        return UploadRecord.model_validate(doc) if doc is not None else None
+
+    async def _update(self, query: Document, update: Document, *, what: str) -> UploadRecord | None:
+        """One guarded find_one_and_update of the document `query["_id"]`; the record after, or None."""
+
+        async def write() -> Document | None:
+            with _translated(what):
+                return await self._uploads.find_one_and_update(
+                    query, update, return_document=ReturnDocument.AFTER
+                )
+
+        doc = await self._guard.run(self._name, str(query["_id"]), write)
         return UploadRecord.model_validate(doc) if doc is not None else None
 
     async def transition(
@@ -195,16 +311,14 @@ class MongoUploadStore:
         check_settable(fields)
         now = bson_now()
         entry = {"state": target.value, "at": now, "source": source, "detail": to_bson(dict(detail or {}))}
-        with _translated("transition an upload"):
-            doc = await self._uploads.find_one_and_update(
-                {"_id": request_id, "state": {"$in": [s.value for s in states_before(target)]}},
-                {
-                    "$set": {**to_bson(fields), "state": target.value, "updated_at": now},
-                    "$push": {"history": entry},
-                },
-                return_document=ReturnDocument.AFTER,
-            )
-        return UploadRecord.model_validate(doc) if doc is not None else None
+        return await self._update(
+            {"_id": request_id, "state": {"$in": [s.value for s in states_before(target)]}},
+            {
+                "$set": {**to_bson(fields), "state": target.value, "updated_at": now},
+                "$push": {"history": entry},
+            },
+            what="transition an upload",
+        )
 
     async def checkpoint(
         self, request_id: str, fields: Mapping[str, Any], *, expect_state: UploadState | None = None
@@ -214,13 +328,9 @@ class MongoUploadStore:
         query: Document = {"_id": request_id}
         if expect_state is not None:
             query["state"] = expect_state.value
-        with _translated("checkpoint an upload"):
-            doc = await self._uploads.find_one_and_update(
-                query,
-                {"$set": {**to_bson(dict(fields)), "updated_at": bson_now()}},
-                return_document=ReturnDocument.AFTER,
-            )
-        return UploadRecord.model_validate(doc) if doc is not None else None
+        return await self._update(
+            query, {"$set": {**to_bson(dict(fields)), "updated_at": bson_now()}}, what="checkpoint an upload"
+        )
 
     async def list(
         self, *, account_id: str | None = None, state: UploadState | None = None, limit: int = 100
@@ -250,32 +360,33 @@ class MongoUploadStore:
     async def claim_due_poll(self, now: datetime, lease_seconds: float) -> UploadRecord | None:
         """Lease one non-terminal upload whose poll is due and not leased by another replica."""
         now = to_bson(now)
-        with _translated("claim a due poll"):
-            doc = await self._uploads.find_one_and_update(
-                {
-                    "poll_next_at": {"$lte": now},
-                    "state": {"$nin": [s.value for s in TERMINAL_STATES]},
-                    "$or": [{"poll_lease_until": None}, {"poll_lease_until": {"$lt": now}}],
-                },
-                {"$set": {"poll_lease_until": now + timedelta(seconds=lease_seconds)}},
-                sort=[("poll_next_at", ASCENDING)],
-                return_document=ReturnDocument.AFTER,
+        due: Document = {
+            "poll_next_at": {"$lte": now},
+            "state": {"$nin": [s.value for s in TERMINAL_STATES]},
+            "$or": [{"poll_lease_until": None}, {"poll_lease_until": {"$lt": now}}],
+        }
+        lease = {"$set": {"poll_lease_until": now + timedelta(seconds=lease_seconds)}}
+        # Candidates first, then a guarded per-document claim that re-checks the whole condition:
+        # a replica that loses the race for one candidate moves on to the next.
+        with _translated("find due polls"):
+            candidates = (
+                await self._uploads.find(due, {"_id": 1})
+                .sort([("poll_next_at", ASCENDING)])
+                .to_list(_CLAIM_BATCH)
             )
-        return UploadRecord.model_validate(doc) if doc is not None else None
+        for candidate in candidates:
+            claimed = await self._update({"_id": candidate["_id"], **due}, lease, what="claim a due poll")
+            if claimed is not None:
+                return claimed
+        return None
 
     async def schedule_poll(self, request_id: str, next_at: datetime, *, attempts: int) -> None:
         """Set when to poll next and release the lease."""
-        with _translated("schedule a poll"):
-            await self._uploads.update_one(
-                {"_id": request_id},
-                {
-                    "$set": {
-                        "poll_next_at": to_bson(next_at),
-                        "poll_attempts": attempts,
-                        "poll_lease_until": None,
-                    }
-                },
-            )
+        await self._update(
+            {"_id": request_id},
+            {"$set": {"poll_next_at": to_bson(next_at), "poll_attempts": attempts, "poll_lease_until": None}},
+            what="schedule a poll",
+        )
 
 
 class GridFSVideoReader:

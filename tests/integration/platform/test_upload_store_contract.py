@@ -1,0 +1,301 @@
+"""The UploadStore contract, run against the in-memory fake and the real Mongo store alike (STYLE 8)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pymongo.asynchronous.database import AsyncDatabase
+from reelay_common.messages import UploadRequested
+from reelay_common.mongo import MongoUploadStore, ensure_indexes
+from reelay_common.ports import UploadStore
+from reelay_common.states import UploadState
+from reelay_common.testing import InMemoryUploadStore
+
+S = UploadState
+
+
+@pytest.fixture
+async def indexed_db(mongo_db: AsyncDatabase[dict[str, Any]]) -> AsyncDatabase[dict[str, Any]]:
+    await ensure_indexes(mongo_db)
+    return mongo_db
+
+
+@pytest.fixture(params=["memory", "mongo"])
+def store(request: pytest.FixtureRequest) -> UploadStore:
+    """The fake and the real store: every test below runs against both."""
+    if request.param == "memory":
+        return InMemoryUploadStore()
+    return MongoUploadStore(request.getfixturevalue("indexed_db"))
+
+
+def cmd(n: int = 1, *, account: str = "acct-1", mode: str = "direct") -> UploadRequested:
+    data: dict[str, Any] = {
+        "request_id": f"req-{n}",
+        "account_id": account,
+        "mode": mode,
+        "source": {"kind": "url", "url": "https://videos.example.com/a.mp4"},
+    }
+    if mode == "direct":
+        data["post_info"] = {"privacy_level": "SELF_ONLY", "title": "t"}
+    return UploadRequested.model_validate(data)
+
+
+def at(seconds: float) -> datetime:
+    return datetime(2030, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
+
+
+class TestCreate:
+    async def test_inserts_an_accepted_upload_with_its_first_history_entry(self, store: UploadStore) -> None:
+        record, created = await store.create(cmd(), source="ingest")
+        assert created
+        assert (record.request_id, record.account_id, record.mode, record.state) == (
+            "req-1",
+            "acct-1",
+            "direct",
+            S.ACCEPTED,
+        )
+        assert record.post_info is not None
+        assert record.post_info.privacy_level == "SELF_ONLY"
+        assert [(h.state, h.source) for h in record.history] == [(S.ACCEPTED, "ingest")]
+        assert record.created_at.tzinfo is not None
+        assert await store.get("req-1") == record
+
+    async def test_is_idempotent_on_request_id(self, store: UploadStore) -> None:
+        first, _ = await store.create(cmd(), source="ingest")
+        await store.transition("req-1", S.UPLOADING, source="uploader")
+        again, created = await store.create(cmd(), source="uploader")
+        assert not created
+        assert again.state is S.UPLOADING
+        assert again.created_at == first.created_at
+        assert len(again.history) == 2
+
+    async def test_concurrent_creates_make_one_document(self, store: UploadStore) -> None:
+        results = await asyncio.gather(*(store.create(cmd(), source="uploader") for _ in range(8)))
+        assert sum(created for _, created in results) == 1
+        assert len(await store.list()) == 1
+
+    async def test_stores_datetimes_as_utc_and_reads_them_back_equal(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        expires = datetime(2030, 5, 6, 7, 8, 9, 123000, tzinfo=UTC)
+        moved = await store.transition(
+            "req-1", S.UPLOADING, source="uploader", set_fields={"upload_url_expires_at": expires}
+        )
+        assert moved is not None
+        fetched = await store.get("req-1")
+        assert fetched is not None
+        assert fetched.upload_url_expires_at == expires
+        assert fetched.upload_url_expires_at.utcoffset() == timedelta(0)
+
+
+class TestTransition:
+    async def test_moves_forward_and_records_history_and_fields(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        moved = await store.transition(
+            "req-1",
+            S.UPLOADING,
+            source="uploader",
+            detail={"log_id": "L1"},
+            set_fields={"publish_id": "p-1", "video_size": 10},
+        )
+        assert moved is not None
+        assert (moved.state, moved.publish_id, moved.video_size) == (S.UPLOADING, "p-1", 10)
+        assert [(h.state, h.source, h.detail) for h in moved.history] == [
+            (S.ACCEPTED, "ingest", {}),
+            (S.UPLOADING, "uploader", {"log_id": "L1"}),
+        ]
+        assert moved.updated_at >= moved.created_at
+
+    async def test_may_skip_intermediate_states(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        assert await store.transition("req-1", S.PROCESSING, source="webhook") is not None
+
+    async def test_never_moves_back(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        await store.transition("req-1", S.PROCESSING, source="poller")
+        assert await store.transition("req-1", S.UPLOADED, source="uploader") is None
+        record = await store.get("req-1")
+        assert record is not None
+        assert record.state is S.PROCESSING
+        assert [h.state for h in record.history] == [S.ACCEPTED, S.PROCESSING]
+
+    async def test_a_duplicate_event_changes_nothing(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        await store.transition("req-1", S.PUBLISHED, source="webhook", set_fields={"post_ids": ["a"]})
+        before = await store.get("req-1")
+        assert (
+            await store.transition("req-1", S.PUBLISHED, source="poller", set_fields={"post_ids": ["b"]})
+            is None
+        )
+        assert await store.get("req-1") == before
+
+    async def test_a_late_failure_never_overrides_a_publish(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        await store.transition("req-1", S.PUBLISHED, source="webhook")
+        assert await store.transition("req-1", S.FAILED, source="poller") is None
+        record = await store.get("req-1")
+        assert record is not None
+        assert record.state is S.PUBLISHED
+
+    async def test_unconfirmed_may_still_learn_the_real_outcome(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        await store.transition("req-1", S.UNCONFIRMED, source="poller")
+        moved = await store.transition("req-1", S.PUBLISHED, source="webhook")
+        assert moved is not None
+        assert moved.state is S.PUBLISHED
+
+    async def test_of_an_unknown_upload_is_refused(self, store: UploadStore) -> None:
+        assert await store.transition("nope", S.UPLOADING, source="uploader") is None
+        assert await store.get("nope") is None
+
+    async def test_many_concurrent_transitions_to_one_target_have_exactly_one_winner(
+        self, store: UploadStore
+    ) -> None:
+        await store.create(cmd(), source="ingest")
+        results = await asyncio.gather(
+            *(
+                store.transition("req-1", S.UPLOADING, source="uploader", detail={"worker": i})
+                for i in range(20)
+            )
+        )
+        winners = [r for r in results if r is not None]
+        assert len(winners) == 1
+        record = await store.get("req-1")
+        assert record is not None
+        assert [h.state for h in record.history] == [S.ACCEPTED, S.UPLOADING]
+
+    async def test_racing_terminal_outcomes_leave_exactly_one(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        targets = [S.PUBLISHED, S.FAILED, S.INBOX_DELIVERED] * 5
+        results = await asyncio.gather(*(store.transition("req-1", t, source="webhook") for t in targets))
+        assert sum(r is not None for r in results) == 1
+        record = await store.get("req-1")
+        assert record is not None
+        assert len(record.history) == 2
+
+    @pytest.mark.parametrize("field", ["state", "history", "_id", "created_at"])
+    async def test_refuses_to_set_store_managed_fields_and_writes_nothing(
+        self, store: UploadStore, field: str
+    ) -> None:
+        await store.create(cmd(), source="ingest")
+        before = await store.get("req-1")
+        with pytest.raises(ValueError, match="managed by the store"):
+            await store.transition("req-1", S.UPLOADING, source="uploader", set_fields={field: "x"})
+        assert await store.get("req-1") == before
+
+    async def test_refuses_unknown_fields_and_writes_nothing(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        before = await store.get("req-1")
+        with pytest.raises(ValueError, match="unknown upload fields"):
+            await store.transition("req-1", S.UPLOADING, source="uploader", set_fields={"publishid": "typo"})
+        assert await store.get("req-1") == before
+
+
+class TestCheckpoint:
+    async def test_sets_fields_without_a_state_change(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        await store.transition("req-1", S.UPLOADING, source="uploader")
+        record = await store.checkpoint(
+            "req-1", {"publish_id": "p-1", "upload_url": "https://u", "uploaded_bytes": 5}
+        )
+        assert record is not None
+        assert (record.state, record.publish_id, record.upload_url, record.uploaded_bytes) == (
+            S.UPLOADING,
+            "p-1",
+            "https://u",
+            5,
+        )
+        assert len(record.history) == 2
+
+    async def test_with_expect_state_only_applies_in_that_state(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        await store.transition("req-1", S.UPLOADED, source="uploader")
+        assert await store.checkpoint("req-1", {"uploaded_bytes": 1}, expect_state=S.UPLOADING) is None
+        record = await store.get("req-1")
+        assert record is not None
+        assert record.uploaded_bytes == 0
+
+    async def test_of_an_unknown_upload_returns_none(self, store: UploadStore) -> None:
+        assert await store.checkpoint("nope", {"uploaded_bytes": 1}) is None
+
+    async def test_refuses_the_state_field(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        with pytest.raises(ValueError, match="managed by the store"):
+            await store.checkpoint("req-1", {"state": "published"})
+
+
+class TestQueries:
+    async def test_lists_newest_first_filtered_by_account_and_state(self, store: UploadStore) -> None:
+        for n, account in [(1, "a"), (2, "b"), (3, "a"), (4, "a")]:
+            await store.create(cmd(n, account=account), source="ingest")
+            await asyncio.sleep(0.005)  # distinct created_at at millisecond precision
+        await store.transition("req-3", S.UPLOADING, source="uploader")
+        assert [r.request_id for r in await store.list(account_id="a")] == ["req-4", "req-3", "req-1"]
+        assert [r.request_id for r in await store.list(account_id="a", state=S.ACCEPTED)] == [
+            "req-4",
+            "req-1",
+        ]
+        assert [r.request_id for r in await store.list(state=S.UPLOADING)] == ["req-3"]
+        assert [r.request_id for r in await store.list(limit=2)] == ["req-4", "req-3"]
+        assert await store.list(account_id="nobody") == []
+
+    @pytest.mark.parametrize("limit", [0, -1, 1001])
+    async def test_list_refuses_a_silly_limit(self, store: UploadStore, limit: int) -> None:
+        with pytest.raises(ValueError, match="limit"):
+            await store.list(limit=limit)
+
+    async def test_finds_an_upload_by_publish_id(self, store: UploadStore) -> None:
+        await store.create(cmd(1), source="ingest")
+        await store.create(cmd(2), source="ingest")
+        await store.checkpoint("req-2", {"publish_id": "v_pub_2"})
+        found = await store.find_by_publish_id("v_pub_2")
+        assert found is not None
+        assert found.request_id == "req-2"
+        assert await store.find_by_publish_id("v_pub_x") is None
+
+
+class TestPolling:
+    async def test_claims_only_due_untracked_or_expired_leases(self, store: UploadStore) -> None:
+        await store.create(cmd(1), source="ingest")
+        await store.create(cmd(2), source="ingest")
+        await store.create(cmd(3), source="ingest")
+        await store.schedule_poll("req-1", at(10), attempts=0)
+        await store.schedule_poll("req-2", at(5), attempts=0)
+        # req-3 is not tracked (no poll_next_at): never claimed.
+        assert await store.claim_due_poll(at(0), 30) is None
+        first = await store.claim_due_poll(at(20), 30)
+        second = await store.claim_due_poll(at(20), 30)
+        assert first is not None
+        assert second is not None
+        assert (first.request_id, second.request_id) == ("req-2", "req-1")  # earliest due first
+        assert first.poll_lease_until == at(50)
+        assert await store.claim_due_poll(at(21), 30) is None  # both leased
+        again = await store.claim_due_poll(at(51), 30)  # a lease that expired is free again
+        assert again is not None
+        assert again.request_id == "req-2"
+
+    async def test_schedule_poll_releases_the_lease(self, store: UploadStore) -> None:
+        await store.create(cmd(1), source="ingest")
+        await store.schedule_poll("req-1", at(0), attempts=0)
+        assert await store.claim_due_poll(at(1), 300) is not None
+        await store.schedule_poll("req-1", at(5), attempts=1)
+        record = await store.get("req-1")
+        assert record is not None
+        assert (record.poll_next_at, record.poll_attempts, record.poll_lease_until) == (at(5), 1, None)
+        assert await store.claim_due_poll(at(6), 300) is not None
+
+    async def test_never_claims_terminal_uploads(self, store: UploadStore) -> None:
+        await store.create(cmd(1), source="ingest")
+        await store.schedule_poll("req-1", at(0), attempts=0)
+        await store.transition("req-1", S.PUBLISHED, source="webhook")
+        assert await store.claim_due_poll(at(1), 30) is None
+
+    async def test_concurrent_claims_lease_each_upload_exactly_once(self, store: UploadStore) -> None:
+        for n in range(5):
+            await store.create(cmd(n), source="ingest")
+            await store.schedule_poll(f"req-{n}", at(n), attempts=0)
+        claims = await asyncio.gather(*(store.claim_due_poll(at(100), 60) for _ in range(20)))
+        claimed = [c.request_id for c in claims if c is not None]
+        assert sorted(claimed) == [f"req-{n}" for n in range(5)]
