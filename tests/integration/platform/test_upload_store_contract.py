@@ -299,3 +299,17 @@ class TestPolling:
         claims = await asyncio.gather(*(store.claim_due_poll(at(100), 60) for _ in range(20)))
         claimed = [c.request_id for c in claims if c is not None]
         assert sorted(claimed) == [f"req-{n}" for n in range(5)]
+
+    async def test_a_claim_racing_a_transition_loses_neither_write(self, store: UploadStore) -> None:
+        for n in range(10):
+            await store.create(cmd(n), source="ingest")
+            await store.schedule_poll(f"req-{n}", at(0), attempts=0)
+        await asyncio.gather(
+            *(store.claim_due_poll(at(1), 60) for _ in range(10)),
+            *(store.transition(f"req-{n}", S.PROCESSING, source="webhook") for n in range(10)),
+        )
+        for n in range(10):
+            record = await store.get(f"req-{n}")
+            assert record is not None
+            assert record.state is S.PROCESSING
+            assert [h.state for h in record.history] == [S.ACCEPTED, S.PROCESSING]
