@@ -2,7 +2,10 @@
 
 Everything here relies on single-document guarded updates only (`find_one_and_update` with a filter
 that states the precondition), because the Mongo-wire server we run on (FerretDB v1) has no
-multi-document transactions. Tokens are never logged.
+multi-document transactions. FerretDB v1 also applies an update as "read, then replace", so two
+racing guarded updates of one document can both match; every write here therefore runs under
+`mongo.WriteGuard` (a per-document lock built on the atomic insert of a unique `_id`, a no-op on
+MongoDB), which restores the single-document atomicity the guards rely on. Tokens are never logged.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from reelay_common.errors import (
     TransientTikTokError,
 )
 from reelay_common.messages import utcnow
+from reelay_common.mongo import WriteGuard
 from reelay_common.ports import RateBucket
 from reelay_common.records import AccountRecord
 from reelay_common.tiktok.client import TikTokClient
@@ -113,10 +117,13 @@ class MongoAccountStore:
         *,
         collection: str = "accounts",
         clock: Clock = utcnow,
+        guard: WriteGuard | None = None,
     ) -> None:
+        self._name = collection
         self._col: AsyncCollection[dict[str, Any]] = db[collection]
         self._cipher = cipher
         self._clock = clock
+        self._write_guard = guard if guard is not None else WriteGuard(db)
 
     async def upsert_tokens(
         self,
@@ -131,8 +138,9 @@ class MongoAccountStore:
     ) -> AccountRecord:
         """Store a fresh grant (OAuth connect), creating the account if needed; bumps token_version."""
         now = self._clock()
-        doc = await self._guard(
-            self._col.find_one_and_update(
+        doc = await self._write(
+            account_id,
+            lambda: self._col.find_one_and_update(
                 {"_id": account_id},
                 {
                     "$set": {
@@ -152,7 +160,7 @@ class MongoAccountStore:
                 },
                 upsert=True,
                 return_document=ReturnDocument.AFTER,
-            )
+            ),
         )
         log.info("account_tokens_stored", account_id=account_id, open_id=open_id)
         return AccountRecord.model_validate(doc)
@@ -186,8 +194,9 @@ class MongoAccountStore:
         exactly one gets the tokens back (read in the same atomic step: the latest refresh token).
         """
         now = self._clock()
-        doc = await self._guard(
-            self._col.find_one_and_update(
+        doc = await self._write(
+            account_id,
+            lambda: self._col.find_one_and_update(
                 {
                     "_id": account_id,
                     "status": STATUS_CONNECTED,
@@ -201,7 +210,7 @@ class MongoAccountStore:
                     }
                 },
                 return_document=ReturnDocument.AFTER,
-            )
+            ),
         )
         return self._tokens(doc) if doc is not None else None
 
@@ -218,27 +227,29 @@ class MongoAccountStore:
         )
         if grant.scopes:
             fields["scopes"] = grant.scopes
-        doc = await self._guard(
-            self._col.find_one_and_update(
+        doc = await self._write(
+            account_id,
+            lambda: self._col.find_one_and_update(
                 {"_id": account_id, "refresh_lock_owner": owner},
                 {
                     "$set": {**fields, "refresh_lock_until": None, "refresh_lock_owner": None},
                     "$inc": {"token_version": 1},
                 },
                 return_document=ReturnDocument.AFTER,
-            )
+            ),
         )
         if doc is None:
             # Our lock expired while TikTok answered and someone else holds it now. TikTok already
             # rotated to the grant we hold, so it is the only live one: store it anyway, leaving
             # their lock alone (their refresh with the old token will fail and see our version).
             log.warning("token_refresh_lock_lost", account_id=account_id)
-            doc = await self._guard(
-                self._col.find_one_and_update(
+            doc = await self._write(
+                account_id,
+                lambda: self._col.find_one_and_update(
                     {"_id": account_id},
                     {"$set": fields, "$inc": {"token_version": 1}},
                     return_document=ReturnDocument.AFTER,
-                )
+                ),
             )
             if doc is None:
                 raise InvalidInputError(f"unknown account {account_id}", code="unknown_account")
@@ -246,11 +257,12 @@ class MongoAccountStore:
 
     async def release_refresh_lock(self, account_id: str, *, owner: str) -> None:
         """Drop our refresh lock (after a failed refresh) so another caller may try."""
-        await self._guard(
-            self._col.update_one(
+        await self._write(
+            account_id,
+            lambda: self._col.update_one(
                 {"_id": account_id, "refresh_lock_owner": owner},
                 {"$set": {"refresh_lock_until": None, "refresh_lock_owner": None}},
-            )
+            ),
         )
 
     # ---- helpers ----------------------------------------------------------------------------------
@@ -290,7 +302,9 @@ class MongoAccountStore:
         fields: dict[str, Any] = {"status": status, "updated_at": self._clock()}
         if clear_tokens:
             fields.update(access_token_enc=None, refresh_token_enc=None)
-        result = await self._guard(self._col.update_one({"_id": account_id}, {"$set": fields}))
+        result = await self._write(
+            account_id, lambda: self._col.update_one({"_id": account_id}, {"$set": fields})
+        )
         if result.matched_count == 0:
             raise InvalidInputError(f"unknown account {account_id}", code="unknown_account")
         log.info("account_status_changed", account_id=account_id, status=status)
@@ -301,6 +315,11 @@ class MongoAccountStore:
             return await awaitable
         except PyMongoError as exc:
             raise DatabaseUnavailableError(f"accounts store failed: {type(exc).__name__}") from exc
+
+    async def _write(self, account_id: str, write: Callable[[], Awaitable[T]]) -> T:
+        """Run one guarded write of the account's document under its write lock (see module doc)."""
+        async with self._write_guard.document(self._name, account_id):
+            return await self._guard(write())
 
 
 class MongoTokenProvider:
@@ -423,6 +442,7 @@ class MongoRateLimiter:
 
     One document per key holds the start times of the calls in the window and a version; a slot
     is taken by a compare-and-swap on the version, so replicas never overcommit (no transactions).
+    Times come from each replica's clock (`clock`, epoch seconds); the safety margin absorbs skew.
     """
 
     def __init__(
@@ -436,8 +456,11 @@ class MongoRateLimiter:
         max_wait_seconds: float | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Sleep = asyncio.sleep,
+        guard: WriteGuard | None = None,
     ) -> None:
+        self._name = collection
         self._col: AsyncCollection[dict[str, Any]] = db[collection]
+        self._write_guard = guard if guard is not None else WriteGuard(db)
         self._limits = dict(limits if limits is not None else DEFAULT_LIMITS)
         self._window = window_seconds
         # TikTok counts when the call arrives, we count when it leaves: leave a little slack.
@@ -488,10 +511,12 @@ class MongoRateLimiter:
 
     async def _swap(self, key: str, version: int, stamps: list[float]) -> bool:
         try:
-            result = await self._col.update_one(
-                {"_id": key, "version": version},
-                {"$set": {"stamps": stamps, "version": version + 1}},
-            )
+            # The write lock makes the compare-and-swap atomic on FerretDB v1 too (module doc).
+            async with self._write_guard.document(self._name, key):
+                result = await self._col.update_one(
+                    {"_id": key, "version": version},
+                    {"$set": {"stamps": stamps, "version": version + 1}},
+                )
         except PyMongoError as exc:
             raise DatabaseUnavailableError(f"rate limiter failed: {type(exc).__name__}") from exc
         return result.modified_count == 1
