@@ -48,7 +48,6 @@ async def _demo(cfg: c.StackConfig) -> str | None:
         size = int(os.environ.get("DEMO_VIDEO_BYTES") or 8_000_000)
     except ValueError as exc:
         raise StackError(f"DEMO_TIMEOUT_SECONDS / DEMO_VIDEO_BYTES must be numbers: {exc}") from exc
-    say_stderr("demo: uploading a sample video through the ingest API")
     try:
         result = await run_demo(cfg, os.environ, say_stderr, video_size=size, wait_seconds=timeout)
     except DemoError as exc:

@@ -1,8 +1,8 @@
 """The `make up` demo: connect a sandbox user, upload a generated video through the HTTP API, and
 print each state change until TikTok (the sandbox) says `published`.
 
-Idempotent: the demo account and its sandbox user are remembered in `.run/demo.json` and reused
-while the sandbox still knows the user; otherwise a new user (and account id) is made.
+Idempotent: the demo creator has a fixed open_id in the sandbox and the demo account (`demo`) is
+registered again with fresh tokens on every run.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from .config import StackConfig
 
 TERMINAL_STATES = frozenset({"published", "inbox_delivered", "failed", "unconfirmed"})
 DEMO_ACCOUNT_ID = "demo"
+DEMO_OPEN_ID = "reelay-demo-creator"
 DEMO_SCOPES = ["user.info.basic", "video.upload", "video.publish"]
 
 
@@ -77,7 +78,7 @@ def format_entry(entry: Mapping[str, Any], started: float | None, now: float) ->
     """One history entry as a line: state, source, time since the upload started, TikTok detail."""
     detail = entry.get("detail") or {}
     shown = ", ".join(f"{k}={v}" for k, v in sorted(detail.items()) if v not in (None, "", [], {}))
-    elapsed = f"+{now - started:5.1f}s" if started is not None else "       "
+    elapsed = f"{f'+{now - started:.1f}s':>7}" if started is not None else " " * 7
     line = f"  {elapsed}  {entry.get('state', '?'):<16} by {entry.get('source', '?'):<9}"
     return f"{line}  {shown}".rstrip()
 
@@ -85,18 +86,6 @@ def format_entry(entry: Mapping[str, Any], started: float | None, now: float) ->
 def new_entries(history: list[dict[str, Any]], seen: int) -> list[dict[str, Any]]:
     """History entries not printed yet (history only grows)."""
     return history[seen:]
-
-
-def _load_state(path: Path) -> dict[str, str]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return (
-        {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
-        if isinstance(data, dict)
-        else {}
-    )
 
 
 def _raise_for(resp: httpx.Response, what: str) -> None:
@@ -112,44 +101,42 @@ class Demo:
         self._http = http
         self._say = say
         self._headers = {"Authorization": f"Bearer {cfg.api_key}"}
-        self._state_path = cfg.run_dir / "demo.json"
 
     async def sandbox_tokens(self) -> tuple[str, dict[str, Any]]:
-        """(open_id, token JSON) of the demo's sandbox user; reused while the sandbox knows it."""
-        state = _load_state(self._state_path)
+        """(open_id, token JSON) of the demo's sandbox creator, made on first use.
+
+        The creator has a fixed open_id, so after a sandbox restart (which forgets its users) the
+        same creator is made again and the demo account in Mongo stays bound to it.
+        """
         base = self._cfg.sandbox_url
-        open_id = state.get("open_id")
-        if open_id:
-            resp = await self._http.post(f"{base}/sandbox/users/{open_id}/tokens")
-            if resp.status_code == 200:
-                return open_id, resp.json()
-            # The sandbox forgot the user (it was restarted): make a new one.
         resp = await self._http.post(
             f"{base}/sandbox/users",
-            json={"username": "demo", "private_account": False, "scopes": DEMO_SCOPES},
+            json={
+                "username": "demo",
+                "open_id": DEMO_OPEN_ID,
+                "private_account": False,
+                "scopes": DEMO_SCOPES,
+            },
         )
-        _raise_for(resp, "creating a sandbox user")
-        open_id = str(resp.json()["open_id"])
-        resp = await self._http.post(f"{base}/sandbox/users/{open_id}/tokens")
-        _raise_for(resp, "taking the sandbox user's tokens")
-        self._say(f"demo: new sandbox user open_id={open_id}")
-        return open_id, resp.json()
+        if resp.status_code != 409:  # 409: the sandbox has it already
+            _raise_for(resp, "creating the demo creator in the sandbox")
+            self._say(f"demo: sandbox creator open_id={DEMO_OPEN_ID} created")
+        resp = await self._http.post(f"{base}/sandbox/users/{DEMO_OPEN_ID}/tokens")
+        _raise_for(resp, "taking the demo creator's tokens")
+        return DEMO_OPEN_ID, resp.json()
 
     async def register(self, open_id: str, tokens: Mapping[str, Any]) -> str:
-        """Register the account with ingest; returns the account id used."""
-        state = _load_state(self._state_path)
-        account_id = state.get("account_id") if state.get("open_id") == open_id else None
-        # An account id stays bound to one TikTok user (ingest answers 409 otherwise), so a new
-        # sandbox user gets a new demo account id.
-        candidates = [account_id] if account_id else [DEMO_ACCOUNT_ID, f"{DEMO_ACCOUNT_ID}-{open_id[-12:]}"]
-        scope = tokens.get("scope", ",".join(DEMO_SCOPES))
+        """Register (or refresh) the demo account with ingest; returns the account id used."""
+        # An account id stays bound to one TikTok user (ingest answers 409 otherwise): when "demo"
+        # was registered for another user by hand, fall back to an id derived from this one.
+        candidates = [DEMO_ACCOUNT_ID, f"{DEMO_ACCOUNT_ID}-{open_id[-12:]}"]
         body = {
             "open_id": open_id,
             "access_token": tokens["access_token"],
             "refresh_token": tokens["refresh_token"],
             "expires_in": int(tokens["expires_in"]),
             "refresh_expires_in": int(tokens["refresh_expires_in"]),
-            "scope": scope,
+            "scope": tokens.get("scope", ",".join(DEMO_SCOPES)),
         }
         for candidate in candidates:
             resp = await self._http.post(
@@ -160,9 +147,7 @@ class Demo:
             if resp.status_code == 409:
                 continue
             _raise_for(resp, f"registering account {candidate!r} with ingest")
-            self._state_path.parent.mkdir(parents=True, exist_ok=True)
-            self._state_path.write_text(json.dumps({"account_id": candidate, "open_id": open_id}) + "\n")
-            verb = "registered" if resp.status_code == 201 else "tokens refreshed for"
+            verb = "registered" if resp.status_code == 201 else "refreshed the tokens of"
             self._say(f"demo: {verb} account {candidate!r} (TikTok open_id {open_id})")
             return candidate
         raise DemoError(f"every demo account id is taken by another TikTok user: {candidates}")
@@ -249,6 +234,7 @@ async def run_demo(
                 "post with an account you have."
             )
             return None
+        say("demo: uploading a sample video through the ingest API")
         account_id = await demo.register(open_id, tokens)
         request_id = await demo.upload(account_id, sample_video(cfg, video_size), video_size)
         final = await demo.follow(request_id, wait_seconds=wait_seconds)

@@ -71,7 +71,7 @@ def launch(cfg: StackConfig, spec: ProcessSpec, table: ProcessTable, say: Say) -
         return Launched(spec, pid, None)
     stale = read_pid(cfg.pid_file(spec.name))
     if stale is not None:
-        say(f"  {spec.name:<14} pid file named pid {stale}, which is not ours any more: starting anew")
+        say(f"  {spec.name:<14} not running (stale pid file named pid {stale}): starting it")
         remove_pid(cfg.pid_file(spec.name))
     for port in spec.ports:
         if port_open(cfg.host, port):
