@@ -1,0 +1,44 @@
+"""A separate process asking for one account's token (used by the cross-process refresh test).
+
+argv: MONGODB_URI DB_NAME ACCOUNT_ID SANDBOX_BASE_URL START_AT_EPOCH TASKS. Waits until START_AT so
+every process races at once, runs TASKS concurrent `access_token` calls, prints the tokens as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+import httpx
+from pydantic import SecretStr
+from reelay_common.mongo import connect
+from reelay_common.settings import DEV_TOKEN_KEY
+from reelay_common.tiktok.accounts import MongoAccountStore, MongoTokenProvider, TokenCipher
+from reelay_common.tiktok.client import TikTokClient
+
+
+async def main(uri: str, db_name: str, account_id: str, base_url: str, start_at: float, tasks: int) -> None:
+    client = connect(uri, app_name="reelay-refresh-worker")
+    try:
+        async with httpx.AsyncClient(timeout=30.0) as http:
+            tiktok = TikTokClient(
+                http,
+                base_url=base_url,
+                client_key="dev-client-key",
+                client_secret=SecretStr("dev-client-secret"),
+            )
+            store = MongoAccountStore(client[db_name], TokenCipher(SecretStr(DEV_TOKEN_KEY)))
+            providers = [MongoTokenProvider(store, tiktok, poll_interval_seconds=0.02) for _ in range(tasks)]
+            await store.get(account_id)  # connect before the start line, so the race is a race
+            await asyncio.sleep(max(0.0, start_at - time.time()))
+            tokens = await asyncio.gather(*(p.access_token(account_id) for p in providers))
+    finally:
+        await client.close()
+    print(json.dumps(tokens))
+
+
+if __name__ == "__main__":
+    uri, db_name, account_id, base_url, start_at, tasks = sys.argv[1:7]
+    asyncio.run(main(uri, db_name, account_id, base_url, float(start_at), int(tasks)))

@@ -1,0 +1,210 @@
+"""Tokens against the real sandbox and FerretDB: encrypted at rest, refreshed single-flight across
+tasks and processes, rotated, lifetimes from the response, dead grants marked for reconnection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pymongo.asynchronous.database import AsyncDatabase
+from reelay_common.errors import AuthExpiredError, InvalidInputError
+from reelay_common.messages import utcnow
+from reelay_common.tiktok.accounts import MongoTokenProvider
+from tiktok_sandbox.testing import SandboxHandle, running_sandbox
+
+from tests.integration.tiktok.tiktok_it import Stack, build_stack, connect_account, sandbox_stats
+
+WORKER = Path(__file__).with_name("refresh_worker.py")
+
+
+async def refresh_calls(stack: Stack, base_url: str) -> int:
+    stats = await sandbox_stats(stack.http, base_url)
+    return int(stats["calls"].get("oauth_token:refresh_token", 0))
+
+
+def replica(stack: Stack) -> MongoTokenProvider:
+    """Another provider on the same store: what a second replica of a service would hold."""
+    return MongoTokenProvider(stack.store, stack.client, poll_interval_seconds=0.02)
+
+
+class TestAccessToken:
+    async def test_a_valid_token_is_handed_out_without_refreshing(
+        self, stack: Stack, sandbox: SandboxHandle
+    ) -> None:
+        _, grant = await connect_account(stack, sandbox.base_url, "acct", username="valid")
+        assert await stack.tokens.access_token("acct") == grant["access_token"]
+        assert await refresh_calls(stack, sandbox.base_url) == 0
+
+    async def test_an_unknown_account_is_refused(self, stack: Stack) -> None:
+        with pytest.raises(InvalidInputError) as info:
+            await stack.tokens.access_token("nobody")
+        assert info.value.code == "unknown_account"
+
+    async def test_tokens_are_encrypted_at_rest(
+        self, stack: Stack, sandbox: SandboxHandle, mongo_db: AsyncDatabase[dict[str, Any]]
+    ) -> None:
+        _, grant = await connect_account(stack, sandbox.base_url, "acct", username="sealed")
+        raw = await mongo_db["accounts"].find_one({"_id": "acct"})
+        assert raw is not None
+        dumped = repr(raw)
+        assert grant["access_token"] not in dumped
+        assert grant["refresh_token"] not in dumped
+        assert raw["access_token_enc"]
+        assert raw["refresh_token_enc"]
+
+
+class TestSingleFlightRefresh:
+    async def test_concurrent_replicas_refresh_once_and_share_the_new_token(
+        self, stack: Stack, sandbox: SandboxHandle
+    ) -> None:
+        _, grant = await connect_account(stack, sandbox.base_url, "acct", username="tasks", expires_in=1)
+        providers = [replica(stack) for _ in range(8)]
+        tokens = await asyncio.gather(*(p.access_token("acct") for p in providers))
+        assert len(set(tokens)) == 1
+        assert tokens[0] != grant["access_token"]
+        assert await refresh_calls(stack, sandbox.base_url) == 1
+        stored = await stack.store.get_tokens("acct")
+        assert stored is not None
+        assert stored.access_token == tokens[0]
+
+    async def test_concurrent_processes_refresh_once_and_share_the_new_token(
+        self, stack: Stack, sandbox: SandboxHandle, mongo_db: AsyncDatabase[dict[str, Any]], mongodb_uri: str
+    ) -> None:
+        _, grant = await connect_account(stack, sandbox.base_url, "acct", username="procs", expires_in=1)
+        start_at = time.time() + 3.0  # the processes import and connect first, then race
+        procs = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(WORKER),
+                mongodb_uri,
+                mongo_db.name,
+                "acct",
+                sandbox.base_url,
+                str(start_at),
+                "3",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            for _ in range(4)
+        ]
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        local = await asyncio.gather(*(replica(stack).access_token("acct") for _ in range(2)))
+        outputs = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), timeout=120)
+        tokens = list(local)
+        for proc, (out, err) in zip(procs, outputs, strict=True):
+            assert proc.returncode == 0, err.decode()
+            tokens.extend(json.loads(out.decode().strip().splitlines()[-1]))
+        assert len(tokens) == 14
+        assert len(set(tokens)) == 1, "every caller ends with the same, new token"
+        assert tokens[0] != grant["access_token"]
+        assert await refresh_calls(stack, sandbox.base_url) == 1
+
+    async def test_force_refresh_with_the_same_stale_token_refreshes_once(
+        self, stack: Stack, sandbox: SandboxHandle
+    ) -> None:
+        _, grant = await connect_account(stack, sandbox.base_url, "acct", username="stale")
+        stale = grant["access_token"]
+        tokens = await asyncio.gather(*(replica(stack).force_refresh("acct", stale) for _ in range(6)))
+        assert len(set(tokens)) == 1
+        assert tokens[0] != stale
+        assert await refresh_calls(stack, sandbox.base_url) == 1
+        # Someone reporting the old token again gets the current one, not another refresh.
+        assert await stack.tokens.force_refresh("acct", stale) == tokens[0]
+        assert await refresh_calls(stack, sandbox.base_url) == 1
+
+    async def test_a_live_lock_of_a_crashed_replica_is_waited_out_then_taken_over(
+        self, stack: Stack, sandbox: SandboxHandle, mongo_db: AsyncDatabase[dict[str, Any]]
+    ) -> None:
+        _, grant = await connect_account(stack, sandbox.base_url, "acct", username="crashed", expires_in=1)
+        await mongo_db["accounts"].update_one(
+            {"_id": "acct"},
+            {
+                "$set": {
+                    "refresh_lock_owner": "dead-replica",
+                    "refresh_lock_until": utcnow() + timedelta(seconds=1),
+                }
+            },
+        )
+        token = await replica(stack).access_token("acct")
+        assert token != grant["access_token"]
+        assert await refresh_calls(stack, sandbox.base_url) == 1
+        raw = await mongo_db["accounts"].find_one({"_id": "acct"})
+        assert raw is not None
+        assert raw["refresh_lock_owner"] is None
+
+
+class TestRotationAndLifetimes:
+    async def test_the_rotated_refresh_token_is_stored(self, stack: Stack, sandbox: SandboxHandle) -> None:
+        _, grant = await connect_account(stack, sandbox.base_url, "acct", username="rotate")
+        first = await stack.tokens.force_refresh("acct", grant["access_token"])
+        stored = await stack.store.get_tokens("acct")
+        assert stored is not None
+        assert stored.refresh_token != grant["refresh_token"]
+        # The sandbox killed the old refresh token: a second refresh only works with the new one.
+        second = await stack.tokens.force_refresh("acct", first)
+        assert second not in (first, grant["access_token"])
+        assert await refresh_calls(stack, sandbox.base_url) == 2
+
+    async def test_lifetimes_come_from_the_response(
+        self, tt_http: httpx.AsyncClient, mongo_db: AsyncDatabase[dict[str, Any]]
+    ) -> None:
+        async with running_sandbox(access_token_ttl_seconds=1234, refresh_token_ttl_seconds=98765) as sb:
+            stack = build_stack(tt_http, mongo_db, sb.base_url)
+            _, _grant = await connect_account(stack, sb.base_url, "acct", username="ttl", expires_in=1)
+            before = utcnow()
+            await stack.tokens.access_token("acct")
+            stored = await stack.store.get_tokens("acct")
+        assert stored is not None
+        assert stored.access_expires_at
+        assert stored.refresh_expires_at
+        assert abs((stored.access_expires_at - before).total_seconds() - 1234) < 5
+        assert abs((stored.refresh_expires_at - before).total_seconds() - 98765) < 5
+
+
+class TestDeadGrants:
+    async def test_invalid_grant_marks_the_account_for_reconnection(
+        self, stack: Stack, sandbox: SandboxHandle
+    ) -> None:
+        open_id, _ = await connect_account(stack, sandbox.base_url, "acct", username="revoked", expires_in=1)
+        revoke = await stack.http.put(f"{sandbox.base_url}/sandbox/faults", json={"revoke_tokens": [open_id]})
+        assert revoke.status_code == 200
+        with pytest.raises(AuthExpiredError) as info:
+            await stack.tokens.access_token("acct")
+        assert info.value.code == "invalid_grant"
+        record = await stack.store.get("acct")
+        assert record is not None
+        assert record.status == "reauth_required"
+        assert record.refresh_lock_owner is None
+        # From now on nobody calls TikTok for this account until the user reconnects.
+        with pytest.raises(AuthExpiredError):
+            await replica(stack).access_token("acct")
+        assert await refresh_calls(stack, sandbox.base_url) == 1
+
+
+class TestGatewayRefresh:
+    async def test_a_refused_token_is_refreshed_once_and_the_call_retried(
+        self, stack: Stack, sandbox: SandboxHandle
+    ) -> None:
+        open_id, grant = await connect_account(stack, sandbox.base_url, "acct", username="refused")
+        # The store believes in a token TikTok does not know (revoked elsewhere, say).
+        await stack.store.upsert_tokens(
+            "acct",
+            open_id=open_id,
+            access_token="act.not-a-live-token",
+            expires_in=7200,
+            refresh_token=grant["refresh_token"],
+            refresh_expires_in=grant["refresh_expires_in"],
+            scopes=grant["scope"].split(","),
+        )
+        info = await stack.gateway.creator_info("acct")
+        assert info.creator_username == "refused"
+        assert await refresh_calls(stack, sandbox.base_url) == 1
+        stats = await sandbox_stats(stack.http, sandbox.base_url)
+        assert stats["violations"] == {"access_token_invalid": 1}
