@@ -1,0 +1,70 @@
+"""StateRecorder over the real store and Kafka: the transition lands in Mongo, the fact on the topic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from pymongo.asynchronous.database import AsyncDatabase
+from reelay_common.kafka import KafkaPublisher
+from reelay_common.messages import PublishStatusChanged, UploadRequested
+from reelay_common.mongo import MongoUploadStore, ensure_indexes
+from reelay_common.recorder import StateRecorder
+from reelay_common.states import UploadState
+
+from tests.conftest import UniqueTopic
+
+
+class TestStateRecorder:
+    async def test_records_in_mongo_and_announces_on_kafka(
+        self,
+        mongo_db: AsyncDatabase[dict[str, Any]],
+        kafka_publisher: KafkaPublisher,
+        kafka_bootstrap_servers: str,
+        unique_topic: UniqueTopic,
+    ) -> None:
+        topic = await unique_topic("reelay.test.status")
+        await ensure_indexes(mongo_db)
+        store = MongoUploadStore(mongo_db)
+        await store.create(
+            UploadRequested.model_validate(
+                {
+                    "request_id": "req-1",
+                    "account_id": "acct-1",
+                    "mode": "inbox",
+                    "source": {"kind": "url", "url": "https://videos.example.com/a.mp4"},
+                }
+            ),
+            source="ingest",
+        )
+        recorder = StateRecorder(store, kafka_publisher, status_topic=topic)
+        moved = await recorder.record(
+            "req-1", UploadState.UPLOADED, source="uploader", set_fields={"publish_id": "p"}
+        )
+        assert moved is not None
+        assert await recorder.record("req-1", UploadState.UPLOADING, source="uploader") is None
+
+        stored = await store.get("req-1")
+        assert stored is not None
+        assert (stored.state, stored.announced_state, stored.publish_id) == (
+            UploadState.UPLOADED,
+            UploadState.UPLOADED,
+            "p",
+        )
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=kafka_bootstrap_servers, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            record = await consumer.getone()
+            extra = await consumer.getmany(timeout_ms=500)
+        finally:
+            await consumer.stop()
+        message = PublishStatusChanged.model_validate_json(record.value)
+        assert (record.key, message.state, message.previous_state, message.publish_id) == (
+            b"acct-1",
+            UploadState.UPLOADED,
+            UploadState.ACCEPTED,
+            "p",
+        )
+        assert not any(extra.values())  # the refused transition announced nothing

@@ -1,0 +1,105 @@
+"""StateRecorder: a guarded transition, then one announcement on the status topic (never lost)."""
+
+from __future__ import annotations
+
+import pytest
+from reelay_common.errors import RetryableError
+from reelay_common.messages import PublishStatusChanged, UploadRequested
+from reelay_common.recorder import StateRecorder
+from reelay_common.states import UploadState
+from reelay_common.testing import InMemoryUploadStore, RecordingPublisher
+
+S = UploadState
+TOPIC = "reelay.publish.status"
+
+
+@pytest.fixture
+def store() -> InMemoryUploadStore:
+    return InMemoryUploadStore()
+
+
+@pytest.fixture
+def publisher() -> RecordingPublisher:
+    return RecordingPublisher()
+
+
+@pytest.fixture
+async def recorder(store: InMemoryUploadStore, publisher: RecordingPublisher) -> StateRecorder:
+    cmd = UploadRequested.model_validate(
+        {
+            "request_id": "req-1",
+            "account_id": "acct-1",
+            "mode": "inbox",
+            "source": {"kind": "url", "url": "https://videos.example.com/a.mp4"},
+        }
+    )
+    await store.create(cmd, source="ingest")
+    return StateRecorder(store, publisher, status_topic=TOPIC)
+
+
+def announced(publisher: RecordingPublisher) -> list[PublishStatusChanged]:
+    return publisher.messages(TOPIC, PublishStatusChanged)
+
+
+class TestRecord:
+    async def test_moves_the_upload_and_announces_it_keyed_by_account(
+        self, recorder: StateRecorder, publisher: RecordingPublisher
+    ) -> None:
+        record = await recorder.record(
+            "req-1", S.UPLOADED, source="uploader", detail={"log_id": "L"}, set_fields={"publish_id": "p-1"}
+        )
+        assert record is not None
+        assert record.state is S.UPLOADED
+        ((topic, message, key),) = publisher.sent
+        assert (topic, key) == (TOPIC, "acct-1")
+        assert isinstance(message, PublishStatusChanged)
+        assert (message.request_id, message.state, message.previous_state, message.source) == (
+            "req-1",
+            S.UPLOADED,
+            S.ACCEPTED,
+            "uploader",
+        )
+        assert (message.publish_id, message.detail) == ("p-1", {"log_id": "L"})
+        assert message.at == record.history[-1].at
+
+    async def test_refused_transitions_announce_nothing(
+        self, recorder: StateRecorder, publisher: RecordingPublisher
+    ) -> None:
+        await recorder.record("req-1", S.PROCESSING, source="poller")
+        assert await recorder.record("req-1", S.UPLOADED, source="uploader") is None
+        assert await recorder.record("req-1", S.PROCESSING, source="webhook") is None
+        assert [m.state for m in announced(publisher)] == [S.PROCESSING]
+
+    async def test_an_unknown_upload_is_refused_quietly(
+        self, recorder: StateRecorder, publisher: RecordingPublisher
+    ) -> None:
+        assert await recorder.record("nope", S.UPLOADED, source="uploader") is None
+        assert publisher.sent == []
+
+    async def test_a_failed_announcement_is_sent_when_the_handler_retries(
+        self, recorder: StateRecorder, publisher: RecordingPublisher, store: InMemoryUploadStore
+    ) -> None:
+        publisher.fail_with.append(RetryableError("Kafka is down"))
+        with pytest.raises(RetryableError):
+            await recorder.record("req-1", S.UPLOADED, source="uploader")
+        current = await store.get("req-1")
+        assert current is not None
+        assert current.state is S.UPLOADED  # the state moved before the announcement failed
+        # The consumer loop retries the handler: the transition is refused, the announcement is not lost.
+        assert await recorder.record("req-1", S.UPLOADED, source="uploader") is None
+        assert [m.state for m in announced(publisher)] == [S.UPLOADED]
+        # A third delivery announces nothing more.
+        await recorder.record("req-1", S.UPLOADED, source="uploader")
+        assert len(announced(publisher)) == 1
+
+    async def test_announce_publishes_the_current_state(
+        self, recorder: StateRecorder, publisher: RecordingPublisher, store: InMemoryUploadStore
+    ) -> None:
+        record = await store.get("req-1")
+        assert record is not None
+        await recorder.announce(record, source="ingest")
+        (message,) = announced(publisher)
+        assert (message.state, message.previous_state, message.source) == (S.ACCEPTED, None, "ingest")
+        after = await store.get("req-1")
+        assert after is not None
+        assert after.announced_state is S.ACCEPTED
