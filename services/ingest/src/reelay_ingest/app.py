@@ -1,0 +1,84 @@
+"""The ingest FastAPI app. `create_app(settings)` builds it; its lifespan connects everything."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from reelay_common.logging import get_logger
+
+from reelay_ingest.bootstrap import build_deps
+from reelay_ingest.deps import IngestDeps
+from reelay_ingest.observe import ObserveRequests
+from reelay_ingest.problems import install_error_handlers
+from reelay_ingest.routes import api, hooks, ops
+from reelay_ingest.runtime import Runtime
+from reelay_ingest.schemas import UploadByUrl
+from reelay_ingest.settings import IngestSettings
+
+log = get_logger(__name__)
+
+DESCRIPTION = """\
+Reelay publishes videos to TikTok through the official Content Posting API.
+
+Submit an upload with `POST /v1/uploads` (a video URL as JSON, or the file as multipart), then
+follow it at `GET /v1/uploads/{request_id}`. Every `/v1` route but the TikTok webhook needs
+`Authorization: Bearer <API key>`. Errors always have the body
+`{"error": {"code": "...", "message": "...", "detail": ...}}`.
+"""
+
+
+def create_app(settings: IngestSettings, deps: IngestDeps | None = None) -> FastAPI:
+    """The ingest app. With `deps` (tests) those ports are used; otherwise the lifespan connects
+    MongoDB, Kafka and TikTok from `settings`, and closes them on shutdown."""
+    runtime = Runtime.for_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            runtime.deps = deps if deps is not None else await build_deps(settings, stack)
+            log.info("ingest_started", environment=settings.environment)
+            try:
+                yield
+            finally:
+                log.info("ingest_stopping")
+                runtime.deps = None
+
+    app = FastAPI(
+        title="Reelay ingest API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app, runtime.metrics)
+    app.add_middleware(ObserveRequests, metrics=runtime.metrics)
+    app.include_router(api)
+    app.include_router(hooks)
+    app.include_router(ops)
+    _document_upload_body(app)
+    return app
+
+
+def _document_upload_body(app: FastAPI) -> None:
+    # POST /v1/uploads parses its body itself (JSON or a multipart stream), so FastAPI does not
+    # see UploadByUrl; add it and its sub-models to the components the route's schema refers to.
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            body = UploadByUrl.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(body.pop("$defs", {}))
+            components["UploadByUrl"] = body
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema

@@ -1,0 +1,99 @@
+"""What the ingest handlers need, as ports: built once by the lifespan, or by a test with fakes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from reelay_common.messages import BlobSource, StateSource
+from reelay_common.ports import AccountStore, Publisher, TikTokApi, UploadStore
+from reelay_common.records import UploadRecord
+from reelay_common.states import UploadState
+
+from reelay_ingest.settings import IngestSettings
+
+ReadyCheck = Callable[[], Awaitable[bool]]
+
+
+class BlobStore(Protocol):
+    """Where streamed video files are kept until the uploader sends them (GridFS in production)."""
+
+    async def save(
+        self, chunks: AsyncIterable[bytes], *, filename: str | None, content_type: str, max_bytes: int
+    ) -> BlobSource:
+        """Store the bytes; InvalidInputError(code="too_large") past `max_bytes`, nothing kept."""
+        ...
+
+    async def delete(self, blob_id: str) -> None: ...
+
+
+class Recorder(Protocol):
+    """Records state changes and announces them on `reelay.publish.status` (StateRecorder)."""
+
+    async def record(
+        self,
+        request_id: str,
+        target: UploadState,
+        *,
+        source: StateSource,
+        detail: Mapping[str, Any] | None = None,
+        set_fields: Mapping[str, Any] | None = None,
+    ) -> UploadRecord | None: ...
+
+    async def announce(self, record: UploadRecord, *, source: StateSource) -> None: ...
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The Kafka topics ingest produces to (configurable, so tests can use their own)."""
+
+    upload_requested: str
+    publish_events: str
+    publish_status: str
+
+    @classmethod
+    def from_settings(cls, settings: IngestSettings) -> Topics:
+        """The topic names configured in `settings`."""
+        return cls(
+            upload_requested=settings.topic_upload_requested,
+            publish_events=settings.topic_publish_events,
+            publish_status=settings.topic_publish_status,
+        )
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The decisions settings make for the handlers."""
+
+    allow_private_urls: bool = False
+    check_creator_info: bool = True
+    max_upload_bytes: int = 4 * 1024 * 1024 * 1024
+    enqueue_timeout_seconds: float = 15.0
+    webhook_tolerance_seconds: float = 300.0
+
+    @classmethod
+    def from_settings(cls, settings: IngestSettings) -> Policy:
+        """The policy `settings` describe."""
+        return cls(
+            allow_private_urls=settings.allow_private_urls,
+            check_creator_info=settings.check_creator_info,
+            max_upload_bytes=settings.max_upload_bytes,
+            enqueue_timeout_seconds=settings.enqueue_timeout_seconds,
+            webhook_tolerance_seconds=settings.webhook_tolerance_seconds,
+        )
+
+
+@dataclass(frozen=True)
+class IngestDeps:
+    """The ports one ingest process works with."""
+
+    uploads: UploadStore
+    accounts: AccountStore
+    publisher: Publisher
+    recorder: Recorder
+    blobs: BlobStore
+    tiktok: TikTokApi
+    topics: Topics
+    # name -> check; /readyz answers 200 only while every one returns True.
+    ready_checks: Mapping[str, ReadyCheck] = field(default_factory=dict)

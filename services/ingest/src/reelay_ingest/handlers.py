@@ -1,0 +1,318 @@
+"""What ingest decides: accept an upload, register an account, pass on a TikTok webhook.
+
+Nothing here knows FastAPI, Kafka or Mongo. The routes decode HTTP into these calls and map
+their outcomes, and the errors of `reelay_ingest.errors`, back into HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from reelay_common.errors import InvalidInputError
+from reelay_common.logging import get_logger
+from reelay_common.messages import (
+    BlobSource,
+    PostInfo,
+    PullFromUrlSource,
+    TikTokWebhookReceived,
+    UploadMode,
+    UploadRequested,
+    UrlSource,
+)
+from reelay_common.netguard import ensure_public_url
+from reelay_common.records import AccountRecord, UploadRecord
+from reelay_common.states import UploadState
+
+from reelay_ingest.deps import IngestDeps, Policy
+from reelay_ingest.errors import ConflictError, NotFoundError, RequestRejected, UnavailableError
+from reelay_ingest.webhooks import WebhookEvent
+
+log = get_logger(__name__)
+
+# The TikTok scope each mode needs (API reference §1).
+REQUIRED_SCOPE: dict[UploadMode, str] = {"direct": "video.publish", "inbox": "video.upload"}
+ENQUEUE_FAILED = "enqueue_failed"
+
+
+@dataclass(frozen=True)
+class UploadTarget:
+    """What can be checked before a video's bytes arrive."""
+
+    account_id: str
+    mode: UploadMode
+    post_info: PostInfo | None
+    url: str | None = None
+
+    @classmethod
+    def of(cls, cmd: UploadRequested) -> UploadTarget:
+        """The target of an upload command."""
+        url = cmd.source.url if isinstance(cmd.source, UrlSource | PullFromUrlSource) else None
+        return cls(account_id=cmd.account_id, mode=cmd.mode, post_info=cmd.post_info, url=url)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """An upload on its way: the stored record, and whether this call was a replay."""
+
+    record: UploadRecord
+    replayed: bool
+
+
+async def check_upload_target(target: UploadTarget, deps: IngestDeps, policy: Policy) -> None:
+    """Refuse (RequestRejected and friends) an upload TikTok or our own rules would refuse."""
+    account = await deps.accounts.get(target.account_id)
+    if account is None:
+        raise NotFoundError(
+            f"account {target.account_id!r} is not registered; register it with POST /v1/accounts",
+            code="unknown_account",
+            extra={"account_id": target.account_id},
+        )
+    _check_account_can_post(account, target.mode)
+    if target.url is not None:
+        try:
+            await ensure_public_url(target.url, allow_private=policy.allow_private_urls)
+        except InvalidInputError as exc:
+            raise RequestRejected(exc.message, code=exc.code or "url_refused") from exc
+    if target.mode == "direct" and target.post_info is not None and policy.check_creator_info:
+        # Errors of the TikTok gateway (auth expired, rate limited, rejected) pass through: the
+        # route maps them. The gateway paces this call per account (20/min).
+        info = await deps.tiktok.creator_info(target.account_id)
+        offered = list(info.privacy_level_options)
+        if target.post_info.privacy_level not in offered:
+            raise RequestRejected(
+                f"privacy_level {target.post_info.privacy_level} is not offered to this creator; "
+                f"choose one of {', '.join(offered) or '(none: the creator cannot post now)'}",
+                code="privacy_level_not_offered",
+                extra={"privacy_level": target.post_info.privacy_level, "offered": offered},
+            )
+
+
+def _check_account_can_post(account: AccountRecord, mode: UploadMode) -> None:
+    if account.status != "connected":
+        raise RequestRejected(
+            f"account {account.account_id!r} is {account.status}; it must be connected again",
+            code="account_not_connected",
+            extra={"account_id": account.account_id, "status": account.status},
+        )
+    scope = REQUIRED_SCOPE[mode]
+    if scope not in account.scopes:
+        raise RequestRejected(
+            f"mode {mode!r} needs the TikTok scope {scope}, which account {account.account_id!r} "
+            "has not granted",
+            code="missing_scope",
+            extra={"required_scope": scope, "scopes": list(account.scopes)},
+        )
+
+
+async def accept_upload(
+    cmd: UploadRequested, deps: IngestDeps, policy: Policy, *, checked: bool = False
+) -> Accepted:
+    """Store `cmd` as `accepted`, announce it and enqueue it, or replay an earlier identical call.
+
+    Only once Kafka has acknowledged the UploadRequested is the upload accepted. If it does not,
+    the document is marked failed (`enqueue_failed`) and UnavailableError is raised: nothing is
+    left half-accepted. `checked` says `check_upload_target` has already passed for `cmd`.
+    """
+    existing = await deps.uploads.get(cmd.request_id)
+    if existing is not None:
+        return await _replay(existing, cmd, deps, policy)
+    if not checked:
+        await check_upload_target(UploadTarget.of(cmd), deps, policy)
+    record, created = await deps.uploads.create(cmd, source="ingest")
+    if not created:  # a concurrent call with the same request_id won the insert
+        return await _replay(record, cmd, deps, policy)
+    try:
+        await deps.recorder.announce(record, source="ingest")
+        await _enqueue(cmd, deps, policy)
+    except Exception as exc:
+        # Whatever went wrong, Kafka did not acknowledge: the client must not think it accepted.
+        await _mark_enqueue_failed(record, exc, deps)
+        raise UnavailableError(
+            "the upload could not be queued (Kafka did not acknowledge); it was not accepted. "
+            "Send it again with a new request_id",
+            code=ENQUEUE_FAILED,
+            retry_after=5.0,
+            extra={"request_id": cmd.request_id, "state": UploadState.FAILED.value},
+        ) from exc
+    log.info(
+        "upload_accepted",
+        request_id=cmd.request_id,
+        account_id=cmd.account_id,
+        mode=cmd.mode,
+        source_kind=cmd.source.kind,
+    )
+    return Accepted(record=record, replayed=False)
+
+
+async def _enqueue(cmd: UploadRequested, deps: IngestDeps, policy: Policy) -> None:
+    async with asyncio.timeout(policy.enqueue_timeout_seconds):
+        await deps.publisher.publish(deps.topics.upload_requested, cmd, key=cmd.account_id)
+
+
+async def _mark_enqueue_failed(record: UploadRecord, exc: Exception, deps: IngestDeps) -> None:
+    detail = {
+        "code": ENQUEUE_FAILED,
+        "error": type(exc).__name__,
+        "message": "Kafka did not acknowledge the UploadRequested",
+    }
+    log.error("upload_enqueue_failed", request_id=record.request_id, error=type(exc).__name__)
+    try:
+        # Mongo first, so the state is right even when Kafka (and so the announcement) is down.
+        moved = await deps.uploads.transition(
+            record.request_id, UploadState.FAILED, source="ingest", detail=detail
+        )
+    except Exception as store_exc:
+        log.error(
+            "upload_enqueue_failure_not_recorded",
+            request_id=record.request_id,
+            error=type(store_exc).__name__,
+        )
+        return
+    if moved is not None:
+        try:
+            await deps.recorder.announce(moved, source="ingest")
+        except Exception as announce_exc:
+            log.warning(
+                "upload_failure_not_announced",
+                request_id=record.request_id,
+                error=type(announce_exc).__name__,
+            )
+
+
+def same_request(record: UploadRecord, cmd: UploadRequested) -> bool:
+    """Whether `cmd` asks for what `record` already holds (a replay, not a conflict).
+
+    A streamed file is stored anew on every call, so blobs compare by size, type and name.
+    """
+    if (record.account_id, record.mode, record.post_info) != (cmd.account_id, cmd.mode, cmd.post_info):
+        return False
+    if isinstance(record.source, BlobSource) and isinstance(cmd.source, BlobSource):
+        return (record.source.size, record.source.content_type, record.source.filename) == (
+            cmd.source.size,
+            cmd.source.content_type,
+            cmd.source.filename,
+        )
+    return record.source == cmd.source
+
+
+def _enqueue_failed(record: UploadRecord) -> bool:
+    return record.state is UploadState.FAILED and any(
+        h.source == "ingest" and h.detail.get("code") == ENQUEUE_FAILED for h in record.history
+    )
+
+
+async def _replay(record: UploadRecord, cmd: UploadRequested, deps: IngestDeps, policy: Policy) -> Accepted:
+    if not same_request(record, cmd):
+        raise ConflictError(
+            f"request_id {cmd.request_id!r} was already used for a different upload",
+            code="request_id_conflict",
+            extra={"request_id": cmd.request_id},
+        )
+    if _enqueue_failed(record):
+        raise ConflictError(
+            f"request_id {cmd.request_id!r} was refused earlier because it could not be queued; "
+            "send the upload again with a new request_id",
+            code="request_id_spent",
+            extra={"request_id": cmd.request_id, "state": record.state.value},
+        )
+    if record.state is UploadState.ACCEPTED:
+        # The first call may have died between the insert and Kafka's ack. Publishing again is
+        # safe (the uploader is idempotent on request_id) and makes this 202 true.
+        again = UploadRequested(
+            request_id=record.request_id,
+            account_id=record.account_id,
+            mode=record.mode,
+            source=record.source,
+            post_info=record.post_info,
+            requested_at=record.created_at,
+        )
+        try:
+            await _enqueue(again, deps, policy)
+        except Exception as exc:
+            raise UnavailableError(
+                "the upload could not be queued (Kafka did not acknowledge); try again",
+                code=ENQUEUE_FAILED,
+                retry_after=5.0,
+                extra={"request_id": record.request_id, "state": record.state.value},
+            ) from exc
+    log.info("upload_replayed", request_id=record.request_id, state=record.state.value)
+    return Accepted(record=record, replayed=True)
+
+
+@dataclass(frozen=True)
+class RegisterAccount:
+    """Register (or refresh) an account with tokens obtained from TikTok elsewhere."""
+
+    account_id: str
+    open_id: str
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    refresh_expires_in: int
+    scopes: list[str]
+
+
+async def register_account(cmd: RegisterAccount, deps: IngestDeps) -> tuple[AccountRecord, bool]:
+    """Store the account's tokens (encrypted by the store). Returns (account, created)."""
+    existing = await deps.accounts.get(cmd.account_id)
+    if existing is not None and existing.open_id is not None and existing.open_id != cmd.open_id:
+        # Re-pointing an account at another TikTok user would post to the wrong profile.
+        raise ConflictError(
+            f"account {cmd.account_id!r} is registered for another TikTok user (open_id)",
+            code="account_open_id_mismatch",
+            extra={"account_id": cmd.account_id},
+        )
+    record = await deps.accounts.upsert_tokens(
+        cmd.account_id,
+        open_id=cmd.open_id,
+        access_token=cmd.access_token,
+        expires_in=cmd.expires_in,
+        refresh_token=cmd.refresh_token,
+        refresh_expires_in=cmd.refresh_expires_in,
+        scopes=cmd.scopes,
+    )
+    log.info("account_registered", account_id=cmd.account_id, created=existing is None, scopes=cmd.scopes)
+    return record, existing is None
+
+
+async def pass_on_webhook(
+    event: WebhookEvent, deps: IngestDeps, policy: Policy
+) -> TikTokWebhookReceived | None:
+    """Publish a verified TikTok webhook on `reelay.publish.events`; None for events we ignore.
+
+    The message is keyed by the upload's account (found by publish_id) so that it shares a
+    partition, and so an order, with the other events of that account. UnavailableError when
+    Kafka does not acknowledge: TikTok then retries the webhook (for up to 72 h).
+    """
+    if not event.known:
+        log.info("webhook_ignored", tiktok_event=event.event)
+        return None
+    record = await deps.uploads.find_by_publish_id(event.publish_id) if event.publish_id else None
+    message = TikTokWebhookReceived(
+        event=event.event,
+        user_openid=event.user_openid,
+        create_time=event.create_time,
+        publish_id=event.publish_id,
+        publish_type=event.publish_type,
+        reason=event.reason,
+        post_id=event.post_id,
+        account_id=record.account_id if record is not None else None,
+    )
+    key = message.account_id or event.user_openid or event.publish_id or "unknown"
+    try:
+        async with asyncio.timeout(policy.enqueue_timeout_seconds):
+            await deps.publisher.publish(deps.topics.publish_events, message, key=key)
+    except Exception as exc:
+        log.error("webhook_enqueue_failed", tiktok_event=event.event, error=type(exc).__name__)
+        raise UnavailableError(
+            "the webhook could not be queued; retry later", code=ENQUEUE_FAILED, retry_after=5.0
+        ) from exc
+    log.info(
+        "webhook_received",
+        tiktok_event=event.event,
+        publish_id=event.publish_id,
+        account_id=message.account_id,
+        request_id=record.request_id if record is not None else None,
+    )
+    return message

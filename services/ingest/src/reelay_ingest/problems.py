@@ -1,0 +1,193 @@
+"""Every error becomes `{"error": {"code", "message", "detail"?}}` with one HTTP status per kind."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from reelay_common.errors import (
+    AuthExpiredError,
+    InvalidInputError,
+    RateLimitedError,
+    ReelayError,
+    RetryableError,
+    TikTokRejectedError,
+)
+from reelay_common.logging import get_logger
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from reelay_ingest.errors import (
+    ConflictError,
+    MalformedRequestError,
+    NotFoundError,
+    RequestRejected,
+    SignatureError,
+    TooLargeError,
+    UnavailableError,
+    UnsupportedMediaError,
+)
+from reelay_ingest.observe import IngestMetrics
+
+log = get_logger(__name__)
+
+_CODE_OF_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "validation_failed",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class Unauthorized(Exception):
+    """No or a wrong API key on a /v1 route."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An HTTP error answer before it is rendered."""
+
+    status: int
+    code: str
+    message: str
+    detail: Any | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def response(self) -> JSONResponse:
+        """The JSON response carrying this problem."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.detail is not None:
+            body["detail"] = self.detail
+        return JSONResponse({"error": body}, status_code=self.status, headers=self.headers or None)
+
+
+def _status_of(exc: InvalidInputError) -> int:
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, ConflictError):
+        return 409
+    if isinstance(exc, TooLargeError) or exc.code == "too_large":
+        return 413
+    if isinstance(exc, UnsupportedMediaError) or exc.code == "unsupported_media_type":
+        return 415
+    if isinstance(exc, MalformedRequestError):
+        return 400
+    return 422
+
+
+def _field_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    # The offending input is never echoed: it may be a token (POST /v1/accounts).
+    return [
+        {
+            "field": ".".join(str(p) for p in err.get("loc", ())),
+            "message": err.get("msg", ""),
+            "type": err.get("type", ""),
+        }
+        for err in errors
+    ]
+
+
+def _whole_body_unparsable(err: Any) -> bool:
+    # ("body",) from our own parsing, ("body", <offset>) from FastAPI's; a JSON-string field that
+    # does not parse (multipart post_info) is an ordinary field error: 422 with its path.
+    loc = tuple(err.get("loc", ()))
+    return err.get("type") == "json_invalid" and (
+        loc == ("body",) or (len(loc) == 2 and isinstance(loc[1], int))
+    )
+
+
+def _retry_after(seconds: float | None, default: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, round(seconds if seconds is not None else default)))}
+
+
+def problem_of(exc: Exception) -> Problem:
+    """The status, code and message an exception deserves."""
+    if isinstance(exc, RequestValidationError):
+        errors = list(exc.errors())
+        if any(_whole_body_unparsable(e) for e in errors):
+            return Problem(400, "malformed_json", "the request body is not valid JSON")
+        return Problem(
+            422, "validation_failed", "the request does not match the schema", _field_errors(errors)
+        )
+    if isinstance(exc, Unauthorized):
+        return Problem(401, "unauthorized", exc.message, headers={"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, SignatureError):
+        return Problem(401, exc.code or "signature_invalid", exc.message)
+    if isinstance(exc, StarletteHTTPException):
+        code = _CODE_OF_STATUS.get(exc.status_code, "http_error")
+        return Problem(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
+    if isinstance(exc, AuthExpiredError):
+        return Problem(
+            422,
+            "account_reauth_required",
+            "the account's TikTok authorization no longer works; connect it again",
+            {"tiktok_code": exc.code, "log_id": exc.log_id},
+        )
+    if isinstance(exc, TikTokRejectedError):
+        return Problem(
+            422,
+            "tiktok_rejected",
+            f"TikTok refused: {exc.message}",
+            {"tiktok_code": exc.code, "log_id": exc.log_id},
+        )
+    if isinstance(exc, InvalidInputError):
+        extra = exc.extra if isinstance(exc, RequestRejected) else None
+        return Problem(_status_of(exc), exc.code or "invalid_input", exc.message, extra or None)
+    if isinstance(exc, UnavailableError):
+        return Problem(
+            503, exc.code or "unavailable", exc.message, exc.extra or None, _retry_after(exc.retry_after, 5)
+        )
+    if isinstance(exc, RateLimitedError):
+        headers = _retry_after(exc.retry_after, 5)
+        return Problem(
+            429,
+            "rate_limited",
+            "TikTok's per-account limit is reached for now; try again later",
+            {"retry_after_seconds": int(headers["Retry-After"])},
+            headers,
+        )
+    if isinstance(exc, RetryableError):
+        return Problem(
+            503,
+            "upstream_unavailable",
+            "a dependency is unavailable; try again",
+            headers=_retry_after(None, 5),
+        )
+    return Problem(500, "internal_error", "an unexpected error occurred")
+
+
+def install_error_handlers(app: FastAPI, metrics: IngestMetrics) -> None:
+    """Answer every exception with its Problem, counting each answer's code."""
+
+    async def handle(_request: Request, exc: Exception) -> JSONResponse:
+        problem = problem_of(exc)
+        metrics.rejections.labels(problem.code).inc()
+        if problem.status >= 500:
+            log.error(
+                "request_failed",
+                status=problem.status,
+                code=problem.code,
+                error=type(exc).__name__,
+                exc_info=problem.status == 500,
+            )
+        else:
+            log.info("request_refused", status=problem.status, code=problem.code)
+        return problem.response()
+
+    # ReelayError is registered on its own so Starlette's ExceptionMiddleware answers it; only
+    # the catch-all Exception handler runs in the outer ServerErrorMiddleware (which re-raises).
+    for kind in (RequestValidationError, StarletteHTTPException, Unauthorized, ReelayError, Exception):
+        app.add_exception_handler(kind, handle)

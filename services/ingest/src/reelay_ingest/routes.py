@@ -1,0 +1,491 @@
+"""The HTTP routes: decode the request, call a handler, encode its outcome. No decisions here."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, cast
+
+import structlog
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ValidationError
+from reelay_common.logging import get_logger
+from reelay_common.messages import (
+    BlobSource,
+    PullFromUrlSource,
+    UploadRequested,
+    UrlSource,
+    VideoSource,
+)
+from reelay_common.states import UploadState
+
+from reelay_ingest.deps import IngestDeps, Policy
+from reelay_ingest.errors import (
+    NotFoundError,
+    RequestRejected,
+    TooLargeError,
+    UnsupportedMediaError,
+)
+from reelay_ingest.formstream import FormField, FormFile, MultipartStream
+from reelay_ingest.handlers import (
+    Accepted,
+    RegisterAccount,
+    UploadTarget,
+    accept_upload,
+    check_upload_target,
+    pass_on_webhook,
+    register_account,
+)
+from reelay_ingest.media import checked_stream, video_content_type
+from reelay_ingest.problems import Unauthorized
+from reelay_ingest.runtime import Runtime
+from reelay_ingest.schemas import (
+    UPLOAD_FORM_SCHEMA,
+    AccountRegistration,
+    AccountView,
+    ErrorBody,
+    Health,
+    Readiness,
+    UploadAccepted,
+    UploadByUrl,
+    UploadForm,
+    UploadList,
+    UploadTargetFields,
+    UploadView,
+    WebhookAck,
+)
+from reelay_ingest.webhooks import parse_webhook, verify_signature
+
+log = get_logger(__name__)
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+MAX_JSON_BYTES = 1024 * 1024
+MAX_WEBHOOK_BYTES = 64 * 1024
+# Room for the multipart boundaries, part headers and text fields around the file itself.
+FORM_OVERHEAD_BYTES = 1024 * 1024
+FORM_FIELDS = frozenset(UploadForm.model_fields)
+READY_CHECK_TIMEOUT = 3.0
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: {"model": ErrorBody} for s in statuses}
+
+
+def runtime_of(request: Request) -> Runtime:
+    """The app's Runtime (set by create_app)."""
+    return cast(Runtime, request.app.state.runtime)
+
+
+RuntimeDep = Annotated[Runtime, Depends(runtime_of)]
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <API key>`")
+
+
+async def require_api_key(
+    runtime: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> None:
+    """Let the request in only with a configured API key (compared in constant time)."""
+    if credentials is None:
+        raise Unauthorized("an API key is required: send Authorization: Bearer <key>")
+    if not runtime.api_key_valid(credentials.credentials):
+        raise Unauthorized("the API key is not valid")
+
+
+api = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_errors(401))
+hooks = APIRouter(prefix="/v1", tags=["webhooks"])
+ops = APIRouter(tags=["operations"])
+
+
+def _bind(**fields: str) -> None:
+    structlog.contextvars.bind_contextvars(**fields)
+
+
+def _status_url(request: Request, runtime: Runtime, request_id: str) -> str:
+    base = runtime.settings.status_base() or str(request.base_url).rstrip("/")
+    return f"{base}/v1/uploads/{request_id}"
+
+
+def _resolve_request_id(given: str | None, header: str | None) -> str:
+    if given is not None and header is not None and given != header:
+        raise RequestRejected(
+            "request_id in the body and the Idempotency-Key header differ; send one, or the same",
+            code="request_id_mismatch",
+        )
+    return given or header or str(uuid.uuid4())
+
+
+def _validation_error(exc: ValidationError, *prefix: str) -> RequestValidationError:
+    errors = [{**e, "loc": (*prefix, *e["loc"])} for e in exc.errors(include_url=False, include_input=False)]
+    return RequestValidationError(errors)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise TooLargeError(f"the body is larger than {limit} bytes", code="too_large")
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise TooLargeError(f"the body is larger than {limit} bytes", code="too_large")
+    return bytes(body)
+
+
+# ----------------------------------------------------------------------------------------- uploads
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/UploadByUrl"}},
+            "multipart/form-data": {"schema": UPLOAD_FORM_SCHEMA},
+        },
+    }
+}
+
+
+@api.post(
+    "/uploads",
+    status_code=202,
+    response_model=UploadAccepted,
+    tags=["uploads"],
+    summary="Submit a video for publishing",
+    openapi_extra=_UPLOAD_BODY,
+    responses=_errors(400, 404, 409, 413, 415, 422, 429, 503),
+)
+async def submit_upload(
+    request: Request,
+    response: Response,
+    runtime: RuntimeDep,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", max_length=128, pattern=ID_PATTERN)
+    ] = None,
+) -> UploadAccepted:
+    """Accept a video for an account: by URL (JSON) or as a file (multipart/form-data, field `file`).
+
+    The upload is validated (account registered and connected, URL public, media type and size,
+    privacy level offered by the creator for direct posts), stored as `accepted`, and queued on
+    Kafka; only after Kafka's acknowledgement does this answer **202** with the status URL.
+
+    `request_id` (body/form field, else the `Idempotency-Key` header, else generated) makes the call
+    idempotent: the same request again answers 202 with the current state (`replayed: true`), a
+    different request under the same id answers 409. If Kafka does not acknowledge, the upload is
+    marked `failed` (`enqueue_failed`) and the answer is 503; send it again with a new request_id.
+
+    Errors: 400 body not JSON / broken multipart; 401 API key; 404 unknown account; 409 request_id
+    conflict; 413 too large; 415 not JSON/multipart, or not MP4/MOV/WebM; 422 validation (field
+    paths in `detail`), URL not public, privacy level not offered; 429 TikTok pacing; 503 Kafka or
+    TikTok unavailable.
+    """
+    runtime_deps, policy = runtime.ports(), runtime.policy
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type == "application/json" or media_type.endswith("+json"):
+        accepted = await _upload_from_json(request, runtime_deps, policy, idempotency_key)
+    elif media_type == "multipart/form-data":
+        accepted = await _upload_from_form(request, runtime_deps, policy, idempotency_key)
+    else:
+        raise UnsupportedMediaError(
+            "send application/json (a video URL) or multipart/form-data (a file)",
+            code="unsupported_content_type",
+            extra={"content_type": media_type or None},
+        )
+    record = accepted.record
+    if not accepted.replayed:
+        runtime.metrics.uploads_accepted.labels(record.mode, record.source.kind).inc()
+    status_url = _status_url(request, runtime, record.request_id)
+    response.headers["Location"] = status_url
+    return UploadAccepted(
+        request_id=record.request_id, state=record.state, status_url=status_url, replayed=accepted.replayed
+    )
+
+
+async def _upload_from_json(
+    request: Request, deps: IngestDeps, policy: Policy, idempotency_key: str | None
+) -> Accepted:
+    raw = await _read_body(request, MAX_JSON_BYTES)
+    try:
+        body = UploadByUrl.model_validate_json(raw)
+    except ValidationError as exc:
+        raise _validation_error(exc, "body") from exc
+    request_id = _resolve_request_id(body.request_id, idempotency_key)
+    _bind(request_id=request_id, account_id=body.account_id)
+    source: VideoSource = (
+        UrlSource(url=body.video_url)
+        if body.video_url is not None
+        else PullFromUrlSource(url=str(body.pull_from_url))
+    )
+    cmd = UploadRequested(
+        request_id=request_id,
+        account_id=body.account_id,
+        mode=body.mode,
+        source=source,
+        post_info=body.post_info,
+    )
+    return await accept_upload(cmd, deps, policy)
+
+
+def _form_model(model: type[BaseModel], fields: dict[str, str]) -> Any:
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        raise _validation_error(exc, "body") from exc
+
+
+def _early_target(fields: dict[str, str]) -> UploadTarget | None:
+    # With the text fields before the file, the request is refused before a byte is stored.
+    if "account_id" not in fields or "mode" not in fields:
+        return None
+    if fields["mode"] == "direct" and "post_info" not in fields:
+        return None  # post_info may still follow the file
+    target = cast(UploadTargetFields, _form_model(UploadTargetFields, fields))
+    return UploadTarget(account_id=target.account_id, mode=target.mode, post_info=target.post_info)
+
+
+async def _upload_from_form(
+    request: Request, deps: IngestDeps, policy: Policy, idempotency_key: str | None
+) -> Accepted:
+    declared = request.headers.get("content-length")
+    limit = policy.max_upload_bytes + FORM_OVERHEAD_BYTES
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise TooLargeError(
+            f"the video is larger than the limit of {policy.max_upload_bytes} bytes", code="too_large"
+        )
+    stream = MultipartStream(request.headers["content-type"], request.stream())
+    fields: dict[str, str] = {}
+    blob: BlobSource | None = None
+    checked = False
+    try:
+        async for part in stream.parts():
+            if isinstance(part, FormField):
+                _add_field(fields, part)
+                continue
+            blob, checked = await _store_file(part, fields, blob, deps, policy)
+        if blob is None:
+            raise RequestRejected("the form has no file part named 'file'", code="file_missing")
+        form = cast(UploadForm, _form_model(UploadForm, fields))
+        request_id = _resolve_request_id(form.request_id, idempotency_key)
+        _bind(request_id=request_id, account_id=form.account_id)
+        cmd = UploadRequested(
+            request_id=request_id,
+            account_id=form.account_id,
+            mode=form.mode,
+            source=blob,
+            post_info=form.post_info,
+        )
+        accepted = await accept_upload(cmd, deps, policy, checked=checked)
+    except BaseException:
+        if blob is not None:
+            await _discard(blob, deps)
+        raise
+    if accepted.record.source != blob:  # a replay: the earlier request's file is the one kept
+        await _discard(blob, deps)
+    return accepted
+
+
+def _add_field(fields: dict[str, str], part: FormField) -> None:
+    if part.name not in FORM_FIELDS:
+        raise RequestRejected(
+            f"unknown form field {part.name!r}; expected {', '.join(sorted(FORM_FIELDS))} and file",
+            code="unknown_field",
+        )
+    if part.name in fields:
+        raise RequestRejected(f"form field {part.name!r} is given twice", code="duplicate_field")
+    fields[part.name] = part.value
+
+
+async def _store_file(
+    part: FormFile, fields: dict[str, str], blob: BlobSource | None, deps: IngestDeps, policy: Policy
+) -> tuple[BlobSource, bool]:
+    """Check what can be checked, then stream the file into the blob store. Returns (blob, checked)."""
+    if part.name != "file":
+        raise RequestRejected(
+            f"unexpected file part {part.name!r}; the video goes in 'file'", code="unknown_field"
+        )
+    if blob is not None:
+        raise RequestRejected("send exactly one file", code="duplicate_field")
+    content_type = video_content_type(part.content_type, part.filename)
+    target = _early_target(fields)
+    if target is not None:
+        _bind(account_id=target.account_id)
+        await check_upload_target(target, deps, policy)
+    body = await checked_stream(part.chunks, content_type)
+    saved = await deps.blobs.save(
+        body, filename=part.filename, content_type=content_type, max_bytes=policy.max_upload_bytes
+    )
+    return saved, target is not None
+
+
+async def _discard(blob: BlobSource, deps: IngestDeps) -> None:
+    try:
+        # Shielded: a cancelled request must still not leave its file behind.
+        await asyncio.shield(deps.blobs.delete(blob.blob_id))
+    except Exception as exc:
+        log.warning("blob_discard_failed", blob_id=blob.blob_id, error=type(exc).__name__)
+
+
+@api.get(
+    "/uploads/{request_id}",
+    response_model=UploadView,
+    tags=["uploads"],
+    summary="The state of one upload",
+    responses=_errors(404, 422),
+)
+async def get_upload(
+    runtime: RuntimeDep,
+    request_id: Annotated[str, Path(max_length=128, pattern=ID_PATTERN)],
+) -> UploadView:
+    """The upload's state, TikTok's publish_id and post ids, and its history of state changes
+    (each with time, source and detail such as TikTok's fail_reason)."""
+    _bind(request_id=request_id)
+    record = await runtime.ports().uploads.get(request_id)
+    if record is None:
+        raise NotFoundError(f"no upload with request_id {request_id!r}", code="unknown_upload")
+    return UploadView.of(record)
+
+
+@api.get(
+    "/uploads", response_model=UploadList, tags=["uploads"], summary="List uploads", responses=_errors(422)
+)
+async def list_uploads(
+    runtime: RuntimeDep,
+    account_id: Annotated[str | None, Query(max_length=128, pattern=ID_PATTERN)] = None,
+    state: UploadState | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> UploadList:
+    """Uploads, newest first, optionally of one account and/or in one state."""
+    records = await runtime.ports().uploads.list(account_id=account_id, state=state, limit=limit)
+    items = [UploadView.of(r) for r in records]
+    return UploadList(items=items, count=len(items))
+
+
+# ---------------------------------------------------------------------------------------- accounts
+
+
+@api.post(
+    "/accounts",
+    status_code=201,
+    response_model=AccountView,
+    tags=["accounts"],
+    summary="Register an account with TikTok tokens",
+    responses={
+        200: {"model": AccountView, "description": "The account existed; its tokens were replaced."},
+        **_errors(400, 409, 422),
+    },
+)
+async def create_account(body: AccountRegistration, response: Response, runtime: RuntimeDep) -> AccountView:
+    """Register an account (201), or replace the tokens of an existing one (200), from a TikTok
+    OAuth token response. Tokens are encrypted at rest and never returned. An account_id already
+    bound to another TikTok user (open_id) answers 409."""
+    _bind(account_id=body.account_id)
+    record, created = await register_account(
+        RegisterAccount(
+            account_id=body.account_id,
+            open_id=body.open_id,
+            access_token=body.access_token.get_secret_value(),
+            refresh_token=body.refresh_token.get_secret_value(),
+            expires_in=body.expires_in,
+            refresh_expires_in=body.refresh_expires_in,
+            scopes=body.scopes,
+        ),
+        runtime.ports(),
+    )
+    if not created:
+        response.status_code = 200
+    return AccountView.of(record)
+
+
+@api.get(
+    "/accounts/{account_id}",
+    response_model=AccountView,
+    tags=["accounts"],
+    summary="One account",
+    responses=_errors(404, 422),
+)
+async def get_account(
+    runtime: RuntimeDep, account_id: Annotated[str, Path(max_length=128, pattern=ID_PATTERN)]
+) -> AccountView:
+    """The account's status (connected, reauth_required, revoked), scopes and token expiry times."""
+    _bind(account_id=account_id)
+    record = await runtime.ports().accounts.get(account_id)
+    if record is None:
+        raise NotFoundError(f"account {account_id!r} is not registered", code="unknown_account")
+    return AccountView.of(record)
+
+
+# ---------------------------------------------------------------------------------------- webhooks
+
+
+@hooks.post(
+    "/webhooks/tiktok",
+    response_model=WebhookAck,
+    summary="TikTok webhook receiver",
+    responses=_errors(400, 401, 413, 503),
+)
+async def tiktok_webhook(
+    request: Request,
+    runtime: RuntimeDep,
+    signature: Annotated[str | None, Header(alias="TikTok-Signature")] = None,
+) -> WebhookAck:
+    """Receives TikTok's webhooks (no API key: verified by `TikTok-Signature`, an HMAC-SHA256 of
+    `t + "." + raw body` under the app's client secret, with a timestamp tolerance).
+
+    A verified `post.publish.*` or `authorization.removed` event is put on `reelay.publish.events`
+    (keyed by the upload's account) and acknowledged with 200; other events are acknowledged and
+    logged only. 401 for a missing, wrong or stale signature (nothing is published); 503 when
+    Kafka does not acknowledge, so that TikTok retries.
+    """
+    raw = await _read_body(request, MAX_WEBHOOK_BYTES)
+    try:
+        verify_signature(
+            signature,
+            raw,
+            runtime.settings.tiktok_client_secret.get_secret_value(),
+            now=time.time(),
+            tolerance=runtime.policy.webhook_tolerance_seconds,
+        )
+    except Exception:
+        runtime.metrics.webhooks.labels("rejected").inc()
+        raise
+    event = parse_webhook(raw)
+    message = await pass_on_webhook(event, runtime.ports(), runtime.policy)
+    runtime.metrics.webhooks.labels("published" if message is not None else "ignored").inc()
+    return WebhookAck(event=event.event, published=message is not None)
+
+
+# -------------------------------------------------------------------------------------- operations
+
+
+@ops.get("/healthz", response_model=Health, summary="Liveness")
+async def healthz() -> Health:
+    """200 while the process serves requests."""
+    return Health()
+
+
+async def _check(check: Callable[[], Awaitable[bool]]) -> bool:
+    try:
+        async with asyncio.timeout(READY_CHECK_TIMEOUT):
+            return bool(await check())
+    except Exception:
+        return False
+
+
+@ops.get("/readyz", response_model=Readiness, summary="Readiness", responses={503: {"model": Readiness}})
+async def readyz(runtime: RuntimeDep, response: Response) -> Readiness:
+    """200 when MongoDB answers a ping and the Kafka producer sees the cluster, else 503."""
+    checks = dict(runtime.deps.ready_checks) if runtime.deps is not None else {}
+    names = list(checks)
+    results = await asyncio.gather(*(_check(checks[n]) for n in names))
+    outcome = dict(zip(names, results, strict=True))
+    ready = runtime.deps is not None and all(results)
+    response.status_code = 200 if ready else 503
+    return Readiness(status="ready" if ready else "not_ready", checks=outcome)
+
+
+@ops.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(runtime: RuntimeDep) -> Response:
+    """Prometheus text exposition: requests by route and status, uploads accepted, webhooks."""
+    return Response(runtime.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,297 @@
+"""The ingest API's request and response bodies (their docstrings are the OpenAPI text)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, Json, SecretStr, field_validator, model_validator
+from reelay_common.messages import (
+    AccountId,
+    BlobSource,
+    PostInfo,
+    RequestId,
+    StateSource,
+    UploadMode,
+)
+from reelay_common.records import AccountRecord, UploadRecord
+from reelay_common.states import UploadState
+
+HttpUrl = Annotated[
+    str,
+    Field(min_length=8, max_length=2048, pattern=r"^https?://", examples=["https://cdn.example.com/v.mp4"]),
+]
+HttpsUrl = Annotated[str, Field(min_length=9, max_length=2048, pattern=r"^https://")]
+
+
+def _check_mode(mode: UploadMode, post_info: PostInfo | None) -> None:
+    if mode == "direct" and post_info is None:
+        raise ValueError("post_info (with privacy_level) is required when mode is 'direct'")
+    if mode == "inbox" and post_info is not None:
+        raise ValueError("post_info is only for mode 'direct'; inbox uploads take none")
+
+
+class UploadByUrl(BaseModel):
+    """Publish a video found at a URL (JSON body of `POST /v1/uploads`).
+
+    Give exactly one of `video_url` (Reelay downloads it and sends it to TikTok in chunks) or
+    `pull_from_url` (TikTok downloads it itself; https on a domain verified for the app).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "account_id": "acme-main",
+                    "mode": "direct",
+                    "video_url": "https://cdn.example.com/launch.mp4",
+                    "post_info": {"privacy_level": "SELF_ONLY", "title": "Launch day #acme"},
+                    "request_id": "launch-2026-11-24",
+                }
+            ]
+        },
+    )
+
+    account_id: AccountId
+    mode: UploadMode
+    video_url: HttpUrl | None = None
+    pull_from_url: HttpsUrl | None = None
+    post_info: PostInfo | None = Field(
+        default=None, description="Required for mode 'direct', absent for mode 'inbox'."
+    )
+    request_id: RequestId | None = Field(
+        default=None,
+        description="Identifies the upload end to end; else the Idempotency-Key header; else generated.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UploadByUrl:
+        if (self.video_url is None) == (self.pull_from_url is None):
+            raise ValueError("give exactly one of video_url or pull_from_url")
+        _check_mode(self.mode, self.post_info)
+        return self
+
+
+class UploadTargetFields(BaseModel):
+    """The form fields that say where a streamed file goes (checked before its bytes are stored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    account_id: AccountId
+    mode: UploadMode
+    post_info: Json[PostInfo] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UploadTargetFields:
+        _check_mode(self.mode, self.post_info)
+        return self
+
+
+class UploadForm(UploadTargetFields):
+    """The text fields of a multipart `POST /v1/uploads` (the file itself is the part `file`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: RequestId | None = None
+
+
+# The multipart body as OpenAPI shows it; the route parses it as a stream, not through a model.
+UPLOAD_FORM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["account_id", "mode", "file"],
+    "properties": {
+        "account_id": {"type": "string", "description": "A registered, connected account."},
+        "mode": {"type": "string", "enum": ["direct", "inbox"]},
+        "post_info": {
+            "type": "string",
+            "description": "PostInfo as a JSON string; required for mode 'direct'.",
+            "examples": ['{"privacy_level": "SELF_ONLY", "title": "Launch day"}'],
+        },
+        "request_id": {"type": "string", "description": "Else the Idempotency-Key header; else generated."},
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "description": "The video: video/mp4, video/quicktime or video/webm. Send the text "
+            "fields before the file so a refusal comes before the upload.",
+        },
+    },
+}
+
+
+class UploadAccepted(BaseModel):
+    """The upload is stored and queued; follow it at `status_url`."""
+
+    request_id: str
+    state: UploadState
+    status_url: str
+    replayed: bool = Field(description="True when this request_id had been accepted before.")
+
+
+class HistoryView(BaseModel):
+    """One state change: when, by whom (ingest, uploader, poller, webhook) and TikTok's detail."""
+
+    state: UploadState
+    at: datetime
+    source: StateSource
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class SourceView(BaseModel):
+    """Where the video comes from (URLs are not echoed: they may carry signed credentials)."""
+
+    kind: Literal["url", "pull_from_url", "blob"]
+    size: int | None = None
+    content_type: str | None = None
+    filename: str | None = None
+
+
+class UploadView(BaseModel):
+    """The state of one upload."""
+
+    request_id: str
+    account_id: str
+    mode: UploadMode
+    state: UploadState
+    source: SourceView
+    post_info: PostInfo | None = None
+    publish_id: str | None = None
+    post_ids: list[str] = Field(default_factory=list)
+    video_size: int | None = None
+    uploaded_bytes: int = 0
+    history: list[HistoryView]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, record: UploadRecord) -> UploadView:
+        """The view of a stored upload."""
+        src = record.source
+        source = (
+            SourceView(kind="blob", size=src.size, content_type=src.content_type, filename=src.filename)
+            if isinstance(src, BlobSource)
+            else SourceView(kind=src.kind)
+        )
+        return cls(
+            request_id=record.request_id,
+            account_id=record.account_id,
+            mode=record.mode,
+            state=record.state,
+            source=source,
+            post_info=record.post_info,
+            publish_id=record.publish_id,
+            post_ids=list(record.post_ids),
+            video_size=record.video_size,
+            uploaded_bytes=record.uploaded_bytes,
+            history=[
+                HistoryView(state=h.state, at=h.at, source=h.source, detail=h.detail) for h in record.history
+            ],
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+        )
+
+
+class UploadList(BaseModel):
+    """Uploads, newest first."""
+
+    items: list[UploadView]
+    count: int
+
+
+class AccountRegistration(BaseModel):
+    """Register an account with tokens obtained from TikTok's OAuth (the oauth/token response).
+
+    The tokens are stored encrypted and never returned.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    account_id: AccountId
+    open_id: Annotated[str, Field(min_length=1, max_length=256)]
+    access_token: SecretStr = Field(min_length=1)
+    refresh_token: SecretStr = Field(min_length=1)
+    expires_in: int = Field(gt=0, description="Seconds the access token lives, from TikTok's response.")
+    refresh_expires_in: int = Field(gt=0, description="Seconds the refresh token lives.")
+    scope: str | list[str] = Field(
+        description="Granted scopes, comma-separated as TikTok sends them, or a list.",
+        examples=["user.info.basic,video.publish,video.upload"],
+    )
+
+    @field_validator("scope")
+    @classmethod
+    def _scopes_named(cls, v: str | list[str]) -> str | list[str]:
+        if not _split_scopes(v):
+            raise ValueError("at least one scope is needed (video.publish and/or video.upload)")
+        return v
+
+    @property
+    def scopes(self) -> list[str]:
+        """The granted scopes as a list."""
+        return _split_scopes(self.scope)
+
+
+def _split_scopes(scope: str | list[str]) -> list[str]:
+    items = scope.split(",") if isinstance(scope, str) else scope
+    return [s.strip() for s in items if s.strip()]
+
+
+class AccountView(BaseModel):
+    """A registered account: its status, scopes and token lifetimes (never the tokens)."""
+
+    account_id: str
+    open_id: str | None
+    status: str = Field(description="connected, reauth_required or revoked.")
+    scopes: list[str]
+    access_expires_at: datetime | None
+    refresh_expires_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, record: AccountRecord) -> AccountView:
+        """The view of a stored account."""
+        return cls(
+            account_id=record.account_id,
+            open_id=record.open_id,
+            status=record.status,
+            scopes=list(record.scopes),
+            access_expires_at=record.access_expires_at,
+            refresh_expires_at=record.refresh_expires_at,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+        )
+
+
+class ErrorInfo(BaseModel):
+    """What went wrong: a stable `code`, a sentence for people, and structured detail."""
+
+    code: str
+    message: str
+    detail: Any | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 5xx answer has this body."""
+
+    error: ErrorInfo
+
+
+class WebhookAck(BaseModel):
+    """TikTok's webhook was verified and handled."""
+
+    received: bool = True
+    event: str
+    published: bool = Field(description="False for events Reelay does not act on (acknowledged only).")
+
+
+class Health(BaseModel):
+    """The process is alive."""
+
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    """Whether every dependency answers (Mongo, Kafka)."""
+
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, bool]

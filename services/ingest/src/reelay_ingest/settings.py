@@ -1,0 +1,54 @@
+"""Typed settings of the ingest API (env prefix `INGEST_`, shared fields unprefixed)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+from reelay_common.messages import MAX_VIDEO_BYTES
+from reelay_common.settings import DEV_API_KEY, CommonSettings
+
+
+class IngestSettings(CommonSettings):
+    """How the ingest API listens, whom it lets in and what it accepts."""
+
+    model_config = SettingsConfigDict(env_prefix="INGEST_", extra="ignore", populate_by_name=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    # Bearer keys accepted on /v1 (comma-separated in the environment, so keys can be rotated by
+    # listing the new one beside the old). The dev key is refused when REELAY_ENV=prod.
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=lambda: [SecretStr(DEV_API_KEY)])
+    max_upload_bytes: int = Field(MAX_VIDEO_BYTES, gt=0, le=MAX_VIDEO_BYTES)
+    # Lets video URLs point at loopback/private addresses: for local development and tests only.
+    allow_private_urls: bool = False
+    webhook_tolerance_seconds: float = Field(300.0, gt=0)
+    # Where clients reach this API, for the status URLs in responses; the request's own base URL
+    # is used when unset.
+    public_base_url: AnyHttpUrl | None = None
+    # For direct posts, ask TikTok's creator_info which privacy levels the creator offers and
+    # refuse the others up front (TikTok would refuse them at init with privacy_level_option_mismatch).
+    check_creator_info: bool = True
+    # How long to wait for Kafka's acknowledgement of an UploadRequested before answering 503.
+    enqueue_timeout_seconds: float = Field(15.0, gt=0)
+    shutdown_grace_seconds: float = Field(20.0, ge=0)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+    @model_validator(mode="after")
+    def _keys_usable(self) -> IngestSettings:
+        if not self.api_keys:
+            raise ValueError("INGEST_API_KEYS must name at least one key")
+        if self.environment == "prod" and any(k.get_secret_value() == DEV_API_KEY for k in self.api_keys):
+            raise ValueError("INGEST_API_KEYS must not contain the dev key in prod")
+        return self
+
+    def status_base(self) -> str | None:
+        """`public_base_url` without its trailing slash, or None when unset."""
+        return str(self.public_base_url).rstrip("/") if self.public_base_url is not None else None
