@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import re
 from typing import Any, BinaryIO
@@ -20,6 +21,7 @@ log = structlog.get_logger("tiktok_sandbox")
 ALLOWED_CONTENT_TYPES = frozenset({"video/mp4", "video/quicktime", "video/webm"})
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 _READ_PIECE = 256 << 10
+_DISCARD_MAX = 200_000_000  # above the largest legal chunk (128 MB): not worth reading
 _WRITE_BUFFER = 1 << 20  # bytes held before a write: memory per PUT stays about this, whatever the chunk
 
 
@@ -54,7 +56,11 @@ class UploadApi:
         """The upload URL route."""
         return [web.put("/upload/", self.put)]
 
-    def _reply(self, pub: Publish | None, status: int, code: str, message: str = "") -> web.Response:
+    async def _reply(
+        self, request: web.Request, pub: Publish | None, status: int, code: str, message: str = ""
+    ) -> web.Response:
+        if code != "ok":
+            await _discard_body(request)
         headers = {"X-Tt-Logid": new_log_id()}
         if pub is not None and pub.plan is not None:
             headers["Content-Range"] = progress_header(pub.uploaded_bytes, pub.plan.video_size)
@@ -75,33 +81,38 @@ class UploadApi:
         pub = state.uploads.get(upload_id)
         token = request.query.get("upload_token", "")
         if pub is None or pub.upload_token is None or not hmac.compare_digest(pub.upload_token, token):
-            return self._reply(None, 404, "upload_not_found", "No upload task for this URL")
+            return await self._reply(request, None, 404, "upload_not_found", "No upload task for this URL")
         plan = pub.plan
         if plan is None or pub.upload_expires_at is None:  # pragma: no cover - attach_upload sets both
-            return self._reply(None, 404, "upload_not_found", "No upload task for this URL")
+            return await self._reply(request, None, 404, "upload_not_found", "No upload task for this URL")
         if state.now() >= pub.upload_expires_at:
-            return self._reply(pub, 403, "upload_url_expired", "The upload URL has expired; init again")
+            return await self._reply(
+                request, pub, 403, "upload_url_expired", "The upload URL has expired; init again"
+            )
         if state.faults.take_error("upload"):
-            return self._reply(pub, 500, "internal_error", "Injected fault")
+            return await self._reply(request, pub, 500, "internal_error", "Injected fault")
         if state.faults.take_rate_limit("upload"):
-            return self._reply(pub, 429, "rate_limit_exceeded", "Injected fault")
+            return await self._reply(request, pub, 429, "rate_limit_exceeded", "Injected fault")
         order = len(pub.chunks) + 1
         if pub.put_in_flight:
             pub.chunks.append(ChunkAttempt(order, None, None, request.content_length, 416, stored=False))
-            return self._reply(pub, 416, "upload_parallel_put", "Another PUT for this upload is in progress")
+            return await self._reply(
+                request, pub, 416, "upload_parallel_put", "Another PUT for this upload is in progress"
+            )
         try:
             first, last, size = self._check_headers(request, pub)
         except _Rejected as rej:
             pub.chunks.append(
                 ChunkAttempt(order, None, None, request.content_length, rej.status, stored=False)
             )
-            return self._reply(pub, rej.status, rej.code, rej.message)
+            return await self._reply(request, pub, rej.status, rej.code, rej.message)
         attempt = ChunkAttempt(order, first, last, size, None, stored=False)
         pub.chunks.append(attempt)
         expected = None if pub.complete else plan.chunk_range(pub.next_chunk)
         if (first, last) != expected:
             attempt.status_code = 416
-            return self._reply(
+            return await self._reply(
+                request,
                 pub,
                 416,
                 "upload_range_mismatch",
@@ -145,7 +156,7 @@ class UploadApi:
             status = self.sb.state.faults.config.put_error_status
             await _drain(request)
             attempt.status_code = status
-            return self._reply(pub, status, "internal_error", "Injected fault")
+            return await self._reply(request, pub, status, "internal_error", "Injected fault")
         hasher = pub.hasher.copy()  # committed only if the whole chunk lands
         try:
             received = await self._stream_to_disk(
@@ -163,7 +174,9 @@ class UploadApi:
             return web.Response(status=400)
         if received != attempt.size:
             attempt.status_code = 400
-            return self._reply(pub, 400, "upload_bad_headers", "The body size differs from Content-Length")
+            return await self._reply(
+                request, pub, 400, "upload_bad_headers", "The body size differs from Content-Length"
+            )
         # Commit: progress, hash, chunk index.
         attempt.stored = True
         pub.hasher = hasher
@@ -183,7 +196,7 @@ class UploadApi:
             self.sb.state.stats.respond("upload", 0, "fault_dropped_after_store")
             _abort(request)
             return web.Response(status=500)  # never written: the connection is gone
-        return self._reply(pub, attempt.status_code, "ok")
+        return await self._reply(request, pub, attempt.status_code, "ok")
 
     async def _stream_to_disk(
         self, request: web.Request, pub: Publish, attempt: ChunkAttempt, hasher: Any, *, drop: bool
@@ -242,3 +255,26 @@ def _abort(request: web.Request) -> None:
 async def _drain(request: web.Request) -> None:
     async for _ in request.content.iter_chunked(_READ_PIECE):
         pass
+
+
+async def _discard_body(request: web.Request) -> None:
+    """Read a refused body to its end so the client sees the answer; close instead if it is absurd."""
+    if not request.can_read_body or request.content.is_eof():
+        return
+    length = request.content_length
+    if length is not None and length > _DISCARD_MAX:
+        _close_after_reply(request)
+        return
+    read = 0
+    # A client that went away needs no answer.
+    with contextlib.suppress(ConnectionError, aiohttp.ClientPayloadError):
+        async for piece in request.content.iter_chunked(_READ_PIECE):
+            read += len(piece)
+            if read > _DISCARD_MAX:  # a chunked body that never ends
+                _close_after_reply(request)
+                return
+
+
+def _close_after_reply(request: web.Request) -> None:
+    if request.protocol is not None:
+        request.protocol.force_close()
