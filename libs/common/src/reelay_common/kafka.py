@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -211,6 +211,12 @@ class RecordContext:
     timestamp_ms: int
 
 
+class DeadLetterPublisher(Protocol):
+    """What the consumer loop needs to dead-letter a record (KafkaPublisher; fakes in tests)."""
+
+    async def publish_raw(self, topic: str, value: bytes, *, key: bytes | None) -> None: ...
+
+
 class _Abandoned(Exception):
     """The loop is stopping: leave the record uncommitted so it is redelivered."""
 
@@ -280,7 +286,7 @@ class ConsumerLoop(Generic[T]):
         topic: str,
         decode: Callable[[bytes], T],
         handle: Callable[[T, RecordContext], Awaitable[None]],
-        publisher: KafkaPublisher,
+        publisher: DeadLetterPublisher,
         on_dead_letter: Callable[[DeadLetter], Awaitable[None]] | None = None,
         max_unexpected_failures: int = 5,
         retry_backoff_initial: float = 0.5,
@@ -455,6 +461,9 @@ class ConsumerLoop(Generic[T]):
             try:
                 await self._process(consumer, pending[0])
             except _Abandoned:
+                # Stopping, or the partition moved: the records left are someone else's (or redelivered).
+                if self._workers.get(tp, (None,))[0] is asyncio.current_task():
+                    del self._workers[tp]
                 return
             pending.popleft()
         # No await between the emptiness check and these lines, so _dispatch cannot race us.
