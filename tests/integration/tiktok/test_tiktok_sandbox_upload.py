@@ -151,3 +151,20 @@ class TestFaults:
         stats = await sandbox_stats(stack.http, sandbox.base_url)
         assert stats["faults_injected"], "the fault was really injected"
         assert set(stats["violations"]) <= INJECTED_CODES, stats["recent_violations"]
+
+
+class TestPacing:
+    async def test_more_inits_than_the_limit_are_paced_not_refused(
+        self, stack: Stack, sandbox: SandboxHandle, videos: dict[int, Path]
+    ) -> None:
+        # The sandbox enforces 6 inits per (shortened) window; 8 uploads must wait, never 429.
+        await connect_account(stack, sandbox.base_url, "acct-paced", username="paced")
+        started = asyncio.get_running_loop().time()
+        for _ in range(8):
+            await publish_file(stack, "acct-paced", videos[700_000])
+        elapsed = asyncio.get_running_loop().time() - started
+        stats = await sandbox_stats(stack.http, sandbox.base_url)
+        assert stats["calls"]["video_init"] == 8
+        assert "rate_limit_exceeded" not in stats["violations"], stats["recent_violations"]
+        assert stats["violations"] == {}
+        assert elapsed >= 3.0, "the 7th init waited for the window"

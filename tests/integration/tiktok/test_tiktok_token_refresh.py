@@ -208,3 +208,34 @@ class TestGatewayRefresh:
         assert await refresh_calls(stack, sandbox.base_url) == 1
         stats = await sandbox_stats(stack.http, sandbox.base_url)
         assert stats["violations"] == {"access_token_invalid": 1}
+
+
+class TestAccountStore:
+    async def test_upsert_creates_then_updates_one_document(
+        self, stack: Stack, sandbox: SandboxHandle
+    ) -> None:
+        await connect_account(stack, sandbox.base_url, "acct", username="store")
+        first = await stack.store.get("acct")
+        await connect_account(stack, sandbox.base_url, "acct", username="store2")
+        second = await stack.store.get("acct")
+        assert first is not None
+        assert second is not None
+        assert second.created_at == first.created_at
+        assert second.token_version == first.token_version + 1
+        assert second.status == "connected"
+
+    async def test_revoked_accounts_forget_their_tokens(self, stack: Stack, sandbox: SandboxHandle) -> None:
+        await connect_account(stack, sandbox.base_url, "acct", username="gone")
+        await stack.store.mark_revoked("acct")
+        tokens = await stack.store.get_tokens("acct")
+        assert tokens is not None
+        assert tokens.status == "revoked"
+        assert tokens.access_token is None
+        assert tokens.refresh_token is None
+        with pytest.raises(AuthExpiredError):
+            await stack.tokens.access_token("acct")
+
+    async def test_marking_an_unknown_account_is_refused(self, stack: Stack) -> None:
+        with pytest.raises(InvalidInputError):
+            await stack.store.mark_reauth_required("nobody")
+        assert await stack.store.get("nobody") is None
