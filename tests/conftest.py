@@ -40,7 +40,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def _docker_answers() -> bool:
     try:
-        import docker  # only needed when no service is configured
+        import docker  # type: ignore[import-untyped]  # untyped; imported only when no service is configured
 
         client = docker.from_env(timeout=3)
         try:
