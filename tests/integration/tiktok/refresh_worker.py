@@ -1,7 +1,8 @@
 """A separate process asking for one account's token (used by the cross-process refresh test).
 
-argv: MONGODB_URI DB_NAME ACCOUNT_ID SANDBOX_BASE_URL START_AT_EPOCH TASKS. Waits until START_AT so
-every process races at once, runs TASKS concurrent `access_token` calls, prints the tokens as JSON.
+argv: MONGODB_URI DB_NAME ACCOUNT_ID SANDBOX_BASE_URL TASKS. Prints "ready" once connected, waits for
+a line on stdin (the starting gun, fired at every process at once), runs TASKS concurrent
+`access_token` calls and prints the tokens as JSON.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 
 import httpx
 from pydantic import SecretStr
@@ -19,7 +19,7 @@ from reelay_common.tiktok.accounts import MongoAccountStore, MongoTokenProvider,
 from reelay_common.tiktok.client import TikTokClient
 
 
-async def main(uri: str, db_name: str, account_id: str, base_url: str, start_at: float, tasks: int) -> None:
+async def main(uri: str, db_name: str, account_id: str, base_url: str, tasks: int) -> None:
     client = connect(uri, app_name="reelay-refresh-worker")
     try:
         async with httpx.AsyncClient(timeout=30.0) as http:
@@ -32,7 +32,9 @@ async def main(uri: str, db_name: str, account_id: str, base_url: str, start_at:
             store = MongoAccountStore(client[db_name], TokenCipher(SecretStr(DEV_TOKEN_KEY)))
             providers = [MongoTokenProvider(store, tiktok, poll_interval_seconds=0.02) for _ in range(tasks)]
             await store.get(account_id)  # connect before the start line, so the race is a race
-            await asyncio.sleep(max(0.0, start_at - time.time()))
+            await store.try_lock_refresh("warm-up", owner="-", expect_version=0, lock_seconds=0)
+            print("ready", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
             tokens = await asyncio.gather(*(p.access_token(account_id) for p in providers))
     finally:
         await client.close()
@@ -40,5 +42,5 @@ async def main(uri: str, db_name: str, account_id: str, base_url: str, start_at:
 
 
 if __name__ == "__main__":
-    uri, db_name, account_id, base_url, start_at, tasks = sys.argv[1:7]
-    asyncio.run(main(uri, db_name, account_id, base_url, float(start_at), int(tasks)))
+    uri, db_name, account_id, base_url, tasks = sys.argv[1:6]
+    asyncio.run(main(uri, db_name, account_id, base_url, int(tasks)))

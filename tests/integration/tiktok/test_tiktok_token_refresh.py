@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -78,7 +77,6 @@ class TestSingleFlightRefresh:
         self, stack: Stack, sandbox: SandboxHandle, mongo_db: AsyncDatabase[dict[str, Any]], mongodb_uri: str
     ) -> None:
         _, grant = await connect_account(stack, sandbox.base_url, "acct", username="procs", expires_in=1)
-        start_at = time.time() + 3.0  # the processes import and connect first, then race
         procs = [
             await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -87,14 +85,21 @@ class TestSingleFlightRefresh:
                 mongo_db.name,
                 "acct",
                 sandbox.base_url,
-                str(start_at),
                 "3",
+                stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
             )
             for _ in range(4)
         ]
-        await asyncio.sleep(max(0.0, start_at - time.time()))
+        for proc in procs:  # every process imported, connected and warmed up: now race
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), timeout=120)
+            assert line.strip() == b"ready"
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+        await asyncio.gather(*(p.stdin.drain() for p in procs if p.stdin is not None))
         local = await asyncio.gather(*(replica(stack).access_token("acct") for _ in range(2)))
         outputs = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), timeout=120)
         tokens = list(local)
