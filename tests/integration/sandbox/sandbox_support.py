@@ -143,3 +143,43 @@ class Api:
 
         result: dict[str, Any] = await wait_for(check, timeout=timeout)
         return result
+
+
+class WebhookReceiver:
+    """A local HTTP endpoint that records what the sandbox posts to it."""
+
+    def __init__(self, statuses: list[int] | None = None) -> None:
+        self.received: list[tuple[dict[str, str], bytes, int]] = []
+        self._statuses = list(statuses or [])
+        self._runner: Any = None
+        self.url = ""
+
+    async def _handle(self, request: Any) -> Any:
+        from aiohttp import web
+
+        body = await request.read()
+        status = self._statuses.pop(0) if self._statuses else 200
+        self.received.append((dict(request.headers), body, status))
+        return web.Response(status=status)
+
+    async def __aenter__(self) -> WebhookReceiver:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/hook"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Parsed bodies of the answered-200 deliveries (optionally of one event)."""
+        import json
+
+        out = [json.loads(body) for _, body, status in self.received if status == 200]
+        return [e for e in out if name is None or e["event"] == name]
