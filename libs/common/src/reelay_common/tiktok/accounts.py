@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
-import structlog
 from cryptography.fernet import Fernet, InvalidToken
 from pydantic import SecretStr
 from pymongo import ReturnDocument
@@ -33,6 +32,7 @@ from reelay_common.errors import (
     RetryableError,
     TransientTikTokError,
 )
+from reelay_common.logging import get_logger
 from reelay_common.messages import utcnow
 from reelay_common.mongo import WriteGuard
 from reelay_common.ports import RateBucket
@@ -40,7 +40,7 @@ from reelay_common.records import AccountRecord
 from reelay_common.tiktok.client import TikTokClient
 from reelay_common.tiktok.models import TokenGrant
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 T = TypeVar("T")
 Clock = Callable[[], datetime]

@@ -23,7 +23,6 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Final, TypeVar
 
 import httpx
-import structlog
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from reelay_common.errors import (
@@ -36,6 +35,7 @@ from reelay_common.errors import (
     UploadOutOfSyncError,
     UploadUrlExpiredError,
 )
+from reelay_common.logging import get_logger
 from reelay_common.messages import PostInfo
 from reelay_common.tiktok.models import (
     CreatorInfo,
@@ -46,7 +46,7 @@ from reelay_common.tiktok.models import (
     TokenGrant,
 )
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 

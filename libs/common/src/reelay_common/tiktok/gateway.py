@@ -13,9 +13,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import structlog
-
 from reelay_common.errors import InvalidInputError, RateLimitedError
+from reelay_common.logging import get_logger
 from reelay_common.messages import PostInfo, UploadMode
 from reelay_common.ports import (
     ProgressCallback,
@@ -34,7 +33,7 @@ from reelay_common.tiktok.models import (
 )
 from reelay_common.tiktok.upload import upload_chunks
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]

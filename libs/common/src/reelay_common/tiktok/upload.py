@@ -14,8 +14,6 @@ import bisect
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-import structlog
-
 from reelay_common.errors import (
     InvalidInputError,
     RateLimitedError,
@@ -23,12 +21,13 @@ from reelay_common.errors import (
     TransientTikTokError,
     UploadOutOfSyncError,
 )
+from reelay_common.logging import get_logger
 from reelay_common.ports import ProgressCallback, VideoReader
 from reelay_common.tiktok.chunks import chunk_boundaries, chunk_ranges
 from reelay_common.tiktok.client import TikTokClient
 from reelay_common.tiktok.models import FileUploadSourceInfo
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 StatusProbe = Callable[[], Awaitable[int | None]]
 Sleep = Callable[[float], Awaitable[None]]
