@@ -28,10 +28,10 @@ MYPY_PATHS := libs/common/src services/ingest/src services/uploader/src services
               tools/tiktok-sandbox/src scripts
 
 .PHONY: help install venv kafka ferretdb up down status demo logs test lint format typecheck \
-        test-python schemas clean
+        test-python schemas k8s clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 install: venv kafka ferretdb ## install uv, the Python workspace, Kafka and FerretDB (cached in .cache/)
 
@@ -77,6 +77,15 @@ test-python: install ## pytest: unit, then integration + e2e against real Kafka 
 
 schemas: venv ## regenerate schemas/ (JSON Schema of every message + AsyncAPI document)
 	$(RUN) python $(ROOT)/scripts/export_schemas.py
+
+KUSTOMIZE_VERSION ?= v5.5.0
+k8s: ## render the k8s overlays with kustomize (built from the Go module proxy into .cache/tools)
+	@test -x $(ROOT)/.cache/tools/kustomize-$(KUSTOMIZE_VERSION)/kustomize || \
+	  GOBIN=$(ROOT)/.cache/tools/kustomize-$(KUSTOMIZE_VERSION) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+	@for overlay in staging production; do \
+	  $(ROOT)/.cache/tools/kustomize-$(KUSTOMIZE_VERSION)/kustomize build $(ROOT)/deploy/k8s/overlays/$$overlay \
+	    > $(ROOT)/.cache/k8s-$$overlay.yaml && echo "deploy/k8s/overlays/$$overlay -> .cache/k8s-$$overlay.yaml"; \
+	done
 
 clean: down ## stop the stack and delete its data (.run); keeps the install cache
 	rm -rf $(ROOT)/.run
