@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
-from reelay_common.errors import AuthExpiredError, InvalidInputError
+from reelay_common.errors import AuthExpiredError, InvalidInputError, TransientTikTokError
 from reelay_common.messages import utcnow
 from reelay_common.tiktok.accounts import MongoTokenProvider
 from tiktok_sandbox.testing import SandboxHandle, running_sandbox
@@ -171,6 +171,33 @@ class TestRotationAndLifetimes:
         assert stored.refresh_expires_at
         assert abs((stored.access_expires_at - before).total_seconds() - 1234) < 5
         assert abs((stored.refresh_expires_at - before).total_seconds() - 98765) < 5
+
+
+class TestRefreshHiccups:
+    async def test_a_failed_early_refresh_falls_back_to_the_still_valid_token(
+        self, stack: Stack, sandbox: SandboxHandle
+    ) -> None:
+        # Valid for 60 s more, inside the 300 s margin: refreshed early, but TikTok answers 5xx.
+        _, grant = await connect_account(stack, sandbox.base_url, "acct", username="hiccup", expires_in=60)
+        sandbox.set_faults(error_burst={"oauth_token": 1})
+        assert await stack.tokens.access_token("acct") == grant["access_token"]
+        record = await stack.store.get("acct")
+        assert record is not None
+        assert record.status == "connected"
+        assert record.refresh_lock_owner is None, "the lock was released for the next caller"
+        # The next call refreshes for real.
+        assert await stack.tokens.access_token("acct") != grant["access_token"]
+
+    async def test_a_failed_refresh_of_an_expired_token_is_retryable(
+        self, stack: Stack, sandbox: SandboxHandle
+    ) -> None:
+        await connect_account(stack, sandbox.base_url, "acct", username="hiccup2", expires_in=0)
+        sandbox.set_faults(error_burst={"oauth_token": 1})
+        with pytest.raises(TransientTikTokError):
+            await stack.tokens.access_token("acct")
+        record = await stack.store.get("acct")
+        assert record is not None
+        assert record.status == "connected"
 
 
 class TestDeadGrants:

@@ -353,13 +353,18 @@ class MongoTokenProvider:
     async def access_token(self, account_id: str) -> str:
         """A token valid for more than the margin, refreshing (single-flight) when it is not."""
         tokens = await self._load(account_id)
-        if (
-            tokens.access_token is not None
-            and tokens.access_expires_at is not None
-            and tokens.access_expires_at - self._clock() > self._margin
-        ):
+        remaining = tokens.access_expires_at - self._clock() if tokens.access_expires_at is not None else None
+        if tokens.access_token is not None and remaining is not None and remaining > self._margin:
             return tokens.access_token
-        return await self._refresh(tokens)
+        try:
+            return await self._refresh(tokens)
+        except RetryableError as exc:
+            # We refresh early; while the current token still works, a TikTok or database hiccup
+            # need not stop the call. The next caller tries the refresh again.
+            if tokens.access_token is not None and remaining is not None and remaining > timedelta(0):
+                log.warning("token_refresh_deferred", account_id=account_id, code=exc.code)
+                return tokens.access_token
+            raise
 
     async def force_refresh(self, account_id: str, stale_token: str) -> str:
         """`stale_token` was refused: refresh, unless the stored token is already a newer one."""
