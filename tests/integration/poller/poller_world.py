@@ -1,0 +1,218 @@
+"""A world for the status-poller's integration tests: real Kafka and Mongo (unique topics and
+database), the TikTok sandbox in-process, and helpers that make real publishes on it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaConsumer
+from pydantic import SecretStr
+from pymongo.asynchronous.database import AsyncDatabase
+from reelay_common.kafka import KafkaPublisher
+from reelay_common.messages import PostInfo, PublishStatusChanged, UploadRequested, UrlSource, VideoUploaded
+from reelay_common.mongo import MongoUploadStore
+from reelay_common.records import UploadRecord
+from reelay_common.states import UploadState
+from reelay_common.testing import BytesVideoReader
+from reelay_common.tiktok.accounts import MongoAccountStore, TokenCipher
+from reelay_common.tiktok.chunks import plan_chunks
+from reelay_common.tiktok.client import TikTokClient
+from reelay_common.tiktok.upload import upload_chunks
+from reelay_status_poller.bootstrap import Poller, build_poller
+from reelay_status_poller.settings import PollerSettings
+from tiktok_sandbox.media import iter_sample_mp4
+from tiktok_sandbox.testing import SandboxHandle
+
+# Consumers join and notice each other quickly in tests.
+FAST_KAFKA = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 500, "metadata_max_age_ms": 5000}
+VIDEO_BYTES = 700_000
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], *, timeout: float = 30.0, what: str = "condition"
+) -> None:
+    """Wait, bounded, until `check()` is true."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        await asyncio.sleep(0.1)
+
+
+@dataclass
+class World:
+    kafka: str
+    mongodb_uri: str
+    db: AsyncDatabase[dict[str, Any]]
+    sandbox: SandboxHandle
+    events_topic: str
+    status_topic: str
+    publisher: KafkaPublisher
+    group: str = field(default_factory=lambda: f"poller-test-{uuid.uuid4().hex[:8]}")
+    _tokens: dict[str, str] = field(default_factory=dict)  # account -> sandbox access token
+
+    @property
+    def store(self) -> MongoUploadStore:
+        return MongoUploadStore(self.db)
+
+    def settings(self, **overrides: Any) -> PollerSettings:
+        """Settings for an in-process poller on this world (fast schedule, ops on a free port)."""
+        values: dict[str, Any] = {
+            "kafka_bootstrap_servers": self.kafka,
+            "mongodb_uri": SecretStr(self.mongodb_uri),
+            "mongodb_database": self.db.name,
+            "topic_publish_events": self.events_topic,
+            "topic_publish_status": self.status_topic,
+            "topic_partitions": 2,
+            "tiktok_api_base_url": self.sandbox.base_url,
+            "consumer_group": self.group,
+            "min_interval_seconds": 0.2,
+            "max_interval_seconds": 1.0,
+            "backoff_factor": 1.5,
+            "lease_seconds": 10.0,
+            "idle_sleep_seconds": 0.05,
+            "ops_port": 0,
+            "shutdown_grace_seconds": 5.0,
+        }
+        values.update(overrides)
+        return PollerSettings.model_validate(values)
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """The same settings as environment variables, for a poller in a child process."""
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka,
+            "MONGODB_URI": self.mongodb_uri,
+            "MONGODB_DATABASE": self.db.name,
+            "REELAY_TOPIC_PUBLISH_EVENTS": self.events_topic,
+            "REELAY_TOPIC_PUBLISH_STATUS": self.status_topic,
+            "REELAY_TOPIC_PARTITIONS": "2",
+            "TIKTOK_API_BASE_URL": self.sandbox.base_url,
+            "REELAY_LOG_FORMAT": "json",
+            "POLLER_CONSUMER_GROUP": self.group,
+            "POLLER_MIN_INTERVAL_SECONDS": "0.2",
+            "POLLER_MAX_INTERVAL_SECONDS": "1.0",
+            "POLLER_IDLE_SLEEP_SECONDS": "0.05",
+            "POLLER_OPS_PORT": "0",
+        }
+        env.update(overrides)
+        return env
+
+    @asynccontextmanager
+    async def running_poller(self, **overrides: Any) -> AsyncIterator[Poller]:
+        """An in-process poller, stopped gracefully on exit."""
+        stop = asyncio.Event()
+        async with build_poller(self.settings(**overrides), **FAST_KAFKA) as poller:
+            task = asyncio.create_task(poller.run(stop))
+            try:
+                yield poller
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 30)
+
+    async def connected_account(self, name: str) -> str:
+        """A sandbox creator whose tokens Reelay holds (encrypted) under account `name`."""
+        user = self.sandbox.add_user(f"user-{name}")
+        grant = self.sandbox.issue_tokens(user.open_id)
+        accounts = MongoAccountStore(self.db, TokenCipher(self.settings().token_encryption_key))
+        await accounts.upsert_tokens(
+            name,
+            open_id=grant["open_id"],
+            access_token=grant["access_token"],
+            expires_in=int(grant["expires_in"]),
+            refresh_token=grant["refresh_token"],
+            refresh_expires_in=int(grant["refresh_expires_in"]),
+            scopes=[s for s in str(grant["scope"]).split(",") if s],
+        )
+        self._tokens[name] = grant["access_token"]
+        return name
+
+    async def uploaded_video(self, account_id: str, *, request_id: str | None = None) -> UploadRecord:
+        """What the uploader leaves behind: a real publish on the sandbox with every byte PUT, and
+        the `uploads` document in `uploaded` with its publish_id."""
+        request_id = request_id or f"req-{uuid.uuid4().hex[:10]}"
+        post_info = PostInfo(privacy_level="SELF_ONLY", title="poller integration test")
+        cmd = UploadRequested(
+            request_id=request_id,
+            account_id=account_id,
+            mode="direct",
+            source=UrlSource(url="https://videos.example.com/clip.mp4"),
+            post_info=post_info,
+        )
+        data = b"".join(iter_sample_mp4(VIDEO_BYTES))
+        plan = plan_chunks(len(data))
+        async with httpx.AsyncClient(timeout=30) as http:
+            client = TikTokClient(
+                http,
+                base_url=self.sandbox.base_url,
+                client_key=self.sandbox.settings.client_key,
+                client_secret=self.sandbox.settings.client_secret,
+            )
+            init = await client.init_direct_post(self._tokens[account_id], post_info, plan)
+            assert init.upload_url is not None
+            store = self.store
+            await store.create(cmd, source="ingest")
+            await store.transition(
+                request_id,
+                UploadState.UPLOADING,
+                source="uploader",
+                set_fields={"publish_id": init.publish_id},
+            )
+            await upload_chunks(client, init.upload_url, plan, BytesVideoReader(data))
+        record = await store.transition(request_id, UploadState.UPLOADED, source="uploader")
+        assert record is not None
+        return record
+
+    async def announce_uploaded(self, record: UploadRecord) -> None:
+        """Put the uploader's VideoUploaded on the events topic."""
+        assert record.publish_id is not None
+        event = VideoUploaded(
+            request_id=record.request_id,
+            account_id=record.account_id,
+            publish_id=record.publish_id,
+            mode=record.mode,
+            video_size=VIDEO_BYTES,
+        )
+        await self.publisher.publish(self.events_topic, event, key=record.account_id)
+
+    async def state_of(self, request_id: str) -> UploadState | None:
+        record = await self.store.get(request_id)
+        return record.state if record is not None else None
+
+    async def wait_for_state(self, request_id: str, state: UploadState, *, timeout: float = 40.0) -> None:
+        async def reached() -> bool:
+            return await self.state_of(request_id) is state
+
+        await eventually(reached, timeout=timeout, what=f"{request_id} in {state.value}")
+
+    async def status_changes(self, count: int, *, timeout: float = 30.0) -> list[PublishStatusChanged]:
+        """The first `count` records on the status topic (bounded wait)."""
+        consumer = AIOKafkaConsumer(
+            self.status_topic, bootstrap_servers=self.kafka, auto_offset_reset="earliest", group_id=None
+        )
+        await consumer.start()
+        out: list[PublishStatusChanged] = []
+        try:
+            deadline = time.monotonic() + timeout
+            while len(out) < count:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"only {len(out)} of {count} status changes after {timeout} s")
+                batch = await consumer.getmany(timeout_ms=200)
+                for records in batch.values():
+                    out.extend(PublishStatusChanged.model_validate(json.loads(r.value)) for r in records)
+            # Anything more that is already there, so a test sees duplicates too.
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                out.extend(PublishStatusChanged.model_validate(json.loads(r.value)) for r in records)
+        finally:
+            await consumer.stop()
+        return out
+
+    def status_fetch_calls(self) -> int:
+        return int(self.sandbox.state.stats.calls["status_fetch"])
