@@ -184,6 +184,14 @@ class TestResync:
             await run()
         assert set(run.firsts()) == {0, 200}, "never invents a range outside the plan"
 
+    async def test_a_416_at_our_own_offset_waits_before_resending(self) -> None:
+        server = FakeUploadServer(SIZE, faults=[None, "416"])
+        run = Run(server)
+        await run()
+        assert bytes(server.received) == DATA
+        assert run.firsts()[:3] == [0, 100, 100]
+        assert run.sleeps == [0.5]
+
     async def test_resyncs_are_bounded(self) -> None:
         server = FakeUploadServer(SIZE)
         server.received.extend(DATA[:250])

@@ -132,6 +132,9 @@ class FakeUploadServer:
         if fault == "drop_before_store":
             self.requests.append((first, last, 0))
             raise httpx.RemoteProtocolError("server disconnected", request=request)
+        if fault == "416":  # e.g. "another PUT of this upload is still in progress"
+            self.requests.append((first, last, 416))
+            return httpx.Response(416, headers={"Content-Range": self._range_header()})
         if fault == "429":
             self.requests.append((first, last, 429))
             return httpx.Response(429, headers={"Retry-After": "2"})

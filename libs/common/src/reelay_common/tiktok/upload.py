@@ -103,6 +103,10 @@ async def upload_chunks(
             log.info(
                 "upload_resynced", reason="range_not_satisfiable", sent_first=first, server_offset=server
             )
+            if server == offset:
+                # The server agrees on the offset yet refused the range: most likely our previous
+                # PUT is still being received (TikTok takes one at a time). Give it a moment.
+                await sleep(min(backoff_max, backoff_initial * 2 ** (resyncs - 1)))
             offset = await _advance(offset, server, on_progress)
             if offset >= total:
                 return
