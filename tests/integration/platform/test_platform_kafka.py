@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import structlog
+import structlog.testing
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from reelay_common.errors import (
@@ -227,6 +229,34 @@ async def eventually_async(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out: last value {last!r}, expected {expected!r}")
         await asyncio.sleep(0.1)
+
+
+class TestLogging:
+    async def test_logs_one_summary_line_per_record_with_its_context(self, h: Harness) -> None:
+        capture = structlog.testing.LogCapture()
+        structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture])
+        try:
+            await h.publisher.publish(h.topic, request(1, account="acct-7"), key="acct-7")
+            await h.publisher.publish_raw(h.topic, b"garbage", key=b"acct-7")
+            async with h.running(h.loop(recording(h.seen))):
+                await eventually(lambda: len(h.seen.dead) == 1, what="garbage dead-lettered")
+                await eventually(
+                    lambda: sum(e["event"] == "record_processed" for e in capture.entries) == 2,
+                    what="two summary lines",
+                )
+        finally:
+            structlog.reset_defaults()
+        good, bad = [e for e in capture.entries if e["event"] == "record_processed"]
+        assert (good["outcome"], good["request_id"], good["account_id"], good["offset"]) == (
+            "handled",
+            "req-1",
+            "acct-7",
+            0,
+        )
+        assert good["topic"] == h.topic
+        assert good["duration_ms"] >= 0
+        assert (bad["outcome"], bad["offset"]) == ("dead_lettered", 1)
+        assert "request_id" not in bad  # context of one record never leaks into the next
 
 
 class TestCommitsOnlyAfterHandling:

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import Any, Generic, Literal, Protocol, Self, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -215,6 +215,17 @@ class DeadLetterPublisher(Protocol):
     """What the consumer loop needs to dead-letter a record (KafkaPublisher; fakes in tests)."""
 
     async def publish_raw(self, topic: str, value: bytes, *, key: bytes | None) -> None: ...
+
+
+Outcome = Literal["handled", "skipped", "dead_lettered", "abandoned", "cancelled"]
+
+
+@dataclass
+class _Progress:
+    """How far one record got: its outcome so far and the handler attempts made."""
+
+    outcome: Outcome = "abandoned"
+    attempts: int = 0
 
 
 class _Abandoned(Exception):
@@ -481,63 +492,65 @@ class ConsumerLoop(Generic[T]):
             timestamp_ms=record.timestamp,
         )
         started = time.monotonic()
-        attempts = 0
-        outcome = "abandoned"
-        with structlog.contextvars.bound_contextvars(
-            topic=record.topic, partition=record.partition, offset=record.offset
-        ):
+        progress = _Progress()
+        # Bound for everything logged about this record, the summary line included; reset after.
+        tokens = dict(
+            structlog.contextvars.bind_contextvars(
+                topic=record.topic, partition=record.partition, offset=record.offset
+            )
+        )
+        try:
             try:
-                try:
-                    message = self._decode(record.value if record.value is not None else b"")
-                except Exception as exc:
-                    reason, text = _describe_decode_error(exc)
-                    await self._dead_letter(
-                        record, reason=reason, error=text, ids=_ids_from_raw(record.value)
-                    )
-                    outcome = "dead_lettered"
-                else:
-                    ids = _ids_from_message(message)
-                    with structlog.contextvars.bound_contextvars(**ids):
-                        outcome, attempts = await self._handle_with_retries(record, message, ctx)
-                await self._commit(consumer, record)
-            except _Abandoned:
-                outcome = "abandoned"
-                raise
-            except asyncio.CancelledError:
-                outcome = "cancelled"
-                raise
-            finally:
-                seconds = time.monotonic() - started
-                RECORDS.labels(topic=record.topic, outcome=outcome).inc()
-                RECORD_SECONDS.labels(topic=record.topic, outcome=outcome).observe(seconds)
-                log.info(
-                    "record_processed",
-                    outcome=outcome,
-                    attempts=attempts,
-                    duration_ms=round(seconds * 1000, 1),
-                )
+                message = self._decode(record.value if record.value is not None else b"")
+            except Exception as exc:
+                reason, text = _describe_decode_error(exc)
+                ids = _ids_from_raw(record.value)
+                tokens.update(structlog.contextvars.bind_contextvars(**ids))
+                await self._dead_letter(record, reason=reason, error=text, ids=ids)
+                progress.outcome = "dead_lettered"
+            else:
+                tokens.update(structlog.contextvars.bind_contextvars(**_ids_from_message(message)))
+                progress.outcome = await self._handle_with_retries(record, message, ctx, progress)
+            await self._commit(consumer, record)
+        except _Abandoned:
+            progress.outcome = "abandoned"
+            raise
+        except asyncio.CancelledError:
+            progress.outcome = "cancelled"
+            raise
+        finally:
+            seconds = time.monotonic() - started
+            RECORDS.labels(topic=record.topic, outcome=progress.outcome).inc()
+            RECORD_SECONDS.labels(topic=record.topic, outcome=progress.outcome).observe(seconds)
+            log.info(
+                "record_processed",
+                outcome=progress.outcome,
+                attempts=progress.attempts,
+                duration_ms=round(seconds * 1000, 1),
+            )
+            structlog.contextvars.reset_contextvars(**tokens)
 
     async def _handle_with_retries(
-        self, record: ConsumerRecord, message: T, ctx: RecordContext
-    ) -> tuple[str, int]:
-        attempts = 0
+        self, record: ConsumerRecord, message: T, ctx: RecordContext, progress: _Progress
+    ) -> Outcome:
+        """Call the handler until its outcome is final (or raise _Abandoned); counts attempts."""
         unexpected = 0
         backoff = self._backoff_initial
-        raw_ids = _ids_from_message(message)
-        ids = {k: v for k, v in raw_ids.items() if k in ("request_id", "account_id")}
+        ids = {k: v for k, v in _ids_from_message(message).items() if k in ("request_id", "account_id")}
         while True:
-            attempts += 1
+            progress.attempts += 1
+            attempts = progress.attempts
             try:
                 await self._handle(message, ctx)
-                return "handled", attempts
+                return "handled"
             except SkipError as exc:
                 log.info("record_skipped", reason=exc.code or _error_kind(exc), message=exc.message)
-                return "skipped", attempts
+                return "skipped"
             except PermanentError as exc:
                 await self._dead_letter(
                     record, reason=exc.code or _error_kind(exc), error=f"{type(exc).__name__}: {exc}", ids=ids
                 )
-                return "dead_lettered", attempts
+                return "dead_lettered"
             except RetryableError as exc:
                 delay = backoff
                 if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
@@ -565,7 +578,7 @@ class ConsumerLoop(Generic[T]):
                         else exc.message,
                         ids=ids,
                     )
-                    return "dead_lettered", attempts
+                    return "dead_lettered"
                 RECORD_RETRIES.labels(topic=record.topic, kind="unexpected").inc()
                 delay = backoff
                 backoff = min(self._backoff_max, backoff * 2)
