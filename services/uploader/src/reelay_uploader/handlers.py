@@ -35,6 +35,7 @@ from reelay_common.errors import (
     UploadOutOfSyncError,
     UploadUrlExpiredError,
 )
+from reelay_common.logging import get_logger
 from reelay_common.messages import (
     ALLOWED_CONTENT_TYPES,
     MAX_VIDEO_BYTES,
@@ -53,7 +54,7 @@ from reelay_common.tiktok.chunks import plan_chunks
 from reelay_common.tiktok.models import FileUploadSourceInfo, PublishStatus, PullFromUrlSourceInfo
 from structlog.contextvars import bound_contextvars
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 SOURCE: StateSource = "uploader"
 UPLOAD_URL_LIFETIME = timedelta(hours=1)  # TikTok: an upload_url is valid for 1 hour after init

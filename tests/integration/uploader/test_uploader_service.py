@@ -1,0 +1,362 @@
+"""The uploader service as it runs (`bootstrap.run`): real Kafka, real FerretDB, the in-process TikTok
+sandbox, and a local HTTP server as the video source. Topics, database and group are unique per test."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer
+from pymongo.asynchronous.database import AsyncDatabase
+from reelay_common.kafka import KafkaPublisher
+from reelay_common.messages import DeadLetter, UploadRequested, VideoUploaded, dlq_topic
+from reelay_common.mongo import MongoUploadStore
+from reelay_common.records import UploadRecord
+from reelay_common.states import UploadState
+from reelay_common.tiktok.accounts import MongoAccountStore, TokenCipher
+from reelay_uploader.bootstrap import run
+from reelay_uploader.settings import UploaderSettings
+from tiktok_sandbox.media import write_sample_mp4
+from tiktok_sandbox.testing import SandboxHandle, running_sandbox
+
+from tests.conftest import UniqueTopic
+
+MB = 1_000_000
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[Any]], *, timeout: float = 60.0, what: str = "condition"
+) -> Any:
+    """Poll `probe` until it returns something truthy (bounded); return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def read_topic(
+    bootstrap: str, topic: str, *, until: Callable[[list[bytes]], bool], timeout: float = 30.0
+) -> list[bytes]:
+    """Values of `topic` from the beginning (no group) until `until(values)` holds."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while not until(values):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out on {topic}; saw {len(values)} records")
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                values.extend(r.value for r in records)
+    finally:
+        await consumer.stop()
+    return values
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while piece := f.read(1 << 20):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+class VideoServer:
+    """Serves files over HTTP with Range support; `delay_per_mb` slows it (to catch an upload mid-way)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.delay_per_mb = 0.0
+        self.base_url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        path = self.root / request.match_info["name"]
+        if not path.is_file():
+            raise web.HTTPNotFound
+        size = path.stat().st_size
+        headers = {"Content-Type": "video/mp4", "Accept-Ranges": "bytes"}
+        start, stop, status = 0, size, 200
+        if "Range" in request.headers:
+            rng = request.http_range
+            start, stop, status = rng.start or 0, min(rng.stop or size, size), 206
+            headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+        headers["Content-Length"] = str(stop - start)
+        response = web.StreamResponse(status=status, headers=headers)
+        await response.prepare(request)
+        if request.method == "HEAD":
+            return response
+        with path.open("rb") as f:
+            f.seek(start)
+            left = stop - start
+            while left > 0:
+                piece = f.read(min(left, MB))
+                left -= len(piece)
+                await response.write(piece)
+                if self.delay_per_mb:
+                    await asyncio.sleep(self.delay_per_mb * len(piece) / MB)
+        await response.write_eof()
+        return response
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("GET", "/{name}", self._serve)
+        app.router.add_route("HEAD", "/{name}", self._serve)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@dataclass
+class Env:
+    settings: UploaderSettings
+    sandbox: SandboxHandle
+    videos: VideoServer
+    store: MongoUploadStore
+    publisher: KafkaPublisher
+    account_id: str
+    open_id: str
+    tmp: Path
+
+    def video(self, size: int, *, seed: int = 0) -> tuple[str, Path]:
+        path = write_sample_mp4(self.tmp / f"sample-{size}-{seed}.mp4", size, seed=seed)
+        return f"{self.videos.base_url}/{path.name}", path
+
+    def request(self, url: str, *, request_id: str | None = None) -> UploadRequested:
+        return UploadRequested.model_validate(
+            {
+                "request_id": request_id or f"req-{uuid.uuid4().hex[:12]}",
+                "account_id": self.account_id,
+                "mode": "direct",
+                "source": {"kind": "url", "url": url},
+                "post_info": {"privacy_level": "SELF_ONLY", "title": "integration #reelay"},
+            }
+        )
+
+    async def send(self, cmd: UploadRequested) -> None:
+        await self.publisher.publish(self.settings.topic_upload_requested, cmd, key=cmd.account_id)
+
+    async def record(self, request_id: str) -> UploadRecord | None:
+        return await self.store.get(request_id)
+
+    async def wait_state(self, request_id: str, state: UploadState, *, timeout: float = 90.0) -> UploadRecord:
+        async def probe() -> UploadRecord | None:
+            record = await self.store.get(request_id)
+            return record if record is not None and record.state is state else None
+
+        result: UploadRecord = await eventually(probe, timeout=timeout, what=f"{request_id} to be {state}")
+        return result
+
+    def publishes(self) -> list[Any]:
+        return [p for p in self.sandbox.state.publishes.values() if p.open_id == self.open_id]
+
+
+@pytest.fixture
+async def env(
+    kafka_bootstrap_servers: str,
+    mongodb_uri: str,
+    mongo_db: AsyncDatabase[dict[str, Any]],
+    unique_topic: UniqueTopic,
+    kafka_publisher: KafkaPublisher,
+    tmp_path: Path,
+) -> AsyncIterator[Env]:
+    requested = await unique_topic("reelay.test.upload.requested")
+    events = await unique_topic("reelay.test.publish.events")
+    status = await unique_topic("reelay.test.publish.status")
+    settings = UploaderSettings.model_validate(
+        {
+            "kafka_bootstrap_servers": kafka_bootstrap_servers,
+            "mongodb_uri": mongodb_uri,
+            "mongodb_database": mongo_db.name,
+            "topic_upload_requested": requested,
+            "topic_publish_events": events,
+            "topic_publish_status": status,
+            "topic_partitions": 1,
+            "consumer_group": f"test-uploader-{uuid.uuid4().hex[:10]}",
+            "allow_private_urls": True,  # the video server listens on loopback
+            "ops_port": 0,
+            "shutdown_grace_seconds": 2.0,
+        }
+    )
+    videos = VideoServer(tmp_path)
+    await videos.start()
+    try:
+        async with running_sandbox(processing_delay_seconds=0.2) as sandbox:
+            settings = settings.model_copy(update={"tiktok_api_base_url": sandbox.base_url})
+            user = sandbox.add_user(f"creator-{uuid.uuid4().hex[:6]}")
+            grant = sandbox.issue_tokens(user.open_id)
+            account_id = f"acct-{uuid.uuid4().hex[:10]}"
+            accounts = MongoAccountStore(mongo_db, TokenCipher(settings.token_encryption_key))
+            await accounts.upsert_tokens(
+                account_id,
+                open_id=grant["open_id"],
+                access_token=grant["access_token"],
+                expires_in=grant["expires_in"],
+                refresh_token=grant["refresh_token"],
+                refresh_expires_in=grant["refresh_expires_in"],
+                scopes=grant["scope"].split(","),
+            )
+            yield Env(
+                settings=settings,
+                sandbox=sandbox,
+                videos=videos,
+                store=MongoUploadStore(mongo_db),
+                publisher=kafka_publisher,
+                account_id=account_id,
+                open_id=user.open_id,
+                tmp=tmp_path,
+            )
+    finally:
+        await videos.stop()
+
+
+@dataclass
+class Running:
+    task: asyncio.Task[None]
+    stop: asyncio.Event
+    ops_port: list[int]
+
+
+@asynccontextmanager
+async def uploader(settings: UploaderSettings) -> AsyncIterator[Running]:
+    """The service, started as `python -m reelay_uploader` would run it, stopped gracefully after."""
+    stop = asyncio.Event()
+    ports: list[int] = []
+    task = asyncio.create_task(run(settings, stop, on_ops_bound=ports.append))
+    try:
+        yield Running(task, stop, ports)
+    finally:
+        stop.set()
+        if not task.done():
+            await asyncio.wait_for(task, timeout=60)
+
+
+# -- the specification -------------------------------------------------------------------------
+
+
+class TestUploaderService:
+    async def test_uploads_a_video_end_to_end_and_announces_it(self, env: Env) -> None:
+        url, path = env.video(20 * MB)
+        cmd = env.request(url)
+        async with uploader(env.settings) as svc:
+            await env.send(cmd)
+            record = await env.wait_state(cmd.request_id, UploadState.UPLOADED)
+
+            # Ready while running: Mongo and Kafka both answer.
+            async def ready() -> bool:
+                if not svc.ops_port:
+                    return False
+                async with httpx.AsyncClient() as http:
+                    response = await http.get(f"http://127.0.0.1:{svc.ops_port[0]}/readyz")
+                return response.status_code == 200
+
+            await eventually(ready, timeout=30, what="/readyz to answer 200")
+
+        [publish] = env.publishes()
+        assert publish.publish_id == record.publish_id
+        assert publish.complete
+        assert publish.sha256 == sha256_of(path)
+        assert record.uploaded_bytes == 20 * MB
+
+        values = await read_topic(
+            env.settings.kafka_bootstrap_servers,
+            env.settings.topic_publish_events,
+            until=lambda vs: any(cmd.request_id.encode() in v for v in vs),
+        )
+        events = [VideoUploaded.model_validate_json(v) for v in values]
+        assert [(e.request_id, e.publish_id, e.video_size) for e in events] == [
+            (cmd.request_id, record.publish_id, 20 * MB)
+        ]
+
+    async def test_a_killed_uploader_resumes_on_restart_with_exactly_one_publish(self, env: Env) -> None:
+        url, path = env.video(70 * MB, seed=7)  # 7 chunks of 10,000,000 bytes
+        cmd = env.request(url)
+        env.videos.delay_per_mb = 0.05  # slow enough to be caught mid-upload
+
+        async def some_chunks_confirmed() -> UploadRecord | None:
+            record = await env.record(cmd.request_id)
+            return record if record is not None and record.uploaded_bytes >= 10 * MB else None
+
+        async with uploader(env.settings) as first:
+            await env.send(cmd)
+            await eventually(some_chunks_confirmed, what="the first chunk to be confirmed")
+            first.task.cancel()  # killed: no grace, nothing committed
+            with pytest.raises(asyncio.CancelledError):
+                await first.task
+
+        killed = await env.record(cmd.request_id)
+        assert killed is not None
+        assert killed.state is UploadState.UPLOADING
+        [publish] = env.publishes()
+        assert not publish.complete
+        received_before = publish.uploaded_bytes
+
+        env.videos.delay_per_mb = 0.0
+        async with uploader(env.settings):
+            record = await env.wait_state(cmd.request_id, UploadState.UPLOADED, timeout=120)
+
+        [publish] = env.publishes()  # still exactly one publish: resumed, never initialised again
+        assert publish.publish_id == record.publish_id == killed.publish_id
+        assert publish.complete
+        assert publish.sha256 == sha256_of(path)
+        assert received_before < 70 * MB
+        accepted = [c for c in publish.chunks if c.status_code in (201, 206)]
+        assert len(accepted) == 7  # each chunk landed once
+        assert record.init_attempts == 1
+
+    async def test_dead_letters_a_malformed_record_and_keeps_going(self, env: Env) -> None:
+        # An upload that ingest accepted, whose record on Kafka turns out malformed.
+        doomed = env.request(
+            "https://videos.example/never.mp4", request_id=f"req-doomed-{uuid.uuid4().hex[:8]}"
+        )
+        await env.store.create(doomed, source="ingest")
+        broken = json.loads(doomed.model_dump_json())
+        broken["mode"] = "sideways"
+        topic = env.settings.topic_upload_requested
+        await env.publisher.publish_raw(topic, b"{this is not json", key=env.account_id.encode())
+        await env.publisher.publish_raw(topic, json.dumps(broken).encode(), key=env.account_id.encode())
+        url, path = env.video(6 * MB, seed=3)
+        good = env.request(url)
+        await env.send(good)
+
+        async with uploader(env.settings):
+            record = await env.wait_state(good.request_id, UploadState.UPLOADED)
+            failed = await env.wait_state(doomed.request_id, UploadState.FAILED, timeout=30)
+
+        letters = [
+            DeadLetter.model_validate_json(v)
+            for v in await read_topic(
+                env.settings.kafka_bootstrap_servers, dlq_topic(topic), until=lambda vs: len(vs) >= 2
+            )
+        ]
+        assert [(dl.offset, dl.request_id) for dl in letters] == [(0, None), (1, doomed.request_id)]
+        assert all(dl.topic == topic for dl in letters)
+        assert failed.history[-1].detail["dead_letter_topic"] == dlq_topic(topic)
+        assert failed.history[-1].detail["offset"] == 1
+        [publish] = env.publishes()
+        assert publish.publish_id == record.publish_id
+        assert publish.sha256 == sha256_of(path)
