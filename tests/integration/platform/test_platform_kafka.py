@@ -408,6 +408,41 @@ class TestDeadLetters:
         assert h.seen.dead == []
 
 
+class TestDeadLetterHook:
+    async def test_a_hook_that_fails_retryably_is_retried_before_the_commit(self, h: Harness) -> None:
+        calls: list[int] = []
+        commits_during_hook: list[dict[int, int]] = []
+
+        async def hook(letter: DeadLetter) -> None:
+            calls.append(letter.offset)
+            commits_during_hook.append(await h.committed())
+            if len(calls) == 1:
+                raise RetryableError("Mongo is restarting")
+
+        async def refuse(msg: UploadRequested, ctx: RecordContext) -> None:
+            raise InvalidInputError("bad", code="bad_input")
+
+        await h.publisher.publish(h.topic, request(1), key="acct-1")
+        loop = ConsumerLoop(
+            bootstrap_servers=h.bootstrap,
+            group_id=h.group,
+            topic=h.topic,
+            decode=UploadRequested.model_validate_json,
+            handle=refuse,
+            publisher=h.publisher,
+            on_dead_letter=hook,
+            retry_backoff_initial=0.05,
+            poll_timeout_ms=100,
+            **FAST,
+        )
+        async with h.running(loop):
+            await eventually_async(lambda: h.committed(), {0: 1})
+        assert calls == [0, 0]
+        assert commits_during_hook == [{0: -1}, {0: -1}]
+        # The dead letter itself was published once, before the hook.
+        assert len(await read_topic(h.bootstrap, dlq_topic(h.topic), 1)) == 1
+
+
 class TestRetries:
     async def test_a_retryable_error_is_retried_until_it_succeeds_and_not_committed_in_between(
         self, h: Harness
@@ -535,3 +570,51 @@ async def send_to_partition(bootstrap: str, topic: str, partition: int, message:
         await producer.send_and_wait(topic, message.model_dump_json().encode(), partition=partition)
     finally:
         await producer.stop()
+
+
+NOWHERE = "127.0.0.1:1"  # nothing listens on port 1
+
+
+class TestWithoutABroker:
+    async def test_ensure_topics_says_retry_later(self) -> None:
+        with pytest.raises(RetryableError, match="could not ensure Kafka topics"):
+            await ensure_topics(NOWHERE, ["t"], partitions=1, replication_factor=1)
+
+    async def test_the_publisher_says_retry_later(self) -> None:
+        with pytest.raises(RetryableError, match="could not connect the Kafka producer"):
+            await KafkaPublisher(NOWHERE, client_id="t").start()
+
+    async def test_publishing_before_start_is_a_programming_error(self) -> None:
+        with pytest.raises(RuntimeError, match="not started"):
+            await KafkaPublisher(NOWHERE, client_id="t").publish_raw("t", b"x", key=None)
+
+    async def test_the_consumer_loop_says_retry_later_and_is_not_healthy(self) -> None:
+        async def handle(msg: UploadRequested, ctx: RecordContext) -> None:
+            raise AssertionError("never called")
+
+        loop = ConsumerLoop(
+            bootstrap_servers=NOWHERE,
+            group_id="g",
+            topic="t",
+            decode=UploadRequested.model_validate_json,
+            handle=handle,
+            publisher=KafkaPublisher(NOWHERE, client_id="t"),
+        )
+        with pytest.raises(RetryableError, match="could not connect the Kafka consumer"):
+            await loop.run(asyncio.Event())
+        assert not loop.is_healthy()
+
+    def test_a_loop_needs_at_least_one_attempt(self) -> None:
+        async def handle(msg: UploadRequested, ctx: RecordContext) -> None:
+            return None
+
+        with pytest.raises(ValueError, match="max_unexpected_failures"):
+            ConsumerLoop(
+                bootstrap_servers=NOWHERE,
+                group_id="g",
+                topic="t",
+                decode=UploadRequested.model_validate_json,
+                handle=handle,
+                publisher=KafkaPublisher(NOWHERE, client_id="t"),
+                max_unexpected_failures=0,
+            )
