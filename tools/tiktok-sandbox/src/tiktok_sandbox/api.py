@@ -58,11 +58,18 @@ Handler = Callable[[Call], Awaitable[dict[str, Any]]]
 
 
 def envelope(
-    sandbox: Sandbox, endpoint: str, status: int, code: str, message: str, data: Any = None
+    sandbox: Sandbox,
+    endpoint: str,
+    status: int,
+    code: str,
+    message: str,
+    data: Any = None,
+    *,
+    detail: str = "",
 ) -> web.Response:
     """TikTok's `{"data", "error": {code, message, log_id}}` response; counts it in the stats."""
     log_id = new_log_id()
-    sandbox.state.stats.respond(endpoint, status, code, message)
+    sandbox.state.stats.respond(endpoint, status, code, detail or message)
     return web.json_response(
         {"data": {} if data is None else data, "error": {"code": code, "message": message, "log_id": log_id}},
         status=status,
@@ -165,7 +172,7 @@ class TikTokApi:
                     log.info(
                         "api_rejected", endpoint=name, code=err.code, status=err.status, detail=err.detail
                     )
-                return envelope(sb, name, err.status, err.code, err.message)
+                return envelope(sb, name, err.status, err.code, err.message, detail=err.detail)
             return envelope(sb, name, 200, "ok", "", data)
 
         return wrapped
