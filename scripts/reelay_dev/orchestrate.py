@@ -61,29 +61,37 @@ def check_installed(cfg: StackConfig, specs: Sequence[ProcessSpec]) -> None:
         )
 
 
-def launch(cfg: StackConfig, spec: ProcessSpec, table: ProcessTable, say: Say) -> Launched:
-    """Start `spec` unless our copy of it already runs; refuse ports held by someone else."""
-    from .health import port_open
-
+def find_running(cfg: StackConfig, spec: ProcessSpec, table: ProcessTable, say: Say) -> int | None:
+    """Our running pid of `spec`, or None; a stale pid file (pid gone or reused) is removed."""
     pid = running_pid(cfg, spec, table)
     if pid is not None:
-        say(f"  {spec.name:<14} already running (pid {pid})")
-        return Launched(spec, pid, None)
+        return pid
     stale = read_pid(cfg.pid_file(spec.name))
     if stale is not None:
-        say(f"  {spec.name:<14} not running (stale pid file named pid {stale}): starting it")
+        say(f"  {spec.name:<14} not running (stale pid file named pid {stale})")
         remove_pid(cfg.pid_file(spec.name))
-    for port in spec.ports:
-        if port_open(cfg.host, port):
-            raise StackError(
-                f"{spec.name} needs {cfg.host}:{port}, but another process (not started by this stack) "
-                f"listens there. Stop it, or choose another port (see `make help`)."
-            )
+    return None
+
+
+def check_ports_free(cfg: StackConfig, specs: Sequence[ProcessSpec]) -> None:
+    """Refuse to start anything when a port we need is held by a process that is not ours."""
+    from .health import port_open
+
+    taken = [(spec.name, port) for spec in specs for port in spec.ports if port_open(cfg.host, port)]
+    if taken:
+        listing = ", ".join(f"{name} needs {cfg.host}:{port}" for name, port in taken)
+        raise StackError(
+            f"{listing}, but another process (not started by this stack) listens there. "
+            "Stop it, or move this stack's ports (KAFKA_PORT, FERRETDB_PORT, ... see `make help`)."
+        )
+
+
+def launch(cfg: StackConfig, spec: ProcessSpec) -> Launched:
+    """Start `spec` (the caller checked it is not running and its ports are free)."""
     try:
         proc = start(cfg, spec)
     except StartError as exc:
         raise StackError(str(exc)) from exc
-    say(f"  {spec.name:<14} started (pid {proc.pid}), log {cfg.log_file(spec.name)}")
     return Launched(spec, proc.pid, proc)
 
 
@@ -124,7 +132,17 @@ async def bring_up(
     """Start each stage's missing processes and wait for the whole stage to be healthy."""
     check_installed(cfg, [s for stage in stages for s in stage])
     for stage in stages:
-        launched = [launch(cfg, spec, table, say) for spec in stage]
+        running = {spec.name: find_running(cfg, spec, table, say) for spec in stage}
+        check_ports_free(cfg, [spec for spec in stage if running[spec.name] is None])
+        launched = []
+        for spec in stage:
+            pid = running[spec.name]
+            if pid is not None:
+                say(f"  {spec.name:<14} already running (pid {pid})")
+                launched.append(Launched(spec, pid, None))
+            else:
+                launched.append(launch(cfg, spec))
+                say(f"  {spec.name:<14} started (pid {launched[-1].pid}), log {cfg.log_file(spec.name)}")
         results = await asyncio.gather(
             *(wait_healthy(cfg, item, table, say) for item in launched), return_exceptions=True
         )
