@@ -46,6 +46,7 @@ def create_app(settings: IngestSettings, deps: IngestDeps | None = None) -> Fast
             finally:
                 log.info("ingest_stopping")
                 runtime.deps = None
+        log.info("ingest_stopped")  # Kafka flushed and closed, Mongo and the TikTok client closed
 
     app = FastAPI(
         title="Reelay ingest API",

@@ -1,0 +1,174 @@
+"""The ingest service as it runs: real uvicorn on a free port, real Kafka and FerretDB, the
+in-process TikTok sandbox. Topics and database are unique per test."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import uvicorn
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from fastapi import FastAPI
+from pymongo.asynchronous.database import AsyncDatabase
+from reelay_ingest.app import create_app
+from reelay_ingest.settings import IngestSettings
+from tiktok_sandbox.testing import SandboxHandle, running_sandbox
+
+API_KEY = "integration-key"
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[Any]], *, timeout: float = 30.0, what: str = "condition"
+) -> Any:
+    """Poll `probe` until it returns something truthy (bounded); return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def read_topic(
+    bootstrap: str, topic: str, *, count: int, timeout: float = 30.0
+) -> list[tuple[bytes, bytes]]:
+    """The first `count` (key, value) records of `topic`, read from the beginning without a group."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    records: list[tuple[bytes, bytes]] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(records) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out on {topic}; saw {len(records)} of {count} records")
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend((r.key, r.value) for r in batch)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def topic_size(bootstrap: str, topic: str) -> int:
+    """How many records `topic` holds (sum of its partitions' end offsets)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap)  # no group: nothing is committed
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        assert partitions, f"topic {topic} does not exist"
+        tps = [TopicPartition(topic, p) for p in partitions]
+        ends = await consumer.end_offsets(tps)
+        return int(sum(ends.values()))
+    finally:
+        await consumer.stop()
+
+
+@dataclass
+class IngestWorld:
+    """A running ingest service and what it is connected to."""
+
+    base_url: str
+    http: httpx.AsyncClient
+    settings: IngestSettings
+    db: AsyncDatabase[dict[str, Any]]
+    sandbox: SandboxHandle
+    bootstrap: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {API_KEY}"}
+
+    async def connect_account(self, *, private: bool = False) -> str:
+        """A sandbox creator whose tokens are registered through POST /v1/accounts. Returns account_id."""
+        username = f"it-{uuid.uuid4().hex[:8]}"
+        user = self.sandbox.add_user(username, private_account=private)
+        tokens = self.sandbox.issue_tokens(user.open_id)
+        account_id = f"acct-{username}"
+        resp = await self.http.post(
+            "/v1/accounts",
+            headers=self.auth,
+            json={
+                "account_id": account_id,
+                **{
+                    k: tokens[k]
+                    for k in (
+                        "open_id",
+                        "access_token",
+                        "refresh_token",
+                        "expires_in",
+                        "refresh_expires_in",
+                        "scope",
+                    )
+                },
+            },
+        )
+        assert resp.status_code == 201, resp.text
+        return account_id
+
+
+def unique_settings(
+    bootstrap: str, mongodb_uri: str, database: str, sandbox_url: str, **overrides: Any
+) -> IngestSettings:
+    suffix = uuid.uuid4().hex[:10]
+    values: dict[str, Any] = {
+        "kafka_bootstrap_servers": bootstrap,
+        "mongodb_uri": mongodb_uri,
+        "mongodb_database": database,
+        "topic_upload_requested": f"it.ingest.requested.{suffix}",
+        "topic_publish_events": f"it.ingest.events.{suffix}",
+        "topic_publish_status": f"it.ingest.status.{suffix}",
+        "topic_partitions": 1,
+        "tiktok_api_base_url": sandbox_url,
+        "api_keys": API_KEY,
+        "host": "127.0.0.1",
+        "port": 0,
+    }
+    values.update(overrides)
+    return IngestSettings(**values)
+
+
+@asynccontextmanager
+async def served(settings: IngestSettings, *, app: FastAPI | None = None) -> AsyncIterator[str]:
+    """Serve create_app(settings), or `app`, with uvicorn on a free port as `python -m reelay_ingest` does."""
+    config = uvicorn.Config(
+        app or create_app(settings),
+        host="127.0.0.1",
+        port=0,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        await eventually(lambda: _started(server, task), timeout=60, what="ingest to start")
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def _started(server: uvicorn.Server, task: asyncio.Task[None]) -> bool:
+    if task.done():
+        task.result()  # raise the start-up failure, if any
+        raise AssertionError("ingest stopped during start-up")
+    return server.started
+
+
+@asynccontextmanager
+async def ingest_world(
+    bootstrap: str, mongodb_uri: str, db: AsyncDatabase[dict[str, Any]], **overrides: Any
+) -> AsyncIterator[IngestWorld]:
+    """Sandbox + ingest (real uvicorn) + an HTTP client to it."""
+    async with running_sandbox() as sandbox:
+        settings = unique_settings(bootstrap, mongodb_uri, db.name, sandbox.base_url, **overrides)
+        async with served(settings) as base_url, httpx.AsyncClient(base_url=base_url, timeout=60) as http:
+            yield IngestWorld(base_url, http, settings, db, sandbox, bootstrap)

@@ -1,0 +1,217 @@
+"""Specification of the ingest service against real Kafka and FerretDB, with the TikTok sandbox."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from reelay_common.messages import BlobSource, PublishStatusChanged, TikTokWebhookReceived, UploadRequested
+from reelay_common.mongo import GridFSBlobStore, MongoUploadStore
+from reelay_common.states import UploadState
+from tiktok_sandbox.media import iter_sample_mp4
+from tiktok_sandbox.webhooks import event_body, signature_header
+
+from tests.integration.ingest.ingest_world import IngestWorld, read_topic, topic_size
+
+MB = 1_000_000
+
+
+class _Video:
+    """A sample MP4 of `size` bytes, readable like a file (httpx streams it in 64 KiB pieces)."""
+
+    def __init__(self, size: int) -> None:
+        self._pieces: Iterator[bytes] = iter_sample_mp4(size)
+        self._buffer = b""
+        self.digest = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        while n < 0 or len(self._buffer) < n:
+            piece = next(self._pieces, None)
+            if piece is None:
+                break
+            self._buffer += piece
+        out, self._buffer = (self._buffer, b"") if n < 0 else (self._buffer[:n], self._buffer[n:])
+        self.digest.update(out)
+        return out
+
+
+async def blob_sha256(world: IngestWorld, source: BlobSource) -> str:
+    reader = await GridFSBlobStore(world.db).open(source)
+    digest = hashlib.sha256()
+    async for piece in reader.stream(0, reader.size):
+        digest.update(piece)
+    return digest.hexdigest()
+
+
+class TestStreamedUpload:
+    async def test_a_file_lands_in_gridfs_byte_identical_and_its_request_on_the_topic(
+        self, world: IngestWorld
+    ) -> None:
+        account_id = await world.connect_account()
+        video = _Video(6 * MB)
+
+        resp = await world.http.post(
+            "/v1/uploads",
+            headers={**world.auth, "Idempotency-Key": "it-file-1"},
+            data={
+                "account_id": account_id,
+                "mode": "direct",
+                "post_info": json.dumps({"privacy_level": "SELF_ONLY"}),
+            },
+            files={"file": ("sample.mp4", video, "video/mp4")},  # type: ignore[dict-item]  # a file-like object
+        )
+
+        assert resp.status_code == 202, resp.text
+        assert resp.json()["status_url"] == f"{world.base_url}/v1/uploads/it-file-1"
+        [(key, value)] = await read_topic(world.bootstrap, world.settings.topic_upload_requested, count=1)
+        message = UploadRequested.model_validate_json(value)
+        assert key == account_id.encode()
+        assert (message.request_id, message.account_id, message.mode) == ("it-file-1", account_id, "direct")
+        assert isinstance(message.source, BlobSource)
+        assert message.source.size == 6 * MB
+        assert await topic_size(world.bootstrap, world.settings.topic_upload_requested) == 1
+        assert await blob_sha256(world, message.source) == video.digest.hexdigest()
+
+        record = await MongoUploadStore(world.db).get("it-file-1")
+        assert record is not None
+        assert record.state is UploadState.ACCEPTED
+        [(_, announced)] = await read_topic(world.bootstrap, world.settings.topic_publish_status, count=1)
+        assert PublishStatusChanged.model_validate_json(announced).state is UploadState.ACCEPTED
+
+    async def test_a_replay_with_the_same_file_keeps_one_blob(self, world: IngestWorld) -> None:
+        account_id = await world.connect_account()
+        for _ in range(2):
+            resp = await world.http.post(
+                "/v1/uploads",
+                headers={**world.auth, "Idempotency-Key": "it-replay"},
+                data={"account_id": account_id, "mode": "inbox"},
+                files={"file": ("a.mp4", _Video(1 * MB), "video/mp4")},  # type: ignore[dict-item]  # file-like
+            )
+            assert resp.status_code == 202, resp.text
+
+        assert resp.json()["replayed"] is True
+        assert await world.db["videos.files"].count_documents({}) == 1
+
+
+class TestRefusals:
+    async def test_a_privacy_level_the_creator_lacks_changes_nothing_anywhere(
+        self, world: IngestWorld
+    ) -> None:
+        account_id = await world.connect_account(private=True)
+
+        resp = await world.http.post(
+            "/v1/uploads",
+            headers=world.auth,
+            data={
+                "account_id": account_id,
+                "mode": "direct",
+                "post_info": json.dumps({"privacy_level": "PUBLIC_TO_EVERYONE"}),
+            },
+            files={"file": ("a.mp4", _Video(2 * MB), "video/mp4")},  # type: ignore[dict-item]  # file-like
+        )
+
+        assert resp.status_code == 422, resp.text
+        assert set(resp.json()["error"]["detail"]["offered"]) == {
+            "FOLLOWER_OF_CREATOR",
+            "MUTUAL_FOLLOW_FRIENDS",
+            "SELF_ONLY",
+        }
+        assert await world.db["uploads"].count_documents({}) == 0
+        assert await world.db["videos.files"].count_documents({}) == 0
+        assert await world.db["videos.chunks"].count_documents({}) == 0
+        assert await topic_size(world.bootstrap, world.settings.topic_upload_requested) == 0
+
+    async def test_an_oversize_file_leaves_no_partial_blob(
+        self, kafka_bootstrap_servers: str, mongodb_uri: str, mongo_db: Any
+    ) -> None:
+        from tests.integration.ingest.ingest_world import ingest_world
+
+        async with ingest_world(
+            kafka_bootstrap_servers, mongodb_uri, mongo_db, max_upload_bytes=3 * MB
+        ) as world:
+            account_id = await world.connect_account()
+            resp = await world.http.post(
+                "/v1/uploads",
+                headers=world.auth,
+                data={"account_id": account_id, "mode": "inbox"},
+                files={"file": ("a.mp4", _Video(int(3.5 * MB)), "video/mp4")},  # type: ignore[dict-item]  # file-like
+            )
+
+            assert resp.status_code == 413, resp.text
+            assert await world.db["videos.files"].count_documents({}) == 0
+            assert await world.db["videos.chunks"].count_documents({}) == 0
+            assert await world.db["uploads"].count_documents({}) == 0
+
+
+class TestWebhooksThroughKafka:
+    async def test_a_webhook_signed_like_tiktok_reaches_the_events_topic(self, world: IngestWorld) -> None:
+        account_id = await world.connect_account()
+        resp = await world.http.post(
+            "/v1/uploads",
+            headers={**world.auth, "Idempotency-Key": "it-hook"},
+            json={"account_id": account_id, "mode": "inbox", "video_url": "https://151.101.1.1/v.mp4"},
+        )
+        assert resp.status_code == 202, resp.text
+        await MongoUploadStore(world.db).checkpoint("it-hook", {"publish_id": "v_inbox_file~v2.1"})
+        # The sandbox's own signer: an independent reading of TikTok's scheme.
+        body = event_body(
+            client_key="dev-client-key",
+            event="post.publish.inbox_delivered",
+            open_id="someone",
+            content={"publish_id": "v_inbox_file~v2.1", "publish_type": "INBOX_SHARE"},
+            create_time=int(time.time()),
+        )
+
+        resp = await world.http.post(
+            "/v1/webhooks/tiktok",
+            content=body,
+            headers={"TikTok-Signature": signature_header("dev-client-secret", body)},
+        )
+
+        assert resp.status_code == 200, resp.text
+        [(key, value)] = await read_topic(world.bootstrap, world.settings.topic_publish_events, count=1)
+        message = TikTokWebhookReceived.model_validate_json(value)
+        assert key == account_id.encode()
+        assert (message.event, message.publish_id, message.account_id) == (
+            "post.publish.inbox_delivered",
+            "v_inbox_file~v2.1",
+            account_id,
+        )
+
+    async def test_a_webhook_with_a_bad_signature_publishes_nothing(self, world: IngestWorld) -> None:
+        body = event_body(
+            client_key="k",
+            event="post.publish.complete",
+            open_id="o",
+            content={"publish_id": "p"},
+            create_time=int(time.time()),
+        )
+
+        resp = await world.http.post(
+            "/v1/webhooks/tiktok", content=body, headers={"TikTok-Signature": signature_header("wrong", body)}
+        )
+
+        assert resp.status_code == 401
+        assert await topic_size(world.bootstrap, world.settings.topic_publish_events) == 0
+
+
+class TestOperations:
+    async def test_readyz_reports_mongo_and_kafka(self, world: IngestWorld) -> None:
+        resp = await world.http.get("/readyz")
+
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == {"status": "ready", "checks": {"mongo": True, "kafka": True}}
+
+    async def test_an_account_s_tokens_are_encrypted_at_rest(self, world: IngestWorld) -> None:
+        account_id = await world.connect_account()
+        doc = await world.db["accounts"].find_one({"_id": account_id})
+
+        assert doc is not None
+        assert "act." not in json.dumps(doc, default=str)
+        assert "rft." not in json.dumps(doc, default=str)
+        view = (await world.http.get(f"/v1/accounts/{account_id}", headers=world.auth)).json()
+        assert view["status"] == "connected"
+        assert "video.publish" in view["scopes"]
