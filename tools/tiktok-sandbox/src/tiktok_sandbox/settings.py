@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tiktok_sandbox.faults import FaultConfig
 
@@ -23,7 +24,7 @@ class SandboxSettings(BaseSettings):
     client_key: str = "dev-client-key"
     client_secret: SecretStr = SecretStr("dev-client-secret")
     # Registered redirect URIs for /v2/auth/authorize/; empty accepts any.
-    redirect_uris: list[str] = Field(default_factory=list)
+    redirect_uris: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     processing_delay_seconds: float = 2.0
     moderation_delay_seconds: float = 1.0
@@ -59,8 +60,8 @@ class SandboxSettings(BaseSettings):
     rate_limit_status: int = 30
 
     # PULL_FROM_URL: verified properties of the app (§4).
-    verified_domains: list[str] = Field(default_factory=list)
-    verified_url_prefixes: list[str] = Field(default_factory=list)
+    verified_domains: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    verified_url_prefixes: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # "download" fetches the URL (https, no redirects); "simulate" pretends a valid sample of
     # simulate_size bytes arrived, for staging where the media host is unreachable.
     pull_mode: Literal["download", "simulate"] = "download"
@@ -78,4 +79,24 @@ class SandboxSettings(BaseSettings):
     keep_files: bool = False
 
     faults: FaultConfig = Field(default_factory=FaultConfig)
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("redirect_uris", "verified_domains", "verified_url_prefixes", mode="before")
+    @classmethod
+    def _split(cls, v: object) -> object:
+        """Lists come from the environment as JSON or comma-separated."""
+        if isinstance(v, str):
+            v = v.strip()
+            if v.startswith("["):
+                return json.loads(v)
+            return [item.strip() for item in v.split(",") if item.strip()]
+        return v
+
+    @field_validator("verified_url_prefixes")
+    @classmethod
+    def _prefixes(cls, v: list[str]) -> list[str]:
+        """§4: a URL prefix is https:// + host + path ending in /."""
+        bad = [p for p in v if not (p.startswith("https://") and p.endswith("/"))]
+        if bad:
+            raise ValueError(f"URL prefixes must start with https:// and end with /: {bad}")
+        return v
