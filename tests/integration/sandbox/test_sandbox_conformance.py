@@ -272,6 +272,13 @@ CASES = [
     ),
     Case("unaudited_sixth_creator", _active_user_cap, 403, "reached_active_user_cap", {"audited": False}),
     Case(
+        "active_user_cap_creator_info_is_http_200",
+        lambda c: _then(lambda: c.api.init_direct(GOOD_SOURCE), lambda: c.as_user("second").creator_info()),
+        200,
+        "reached_active_user_cap",
+        {"active_user_cap": 1},
+    ),
+    Case(
         "banned_user_init",
         lambda c: c.as_user(banned=True).init_direct(GOOD_SOURCE),
         403,

@@ -133,3 +133,43 @@ class TestCreatorInfo:
         assert data["duet_disabled"] is True
         assert data["stitch_disabled"] is True
         assert json.loads(resp.text)["error"]["code"] == "ok"
+
+
+class TestInboxDrafts:
+    async def test_posting_a_draft_completes_it_and_frees_a_pending_share(
+        self, sandbox: SandboxHandle, http: httpx.AsyncClient, api: Api
+    ) -> None:
+        ids = [await api.publish(sample(1_000_000, seed=i), inbox=True) for i in range(5)]
+        for publish_id in ids:
+            await api.wait_status(publish_id, "SEND_TO_USER_INBOX")
+        source = {
+            "source": "FILE_UPLOAD",
+            "video_size": 1_000_000,
+            "chunk_size": 1_000_000,
+            "total_chunk_count": 1,
+        }
+        assert (await api.init_inbox(source, token=api.token)).status_code == 403
+        posted = await http.post(f"/sandbox/publishes/{ids[0]}/draft", json={"action": "post"})
+        assert posted.json()["status"] == "PUBLISH_COMPLETE"
+        assert (await api.status(ids[0])).json()["data"]["status"] == "PUBLISH_COMPLETE"
+        deleted = await http.post(f"/sandbox/publishes/{ids[1]}/draft", json={"action": "delete"})
+        assert deleted.json()["status"] == "SEND_TO_USER_INBOX"
+        fresh = Api(
+            http, sandbox.issue_tokens(sandbox.default_user.open_id)["access_token"]
+        )  # init budget is per token
+        assert (await fresh.init_inbox(source)).status_code == 200
+
+    @pytest.mark.parametrize("body", [{"action": "share"}, {}, {"action": "post", "x": 1}])
+    async def test_bad_draft_actions_are_refused(
+        self, http: httpx.AsyncClient, api: Api, body: dict[str, str]
+    ) -> None:
+        publish_id = await api.publish(sample(1_000_000), inbox=True)
+        await api.wait_status(publish_id, "SEND_TO_USER_INBOX")
+        resp = await http.post(f"/sandbox/publishes/{publish_id}/draft", json=body)
+        assert resp.status_code == 400
+        assert (await api.status(publish_id)).json()["data"]["status"] == "SEND_TO_USER_INBOX"
+
+    async def test_direct_posts_are_not_drafts(self, http: httpx.AsyncClient, api: Api) -> None:
+        publish_id = await api.publish(sample(1_000_000))
+        resp = await http.post(f"/sandbox/publishes/{publish_id}/draft", json={"action": "post"})
+        assert resp.status_code == 409

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -66,6 +66,14 @@ class TokenSpec(BaseModel):
     _check_scopes = field_validator("scopes")(_scopes)
 
 
+class DraftAction(BaseModel):
+    """Body of `POST /sandbox/publishes/{publish_id}/draft`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["post", "delete"]
+
+
 def _problem(status: int, message: str, errors: Any = None) -> web.Response:
     body: dict[str, Any] = {"error": message}
     if errors is not None:
@@ -103,6 +111,7 @@ class AdminApi:
             web.post("/sandbox/users/{open_id}/tokens", self.issue_tokens),
             web.get("/sandbox/publishes", self.list_publishes),
             web.get("/sandbox/publishes/{publish_id}", self.get_publish),
+            web.post("/sandbox/publishes/{publish_id}/draft", self.draft),
             web.get("/sandbox/stats", self.stats),
             web.get("/sandbox/faults", self.get_faults),
             web.put("/sandbox/faults", self.put_faults),
@@ -225,6 +234,20 @@ class AdminApi:
         pub = self.sb.state.publishes.get(request.match_info["publish_id"])
         if pub is None:
             return _problem(404, "unknown publish_id")
+        return web.json_response(pub.to_json())
+
+    async def draft(self, request: web.Request) -> web.Response:
+        """Play the creator acting on an inbox draft: `{"action": "post" | "delete"}`."""
+        pub = self.sb.state.publishes.get(request.match_info["publish_id"])
+        if pub is None:
+            return _problem(404, "unknown publish_id")
+        try:
+            action = DraftAction.model_validate(await _json(request)).action
+        except ValidationError as exc:
+            return _problem(400, "invalid draft action", exc.errors(include_url=False, include_context=False))
+        if pub.mode != "inbox" or pub.status != "SEND_TO_USER_INBOX" or pub.handled:
+            return _problem(409, "only an unhandled draft in the creator's inbox can be acted on")
+        self.sb.handle_draft(pub, action)
         return web.json_response(pub.to_json())
 
     async def stats(self, request: web.Request) -> web.Response:

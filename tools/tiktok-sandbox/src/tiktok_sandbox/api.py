@@ -243,6 +243,7 @@ class TikTokApi:
             raise ApiError(
                 200, "spam_risk_too_many_posts", "The daily post cap from the API is reached for the user."
             )
+        self._check_active_user_cap(user, status=200)
         return user.creator_info()
 
     # ------------------------------------------------------------ init
@@ -299,14 +300,14 @@ class TikTokApi:
                 403, "spam_risk_user_banned_from_posting", "The user is banned from making new posts."
             )
 
-    def _check_active_user_cap(self, user: User) -> None:
+    def _check_active_user_cap(self, user: User, *, status: int = 403) -> None:
         cap = self.settings.active_user_cap if self.settings.audited else 5
         if not cap:
             return
         active = {open_id for _, open_id, _ in self.sb.state.inits_within_day()}
         if user.open_id not in active and len(active) >= cap:
             raise ApiError(
-                403,
+                status,
                 "reached_active_user_cap",
                 "The daily quota of active creators for this client is reached.",
             )

@@ -66,6 +66,18 @@ class Sandbox:
             {"publish_id": pub.publish_id, "reason": reason, "publish_type": self._publish_type(pub)},
         )
 
+    def handle_draft(self, pub: Publish, action: str) -> None:
+        """The creator acts on an inbox draft: "post" publishes it, "delete" drops it."""
+        pub.handled = True
+        if action == "post":
+            pub.status = "PUBLISH_COMPLETE"
+            # §8: post.publish.complete may also come for drafts the creator posts.
+            self.emit(
+                "post.publish.complete",
+                pub.open_id,
+                {"publish_id": pub.publish_id, "publish_type": self._publish_type(pub)},
+            )
+
     def revoke(self, open_id: str, reason: int) -> int:
         """Revoke a user's tokens and fire authorization.removed."""
         n = self.state.revoke_user(open_id)

@@ -178,6 +178,8 @@ class Publish:
     downloaded_bytes: int = 0
     download_total: int | None = None
     download_done: bool = False
+    # Inbox shares: the creator posted or deleted the draft (no longer pending).
+    handled: bool = False
     next_chunk: int = 0
     chunks: list[ChunkAttempt] = field(default_factory=list)
     put_in_flight: bool = False
@@ -231,6 +233,7 @@ class Publish:
             "chunks": [c.to_json() for c in self.chunks],
             "chunks_stored": self.next_chunk,
             "complete": self.complete,
+            "handled": self.handled,
             "sha256": self.sha256,
             "post_ids": [str(i) for i in self.post_ids],
             "media": None
@@ -437,12 +440,16 @@ class SandboxState:
         ]
 
     def pending_shares(self, open_id: str) -> int:
-        """Inbox shares of the last 24 h that the user has not handled (none ever are) and did not fail."""
+        """Inbox shares of the last 24 h that did not fail and the creator has not posted or deleted."""
         horizon = self.now() - DAY
         return sum(
             1
             for p in self.publishes.values()
-            if p.open_id == open_id and p.mode == "inbox" and p.created_at > horizon and p.status != "FAILED"
+            if p.open_id == open_id
+            and p.mode == "inbox"
+            and p.created_at > horizon
+            and p.status != "FAILED"
+            and not p.handled
         )
 
     # ------------------------------------------------------------ publishes
