@@ -14,7 +14,7 @@ from reelay_common.states import UploadState
 from tiktok_sandbox.media import iter_sample_mp4
 from tiktok_sandbox.webhooks import event_body, signature_header
 
-from tests.integration.ingest.ingest_world import IngestWorld, read_topic, topic_size
+from tests.integration.ingest.ingest_world import IngestWorld, eventually, read_topic, topic_size
 
 MB = 1_000_000
 
@@ -215,3 +215,49 @@ class TestOperations:
         view = (await world.http.get(f"/v1/accounts/{account_id}", headers=world.auth)).json()
         assert view["status"] == "connected"
         assert "video.publish" in view["scopes"]
+
+
+class TestClientGoesAway:
+    async def test_a_client_that_disconnects_mid_file_leaves_nothing_behind(self, world: IngestWorld) -> None:
+        import asyncio
+        from urllib.parse import urlsplit
+
+        account_id = await world.connect_account()
+        boundary = "gone"
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="account_id"\r\n\r\n{account_id}'
+            f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="mode"\r\n\r\ninbox'
+            f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.mp4"\r\n'
+            "Content-Type: video/mp4\r\n\r\n"
+        ).encode()
+        partial = b"".join(iter_sample_mp4(3 * MB))  # of a declared 8 MB body
+        url = urlsplit(world.base_url)
+        auth = f"Authorization: {world.auth['Authorization']}"
+        reader, writer = await asyncio.open_connection(url.hostname, url.port)
+        try:
+            writer.write(
+                (
+                    "POST /v1/uploads HTTP/1.1\r\n"
+                    f"Host: {url.netloc}\r\n{auth}\r\n"
+                    f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                    f"Content-Length: {8 * MB}\r\n\r\n"
+                ).encode()
+                + head
+                + partial
+            )
+            await writer.drain()
+            await asyncio.sleep(0.5)  # let the server take in what was sent before the line drops
+        finally:
+            writer.close()
+            del reader
+
+        async def disconnect_seen() -> bool:
+            metrics = (await world.http.get("/metrics")).text
+            return 'reelay_ingest_rejections_total{code="client_disconnected"} 1.0' in metrics
+
+        # The driver buffers GridFS chunks before inserting them; abort drops those and any written.
+        await eventually(disconnect_seen, what="ingest to notice the disconnect")
+        assert await world.db["videos.chunks"].count_documents({}) == 0
+        assert await world.db["videos.files"].count_documents({}) == 0
+        assert await world.db["uploads"].count_documents({}) == 0
+        assert await topic_size(world.bootstrap, world.settings.topic_upload_requested) == 0

@@ -186,6 +186,31 @@ class TestAccountChecks:
         assert h.blobs.saves == 0
         h.assert_nothing_changed()
 
+    async def test_an_unknown_account_named_after_the_file_leaves_no_file_behind(self, h: Harness) -> None:
+        boundary = "b0undary"
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.mp4"\r\n'
+                "Content-Type: video/mp4\r\n\r\n"
+            ).encode()
+            + mp4_bytes(20_000)
+            + (
+                f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="account_id"\r\n\r\nghost'
+                f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="mode"\r\n\r\ninbox'
+                f"\r\n--{boundary}--\r\n"
+            ).encode()
+        )
+
+        resp = await h.client.post(
+            "/v1/uploads",
+            content=body,
+            headers={**h.auth, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+
+        assert resp.status_code == 404
+        assert h.blobs.saves == 1, "the fields came after the file, so it was stored first..."
+        h.assert_nothing_changed()  # ...and deleted when the account turned out unknown
+
     async def test_an_account_that_needs_reconnecting_is_422(self, h: Harness) -> None:
         record = h.accounts.records[ACCOUNT]
         h.accounts.records[ACCOUNT] = record.model_copy(update={"status": "reauth_required"})

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import pytest
 import structlog
 from structlog.testing import capture_logs
 
@@ -70,3 +73,27 @@ class TestOpenApi:
         assert set(upload["responses"]) >= {"202", "401", "404", "409", "413", "415", "422", "503"}
         assert "HTTPBearer" in spec["components"]["securitySchemes"]
         assert "security" not in spec["paths"]["/v1/webhooks/tiktok"]["post"]
+
+
+class TestClientGoesAway:
+    async def test_a_body_cut_off_mid_file_stores_nothing(self, h: Harness) -> None:
+        from tests.unit.ingest.ingest_fakes import ACCOUNT, mp4_bytes
+
+        async def cut_off() -> AsyncIterator[bytes]:
+            boundary = "cut"
+            yield (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="account_id"\r\n\r\n{ACCOUNT}'
+                f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="mode"\r\n\r\ninbox'
+                f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.mp4"\r\n'
+                "Content-Type: video/mp4\r\n\r\n"
+            ).encode() + mp4_bytes(50_000)
+            raise ConnectionResetError("client went away")
+
+        with pytest.raises(ConnectionResetError):
+            await h.client.post(
+                "/v1/uploads",
+                content=cut_off(),
+                headers={**h.auth, "Content-Type": "multipart/form-data; boundary=cut"},
+            )
+
+        h.assert_nothing_changed()

@@ -19,6 +19,7 @@ from reelay_common.errors import (
 )
 from reelay_common.logging import get_logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from reelay_ingest.errors import (
     ConflictError,
@@ -122,6 +123,9 @@ def problem_of(exc: Exception) -> Problem:
         return Problem(
             422, "validation_failed", "the request does not match the schema", _field_errors(errors)
         )
+    if isinstance(exc, ClientDisconnect):
+        # Nobody reads this answer; it exists so the disconnect is counted and logged as such.
+        return Problem(400, "client_disconnected", "the client went away before the body was complete")
     if isinstance(exc, Unauthorized):
         return Problem(401, "unauthorized", exc.message, headers={"WWW-Authenticate": "Bearer"})
     if isinstance(exc, SignatureError):
@@ -189,5 +193,13 @@ def install_error_handlers(app: FastAPI, metrics: IngestMetrics) -> None:
 
     # ReelayError is registered on its own so Starlette's ExceptionMiddleware answers it; only
     # the catch-all Exception handler runs in the outer ServerErrorMiddleware (which re-raises).
-    for kind in (RequestValidationError, StarletteHTTPException, Unauthorized, ReelayError, Exception):
+    kinds = (
+        RequestValidationError,
+        StarletteHTTPException,
+        Unauthorized,
+        ClientDisconnect,
+        ReelayError,
+        Exception,
+    )
+    for kind in kinds:
         app.add_exception_handler(kind, handle)
