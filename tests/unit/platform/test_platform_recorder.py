@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from pydantic import BaseModel
 from reelay_common.errors import RetryableError
 from reelay_common.messages import PublishStatusChanged, UploadRequested
 from reelay_common.recorder import StateRecorder
@@ -34,7 +37,7 @@ async def recorder(store: InMemoryUploadStore, publisher: RecordingPublisher) ->
         }
     )
     await store.create(cmd, source="ingest")
-    return StateRecorder(store, publisher, status_topic=TOPIC)
+    return StateRecorder(store, publisher, status_topic=TOPIC, announce_wait_seconds=0.2)
 
 
 def announced(publisher: RecordingPublisher) -> list[PublishStatusChanged]:
@@ -103,3 +106,23 @@ class TestRecord:
         after = await store.get("req-1")
         assert after is not None
         assert after.announced_state is S.ACCEPTED
+
+    async def test_a_concurrent_refused_caller_leaves_the_announcement_to_the_winner(
+        self, recorder: StateRecorder, store: InMemoryUploadStore, publisher: RecordingPublisher
+    ) -> None:
+        release = asyncio.Event()
+
+        class SlowPublisher:
+            async def publish(self, topic: str, message: BaseModel, *, key: str) -> None:
+                await release.wait()  # the winner's publish is still in flight
+                await publisher.publish(topic, message, key=key)
+
+        slow = StateRecorder(store, SlowPublisher(), status_topic=TOPIC, announce_wait_seconds=5)
+        winner = asyncio.create_task(slow.record("req-1", S.PUBLISHED, source="webhook"))
+        await asyncio.sleep(0.05)
+        loser = asyncio.create_task(slow.record("req-1", S.PUBLISHED, source="poller"))
+        await asyncio.sleep(0.1)
+        release.set()
+        assert await winner is not None
+        assert await loser is None
+        assert [(m.state, m.source) for m in announced(publisher)] == [(S.PUBLISHED, "webhook")]

@@ -3,6 +3,8 @@ of `PublishStatusChanged` on `reelay.publish.status` (keyed by account_id)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,10 +20,18 @@ log = get_logger("reelay_common.recorder")
 class StateRecorder:
     """Records forward-only transitions and announces each one at least once."""
 
-    def __init__(self, store: UploadStore, publisher: Publisher, *, status_topic: str) -> None:
+    def __init__(
+        self,
+        store: UploadStore,
+        publisher: Publisher,
+        *,
+        status_topic: str,
+        announce_wait_seconds: float = 2.0,
+    ) -> None:
         self._store = store
         self._publisher = publisher
         self._status_topic = status_topic
+        self._announce_wait = announce_wait_seconds
 
     async def record(
         self,
@@ -53,11 +63,12 @@ class StateRecorder:
             )
             await self.announce(moved, source=source)
             return moved
-        current = await self._store.get(request_id)
+        current = await self._unannounced(request_id, target)
         if current is None:
             log.warning("upload_state_change_unknown_upload", request_id=request_id, state=target.value)
             return None
         if current.state is target and current.announced_state is not target:
+            log.warning("upload_state_announced_late", request_id=request_id, state=target.value)
             await self.announce(current, source=source)
         else:
             log.info(
@@ -68,6 +79,24 @@ class StateRecorder:
                 source=source,
             )
         return None
+
+    async def _unannounced(self, request_id: str, target: UploadState) -> UploadRecord | None:
+        """The upload, after giving a concurrent winner of the same transition time to announce it.
+
+        Whoever moved the upload announces right after; only when that has not happened within
+        `announce_wait_seconds` (its publish failed, or it crashed) does a refused caller step in.
+        """
+        deadline = time.monotonic() + self._announce_wait
+        while True:
+            current = await self._store.get(request_id)
+            if (
+                current is None
+                or current.state is not target
+                or current.announced_state is target
+                or time.monotonic() >= deadline
+            ):
+                return current
+            await asyncio.sleep(0.05)
 
     async def announce(self, record: UploadRecord, *, source: StateSource) -> None:
         """Publish `PublishStatusChanged` for the record's current state (e.g. `accepted` at ingest)."""
