@@ -28,7 +28,7 @@ from reelay_common.messages import DeadLetter, UploadRequested, dlq_topic
 from tests.conftest import UniqueTopic
 
 # Small timeouts so groups form and rebalance in about a second (the broker's minimum session is 6 s).
-FAST = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 500, "metadata_max_age_ms": 5000}
+FAST: dict[str, Any] = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 500, "metadata_max_age_ms": 5000}
 
 
 def request(n: int, *, account: str = "acct-1") -> UploadRequested:
