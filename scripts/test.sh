@@ -34,6 +34,16 @@ want=()
 [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ] || want+=(--kafka)
 [ -n "${MONGODB_URI:-}" ] || want+=(--mongo)
 if [ "${#want[@]}" -gt 0 ]; then
+  # Two `make test` runs in one checkout would share the ports and data dir and wipe each other's
+  # servers: the second waits for the first.
+  mkdir -p "$(dirname "$TEST_INFRA_DIR")"
+  if command -v flock >/dev/null; then
+    exec 9>"$TEST_INFRA_DIR.lock"
+    if ! flock -n 9; then
+      echo "test: another make test in this checkout holds the test infrastructure; waiting for it" >&2
+      flock 9
+    fi
+  fi
   trap stop_infra EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
