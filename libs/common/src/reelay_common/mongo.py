@@ -436,10 +436,28 @@ class GridFSVideoReader:
 
 
 class GridFSBlobStore:
-    """Uploaded video files in GridFS (bucket "videos"), written as a stream with a size cap."""
+    """Uploaded video files in GridFS (bucket "videos"), written as a stream with a size cap.
+
+    Files are written in the standard GridFS layout (`<bucket>.files` / `<bucket>.chunks`), so
+    PyMongo's own GridFS reads them; but the writing is ours, one chunk document at a time:
+    PyMongo's GridIn batches up to ~48 MB of chunks per insert, which would make memory grow
+    with the video (promise 3) for every upload streamed into ingest.
+    """
 
     def __init__(self, db: AsyncDatabase[dict[str, Any]], *, bucket_name: str = "videos") -> None:
         self._bucket = AsyncGridFSBucket(db, bucket_name=bucket_name, chunk_size_bytes=GRIDFS_CHUNK_BYTES)
+        self._files = db[f"{bucket_name}.files"]
+        self._chunks = db[f"{bucket_name}.chunks"]
+        self._indexed = False
+
+    async def _ensure_indexes(self) -> None:
+        # The indexes the GridFS spec asks writers to create before the first write.
+        if self._indexed:
+            return
+        with _translated("create GridFS indexes"):
+            await self._chunks.create_index([("files_id", ASCENDING), ("n", ASCENDING)], unique=True)
+            await self._files.create_index([("filename", ASCENDING), ("uploadDate", ASCENDING)])
+        self._indexed = True
 
     async def save(
         self, chunks: AsyncIterable[bytes], *, filename: str | None, content_type: str, max_bytes: int
@@ -451,11 +469,18 @@ class GridFSBlobStore:
                 code="unsupported_media_type",
             )
         limit = min(max_bytes, MAX_VIDEO_BYTES)
-        with _translated("open a GridFS upload"):
-            grid_in = self._bucket.open_upload_stream(
-                filename or "upload", metadata={"content_type": content_type}
-            )
+        await self._ensure_indexes()
+        file_id = ObjectId()
+        buffer = bytearray()
+        n = 0
         total = 0
+
+        async def flush(data: bytes) -> None:
+            nonlocal n
+            with _translated("write a GridFS chunk"):
+                await self._chunks.insert_one({"files_id": file_id, "n": n, "data": data})
+            n += 1
+
         try:
             async for piece in chunks:
                 total += len(piece)
@@ -463,20 +488,34 @@ class GridFSBlobStore:
                     raise InvalidInputError(
                         f"the video is larger than the limit of {limit} bytes", code="too_large"
                     )
-                with _translated("write a GridFS chunk"):
-                    await grid_in.write(piece)
+                buffer += piece
+                while len(buffer) >= GRIDFS_CHUNK_BYTES:
+                    await flush(bytes(buffer[:GRIDFS_CHUNK_BYTES]))
+                    del buffer[:GRIDFS_CHUNK_BYTES]
             if total == 0:
                 raise InvalidInputError("the video is empty", code="empty")
+            if buffer:
+                await flush(bytes(buffer))
+                buffer.clear()
+            # The files document goes last: until it exists, readers see no file at all.
             with _translated("finish a GridFS upload"):
-                await grid_in.close()
+                await self._files.insert_one(
+                    {
+                        "_id": file_id,
+                        "length": total,
+                        "chunkSize": GRIDFS_CHUNK_BYTES,
+                        "uploadDate": bson_now(),
+                        "filename": filename or "upload",
+                        "metadata": {"content_type": content_type},
+                    }
+                )
         except BaseException:
             # Whatever went wrong (too large, client gone, cancelled), leave no partial file behind.
             try:
-                await asyncio.shield(grid_in.abort())
+                await asyncio.shield(self._chunks.delete_many({"files_id": file_id}))
             except PyMongoError as abort_exc:  # pragma: no cover - the database went away mid-abort
                 log.warning("gridfs_abort_failed", error=type(abort_exc).__name__)
             raise
-        file_id = grid_in._id
         log.info("blob_saved", blob_id=str(file_id), bytes=total, content_type=content_type)
         return BlobSource(blob_id=str(file_id), size=total, content_type=content_type, filename=filename)
 
