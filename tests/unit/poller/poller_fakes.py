@@ -128,7 +128,9 @@ class Harness:
         await self.store.transition(
             request_id, UploadState.UPLOADING, source="uploader", set_fields={"publish_id": publish_id}
         )
-        record = await self.store.transition(request_id, UploadState.UPLOADED, source="uploader")
+        await self.store.transition(request_id, UploadState.UPLOADED, source="uploader")
+        # The uploader announced it (through its own recorder, not this test's publisher).
+        record = await self.store.checkpoint(request_id, {"announced_state": UploadState.UPLOADED})
         assert record is not None
         return record
 

@@ -203,6 +203,24 @@ class TestPollMapsTikTokStatus:
         assert await h.poll_due() is None
 
 
+class TestLostAnnouncements:
+    async def test_a_state_recorded_but_never_announced_is_announced_by_the_next_poll(
+        self, h: Harness
+    ) -> None:
+        await tracked(h, status("PROCESSING_UPLOAD"))
+        # A poller moved it and died before its Kafka publish.
+        await h.store.transition("req-1", S.PROCESSING, source="poller", detail={"tiktok_status": "x"})
+
+        await h.poll_due()
+        h.clock.advance(60)
+        await h.poll_due()
+
+        [change] = h.announced()
+        assert change.state is S.PROCESSING
+        assert change.previous_state is S.UPLOADED
+        assert (await h.get()).announced_state is S.PROCESSING
+
+
 class TestAdaptiveSchedule:
     def test_interval_grows_by_the_factor_and_stops_at_the_cap(self) -> None:
         policy = PollPolicy(min_interval=2, max_interval=10, backoff_factor=2)

@@ -15,7 +15,6 @@ from reelay_common.messages import UploadRequested, UrlSource
 from reelay_common.records import UploadRecord
 from reelay_common.testing import InMemoryUploadStore
 from reelay_status_poller.handlers import PollOutcome
-from reelay_status_poller.leases import InMemoryPollLeases
 from reelay_status_poller.scheduler import PollScheduler
 
 
@@ -39,34 +38,6 @@ async def due_uploads(store: InMemoryUploadStore, count: int) -> list[str]:
     return ids
 
 
-class LeakyStore:
-    """The in-memory store, but its claim ignores leases, as a non-atomic guarded update may."""
-
-    def __init__(self, store: InMemoryUploadStore) -> None:
-        self.store = store
-        self.calls = 0
-        self.double_claims = 0
-        self._handed_out: set[tuple[str, int]] = set()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
-
-    async def claim_due_poll(self, when: datetime, lease_seconds: float) -> UploadRecord | None:
-        self.calls += 1
-        due = [
-            r
-            for r in [await self.store.get(rid) for rid in self.store.docs]
-            if r is not None and r.poll_next_at is not None and r.poll_next_at <= when
-        ]
-        if not due:
-            return None
-        record = due[self.calls % len(due)]
-        key = (record.request_id, record.poll_attempts)
-        self.double_claims += key in self._handed_out
-        self._handed_out.add(key)
-        return record
-
-
 def scheduler(store: Any, poll: Callable[[UploadRecord], Awaitable[PollOutcome]], **kw: Any) -> PollScheduler:
     options: dict[str, Any] = {
         "lease_seconds": 30,
@@ -76,8 +47,7 @@ def scheduler(store: Any, poll: Callable[[UploadRecord], Awaitable[PollOutcome]]
         "shutdown_grace_seconds": 5,
     }
     options.update(kw)
-    leases = options.pop("leases", None) or InMemoryPollLeases()
-    return PollScheduler(store=store, leases=leases, poll=poll, clock=now, **options)
+    return PollScheduler(store=store, poll=poll, clock=now, **options)
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -126,45 +96,6 @@ async def run_until(sched: PollScheduler, check: Callable[[], bool], timeout: fl
         await asyncio.wait_for(task, 10)
 
 
-class TestPollLeases:
-    async def test_one_holder_per_round(self) -> None:
-        store = InMemoryUploadStore()
-        [rid] = await due_uploads(store, 1)
-        record = await store.get(rid)
-        assert record is not None
-        leases = InMemoryPollLeases()
-
-        assert await leases.acquire(record, now=now(), lease_seconds=30)
-        assert not await leases.acquire(record, now=now(), lease_seconds=30)
-
-    async def test_a_dead_holders_lease_is_taken_over_once_it_expires(self) -> None:
-        store = InMemoryUploadStore()
-        [rid] = await due_uploads(store, 1)
-        record = await store.get(rid)
-        assert record is not None
-        leases = InMemoryPollLeases()
-        t0 = now()
-        assert await leases.acquire(record, now=t0, lease_seconds=30)
-
-        later = t0 + timedelta(seconds=31)
-        assert await leases.acquire(record, now=later, lease_seconds=30)
-        assert not await leases.acquire(record, now=later, lease_seconds=30)
-
-    async def test_release_frees_the_round_and_the_next_round_is_separate(self) -> None:
-        store = InMemoryUploadStore()
-        [rid] = await due_uploads(store, 1)
-        record = await store.get(rid)
-        assert record is not None
-        leases = InMemoryPollLeases()
-        assert await leases.acquire(record, now=now(), lease_seconds=30)
-
-        next_round = record.model_copy(update={"poll_attempts": 1})
-        assert await leases.acquire(next_round, now=now(), lease_seconds=30)
-        await leases.release(next_round)
-
-        assert leases.leases == {}
-
-
 class TestPollScheduler:
     async def test_polls_every_due_upload_once(self) -> None:
         store = InMemoryUploadStore()
@@ -211,45 +142,6 @@ class TestPollScheduler:
 
         assert poll.calls == Counter(dict.fromkeys(ids, 5))
         assert poll.max_running_one == 1
-
-    async def test_a_claim_that_lets_two_through_still_polls_one_upload_at_a_time(self) -> None:
-        store = InMemoryUploadStore()
-        ids = await due_uploads(store, 3)
-        leaky = LeakyStore(store)
-        leases = InMemoryPollLeases()
-        poll = Finisher(store, delay=0.02, repeat=4)
-        stop = asyncio.Event()
-        tasks = [asyncio.create_task(scheduler(leaky, poll, leases=leases).run(stop)) for _ in range(3)]
-
-        await eventually(lambda: sum(poll.calls.values()) >= 12)
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 10)
-
-        assert leaky.double_claims > 0  # the store did let several through
-        assert poll.max_running_one == 1
-        assert poll.calls == Counter(dict.fromkeys(ids, 4))
-
-    async def test_a_stale_claim_is_not_polled(self) -> None:
-        store = InMemoryUploadStore()
-        [rid] = await due_uploads(store, 1)
-        stale = await store.get(rid)
-        assert stale is not None
-        # Meanwhile another replica polled it and scheduled the next round.
-        await store.schedule_poll(rid, now() - timedelta(seconds=1), attempts=1)
-
-        class StaleStore(LeakyStore):
-            async def claim_due_poll(self, when: datetime, lease_seconds: float) -> UploadRecord | None:
-                self.calls += 1
-                return stale if self.calls == 1 else None
-
-        poll = Finisher(store)
-        stop = asyncio.Event()
-        task = asyncio.create_task(scheduler(StaleStore(store), poll).run(stop))
-        await asyncio.sleep(0.2)
-        stop.set()
-        await asyncio.wait_for(task, 5)
-
-        assert poll.calls == Counter()
 
     async def test_a_failing_poll_is_rescheduled_not_lost(self) -> None:
         store = InMemoryUploadStore()

@@ -29,7 +29,6 @@ from reelay_status_poller.handlers import (
     handle_publish_event,
     poll_once,
 )
-from reelay_status_poller.leases import MongoPollLeases
 from reelay_status_poller.scheduler import PollScheduler
 from reelay_status_poller.settings import PollerSettings
 
@@ -125,8 +124,6 @@ async def build_poller(settings: PollerSettings, **consumer_overrides: Any) -> A
             KafkaPublisher(settings.kafka_bootstrap_servers, client_id="reelay-status-poller")
         )
         uploads = MongoUploadStore(db)
-        leases = MongoPollLeases(db)
-        await leases.ensure_indexes()
         recorder = StateRecorder(uploads, publisher, status_topic=settings.topic_publish_status)
 
         policy = policy_from(settings)
@@ -177,7 +174,6 @@ async def build_poller(settings: PollerSettings, **consumer_overrides: Any) -> A
 
         scheduler = PollScheduler(
             store=uploads,
-            leases=leases,
             poll=poll,
             clock=utcnow,
             lease_seconds=settings.lease_seconds,

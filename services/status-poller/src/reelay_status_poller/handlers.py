@@ -215,6 +215,12 @@ async def poll_once(record: UploadRecord, deps: PollerDeps) -> PollOutcome:
     bound = log.bind(request_id=record.request_id, account_id=record.account_id, publish_id=record.publish_id)
     now = deps.clock()
 
+    if record.announced_state is not record.state and record.history:
+        # Whoever moved it here died before announcing it (the Mongo write and the Kafka
+        # publish are two steps): announce it now, so upstream still hears of every state.
+        await deps.recorder.announce(record, source=record.history[-1].source)
+        bound.info("unannounced_state_announced", state=record.state.value)
+
     if record.state.is_terminal and not _wants_post_ids(record, now, deps.policy):
         await _stop_tracking(record.request_id, deps)
         bound.info("tracking_stopped", state=record.state.value)

@@ -1,10 +1,10 @@
-"""The poll scheduler: leases due uploads and polls them with bounded concurrency.
+"""The poll scheduler: leases due uploads from the store and polls them with bounded concurrency.
 
-Mongo is the schedule. `claim_due_poll` finds a due upload and marks it leased; an exclusive
-PollLeases entry for the upload's current round then decides who polls it (the store's guarded
-update alone is not atomic on FerretDB v1), so several replicas share the work without polling one
-publish twice at the same time. A poller killed mid-poll loses nothing: its leases expire and
-another one (or its restart) picks the upload up.
+Mongo is the schedule. `claim_due_poll` is one guarded, atomic update that sets a lease (atomic on
+FerretDB v1 too, through the store's WriteGuard), so several replicas share the work without
+polling one publish twice at the same time, and a poller killed mid-poll loses nothing: its lease
+expires and another one (or its restart) picks the upload up. A poll is bounded well inside the
+lease (PollPolicy.fetch_timeout), so a slow one is never taken over while it runs.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from reelay_common.ports import UploadStore
 from reelay_common.records import UploadRecord
 
 from reelay_status_poller.handlers import PollOutcome
-from reelay_status_poller.leases import PollLeases
 
 log = get_logger(__name__)
 
@@ -39,7 +38,6 @@ class PollScheduler:
         self,
         *,
         store: UploadStore,
-        leases: PollLeases,
         poll: PollFn,
         clock: Callable[[], datetime],
         lease_seconds: float,
@@ -53,7 +51,6 @@ class PollScheduler:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self._store = store
-        self._leases = leases
         self._poll = poll
         self._clock = clock
         self._lease_seconds = lease_seconds
@@ -80,7 +77,7 @@ class PollScheduler:
                 if not await _acquire_or_stop(slots, stop):
                     break
                 try:
-                    record = await self._claim()
+                    record = await self._store.claim_due_poll(self._clock(), self._lease_seconds)
                 except Exception as exc:
                     slots.release()
                     store_failures += 1
@@ -103,30 +100,6 @@ class PollScheduler:
             await self._drain(in_flight)
             log.info("scheduler_stopped")
 
-    async def _claim(self) -> UploadRecord | None:
-        """The next due upload this scheduler alone may poll now, or None if there is none."""
-        for _ in range(self._concurrency + 1):
-            now = self._clock()
-            claimed = await self._store.claim_due_poll(now, self._lease_seconds)
-            if claimed is None:
-                return None
-            if not await self._leases.acquire(claimed, now=now, lease_seconds=self._lease_seconds):
-                # Another replica won this round (the store's claim alone may let two through).
-                log.debug("poll_lease_held_elsewhere", request_id=claimed.request_id)
-                continue
-            # A claim may rest on a stale read; poll only if the round is still the one leased.
-            fresh = await self._store.get(claimed.request_id)
-            if (
-                fresh is not None
-                and fresh.poll_attempts == claimed.poll_attempts
-                and fresh.poll_next_at is not None
-                and fresh.poll_next_at == claimed.poll_next_at
-            ):
-                return fresh
-            await self._leases.release(claimed)
-            log.debug("poll_claim_stale", request_id=claimed.request_id)
-        return None
-
     async def _run_one(self, record: UploadRecord, slots: asyncio.Semaphore) -> None:
         outcome: PollOutcome | None = None
         try:
@@ -144,11 +117,6 @@ class PollScheduler:
                 log.warning("poll_reschedule_failed", request_id=record.request_id, error=repr(exc))
         finally:
             slots.release()
-        try:
-            await self._leases.release(record)
-        except Exception as exc:
-            # The lease expires on its own; the next round has its own lease anyway.
-            log.warning("poll_lease_release_failed", request_id=record.request_id, error=repr(exc))
         POLLS.labels(outcome=outcome.value if outcome is not None else "error").inc()
         if self._on_outcome is not None:
             self._on_outcome(outcome)
