@@ -12,7 +12,9 @@ from tests.e2e.stack import Stack, running_stack
 
 
 @pytest.fixture(scope="module")
-def stack(kafka_bootstrap_servers: str, mongodb_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    kafka_bootstrap_servers: str, mongodb_uri: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("stack")
     with running_stack(
         kafka_bootstrap_servers=kafka_bootstrap_servers, mongodb_uri=mongodb_uri, workdir=workdir

@@ -23,7 +23,7 @@ import httpx
 
 API_KEY = "e2e-api-key"
 CLIENT_KEY = "e2e-client-key"
-CLIENT_SECRET = "e2e-client-secret"  # noqa: S105  # the sandbox's test secret, nothing real
+CLIENT_SECRET = "e2e-client-secret"  # the sandbox's test secret, nothing real
 
 
 def free_port() -> int:
@@ -69,7 +69,7 @@ class Stack:
         """Start (or restart) one service and wait until it answers /healthz."""
         svc = self.services[name]
         log = svc.log_path.open("ab")
-        svc.process = subprocess.Popen(  # noqa: S603  # our own interpreter and module
+        svc.process = subprocess.Popen(  # our own interpreter and module
             [sys.executable, "-m", svc.module],
             env=self.env,
             stdout=log,
@@ -124,7 +124,11 @@ def running_stack(
     }
     database = f"e2e_{suffix}"
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("INGEST_", "UPLOADER_", "POLLER_", "SANDBOX_"))},
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("INGEST_", "UPLOADER_", "POLLER_", "SANDBOX_"))
+        },
         **topics,
         "REELAY_ENV": "dev",
         "REELAY_LOG_FORMAT": "json",

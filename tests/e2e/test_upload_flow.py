@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tiktok_sandbox.media import write_sample_mp4
 
 from tests.e2e.stack import Stack, wait_for
-from tiktok_sandbox.media import write_sample_mp4
 
 pytestmark = pytest.mark.e2e
 
@@ -21,7 +21,9 @@ BIG_VIDEO_BYTES = 70 * 1000 * 1000  # > 64 MB: TikTok requires several chunks
 async def connect_account(http: httpx.AsyncClient, stack: Stack, *, private: bool = False) -> str:
     """Create a sandbox user, take its tokens and register them with ingest. Returns account_id."""
     username = f"e2e-{uuid.uuid4().hex[:8]}"
-    resp = await http.post(f"{stack.sandbox_url}/sandbox/users", json={"username": username, "private_account": private})
+    resp = await http.post(
+        f"{stack.sandbox_url}/sandbox/users", json={"username": username, "private_account": private}
+    )
     resp.raise_for_status()
     open_id = resp.json()["open_id"]
     resp = await http.post(f"{stack.sandbox_url}/sandbox/users/{open_id}/tokens")

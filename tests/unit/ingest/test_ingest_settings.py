@@ -30,7 +30,7 @@ class TestIngestSettings:
 
         assert (s.host, s.port) == ("127.0.0.1", 8000)
         assert [k.get_secret_value() for k in s.api_keys] == [DEV_API_KEY]
-        assert s.max_upload_bytes == 4 * 1024**3
+        assert s.max_upload_bytes == 4_000_000_000
         assert (s.allow_private_urls, s.check_creator_info, s.webhook_tolerance_seconds) == (False, True, 300)
         assert s.status_base() is None
 

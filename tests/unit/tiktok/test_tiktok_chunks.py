@@ -11,7 +11,7 @@ from reelay_common.errors import InvalidInputError
 from reelay_common.tiktok.chunks import chunk_ranges, plan_chunks
 from reelay_common.tiktok.models import FileUploadSourceInfo
 
-FOUR_GIB = 4 * 1024**3
+FOUR_GB = 4_000_000_000  # the safe reading of "4 GB" (see chunks.py)
 MIB = 1024 * 1024
 # Written from the reference (§3 "MB ambiguity"), not imported from the planner.
 SAFE_MIN_CHUNK = 5 * MIB
@@ -56,7 +56,7 @@ def assert_ranges_tile_the_file(plan: FileUploadSourceInfo) -> None:
 
 
 sizes = st.one_of(
-    st.integers(min_value=1, max_value=FOUR_GIB),
+    st.integers(min_value=1, max_value=FOUR_GB),
     st.sampled_from(
         [
             1,
@@ -72,8 +72,8 @@ sizes = st.one_of(
             127_999_999,
             128_000_000,
             128_000_001,
-            FOUR_GIB - 1,
-            FOUR_GIB,
+            FOUR_GB - 1,
+            FOUR_GB,
         ]
     ),
 )
@@ -94,7 +94,7 @@ class TestPlanChunks:
     @settings(max_examples=2000, deadline=None)
     @given(video_size=sizes, preference=preferences)
     @example(video_size=100_000_000, preference=64_000_000)  # the floor trap of the reference
-    @example(video_size=FOUR_GIB, preference=SAFE_MIN_CHUNK)
+    @example(video_size=FOUR_GB, preference=SAFE_MIN_CHUNK)
     def test_any_preference_yields_a_valid_plan(self, video_size: int, preference: int) -> None:
         plan = plan_chunks(video_size, chunk_size=preference)
         assert_plan_is_valid(video_size, plan)
@@ -124,11 +124,16 @@ class TestPlanChunks:
         assert (plan.chunk_size, plan.total_chunk_count) == (10_000_000, 25)
         assert chunk_ranges(plan)[-1] == (240_000_000, 250_000_122)
 
-    def test_four_gib_with_the_default_has_429_chunks(self) -> None:
-        plan = plan_chunks(FOUR_GIB)
-        assert plan.total_chunk_count == 429
+    def test_four_gb_with_the_default_has_400_chunks(self) -> None:
+        plan = plan_chunks(FOUR_GB)
+        assert plan.total_chunk_count == 400
         first, last = chunk_ranges(plan)[-1]
         assert last - first + 1 <= 19_999_999
+
+    def test_the_reference_4_gib_example_would_have_429_chunks_but_is_over_the_safe_cap(self) -> None:
+        # The reference's own example (4 GiB -> 429 chunks) lies above 4,000,000,000: refused up front.
+        with pytest.raises(InvalidInputError):
+            plan_chunks(4 * 1024**3)
 
     def test_floor_trap_is_avoided(self) -> None:
         plan = plan_chunks(100_000_000, chunk_size=64_000_000)
@@ -154,7 +159,7 @@ class TestPlanChunksRefuses:
             plan_chunks(video_size)
         assert info.value.code == code
 
-    @pytest.mark.parametrize("video_size", [FOUR_GIB + 1, 5 * 10**9])
+    @pytest.mark.parametrize("video_size", [FOUR_GB + 1, 5 * 10**9])
     def test_videos_over_4_gib(self, video_size: int) -> None:
         with pytest.raises(InvalidInputError) as info:
             plan_chunks(video_size)

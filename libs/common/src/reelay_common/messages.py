@@ -35,7 +35,9 @@ AccountId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-
 PrivacyLevel = Literal["PUBLIC_TO_EVERYONE", "MUTUAL_FOLLOW_FRIENDS", "FOLLOWER_OF_CREATOR", "SELF_ONLY"]
 UploadMode = Literal["direct", "inbox"]
 StateSource = Literal["ingest", "uploader", "poller", "webhook"]
-MAX_VIDEO_BYTES = 4 * 1024 * 1024 * 1024  # TikTok: max file size 4 GB
+# TikTok: "max file size 4 GB". Like "MB" in the chunk rules, "GB" has two readings (10^9 and 2^30);
+# we take the one safe under both, so a file TikTok may refuse is refused here first, clearly.
+MAX_VIDEO_BYTES = 4_000_000_000
 ALLOWED_CONTENT_TYPES = ("video/mp4", "video/quicktime", "video/webm")
 
 

@@ -9,9 +9,10 @@ The rules, and how the planner keeps them:
   between chunk_size and 2 x chunk_size would otherwise become one oversize chunk). The last chunk is
   then shorter than 2 x chunk_size, so at most 128,000,000 bytes.
 - At most 1000 chunks: with chunk_size >= 5,242,880 and the size cap, a plan has at most 819.
-- The size cap "4 GB" is read as 4 GiB (4 * 1024**3 = 4,294,967,296 bytes), the same cap the
-  ingest API enforces (`messages.MAX_VIDEO_BYTES`): the larger reading, so we never refuse a file
-  TikTok would take. Anything larger is refused with InvalidInputError before any call to TikTok.
+- The size cap "4 GB" is read as 4,000,000,000 bytes, the same cap the ingest API enforces
+  (`messages.MAX_VIDEO_BYTES`): the reading safe under both meanings of "GB", as for "MB", so we
+  never send a file TikTok may refuse. Anything larger is refused with InvalidInputError before
+  any call to TikTok.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from reelay_common.errors import InvalidInputError
 from reelay_common.messages import MAX_VIDEO_BYTES
 from reelay_common.tiktok.models import FileUploadSourceInfo
 
-MAX_VIDEO_SIZE: Final = MAX_VIDEO_BYTES  # 4 GiB
+MAX_VIDEO_SIZE: Final = MAX_VIDEO_BYTES  # 4,000,000,000 bytes
 SINGLE_CHUNK_MAX: Final = 64_000_000
 MIN_CHUNK_SIZE: Final = 5_242_880  # 5 MiB, which is also >= 5,000,000
 MAX_CHUNK_SIZE: Final = 64_000_000  # 64 * 10^6, which is also <= 64 MiB
