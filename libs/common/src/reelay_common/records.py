@@ -51,6 +51,10 @@ class UploadRecord(BaseModel):
     poll_attempts: int = 0
     poll_lease_until: datetime | None = None
     tracking_started_at: datetime | None = None
+    # Facts learnt after the outcome (status-poller), not states: the user posted an inbox draft
+    # (PUBLISH_COMPLETE of an inbox upload); TikTok withdrew the public post.
+    user_posted_draft_at: datetime | None = None
+    no_longer_public_at: datetime | None = None
     # The last state announced on reelay.publish.status (StateRecorder): lets a retry re-announce a
     # transition whose announcement failed after the guarded update had already applied it.
     announced_state: UploadState | None = None
