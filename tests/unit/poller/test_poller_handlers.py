@@ -458,6 +458,7 @@ class TestWebhooks:
 
         record = await h.get()
         assert record.state is S.INBOX_DELIVERED
+        assert record.user_posted_draft_at == h.clock()
         assert h.announced_states() == [S.INBOX_DELIVERED]
 
     async def test_failed_records_the_reason(self, h: Harness) -> None:
@@ -495,7 +496,9 @@ class TestWebhooks:
             webhook("post.publish.no_longer_publicaly_available", post_id="7300000000000000002"), h.deps
         )
 
-        assert (await h.get()).state is S.PUBLISHED
+        record = await h.get()
+        assert record.state is S.PUBLISHED
+        assert record.no_longer_public_at == h.clock()
         assert h.announced_states() == [S.PUBLISHED]
 
     async def test_unknown_publish_id_is_skipped(self, h: Harness) -> None:

@@ -437,11 +437,9 @@ async def _add_post_ids(
 
 
 async def _note_fact(record: UploadRecord, fields: Mapping[str, Any], deps: PollerDeps) -> None:
-    """Keep a fact about the post (not a state): logged always, stored where the record has a field."""
+    """Keep a fact about the post (not a state) in the upload's document, and log it."""
     log.info("publish_fact", request_id=record.request_id, publish_id=record.publish_id, **fields)
-    known = {k: v for k, v in fields.items() if k in UploadRecord.model_fields}
-    if known:
-        await deps.store.checkpoint(record.request_id, known)
+    await deps.store.checkpoint(record.request_id, fields)
 
 
 async def _schedule(record: UploadRecord, next_at: datetime, deps: PollerDeps) -> None:
