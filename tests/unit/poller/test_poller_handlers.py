@@ -162,6 +162,7 @@ class TestPollMapsTikTokStatus:
         record = await h.get()
         assert record.state is S.INBOX_DELIVERED
         assert record.history[-1].detail["user_posted_draft"] is True
+        assert record.user_posted_draft_at == h.clock()
         assert h.announced_states() == [S.INBOX_DELIVERED]
 
     async def test_failed_records_tiktoks_fail_reason(self, h: Harness) -> None:
@@ -456,9 +457,13 @@ class TestWebhooks:
 
         await handle_publish_event(webhook("post.publish.complete", publish_type="INBOX_SHARE"), h.deps)
 
+        posted_at = h.clock()
+        h.clock.advance(30)
+        await handle_publish_event(webhook("post.publish.complete", publish_type="INBOX_SHARE"), h.deps)
+
         record = await h.get()
         assert record.state is S.INBOX_DELIVERED
-        assert record.user_posted_draft_at == h.clock()
+        assert record.user_posted_draft_at == posted_at
         assert h.announced_states() == [S.INBOX_DELIVERED]
 
     async def test_failed_records_the_reason(self, h: Harness) -> None:

@@ -184,8 +184,8 @@ async def apply_webhook(event: TikTokWebhookReceived, deps: PollerDeps) -> None:
             await _record_terminal(
                 record, UploadState.INBOX_DELIVERED, "webhook", {**detail, "user_posted_draft": True}, deps
             )
-            await _note_fact(record, {"user_posted_draft_at": deps.clock()}, deps)
-            bound.info("inbox_draft_posted")
+            if record.user_posted_draft_at is None:  # TikTok may repeat it for drafts
+                await _note_fact(record, {"user_posted_draft_at": deps.clock()}, deps)
         else:
             await _record_terminal(record, UploadState.PUBLISHED, "webhook", detail, deps)
     elif event.event == EVENT_INBOX_DELIVERED:
@@ -287,7 +287,8 @@ async def _apply_status(record: UploadRecord, status: PublishStatus, deps: Polle
                 source="poller",
                 detail={**detail, "user_posted_draft": True},
             )
-            await _note_fact(record, {"user_posted_draft_at": deps.clock()}, deps)
+            if record.user_posted_draft_at is None:
+                await _note_fact(record, {"user_posted_draft_at": deps.clock()}, deps)
             return moved
         set_fields: dict[str, Any] = {}
         merged = _merge(record.post_ids, status.publicaly_available_post_id)
