@@ -147,3 +147,41 @@ class TestMongoHelpers:
         await ensure_indexes(mongo_db)
         names = {ix["name"] async for ix in await mongo_db["uploads"].list_indexes()}
         assert {"account_state", "publish_id", "poll_next_at"} <= names
+
+
+class TestLargeBlobs:
+    async def test_a_file_larger_than_a_wire_message_reads_back_whole_and_from_an_offset(
+        self, mongo_db: AsyncDatabase[dict[str, Any]]
+    ) -> None:
+        # > 48 MB: a reader that fetched chunks in default-sized cursor batches (101 x 1 MiB)
+        # would get a reply over the wire-message limit from FerretDB and fail with ProtocolError.
+        size = 50 * GRIDFS_CHUNK_BYTES + 777
+        block = os.urandom(GRIDFS_CHUNK_BYTES)
+
+        async def pieces() -> AsyncIterator[bytes]:
+            sent = 0
+            while sent < size:
+                n = min(len(block), size - sent)
+                sent += n
+                yield block[:n]
+
+        expected = hashlib.sha256()
+        sent = 0
+        while sent < size:
+            n = min(len(block), size - sent)
+            expected.update(block[:n])
+            sent += n
+
+        store = GridFSBlobStore(mongo_db)
+        source = await store.save(pieces(), filename="big.mp4", content_type="video/mp4", max_bytes=size)
+        reader = await store.open(source)
+
+        got = hashlib.sha256()
+        async for piece in reader.stream(0, size):
+            assert len(piece) <= GRIDFS_CHUNK_BYTES
+            got.update(piece)
+        assert got.hexdigest() == expected.hexdigest()
+
+        tail_offset = size - GRIDFS_CHUNK_BYTES - 100
+        tail = await collect(reader.stream(tail_offset, size - tail_offset))
+        assert tail == (block * 51)[tail_offset:size]

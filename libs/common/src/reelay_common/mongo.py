@@ -26,6 +26,7 @@ from gridfs import AsyncGridFSBucket
 from gridfs.errors import NoFile
 from pydantic import BaseModel
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
@@ -390,12 +391,28 @@ class MongoUploadStore:
 
 
 class GridFSVideoReader:
-    """A GridFS file read as a VideoReader: any offset, bounded pieces, nothing held in memory."""
+    """A GridFS file read as a VideoReader: any offset, bounded pieces, nothing held in memory.
 
-    def __init__(self, bucket: AsyncGridFSBucket, file_id: ObjectId, *, size: int, content_type: str) -> None:
-        self._bucket = bucket
+    Chunks are read with our own cursor in small batches: FerretDB v1 does not cap a cursor batch
+    at 16 MiB as MongoDB does, so PyMongo's GridOut (default batch: 101 chunks of 1 MiB) gets a
+    reply larger than the 48 MB wire-message limit and fails with ProtocolError.
+    """
+
+    _BATCH_CHUNKS = 4  # ~4 MiB per reply: small, and well below every server's message limit
+
+    def __init__(
+        self,
+        chunks: AsyncCollection[dict[str, Any]],
+        file_id: ObjectId,
+        *,
+        size: int,
+        chunk_size: int,
+        content_type: str,
+    ) -> None:
+        self._chunks = chunks
         self._file_id = file_id
         self._size = size
+        self._chunk_size = chunk_size
         self._content_type = content_type
 
     @property
@@ -414,25 +431,32 @@ class GridFSVideoReader:
             raise ValueError(f"range [{offset}, {offset + length}) is outside a file of {self._size} bytes")
         if length == 0:
             return
-        with _translated("open a GridFS file"):
-            try:
-                grid_out = await self._bucket.open_download_stream(self._file_id)
-            except NoFile as exc:
-                raise InvalidInputError(
-                    f"blob {self._file_id} no longer exists", code="blob_not_found"
-                ) from exc
+        n = offset // self._chunk_size
+        skip = offset - n * self._chunk_size
+        remaining = length
+        cursor = (
+            self._chunks.find({"files_id": self._file_id, "n": {"$gte": n}}, projection={"n": 1, "data": 1})
+            .sort("n", ASCENDING)
+            .batch_size(self._BATCH_CHUNKS)
+        )
         try:
-            await grid_out.seek(offset)
-            remaining = length
             while remaining > 0:
                 with _translated("read a GridFS chunk"):
-                    piece = await grid_out.read(min(GRIDFS_CHUNK_BYTES, remaining))
+                    doc = await cursor.next()
+                if doc["n"] != n:
+                    raise RetryableError(f"blob {self._file_id} is missing chunk {n}")
+                data = bytes(doc["data"])[skip:]
+                skip = 0
+                piece = data[:remaining]
                 if not piece:
                     raise RetryableError(f"blob {self._file_id} ended {remaining} bytes early")
                 remaining -= len(piece)
+                n += 1
                 yield piece
+        except StopAsyncIteration as exc:
+            raise RetryableError(f"blob {self._file_id} ended {remaining} bytes early") from exc
         finally:
-            await grid_out.close()
+            await cursor.close()
 
 
 class GridFSBlobStore:
@@ -523,22 +547,22 @@ class GridFSBlobStore:
         """A reader of the stored file (checks it exists and has the recorded size)."""
         file_id = _object_id(source.blob_id)
         with _translated("open a GridFS file"):
-            try:
-                grid_out = await self._bucket.open_download_stream(file_id)
-            except NoFile as exc:
-                raise InvalidInputError(
-                    f"blob {source.blob_id} does not exist", code="blob_not_found"
-                ) from exc
-        try:
-            size = grid_out.length
-        finally:
-            await grid_out.close()
+            meta = await self._files.find_one({"_id": file_id})
+        if meta is None:
+            raise InvalidInputError(f"blob {source.blob_id} does not exist", code="blob_not_found")
+        size = int(meta["length"])
         if size != source.size:
             raise InvalidInputError(
                 f"blob {source.blob_id} has {size} bytes, the request said {source.size}",
                 code="blob_size_mismatch",
             )
-        return GridFSVideoReader(self._bucket, file_id, size=size, content_type=source.content_type)
+        return GridFSVideoReader(
+            self._chunks,
+            file_id,
+            size=size,
+            chunk_size=int(meta["chunkSize"]),
+            content_type=source.content_type,
+        )
 
     async def delete(self, blob_id: str) -> None:
         """Delete a stored file; deleting one that is already gone is fine."""
