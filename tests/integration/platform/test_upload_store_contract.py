@@ -286,11 +286,23 @@ class TestPolling:
         assert (record.poll_next_at, record.poll_attempts, record.poll_lease_until) == (at(5), 1, None)
         assert await store.claim_due_poll(at(6), 300) is not None
 
-    async def test_never_claims_terminal_uploads(self, store: UploadStore) -> None:
+    @pytest.mark.parametrize("terminal", [S.FAILED, S.INBOX_DELIVERED, S.UNCONFIRMED])
+    async def test_never_claims_finished_uploads(self, store: UploadStore, terminal: S) -> None:
         await store.create(cmd(1), source="ingest")
         await store.schedule_poll("req-1", at(0), attempts=0)
-        await store.transition("req-1", S.PUBLISHED, source="webhook")
+        await store.transition("req-1", terminal, source="webhook")
         assert await store.claim_due_poll(at(1), 30) is None
+
+    async def test_claims_a_published_upload_only_while_it_is_watched_for_post_ids(
+        self, store: UploadStore
+    ) -> None:
+        await store.create(cmd(1), source="ingest")
+        await store.transition("req-1", S.PUBLISHED, source="poller", set_fields={"poll_next_at": at(0)})
+        claimed = await store.claim_due_poll(at(1), 30)
+        assert claimed is not None
+        assert claimed.state is S.PUBLISHED
+        await store.checkpoint("req-1", {"poll_next_at": None, "poll_lease_until": None})
+        assert await store.claim_due_poll(at(100), 30) is None
 
     async def test_concurrent_claims_lease_each_upload_exactly_once(self, store: UploadStore) -> None:
         for n in range(5):

@@ -147,15 +147,16 @@ class Harness:
         return await poll_once(claimed, deps or self.deps)
 
     async def poll_when_due(self, request_id: str = "req-1") -> PollOutcome | None:
-        """Poll one upload at its due time, whatever its state (as a settled-but-watched upload is).
-
-        The in-memory store, like Mongo's, leases only non-terminal uploads today, so the
-        published-post watch is driven here directly."""
+        """Move the fake clock to the upload's next poll and do what the scheduler does then:
+        claim it (the store leases a published upload while it is watched for post ids) and poll."""
         record = await self.get(request_id)
         if record.poll_next_at is None:
             return None
         self.clock.now = max(self.clock.now, record.poll_next_at)
-        return await poll_once(record, self.deps)
+        claimed = await self.store.claim_due_poll(self.clock(), 30)
+        assert claimed is not None, "a due, tracked upload must be claimable"
+        assert claimed.request_id == request_id
+        return await poll_once(claimed, self.deps)
 
     def announced(self, request_id: str = "req-1") -> list[PublishStatusChanged]:
         """What was announced on the status topic about one upload, in order."""

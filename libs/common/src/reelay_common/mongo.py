@@ -248,6 +248,10 @@ class WriteGuard:
             return await write()
 
 
+# Terminal states that end tracking for good; `published` may still be watched for post ids.
+UNPOLLED_STATES: frozenset[UploadState] = TERMINAL_STATES - {UploadState.PUBLISHED}
+
+
 class MongoUploadStore:
     """The `uploads` collection (ports.UploadStore): guarded, forward-only, single-document updates.
 
@@ -359,11 +363,15 @@ class MongoUploadStore:
         return UploadRecord.model_validate(doc) if doc is not None else None
 
     async def claim_due_poll(self, now: datetime, lease_seconds: float) -> UploadRecord | None:
-        """Lease one non-terminal upload whose poll is due and not leased by another replica."""
+        """Lease one tracked upload whose poll is due and not leased by another replica.
+
+        Tracked: not terminal, or `published` while the poller still watches it for its post ids
+        (it clears `poll_next_at` when it stops watching). Other terminal states are never polled.
+        """
         now = to_bson(now)
         due: Document = {
             "poll_next_at": {"$lte": now},
-            "state": {"$nin": [s.value for s in TERMINAL_STATES]},
+            "state": {"$nin": [s.value for s in UNPOLLED_STATES]},
             "$or": [{"poll_lease_until": None}, {"poll_lease_until": {"$lt": now}}],
         }
         lease = {"$set": {"poll_lease_until": now + timedelta(seconds=lease_seconds)}}

@@ -19,10 +19,10 @@ from reelay_common.messages import (
     StateSource,
     UploadRequested,
 )
-from reelay_common.mongo import bson_now, check_settable, new_upload_document, to_bson
+from reelay_common.mongo import UNPOLLED_STATES, bson_now, check_settable, new_upload_document, to_bson
 from reelay_common.ports import RateBucket
 from reelay_common.records import AccountRecord, UploadRecord
-from reelay_common.states import TERMINAL_STATES, UploadState, states_before
+from reelay_common.states import UploadState, states_before
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -124,9 +124,9 @@ class InMemoryUploadStore:
         return None
 
     async def claim_due_poll(self, now: datetime, lease_seconds: float) -> UploadRecord | None:
-        """Lease the earliest due, unleased, non-terminal upload."""
+        """Lease the earliest due, unleased, tracked upload (as MongoUploadStore.claim_due_poll)."""
         now = to_bson(now)
-        terminal = {s.value for s in TERMINAL_STATES}
+        terminal = {s.value for s in UNPOLLED_STATES}
         due = [
             d
             for d in self.docs.values()
