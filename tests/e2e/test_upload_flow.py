@@ -18,8 +18,8 @@ pytestmark = pytest.mark.e2e
 BIG_VIDEO_BYTES = 70 * 1000 * 1000  # > 64 MB: TikTok requires several chunks
 
 
-async def connect_account(http: httpx.AsyncClient, stack: Stack, *, private: bool = False) -> str:
-    """Create a sandbox user, take its tokens and register them with ingest. Returns account_id."""
+async def connect_account(http: httpx.AsyncClient, stack: Stack, *, private: bool = False) -> tuple[str, str]:
+    """Create a sandbox user, take its tokens and register them with ingest: (account_id, open_id)."""
     username = f"e2e-{uuid.uuid4().hex[:8]}"
     resp = await http.post(
         f"{stack.sandbox_url}/sandbox/users", json={"username": username, "private_account": private}
@@ -44,7 +44,7 @@ async def connect_account(http: httpx.AsyncClient, stack: Stack, *, private: boo
         },
     )
     assert resp.status_code == 201, resp.text
-    return account_id
+    return account_id, open_id
 
 
 def sha256_file(path: Path) -> str:
@@ -59,7 +59,7 @@ class TestUploadThroughTheStack:
     async def test_large_video_is_published_in_sequential_chunks(
         self, stack: Stack, http: httpx.AsyncClient, video_dir: Path
     ) -> None:
-        account_id = await connect_account(http, stack)
+        account_id, _ = await connect_account(http, stack)
         video = video_dir / "big.mp4"
         write_sample_mp4(video, BIG_VIDEO_BYTES)
 
@@ -92,9 +92,13 @@ class TestUploadThroughTheStack:
         publish = (await http.get(f"{stack.sandbox_url}/sandbox/publishes/{final['publish_id']}")).json()
         chunks = publish["chunks"]
         assert len(chunks) >= 2, "a > 64 MB video must go in several chunks"
+        assert [c["order"] for c in chunks] == sorted(c["order"] for c in chunks)
+        assert all(c["stored"] for c in chunks), "no fault was injected: every PUT is accepted"
+        assert [c["status_code"] for c in chunks] == [206] * (len(chunks) - 1) + [201]
         expected_first = 0
         for chunk in chunks:
             assert chunk["first"] == expected_first, "chunks must be sequential and contiguous"
+            assert chunk["size"] == chunk["last"] - chunk["first"] + 1
             expected_first = chunk["last"] + 1
         assert expected_first == BIG_VIDEO_BYTES
         assert publish["complete"] is True

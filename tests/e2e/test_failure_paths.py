@@ -1,0 +1,189 @@
+"""Specification of the promises under failure, through the running stack (real processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer
+from reelay_common.kafka import KafkaPublisher
+from reelay_common.messages import DeadLetter, PublishStatusChanged, UploadRequested, UrlSource, dlq_topic
+from reelay_common.states import UploadState
+from tiktok_sandbox.media import write_sample_mp4
+
+from tests.e2e.stack import Stack, free_port, wait_for
+from tests.e2e.test_upload_flow import connect_account, sha256_file
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def file_server(video_dir: Path) -> Iterator[str]:
+    """Serve `video_dir` over HTTP on loopback, as an upstream's media server would."""
+    port = free_port()
+    proc = subprocess.Popen(  # our own interpreter's stdlib server, on loopback
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(video_dir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(base, timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    try:
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def read_topic(bootstrap: str, topic: str, *, until: int, timeout: float) -> list[bytes]:
+    """Every record value on `topic` from the start, once at least `until` arrived (bounded)."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(values) < until:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                values.extend(r.value for r in records)
+    finally:
+        await consumer.stop()
+    return values
+
+
+class TestCrashes:
+    async def test_an_uploader_killed_mid_upload_resumes_and_posts_once(
+        self, stack: Stack, http: httpx.AsyncClient, video_dir: Path
+    ) -> None:
+        account_id, open_id = await connect_account(http, stack)
+        video = video_dir / "crash.mp4"
+        size = 100 * 1000 * 1000
+        write_sample_mp4(video, size)
+        with video.open("rb") as f:
+            resp = await http.post(
+                f"{stack.ingest_url}/v1/uploads",
+                headers=stack.headers,
+                data={
+                    "account_id": account_id,
+                    "mode": "direct",
+                    "post_info": json.dumps({"privacy_level": "SELF_ONLY"}),
+                },
+                files={"file": ("crash.mp4", f, "video/mp4")},
+            )
+        assert resp.status_code == 202, resp.text
+        request_id = resp.json()["request_id"]
+
+        # Kill the uploader (SIGKILL: no clean-up) once TikTok holds some but not all of the bytes.
+        deadline = time.monotonic() + 180
+        stored = 0
+        while time.monotonic() < deadline:
+            listing = (
+                await http.get(f"{stack.sandbox_url}/sandbox/publishes", params={"open_id": open_id})
+            ).json()
+            if listing["publishes"]:
+                publish = listing["publishes"][0]
+                stored = sum(1 for c in publish["chunks"] if c["stored"])
+                if stored >= 1:
+                    break
+            await asyncio.sleep(0.1)
+        assert stored >= 1, f"no chunk reached the sandbox in time\n{stack.logs()}"
+        stack.kill("uploader")
+        assert not publish["complete"], "the upload finished before the kill: nothing was tested"
+        stack.start("uploader")
+
+        final = await wait_for(
+            http,
+            f"{stack.ingest_url}/v1/uploads/{request_id}",
+            until={"published", "failed", "unconfirmed"},
+            timeout=300,
+            headers=stack.headers,
+        )
+        assert final["state"] == "published", f"{final}\n{stack.logs()}"
+
+        listing = (
+            await http.get(f"{stack.sandbox_url}/sandbox/publishes", params={"open_id": open_id})
+        ).json()
+        assert listing["count"] == 1, (
+            "one request, one TikTok publish: the restart resumed, it did not init again"
+        )
+        publish = listing["publishes"][0]
+        assert publish["complete"] is True
+        assert publish["sha256"] == sha256_file(video)
+        stored_firsts = [c["first"] for c in publish["chunks"] if c["stored"]]
+        assert len(stored_firsts) == len(set(stored_firsts)), "no chunk was stored twice"
+
+
+class TestRecordsFromUpstream:
+    async def test_a_record_produced_directly_is_processed_and_a_malformed_one_is_dead_lettered(
+        self,
+        stack: Stack,
+        http: httpx.AsyncClient,
+        video_dir: Path,
+        file_server: str,
+        kafka_bootstrap_servers: str,
+    ) -> None:
+        account_id, _ = await connect_account(http, stack)
+        video = video_dir / "upstream.mp4"
+        write_sample_mp4(video, 12 * 1000 * 1000)
+        request_id = f"upstream-{uuid.uuid4().hex[:12]}"
+        command = UploadRequested(
+            request_id=request_id,
+            account_id=account_id,
+            mode="inbox",
+            source=UrlSource(url=f"{file_server}/upstream.mp4"),
+        )
+        requests_topic = stack.topics["REELAY_TOPIC_UPLOAD_REQUESTED"]
+
+        async with KafkaPublisher(kafka_bootstrap_servers, client_id="e2e-upstream") as producer:
+            # Same key as the good record: same partition, so the consumer must get past the bad one.
+            await producer.publish_raw(requests_topic, b"{not json", key=account_id.encode())
+            await producer.publish(requests_topic, command, key=account_id)
+
+        final = await wait_for(
+            http,
+            f"{stack.ingest_url}/v1/uploads/{request_id}",
+            until={"inbox_delivered", "published", "failed", "unconfirmed"},
+            timeout=180,
+            headers=stack.headers,
+        )
+        assert final["state"] == "inbox_delivered", f"{final}\n{stack.logs()}"
+
+        [dead] = await read_topic(kafka_bootstrap_servers, dlq_topic(requests_topic), until=1, timeout=30)
+        letter = DeadLetter.model_validate_json(dead)
+        assert (letter.topic, letter.value) == (requests_topic, "{not json")
+        assert letter.reason
+
+        # Upstream hears every change of its request on the outbound topic, in order, ending terminal.
+        values = await read_topic(
+            kafka_bootstrap_servers, stack.topics["REELAY_TOPIC_PUBLISH_STATUS"], until=10_000, timeout=5
+        )
+        changes = [PublishStatusChanged.model_validate_json(v) for v in values]
+        mine = [c.state for c in changes if c.request_id == request_id]
+        assert mine[-1] is UploadState.INBOX_DELIVERED
+        assert mine == sorted(mine, key=lambda s: s.rank), mine
+        assert UploadState.UPLOADED in mine
