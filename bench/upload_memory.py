@@ -75,7 +75,9 @@ async def one_upload(base_url: str, path: Path, mode: str) -> dict[str, float]:
         baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         started = time.perf_counter()
         if mode == "prototype":
-            reader: FileVideoReader | BytesVideoReader = BytesVideoReader(path.read_bytes(), piece_size=PIECE)
+            reader: FileVideoReader | BytesVideoReader = BytesVideoReader(
+                await asyncio.to_thread(path.read_bytes), piece_size=PIECE
+            )
         else:
             reader = FileVideoReader(path)
         plan = plan_chunks(reader.size)
@@ -154,7 +156,8 @@ def main() -> None:
     for size_mb, r in rows:
         s, p = r["streaming"], r["prototype"]
         print(
-            f"| {size_mb} MB | {s['baseline_rss_mb']:.0f} MB | {s['peak_rss_mb']:.0f} MB | {p['peak_rss_mb']:.0f} MB | "
+            f"| {size_mb} MB | {s['baseline_rss_mb']:.0f} MB | {s['peak_rss_mb']:.0f} MB "
+            f"| {p['peak_rss_mb']:.0f} MB | "
             f"{p['peak_rss_mb'] / s['peak_rss_mb']:.1f}x | {s['seconds']:.1f} | {p['seconds']:.1f} |"
         )
 
