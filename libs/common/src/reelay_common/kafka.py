@@ -190,11 +190,14 @@ class KafkaPublisher:
         """True when the producer is started and can see the cluster."""
         if self._producer is None:
             return False
+        # A metadata round trip to the cluster. (Not the partitions of `__consumer_offsets`: that
+        # topic only exists once some consumer group has committed, so a fresh broker would
+        # never look ready.)
         try:
-            await asyncio.wait_for(self._producer.partitions_for("__consumer_offsets"), 5)
+            metadata = await asyncio.wait_for(self._producer.client.fetch_all_metadata(), 5)
         except (KafkaError, TimeoutError):
             return False
-        return True
+        return bool(metadata.brokers())
 
 
 # ------------------------------------------------------------------------------------------- consumer
