@@ -78,6 +78,26 @@ class UploadStore(Protocol):
         ...
 
 
+class Recorder(Protocol):
+    """Records state changes and announces them on `reelay.publish.status` (StateRecorder)."""
+
+    async def record(
+        self,
+        request_id: str,
+        target: UploadState,
+        *,
+        source: StateSource,
+        detail: Mapping[str, Any] | None = None,
+        set_fields: Mapping[str, Any] | None = None,
+    ) -> UploadRecord | None:
+        """A guarded transition; when it moved, announce it. None when the guard refused."""
+        ...
+
+    async def announce(self, record: UploadRecord, *, source: StateSource) -> None:
+        """Announce the record's current state (e.g. `accepted`, or facts such as post ids)."""
+        ...
+
+
 class AccountStore(Protocol):
     """The `accounts` collection. Tokens go in and out in clear; at rest they are encrypted."""
 

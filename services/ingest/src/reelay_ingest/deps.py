@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from reelay_common.messages import BlobSource, StateSource
-from reelay_common.ports import AccountStore, Publisher, TikTokApi, UploadStore
-from reelay_common.records import UploadRecord
-from reelay_common.states import UploadState
+from reelay_common.messages import BlobSource
+from reelay_common.ports import AccountStore, Publisher, Recorder, TikTokApi, UploadStore
 
 from reelay_ingest.settings import IngestSettings
 
@@ -26,22 +24,6 @@ class BlobStore(Protocol):
         ...
 
     async def delete(self, blob_id: str) -> None: ...
-
-
-class Recorder(Protocol):
-    """Records state changes and announces them on `reelay.publish.status` (StateRecorder)."""
-
-    async def record(
-        self,
-        request_id: str,
-        target: UploadState,
-        *,
-        source: StateSource,
-        detail: Mapping[str, Any] | None = None,
-        set_fields: Mapping[str, Any] | None = None,
-    ) -> UploadRecord | None: ...
-
-    async def announce(self, record: UploadRecord, *, source: StateSource) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from reelay_common.errors import (
     InvalidInputError,
@@ -25,7 +25,7 @@ from reelay_common.errors import (
 )
 from reelay_common.logging import get_logger
 from reelay_common.messages import StateSource, TikTokWebhookReceived, VideoUploaded
-from reelay_common.ports import TikTokApi, UploadStore
+from reelay_common.ports import Recorder, TikTokApi, UploadStore
 from reelay_common.records import UploadRecord
 from reelay_common.states import UploadState
 from reelay_common.tiktok.models import PublishStatus
@@ -41,22 +41,6 @@ EVENT_AUTHORIZATION_REMOVED = "authorization.removed"
 
 # TikTok's answer to a publish it does not know: it will never become a post.
 CODE_INVALID_PUBLISH_ID = "invalid_publish_id"
-
-
-class Recorder(Protocol):
-    """The part of `reelay_common.recorder.StateRecorder` the poller uses."""
-
-    async def record(
-        self,
-        request_id: str,
-        target: UploadState,
-        *,
-        source: StateSource,
-        detail: Mapping[str, Any] | None = None,
-        set_fields: Mapping[str, Any] | None = None,
-    ) -> UploadRecord | None: ...
-
-    async def announce(self, record: UploadRecord, *, source: StateSource) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import structlog
 from reelay_common.errors import (
@@ -47,7 +47,7 @@ from reelay_common.messages import (
     VideoUploaded,
     utcnow,
 )
-from reelay_common.ports import Publisher, TikTokApi, UploadStore, VideoReader
+from reelay_common.ports import Publisher, Recorder, TikTokApi, UploadStore, VideoReader
 from reelay_common.records import UploadRecord
 from reelay_common.states import UploadState
 from reelay_common.tiktok.chunks import plan_chunks
@@ -71,22 +71,6 @@ Outcome = Literal[
     "superseded",
     "request_id_conflict",
 ]
-
-
-class Recorder(Protocol):
-    """The part of `reelay_common.recorder.StateRecorder` the uploader uses."""
-
-    async def record(
-        self,
-        request_id: str,
-        target: UploadState,
-        *,
-        source: StateSource,
-        detail: Mapping[str, Any] | None = None,
-        set_fields: Mapping[str, Any] | None = None,
-    ) -> UploadRecord | None: ...
-
-    async def announce(self, record: UploadRecord, *, source: StateSource) -> None: ...
 
 
 @dataclass(frozen=True)
