@@ -42,12 +42,7 @@ async def build_deps(settings: IngestSettings, stack: AsyncExitStack) -> IngestD
     )
 
     http = await stack.enter_async_context(httpx.AsyncClient(timeout=settings.tiktok_timeout_seconds))
-    client = TikTokClient(
-        http,
-        base_url=settings.tiktok_api_base_url,
-        client_key=settings.tiktok_client_key,
-        client_secret=settings.tiktok_client_secret,
-    )
+    client = TikTokClient.from_settings(http, settings)
     accounts = MongoAccountStore(db, TokenCipher(settings.token_encryption_key))
     gateway = TikTokGateway(
         client,

@@ -134,12 +134,7 @@ async def run(
 
         store = MongoUploadStore(db)
         recorder = StateRecorder(store, publisher, status_topic=settings.topic_publish_status)
-        client = TikTokClient(
-            tiktok_http,
-            base_url=settings.tiktok_api_base_url,
-            client_key=settings.tiktok_client_key,
-            client_secret=settings.tiktok_client_secret,
-        )
+        client = TikTokClient.from_settings(tiktok_http, settings)
         accounts = MongoAccountStore(db, TokenCipher(settings.token_encryption_key))
         gateway = TikTokGateway(client, MongoTokenProvider(accounts, client), MongoRateLimiter(db))
         deps = UploaderDeps(

@@ -37,6 +37,7 @@ from reelay_common.errors import (
 )
 from reelay_common.logging import get_logger
 from reelay_common.messages import PostInfo
+from reelay_common.settings import CommonSettings
 from reelay_common.tiktok.models import (
     CreatorInfo,
     InitResult,
@@ -143,6 +144,16 @@ class TikTokClient:
         self._base_url = base_url.rstrip("/")
         self._client_key = client_key
         self._client_secret = client_secret
+
+    @classmethod
+    def from_settings(cls, http: httpx.AsyncClient, settings: CommonSettings) -> TikTokClient:
+        """The client for the TikTok endpoint and app credentials in `settings`."""
+        return cls(
+            http,
+            base_url=settings.tiktok_api_base_url,
+            client_key=settings.tiktok_client_key,
+            client_secret=settings.tiktok_client_secret,
+        )
 
     # ---- data endpoints (envelope) -------------------------------------------------------------
 
