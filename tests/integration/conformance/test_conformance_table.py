@@ -1097,13 +1097,13 @@ async def comply_privacy_offered(w: World) -> None:
     record = await uploader(w).handle(
         direct_cmd("public-acct", PostInfo(privacy_level="FOLLOWER_OF_CREATOR"))
     )
-    assert failure(record)["code"] == "privacy_level_option_mismatch"
+    assert failure(record)["code"] == "privacy_level_not_offered"
     private = await new_user(w.admin, "private", private_account=True)
     private_token = (await grant_for(w.admin, private))["access_token"]
     record = await uploader(w, token=private_token).handle(
         direct_cmd("private-acct", PostInfo(privacy_level="PUBLIC_TO_EVERYONE"))
     )
-    assert failure(record)["code"] == "privacy_level_option_mismatch"
+    assert failure(record)["code"] == "privacy_level_not_offered"
     # Ingest refuses it earlier still, at the API, with the levels the creator does offer.
     accounts = InMemoryAccountStore()
     accounts.add_connected(ACCOUNT)

@@ -11,7 +11,9 @@ from reelay_common.messages import (
     PUBLISH_EVENT_ADAPTER,
     DeadLetter,
     PostInfo,
+    PullFromUrlSource,
     UploadRequested,
+    UrlSource,
     VideoUploaded,
 )
 
@@ -132,3 +134,18 @@ class TestDeadLetter:
         letter = DeadLetter(topic="t", partition=2, offset=7, value="x", reason="invalid_json", error="bad")
         back = DeadLetter.model_validate_json(letter.model_dump_json())
         assert (back.topic, back.partition, back.offset, back.reason) == ("t", 2, 7, "invalid_json")
+
+
+class TestSourceUrls:
+    @pytest.mark.parametrize(
+        "url", ["https:///v.mp4", "https://", "http:///x", "https:// space.example/v.mp4"]
+    )
+    def test_a_url_without_a_host_is_refused(self, url: str) -> None:
+        with pytest.raises(ValidationError):
+            UrlSource(url=url)
+        with pytest.raises(ValidationError):
+            PullFromUrlSource(url=url)
+
+    def test_a_plain_https_url_is_accepted(self) -> None:
+        assert PullFromUrlSource(url="https://media.example.com/v.mp4").url.endswith("v.mp4")
+        assert UrlSource(url="http://media.example.com:8080/v.mp4").kind == "url"

@@ -625,7 +625,7 @@ class TestRefusals:
         assert record is not None
         assert record.state is UploadState.FAILED
         detail = record.history[-1].detail
-        assert detail["code"] == "privacy_level_option_mismatch"
+        assert detail["code"] == "privacy_level_not_offered"
         assert "PUBLIC_TO_EVERYONE" in detail["message"]
         assert world.tiktok.inits == []
         assert [h.state for h in record.history] == [UploadState.ACCEPTED, UploadState.FAILED]

@@ -83,7 +83,7 @@ class UrlSource(Message):
     """Reelay downloads the video from `url` and pushes it to TikTok in chunks (FILE_UPLOAD)."""
 
     kind: Literal["url"] = "url"
-    url: Annotated[str, Field(min_length=8, max_length=2048, pattern=r"^https?://")]
+    url: Annotated[str, Field(min_length=8, max_length=2048, pattern=r"^https?://[^/?#\s]+")]
 
 
 class PullFromUrlSource(Message):
@@ -91,7 +91,7 @@ class PullFromUrlSource(Message):
     verified for the app, with no redirects."""
 
     kind: Literal["pull_from_url"] = "pull_from_url"
-    url: Annotated[str, Field(min_length=9, max_length=2048, pattern=r"^https://")]
+    url: Annotated[str, Field(min_length=9, max_length=2048, pattern=r"^https://[^/?#\s]+")]
 
 
 class BlobSource(Message):

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from reelay_common.messages import BlobSource
+from reelay_common.messages import MAX_VIDEO_BYTES, BlobSource
 from reelay_common.ports import AccountStore, Publisher, Recorder, TikTokApi, UploadStore
 
 from reelay_ingest.settings import IngestSettings
@@ -50,7 +50,7 @@ class Policy:
 
     allow_private_urls: bool = False
     check_creator_info: bool = True
-    max_upload_bytes: int = 4 * 1024 * 1024 * 1024
+    max_upload_bytes: int = MAX_VIDEO_BYTES
     enqueue_timeout_seconds: float = 15.0
     webhook_tolerance_seconds: float = 300.0
 

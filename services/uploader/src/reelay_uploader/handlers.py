@@ -316,7 +316,7 @@ class _Job:
                 raise InvalidInputError(
                     f"privacy level {wanted} is not offered by this creator "
                     f"(offered: {', '.join(info.privacy_level_options) or 'none'})",
-                    code="privacy_level_option_mismatch",
+                    code="privacy_level_not_offered",
                 )
         self._validated = True
 
