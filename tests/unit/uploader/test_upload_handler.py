@@ -794,3 +794,73 @@ class TestPullFromUrl:
 
         assert len(world.tiktok.inits) == 2
         assert await world.state("req-pull") is UploadState.UPLOADED
+
+
+class TestStoredFiles:
+    """A file streamed into ingest is kept only while the upload needs its bytes."""
+
+    BLOB_ID = "6b0571000000000000000001"
+
+    def world(self, **tiktok: Any) -> tuple[World, list[str]]:
+        world = make_world(**tiktok)
+        world.readers[self.BLOB_ID] = PatternReader(BIG)
+        discarded: list[str] = []
+
+        async def discard(source: BlobSource) -> None:
+            discarded.append(source.blob_id)
+
+        world.deps = replace(world.deps, discard_blob=discard)
+        return world, discarded
+
+    def command(self) -> UploadRequested:
+        return UploadRequested.model_validate(
+            {
+                "request_id": "req-blob",
+                "account_id": "acct-1",
+                "mode": "inbox",
+                "source": {"kind": "blob", "blob_id": self.BLOB_ID, "size": BIG},
+            }
+        )
+
+    async def test_the_file_is_deleted_once_tiktok_has_every_byte(self) -> None:
+        world, discarded = self.world()
+        await handle_upload_requested(self.command(), world.deps)
+
+        assert await world.state("req-blob") is UploadState.UPLOADED
+        assert discarded == [self.BLOB_ID]
+
+    async def test_the_file_is_deleted_when_the_upload_failed_for_good(self) -> None:
+        world, discarded = self.world()
+        world.tiktok.init_errors = [TikTokRejectedError("no", code="spam_risk_too_many_pending_share")]
+        await handle_upload_requested(self.command(), world.deps)
+
+        assert await world.state("req-blob") is UploadState.FAILED
+        assert discarded == [self.BLOB_ID]
+
+    async def test_the_file_is_kept_while_a_retry_still_needs_it(self) -> None:
+        world, discarded = self.world()
+        world.tiktok.init_errors = [TransientTikTokError("internal_error", code="internal_error")]
+        with pytest.raises(RetryableError):
+            await handle_upload_requested(self.command(), world.deps)
+
+        assert discarded == []
+        await redeliver(self.command(), world)
+        assert discarded == [self.BLOB_ID]
+
+    async def test_a_file_that_cannot_be_deleted_does_not_fail_the_upload(self) -> None:
+        world, _ = self.world()
+
+        async def broken(source: BlobSource) -> None:
+            raise RetryableError("MongoDB could not delete a GridFS file")
+
+        world.deps = replace(world.deps, discard_blob=broken)
+        await handle_upload_requested(self.command(), world.deps)
+
+        assert await world.state("req-blob") is UploadState.UPLOADED
+
+    async def test_url_sources_have_nothing_to_delete(self) -> None:
+        world, discarded = self.world()
+        await handle_upload_requested(direct(), world.deps)
+
+        assert await world.state("req-1") is UploadState.UPLOADED
+        assert discarded == []

@@ -137,12 +137,14 @@ async def run(
         client = TikTokClient.from_settings(tiktok_http, settings)
         accounts = MongoAccountStore(db, TokenCipher(settings.token_encryption_key))
         gateway = TikTokGateway(client, MongoTokenProvider(accounts, client), MongoRateLimiter(db))
+        blobs = GridFSBlobStore(db)
         deps = UploaderDeps(
             store=store,
             recorder=recorder,
             publisher=publisher,
             tiktok=gateway,
-            open_reader=reader_factory(source_http, GridFSBlobStore(db), settings),
+            open_reader=reader_factory(source_http, blobs, settings),
+            discard_blob=lambda source: blobs.delete(source.blob_id),
             events_topic=settings.topic_publish_events,
             chunk_size=settings.chunk_size,
             max_video_bytes=settings.max_video_bytes,

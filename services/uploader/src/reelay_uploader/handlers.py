@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,6 +29,7 @@ from reelay_common.errors import (
     InvalidInputError,
     PermanentError,
     RateLimitedError,
+    ReelayError,
     RetryableError,
     TikTokRejectedError,
     TransientTikTokError,
@@ -63,6 +64,7 @@ UPLOAD_URL_LIFETIME = timedelta(hours=1)  # TikTok: an upload_url is valid for 1
 RETRYABLE_FAIL_REASONS = frozenset({"internal"})
 
 ReaderFactory = Callable[[UrlSource | BlobSource], AbstractAsyncContextManager[VideoReader]]
+BlobDiscarder = Callable[[BlobSource], Awaitable[None]]
 Outcome = Literal[
     "uploaded",
     "already_uploaded",
@@ -88,6 +90,9 @@ class UploaderDeps:
     max_init_attempts: int = 3
     upload_url_margin: timedelta = timedelta(minutes=5)
     clock: Callable[[], datetime] = utcnow
+    # Deletes a file streamed into ingest once TikTok holds its bytes or the upload failed for good:
+    # without it, stored videos would pile up forever.
+    discard_blob: BlobDiscarder | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,10 @@ async def handle_upload_requested(cmd: UploadRequested, deps: UploaderDeps) -> N
             async with AsyncExitStack() as resources:
                 job = _Job(record, deps, resources)
                 outcome = await job.run()
+            # After the reader is closed: the bytes are no longer needed once TikTok has them all
+            # or the upload is over. (A redelivery of a finished request lands here too: idempotent.)
+            if outcome in _BYTES_NO_LONGER_NEEDED and isinstance(record.source, BlobSource):
+                await _discard_blob(record.source, deps)
         except RetryableError as exc:
             outcome = "retry"
             log.info("upload_will_retry", error=type(exc).__name__, **_detail_fields(exc))
@@ -168,6 +177,23 @@ async def handle_upload_requested(cmd: UploadRequested, deps: UploaderDeps) -> N
                 duration_ms=round((time.monotonic() - started) * 1000),
             )
             structlog.contextvars.unbind_contextvars("publish_id")
+
+
+_BYTES_NO_LONGER_NEEDED: frozenset[str] = frozenset(
+    {"uploaded", "already_uploaded", "already_done", "failed"}
+)
+
+
+async def _discard_blob(source: BlobSource, deps: UploaderDeps) -> None:
+    """Best effort: a blob that could not be deleted costs storage, never the upload."""
+    if deps.discard_blob is None:
+        return
+    try:
+        await deps.discard_blob(source)
+    except ReelayError as exc:
+        log.warning("blob_discard_failed", blob_id=source.blob_id, error=type(exc).__name__)
+    else:
+        log.info("blob_discarded", blob_id=source.blob_id)
 
 
 def _detail_fields(exc: RetryableError) -> dict[str, Any]:
