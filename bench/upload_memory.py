@@ -21,12 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 from pydantic import SecretStr
-from reelay_common.testing import BytesVideoReader
+from reelay_common.testing import BytesVideoReader, FileVideoReader
 from reelay_common.tiktok.chunks import plan_chunks
 from reelay_common.tiktok.client import TikTokClient
 from reelay_common.tiktok.upload import upload_chunks
@@ -34,34 +33,6 @@ from tiktok_sandbox.media import write_sample_mp4
 
 CLIENT_KEY, CLIENT_SECRET = "bench-key", "bench-secret"
 PIECE = 256 * 1024
-
-
-class FileVideoReader:
-    """A VideoReader over a local file: reads pieces on demand, keeps nothing."""
-
-    def __init__(self, path: Path, content_type: str = "video/mp4") -> None:
-        self._path = path
-        self._size = path.stat().st_size
-        self._content_type = content_type
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    @property
-    def content_type(self) -> str:
-        return self._content_type
-
-    async def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
-        with self._path.open("rb") as f:
-            f.seek(offset)
-            remaining = length
-            while remaining > 0:
-                piece = await asyncio.to_thread(f.read, min(PIECE, remaining))
-                if not piece:
-                    raise EOFError("file ended early")
-                remaining -= len(piece)
-                yield piece
 
 
 async def one_upload(base_url: str, path: Path, mode: str) -> dict[str, float]:

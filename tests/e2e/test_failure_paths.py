@@ -20,7 +20,8 @@ from reelay_common.states import UploadState
 from tiktok_sandbox.media import write_sample_mp4
 
 from tests.e2e.stack import Stack, free_port, wait_for
-from tests.e2e.test_upload_flow import connect_account, sha256_file
+from tests.e2e.test_upload_flow import connect_account
+from tests.support import sha256_of
 
 pytestmark = pytest.mark.e2e
 
@@ -133,7 +134,7 @@ class TestCrashes:
         )
         publish = listing["publishes"][0]
         assert publish["complete"] is True
-        assert publish["sha256"] == sha256_file(video)
+        assert publish["sha256"] == sha256_of(video)
         stored_firsts = [c["first"] for c in publish["chunks"] if c["stored"]]
         assert len(stored_firsts) == len(set(stored_firsts)), "no chunk was stored twice"
 

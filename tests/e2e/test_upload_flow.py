@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 from tiktok_sandbox.media import write_sample_mp4
 
 from tests.e2e.stack import Stack, wait_for
+from tests.support import sha256_of
 
 pytestmark = pytest.mark.e2e
 
@@ -47,14 +47,6 @@ async def connect_account(http: httpx.AsyncClient, stack: Stack, *, private: boo
     return account_id, open_id
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class TestUploadThroughTheStack:
     async def test_large_video_is_published_in_sequential_chunks(
         self, stack: Stack, http: httpx.AsyncClient, video_dir: Path
@@ -86,7 +78,9 @@ class TestUploadThroughTheStack:
             headers=stack.headers,
         )
         assert final["state"] == "published", f"{final}\n{stack.logs()}"
-        states = [entry["state"] for entry in final["history"]]  # type: ignore[union-attr]
+        history = final["history"]
+        assert isinstance(history, list)
+        states = [entry["state"] for entry in history]
         assert states == ["accepted", "uploading", "uploaded", "processing", "published"]
 
         publish = (await http.get(f"{stack.sandbox_url}/sandbox/publishes/{final['publish_id']}")).json()
@@ -102,4 +96,4 @@ class TestUploadThroughTheStack:
             expected_first = chunk["last"] + 1
         assert expected_first == BIG_VIDEO_BYTES
         assert publish["complete"] is True
-        assert publish["sha256"] == sha256_file(video)
+        assert publish["sha256"] == sha256_of(video)

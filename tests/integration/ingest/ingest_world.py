@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -20,21 +20,9 @@ from reelay_ingest.app import create_app
 from reelay_ingest.settings import IngestSettings
 from tiktok_sandbox.testing import SandboxHandle, running_sandbox
 
+from tests.support import eventually
+
 API_KEY = "integration-key"
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[Any]], *, timeout: float = 30.0, what: str = "condition"
-) -> Any:
-    """Poll `probe` until it returns something truthy (bounded); return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def read_topic(

@@ -19,7 +19,8 @@ import httpx
 import pytest
 from tiktok_sandbox.media import iter_sample_mp4
 
-from tests.integration.ingest.ingest_world import API_KEY, eventually
+from tests.integration.ingest.ingest_world import API_KEY
+from tests.support import eventually
 
 MB = 1_000_000
 BOUNDARY = "reelayProcessTest"

@@ -14,7 +14,8 @@ from reelay_common.states import UploadState
 from tiktok_sandbox.media import iter_sample_mp4
 from tiktok_sandbox.webhooks import event_body, signature_header
 
-from tests.integration.ingest.ingest_world import IngestWorld, eventually, read_topic, topic_size
+from tests.integration.ingest.ingest_world import IngestWorld, read_topic, topic_size
+from tests.support import eventually
 
 MB = 1_000_000
 

@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,20 +31,11 @@ from reelay_status_poller.settings import PollerSettings
 from tiktok_sandbox.media import iter_sample_mp4
 from tiktok_sandbox.testing import SandboxHandle
 
+from tests.support import eventually
+
 # Consumers join and notice each other quickly in tests.
 FAST_KAFKA = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 500, "metadata_max_age_ms": 5000}
 VIDEO_BYTES = 700_000
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], *, timeout: float = 30.0, what: str = "condition"
-) -> None:
-    """Wait, bounded, until `check()` is true."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.1)
 
 
 @dataclass

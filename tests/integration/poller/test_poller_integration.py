@@ -19,7 +19,8 @@ import pytest
 from reelay_common.messages import TikTokWebhookReceived, dlq_topic
 from reelay_common.states import UploadState
 
-from tests.integration.poller.poller_world import World, eventually
+from tests.integration.poller.poller_world import World
+from tests.support import eventually
 
 S = UploadState
 

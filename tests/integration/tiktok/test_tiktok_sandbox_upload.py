@@ -9,18 +9,18 @@ from typing import Any
 
 import pytest
 from reelay_common.messages import PostInfo
+from reelay_common.testing import FileVideoReader
 from reelay_common.tiktok.chunks import plan_chunks
 from tiktok_sandbox.media import write_sample_mp4
 from tiktok_sandbox.testing import SandboxHandle
 
 from tests.integration.tiktok.tiktok_it import (
-    FileVideoReader,
     Stack,
     connect_account,
     sandbox_publishes,
     sandbox_stats,
-    sha256_of,
 )
+from tests.support import sha256_of
 
 SELF_ONLY = PostInfo(privacy_level="SELF_ONLY")
 # What the sandbox counts as a "violation" when it injects a fault itself: allowed in fault runs.

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,43 +15,6 @@ from reelay_common.tiktok.gateway import TikTokGateway
 
 SANDBOX_CLIENT_KEY = "dev-client-key"
 SANDBOX_CLIENT_SECRET = "dev-client-secret"  # the sandbox's documented dev secret
-
-
-class FileVideoReader:
-    """A VideoReader over a file on disk, streaming bounded pieces from any offset."""
-
-    def __init__(self, path: Path, *, piece_size: int = 256 * 1024, content_type: str = "video/mp4") -> None:
-        self.path = path
-        self.piece_size = piece_size
-        self._content_type = content_type
-        self._size = path.stat().st_size
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    @property
-    def content_type(self) -> str:
-        return self._content_type
-
-    async def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
-        with self.path.open("rb") as f:
-            f.seek(offset)
-            left = length
-            while left > 0:
-                piece = f.read(min(self.piece_size, left))
-                if not piece:
-                    raise OSError("file ended early")
-                left -= len(piece)
-                yield piece
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

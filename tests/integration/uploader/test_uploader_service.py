@@ -4,11 +4,10 @@ sandbox, and a local HTTP server as the video source. Topics, database and group
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,25 +30,12 @@ from tiktok_sandbox.media import write_sample_mp4
 from tiktok_sandbox.testing import SandboxHandle, running_sandbox
 
 from tests.conftest import UniqueTopic
+from tests.support import eventually, sha256_of
 
 MB = 1_000_000
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[Any]], *, timeout: float = 60.0, what: str = "condition"
-) -> Any:
-    """Poll `probe` until it returns something truthy (bounded); return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def read_topic(
@@ -69,14 +55,6 @@ async def read_topic(
     finally:
         await consumer.stop()
     return values
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while piece := f.read(1 << 20):
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 class VideoServer:
@@ -168,7 +146,8 @@ class Env:
             record = await self.store.get(request_id)
             return record if record is not None and record.state is state else None
 
-        result: UploadRecord = await eventually(probe, timeout=timeout, what=f"{request_id} to be {state}")
+        result = await eventually(probe, timeout=timeout, what=f"{request_id} to be {state}")
+        assert result is not None
         return result
 
     def publishes(self) -> list[Any]:
