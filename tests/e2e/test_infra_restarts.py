@@ -1,0 +1,155 @@
+"""Promise 1 under an infrastructure failure: the Mongo-wire server dies mid-upload and comes back.
+
+This test runs its own FerretDB (the binary `make test` installs), so it can kill and restart it
+without disturbing the other tests; Kafka is the session's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+from tiktok_sandbox.media import write_sample_mp4
+
+from tests.e2e.stack import free_port, running_stack, wait_for
+from tests.e2e.test_upload_flow import connect_account
+from tests.support import sha256_of
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+FERRETDB_BIN = Path(
+    os.environ.get(
+        "FERRETDB_BIN",
+        ROOT / ".cache" / "ferretdb" / os.environ.get("FERRETDB_VERSION", "v1.24.2") / "bin" / "ferretdb",
+    )
+)
+
+
+OUTAGE_SECONDS = 40
+
+
+class OwnFerretDB:
+    """A FerretDB process over a data directory that outlives the process."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.uri = f"mongodb://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                str(FERRETDB_BIN),
+                "--handler=sqlite",
+                f"--sqlite-url=file:{self.data_dir}/",
+                f"--listen-addr=127.0.0.1:{self.port}",
+                f"--state-dir={self.data_dir}",
+                "--debug-addr=-",
+                "--telemetry=disable",
+                "--log-level=warn",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with MongoClient(self.uri, serverSelectionTimeoutMS=500) as client:
+                    client.admin.command("ping")
+                return
+            except PyMongoError:
+                time.sleep(0.2)
+        raise RuntimeError("FerretDB did not answer a ping within 30 s")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def ferretdb(tmp_path: Path) -> Iterator[OwnFerretDB]:
+    if not FERRETDB_BIN.exists():
+        pytest.fail(f"{FERRETDB_BIN} is missing: run `make ferretdb` (make test installs it)")
+    db = OwnFerretDB(tmp_path / "ferretdb")
+    db.start()
+    try:
+        yield db
+    finally:
+        db.kill()
+
+
+class TestMongoRestart:
+    async def test_an_upload_survives_the_database_dying_mid_upload_and_posts_once(
+        self, ferretdb: OwnFerretDB, kafka_bootstrap_servers: str, tmp_path: Path
+    ) -> None:
+        with running_stack(
+            kafka_bootstrap_servers=kafka_bootstrap_servers,
+            mongodb_uri=ferretdb.uri,
+            workdir=tmp_path / "stack",
+        ) as stack:
+            async with httpx.AsyncClient(timeout=httpx.Timeout(60.0)) as http:
+                account_id, open_id = await connect_account(http, stack)
+                video = tmp_path / "restart.mp4"
+                write_sample_mp4(video, 100 * 1000 * 1000)
+                with video.open("rb") as f:
+                    resp = await http.post(
+                        f"{stack.ingest_url}/v1/uploads",
+                        headers=stack.headers,
+                        data={
+                            "account_id": account_id,
+                            "mode": "direct",
+                            "post_info": json.dumps({"privacy_level": "SELF_ONLY"}),
+                        },
+                        files={"file": ("restart.mp4", f, "video/mp4")},
+                    )
+                assert resp.status_code == 202, resp.text
+                request_id = resp.json()["request_id"]
+
+                # Once TikTok holds part of the video, the database dies without warning.
+                deadline = time.monotonic() + 180
+                publish: dict[str, object] = {}
+                while time.monotonic() < deadline:
+                    listing = (
+                        await http.get(f"{stack.sandbox_url}/sandbox/publishes", params={"open_id": open_id})
+                    ).json()
+                    if listing["publishes"] and any(c["stored"] for c in listing["publishes"][0]["chunks"]):
+                        publish = listing["publishes"][0]
+                        break
+                    await asyncio.sleep(0.1)
+                assert publish, f"no chunk reached the sandbox in time\n{stack.logs()}"
+                ferretdb.kill()
+                assert publish["complete"] is False, "the upload finished before the kill: nothing was tested"
+                # Longer than the driver's server selection (30 s), so the failures reach the services
+                # (RetryableError): the consumer loops must hold their records and retry them.
+                await asyncio.sleep(OUTAGE_SECONDS)
+                ferretdb.start()
+
+                final = await wait_for(
+                    http,
+                    f"{stack.ingest_url}/v1/uploads/{request_id}",
+                    until={"published", "failed", "unconfirmed"},
+                    timeout=300,
+                    headers=stack.headers,
+                )
+                assert final["state"] == "published", f"{final}\n{stack.logs()}"
+                listing = (
+                    await http.get(f"{stack.sandbox_url}/sandbox/publishes", params={"open_id": open_id})
+                ).json()
+                assert listing["count"] == 1, "one request, one TikTok publish"
+                [done] = listing["publishes"]
+                assert done["complete"] is True
+                assert done["sha256"] == sha256_of(video)
