@@ -11,17 +11,20 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 from tiktok_sandbox.media import write_sample_mp4
 
-from tests.e2e.stack import free_port, running_stack, wait_for
+from tests.e2e.stack import Stack, free_port, running_stack, wait_for
 from tests.e2e.test_upload_flow import connect_account
 from tests.support import sha256_of
 
@@ -92,6 +95,55 @@ def ferretdb(tmp_path: Path) -> Iterator[OwnFerretDB]:
         db.kill()
 
 
+async def post_video(http: httpx.AsyncClient, stack: Stack, account_id: str, video: Path) -> str:
+    """Upload `video` as a direct post through ingest; returns the request_id."""
+    with video.open("rb") as f:
+        resp = await http.post(
+            f"{stack.ingest_url}/v1/uploads",
+            headers=stack.headers,
+            data={
+                "account_id": account_id,
+                "mode": "direct",
+                "post_info": json.dumps({"privacy_level": "SELF_ONLY"}),
+            },
+            files={"file": (video.name, f, "video/mp4")},
+        )
+    assert resp.status_code == 202, resp.text
+    return str(resp.json()["request_id"])
+
+
+async def first_chunk_stored(http: httpx.AsyncClient, stack: Stack, open_id: str) -> dict[str, object]:
+    """Wait (bounded) until TikTok holds part of the account's video; returns that publish."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        listing = (
+            await http.get(f"{stack.sandbox_url}/sandbox/publishes", params={"open_id": open_id})
+        ).json()
+        if listing["publishes"] and any(c["stored"] for c in listing["publishes"][0]["chunks"]):
+            return dict(listing["publishes"][0])
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no chunk reached the sandbox in time\n{stack.logs()}")
+
+
+async def assert_published_once(
+    http: httpx.AsyncClient, stack: Stack, request_id: str, open_id: str, video: Path
+) -> None:
+    """The upload ends `published`, as exactly one TikTok publish holding exactly the video's bytes."""
+    final = await wait_for(
+        http,
+        f"{stack.ingest_url}/v1/uploads/{request_id}",
+        until={"published", "failed", "unconfirmed"},
+        timeout=300,
+        headers=stack.headers,
+    )
+    assert final["state"] == "published", f"{final}\n{stack.logs()}"
+    listing = (await http.get(f"{stack.sandbox_url}/sandbox/publishes", params={"open_id": open_id})).json()
+    assert listing["count"] == 1, "one request, one TikTok publish"
+    [done] = listing["publishes"]
+    assert done["complete"] is True
+    assert done["sha256"] == sha256_of(video)
+
+
 class TestMongoRestart:
     async def test_an_upload_survives_the_database_dying_mid_upload_and_posts_once(
         self, ferretdb: OwnFerretDB, kafka_bootstrap_servers: str, tmp_path: Path
@@ -105,51 +157,91 @@ class TestMongoRestart:
                 account_id, open_id = await connect_account(http, stack)
                 video = tmp_path / "restart.mp4"
                 write_sample_mp4(video, 100 * 1000 * 1000)
-                with video.open("rb") as f:
-                    resp = await http.post(
-                        f"{stack.ingest_url}/v1/uploads",
-                        headers=stack.headers,
-                        data={
-                            "account_id": account_id,
-                            "mode": "direct",
-                            "post_info": json.dumps({"privacy_level": "SELF_ONLY"}),
-                        },
-                        files={"file": ("restart.mp4", f, "video/mp4")},
-                    )
-                assert resp.status_code == 202, resp.text
-                request_id = resp.json()["request_id"]
+                request_id = await post_video(http, stack, account_id, video)
 
                 # Once TikTok holds part of the video, the database dies without warning.
-                deadline = time.monotonic() + 180
-                publish: dict[str, object] = {}
-                while time.monotonic() < deadline:
-                    listing = (
-                        await http.get(f"{stack.sandbox_url}/sandbox/publishes", params={"open_id": open_id})
-                    ).json()
-                    if listing["publishes"] and any(c["stored"] for c in listing["publishes"][0]["chunks"]):
-                        publish = listing["publishes"][0]
-                        break
-                    await asyncio.sleep(0.1)
-                assert publish, f"no chunk reached the sandbox in time\n{stack.logs()}"
-                ferretdb.kill()
+                publish = await first_chunk_stored(http, stack, open_id)
+                await asyncio.to_thread(ferretdb.kill)
                 assert publish["complete"] is False, "the upload finished before the kill: nothing was tested"
                 # Longer than the driver's server selection (30 s), so the failures reach the services
                 # (RetryableError): the consumer loops must hold their records and retry them.
                 await asyncio.sleep(OUTAGE_SECONDS)
-                ferretdb.start()
+                await asyncio.to_thread(ferretdb.start)
 
-                final = await wait_for(
-                    http,
-                    f"{stack.ingest_url}/v1/uploads/{request_id}",
-                    until={"published", "failed", "unconfirmed"},
-                    timeout=300,
-                    headers=stack.headers,
-                )
-                assert final["state"] == "published", f"{final}\n{stack.logs()}"
-                listing = (
-                    await http.get(f"{stack.sandbox_url}/sandbox/publishes", params={"open_id": open_id})
-                ).json()
-                assert listing["count"] == 1, "one request, one TikTok publish"
-                [done] = listing["publishes"]
-                assert done["complete"] is True
-                assert done["sha256"] == sha256_of(video)
+                await assert_published_once(http, stack, request_id, open_id, video)
+
+
+class OwnKafka:
+    """A one-node KRaft broker (the jars `make test` installs) whose data outlives the process."""
+
+    def __init__(self, base_dir: Path) -> None:
+        if str(ROOT / "scripts") not in sys.path:
+            sys.path.insert(0, str(ROOT / "scripts"))  # the stack tooling lives with the dev scripts
+        from reelay_dev.config import StackConfig, kafka_spec
+
+        ports = {"TEST_KAFKA_PORT": str(free_port()), "TEST_KAFKA_CONTROLLER_PORT": str(free_port())}
+        self.cfg = StackConfig.for_tests(ROOT, base_dir, ports, python=sys.executable)
+        self.spec = kafka_spec(self.cfg)
+        self.bootstrap = self.cfg.kafka_bootstrap_servers
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        from reelay_dev import procs
+
+        self.process = procs.start(self.cfg, self.spec)
+        asyncio.run(self._wait_ready())
+
+    async def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=2000)
+            try:
+                await admin.start()
+                await admin.describe_cluster()
+                return
+            except KafkaError:
+                await asyncio.sleep(0.5)
+            finally:
+                await admin.close()
+        raise RuntimeError(f"Kafka did not become ready within 120 s (log: {self.cfg.log_file('kafka')})")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def kafka(tmp_path: Path) -> Iterator[OwnKafka]:
+    broker = OwnKafka(tmp_path / "kafka")
+    if not Path(broker.cfg.kafka_libs).exists():
+        pytest.fail(f"{broker.cfg.kafka_libs} is missing: run `make kafka` (make test installs it)")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.kill()
+
+
+class TestKafkaRestart:
+    async def test_an_upload_survives_the_broker_dying_mid_upload_and_posts_once(
+        self, kafka: OwnKafka, mongodb_uri: str, tmp_path: Path
+    ) -> None:
+        with running_stack(
+            kafka_bootstrap_servers=kafka.bootstrap, mongodb_uri=mongodb_uri, workdir=tmp_path / "stack"
+        ) as stack:
+            async with httpx.AsyncClient(timeout=httpx.Timeout(60.0)) as http:
+                account_id, open_id = await connect_account(http, stack)
+                video = tmp_path / "restart.mp4"
+                write_sample_mp4(video, 100 * 1000 * 1000)
+                request_id = await post_video(http, stack, account_id, video)
+
+                publish = await first_chunk_stored(http, stack, open_id)
+                # The broker dies while the upload is on its way; VideoUploaded and the commit
+                # must wait for it, nothing may be lost or done twice.
+                await asyncio.to_thread(kafka.kill)
+                assert publish["complete"] is False, "the upload finished before the kill: nothing was tested"
+                await asyncio.sleep(OUTAGE_SECONDS / 4)
+                await asyncio.to_thread(kafka.start)
+
+                await assert_published_once(http, stack, request_id, open_id, video)
