@@ -39,6 +39,7 @@ from reelay_common.messages import (
     StateSource,
     UploadRequested,
 )
+from reelay_common.ports import check_read_range
 from reelay_common.records import UploadRecord
 from reelay_common.states import TERMINAL_STATES, UploadState, states_before
 
@@ -435,8 +436,7 @@ class GridFSVideoReader:
 
     async def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
         """Yield exactly `length` bytes from `offset`, at most one GridFS chunk at a time."""
-        if offset < 0 or length < 0 or offset + length > self._size:
-            raise ValueError(f"range [{offset}, {offset + length}) is outside a file of {self._size} bytes")
+        check_read_range(offset, length, self._size)
         if length == 0:
             return
         n = offset // self._chunk_size

@@ -132,6 +132,12 @@ class RateLimiter(Protocol):
     async def acquire(self, account_id: str, bucket: RateBucket) -> None: ...
 
 
+def check_read_range(offset: int, length: int, size: int) -> None:
+    """The VideoReader contract for `stream(offset, length)`: a range inside the video, or ValueError."""
+    if offset < 0 or length < 0 or offset + length > size:
+        raise ValueError(f"range [{offset}, {offset + length}) is outside a file of {size} bytes")
+
+
 class VideoReader(Protocol):
     """A video's bytes, readable as a stream from any offset (to resume after a failure)."""
 

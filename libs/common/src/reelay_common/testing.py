@@ -22,7 +22,7 @@ from reelay_common.messages import (
     UploadRequested,
 )
 from reelay_common.mongo import UNPOLLED_STATES, bson_now, check_settable, new_upload_document, to_bson
-from reelay_common.ports import RateBucket
+from reelay_common.ports import RateBucket, check_read_range
 from reelay_common.records import AccountRecord, UploadRecord
 from reelay_common.states import UploadState, states_before
 
@@ -307,8 +307,7 @@ class FileVideoReader:
 
     async def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
         """Yield exactly `length` bytes from `offset`, at most `piece_size` at a time."""
-        if offset < 0 or length < 0 or offset + length > self._size:
-            raise ValueError(f"range [{offset}, {offset + length}) is outside a file of {self._size} bytes")
+        check_read_range(offset, length, self._size)
         with self.path.open("rb") as f:
             f.seek(offset)
             left = length
@@ -344,10 +343,7 @@ class BytesVideoReader:
 
     async def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
         """Yield exactly `length` bytes from `offset`, at most `piece_size` at a time."""
-        if offset < 0 or length < 0 or offset + length > len(self.data):
-            raise ValueError(
-                f"range [{offset}, {offset + length}) is outside a file of {len(self.data)} bytes"
-            )
+        check_read_range(offset, length, len(self.data))
         self.reads.append((offset, length))
         end = offset + length
         for start in range(offset, end, self.piece_size):
