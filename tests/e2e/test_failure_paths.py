@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import subprocess
 import sys
 import time
@@ -19,9 +17,8 @@ from reelay_common.messages import DeadLetter, PublishStatusChanged, UploadReque
 from reelay_common.states import UploadState
 from tiktok_sandbox.media import write_sample_mp4
 
+from tests.e2e.flows import assert_published_once, connect_account, first_chunk_stored, post_video
 from tests.e2e.stack import Stack, free_port, wait_for
-from tests.e2e.test_upload_flow import connect_account
-from tests.support import sha256_of
 
 pytestmark = pytest.mark.e2e
 
@@ -83,60 +80,17 @@ class TestCrashes:
     ) -> None:
         account_id, open_id = await connect_account(http, stack)
         video = video_dir / "crash.mp4"
-        size = 100 * 1000 * 1000
-        write_sample_mp4(video, size)
-        with video.open("rb") as f:
-            resp = await http.post(
-                f"{stack.ingest_url}/v1/uploads",
-                headers=stack.headers,
-                data={
-                    "account_id": account_id,
-                    "mode": "direct",
-                    "post_info": json.dumps({"privacy_level": "SELF_ONLY"}),
-                },
-                files={"file": ("crash.mp4", f, "video/mp4")},
-            )
-        assert resp.status_code == 202, resp.text
-        request_id = resp.json()["request_id"]
+        write_sample_mp4(video, 100 * 1000 * 1000)
+        request_id = await post_video(http, stack, account_id, video)
 
         # Kill the uploader (SIGKILL: no clean-up) once TikTok holds some but not all of the bytes.
-        deadline = time.monotonic() + 180
-        stored = 0
-        while time.monotonic() < deadline:
-            listing = (
-                await http.get(f"{stack.sandbox_url}/sandbox/publishes", params={"open_id": open_id})
-            ).json()
-            if listing["publishes"]:
-                publish = listing["publishes"][0]
-                stored = sum(1 for c in publish["chunks"] if c["stored"])
-                if stored >= 1:
-                    break
-            await asyncio.sleep(0.1)
-        assert stored >= 1, f"no chunk reached the sandbox in time\n{stack.logs()}"
+        publish = await first_chunk_stored(http, stack, open_id)
         stack.kill("uploader")
-        assert not publish["complete"], "the upload finished before the kill: nothing was tested"
+        assert publish["complete"] is False, "the upload finished before the kill: nothing was tested"
         stack.start("uploader")
 
-        final = await wait_for(
-            http,
-            f"{stack.ingest_url}/v1/uploads/{request_id}",
-            until={"published", "failed", "unconfirmed"},
-            timeout=300,
-            headers=stack.headers,
-        )
-        assert final["state"] == "published", f"{final}\n{stack.logs()}"
-
-        listing = (
-            await http.get(f"{stack.sandbox_url}/sandbox/publishes", params={"open_id": open_id})
-        ).json()
-        assert listing["count"] == 1, (
-            "one request, one TikTok publish: the restart resumed, it did not init again"
-        )
-        publish = listing["publishes"][0]
-        assert publish["complete"] is True
-        assert publish["sha256"] == sha256_of(video)
-        stored_firsts = [c["first"] for c in publish["chunks"] if c["stored"]]
-        assert len(stored_firsts) == len(set(stored_firsts)), "no chunk was stored twice"
+        # One request, one TikTok publish: the restart resumed, it did not init again.
+        await assert_published_once(http, stack, request_id, open_id, video)
 
 
 class TestRecordsFromUpstream:

@@ -7,7 +7,6 @@ without disturbing the other tests; Kafka is the session's.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -24,9 +23,8 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 from tiktok_sandbox.media import write_sample_mp4
 
-from tests.e2e.stack import Stack, free_port, running_stack, wait_for
-from tests.e2e.test_upload_flow import connect_account
-from tests.support import sha256_of
+from tests.e2e.flows import assert_published_once, connect_account, first_chunk_stored, post_video
+from tests.e2e.stack import free_port, running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -93,55 +91,6 @@ def ferretdb(tmp_path: Path) -> Iterator[OwnFerretDB]:
         yield db
     finally:
         db.kill()
-
-
-async def post_video(http: httpx.AsyncClient, stack: Stack, account_id: str, video: Path) -> str:
-    """Upload `video` as a direct post through ingest; returns the request_id."""
-    with video.open("rb") as f:
-        resp = await http.post(
-            f"{stack.ingest_url}/v1/uploads",
-            headers=stack.headers,
-            data={
-                "account_id": account_id,
-                "mode": "direct",
-                "post_info": json.dumps({"privacy_level": "SELF_ONLY"}),
-            },
-            files={"file": (video.name, f, "video/mp4")},
-        )
-    assert resp.status_code == 202, resp.text
-    return str(resp.json()["request_id"])
-
-
-async def first_chunk_stored(http: httpx.AsyncClient, stack: Stack, open_id: str) -> dict[str, object]:
-    """Wait (bounded) until TikTok holds part of the account's video; returns that publish."""
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        listing = (
-            await http.get(f"{stack.sandbox_url}/sandbox/publishes", params={"open_id": open_id})
-        ).json()
-        if listing["publishes"] and any(c["stored"] for c in listing["publishes"][0]["chunks"]):
-            return dict(listing["publishes"][0])
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"no chunk reached the sandbox in time\n{stack.logs()}")
-
-
-async def assert_published_once(
-    http: httpx.AsyncClient, stack: Stack, request_id: str, open_id: str, video: Path
-) -> None:
-    """The upload ends `published`, as exactly one TikTok publish holding exactly the video's bytes."""
-    final = await wait_for(
-        http,
-        f"{stack.ingest_url}/v1/uploads/{request_id}",
-        until={"published", "failed", "unconfirmed"},
-        timeout=300,
-        headers=stack.headers,
-    )
-    assert final["state"] == "published", f"{final}\n{stack.logs()}"
-    listing = (await http.get(f"{stack.sandbox_url}/sandbox/publishes", params={"open_id": open_id})).json()
-    assert listing["count"] == 1, "one request, one TikTok publish"
-    [done] = listing["publishes"]
-    assert done["complete"] is True
-    assert done["sha256"] == sha256_of(video)
 
 
 class TestMongoRestart:

@@ -3,48 +3,19 @@
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 from tiktok_sandbox.media import write_sample_mp4
 
+from tests.e2e.flows import connect_account
 from tests.e2e.stack import Stack, wait_for
 from tests.support import sha256_of
 
 pytestmark = pytest.mark.e2e
 
 BIG_VIDEO_BYTES = 70 * 1000 * 1000  # > 64 MB: TikTok requires several chunks
-
-
-async def connect_account(http: httpx.AsyncClient, stack: Stack, *, private: bool = False) -> tuple[str, str]:
-    """Create a sandbox user, take its tokens and register them with ingest: (account_id, open_id)."""
-    username = f"e2e-{uuid.uuid4().hex[:8]}"
-    resp = await http.post(
-        f"{stack.sandbox_url}/sandbox/users", json={"username": username, "private_account": private}
-    )
-    resp.raise_for_status()
-    open_id = resp.json()["open_id"]
-    resp = await http.post(f"{stack.sandbox_url}/sandbox/users/{open_id}/tokens")
-    resp.raise_for_status()
-    tokens = resp.json()
-    account_id = f"acct-{username}"
-    resp = await http.post(
-        f"{stack.ingest_url}/v1/accounts",
-        headers=stack.headers,
-        json={
-            "account_id": account_id,
-            "open_id": open_id,
-            "access_token": tokens["access_token"],
-            "refresh_token": tokens["refresh_token"],
-            "expires_in": tokens["expires_in"],
-            "refresh_expires_in": tokens["refresh_expires_in"],
-            "scope": tokens["scope"],
-        },
-    )
-    assert resp.status_code == 201, resp.text
-    return account_id, open_id
 
 
 class TestUploadThroughTheStack:

@@ -1,0 +1,94 @@
+"""The steps e2e tests share: connect an account, upload a video, watch TikTok receive it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from tests.e2e.stack import Stack, wait_for
+from tests.support import sha256_of
+
+
+async def connect_account(http: httpx.AsyncClient, stack: Stack, *, private: bool = False) -> tuple[str, str]:
+    """Create a sandbox user, take its tokens and register them with ingest: (account_id, open_id)."""
+    username = f"e2e-{uuid.uuid4().hex[:8]}"
+    resp = await http.post(
+        f"{stack.sandbox_url}/sandbox/users", json={"username": username, "private_account": private}
+    )
+    resp.raise_for_status()
+    open_id = resp.json()["open_id"]
+    resp = await http.post(f"{stack.sandbox_url}/sandbox/users/{open_id}/tokens")
+    resp.raise_for_status()
+    tokens = resp.json()
+    account_id = f"acct-{username}"
+    resp = await http.post(
+        f"{stack.ingest_url}/v1/accounts",
+        headers=stack.headers,
+        json={
+            "account_id": account_id,
+            "open_id": open_id,
+            "access_token": tokens["access_token"],
+            "refresh_token": tokens["refresh_token"],
+            "expires_in": tokens["expires_in"],
+            "refresh_expires_in": tokens["refresh_expires_in"],
+            "scope": tokens["scope"],
+        },
+    )
+    assert resp.status_code == 201, resp.text
+    return account_id, open_id
+
+
+async def post_video(http: httpx.AsyncClient, stack: Stack, account_id: str, video: Path) -> str:
+    """Upload `video` as a direct post through ingest; returns the request_id."""
+    with video.open("rb") as f:
+        resp = await http.post(
+            f"{stack.ingest_url}/v1/uploads",
+            headers=stack.headers,
+            data={
+                "account_id": account_id,
+                "mode": "direct",
+                "post_info": json.dumps({"privacy_level": "SELF_ONLY"}),
+            },
+            files={"file": (video.name, f, "video/mp4")},
+        )
+    assert resp.status_code == 202, resp.text
+    return str(resp.json()["request_id"])
+
+
+async def first_chunk_stored(http: httpx.AsyncClient, stack: Stack, open_id: str) -> dict[str, object]:
+    """Wait (bounded) until TikTok holds part of the account's video; returns that publish."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        listing = (
+            await http.get(f"{stack.sandbox_url}/sandbox/publishes", params={"open_id": open_id})
+        ).json()
+        if listing["publishes"] and any(c["stored"] for c in listing["publishes"][0]["chunks"]):
+            return dict(listing["publishes"][0])
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no chunk reached the sandbox in time\n{stack.logs()}")
+
+
+async def assert_published_once(
+    http: httpx.AsyncClient, stack: Stack, request_id: str, open_id: str, video: Path
+) -> None:
+    """The upload ends `published`, as exactly one TikTok publish holding exactly the video's bytes."""
+    final = await wait_for(
+        http,
+        f"{stack.ingest_url}/v1/uploads/{request_id}",
+        until={"published", "failed", "unconfirmed"},
+        timeout=300,
+        headers=stack.headers,
+    )
+    assert final["state"] == "published", f"{final}\n{stack.logs()}"
+    listing = (await http.get(f"{stack.sandbox_url}/sandbox/publishes", params={"open_id": open_id})).json()
+    assert listing["count"] == 1, "one request, one TikTok publish"
+    [done] = listing["publishes"]
+    assert done["complete"] is True
+    assert done["sha256"] == sha256_of(video)
+    stored_firsts = [c["first"] for c in done["chunks"] if c["stored"]]
+    assert len(stored_firsts) == len(set(stored_firsts)), "no chunk was stored twice"
