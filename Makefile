@@ -24,7 +24,7 @@ RUN := $(UV) run --no-sync
 # down/status must work even before (or without) the venv: stack.py's stop path is stdlib-only.
 BARE_PY := $(shell test -x $(ROOT)/.venv/bin/python && echo $(ROOT)/.venv/bin/python || echo python3)
 
-MYPY_PATHS := libs/common/src services/ingest/src services/uploader/src services/status-poller/src \
+MYPY_PATHS := libs/common/src libs/testing/src services/ingest/src services/uploader/src services/status-poller/src \
               tools/tiktok-sandbox/src scripts
 
 .PHONY: help install venv kafka ferretdb up down status demo logs test lint format typecheck \

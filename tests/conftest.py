@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
-from reelay_common.kafka import KafkaPublisher, ensure_topics
-from reelay_common.mongo import connect
+from reelay_common.adapters.kafka.publisher import KafkaPublisher
+from reelay_common.adapters.kafka.topics import ensure_topics
+from reelay_common.adapters.mongo.client import connect
 
 _HOW_TO = (
     "Integration and e2e tests need a real Kafka and a Mongo-wire server. Run them with `make test` "

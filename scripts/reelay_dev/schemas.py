@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
-from reelay_common import messages as m
+from reelay_common.domain import messages as m
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 KAFKA_BINDING_VERSION = "0.5.0"

@@ -12,9 +12,15 @@ from pathlib import Path
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
-from reelay_common.kafka import KafkaPublisher
-from reelay_common.messages import DeadLetter, PublishStatusChanged, UploadRequested, UrlSource, dlq_topic
-from reelay_common.states import UploadState
+from reelay_common.adapters.kafka.publisher import KafkaPublisher
+from reelay_common.domain.messages import (
+    DeadLetter,
+    PublishStatusChanged,
+    UploadRequested,
+    UrlSource,
+    dlq_topic,
+)
+from reelay_common.domain.states import UploadState
 from tiktok_sandbox.media import write_sample_mp4
 
 from tests.e2e.flows import assert_published_once, connect_account, first_chunk_stored, post_video

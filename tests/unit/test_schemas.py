@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from reelay_common import messages as m
+from reelay_common.domain import messages as m
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "schemas"

@@ -34,7 +34,15 @@ import httpx
 import pytest
 from pydantic import SecretStr, ValidationError
 from pymongo.asynchronous.database import AsyncDatabase
-from reelay_common.errors import (
+from reelay_common.adapters.crypto import TokenCipher
+from reelay_common.adapters.mongo.accounts import MongoAccountStore
+from reelay_common.adapters.mongo.rate_limits import DEFAULT_LIMITS, MongoRateLimiter
+from reelay_common.adapters.tiktok.client import TikTokClient
+from reelay_common.adapters.tiktok.gateway import TikTokGateway
+from reelay_common.adapters.tiktok.tokens import MongoTokenProvider
+from reelay_common.adapters.tiktok.upload import upload_chunks
+from reelay_common.domain.chunks import MAX_VIDEO_SIZE, chunk_ranges, plan_chunks
+from reelay_common.domain.errors import (
     AuthExpiredError,
     InvalidInputError,
     PermanentError,
@@ -42,7 +50,7 @@ from reelay_common.errors import (
     TikTokRejectedError,
     UploadUrlExpiredError,
 )
-from reelay_common.messages import (
+from reelay_common.domain.messages import (
     MAX_VIDEO_BYTES,
     PostInfo,
     PullFromUrlSource,
@@ -50,12 +58,17 @@ from reelay_common.messages import (
     UrlSource,
     utf16_len,
 )
+from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.states import UploadState
+from reelay_common.domain.tiktok import FileUploadSourceInfo, PullFromUrlSourceInfo
 from reelay_common.ports import RateLimiter, TokenProvider, VideoReader
 from reelay_common.recorder import StateRecorder
-from reelay_common.records import UploadRecord
 from reelay_common.settings import DEV_TOKEN_KEY
-from reelay_common.states import UploadState
-from reelay_common.testing import (
+from reelay_ingest.deps import IngestDeps, Policy, Topics
+from reelay_ingest.errors import RequestRejected
+from reelay_ingest.handlers import UploadTarget, check_upload_target
+from reelay_ingest.schemas import UploadByUrl
+from reelay_testing.fakes import (
     BytesVideoReader,
     FixedTokenProvider,
     InMemoryAccountStore,
@@ -64,22 +77,6 @@ from reelay_common.testing import (
     NoopRateLimiter,
     RecordingPublisher,
 )
-from reelay_common.tiktok.accounts import (
-    DEFAULT_LIMITS,
-    MongoAccountStore,
-    MongoRateLimiter,
-    MongoTokenProvider,
-    TokenCipher,
-)
-from reelay_common.tiktok.chunks import MAX_VIDEO_SIZE, chunk_ranges, plan_chunks
-from reelay_common.tiktok.client import TikTokClient
-from reelay_common.tiktok.gateway import TikTokGateway
-from reelay_common.tiktok.models import FileUploadSourceInfo, PullFromUrlSourceInfo
-from reelay_common.tiktok.upload import upload_chunks
-from reelay_ingest.deps import IngestDeps, Policy, Topics
-from reelay_ingest.errors import RequestRejected
-from reelay_ingest.handlers import UploadTarget, check_upload_target
-from reelay_ingest.schemas import UploadByUrl
 from reelay_uploader.handlers import UploaderDeps, handle_upload_requested
 from tiktok_sandbox.media import iter_sample_mp4
 from tiktok_sandbox.plan import validate_plan

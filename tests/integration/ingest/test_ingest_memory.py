@@ -7,11 +7,11 @@ import tracemalloc
 from collections.abc import AsyncIterable
 
 import httpx
-from reelay_common.messages import BlobSource
+from reelay_common.domain.messages import BlobSource
 from reelay_common.recorder import StateRecorder
-from reelay_common.testing import InMemoryAccountStore, InMemoryUploadStore, RecordingPublisher
 from reelay_ingest.app import create_app
 from reelay_ingest.deps import IngestDeps, Topics
+from reelay_testing.fakes import InMemoryAccountStore, InMemoryUploadStore, RecordingPublisher
 from tiktok_sandbox.media import iter_sample_mp4
 
 from tests.integration.ingest.ingest_world import API_KEY, served, unique_settings

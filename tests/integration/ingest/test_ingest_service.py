@@ -8,9 +8,15 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from reelay_common.messages import BlobSource, PublishStatusChanged, TikTokWebhookReceived, UploadRequested
-from reelay_common.mongo import GridFSBlobStore, MongoUploadStore
-from reelay_common.states import UploadState
+from reelay_common.adapters.mongo.gridfs import GridFSBlobStore
+from reelay_common.adapters.mongo.uploads import MongoUploadStore
+from reelay_common.domain.messages import (
+    BlobSource,
+    PublishStatusChanged,
+    TikTokWebhookReceived,
+    UploadRequested,
+)
+from reelay_common.domain.states import UploadState
 from tiktok_sandbox.media import iter_sample_mp4
 from tiktok_sandbox.webhooks import event_body, signature_header
 

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
-from reelay_common.errors import InvalidInputError
-from reelay_common.messages import BlobSource
-from reelay_common.mongo import GRIDFS_CHUNK_BYTES, GridFSBlobStore, connect, ensure_indexes, ping
-from reelay_common.testing import InMemoryBlobStore, aiter_bytes
+from reelay_common.adapters.mongo.client import connect, ensure_indexes, ping
+from reelay_common.adapters.mongo.gridfs import GRIDFS_CHUNK_BYTES, GridFSBlobStore
+from reelay_common.domain.errors import InvalidInputError
+from reelay_common.domain.messages import BlobSource
+from reelay_testing.fakes import InMemoryBlobStore, aiter_bytes
 
 DATA = os.urandom(3 * GRIDFS_CHUNK_BYTES + 12345)
 

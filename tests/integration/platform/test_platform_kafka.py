@@ -15,15 +15,17 @@ import structlog
 import structlog.testing
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from reelay_common.errors import (
+from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
+from reelay_common.adapters.kafka.publisher import KafkaPublisher
+from reelay_common.adapters.kafka.topics import ensure_topics
+from reelay_common.domain.errors import (
     InvalidInputError,
     PermanentError,
     RateLimitedError,
     RetryableError,
     SkipError,
 )
-from reelay_common.kafka import ConsumerLoop, KafkaPublisher, RecordContext, ensure_topics
-from reelay_common.messages import DeadLetter, UploadRequested, dlq_topic
+from reelay_common.domain.messages import DeadLetter, UploadRequested, dlq_topic
 
 from tests.conftest import UniqueTopic
 

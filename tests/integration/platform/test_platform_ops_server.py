@@ -7,7 +7,7 @@ import socket
 
 import httpx
 import pytest
-from reelay_common.ops import serve_ops
+from reelay_common.adapters.ops_server import serve_ops
 
 
 async def ready() -> bool:

@@ -6,11 +6,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from pymongo.asynchronous.database import AsyncDatabase
-from reelay_common.kafka import KafkaPublisher
-from reelay_common.messages import PublishStatusChanged, UploadRequested
-from reelay_common.mongo import MongoUploadStore, ensure_indexes
+from reelay_common.adapters.kafka.publisher import KafkaPublisher
+from reelay_common.adapters.mongo.client import ensure_indexes
+from reelay_common.adapters.mongo.uploads import MongoUploadStore
+from reelay_common.domain.messages import PublishStatusChanged, UploadRequested
+from reelay_common.domain.states import UploadState
 from reelay_common.recorder import StateRecorder
-from reelay_common.states import UploadState
 
 from tests.conftest import UniqueTopic
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
-from reelay_common.errors import RetryableError
-from reelay_common.mongo import WriteGuard, bson_now, is_ferretdb
+from reelay_common.adapters.mongo.client import bson_now, is_ferretdb
+from reelay_common.adapters.mongo.write_guard import WriteGuard
+from reelay_common.domain.errors import RetryableError
 
 
 async def read_modify_write(db: AsyncDatabase[dict[str, Any]], guard: WriteGuard) -> None:

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
-from reelay_common.messages import UploadRequested
-from reelay_common.mongo import MongoUploadStore, ensure_indexes
+from reelay_common.adapters.mongo.client import ensure_indexes
+from reelay_common.adapters.mongo.uploads import MongoUploadStore
+from reelay_common.domain.messages import UploadRequested
+from reelay_common.domain.states import UploadState
 from reelay_common.ports import UploadStore
-from reelay_common.states import UploadState
-from reelay_common.testing import InMemoryUploadStore
+from reelay_testing.fakes import InMemoryUploadStore
 
 S = UploadState
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
-from reelay_common.kafka import KafkaPublisher
+from reelay_common.adapters.kafka.publisher import KafkaPublisher
 from tiktok_sandbox.testing import running_sandbox
 
 from tests.conftest import UniqueTopic

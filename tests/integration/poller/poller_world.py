@@ -16,18 +16,25 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 from pydantic import SecretStr
 from pymongo.asynchronous.database import AsyncDatabase
-from reelay_common.kafka import KafkaPublisher
-from reelay_common.messages import PostInfo, PublishStatusChanged, UploadRequested, UrlSource, VideoUploaded
-from reelay_common.mongo import MongoUploadStore
-from reelay_common.records import UploadRecord
-from reelay_common.states import UploadState
-from reelay_common.testing import BytesVideoReader
-from reelay_common.tiktok.accounts import MongoAccountStore, TokenCipher
-from reelay_common.tiktok.chunks import plan_chunks
-from reelay_common.tiktok.client import TikTokClient
-from reelay_common.tiktok.upload import upload_chunks
+from reelay_common.adapters.crypto import TokenCipher
+from reelay_common.adapters.kafka.publisher import KafkaPublisher
+from reelay_common.adapters.mongo.accounts import MongoAccountStore
+from reelay_common.adapters.mongo.uploads import MongoUploadStore
+from reelay_common.adapters.tiktok.client import TikTokClient
+from reelay_common.adapters.tiktok.upload import upload_chunks
+from reelay_common.domain.chunks import plan_chunks
+from reelay_common.domain.messages import (
+    PostInfo,
+    PublishStatusChanged,
+    UploadRequested,
+    UrlSource,
+    VideoUploaded,
+)
+from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.states import UploadState
 from reelay_status_poller.bootstrap import Poller, build_poller
 from reelay_status_poller.settings import PollerSettings
+from reelay_testing.fakes import BytesVideoReader
 from tiktok_sandbox.media import iter_sample_mp4
 from tiktok_sandbox.testing import SandboxHandle
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reelay_common.messages import TikTokWebhookReceived, dlq_topic
-from reelay_common.states import UploadState
+from reelay_common.domain.messages import TikTokWebhookReceived, dlq_topic
+from reelay_common.domain.states import UploadState
 
 from tests.integration.poller.poller_world import World
 from tests.support import eventually

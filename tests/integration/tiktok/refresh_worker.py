@@ -13,10 +13,12 @@ import sys
 
 import httpx
 from pydantic import SecretStr
-from reelay_common.mongo import connect
+from reelay_common.adapters.crypto import TokenCipher
+from reelay_common.adapters.mongo.accounts import MongoAccountStore
+from reelay_common.adapters.mongo.client import connect
+from reelay_common.adapters.tiktok.client import TikTokClient
+from reelay_common.adapters.tiktok.tokens import MongoTokenProvider
 from reelay_common.settings import DEV_TOKEN_KEY
-from reelay_common.tiktok.accounts import MongoAccountStore, MongoTokenProvider, TokenCipher
-from reelay_common.tiktok.client import TikTokClient
 
 
 async def main(uri: str, db_name: str, account_id: str, base_url: str, tasks: int) -> None:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
-from reelay_common.errors import RateLimitedError
-from reelay_common.tiktok.accounts import MongoRateLimiter
+from reelay_common.adapters.mongo.rate_limits import MongoRateLimiter
+from reelay_common.domain.errors import RateLimitedError
 
 T0 = 1_800_000_000.0
 

@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
-from reelay_common.errors import AuthExpiredError, InvalidInputError, TransientTikTokError
-from reelay_common.messages import utcnow
-from reelay_common.tiktok.accounts import MongoTokenProvider
+from reelay_common.adapters.tiktok.tokens import MongoTokenProvider
+from reelay_common.domain.errors import AuthExpiredError, InvalidInputError, TransientTikTokError
+from reelay_common.domain.messages import utcnow
 from tiktok_sandbox.testing import SandboxHandle, running_sandbox
 
 from tests.integration.tiktok.tiktok_it import Stack, build_stack, connect_account, sandbox_stats

@@ -8,10 +8,13 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 from pymongo.asynchronous.database import AsyncDatabase
+from reelay_common.adapters.crypto import TokenCipher
+from reelay_common.adapters.mongo.accounts import MongoAccountStore
+from reelay_common.adapters.mongo.rate_limits import MongoRateLimiter
+from reelay_common.adapters.tiktok.client import TikTokClient
+from reelay_common.adapters.tiktok.gateway import TikTokGateway
+from reelay_common.adapters.tiktok.tokens import MongoTokenProvider
 from reelay_common.settings import DEV_TOKEN_KEY
-from reelay_common.tiktok.accounts import MongoAccountStore, MongoRateLimiter, MongoTokenProvider, TokenCipher
-from reelay_common.tiktok.client import TikTokClient
-from reelay_common.tiktok.gateway import TikTokGateway
 
 SANDBOX_CLIENT_KEY = "dev-client-key"
 SANDBOX_CLIENT_SECRET = "dev-client-secret"  # the sandbox's documented dev secret

@@ -18,12 +18,13 @@ import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 from pymongo.asynchronous.database import AsyncDatabase
-from reelay_common.kafka import KafkaPublisher
-from reelay_common.messages import DeadLetter, UploadRequested, VideoUploaded, dlq_topic
-from reelay_common.mongo import MongoUploadStore
-from reelay_common.records import UploadRecord
-from reelay_common.states import UploadState
-from reelay_common.tiktok.accounts import MongoAccountStore, TokenCipher
+from reelay_common.adapters.crypto import TokenCipher
+from reelay_common.adapters.kafka.publisher import KafkaPublisher
+from reelay_common.adapters.mongo.accounts import MongoAccountStore
+from reelay_common.adapters.mongo.uploads import MongoUploadStore
+from reelay_common.domain.messages import DeadLetter, UploadRequested, VideoUploaded, dlq_topic
+from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.states import UploadState
 from reelay_uploader.bootstrap import run
 from reelay_uploader.settings import UploaderSettings
 from tiktok_sandbox.media import write_sample_mp4

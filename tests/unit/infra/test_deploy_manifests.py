@@ -273,7 +273,18 @@ class TestDockerfile:
 
     def test_installs_exactly_the_lock_without_dev_tools(self) -> None:
         dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
-        assert dockerfile.count("uv sync --frozen --no-dev --all-packages") == 2
+        assert dockerfile.count("uv sync --frozen --no-dev") == 2
+        # --all-packages would install every workspace member, the dev-only reelay-testing among them.
+        assert "--all-packages" not in dockerfile
+
+    def test_ships_no_test_support(self) -> None:
+        root = tomllib.loads((ROOT / "pyproject.toml").read_text())
+        assert "reelay-testing" not in root["project"]["dependencies"]
+        assert "reelay-testing" in root["dependency-groups"]["dev"]
+        for member in root["tool"]["uv"]["workspace"]["members"]:
+            project = tomllib.loads((ROOT / member / "pyproject.toml").read_text())["project"]
+            if project["name"] != "reelay-testing":
+                assert not any(d.startswith("reelay-testing") for d in project["dependencies"]), member
 
 
 class TestMakeUpEnvironment:

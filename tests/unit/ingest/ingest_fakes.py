@@ -13,20 +13,20 @@ from typing import Any
 import httpx
 from asgi_lifespan import LifespanManager
 from pydantic import BaseModel
-from reelay_common.errors import ReelayError
-from reelay_common.messages import PrivacyLevel, TikTokWebhookReceived, UploadRequested
+from reelay_common.domain.errors import ReelayError
+from reelay_common.domain.messages import PrivacyLevel, TikTokWebhookReceived, UploadRequested
+from reelay_common.domain.tiktok import CreatorInfo
 from reelay_common.recorder import StateRecorder
-from reelay_common.testing import (
+from reelay_ingest.app import create_app
+from reelay_ingest.deps import IngestDeps, Topics
+from reelay_ingest.settings import IngestSettings
+from reelay_ingest.webhooks import sign
+from reelay_testing.fakes import (
     InMemoryAccountStore,
     InMemoryBlobStore,
     InMemoryUploadStore,
     RecordingPublisher,
 )
-from reelay_common.tiktok.models import CreatorInfo
-from reelay_ingest.app import create_app
-from reelay_ingest.deps import IngestDeps, Topics
-from reelay_ingest.settings import IngestSettings
-from reelay_ingest.webhooks import sign
 
 API_KEY = "unit-test-key"
 ACCOUNT = "acme-main"

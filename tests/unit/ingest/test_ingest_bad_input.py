@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from reelay_common.errors import AuthExpiredError, RateLimitedError, TikTokRejectedError
+from reelay_common.domain.errors import AuthExpiredError, RateLimitedError, TikTokRejectedError
 
 from tests.unit.ingest.ingest_fakes import (
     ACCOUNT,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from reelay_common.messages import BlobSource, PublishStatusChanged, UrlSource
-from reelay_common.states import UploadState
+from reelay_common.domain.messages import BlobSource, PublishStatusChanged, UrlSource
+from reelay_common.domain.states import UploadState
 
 from tests.unit.ingest.ingest_fakes import (
     ACCOUNT,

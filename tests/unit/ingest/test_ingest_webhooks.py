@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 import pytest
-from reelay_common.messages import TikTokWebhookReceived
-from reelay_common.states import UploadState
+from reelay_common.domain.messages import TikTokWebhookReceived
+from reelay_common.domain.states import UploadState
 from reelay_ingest.errors import SignatureError
 from reelay_ingest.webhooks import parse_webhook, sign, verify_signature
 

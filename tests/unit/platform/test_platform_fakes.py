@@ -4,10 +4,10 @@ tests/integration/platform against the fake and Mongo alike)."""
 from __future__ import annotations
 
 import pytest
-from reelay_common.errors import AuthExpiredError, InvalidInputError, RetryableError
-from reelay_common.messages import UploadRequested
-from reelay_common.states import UploadState
-from reelay_common.testing import (
+from reelay_common.domain.errors import AuthExpiredError, InvalidInputError, RetryableError
+from reelay_common.domain.messages import UploadRequested
+from reelay_common.domain.states import UploadState
+from reelay_testing.fakes import (
     BytesVideoReader,
     FixedTokenProvider,
     InMemoryAccountStore,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from reelay_common.messages import (
+from reelay_common.domain.messages import (
     PUBLISH_EVENT_ADAPTER,
     DeadLetter,
     PostInfo,

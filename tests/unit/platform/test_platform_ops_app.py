@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-from reelay_common.ops import create_ops_app
+from reelay_common.adapters.ops_server import create_ops_app
 
 
 async def ok() -> bool:
@@ -63,7 +63,7 @@ class TestOpsApp:
         assert elapsed < 0.8
 
     async def test_metrics_are_in_prometheus_text_format(self) -> None:
-        import reelay_common.kafka  # noqa: F401  # registers the consumer-loop metrics
+        import reelay_common.adapters.kafka.consumer  # noqa: F401  # registers the consumer-loop metrics
 
         async with client_for() as client:
             response = await client.get("/metrics")

@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 from pydantic import BaseModel
-from reelay_common.errors import RetryableError
-from reelay_common.messages import PublishStatusChanged, UploadRequested
+from reelay_common.domain.errors import RetryableError
+from reelay_common.domain.messages import PublishStatusChanged, UploadRequested
+from reelay_common.domain.states import UploadState
 from reelay_common.recorder import StateRecorder
-from reelay_common.states import UploadState
-from reelay_common.testing import InMemoryUploadStore, RecordingPublisher
+from reelay_testing.fakes import InMemoryUploadStore, RecordingPublisher
 
 S = UploadState
 TOPIC = "reelay.publish.status"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from reelay_common.states import TERMINAL_STATES, UploadState, can_transition, states_before
+from reelay_common.domain.states import TERMINAL_STATES, UploadState, can_transition, states_before
 
 S = UploadState
 PATH = [S.ACCEPTED, S.UPLOADING, S.UPLOADED, S.PROCESSING]

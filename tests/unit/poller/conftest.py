@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from reelay_common.testing import InMemoryUploadStore, RecordingPublisher
+from reelay_testing.fakes import InMemoryUploadStore, RecordingPublisher
 
 from tests.unit.poller.poller_fakes import POLICY, FakeClock, Harness, ScriptedTikTok
 

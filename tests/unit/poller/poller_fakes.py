@@ -10,19 +10,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from reelay_common.messages import (
+from reelay_common.domain.messages import (
     PostInfo,
     PublishStatusChanged,
     UploadMode,
     UploadRequested,
     UrlSource,
 )
+from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.states import UploadState
+from reelay_common.domain.tiktok import PublishStatus
 from reelay_common.recorder import StateRecorder
-from reelay_common.records import UploadRecord
-from reelay_common.states import UploadState
-from reelay_common.testing import InMemoryUploadStore, RecordingPublisher
-from reelay_common.tiktok.models import PublishStatus
 from reelay_status_poller.handlers import PollerDeps, PollOutcome, PollPolicy, poll_once
+from reelay_testing.fakes import InMemoryUploadStore, RecordingPublisher
 
 STATUS_TOPIC = "test.publish.status"
 ACCOUNT = "acct-1"

@@ -9,16 +9,16 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from reelay_common.errors import (
+from reelay_common.domain.errors import (
     AuthExpiredError,
     InvalidInputError,
     RateLimitedError,
     TikTokRejectedError,
     TransientTikTokError,
 )
-from reelay_common.messages import TikTokWebhookReceived, VideoUploaded
-from reelay_common.states import UploadState
-from reelay_common.tiktok.models import PublishStatus
+from reelay_common.domain.messages import TikTokWebhookReceived, VideoUploaded
+from reelay_common.domain.states import UploadState
+from reelay_common.domain.tiktok import PublishStatus
 from reelay_status_poller.handlers import PollOutcome, PollPolicy, handle_publish_event, poll_once
 
 from tests.unit.poller.poller_fakes import ACCOUNT, HangingTikTok, Harness, status

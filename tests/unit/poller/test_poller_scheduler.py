@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from reelay_common.messages import UploadRequested, UrlSource
-from reelay_common.records import UploadRecord
-from reelay_common.testing import InMemoryUploadStore
+from reelay_common.domain.messages import UploadRequested, UrlSource
+from reelay_common.domain.records import UploadRecord
 from reelay_status_poller.handlers import PollOutcome
 from reelay_status_poller.scheduler import PollScheduler
+from reelay_testing.fakes import InMemoryUploadStore
 
 
 def now() -> datetime:

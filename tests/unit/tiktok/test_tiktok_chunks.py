@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from reelay_common.errors import InvalidInputError
-from reelay_common.tiktok.chunks import chunk_ranges, plan_chunks
-from reelay_common.tiktok.models import FileUploadSourceInfo
+from reelay_common.domain.chunks import chunk_ranges, plan_chunks
+from reelay_common.domain.errors import InvalidInputError
+from reelay_common.domain.tiktok import FileUploadSourceInfo
 
 FOUR_GB = 4_000_000_000  # the safe reading of "4 GB" (see chunks.py)
 MIB = 1024 * 1024

@@ -11,7 +11,12 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
-from reelay_common.errors import (
+from reelay_common.adapters.tiktok.client import (
+    AccessTokenInvalidError,
+    parse_retry_after,
+    progress_from_content_range,
+)
+from reelay_common.domain.errors import (
     AuthExpiredError,
     InvalidInputError,
     RateLimitedError,
@@ -21,13 +26,8 @@ from reelay_common.errors import (
     UploadOutOfSyncError,
     UploadUrlExpiredError,
 )
-from reelay_common.messages import PostInfo
-from reelay_common.tiktok.client import (
-    AccessTokenInvalidError,
-    parse_retry_after,
-    progress_from_content_range,
-)
-from reelay_common.tiktok.models import FileUploadSourceInfo, PullFromUrlSourceInfo
+from reelay_common.domain.messages import PostInfo
+from reelay_common.domain.tiktok import FileUploadSourceInfo, PullFromUrlSourceInfo
 from structlog.testing import capture_logs
 
 from tests.unit.tiktok.tiktok_fakes import (

@@ -7,12 +7,12 @@ from typing import Any
 
 import httpx
 import pytest
-from reelay_common.errors import AuthExpiredError, InvalidInputError, RateLimitedError
-from reelay_common.messages import PostInfo
-from reelay_common.testing import NoopRateLimiter
-from reelay_common.tiktok.client import AccessTokenInvalidError
-from reelay_common.tiktok.gateway import TikTokGateway
-from reelay_common.tiktok.models import FileUploadSourceInfo, PullFromUrlSourceInfo
+from reelay_common.adapters.tiktok.client import AccessTokenInvalidError
+from reelay_common.adapters.tiktok.gateway import TikTokGateway
+from reelay_common.domain.errors import AuthExpiredError, InvalidInputError, RateLimitedError
+from reelay_common.domain.messages import PostInfo
+from reelay_common.domain.tiktok import FileUploadSourceInfo, PullFromUrlSourceInfo
+from reelay_testing.fakes import NoopRateLimiter
 
 from tests.unit.tiktok.tiktok_fakes import (
     UPLOAD_URL,

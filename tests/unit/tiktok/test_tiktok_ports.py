@@ -7,12 +7,15 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 from pymongo import AsyncMongoClient
+from reelay_common.adapters.crypto import TokenCipher
+from reelay_common.adapters.mongo.accounts import MongoAccountStore
+from reelay_common.adapters.mongo.rate_limits import MongoRateLimiter
+from reelay_common.adapters.tiktok.client import TikTokClient
+from reelay_common.adapters.tiktok.gateway import TikTokGateway
+from reelay_common.adapters.tiktok.tokens import MongoTokenProvider
 from reelay_common.ports import AccountStore, RateLimiter, TikTokApi, TokenProvider
 from reelay_common.settings import DEV_TOKEN_KEY
-from reelay_common.testing import NoopRateLimiter
-from reelay_common.tiktok.accounts import MongoAccountStore, MongoRateLimiter, MongoTokenProvider, TokenCipher
-from reelay_common.tiktok.client import TikTokClient
-from reelay_common.tiktok.gateway import TikTokGateway
+from reelay_testing.fakes import NoopRateLimiter
 
 
 class TestAdaptersFitThePorts:

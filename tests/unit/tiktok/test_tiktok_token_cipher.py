@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
-from reelay_common.errors import AuthExpiredError
+from reelay_common.adapters.crypto import TokenCipher
+from reelay_common.adapters.mongo.accounts import AccountTokens
+from reelay_common.domain.errors import AuthExpiredError
 from reelay_common.settings import DEV_TOKEN_KEY
-from reelay_common.tiktok.accounts import AccountTokens, TokenCipher
 
 TOKEN = "act.1234567890abcdef"  # a test value
 

@@ -4,16 +4,16 @@ responses, URL expiry, resumption, and streaming without buffering."""
 from __future__ import annotations
 
 import pytest
-from reelay_common.errors import (
+from reelay_common.adapters.tiktok.upload import upload_chunks
+from reelay_common.domain.chunks import plan_chunks
+from reelay_common.domain.errors import (
     InvalidInputError,
     TikTokRejectedError,
     TransientTikTokError,
     UploadOutOfSyncError,
     UploadUrlExpiredError,
 )
-from reelay_common.tiktok.chunks import plan_chunks
-from reelay_common.tiktok.models import FileUploadSourceInfo
-from reelay_common.tiktok.upload import upload_chunks
+from reelay_common.domain.tiktok import FileUploadSourceInfo
 
 from tests.unit.tiktok.tiktok_fakes import (
     UPLOAD_URL,

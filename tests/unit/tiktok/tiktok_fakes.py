@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 from pydantic import SecretStr
-from reelay_common.tiktok.client import TikTokClient
+from reelay_common.adapters.tiktok.client import TikTokClient
 
 BASE_URL = "https://tiktok.test"
 UPLOAD_URL = "https://upload.tiktok.test/upload/?upload_id=u1&upload_token=t1"

@@ -16,14 +16,15 @@ from functools import cache
 from typing import Any
 
 import pytest
-from reelay_common.errors import (
+from reelay_common.domain.chunks import chunk_ranges
+from reelay_common.domain.errors import (
     InvalidInputError,
     RetryableError,
     TikTokRejectedError,
     TransientTikTokError,
     UploadUrlExpiredError,
 )
-from reelay_common.messages import (
+from reelay_common.domain.messages import (
     BlobSource,
     PostInfo,
     PublishStatusChanged,
@@ -32,12 +33,8 @@ from reelay_common.messages import (
     UrlSource,
     VideoUploaded,
 )
-from reelay_common.ports import ProgressCallback, VideoReader
-from reelay_common.recorder import StateRecorder
-from reelay_common.states import UploadState
-from reelay_common.testing import BytesVideoReader, InMemoryUploadStore, RecordingPublisher
-from reelay_common.tiktok.chunks import chunk_ranges
-from reelay_common.tiktok.models import (
+from reelay_common.domain.states import UploadState
+from reelay_common.domain.tiktok import (
     CreatorInfo,
     FileUploadSourceInfo,
     InitResult,
@@ -45,6 +42,9 @@ from reelay_common.tiktok.models import (
     PullFromUrlSourceInfo,
     SourceInfo,
 )
+from reelay_common.ports import ProgressCallback, VideoReader
+from reelay_common.recorder import StateRecorder
+from reelay_testing.fakes import BytesVideoReader, InMemoryUploadStore, RecordingPublisher
 from reelay_uploader.handlers import UploaderDeps, handle_upload_requested
 
 EVENTS = "test.publish.events"

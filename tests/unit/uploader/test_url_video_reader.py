@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from reelay_common.errors import InvalidInputError, RetryableError
-from reelay_common.sources import UrlVideoReader, sniff_video_type
+from reelay_common.adapters.http_source import UrlVideoReader, sniff_video_type
+from reelay_common.domain.errors import InvalidInputError, RetryableError
 
 MP4_HEAD = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41"
 VIDEO = MP4_HEAD + bytes(range(256)) * 800  # ~200 KB, a recognisable byte pattern

@@ -12,10 +12,10 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
-from reelay_common.messages import PostInfo, StateSource, UploadMode, UploadRequested
-from reelay_common.records import AccountRecord, UploadRecord
-from reelay_common.states import UploadState
-from reelay_common.tiktok.models import (
+from reelay_common.domain.messages import PostInfo, StateSource, UploadMode, UploadRequested
+from reelay_common.domain.records import AccountRecord, UploadRecord
+from reelay_common.domain.states import UploadState
+from reelay_common.domain.tiktok import (
     CreatorInfo,
     FileUploadSourceInfo,
     InitResult,

@@ -8,11 +8,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from reelay_common.domain.messages import PublishStatusChanged, StateSource
+from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.states import UploadState
 from reelay_common.logging import get_logger
-from reelay_common.messages import PublishStatusChanged, StateSource
 from reelay_common.ports import Publisher, UploadStore
-from reelay_common.records import UploadRecord
-from reelay_common.states import UploadState
 
 log = get_logger("reelay_common.recorder")
 

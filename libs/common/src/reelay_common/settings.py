@@ -8,11 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from reelay_common.messages import (
-    TOPIC_PUBLISH_EVENTS,
-    TOPIC_PUBLISH_STATUS,
-    TOPIC_UPLOAD_REQUESTED,
-)
+from reelay_common.domain.messages import TOPIC_PUBLISH_EVENTS, TOPIC_PUBLISH_STATUS, TOPIC_UPLOAD_REQUESTED
 
 # Placeholders that work for a laptop and are refused when REELAY_ENV=prod.
 DEV_CLIENT_SECRET = "dev-client-secret"  # noqa: S105  # a documented placeholder, refused in prod

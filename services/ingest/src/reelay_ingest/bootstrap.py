@@ -5,13 +5,19 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 
 import httpx
-from reelay_common.kafka import KafkaPublisher, ensure_topics
+from reelay_common.adapters.crypto import TokenCipher
+from reelay_common.adapters.kafka.publisher import KafkaPublisher
+from reelay_common.adapters.kafka.topics import ensure_topics
+from reelay_common.adapters.mongo.accounts import MongoAccountStore
+from reelay_common.adapters.mongo.client import connect, ensure_indexes, ping
+from reelay_common.adapters.mongo.gridfs import GridFSBlobStore
+from reelay_common.adapters.mongo.rate_limits import MongoRateLimiter
+from reelay_common.adapters.mongo.uploads import MongoUploadStore
+from reelay_common.adapters.tiktok.client import TikTokClient
+from reelay_common.adapters.tiktok.gateway import TikTokGateway
+from reelay_common.adapters.tiktok.tokens import MongoTokenProvider
 from reelay_common.logging import get_logger
-from reelay_common.mongo import GridFSBlobStore, MongoUploadStore, connect, ensure_indexes, ping
 from reelay_common.recorder import StateRecorder
-from reelay_common.tiktok.accounts import MongoAccountStore, MongoRateLimiter, MongoTokenProvider, TokenCipher
-from reelay_common.tiktok.client import TikTokClient
-from reelay_common.tiktok.gateway import TikTokGateway
 
 from reelay_ingest.deps import IngestDeps, Topics
 from reelay_ingest.settings import IngestSettings

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from reelay_common.messages import MAX_VIDEO_BYTES, BlobSource
+from reelay_common.domain.messages import MAX_VIDEO_BYTES, BlobSource
 from reelay_common.ports import AccountStore, Publisher, Recorder, TikTokApi, UploadStore
 
 from reelay_ingest.settings import IngestSettings

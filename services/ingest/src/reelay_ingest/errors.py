@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from reelay_common.errors import InvalidInputError, ReelayError, RetryableError
+from reelay_common.domain.errors import InvalidInputError, ReelayError, RetryableError
 
 
 class RequestRejected(InvalidInputError):

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from reelay_common.errors import InvalidInputError
-from reelay_common.logging import get_logger
-from reelay_common.messages import (
+from reelay_common.adapters.netguard import ensure_public_url
+from reelay_common.domain.errors import InvalidInputError
+from reelay_common.domain.messages import (
     BlobSource,
     PostInfo,
     PullFromUrlSource,
@@ -20,9 +20,9 @@ from reelay_common.messages import (
     UploadRequested,
     UrlSource,
 )
-from reelay_common.netguard import ensure_public_url
-from reelay_common.records import AccountRecord, UploadRecord
-from reelay_common.states import UploadState
+from reelay_common.domain.records import AccountRecord, UploadRecord
+from reelay_common.domain.states import UploadState
+from reelay_common.logging import get_logger
 
 from reelay_ingest.deps import IngestDeps, Policy
 from reelay_ingest.errors import ConflictError, NotFoundError, RequestRejected, UnavailableError

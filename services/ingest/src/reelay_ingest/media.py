@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import PurePosixPath
 
-from reelay_common.messages import ALLOWED_CONTENT_TYPES
+from reelay_common.domain.messages import ALLOWED_CONTENT_TYPES
 
 from reelay_ingest.errors import RequestRejected, UnsupportedMediaError
 

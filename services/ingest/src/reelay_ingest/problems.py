@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from reelay_common.errors import (
+from reelay_common.domain.errors import (
     AuthExpiredError,
     InvalidInputError,
     RateLimitedError,

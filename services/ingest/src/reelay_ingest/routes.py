@@ -13,15 +13,15 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, 
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
-from reelay_common.logging import get_logger
-from reelay_common.messages import (
+from reelay_common.domain.messages import (
     BlobSource,
     PullFromUrlSource,
     UploadRequested,
     UrlSource,
     VideoSource,
 )
-from reelay_common.states import UploadState
+from reelay_common.domain.states import UploadState
+from reelay_common.logging import get_logger
 
 from reelay_ingest.deps import IngestDeps, Policy
 from reelay_ingest.errors import (

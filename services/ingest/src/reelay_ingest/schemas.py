@@ -6,16 +6,9 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Json, SecretStr, field_validator, model_validator
-from reelay_common.messages import (
-    AccountId,
-    BlobSource,
-    PostInfo,
-    RequestId,
-    StateSource,
-    UploadMode,
-)
-from reelay_common.records import AccountRecord, UploadRecord
-from reelay_common.states import UploadState
+from reelay_common.domain.messages import AccountId, BlobSource, PostInfo, RequestId, StateSource, UploadMode
+from reelay_common.domain.records import AccountRecord, UploadRecord
+from reelay_common.domain.states import UploadState
 
 HttpUrl = Annotated[
     str,

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
-from reelay_common.messages import MAX_VIDEO_BYTES
+from reelay_common.domain.messages import MAX_VIDEO_BYTES
 from reelay_common.settings import DEV_API_KEY, CommonSettings
 
 

@@ -10,16 +10,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from reelay_common.kafka import ConsumerLoop, KafkaPublisher, RecordContext, ensure_topics
+from reelay_common.adapters.crypto import TokenCipher
+from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
+from reelay_common.adapters.kafka.publisher import KafkaPublisher
+from reelay_common.adapters.kafka.topics import ensure_topics
+from reelay_common.adapters.mongo.accounts import MongoAccountStore
+from reelay_common.adapters.mongo.client import connect, ensure_indexes, ping
+from reelay_common.adapters.mongo.rate_limits import MongoRateLimiter
+from reelay_common.adapters.mongo.uploads import MongoUploadStore
+from reelay_common.adapters.ops_server import serve_ops
+from reelay_common.adapters.tiktok.client import TikTokClient
+from reelay_common.adapters.tiktok.gateway import TikTokGateway
+from reelay_common.adapters.tiktok.tokens import MongoTokenProvider
+from reelay_common.domain.messages import PUBLISH_EVENT_ADAPTER, TikTokWebhookReceived, VideoUploaded, utcnow
+from reelay_common.domain.records import UploadRecord
 from reelay_common.logging import get_logger
-from reelay_common.messages import PUBLISH_EVENT_ADAPTER, TikTokWebhookReceived, VideoUploaded, utcnow
-from reelay_common.mongo import MongoUploadStore, connect, ensure_indexes, ping
-from reelay_common.ops import serve_ops
 from reelay_common.recorder import StateRecorder
-from reelay_common.records import UploadRecord
-from reelay_common.tiktok.accounts import MongoAccountStore, MongoRateLimiter, MongoTokenProvider, TokenCipher
-from reelay_common.tiktok.client import TikTokClient
-from reelay_common.tiktok.gateway import TikTokGateway
 from structlog.contextvars import bound_contextvars
 
 from reelay_status_poller.handlers import (

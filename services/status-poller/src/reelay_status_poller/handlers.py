@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from reelay_common.errors import (
+from reelay_common.domain.errors import (
     InvalidInputError,
     PermanentError,
     RateLimitedError,
@@ -23,12 +23,12 @@ from reelay_common.errors import (
     TikTokRejectedError,
     TransientTikTokError,
 )
+from reelay_common.domain.messages import StateSource, TikTokWebhookReceived, VideoUploaded
+from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.states import UploadState
+from reelay_common.domain.tiktok import PublishStatus
 from reelay_common.logging import get_logger
-from reelay_common.messages import StateSource, TikTokWebhookReceived, VideoUploaded
 from reelay_common.ports import Recorder, TikTokApi, UploadStore
-from reelay_common.records import UploadRecord
-from reelay_common.states import UploadState
-from reelay_common.tiktok.models import PublishStatus
 
 log = get_logger(__name__)
 

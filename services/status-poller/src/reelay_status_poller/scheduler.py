@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from prometheus_client import Counter
+from reelay_common.domain.records import UploadRecord
 from reelay_common.logging import get_logger
 from reelay_common.ports import UploadStore
-from reelay_common.records import UploadRecord
 
 from reelay_status_poller.handlers import PollOutcome
 

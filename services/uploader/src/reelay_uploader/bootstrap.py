@@ -15,18 +15,25 @@ from typing import Any
 
 import httpx
 from pymongo.asynchronous.database import AsyncDatabase
-from reelay_common.kafka import ConsumerLoop, KafkaPublisher, RecordContext, ensure_topics
+from reelay_common.adapters.crypto import TokenCipher
+from reelay_common.adapters.http_source import UrlVideoReader
+from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
+from reelay_common.adapters.kafka.publisher import KafkaPublisher
+from reelay_common.adapters.kafka.topics import ensure_topics
+from reelay_common.adapters.mongo.accounts import MongoAccountStore
+from reelay_common.adapters.mongo.client import connect, ensure_indexes, ping
+from reelay_common.adapters.mongo.gridfs import GridFSBlobStore
+from reelay_common.adapters.mongo.rate_limits import MongoRateLimiter
+from reelay_common.adapters.mongo.uploads import MongoUploadStore
+from reelay_common.adapters.ops_server import serve_ops
+from reelay_common.adapters.tiktok.client import TikTokClient
+from reelay_common.adapters.tiktok.gateway import TikTokGateway
+from reelay_common.adapters.tiktok.tokens import MongoTokenProvider
+from reelay_common.domain.messages import BlobSource, DeadLetter, UploadRequested, UrlSource, dlq_topic
+from reelay_common.domain.states import UploadState
 from reelay_common.logging import get_logger
-from reelay_common.messages import BlobSource, DeadLetter, UploadRequested, UrlSource, dlq_topic
-from reelay_common.mongo import GridFSBlobStore, MongoUploadStore, connect, ensure_indexes, ping
-from reelay_common.ops import serve_ops
 from reelay_common.ports import VideoReader
 from reelay_common.recorder import StateRecorder
-from reelay_common.sources import UrlVideoReader
-from reelay_common.states import UploadState
-from reelay_common.tiktok.accounts import MongoAccountStore, MongoRateLimiter, MongoTokenProvider, TokenCipher
-from reelay_common.tiktok.client import TikTokClient
-from reelay_common.tiktok.gateway import TikTokGateway
 from structlog.contextvars import bound_contextvars
 
 from reelay_uploader.handlers import SOURCE, ReaderFactory, UploaderDeps, handle_upload_requested

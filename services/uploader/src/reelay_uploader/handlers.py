@@ -24,7 +24,8 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import structlog
-from reelay_common.errors import (
+from reelay_common.domain.chunks import plan_chunks
+from reelay_common.domain.errors import (
     AuthExpiredError,
     InvalidInputError,
     PermanentError,
@@ -36,8 +37,7 @@ from reelay_common.errors import (
     UploadOutOfSyncError,
     UploadUrlExpiredError,
 )
-from reelay_common.logging import get_logger
-from reelay_common.messages import (
+from reelay_common.domain.messages import (
     ALLOWED_CONTENT_TYPES,
     MAX_VIDEO_BYTES,
     BlobSource,
@@ -48,11 +48,11 @@ from reelay_common.messages import (
     VideoUploaded,
     utcnow,
 )
+from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.states import UploadState
+from reelay_common.domain.tiktok import FileUploadSourceInfo, PublishStatus, PullFromUrlSourceInfo
+from reelay_common.logging import get_logger
 from reelay_common.ports import Publisher, Recorder, TikTokApi, UploadStore, VideoReader
-from reelay_common.records import UploadRecord
-from reelay_common.states import UploadState
-from reelay_common.tiktok.chunks import plan_chunks
-from reelay_common.tiktok.models import FileUploadSourceInfo, PublishStatus, PullFromUrlSourceInfo
 from structlog.contextvars import bound_contextvars
 
 log = get_logger(__name__)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
-from reelay_common.messages import MAX_VIDEO_BYTES
+from reelay_common.domain.messages import MAX_VIDEO_BYTES
 from reelay_common.settings import CommonSettings
 
 

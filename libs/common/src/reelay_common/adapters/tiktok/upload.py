@@ -4,8 +4,7 @@ Each chunk's bytes stream from `reader.stream(offset, length)` straight into the
 holds one piece of the reader at a time, never the chunk or the file. After a 416 or a lost
 response the upload resynchronises from the server's progress (the response's Content-Range, or
 status/fetch `uploaded_bytes` through `status_probe`) instead of starting again, and resumes at a
-chunk boundary of the plan, since TikTok expects the chunk ranges it was promised at init.
-"""
+chunk boundary of the plan, since TikTok expects the chunk ranges it was promised at init."""
 
 from __future__ import annotations
 
@@ -14,25 +13,30 @@ import bisect
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from reelay_common.errors import (
+from reelay_common.adapters.tiktok.client import TikTokClient
+from reelay_common.domain.chunks import chunk_boundaries, chunk_ranges
+from reelay_common.domain.errors import (
     InvalidInputError,
     RateLimitedError,
     RetryableError,
     TransientTikTokError,
     UploadOutOfSyncError,
 )
+from reelay_common.domain.tiktok import FileUploadSourceInfo
 from reelay_common.logging import get_logger
 from reelay_common.ports import ProgressCallback, VideoReader
-from reelay_common.tiktok.chunks import chunk_boundaries, chunk_ranges
-from reelay_common.tiktok.client import TikTokClient
-from reelay_common.tiktok.models import FileUploadSourceInfo
 
-log = get_logger(__name__)
+log = get_logger("reelay_common.adapters.tiktok.upload")
 
-StatusProbe = Callable[[], Awaitable[int | None]]
 Sleep = Callable[[float], Awaitable[None]]
 
+
+StatusProbe = Callable[[], Awaitable[int | None]]
+
+
 DEFAULT_MAX_ATTEMPTS: Final = 5
+
+
 DEFAULT_MAX_RESYNCS: Final = 8
 
 

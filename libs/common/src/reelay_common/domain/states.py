@@ -39,6 +39,7 @@ _RANK: dict[UploadState, int] = {
     UploadState.UNCONFIRMED: 4,
 }
 
+
 TERMINAL_STATES: frozenset[UploadState] = frozenset(
     {
         UploadState.PUBLISHED,

@@ -12,21 +12,22 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-
-from reelay_common.errors import AuthExpiredError, InvalidInputError
-from reelay_common.messages import (
+from reelay_common.adapters.mongo.client import bson_now, to_bson
+from reelay_common.adapters.mongo.uploads import UNPOLLED_STATES, check_settable, new_upload_document
+from reelay_common.domain.errors import AuthExpiredError, InvalidInputError
+from reelay_common.domain.messages import (
     ALLOWED_CONTENT_TYPES,
     MAX_VIDEO_BYTES,
     BlobSource,
     StateSource,
     UploadRequested,
 )
-from reelay_common.mongo import UNPOLLED_STATES, bson_now, check_settable, new_upload_document, to_bson
+from reelay_common.domain.records import AccountRecord, UploadRecord
+from reelay_common.domain.states import UploadState, states_before
 from reelay_common.ports import RateBucket, check_read_range
-from reelay_common.records import AccountRecord, UploadRecord
-from reelay_common.states import UploadState, states_before
 
 M = TypeVar("M", bound=BaseModel)
+
 
 _FAKE_CIPHERTEXT = "fake-ciphertext"  # a stand-in for ciphertext in a fake, not a secret
 

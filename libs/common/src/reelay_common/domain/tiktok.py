@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from reelay_common.messages import PrivacyLevel
+from reelay_common.domain.messages import PrivacyLevel
 
 PublishStatusCode = Literal[
     "PROCESSING_UPLOAD", "PROCESSING_DOWNLOAD", "SEND_TO_USER_INBOX", "PUBLISH_COMPLETE", "FAILED"

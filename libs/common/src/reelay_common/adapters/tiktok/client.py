@@ -10,8 +10,7 @@ Error mapping (see errors.py for the tree):
 - 429, `rate_limit_exceeded`                               -> RateLimitedError (retry_after)
 - 401 `access_token_invalid`                               -> AccessTokenInvalidError (refresh once)
 - `scope_not_authorized`; OAuth `invalid_grant`...         -> AuthExpiredError
-- anything else TikTok refuses                             -> TikTokRejectedError
-"""
+- anything else TikTok refuses                             -> TikTokRejectedError"""
 
 from __future__ import annotations
 
@@ -25,7 +24,7 @@ from typing import Any, Final, TypeVar
 import httpx
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from reelay_common.errors import (
+from reelay_common.domain.errors import (
     AuthExpiredError,
     InvalidInputError,
     RateLimitedError,
@@ -35,10 +34,8 @@ from reelay_common.errors import (
     UploadOutOfSyncError,
     UploadUrlExpiredError,
 )
-from reelay_common.logging import get_logger
-from reelay_common.messages import PostInfo
-from reelay_common.settings import CommonSettings
-from reelay_common.tiktok.models import (
+from reelay_common.domain.messages import PostInfo
+from reelay_common.domain.tiktok import (
     CreatorInfo,
     InitResult,
     PublishStatus,
@@ -46,30 +43,56 @@ from reelay_common.tiktok.models import (
     SourceInfo,
     TokenGrant,
 )
+from reelay_common.logging import get_logger
+from reelay_common.settings import CommonSettings
 
-log = get_logger(__name__)
+log = get_logger("reelay_common.adapters.tiktok.client")
 
 M = TypeVar("M", bound=BaseModel)
 
+
 PATH_CREATOR_INFO: Final = "/v2/post/publish/creator_info/query/"
+
+
 PATH_VIDEO_INIT: Final = "/v2/post/publish/video/init/"
+
+
 PATH_INBOX_INIT: Final = "/v2/post/publish/inbox/video/init/"
+
+
 PATH_STATUS_FETCH: Final = "/v2/post/publish/status/fetch/"
+
+
 PATH_CANCEL: Final = "/v2/post/publish/cancel/"
+
+
 PATH_OAUTH_TOKEN: Final = "/v2/oauth/token/"  # noqa: S105  # an endpoint path, not a secret
+
+
 PATH_OAUTH_REVOKE: Final = "/v2/oauth/revoke/"
+
 
 _JSON_CONTENT_TYPE: Final = "application/json; charset=UTF-8"
 
+
 # Envelope codes that say "the token itself is refused": the gateway refreshes once on this one.
 _ACCESS_TOKEN_INVALID: Final = "access_token_invalid"  # noqa: S105  # an error code, not a secret
+
+
 _AUTH_CODES: Final = frozenset({"scope_not_authorized"})
+
+
 # OAuth error values that mean "try again later" rather than "this will never work".
 _OAUTH_TRANSIENT: Final = frozenset({"server_error", "temporarily_unavailable"})
+
+
 # OAuth error values that mean the grant (code or refresh token) is dead: the user must reconnect.
 _OAUTH_AUTH: Final = frozenset({"invalid_grant", "access_denied"})
 
+
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+
+
 _UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/\d+\s*$", re.IGNORECASE)
 
 

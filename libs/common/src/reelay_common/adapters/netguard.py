@@ -1,8 +1,7 @@
 """Refuses URLs that point into our own network (SSRF): loopback, link-local, private, reserved.
 
 Checked after DNS resolution (a public name can resolve to 127.0.0.1) and again on every redirect
-by whoever follows it. `allow_private=True` exists for local development and tests only.
-"""
+by whoever follows it. `allow_private=True` exists for local development and tests only."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ import ipaddress
 import socket
 from urllib.parse import urlsplit
 
-from reelay_common.errors import InvalidInputError
+from reelay_common.domain.errors import InvalidInputError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -16,9 +16,12 @@ from starlette.routing import Route
 
 from reelay_common.logging import get_logger
 
-log = get_logger("reelay_common.ops")
+log = get_logger("reelay_common.adapters.ops_server")
+
 
 Check = Callable[[], Awaitable[bool]]
+
+
 CHECK_TIMEOUT_SECONDS = 5.0
 
 

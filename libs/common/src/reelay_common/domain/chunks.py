@@ -12,23 +12,34 @@ The rules, and how the planner keeps them:
 - The size cap "4 GB" is read as 4,000,000,000 bytes, the same cap the ingest API enforces
   (`messages.MAX_VIDEO_BYTES`): the reading safe under both meanings of "GB", as for "MB", so we
   never send a file TikTok may refuse. Anything larger is refused with InvalidInputError before
-  any call to TikTok.
-"""
+  any call to TikTok."""
 
 from __future__ import annotations
 
 from typing import Final
 
-from reelay_common.errors import InvalidInputError
-from reelay_common.messages import MAX_VIDEO_BYTES
-from reelay_common.tiktok.models import FileUploadSourceInfo
+from reelay_common.domain.errors import InvalidInputError
+from reelay_common.domain.messages import MAX_VIDEO_BYTES
+from reelay_common.domain.tiktok import FileUploadSourceInfo
 
 MAX_VIDEO_SIZE: Final = MAX_VIDEO_BYTES  # 4,000,000,000 bytes
+
+
 SINGLE_CHUNK_MAX: Final = 64_000_000
+
+
 MIN_CHUNK_SIZE: Final = 5_242_880  # 5 MiB, which is also >= 5,000,000
+
+
 MAX_CHUNK_SIZE: Final = 64_000_000  # 64 * 10^6, which is also <= 64 MiB
+
+
 MAX_FINAL_CHUNK: Final = 128_000_000
+
+
 MAX_CHUNK_COUNT: Final = 1000
+
+
 DEFAULT_CHUNK_SIZE: Final = 10_000_000
 
 

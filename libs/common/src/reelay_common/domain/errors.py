@@ -11,8 +11,7 @@ ReelayError
 │       (also reachable as a PermanentError: only a reconnect fixes it)
 ├── UploadUrlExpiredError   the upload_url has expired (403 on PUT): init again
 ├── UploadOutOfSyncError    the server's progress differs from ours (416); carries it
-└── SkipError               nothing to do: a duplicate or stale message
-"""
+└── SkipError               nothing to do: a duplicate or stale message"""
 
 from __future__ import annotations
 
@@ -108,3 +107,7 @@ class UploadOutOfSyncError(ReelayError):
 
 class SkipError(ReelayError):
     """Nothing to do: a duplicate or stale message. Commit and move on."""
+
+
+class DatabaseUnavailableError(RetryableError):
+    """MongoDB did not answer; the caller may try again later."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from reelay_common.messages import PostInfo, StateSource, UploadMode, VideoSource
-from reelay_common.states import UploadState
+from reelay_common.domain.messages import PostInfo, StateSource, UploadMode, VideoSource
+from reelay_common.domain.states import UploadState
 
 
 class HistoryEntry(BaseModel):
@@ -60,6 +61,14 @@ class UploadRecord(BaseModel):
     announced_state: UploadState | None = None
 
 
+class AccountStatus(StrEnum):
+    """Whether Reelay may act for a TikTok account (stored as the value)."""
+
+    CONNECTED = "connected"
+    REAUTH_REQUIRED = "reauth_required"  # a refresh ended in invalid_grant: the creator must reconnect
+    REVOKED = "revoked"  # TikTok revoked the grant; the tokens are deleted
+
+
 class AccountRecord(BaseModel):
     """The `accounts` document. Tokens are stored encrypted (`*_enc`), never in clear."""
 
@@ -75,6 +84,6 @@ class AccountRecord(BaseModel):
     token_version: int = 0
     refresh_lock_until: datetime | None = None
     refresh_lock_owner: str | None = None
-    status: str = "connected"  # connected | revoked | reauth_required
+    status: AccountStatus = AccountStatus.CONNECTED
     created_at: datetime
     updated_at: datetime

@@ -4,8 +4,7 @@ Handlers see accounts, not tokens. Every data call takes a token from the TokenP
 from the RateLimiter, and:
 - on 401 `access_token_invalid` refreshes once (single-flight, across replicas) and retries;
 - on 429 waits (`Retry-After`, else exponential) a bounded number of times, then raises
-  RateLimitedError so the consumer loop retries the record later: a 429 never fails an upload.
-"""
+  RateLimitedError so the consumer loop retries the record later: a 429 never fails an upload."""
 
 from __future__ import annotations
 
@@ -13,9 +12,18 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from reelay_common.errors import InvalidInputError, RateLimitedError
+from reelay_common.adapters.tiktok.client import AccessTokenInvalidError, TikTokClient
+from reelay_common.adapters.tiktok.upload import upload_chunks
+from reelay_common.domain.errors import InvalidInputError, RateLimitedError
+from reelay_common.domain.messages import PostInfo, UploadMode
+from reelay_common.domain.tiktok import (
+    CreatorInfo,
+    FileUploadSourceInfo,
+    InitResult,
+    PublishStatus,
+    SourceInfo,
+)
 from reelay_common.logging import get_logger
-from reelay_common.messages import PostInfo, UploadMode
 from reelay_common.ports import (
     ProgressCallback,
     RateBucket,
@@ -23,19 +31,11 @@ from reelay_common.ports import (
     TokenProvider,
     VideoReader,
 )
-from reelay_common.tiktok.client import AccessTokenInvalidError, TikTokClient
-from reelay_common.tiktok.models import (
-    CreatorInfo,
-    FileUploadSourceInfo,
-    InitResult,
-    PublishStatus,
-    SourceInfo,
-)
-from reelay_common.tiktok.upload import upload_chunks
 
-log = get_logger(__name__)
+log = get_logger("reelay_common.adapters.tiktok.gateway")
 
 T = TypeVar("T")
+
 Sleep = Callable[[float], Awaitable[None]]
 
 

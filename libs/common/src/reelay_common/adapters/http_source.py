@@ -7,8 +7,7 @@ disk, never held in memory.
 
 Redirects are followed by hand so that every hop passes the SSRF guard (`netguard`), and httpx's
 errors are translated here into the error tree: 404/410 and other refusals are permanent
-(`InvalidInputError`), 5xx, 408/429, timeouts and dropped connections are retryable.
-"""
+(`InvalidInputError`), 5xx, 408/429, timeouts and dropped connections are retryable."""
 
 from __future__ import annotations
 
@@ -23,16 +22,28 @@ from typing import IO, Self
 
 import httpx
 
-from reelay_common.errors import InvalidInputError, RetryableError
-from reelay_common.messages import ALLOWED_CONTENT_TYPES, MAX_VIDEO_BYTES
-from reelay_common.netguard import ensure_public_url
+from reelay_common.adapters.netguard import ensure_public_url
+from reelay_common.domain.errors import InvalidInputError, RetryableError
+from reelay_common.domain.messages import ALLOWED_CONTENT_TYPES, MAX_VIDEO_BYTES
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
 _RETRYABLE_STATUSES = frozenset({408, 425, 429})
+
+
 _GONE_STATUSES = frozenset({404, 410})
+
+
 _OCTET_STREAM = frozenset({"application/octet-stream", "binary/octet-stream", ""})
+
+
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
 _FILE_PIECE = 1024 * 1024  # bytes per read from a spooled file
+
+
 _SNIFF_BYTES = 64
 
 

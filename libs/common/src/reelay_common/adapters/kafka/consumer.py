@@ -7,8 +7,7 @@ Outcomes of one record (the only place they are decided, STYLE habit 6):
 - RetryableError                              -> back off (retry_after when given), retry, no commit
 - any other exception                         -> retried up to max_unexpected_failures, then dead letter
 Records of one partition are handled in order, partitions concurrently; a partition is paused while
-its records are handled and polling continues, so long uploads never exceed max_poll_interval_ms.
-"""
+its records are handled and polling continues, so long uploads never exceed max_poll_interval_ms."""
 
 from __future__ import annotations
 
@@ -19,188 +18,56 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Generic, Literal, Protocol, Self, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
     KafkaError,
-    TopicAlreadyExistsError,
-    for_code,
 )
 from prometheus_client import Counter, Histogram
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from reelay_common.errors import (
+from reelay_common.domain.errors import (
     PermanentError,
     RateLimitedError,
     ReelayError,
     RetryableError,
     SkipError,
 )
+from reelay_common.domain.messages import DeadLetter, dlq_topic
 from reelay_common.logging import get_logger
-from reelay_common.messages import DeadLetter, dlq_topic
 
 T = TypeVar("T")
 
-log = get_logger("reelay_common.kafka")
+log = get_logger("reelay_common.adapters.kafka.consumer")
+
 
 RECORDS = Counter(
     "reelay_kafka_records_total",
     "Kafka records finished by the consumer loop, by outcome.",
     ["topic", "outcome"],
 )
+
+
 RECORD_RETRIES = Counter(
     "reelay_kafka_record_retries_total",
     "Handler attempts that will be retried, by kind of failure.",
     ["topic", "kind"],
 )
+
+
 RECORD_SECONDS = Histogram(
     "reelay_kafka_record_duration_seconds",
     "Time from the first handler attempt to the record's outcome.",
     ["topic", "outcome"],
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900),
 )
-PUBLISHED = Counter("reelay_kafka_published_total", "Messages acknowledged by Kafka.", ["topic"])
-
-_TOPIC_WAIT_SECONDS = 30.0
-
-
-# --------------------------------------------------------------------------------------------- topics
-
-
-async def ensure_topics(
-    bootstrap_servers: str,
-    topics: Sequence[str],
-    *,
-    partitions: int,
-    replication_factor: int,
-    with_dlq: bool = True,
-) -> None:
-    """Create `topics` (and each `<topic>.dlq`) if missing, then wait until they have leaders."""
-    names = list(dict.fromkeys([*topics, *([dlq_topic(t) for t in topics] if with_dlq else [])]))
-    if not names:
-        return
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="reelay-admin")
-    try:
-        await admin.start()
-        existing = set(await admin.list_topics())
-        missing = [n for n in names if n not in existing]
-        if missing:
-            response = await admin.create_topics(
-                [
-                    NewTopic(n, num_partitions=partitions, replication_factor=replication_factor)
-                    for n in missing
-                ]
-            )
-            for topic_error in response.topic_errors:
-                name, code = topic_error[0], topic_error[1]
-                # Another replica may have created it between list and create: that is success.
-                if code not in (0, TopicAlreadyExistsError.errno):
-                    message = topic_error[2] if len(topic_error) > 2 else None
-                    raise for_code(code)(f"cannot create topic {name}: {message}")
-            log.info("kafka_topics_created", topics=missing, partitions=partitions)
-        await _wait_for_leaders(admin, names)
-    except KafkaError as exc:
-        raise RetryableError(f"could not ensure Kafka topics: {exc!r}") from exc
-    finally:
-        await admin.close()
-
-
-async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str]) -> None:
-    # A topic is only usable once each partition has a leader; producing earlier fails.
-    deadline = time.monotonic() + _TOPIC_WAIT_SECONDS
-    while True:
-        described = await admin.describe_topics(names)
-        ready = {
-            t["topic"]
-            for t in described
-            if t["error_code"] == 0 and t["partitions"] and all(p["leader"] >= 0 for p in t["partitions"])
-        }
-        if ready >= set(names):
-            return
-        if time.monotonic() > deadline:
-            raise RetryableError(f"Kafka topics have no leader yet: {sorted(set(names) - ready)}")
-        await asyncio.sleep(0.2)
-
-
-# ------------------------------------------------------------------------------------------ publisher
-
-
-class KafkaPublisher:
-    """Publishes JSON messages and waits for every in-sync replica's ack (idempotent producer)."""
-
-    def __init__(self, bootstrap_servers: str, *, client_id: str) -> None:
-        self._bootstrap_servers = bootstrap_servers
-        self._client_id = client_id
-        self._producer: AIOKafkaProducer | None = None
-
-    async def start(self) -> None:
-        """Connect to Kafka."""
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap_servers,
-            client_id=self._client_id,
-            acks="all",
-            enable_idempotence=True,
-        )
-        try:
-            await producer.start()
-        except KafkaError as exc:
-            await producer.stop()
-            raise RetryableError(f"could not connect the Kafka producer: {exc!r}") from exc
-        self._producer = producer
-
-    async def stop(self) -> None:
-        """Flush what is pending and disconnect."""
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            await producer.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
-    async def publish(self, topic: str, message: BaseModel, *, key: str) -> None:
-        """Publish `message` as JSON under `key` and wait for the broker's acknowledgement."""
-        await self.publish_raw(topic, message.model_dump_json().encode(), key=key.encode())
-
-    async def publish_raw(self, topic: str, value: bytes, *, key: bytes | None) -> None:
-        """Publish raw bytes (dead letters keep the original key bytes) and wait for the ack."""
-        if self._producer is None:
-            raise RuntimeError("KafkaPublisher is not started")
-        try:
-            await self._producer.send_and_wait(topic, value=value, key=key)
-        except KafkaError as exc:
-            raise RetryableError(f"Kafka did not acknowledge a message on {topic}: {exc!r}") from exc
-        PUBLISHED.labels(topic=topic).inc()
-
-    async def healthy(self) -> bool:
-        """True when the producer is started and can see the cluster."""
-        if self._producer is None:
-            return False
-        # A metadata round trip to the cluster. (Not the partitions of `__consumer_offsets`: that
-        # topic only exists once some consumer group has committed, so a fresh broker would
-        # never look ready.)
-        try:
-            metadata = await asyncio.wait_for(self._producer.client.fetch_all_metadata(), 5)
-        except (KafkaError, TimeoutError):
-            return False
-        return bool(metadata.brokers())
-
-
-# ------------------------------------------------------------------------------------------- consumer
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,7 @@
 
 Rules (ARCHITECTURE.md, STYLE.md): messages are facts named in the past tense, keyed by
 `account_id`, and only ever gain optional fields. Readers ignore unknown fields. A breaking change
-is a new message on a new topic. `make schemas` exports their JSON Schema to `schemas/`.
-"""
+is a new message on a new topic. `make schemas` exports their JSON Schema to `schemas/`."""
 
 from __future__ import annotations
 
@@ -12,10 +11,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
-from reelay_common.states import UploadState
+from reelay_common.domain.states import UploadState
 
 TOPIC_UPLOAD_REQUESTED = "reelay.upload.requested"
+
+
 TOPIC_PUBLISH_EVENTS = "reelay.publish.events"
+
+
 TOPIC_PUBLISH_STATUS = "reelay.publish.status"
 
 
@@ -31,13 +34,25 @@ def utcnow() -> datetime:
 
 # request ids travel in URLs, Kafka keys and Mongo ids: keep them boring.
 RequestId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+
+
 AccountId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+
+
 PrivacyLevel = Literal["PUBLIC_TO_EVERYONE", "MUTUAL_FOLLOW_FRIENDS", "FOLLOWER_OF_CREATOR", "SELF_ONLY"]
+
+
 UploadMode = Literal["direct", "inbox"]
+
+
 StateSource = Literal["ingest", "uploader", "poller", "webhook"]
+
+
 # TikTok: "max file size 4 GB". Like "MB" in the chunk rules, "GB" has two readings (10^9 and 2^30);
 # we take the one safe under both, so a file TikTok may refuse is refused here first, clearly.
 MAX_VIDEO_BYTES = 4_000_000_000
+
+
 ALLOWED_CONTENT_TYPES = ("video/mp4", "video/quicktime", "video/webm")
 
 
@@ -159,6 +174,8 @@ class TikTokWebhookReceived(Message):
 
 
 PublishEvent = Annotated[VideoUploaded | TikTokWebhookReceived, Field(discriminator="type")]
+
+
 PUBLISH_EVENT_ADAPTER: TypeAdapter[VideoUploaded | TikTokWebhookReceived] = TypeAdapter(PublishEvent)
 
 

@@ -1,0 +1,280 @@
+"""TikTok accounts in MongoDB: tokens encrypted at rest, single-flight refresh, shared rate limits.
+
+Everything here relies on single-document guarded updates only (`find_one_and_update` with a filter
+that states the precondition), because the Mongo-wire server we run on (FerretDB v1) has no
+multi-document transactions. FerretDB v1 also applies an update as "read, then replace", so two
+racing guarded updates of one document can both match; every write here therefore runs under
+`mongo.WriteGuard` (a per-document lock built on the atomic insert of a unique `_id`, a no-op on
+MongoDB), which restores the single-document atomicity the guards rely on. Tokens are never logged."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from pymongo import ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+from reelay_common.adapters.crypto import TokenCipher
+from reelay_common.adapters.mongo.write_guard import WriteGuard
+from reelay_common.domain.errors import (
+    DatabaseUnavailableError,
+    InvalidInputError,
+)
+from reelay_common.domain.messages import utcnow
+from reelay_common.domain.records import (
+    AccountRecord,
+    AccountStatus,
+)
+from reelay_common.domain.tiktok import TokenGrant
+from reelay_common.logging import get_logger
+
+log = get_logger("reelay_common.adapters.mongo.accounts")
+
+T = TypeVar("T")
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True)
+class AccountTokens:
+    """An account's tokens in clear, with what the refresh logic needs to decide."""
+
+    account_id: str
+    status: AccountStatus
+    access_token: str | None
+    access_expires_at: datetime | None
+    refresh_token: str | None
+    refresh_expires_at: datetime | None
+    token_version: int
+
+    def __repr__(self) -> str:
+        # Keep tokens out of reprs, tracebacks and logs.
+        return (
+            f"AccountTokens(account_id={self.account_id!r}, status={self.status!r}, v={self.token_version})"
+        )
+
+
+def as_aware_utc(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+class MongoAccountStore:
+    """The `accounts` collection (implements ports.AccountStore); tokens encrypted at rest."""
+
+    def __init__(
+        self,
+        db: AsyncDatabase[dict[str, Any]],
+        cipher: TokenCipher,
+        *,
+        collection: str = "accounts",
+        clock: Clock = utcnow,
+        guard: WriteGuard | None = None,
+    ) -> None:
+        self._name = collection
+        self._col: AsyncCollection[dict[str, Any]] = db[collection]
+        self._cipher = cipher
+        self._clock = clock
+        self._write_guard = guard if guard is not None else WriteGuard(db)
+
+    async def upsert_tokens(
+        self,
+        account_id: str,
+        *,
+        open_id: str,
+        access_token: str,
+        expires_in: int,
+        refresh_token: str,
+        refresh_expires_in: int,
+        scopes: list[str],
+    ) -> AccountRecord:
+        """Store a fresh grant (OAuth connect), creating the account if needed; bumps token_version."""
+        now = self._clock()
+        doc = await self._write(
+            account_id,
+            lambda: self._col.find_one_and_update(
+                {"_id": account_id},
+                {
+                    "$set": {
+                        **self._token_fields(
+                            now,
+                            access_token=access_token,
+                            expires_in=expires_in,
+                            refresh_token=refresh_token,
+                            refresh_expires_in=refresh_expires_in,
+                        ),
+                        "open_id": open_id,
+                        "scopes": list(scopes),
+                        "status": AccountStatus.CONNECTED,
+                    },
+                    "$inc": {"token_version": 1},
+                    "$setOnInsert": {"created_at": now},
+                },
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            ),
+        )
+        log.info("account_tokens_stored", account_id=account_id, open_id=open_id)
+        return AccountRecord.model_validate(doc)
+
+    async def get(self, account_id: str) -> AccountRecord | None:
+        """The account document, tokens still encrypted."""
+        doc = await self._guard(self._col.find_one({"_id": account_id}))
+        return AccountRecord.model_validate(doc) if doc is not None else None
+
+    async def get_tokens(self, account_id: str) -> AccountTokens | None:
+        """The account's tokens decrypted, or None for an unknown account."""
+        doc = await self._guard(self._col.find_one({"_id": account_id}))
+        return self._tokens(doc) if doc is not None else None
+
+    async def mark_reauth_required(self, account_id: str) -> None:
+        """The refresh token is dead (invalid_grant): only the user reconnecting can fix it."""
+        await self._set_status(account_id, AccountStatus.REAUTH_REQUIRED, clear_tokens=False)
+
+    async def mark_revoked(self, account_id: str) -> None:
+        """The authorisation was removed (revoke or webhook): forget the tokens."""
+        await self._set_status(account_id, AccountStatus.REVOKED, clear_tokens=True)
+
+    # ---- refresh lock: used by MongoTokenProvider ---------------------------------------------
+
+    async def try_lock_refresh(
+        self, account_id: str, *, owner: str, expect_version: int, lock_seconds: float
+    ) -> AccountTokens | None:
+        """Take the refresh lock if no live lock exists and the tokens are still `expect_version`.
+
+        One guarded find_one_and_update: of all callers (any process) racing for the same version,
+        exactly one gets the tokens back (read in the same atomic step: the latest refresh token).
+        """
+        now = self._clock()
+        doc = await self._write(
+            account_id,
+            lambda: self._col.find_one_and_update(
+                {
+                    "_id": account_id,
+                    "status": AccountStatus.CONNECTED,
+                    "token_version": expect_version,
+                    "$or": [{"refresh_lock_until": None}, {"refresh_lock_until": {"$lte": now}}],
+                },
+                {
+                    "$set": {
+                        "refresh_lock_until": now + timedelta(seconds=lock_seconds),
+                        "refresh_lock_owner": owner,
+                    }
+                },
+                return_document=ReturnDocument.AFTER,
+            ),
+        )
+        return self._tokens(doc) if doc is not None else None
+
+    async def store_refreshed(self, account_id: str, *, owner: str, grant: TokenGrant) -> int:
+        """Persist a refreshed grant (always the new, rotated refresh token), release our lock;
+        returns the new token_version."""
+        now = self._clock()
+        fields = self._token_fields(
+            now,
+            access_token=grant.access_token,
+            expires_in=grant.expires_in,
+            refresh_token=grant.refresh_token,
+            refresh_expires_in=grant.refresh_expires_in,
+        )
+        if grant.scopes:
+            fields["scopes"] = grant.scopes
+        doc = await self._write(
+            account_id,
+            lambda: self._col.find_one_and_update(
+                {"_id": account_id, "refresh_lock_owner": owner},
+                {
+                    "$set": {**fields, "refresh_lock_until": None, "refresh_lock_owner": None},
+                    "$inc": {"token_version": 1},
+                },
+                return_document=ReturnDocument.AFTER,
+            ),
+        )
+        if doc is None:
+            # Our lock expired while TikTok answered and someone else holds it now. TikTok already
+            # rotated to the grant we hold, so it is the only live one: store it anyway, leaving
+            # their lock alone (their refresh with the old token will fail and see our version).
+            log.warning("token_refresh_lock_lost", account_id=account_id)
+            doc = await self._write(
+                account_id,
+                lambda: self._col.find_one_and_update(
+                    {"_id": account_id},
+                    {"$set": fields, "$inc": {"token_version": 1}},
+                    return_document=ReturnDocument.AFTER,
+                ),
+            )
+            if doc is None:
+                raise InvalidInputError(f"unknown account {account_id}", code="unknown_account")
+        return int(doc.get("token_version", 0))
+
+    async def release_refresh_lock(self, account_id: str, *, owner: str) -> None:
+        """Drop our refresh lock (after a failed refresh) so another caller may try."""
+        await self._write(
+            account_id,
+            lambda: self._col.update_one(
+                {"_id": account_id, "refresh_lock_owner": owner},
+                {"$set": {"refresh_lock_until": None, "refresh_lock_owner": None}},
+            ),
+        )
+
+    # ---- helpers ----------------------------------------------------------------------------------
+
+    def _token_fields(
+        self,
+        now: datetime,
+        *,
+        access_token: str,
+        expires_in: int,
+        refresh_token: str,
+        refresh_expires_in: int,
+    ) -> dict[str, Any]:
+        # Lifetimes come from each response, never constants: TikTok has changed them before.
+        return {
+            "access_token_enc": self._cipher.encrypt(access_token),
+            "access_expires_at": now + timedelta(seconds=expires_in),
+            "refresh_token_enc": self._cipher.encrypt(refresh_token),
+            "refresh_expires_at": now + timedelta(seconds=refresh_expires_in),
+            "updated_at": now,
+        }
+
+    def _tokens(self, doc: Mapping[str, Any]) -> AccountTokens:
+        access_enc = doc.get("access_token_enc")
+        refresh_enc = doc.get("refresh_token_enc")
+        return AccountTokens(
+            account_id=str(doc["_id"]),
+            status=AccountStatus(doc.get("status", AccountStatus.CONNECTED)),
+            access_token=self._cipher.decrypt(access_enc) if access_enc else None,
+            access_expires_at=as_aware_utc(doc.get("access_expires_at")),
+            refresh_token=self._cipher.decrypt(refresh_enc) if refresh_enc else None,
+            refresh_expires_at=as_aware_utc(doc.get("refresh_expires_at")),
+            token_version=int(doc.get("token_version", 0)),
+        )
+
+    async def _set_status(self, account_id: str, status: AccountStatus, *, clear_tokens: bool) -> None:
+        fields: dict[str, Any] = {"status": status, "updated_at": self._clock()}
+        if clear_tokens:
+            fields.update(access_token_enc=None, refresh_token_enc=None)
+        result = await self._write(
+            account_id, lambda: self._col.update_one({"_id": account_id}, {"$set": fields})
+        )
+        if result.matched_count == 0:
+            raise InvalidInputError(f"unknown account {account_id}", code="unknown_account")
+        log.info("account_status_changed", account_id=account_id, status=status)
+
+    @staticmethod
+    async def _guard(awaitable: Awaitable[T]) -> T:
+        try:
+            return await awaitable
+        except PyMongoError as exc:
+            raise DatabaseUnavailableError(f"accounts store failed: {type(exc).__name__}") from exc
+
+    async def _write(self, account_id: str, write: Callable[[], Awaitable[T]]) -> T:
+        """Run one guarded write of the account's document under its write lock (see module doc)."""
+        async with self._write_guard.document(self._name, account_id):
+            return await self._guard(write())

@@ -1,0 +1,97 @@
+"""MongoDB for every service: the client, indexes, the `uploads` store and GridFS blobs.
+
+Everything here works on FerretDB v1 too: no transactions, no partial/sparse/TTL indexes. One more
+difference matters: FerretDB v1 implements update and findAndModify as "read the document, then
+replace it", so two concurrent guarded updates of one document can both succeed (measured: 6 of 20
+racing transitions "won"). `WriteGuard` restores single-document atomicity there with a per-document
+lock built on what *is* atomic, the unique `_id` of an insert; on MongoDB it does nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from reelay_common.domain.errors import RetryableError
+
+
+def connect(uri: str, *, app_name: str) -> AsyncMongoClient[dict[str, Any]]:
+    """A client that returns timezone-aware UTC datetimes (connects lazily)."""
+    return AsyncMongoClient(
+        uri,
+        appname=app_name,
+        tz_aware=True,
+        tzinfo=UTC,
+        serverSelectionTimeoutMS=10_000,
+    )
+
+
+async def ensure_indexes(db: AsyncDatabase[dict[str, Any]]) -> None:
+    """Create the indexes of `uploads` (idempotent; only index kinds FerretDB v1 has)."""
+    uploads = db["uploads"]
+    with translate_errors("create indexes"):
+        await uploads.create_index([("account_id", ASCENDING), ("state", ASCENDING)], name="account_state")
+        await uploads.create_index(
+            [("account_id", ASCENDING), ("created_at", DESCENDING)], name="account_created"
+        )
+        await uploads.create_index([("state", ASCENDING), ("created_at", DESCENDING)], name="state_created")
+        await uploads.create_index([("publish_id", ASCENDING)], name="publish_id")
+        await uploads.create_index([("poll_next_at", ASCENDING)], name="poll_next_at")
+
+
+async def ping(client: AsyncMongoClient[dict[str, Any]]) -> bool:
+    """True when the server answers a ping within a few seconds."""
+    try:
+        await asyncio.wait_for(client.admin.command("ping"), timeout=5)
+    except (PyMongoError, TimeoutError):
+        return False
+    return True
+
+
+@contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    # Connection loss, elections, timeouts: the consumer loop retries RetryableError.
+    try:
+        yield
+    except DuplicateKeyError:
+        raise
+    except PyMongoError as exc:
+        raise RetryableError(f"MongoDB could not {what}: {type(exc).__name__}") from exc
+
+
+def to_bson(value: Any) -> Any:
+    """Plain BSON-storable values: pydantic models as JSON-ish dicts, enums by value, tz-aware UTC."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are ambiguous; pass timezone-aware UTC")
+        return value.astimezone(UTC)
+    if isinstance(value, Mapping):
+        return {str(k): to_bson(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_bson(v) for v in value]
+    return value
+
+
+def bson_now() -> datetime:
+    """Now, at the millisecond precision BSON dates keep (so a written value reads back equal)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+async def is_ferretdb(db: AsyncDatabase[dict[str, Any]]) -> bool:
+    """True when the server is FerretDB (its buildInfo says so), whose updates are not atomic."""
+    with translate_errors("read buildInfo"):
+        info = await db.client.admin.command("buildInfo")
+    return "ferretdbVersion" in info

@@ -1,0 +1,226 @@
+"""MongoDB for every service: the client, indexes, the `uploads` store and GridFS blobs.
+
+Everything here works on FerretDB v1 too: no transactions, no partial/sparse/TTL indexes. One more
+difference matters: FerretDB v1 implements update and findAndModify as "read the document, then
+replace it", so two concurrent guarded updates of one document can both succeed (measured: 6 of 20
+racing transitions "won"). `WriteGuard` restores single-document atomicity there with a per-document
+lock built on what *is* atomic, the unique `_id` of an insert; on MongoDB it does nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
+from bson import ObjectId
+from bson.errors import InvalidId
+from gridfs import AsyncGridFSBucket
+from gridfs.errors import NoFile
+from pymongo import ASCENDING
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+from reelay_common.adapters.mongo.client import bson_now, translate_errors
+from reelay_common.domain.errors import InvalidInputError, RetryableError
+from reelay_common.domain.messages import (
+    ALLOWED_CONTENT_TYPES,
+    MAX_VIDEO_BYTES,
+    BlobSource,
+)
+from reelay_common.logging import get_logger
+from reelay_common.ports import check_read_range
+
+log = get_logger("reelay_common.adapters.mongo.gridfs")
+
+
+GRIDFS_CHUNK_BYTES = 1024 * 1024  # one GridFS chunk; also the largest piece a reader yields
+
+
+class GridFSVideoReader:
+    """A GridFS file read as a VideoReader: any offset, bounded pieces, nothing held in memory.
+
+    Chunks are read with our own cursor in small batches: FerretDB v1 does not cap a cursor batch
+    at 16 MiB as MongoDB does, so PyMongo's GridOut (default batch: 101 chunks of 1 MiB) gets a
+    reply larger than the 48 MB wire-message limit and fails with ProtocolError.
+    """
+
+    _BATCH_CHUNKS = 4  # ~4 MiB per reply: small, and well below every server's message limit
+
+    def __init__(
+        self,
+        chunks: AsyncCollection[dict[str, Any]],
+        file_id: ObjectId,
+        *,
+        size: int,
+        chunk_size: int,
+        content_type: str,
+    ) -> None:
+        self._chunks = chunks
+        self._file_id = file_id
+        self._size = size
+        self._chunk_size = chunk_size
+        self._content_type = content_type
+
+    @property
+    def size(self) -> int:
+        """Bytes in the file."""
+        return self._size
+
+    @property
+    def content_type(self) -> str:
+        """The media type recorded at save time."""
+        return self._content_type
+
+    async def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
+        """Yield exactly `length` bytes from `offset`, at most one GridFS chunk at a time."""
+        check_read_range(offset, length, self._size)
+        if length == 0:
+            return
+        n = offset // self._chunk_size
+        skip = offset - n * self._chunk_size
+        remaining = length
+        cursor = (
+            self._chunks.find({"files_id": self._file_id, "n": {"$gte": n}}, projection={"n": 1, "data": 1})
+            .sort("n", ASCENDING)
+            .batch_size(self._BATCH_CHUNKS)
+        )
+        try:
+            while remaining > 0:
+                with translate_errors("read a GridFS chunk"):
+                    doc = await cursor.next()
+                if doc["n"] != n:
+                    raise RetryableError(f"blob {self._file_id} is missing chunk {n}")
+                data = bytes(doc["data"])[skip:]
+                skip = 0
+                piece = data[:remaining]
+                if not piece:
+                    raise RetryableError(f"blob {self._file_id} ended {remaining} bytes early")
+                remaining -= len(piece)
+                n += 1
+                yield piece
+        except StopAsyncIteration as exc:
+            raise RetryableError(f"blob {self._file_id} ended {remaining} bytes early") from exc
+        finally:
+            await cursor.close()
+
+
+class GridFSBlobStore:
+    """Uploaded video files in GridFS (bucket "videos"), written as a stream with a size cap.
+
+    Files are written in the standard GridFS layout (`<bucket>.files` / `<bucket>.chunks`), so
+    PyMongo's own GridFS reads them; but the writing is ours, one chunk document at a time:
+    PyMongo's GridIn batches up to ~48 MB of chunks per insert, which would make memory grow
+    with the video (promise 3) for every upload streamed into ingest.
+    """
+
+    def __init__(self, db: AsyncDatabase[dict[str, Any]], *, bucket_name: str = "videos") -> None:
+        self._bucket = AsyncGridFSBucket(db, bucket_name=bucket_name, chunk_size_bytes=GRIDFS_CHUNK_BYTES)
+        self._files = db[f"{bucket_name}.files"]
+        self._chunks = db[f"{bucket_name}.chunks"]
+        self._indexed = False
+
+    async def _ensure_indexes(self) -> None:
+        # The indexes the GridFS spec asks writers to create before the first write.
+        if self._indexed:
+            return
+        with translate_errors("create GridFS indexes"):
+            await self._chunks.create_index([("files_id", ASCENDING), ("n", ASCENDING)], unique=True)
+            await self._files.create_index([("filename", ASCENDING), ("uploadDate", ASCENDING)])
+        self._indexed = True
+
+    async def save(
+        self, chunks: AsyncIterable[bytes], *, filename: str | None, content_type: str, max_bytes: int
+    ) -> BlobSource:
+        """Stream `chunks` into a new file; over `max_bytes`: InvalidInputError "too_large", nothing kept."""
+        if content_type not in ALLOWED_CONTENT_TYPES:
+            raise InvalidInputError(
+                f"unsupported media type {content_type!r}; use one of {', '.join(ALLOWED_CONTENT_TYPES)}",
+                code="unsupported_media_type",
+            )
+        limit = min(max_bytes, MAX_VIDEO_BYTES)
+        await self._ensure_indexes()
+        file_id = ObjectId()
+        buffer = bytearray()
+        n = 0
+        total = 0
+
+        async def flush(data: bytes) -> None:
+            nonlocal n
+            with translate_errors("write a GridFS chunk"):
+                await self._chunks.insert_one({"files_id": file_id, "n": n, "data": data})
+            n += 1
+
+        try:
+            async for piece in chunks:
+                total += len(piece)
+                if total > limit:
+                    raise InvalidInputError(
+                        f"the video is larger than the limit of {limit} bytes", code="too_large"
+                    )
+                buffer += piece
+                while len(buffer) >= GRIDFS_CHUNK_BYTES:
+                    await flush(bytes(buffer[:GRIDFS_CHUNK_BYTES]))
+                    del buffer[:GRIDFS_CHUNK_BYTES]
+            if total == 0:
+                raise InvalidInputError("the video is empty", code="empty")
+            if buffer:
+                await flush(bytes(buffer))
+                buffer.clear()
+            # The files document goes last: until it exists, readers see no file at all.
+            with translate_errors("finish a GridFS upload"):
+                await self._files.insert_one(
+                    {
+                        "_id": file_id,
+                        "length": total,
+                        "chunkSize": GRIDFS_CHUNK_BYTES,
+                        "uploadDate": bson_now(),
+                        "filename": filename or "upload",
+                        "metadata": {"content_type": content_type},
+                    }
+                )
+        except BaseException:
+            # Whatever went wrong (too large, client gone, cancelled), leave no partial file behind.
+            try:
+                await asyncio.shield(self._chunks.delete_many({"files_id": file_id}))
+            except PyMongoError as abort_exc:  # pragma: no cover - the database went away mid-abort
+                log.warning("gridfs_abort_failed", error=type(abort_exc).__name__)
+            raise
+        log.info("blob_saved", blob_id=str(file_id), bytes=total, content_type=content_type)
+        return BlobSource(blob_id=str(file_id), size=total, content_type=content_type, filename=filename)
+
+    async def open(self, source: BlobSource) -> GridFSVideoReader:
+        """A reader of the stored file (checks it exists and has the recorded size)."""
+        file_id = _object_id(source.blob_id)
+        with translate_errors("open a GridFS file"):
+            meta = await self._files.find_one({"_id": file_id})
+        if meta is None:
+            raise InvalidInputError(f"blob {source.blob_id} does not exist", code="blob_not_found")
+        size = int(meta["length"])
+        if size != source.size:
+            raise InvalidInputError(
+                f"blob {source.blob_id} has {size} bytes, the request said {source.size}",
+                code="blob_size_mismatch",
+            )
+        return GridFSVideoReader(
+            self._chunks,
+            file_id,
+            size=size,
+            chunk_size=int(meta["chunkSize"]),
+            content_type=source.content_type,
+        )
+
+    async def delete(self, blob_id: str) -> None:
+        """Delete a stored file; deleting one that is already gone is fine."""
+        with translate_errors("delete a GridFS file"):
+            try:
+                await self._bucket.delete(_object_id(blob_id))
+            except NoFile:
+                return
+
+
+def _object_id(blob_id: str) -> ObjectId:
+    try:
+        return ObjectId(blob_id)
+    except (InvalidId, TypeError) as exc:
+        raise InvalidInputError(f"{blob_id!r} is not a blob id", code="invalid_blob_id") from exc

@@ -1,0 +1,153 @@
+"""TikTok accounts in MongoDB: tokens encrypted at rest, single-flight refresh, shared rate limits.
+
+Everything here relies on single-document guarded updates only (`find_one_and_update` with a filter
+that states the precondition), because the Mongo-wire server we run on (FerretDB v1) has no
+multi-document transactions. FerretDB v1 also applies an update as "read, then replace", so two
+racing guarded updates of one document can both match; every write here therefore runs under
+`mongo.WriteGuard` (a per-document lock built on the atomic insert of a unique `_id`, a no-op on
+MongoDB), which restores the single-document atomicity the guards rely on. Tokens are never logged."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+
+from reelay_common.adapters.mongo.accounts import AccountTokens, MongoAccountStore
+from reelay_common.adapters.tiktok.client import TikTokClient
+from reelay_common.domain.errors import (
+    AuthExpiredError,
+    InvalidInputError,
+    RetryableError,
+    TransientTikTokError,
+)
+from reelay_common.domain.messages import utcnow
+from reelay_common.domain.records import AccountStatus
+from reelay_common.logging import get_logger
+
+log = get_logger("reelay_common.adapters.tiktok.tokens")
+
+Clock = Callable[[], datetime]
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class MongoTokenProvider:
+    """Hands out access tokens (implements ports.TokenProvider); refreshes single-flight per
+    account across processes, elected by a guarded update on the account document."""
+
+    def __init__(
+        self,
+        store: MongoAccountStore,
+        client: TikTokClient,
+        *,
+        refresh_margin_seconds: float = 300.0,
+        lock_seconds: float = 60.0,
+        poll_interval_seconds: float = 0.1,
+        wait_timeout_seconds: float | None = None,
+        owner: str | None = None,
+        clock: Clock = utcnow,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._margin = timedelta(seconds=refresh_margin_seconds)
+        self._lock_seconds = lock_seconds
+        self._poll = poll_interval_seconds
+        # Losers wait at most a lock lifetime (plus slack), after which the lock is up for grabs.
+        self._wait_timeout = wait_timeout_seconds if wait_timeout_seconds is not None else lock_seconds + 5
+        self._owner = owner or f"{uuid.uuid4().hex}"
+        self._clock = clock
+        self._sleep = sleep
+
+    async def access_token(self, account_id: str) -> str:
+        """A token valid for more than the margin, refreshing (single-flight) when it is not."""
+        tokens = await self._load(account_id)
+        remaining = tokens.access_expires_at - self._clock() if tokens.access_expires_at is not None else None
+        if tokens.access_token is not None and remaining is not None and remaining > self._margin:
+            return tokens.access_token
+        try:
+            return await self._refresh(tokens)
+        except RetryableError as exc:
+            # We refresh early; while the current token still works, a TikTok or database hiccup
+            # need not stop the call. The next caller tries the refresh again.
+            if tokens.access_token is not None and remaining is not None and remaining > timedelta(0):
+                log.warning("token_refresh_deferred", account_id=account_id, code=exc.code)
+                return tokens.access_token
+            raise
+
+    async def force_refresh(self, account_id: str, stale_token: str) -> str:
+        """`stale_token` was refused: refresh, unless the stored token is already a newer one."""
+        tokens = await self._load(account_id)
+        if tokens.access_token is not None and tokens.access_token != stale_token:
+            return tokens.access_token
+        return await self._refresh(tokens)
+
+    async def _load(self, account_id: str) -> AccountTokens:
+        tokens = await self._store.get_tokens(account_id)
+        if tokens is None:
+            raise InvalidInputError(f"unknown account {account_id}", code="unknown_account")
+        _ensure_connected(tokens)
+        return tokens
+
+    async def _refresh(self, seen: AccountTokens) -> str:
+        """Refresh once across every replica; the callers that lose the election wait for the winner."""
+        account_id = seen.account_id
+        started = time.monotonic()
+        while True:
+            mine = await self._store.try_lock_refresh(
+                account_id,
+                owner=self._owner,
+                expect_version=seen.token_version,
+                lock_seconds=self._lock_seconds,
+            )
+            if mine is not None:
+                return await self._refresh_as_winner(mine)
+            current = await self._load(account_id)
+            if current.token_version != seen.token_version and current.access_token is not None:
+                return current.access_token
+            if time.monotonic() - started > self._wait_timeout:
+                raise TransientTikTokError(
+                    "timed out waiting for another replica's token refresh", code="refresh_wait_timeout"
+                )
+            await self._sleep(self._poll)
+
+    async def _refresh_as_winner(self, mine: AccountTokens) -> str:
+        account_id = mine.account_id
+        if mine.refresh_token is None:
+            await self._store.release_refresh_lock(account_id, owner=self._owner)
+            await self._store.mark_reauth_required(account_id)
+            raise AuthExpiredError("the account has no refresh token", code="no_refresh_token")
+        try:
+            grant = await self._client.refresh_token(mine.refresh_token)
+        except AuthExpiredError as exc:
+            await self._store.release_refresh_lock(account_id, owner=self._owner)
+            # A slower winner whose lock expired may have stored a rotated token meanwhile; our
+            # refresh token was then already dead. Use theirs rather than disconnecting the account.
+            current = await self._store.get_tokens(account_id)
+            if current is not None and current.token_version != mine.token_version and current.access_token:
+                return current.access_token
+            await self._store.mark_reauth_required(account_id)
+            log.warning("token_refresh_refused", account_id=account_id, code=exc.code, log_id=exc.log_id)
+            raise
+        except BaseException:
+            await self._store.release_refresh_lock(account_id, owner=self._owner)
+            raise
+        version = await self._store.store_refreshed(account_id, owner=self._owner, grant=grant)
+        log.info(
+            "token_refreshed",
+            account_id=account_id,
+            token_version=version,
+            expires_in=grant.expires_in,
+            refresh_expires_in=grant.refresh_expires_in,
+        )
+        return grant.access_token
+
+
+def _ensure_connected(tokens: AccountTokens) -> None:
+    if tokens.status != AccountStatus.CONNECTED:
+        raise AuthExpiredError(
+            f"account {tokens.account_id} is {tokens.status}; the user must reconnect", code=tokens.status
+        )
