@@ -1,13 +1,4 @@
-"""Kafka for every service: topics, an acknowledged JSON publisher, and the consumer loop that turns a
-handler's outcome into commit, retry or dead letter.
-
-Outcomes of one record (the only place they are decided, STYLE habit 6):
-- handler returns, or raises SkipError        -> commit offset+1
-- undecodable record, or PermanentError       -> DeadLetter on `<topic>.dlq`, on_dead_letter, commit
-- RetryableError                              -> back off (retry_after when given), retry, no commit
-- any other exception                         -> retried up to max_unexpected_failures, then dead letter
-Records of one partition are handled in order, partitions concurrently; a partition is paused while
-its records are handled and polling continues, so long uploads never exceed max_poll_interval_ms."""
+"""Kafka publisher: JSON messages, sent with acks=all and awaited until the broker acknowledges them."""
 
 from __future__ import annotations
 

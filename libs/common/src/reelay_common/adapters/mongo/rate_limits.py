@@ -1,11 +1,6 @@
-"""TikTok accounts in MongoDB: tokens encrypted at rest, single-flight refresh, shared rate limits.
+"""TikTok's per-account rate limits, shared by every replica.
 
-Everything here relies on single-document guarded updates only (`find_one_and_update` with a filter
-that states the precondition), because the Mongo-wire server we run on (FerretDB v1) has no
-multi-document transactions. FerretDB v1 also applies an update as "read, then replace", so two
-racing guarded updates of one document can both match; every write here therefore runs under
-`mongo.WriteGuard` (a per-document lock built on the atomic insert of a unique `_id`, a no-op on
-MongoDB), which restores the single-document atomicity the guards rely on. Tokens are never logged."""
+A strict 60 s sliding window kept in MongoDB and advanced by compare-and-swap."""
 
 from __future__ import annotations
 

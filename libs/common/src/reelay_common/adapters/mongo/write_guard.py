@@ -1,10 +1,6 @@
-"""MongoDB for every service: the client, indexes, the `uploads` store and GridFS blobs.
+"""WriteGuard: single-document atomicity where updates are read-then-replace (FerretDB v1).
 
-Everything here works on FerretDB v1 too: no transactions, no partial/sparse/TTL indexes. One more
-difference matters: FerretDB v1 implements update and findAndModify as "read the document, then
-replace it", so two concurrent guarded updates of one document can both succeed (measured: 6 of 20
-racing transitions "won"). `WriteGuard` restores single-document atomicity there with a per-document
-lock built on what *is* atomic, the unique `_id` of an insert; on MongoDB it does nothing."""
+On MongoDB it does nothing."""
 
 from __future__ import annotations
 

@@ -1,11 +1,4 @@
-"""TikTok accounts in MongoDB: tokens encrypted at rest, single-flight refresh, shared rate limits.
-
-Everything here relies on single-document guarded updates only (`find_one_and_update` with a filter
-that states the precondition), because the Mongo-wire server we run on (FerretDB v1) has no
-multi-document transactions. FerretDB v1 also applies an update as "read, then replace", so two
-racing guarded updates of one document can both match; every write here therefore runs under
-`mongo.WriteGuard` (a per-document lock built on the atomic insert of a unique `_id`, a no-op on
-MongoDB), which restores the single-document atomicity the guards rely on. Tokens are never logged."""
+"""MongoTokenProvider: a valid access token for an account, refreshed single-flight across processes."""
 
 from __future__ import annotations
 
