@@ -21,6 +21,7 @@ from reelay_common.domain.messages import (
     UrlSource,
 )
 from reelay_common.domain.records import AccountRecord, UploadRecord
+from reelay_common.domain.rules import PRIVACY_LEVEL_NOT_OFFERED, check_privacy_level
 from reelay_common.domain.states import UploadState
 from reelay_common.logging import get_logger
 
@@ -79,13 +80,15 @@ async def check_upload_target(target: UploadTarget, deps: IngestDeps, policy: Po
         # route maps them. The gateway paces this call per account (20/min).
         info = await deps.tiktok.creator_info(target.account_id)
         offered = list(info.privacy_level_options)
-        if target.post_info.privacy_level not in offered:
+        try:
+            check_privacy_level(target.post_info.privacy_level, offered)
+        except InvalidInputError as exc:
+            # The uploader's own refusal, made at the API and naming the levels the client may choose.
             raise RequestRejected(
-                f"privacy_level {target.post_info.privacy_level} is not offered to this creator; "
-                f"choose one of {', '.join(offered) or '(none: the creator cannot post now)'}",
-                code="privacy_level_not_offered",
+                exc.message,
+                code=PRIVACY_LEVEL_NOT_OFFERED,
                 extra={"privacy_level": target.post_info.privacy_level, "offered": offered},
-            )
+            ) from exc
 
 
 def _check_account_can_post(account: AccountRecord, mode: UploadMode) -> None:

@@ -49,6 +49,7 @@ from reelay_common.domain.messages import (
     utcnow,
 )
 from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.rules import check_privacy_level
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import FileUploadSourceInfo, PublishStatus, PullFromUrlSourceInfo
 from reelay_common.logging import get_logger
@@ -337,13 +338,7 @@ class _Job:
                 )
         if self.rec.mode == "direct" and self.rec.post_info is not None:
             info = await self.deps.tiktok.creator_info(self.rec.account_id)
-            wanted = self.rec.post_info.privacy_level
-            if wanted not in info.privacy_level_options:
-                raise InvalidInputError(
-                    f"privacy level {wanted} is not offered by this creator "
-                    f"(offered: {', '.join(info.privacy_level_options) or 'none'})",
-                    code="privacy_level_not_offered",
-                )
+            check_privacy_level(self.rec.post_info.privacy_level, info.privacy_level_options)
         self._validated = True
 
     async def _init_file_upload(self) -> _FilePublish:
