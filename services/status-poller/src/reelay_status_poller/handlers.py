@@ -25,8 +25,9 @@ from reelay_common.domain.errors import (
 )
 from reelay_common.domain.messages import StateSource, TikTokWebhookReceived, VideoUploaded
 from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.rules import Backoff, upload_state_for
 from reelay_common.domain.states import UploadState
-from reelay_common.domain.tiktok import PublishStatus
+from reelay_common.domain.tiktok import PublishStatus, PublishStatusCode
 from reelay_common.logging import get_logger
 from reelay_common.ports import Recorder, TikTokApi, UploadStore
 
@@ -38,6 +39,13 @@ EVENT_FAILED = "post.publish.failed"
 EVENT_PUBLICLY_AVAILABLE = "post.publish.publicly_available"
 EVENT_NO_LONGER_PUBLIC = "post.publish.no_longer_publicaly_available"  # misspelled by TikTok
 EVENT_AUTHORIZATION_REMOVED = "authorization.removed"
+
+# The publish status each webhook event announces (the same news status/fetch gives).
+_WEBHOOK_STATUS: dict[str, PublishStatusCode] = {
+    EVENT_COMPLETE: "PUBLISH_COMPLETE",
+    EVENT_INBOX_DELIVERED: "SEND_TO_USER_INBOX",
+    EVENT_FAILED: "FAILED",
+}
 
 # TikTok's answer to a publish it does not know: it will never become a post.
 CODE_INVALID_PUBLISH_ID = "invalid_publish_id"
@@ -58,9 +66,7 @@ class PollPolicy:
 
     def interval(self, attempts: int) -> float:
         """Seconds to wait after the `attempts`-th poll (0-based): grows geometrically, capped."""
-        # min() before the power would overflow floats after ~1700 attempts; cap the exponent.
-        exponent = min(max(attempts, 0), 200)
-        return min(self.max_interval, self.min_interval * self.backoff_factor**exponent)
+        return Backoff(self.min_interval, self.max_interval, self.backoff_factor).delay(attempts)
 
 
 @dataclass(frozen=True)
@@ -161,23 +167,16 @@ async def apply_webhook(event: TikTokWebhookReceived, deps: PollerDeps) -> None:
     if event.publish_type is not None:
         detail["publish_type"] = event.publish_type
 
-    if event.event == EVENT_COMPLETE:
-        if record.mode == "inbox":
-            # For an inbox upload this only means the user posted the draft; its success is
-            # inbox_delivered (reached now if the inbox_delivered news was missed).
-            await _record_terminal(
-                record, UploadState.INBOX_DELIVERED, "webhook", {**detail, "user_posted_draft": True}, deps
-            )
-            if record.user_posted_draft_at is None:  # TikTok may repeat it for drafts
-                await _note_fact(record, {"user_posted_draft_at": deps.clock()}, deps)
-        else:
-            await _record_terminal(record, UploadState.PUBLISHED, "webhook", detail, deps)
-    elif event.event == EVENT_INBOX_DELIVERED:
-        await _record_terminal(record, UploadState.INBOX_DELIVERED, "webhook", detail, deps)
-    elif event.event == EVENT_FAILED:
-        if event.reason is not None:
+    status = _WEBHOOK_STATUS.get(event.event)
+    if status is not None:
+        meaning = upload_state_for(status, record.mode)
+        if meaning.user_posted_draft:
+            detail["user_posted_draft"] = True
+        if status == "FAILED" and event.reason is not None:
             detail["fail_reason"] = event.reason
-        await _record_terminal(record, UploadState.FAILED, "webhook", detail, deps)
+        await _record_terminal(record, meaning.state, "webhook", detail, deps)
+        if meaning.user_posted_draft and record.user_posted_draft_at is None:  # TikTok may repeat it
+            await _note_fact(record, {"user_posted_draft_at": deps.clock()}, deps)
     elif event.event == EVENT_PUBLICLY_AVAILABLE:
         if event.post_id is None:
             bound.warning("publicly_available_without_post_id")
@@ -253,42 +252,28 @@ async def poll_once(record: UploadRecord, deps: PollerDeps) -> PollOutcome:
 
 
 async def _apply_status(record: UploadRecord, status: PublishStatus, deps: PollerDeps) -> UploadRecord | None:
+    meaning = upload_state_for(status.status, record.mode)
     detail: dict[str, Any] = {"tiktok_status": status.status}
-    if status.status in ("PROCESSING_UPLOAD", "PROCESSING_DOWNLOAD"):
+    set_fields: dict[str, Any] = {}
+    if meaning.state is UploadState.PROCESSING:
         if status.uploaded_bytes is not None:
             detail["uploaded_bytes"] = status.uploaded_bytes
         if status.downloaded_bytes is not None:
             detail["downloaded_bytes"] = status.downloaded_bytes
-        return await deps.recorder.record(
-            record.request_id, UploadState.PROCESSING, source="poller", detail=detail
-        )
-    if status.status == "PUBLISH_COMPLETE":
-        if record.mode == "inbox":
-            # The user posted the draft: the inbox upload's success is inbox_delivered.
-            moved = await deps.recorder.record(
-                record.request_id,
-                UploadState.INBOX_DELIVERED,
-                source="poller",
-                detail={**detail, "user_posted_draft": True},
-            )
-            if record.user_posted_draft_at is None:
-                await _note_fact(record, {"user_posted_draft_at": deps.clock()}, deps)
-            return moved
-        set_fields: dict[str, Any] = {}
+    elif meaning.user_posted_draft:
+        detail["user_posted_draft"] = True
+    elif meaning.state is UploadState.PUBLISHED:
         merged = _merge(record.post_ids, status.publicaly_available_post_id)
         if merged != record.post_ids:
             set_fields["post_ids"] = merged
-        return await deps.recorder.record(
-            record.request_id, UploadState.PUBLISHED, source="poller", detail=detail, set_fields=set_fields
-        )
-    if status.status == "SEND_TO_USER_INBOX":
-        return await deps.recorder.record(
-            record.request_id, UploadState.INBOX_DELIVERED, source="poller", detail=detail
-        )
-    # FAILED
-    if status.fail_reason is not None:
+    elif meaning.state is UploadState.FAILED and status.fail_reason is not None:
         detail["fail_reason"] = status.fail_reason
-    return await deps.recorder.record(record.request_id, UploadState.FAILED, source="poller", detail=detail)
+    moved = await deps.recorder.record(
+        record.request_id, meaning.state, source="poller", detail=detail, set_fields=set_fields
+    )
+    if meaning.user_posted_draft and record.user_posted_draft_at is None:
+        await _note_fact(record, {"user_posted_draft_at": deps.clock()}, deps)
+    return moved
 
 
 async def _collect_post_ids(record: UploadRecord, status: PublishStatus, deps: PollerDeps) -> PollOutcome:
