@@ -10,12 +10,13 @@ lease (PollPolicy.fetch_timeout), so a slow one is never taken over while it run
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from prometheus_client import Counter
 from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.rules import Backoff
+from reelay_common.domain.timing import sleep_unless_stopped
 from reelay_common.logging import get_logger
 from reelay_common.ports import UploadStore
 
@@ -57,7 +58,8 @@ class PollScheduler:
         self._concurrency = concurrency
         self._idle_sleep = idle_sleep_seconds
         self._error_retry = error_retry_seconds
-        self._store_backoff_max = store_backoff_max_seconds
+        # A store that cannot be reached is retried ever more slowly, from twice the idle sleep.
+        self._store_backoff = Backoff(idle_sleep_seconds, store_backoff_max_seconds)
         self._grace = shutdown_grace_seconds
         self._on_outcome = on_outcome
         self._healthy = True
@@ -83,15 +85,15 @@ class PollScheduler:
                     store_failures += 1
                     CLAIM_FAILURES.inc()
                     self._healthy = False
-                    delay = min(self._store_backoff_max, self._idle_sleep * 2**store_failures)
+                    delay = self._store_backoff.delay(store_failures)
                     log.warning("poll_claim_failed", error=repr(exc), retry_in=delay)
-                    await _sleep_or_stop(stop, delay)
+                    await sleep_unless_stopped(stop, delay)
                     continue
                 store_failures = 0
                 self._healthy = True
                 if record is None:
                     slots.release()
-                    await _sleep_or_stop(stop, self._idle_sleep)
+                    await sleep_unless_stopped(stop, self._idle_sleep)
                     continue
                 task = asyncio.create_task(self._run_one(record, slots), name=f"poll:{record.request_id}")
                 in_flight.add(task)
@@ -130,11 +132,6 @@ class PollScheduler:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
             log.warning("polls_cancelled_at_shutdown", count=len(pending))
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 async def _acquire_or_stop(slots: asyncio.Semaphore, stop: asyncio.Event) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import re
 import time
 from collections import deque
@@ -41,6 +40,8 @@ from reelay_common.domain.errors import (
     SkipError,
 )
 from reelay_common.domain.messages import DeadLetter, dlq_topic
+from reelay_common.domain.rules import Backoff
+from reelay_common.domain.timing import sleep_unless_stopped
 from reelay_common.logging import get_logger
 
 T = TypeVar("T")
@@ -187,8 +188,8 @@ class ConsumerLoop(Generic[T]):
         self._publisher = publisher
         self._on_dead_letter = on_dead_letter
         self._max_unexpected = max_unexpected_failures
-        self._backoff_initial = retry_backoff_initial
-        self._backoff_max = retry_backoff_max
+        # A little jitter, so consumers that failed together do not retry in lockstep.
+        self._retry = Backoff(retry_backoff_initial, retry_backoff_max, jitter=0.1)
         self._grace = shutdown_grace_seconds
         self._client_id = client_id or f"reelay-{group_id}"
         self._poll_timeout_ms = poll_timeout_ms
@@ -258,7 +259,7 @@ class ConsumerLoop(Generic[T]):
             except KafkaError as exc:
                 failures += 1
                 log.warning("kafka_poll_failed", error=repr(exc), failures=failures)
-                await self._sleep_unless(stop, min(self._backoff_max, self._backoff_initial * 2**failures))
+                await sleep_unless_stopped(stop, self._retry.delay(failures))
                 continue
             failures = 0
             self._last_poll = time.monotonic()
@@ -405,7 +406,7 @@ class ConsumerLoop(Generic[T]):
     ) -> Outcome:
         """Call the handler until its outcome is final (or raise _Abandoned); counts attempts."""
         unexpected = 0
-        backoff = self._backoff_initial
+        retries = 0
         ids = {k: v for k, v in _ids_from_message(message).items() if k in ("request_id", "account_id")}
         while True:
             progress.attempts += 1
@@ -422,10 +423,10 @@ class ConsumerLoop(Generic[T]):
                 )
                 return "dead_lettered"
             except RetryableError as exc:
-                delay = backoff
+                delay = self._retry.delay(retries)
                 if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
                     delay = max(0.0, exc.retry_after)
-                backoff = min(self._backoff_max, backoff * 2)
+                retries += 1
                 RECORD_RETRIES.labels(topic=record.topic, kind="retryable").inc()
                 log.warning(
                     "record_retry_scheduled",
@@ -450,8 +451,8 @@ class ConsumerLoop(Generic[T]):
                     )
                     return "dead_lettered"
                 RECORD_RETRIES.labels(topic=record.topic, kind="unexpected").inc()
-                delay = backoff
-                backoff = min(self._backoff_max, backoff * 2)
+                delay = self._retry.delay(retries)
+                retries += 1
                 log.warning(
                     "record_handler_error",
                     error=f"{type(exc).__name__}: {exc}",
@@ -476,7 +477,7 @@ class ConsumerLoop(Generic[T]):
             request_id=ids.get("request_id"),
             account_id=ids.get("account_id"),
         )
-        backoff = self._backoff_initial
+        retries = 0
         while True:
             try:
                 await self._publisher.publish_raw(
@@ -485,9 +486,10 @@ class ConsumerLoop(Generic[T]):
                 break
             except (RetryableError, KafkaError, RuntimeError) as exc:
                 # Never commit a record whose dead letter is not safely on Kafka.
-                log.warning("dead_letter_publish_failed", error=repr(exc), delay_s=backoff)
-                await self._backoff(backoff)
-                backoff = min(self._backoff_max, backoff * 2)
+                delay = self._retry.delay(retries)
+                retries += 1
+                log.warning("dead_letter_publish_failed", error=repr(exc), delay_s=delay)
+                await self._backoff(delay)
         log.warning("record_dead_lettered", reason=reason, error=error)
         if self._on_dead_letter is not None:
             await self._call_dead_letter_hook(letter)
@@ -496,7 +498,7 @@ class ConsumerLoop(Generic[T]):
         hook = self._on_dead_letter
         assert hook is not None
         failures = 0
-        backoff = self._backoff_initial
+        retries = 0
         while True:
             try:
                 await hook(letter)
@@ -510,12 +512,12 @@ class ConsumerLoop(Generic[T]):
                     log.error("dead_letter_hook_failed", exc_info=exc)
                     return
                 log.warning("dead_letter_hook_error", error=f"{type(exc).__name__}: {exc}")
-            await self._backoff(backoff)
-            backoff = min(self._backoff_max, backoff * 2)
+            await self._backoff(self._retry.delay(retries))
+            retries += 1
 
     async def _commit(self, consumer: AIOKafkaConsumer, record: ConsumerRecord) -> None:
         tp = TopicPartition(record.topic, record.partition)
-        backoff = self._backoff_initial
+        retries = 0
         while True:
             try:
                 await consumer.commit({tp: record.offset + 1})
@@ -525,20 +527,12 @@ class ConsumerLoop(Generic[T]):
                 log.warning("commit_refused_partition_moved", error=repr(exc))
                 raise _Abandoned from exc
             except KafkaError as exc:
-                log.warning("commit_failed", error=repr(exc), delay_s=backoff)
-                await self._backoff(backoff)
-                backoff = min(self._backoff_max, backoff * 2)
+                delay = self._retry.delay(retries)
+                retries += 1
+                log.warning("commit_failed", error=repr(exc), delay_s=delay)
+                await self._backoff(delay)
 
     async def _backoff(self, delay: float) -> None:
         """Sleep `delay` (with a little jitter); raise _Abandoned if the loop starts stopping."""
-        jittered = delay * random.uniform(0.9, 1.1)  # noqa: S311  # jitter needs no cryptographic randomness
-        try:
-            await asyncio.wait_for(self._stopping.wait(), timeout=jittered)
-        except TimeoutError:
-            return
-        raise _Abandoned
-
-    @staticmethod
-    async def _sleep_unless(stop: asyncio.Event, delay: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=delay)
+        if await sleep_unless_stopped(self._stopping, self._retry.jittered(delay)):
+            raise _Abandoned
