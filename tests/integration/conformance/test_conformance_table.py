@@ -1,6 +1,6 @@
 """The conformance table: every documented TikTok rule, seen from both sides.
 
-For each rule of the reference (/work/shared/tiktok-content-posting-api.md) the table below holds two
+For each rule of the reference (docs/architecture.md, "TikTok") the table below holds two
 proofs, run as two parametrized tests:
 
 - `test_sandbox_rejects_the_violation[rule]`: the violating request, sent with plain httpx to the real

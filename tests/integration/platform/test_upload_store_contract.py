@@ -1,4 +1,4 @@
-"""The UploadStore contract, run against the in-memory fake and the real Mongo store alike (STYLE 8)."""
+"""One UploadStore contract for the fake and the real Mongo store (docs/architecture.md, "Habits" 8)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 resume after any crash, and record the outcome (docs/design.md, step 2).
 
 Pure logic against ports (UploadStore, a StateRecorder, Publisher, TikTokApi, a reader factory, a
-clock): no Kafka, HTTP or Mongo here. The promise it keeps is ARCHITECTURE.md's second: never two
+clock): no Kafka, HTTP or Mongo here. It keeps promise 2 (docs/architecture.md, "Promises"): never two
 TikTok posts for one request. Hence the order of things: the `publish_id` and `upload_url` are
 checkpointed before the first PUT, and a redelivered request resumes that publish (from TikTok's
 own count of the bytes it holds) or confirms it through status/fetch. A new init happens only when

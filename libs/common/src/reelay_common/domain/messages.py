@@ -1,6 +1,6 @@
 """Every message Reelay puts on Kafka: frozen pydantic models, the public contract.
 
-Rules (ARCHITECTURE.md, STYLE.md): messages are facts named in the past tense, keyed by
+Rules (docs/architecture.md, "Public contract"): messages are facts named in the past tense, keyed by
 `account_id`, and only ever gain optional fields. Readers ignore unknown fields. A breaking change
 is a new message on a new topic. `make schemas` exports their JSON Schema to `schemas/`."""
 

@@ -1,7 +1,7 @@
 """Kafka for every service: topics, an acknowledged JSON publisher, and the consumer loop that turns a
 handler's outcome into commit, retry or dead letter.
 
-Outcomes of one record (the only place they are decided, STYLE habit 6):
+Outcomes of one record (the only place they are decided: docs/architecture.md, "Habits" 6):
 - handler returns, or raises SkipError        -> commit offset+1
 - undecodable record, or PermanentError       -> DeadLetter on `<topic>.dlq`, on_dead_letter, commit
 - RetryableError                              -> back off (retry_after when given), retry, no commit
