@@ -214,8 +214,11 @@ def make_settings(**overrides: Any) -> IngestSettings:
 
 
 @asynccontextmanager
-async def running(settings: IngestSettings | None = None) -> AsyncIterator[Harness]:
-    """Start the app over fresh fakes (one connected account, ACCOUNT) and yield its harness."""
+async def running(
+    settings: IngestSettings | None = None, *, raise_app_exceptions: bool = True
+) -> AsyncIterator[Harness]:
+    """Start the app over fresh fakes (one connected account, ACCOUNT) and yield its harness.
+    With `raise_app_exceptions=False` the client sees a bug's 500 answer instead of the bug."""
     settings = settings or make_settings()
     uploads, accounts = InMemoryUploadStore(), InMemoryAccountStore()
     publisher, blobs, tiktok = TopicFailingPublisher(), CountingBlobStore(), FakeTikTok()
@@ -240,6 +243,6 @@ async def running(settings: IngestSettings | None = None) -> AsyncIterator[Harne
     )
     app = create_app(settings, deps, ready_checks={name: check(name) for name in ready})
     async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
+        transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=raise_app_exceptions)
         async with httpx.AsyncClient(transport=transport, base_url="http://ingest.test") as client:
             yield Harness(client, uploads, accounts, publisher, blobs, tiktok, settings, ready)

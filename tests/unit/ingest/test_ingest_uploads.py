@@ -15,6 +15,7 @@ from tests.unit.ingest.ingest_fakes import (
     direct_fields,
     inbox_fields,
     mp4_bytes,
+    running,
     url_body,
 )
 
@@ -219,6 +220,25 @@ class TestKafkaDoesNotAcknowledge:
 
         assert resp.status_code == 503
         assert h.blobs.blobs == {}
+
+
+class TestABugIsNotKafka:
+    async def test_a_bug_while_queueing_is_a_500_not_an_enqueue_failure(self) -> None:
+        async with running(raise_app_exceptions=False) as h:
+            h.publisher.fail_with.append(TypeError("a bug, not a broker"))
+
+            resp = await h.post_json(url_body(request_id="bug-1"))
+
+            assert resp.status_code == 500
+            assert resp.json()["error"]["code"] == "internal_error"
+            record = await h.uploads.get("bug-1")
+            assert record is not None
+            # Not marked failed as if Kafka had refused it: the same request again queues it.
+            assert record.state is UploadState.ACCEPTED
+            assert not [e for e in record.history if e.detail.get("code") == "enqueue_failed"]
+            again = await h.post_json(url_body(request_id="bug-1"))
+            assert again.status_code == 202
+            assert [m.request_id for m, _ in h.requested()] == ["bug-1"]
 
 
 class TestAcceptUploadAsFile:
