@@ -9,7 +9,7 @@ import signal
 
 import pytest
 from reelay_common.readiness import check_readiness
-from reelay_common.runtime import WorkerStopped, supervise
+from reelay_common.runtime import WorkerStopped, stop_on_signals, supervise
 
 
 class Worker:
@@ -36,7 +36,7 @@ class TestSupervise:
     async def test_returns_once_stop_is_set_and_every_worker_has_finished(self) -> None:
         stop = asyncio.Event()
         fast, slow = Worker(), Worker(drain=0.2)
-        running = asyncio.create_task(supervise({"fast": fast, "slow": slow}, stop=stop))
+        running = asyncio.create_task(supervise({"fast": fast, "slow": slow}, stop))
         await asyncio.wait_for(asyncio.gather(fast.started.wait(), slow.started.wait()), 5)
 
         stop.set()
@@ -53,7 +53,7 @@ class TestSupervise:
             raise ConnectionError("the ops port is taken")
 
         with pytest.raises(ConnectionError, match="ops port"):
-            await asyncio.wait_for(supervise({"ops": broken, "consumer": other}, stop=asyncio.Event()), 5)
+            await asyncio.wait_for(supervise({"ops": broken, "consumer": other}, asyncio.Event()), 5)
 
         assert other.finished
         assert not other.cancelled
@@ -65,15 +65,13 @@ class TestSupervise:
             await other.started.wait()
 
         with pytest.raises(WorkerStopped, match="scheduler"):
-            await asyncio.wait_for(
-                supervise({"scheduler": quitter, "consumer": other}, stop=asyncio.Event()), 5
-            )
+            await asyncio.wait_for(supervise({"scheduler": quitter, "consumer": other}, asyncio.Event()), 5)
 
         assert other.finished
 
     async def test_a_hard_stop_cancels_the_workers_without_grace(self) -> None:
         worker = Worker(drain=60)
-        running = asyncio.create_task(supervise({"consumer": worker}, stop=asyncio.Event()))
+        running = asyncio.create_task(supervise({"consumer": worker}, asyncio.Event()))
         await asyncio.wait_for(worker.started.wait(), 5)
 
         running.cancel()
@@ -83,15 +81,17 @@ class TestSupervise:
         assert worker.cancelled
         assert not worker.finished
 
-    async def test_sigterm_stops_a_service_that_owns_its_signals(self) -> None:
+    async def test_sigterm_asks_for_a_graceful_stop(self) -> None:
+        stop = asyncio.Event()
         worker = Worker()
 
         async def terminate(stop: asyncio.Event) -> None:
             await worker.started.wait()
-            os.kill(os.getpid(), signal.SIGTERM)  # handled by supervise: it sets stop
+            os.kill(os.getpid(), signal.SIGTERM)  # handled: it sets stop instead of killing
             await stop.wait()
 
-        await asyncio.wait_for(supervise({"consumer": worker, "killer": terminate}), 5)
+        with stop_on_signals(stop):
+            await asyncio.wait_for(supervise({"consumer": worker, "killer": terminate}, stop), 5)
 
         assert worker.finished
 

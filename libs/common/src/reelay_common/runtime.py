@@ -1,8 +1,9 @@
 """The skeleton every service runs on: connect the shared infrastructure from settings, then
-supervise the service's workers (consumer loops, background loops, HTTP servers) until SIGTERM.
+supervise the service's workers (consumer loops, background loops, HTTP servers) until stopped.
 
 A service's `main.py` reads: settings -> `Infrastructure.connect` -> handlers with their deps ->
-`supervise({...})`, started by `run_service` from its console script.
+`supervise({...}, stop)`, started by `run_service` from its console script, which turns the first
+SIGTERM/SIGINT into `stop` (so a signal during start-up or teardown is graceful too).
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -56,11 +57,9 @@ class WorkerStopped(RuntimeError):
 class Infrastructure:
     """The connected clients and adapters the services share (Mongo, Kafka, TikTok)."""
 
-    settings: CommonSettings
     mongo: AsyncMongoClient[dict[str, Any]]
     db: AsyncDatabase[dict[str, Any]]
     publisher: KafkaPublisher
-    tiktok_http: httpx.AsyncClient
     tiktok: TikTokClient
     accounts: MongoAccountStore
     tokens: MongoTokenProvider
@@ -115,11 +114,9 @@ class Infrastructure:
                 tiktok=settings.tiktok_api_base_url,
             )
             yield cls(
-                settings=settings,
                 mongo=mongo,
                 db=db,
                 publisher=publisher,
-                tiktok_http=tiktok_http,
                 tiktok=tiktok,
                 accounts=accounts,
                 tokens=MongoTokenProvider(accounts, tiktok),
@@ -168,18 +165,12 @@ def ops_server(
     return serve
 
 
-async def supervise(workers: Mapping[str, Worker], *, stop: asyncio.Event | None = None) -> None:
-    """Run `workers` together until `stop` is set, or SIGTERM/SIGINT when no `stop` is given.
+async def supervise(workers: Mapping[str, Worker], stop: asyncio.Event) -> None:
+    """Run `workers` together until `stop` is set, then wait until each has finished.
 
     When one fails or returns on its own, the others are stopped gracefully and the first failure
     is raised. Cancelled (a hard stop), the workers are cancelled too: no grace, nothing committed.
     """
-    own_signals = stop is None
-    stop = asyncio.Event() if stop is None else stop
-    loop = asyncio.get_running_loop()
-    if own_signals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, _request_stop, stop, sig.name)
     tasks = [asyncio.create_task(_run_worker(name, work, stop), name=name) for name, work in workers.items()]
     try:
         await asyncio.wait(tasks)
@@ -192,15 +183,24 @@ async def supervise(workers: Mapping[str, Worker], *, stop: asyncio.Event | None
             if task.done() and not task.cancelled():
                 task.exception()  # retrieved: a hard stop reports the cancellation, not these
         raise
-    finally:
-        if own_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
     failures = [exc for task in tasks if (exc := task.exception()) is not None]
     for extra in failures[1:]:
         log.error("worker_also_failed", error=f"{type(extra).__name__}: {extra}")
     if failures:
         raise failures[0]
+
+
+@contextmanager
+def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """While inside, SIGTERM and SIGINT set `stop` (a graceful shutdown) instead of killing."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _request_stop, stop, sig.name)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
 
 
 def _request_stop(stop: asyncio.Event, signame: str) -> None:
@@ -226,9 +226,13 @@ async def _run_worker(name: str, work: Worker, stop: asyncio.Event) -> None:
         raise WorkerStopped(f"the {name} worker stopped on its own")
 
 
-def run_service(name: str, settings_type: type[S], serve: Callable[[S], Awaitable[None]]) -> None:
+Serve = Callable[[S, asyncio.Event], Awaitable[None]]
+
+
+def run_service(name: str, settings_type: type[S], serve: Serve[S]) -> None:
     """A console entry point: read the settings (exit 2 if invalid), configure logging, run
-    `serve(settings)` until it returns (exit 0) or fails (logged, exit 1)."""
+    `serve(settings, stop)` with SIGTERM/SIGINT setting `stop`, until it returns (exit 0) or
+    fails (logged, exit 1)."""
     try:
         settings = settings_type()
     except ValidationError as exc:
@@ -243,5 +247,7 @@ def run_service(name: str, settings_type: type[S], serve: Callable[[S], Awaitabl
         raise SystemExit(1) from None
 
 
-async def _serve(serve: Callable[[S], Awaitable[None]], settings: S) -> None:
-    await serve(settings)
+async def _serve(serve: Serve[S], settings: S) -> None:
+    stop = asyncio.Event()
+    with stop_on_signals(stop):
+        await serve(settings, stop)

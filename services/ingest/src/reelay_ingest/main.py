@@ -43,11 +43,11 @@ def policy_of(settings: IngestSettings) -> Policy:
 
 async def run(
     settings: IngestSettings,
-    stop: asyncio.Event | None = None,
+    stop: asyncio.Event,
     *,
     on_bound: Callable[[int], None] | None = None,
 ) -> None:
-    """Serve the ingest API until `stop` is set (None: until SIGTERM/SIGINT)."""
+    """Serve the ingest API until `stop` is set."""
     topics = topics_of(settings)
     async with Infrastructure.connect(
         settings,
@@ -86,7 +86,7 @@ async def run(
 
         log.info("ingest_started", environment=settings.environment, host=settings.host, port=settings.port)
         try:
-            await supervise({"api": serve_api}, stop=stop)
+            await supervise({"api": serve_api}, stop)
         finally:
             log.info("ingest_stopping")
     log.info("ingest_stopped")  # Kafka flushed and closed, Mongo and the TikTok client closed

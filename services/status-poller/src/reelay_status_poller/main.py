@@ -43,14 +43,14 @@ def policy_of(settings: PollerSettings) -> PollPolicy:
 
 async def run(
     settings: PollerSettings,
-    stop: asyncio.Event | None = None,
+    stop: asyncio.Event,
     *,
     on_ops_bound: Callable[[int], None] | None = None,
     consumer_overrides: Mapping[str, Any] | None = None,
 ) -> None:
-    """Consume publish events, poll due uploads and serve ops until `stop` is set (None: until
-    SIGTERM/SIGINT); in-flight polls and records finish (bounded), then everything is closed.
-    `consumer_overrides` reach the Kafka consumer (tests shorten its session timeouts)."""
+    """Consume publish events, poll due uploads and serve ops until `stop` is set; in-flight polls
+    and records finish (bounded), then everything is closed. `consumer_overrides` reach the Kafka
+    consumer (tests shorten its session timeouts)."""
     async with Infrastructure.connect(
         settings,
         app_name=APP_NAME,
@@ -134,7 +134,7 @@ async def run(
                         on_bound=on_ops_bound,
                     ),
                 },
-                stop=stop,
+                stop,
             )
         finally:
             log.info("status_poller_stopped")

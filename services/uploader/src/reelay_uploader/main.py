@@ -51,12 +51,12 @@ def reader_factory(
 
 async def run(
     settings: UploaderSettings,
-    stop: asyncio.Event | None = None,
+    stop: asyncio.Event,
     *,
     on_ops_bound: Callable[[int], None] | None = None,
 ) -> None:
-    """Run the uploader until `stop` is set (None: until SIGTERM/SIGINT); in-flight uploads get
-    UPLOADER_SHUTDOWN_GRACE_SECONDS, then are handed back uncommitted."""
+    """Run the uploader until `stop` is set; in-flight uploads get UPLOADER_SHUTDOWN_GRACE_SECONDS,
+    then are handed back uncommitted."""
     async with (
         Infrastructure.connect(
             settings,
@@ -123,7 +123,7 @@ async def run(
                     on_bound=on_ops_bound,
                 ),
             },
-            stop=stop,
+            stop,
         )
     log.info("uploader_stopped")
 
