@@ -258,6 +258,14 @@ class TestAcceptUploadAsFile:
         )
         assert h.blobs.blobs[message.source.blob_id] == (data, "video/mp4")
 
+    async def test_fields_sent_before_the_file_are_checked_once_not_again_at_acceptance(
+        self, h: Harness
+    ) -> None:
+        resp = await h.post_file(mp4_bytes(50_000), fields=direct_fields(request_id="file-once"))
+
+        assert resp.status_code == 202, resp.text
+        assert h.tiktok.calls == [ACCOUNT]  # creator_info asked before the file was stored, only
+
     async def test_takes_the_type_from_the_file_name_when_the_client_sends_octet_stream(
         self, h: Harness
     ) -> None:
