@@ -64,7 +64,7 @@ from reelay_common.domain.tiktok import FileUploadSourceInfo, PullFromUrlSourceI
 from reelay_common.ports import RateLimiter, TokenProvider, VideoReader
 from reelay_common.recorder import StateRecorder
 from reelay_common.settings import DEV_TOKEN_KEY
-from reelay_ingest.deps import IngestDeps, Policy, Topics
+from reelay_ingest.deps import IngestDeps, Topics
 from reelay_ingest.errors import RequestRejected
 from reelay_ingest.handlers import UploadTarget, check_upload_target
 from reelay_ingest.schemas import UploadByUrl
@@ -1057,7 +1057,7 @@ async def comply_scopes(w: World) -> None:
     ]
     for target, scope in targets:
         with pytest.raises(RequestRejected) as refused:
-            await check_upload_target(target, deps, Policy())
+            await check_upload_target(target, deps)
         assert refused.value.code == "missing_scope"
         assert refused.value.extra["required_scope"] == scope
     assert (await w.stats())["calls"] == {}, "refused before anything reached TikTok"
@@ -1108,7 +1108,6 @@ async def comply_privacy_offered(w: World) -> None:
         await check_upload_target(
             UploadTarget(ACCOUNT, "direct", PostInfo(privacy_level="FOLLOWER_OF_CREATOR")),
             ingest_deps(w, accounts),
-            Policy(),
         )
     assert refused.value.code == "privacy_level_not_offered"
     assert refused.value.extra["offered"] == ["PUBLIC_TO_EVERYONE", "MUTUAL_FOLLOW_FRIENDS", "SELF_ONLY"]

@@ -32,7 +32,7 @@ from reelay_common.domain.messages import (
 )
 from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.states import UploadState
-from reelay_status_poller.bootstrap import Poller, build_poller
+from reelay_status_poller.main import run
 from reelay_status_poller.settings import PollerSettings
 from reelay_testing.fakes import BytesVideoReader
 from tiktok_sandbox.media import iter_sample_mp4
@@ -104,16 +104,27 @@ class World:
         return env
 
     @asynccontextmanager
-    async def running_poller(self, **overrides: Any) -> AsyncIterator[Poller]:
-        """An in-process poller, stopped gracefully on exit."""
+    async def running_poller(self, **overrides: Any) -> AsyncIterator[None]:
+        """An in-process poller (`main.run`), connected and serving when entered, stopped
+        gracefully on exit."""
         stop = asyncio.Event()
-        async with build_poller(self.settings(**overrides), **FAST_KAFKA) as poller:
-            task = asyncio.create_task(poller.run(stop))
-            try:
-                yield poller
-            finally:
-                stop.set()
-                await asyncio.wait_for(task, 30)
+        ports: list[int] = []
+        task = asyncio.create_task(
+            run(self.settings(**overrides), stop, on_ops_bound=ports.append, consumer_overrides=FAST_KAFKA)
+        )
+
+        async def started() -> bool:
+            if task.done():
+                task.result()  # raise the start-up failure, if any
+                raise AssertionError("the poller stopped during start-up")
+            return bool(ports)
+
+        try:
+            await eventually(started, timeout=60, what="the poller to start")
+            yield
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
 
     async def connected_account(self, name: str) -> str:
         """A sandbox creator whose tokens Reelay holds (encrypted) under account `name`."""

@@ -1,4 +1,4 @@
-"""The uploader service as it runs (`bootstrap.run`): real Kafka, real FerretDB, the in-process TikTok
+"""The uploader service as it runs (`main.run`): real Kafka, real FerretDB, the in-process TikTok
 sandbox, and a local HTTP server as the video source. Topics, database and group are unique per test."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from reelay_common.adapters.mongo.uploads import MongoUploadStore
 from reelay_common.domain.messages import DeadLetter, UploadRequested, VideoUploaded, dlq_topic
 from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.states import UploadState
-from reelay_uploader.bootstrap import run
+from reelay_uploader.main import run
 from reelay_uploader.settings import UploaderSettings
 from tiktok_sandbox.media import write_sample_mp4
 from tiktok_sandbox.testing import SandboxHandle, running_sandbox

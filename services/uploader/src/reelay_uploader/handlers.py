@@ -41,11 +41,13 @@ from reelay_common.domain.messages import (
     ALLOWED_CONTENT_TYPES,
     MAX_VIDEO_BYTES,
     BlobSource,
+    DeadLetter,
     PullFromUrlSource,
     StateSource,
     UploadRequested,
     UrlSource,
     VideoUploaded,
+    dlq_topic,
     utcnow,
 )
 from reelay_common.domain.records import UploadRecord
@@ -199,6 +201,30 @@ async def _discard_blob(source: BlobSource, deps: UploaderDeps) -> None:
 
 def _detail_fields(exc: RetryableError) -> dict[str, Any]:
     return {k: v for k, v in exc.detail().items() if k in ("code", "log_id", "http_status")}
+
+
+async def handle_dead_letter(letter: DeadLetter, deps: UploaderDeps) -> None:
+    """Mark the upload behind a dead-lettered `UploadRequested` failed, when the record names one."""
+    if letter.request_id is None:
+        return
+    record = await deps.store.get(letter.request_id)
+    if record is None:
+        return
+    if letter.account_id is not None and letter.account_id != record.account_id:
+        # A bad record borrowing someone else's request_id must not fail their upload.
+        log.warning("dead_letter_request_id_conflict", request_id=letter.request_id)
+        return
+    if record.state not in (UploadState.ACCEPTED, UploadState.UPLOADING):
+        # Already at TikTok (or settled): a poison duplicate says nothing about this upload.
+        return
+    detail = {
+        "reason": letter.reason,
+        "error": letter.error[:500],
+        "dead_letter_topic": dlq_topic(letter.topic),
+        "partition": letter.partition,
+        "offset": letter.offset,
+    }
+    await deps.recorder.record(letter.request_id, UploadState.FAILED, source=SOURCE, detail=detail)
 
 
 Verdict = Literal["complete", "partial", "dead"]
