@@ -81,10 +81,15 @@ def to_bson(value: Any) -> Any:
     return value
 
 
+def bson_time(value: datetime) -> datetime:
+    """`value` as a BSON date keeps it: UTC, cut to milliseconds (so a written value reads back equal)."""
+    utc = to_bson(value)
+    return utc.replace(microsecond=utc.microsecond // 1000 * 1000)
+
+
 def bson_now() -> datetime:
     """Now, at the millisecond precision BSON dates keep (so a written value reads back equal)."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+    return bson_time(datetime.now(UTC))
 
 
 async def is_ferretdb(db: AsyncDatabase[dict[str, Any]]) -> bool:
