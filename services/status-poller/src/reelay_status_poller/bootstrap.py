@@ -22,7 +22,7 @@ from reelay_common.adapters.ops_server import serve_ops
 from reelay_common.adapters.tiktok.client import TikTokClient
 from reelay_common.adapters.tiktok.gateway import TikTokGateway
 from reelay_common.adapters.tiktok.tokens import MongoTokenProvider
-from reelay_common.domain.messages import PUBLISH_EVENT_ADAPTER, TikTokWebhookReceived, VideoUploaded, utcnow
+from reelay_common.domain.messages import PUBLISH_EVENT_ADAPTER, PublishEvent, VideoUploaded, utcnow
 from reelay_common.domain.records import UploadRecord
 from reelay_common.logging import get_logger
 from reelay_common.recorder import StateRecorder
@@ -39,8 +39,6 @@ from reelay_status_poller.scheduler import PollScheduler
 from reelay_status_poller.settings import PollerSettings
 
 log = get_logger(__name__)
-
-PublishEvent = VideoUploaded | TikTokWebhookReceived
 
 # One status/fetch may use this share of the lease (pacing wait included), so it always ends,
 # and its outcome is written, well before another replica could take the upload over.

@@ -23,7 +23,7 @@ from reelay_common.domain.errors import (
     TikTokRejectedError,
     TransientTikTokError,
 )
-from reelay_common.domain.messages import StateSource, TikTokWebhookReceived, VideoUploaded
+from reelay_common.domain.messages import PublishEvent, StateSource, TikTokWebhookReceived, VideoUploaded
 from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import PublishStatus
@@ -90,7 +90,7 @@ class PollOutcome(enum.StrEnum):
 # Publish events (Kafka `reelay.publish.events`)
 
 
-async def handle_publish_event(event: VideoUploaded | TikTokWebhookReceived, deps: PollerDeps) -> None:
+async def handle_publish_event(event: PublishEvent, deps: PollerDeps) -> None:
     """Apply one publish event: start tracking an uploaded video, or apply a TikTok webhook."""
     if isinstance(event, VideoUploaded):
         await start_tracking(event, deps)

@@ -173,10 +173,11 @@ class TikTokWebhookReceived(Message):
     received_at: datetime = Field(default_factory=utcnow)
 
 
+# What `reelay.publish.events` carries, told apart by `type`; the one definition, imported by its readers.
 PublishEvent = Annotated[VideoUploaded | TikTokWebhookReceived, Field(discriminator="type")]
 
 
-PUBLISH_EVENT_ADAPTER: TypeAdapter[VideoUploaded | TikTokWebhookReceived] = TypeAdapter(PublishEvent)
+PUBLISH_EVENT_ADAPTER: TypeAdapter[PublishEvent] = TypeAdapter(PublishEvent)
 
 
 class PublishStatusChanged(Message):

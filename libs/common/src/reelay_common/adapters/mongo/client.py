@@ -83,7 +83,9 @@ def to_bson(value: Any) -> Any:
 
 def bson_time(value: datetime) -> datetime:
     """`value` as a BSON date keeps it: UTC, cut to milliseconds (so a written value reads back equal)."""
-    utc = to_bson(value)
+    if value.tzinfo is None:
+        raise ValueError("naive datetimes are ambiguous; pass timezone-aware UTC")
+    utc = value.astimezone(UTC)
     return utc.replace(microsecond=utc.microsecond // 1000 * 1000)
 
 

@@ -43,7 +43,8 @@ def new_upload_document(cmd: UploadRequested, *, source: StateSource, now: datet
     # record `create` returns equals the one read back.
     if record.requested_at is not None:
         record = record.model_copy(update={"requested_at": bson_time(record.requested_at)})
-    return to_bson(record.new_document())
+    doc: Document = to_bson(record.new_document())
+    return doc
 
 
 # Terminal states that end tracking for good; `published` may still be watched for post ids.
