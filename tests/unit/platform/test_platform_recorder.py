@@ -126,3 +126,43 @@ class TestRecord:
         assert await winner is not None
         assert await loser is None
         assert [(m.state, m.source) for m in announced(publisher)] == [(S.PUBLISHED, "webhook")]
+
+    async def test_a_refused_caller_announces_at_once_when_no_winner_is_announcing(
+        self, recorder: StateRecorder, store: InMemoryUploadStore, publisher: RecordingPublisher
+    ) -> None:
+        patient = StateRecorder(store, publisher, status_topic=TOPIC, announce_wait_seconds=30)
+        publisher.fail_with.append(RetryableError("Kafka is down"))
+        with pytest.raises(RetryableError):
+            await patient.record("req-1", S.UPLOADED, source="uploader")
+        async with asyncio.timeout(1):  # nothing to wait for: the winner's publish is over
+            assert await patient.record("req-1", S.UPLOADED, source="uploader") is None
+        assert [m.state for m in announced(publisher)] == [S.UPLOADED]
+
+    async def test_a_refused_caller_announces_when_the_winners_publish_fails(
+        self, recorder: StateRecorder, store: InMemoryUploadStore, publisher: RecordingPublisher
+    ) -> None:
+        release = asyncio.Event()
+
+        class FailingOncePublisher:
+            calls = 0
+
+            async def publish(self, topic: str, message: BaseModel, *, key: str) -> None:
+                self.calls += 1
+                if self.calls == 1:
+                    await release.wait()
+                    raise RetryableError("Kafka is down")
+                await publisher.publish(topic, message, key=key)
+
+        flaky = StateRecorder(store, FailingOncePublisher(), status_topic=TOPIC, announce_wait_seconds=5)
+        winner = asyncio.create_task(flaky.record("req-1", S.PUBLISHED, source="webhook"))
+        await asyncio.sleep(0.05)
+        loser = asyncio.create_task(flaky.record("req-1", S.PUBLISHED, source="poller"))
+        await asyncio.sleep(0.05)
+        release.set()
+        with pytest.raises(RetryableError):
+            await winner
+        assert await loser is None
+        assert [(m.state, m.source) for m in announced(publisher)] == [(S.PUBLISHED, "poller")]
+        current = await store.get("req-1")
+        assert current is not None
+        assert current.announced_state is S.PUBLISHED
