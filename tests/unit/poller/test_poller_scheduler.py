@@ -11,11 +11,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import structlog
 from reelay_common.domain.messages import UploadRequested, UrlSource
 from reelay_common.domain.records import UploadRecord
 from reelay_status_poller.handlers import PollOutcome
 from reelay_status_poller.scheduler import PollScheduler
 from reelay_testing.fakes import InMemoryUploadStore
+from structlog.testing import capture_logs
 
 
 def now() -> datetime:
@@ -241,3 +243,24 @@ class TestPollScheduler:
     def test_refuses_zero_concurrency(self) -> None:
         with pytest.raises(ValueError, match="concurrency"):
             scheduler(InMemoryUploadStore(), Finisher(InMemoryUploadStore()), concurrency=0)
+
+
+class TestLogContext:
+    async def test_every_line_of_a_poll_carries_its_upload_ids(self) -> None:
+        store = InMemoryUploadStore()
+        (rid,) = await due_uploads(store, 1)
+        finish = Finisher(store)
+        log = structlog.get_logger("reelay.test")
+
+        async def poll(record: UploadRecord) -> PollOutcome:
+            log.info("polling")
+            return await finish(record)
+
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+            await run_until(scheduler(store, poll), lambda: finish.calls[rid] == 1)
+        polling = next(e for e in logs if e["event"] == "polling")
+        assert (polling["request_id"], polling["account_id"], polling["publish_id"]) == (
+            rid,
+            "acct-1",
+            "pub-0",
+        )

@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, cast
 
-import structlog
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -21,7 +20,7 @@ from reelay_common.domain.messages import (
     VideoSource,
 )
 from reelay_common.domain.states import UploadState
-from reelay_common.logging import get_logger
+from reelay_common.logging import bind_learned, get_logger
 
 from reelay_ingest.deps import IngestDeps, Policy
 from reelay_ingest.errors import (
@@ -98,10 +97,6 @@ async def require_api_key(
 api = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_errors(401))
 hooks = APIRouter(prefix="/v1", tags=["webhooks"])
 ops = APIRouter(tags=["operations"])
-
-
-def _bind(**fields: str) -> None:
-    structlog.contextvars.bind_contextvars(**fields)
 
 
 def _status_url(request: Request, runtime: Runtime, request_id: str) -> str:
@@ -212,7 +207,7 @@ async def _upload_from_json(
     except ValidationError as exc:
         raise _validation_error(exc, "body") from exc
     request_id = _resolve_request_id(body.request_id, idempotency_key)
-    _bind(request_id=request_id, account_id=body.account_id)
+    bind_learned(request_id=request_id, account_id=body.account_id)
     source: VideoSource = (
         UrlSource(url=body.video_url)
         if body.video_url is not None
@@ -268,7 +263,10 @@ async def _upload_from_form(
             raise RequestRejected("the form has no file part named 'file'", code="file_missing")
         form = cast(UploadForm, _form_model(UploadForm, fields))
         request_id = _resolve_request_id(form.request_id, idempotency_key)
-        _bind(request_id=request_id, account_id=form.account_id)
+        learned = {"request_id": request_id}
+        if not checked:  # else account_id was learnt already, from the fields before the file
+            learned["account_id"] = form.account_id
+        bind_learned(**learned)
         cmd = UploadRequested(
             request_id=request_id,
             account_id=form.account_id,
@@ -310,7 +308,7 @@ async def _store_file(
     content_type = video_content_type(part.content_type, part.filename)
     target = _early_target(fields)
     if target is not None:
-        _bind(account_id=target.account_id)
+        bind_learned(account_id=target.account_id)
         await check_upload_target(target, deps, policy)
     body = await checked_stream(part.chunks, content_type)
     saved = await deps.blobs.save(
@@ -340,7 +338,7 @@ async def get_upload(
 ) -> UploadView:
     """The upload's state, TikTok's publish_id and post ids, and its history of state changes
     (each with time, source and detail such as TikTok's fail_reason)."""
-    _bind(request_id=request_id)
+    bind_learned(request_id=request_id)
     record = await runtime.ports().uploads.get(request_id)
     if record is None:
         raise NotFoundError(f"no upload with request_id {request_id!r}", code="unknown_upload")
@@ -380,7 +378,7 @@ async def create_account(body: AccountRegistration, response: Response, runtime:
     """Register an account (201), or replace the tokens of an existing one (200), from a TikTok
     OAuth token response. Tokens are encrypted at rest and never returned. An account_id already
     bound to another TikTok user (open_id) answers 409."""
-    _bind(account_id=body.account_id)
+    bind_learned(account_id=body.account_id)
     record, created = await register_account(
         RegisterAccount(
             account_id=body.account_id,
@@ -409,7 +407,7 @@ async def get_account(
     runtime: RuntimeDep, account_id: Annotated[str, Path(max_length=128, pattern=ID_PATTERN)]
 ) -> AccountView:
     """The account's status (connected, reauth_required, revoked), scopes and token expiry times."""
-    _bind(account_id=account_id)
+    bind_learned(account_id=account_id)
     record = await runtime.ports().accounts.get(account_id)
     if record is None:
         raise NotFoundError(f"account {account_id!r} is not registered", code="unknown_account")

@@ -22,11 +22,10 @@ from reelay_common.adapters.ops_server import serve_ops
 from reelay_common.adapters.tiktok.client import TikTokClient
 from reelay_common.adapters.tiktok.gateway import TikTokGateway
 from reelay_common.adapters.tiktok.tokens import MongoTokenProvider
-from reelay_common.domain.messages import PUBLISH_EVENT_ADAPTER, PublishEvent, VideoUploaded, utcnow
+from reelay_common.domain.messages import PUBLISH_EVENT_ADAPTER, PublishEvent, utcnow
 from reelay_common.domain.records import UploadRecord
 from reelay_common.logging import get_logger
 from reelay_common.recorder import StateRecorder
-from structlog.contextvars import bound_contextvars
 
 from reelay_status_poller.handlers import (
     PollerDeps,
@@ -147,11 +146,7 @@ async def build_poller(settings: PollerSettings, **consumer_overrides: Any) -> A
         deps = PollerDeps(store=uploads, recorder=recorder, tiktok=gateway, policy=policy, clock=utcnow)
 
         async def handle(event: PublishEvent, ctx: RecordContext) -> None:
-            request_id = event.request_id if isinstance(event, VideoUploaded) else None
-            with bound_contextvars(
-                request_id=request_id, publish_id=event.publish_id, account_id=event.account_id
-            ):
-                await handle_publish_event(event, deps)
+            await handle_publish_event(event, deps)
 
         consumer: ConsumerLoop[PublishEvent] = ConsumerLoop(
             bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -166,10 +161,7 @@ async def build_poller(settings: PollerSettings, **consumer_overrides: Any) -> A
         )
 
         async def poll(record: UploadRecord) -> PollOutcome:
-            with bound_contextvars(
-                request_id=record.request_id, publish_id=record.publish_id, account_id=record.account_id
-            ):
-                return await poll_once(record, deps)
+            return await poll_once(record, deps)
 
         scheduler = PollScheduler(
             store=uploads,

@@ -27,7 +27,7 @@ from reelay_common.domain.messages import PublishEvent, StateSource, TikTokWebho
 from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import PublishStatus
-from reelay_common.logging import get_logger
+from reelay_common.logging import bind_learned, get_logger
 from reelay_common.ports import Recorder, TikTokApi, UploadStore
 
 log = get_logger(__name__)
@@ -100,7 +100,7 @@ async def handle_publish_event(event: PublishEvent, deps: PollerDeps) -> None:
 
 async def start_tracking(event: VideoUploaded, deps: PollerDeps) -> None:
     """Make the upload due for polling now; idempotent on redelivery, a no-op once terminal."""
-    bound = log.bind(request_id=event.request_id, account_id=event.account_id, publish_id=event.publish_id)
+    # Its request_id / account_id / publish_id are bound by the consumer loop, for every line.
     # A checkpoint guarded by the state just read; if the state moved meanwhile, read again.
     for _ in range(3):
         record = await deps.store.get(event.request_id)
@@ -116,13 +116,13 @@ async def start_tracking(event: VideoUploaded, deps: PollerDeps) -> None:
         if record.publish_id is not None and record.publish_id != event.publish_id:
             # The uploader initialised again after this publish (its upload_url expired):
             # the event speaks of a publish that will never become a post.
-            bound.info("stale_video_uploaded_skipped", current_publish_id=record.publish_id)
+            log.info("stale_video_uploaded_skipped", current_publish_id=record.publish_id)
             return
         if record.state.is_terminal:
-            bound.info("tracking_not_needed", state=record.state.value)
+            log.info("tracking_not_needed", state=record.state.value)
             return
         if record.tracking_started_at is not None and record.poll_next_at is not None:
-            bound.info("tracking_already_started", state=record.state.value)
+            log.info("tracking_already_started", state=record.state.value)
             return
         now = deps.clock()
         fields: dict[str, Any] = {
@@ -135,28 +135,32 @@ async def start_tracking(event: VideoUploaded, deps: PollerDeps) -> None:
             fields["poll_attempts"] = 0
         updated = await deps.store.checkpoint(event.request_id, fields, expect_state=record.state)
         if updated is not None:
-            bound.info("tracking_started", state=updated.state.value)
+            log.info("tracking_started", state=updated.state.value)
             return
     # Three state changes while we looked: whoever is moving it also tracks it.
-    bound.warning("tracking_start_contended")
+    log.warning("tracking_start_contended")
 
 
 async def apply_webhook(event: TikTokWebhookReceived, deps: PollerDeps) -> None:
     """Apply a verified TikTok webhook to the upload it names (forward-only)."""
-    bound = log.bind(webhook_event=event.event, publish_id=event.publish_id, account_id=event.account_id)
+    bind_learned(webhook_event=event.event)
     if event.event == EVENT_AUTHORIZATION_REMOVED:
         # Account handling belongs to the accounts side; the poller only notes it.
-        bound.warning("authorization_removed_seen", reason=event.reason, user_openid=event.user_openid)
+        log.warning("authorization_removed_seen", reason=event.reason, user_openid=event.user_openid)
         return
     if event.publish_id is None:
-        bound.warning("webhook_without_publish_id_skipped")
+        log.warning("webhook_without_publish_id_skipped")
         return
     record = await deps.store.find_by_publish_id(event.publish_id)
     if record is None:
         # Another system may post through the same TikTok app; its publishes are not ours.
-        bound.info("webhook_for_unknown_publish_skipped")
+        log.info("webhook_for_unknown_publish_skipped")
         return
-    bound = bound.bind(request_id=record.request_id, account_id=record.account_id)
+    # Learnt from the upload the webhook names (the event itself carries no request_id).
+    learned = {"request_id": record.request_id}
+    if event.account_id != record.account_id:
+        learned["account_id"] = record.account_id
+    bind_learned(**learned)
     detail: dict[str, Any] = {"webhook_event": event.event, "create_time": event.create_time}
     if event.publish_type is not None:
         detail["publish_type"] = event.publish_type
@@ -180,14 +184,14 @@ async def apply_webhook(event: TikTokWebhookReceived, deps: PollerDeps) -> None:
         await _record_terminal(record, UploadState.FAILED, "webhook", detail, deps)
     elif event.event == EVENT_PUBLICLY_AVAILABLE:
         if event.post_id is None:
-            bound.warning("publicly_available_without_post_id")
+            log.warning("publicly_available_without_post_id")
             return
         await _add_post_ids(record, [event.post_id], "webhook", deps)
     elif event.event == EVENT_NO_LONGER_PUBLIC:
         # A fact about the post, not a state of the upload: note it, change nothing else.
         await _note_fact(record, {"no_longer_public_at": deps.clock()}, deps)
     else:
-        bound.info("webhook_event_ignored")
+        log.info("webhook_event_ignored")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,23 +200,23 @@ async def apply_webhook(event: TikTokWebhookReceived, deps: PollerDeps) -> None:
 
 async def poll_once(record: UploadRecord, deps: PollerDeps) -> PollOutcome:
     """Poll TikTok once for a leased upload, record what changed and schedule (or end) tracking."""
-    bound = log.bind(request_id=record.request_id, account_id=record.account_id, publish_id=record.publish_id)
+    # Its request_id / account_id / publish_id are bound by the scheduler, for every line of the poll.
     now = deps.clock()
 
     if record.announced_state is not record.state and record.history:
         # Whoever moved it here died before announcing it (the Mongo write and the Kafka
         # publish are two steps): announce it now, so upstream still hears of every state.
         await deps.recorder.announce(record, source=record.history[-1].source)
-        bound.info("unannounced_state_announced", state=record.state.value)
+        log.info("unannounced_state_announced", state=record.state.value)
 
     if record.state.is_terminal and not _wants_post_ids(record, now, deps.policy):
         await _stop_tracking(record.request_id, deps)
-        bound.info("tracking_stopped", state=record.state.value)
+        log.info("tracking_stopped", state=record.state.value)
         return PollOutcome.STOPPED
     if record.publish_id is None:
         # Tracking is only started with a publish_id; a document without one cannot be polled.
         await _stop_tracking(record.request_id, deps)
-        bound.error("tracking_without_publish_id_stopped", state=record.state.value)
+        log.error("tracking_without_publish_id_stopped", state=record.state.value)
         return PollOutcome.STOPPED
 
     try:
@@ -243,12 +247,12 @@ async def poll_once(record: UploadRecord, deps: PollerDeps) -> PollOutcome:
             await _schedule(current, now + timedelta(seconds=deps.policy.max_interval), deps)
         else:
             await _stop_tracking(current.request_id, deps, attempts=current.poll_attempts + 1)
-        bound.info("publish_settled", state=current.state.value, tiktok_status=status.status)
+        log.info("publish_settled", state=current.state.value, tiktok_status=status.status)
         return PollOutcome.SETTLED
     if _give_up_due(current, now, deps.policy):
         return await _give_up(current, {"last_tiktok_status": status.status}, deps)
     await _schedule(current, _next_poll_at(current, now, deps.policy), deps)
-    bound.debug("publish_still_processing", state=current.state.value, tiktok_status=status.status)
+    log.debug("publish_still_processing", state=current.state.value, tiktok_status=status.status)
     return PollOutcome.PROGRESSED if updated is not None else PollOutcome.WAITING
 
 
@@ -311,23 +315,21 @@ async def _collect_post_ids(record: UploadRecord, status: PublishStatus, deps: P
 
 async def _after_retryable(record: UploadRecord, exc: RetryableError, deps: PollerDeps) -> PollOutcome:
     now = deps.clock()
-    bound = log.bind(request_id=record.request_id, account_id=record.account_id, publish_id=record.publish_id)
     if not record.state.is_terminal and _give_up_due(record, now, deps.policy):
         return await _give_up(record, {"last_error": exc.detail()}, deps)
     next_at = _next_poll_at(record, now, deps.policy)
     if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
         next_at = max(next_at, now + timedelta(seconds=exc.retry_after))
     await _schedule(record, next_at, deps)
-    bound.warning("status_poll_deferred", **exc.detail(), next_poll_at=next_at.isoformat())
+    log.warning("status_poll_deferred", **exc.detail(), next_poll_at=next_at.isoformat())
     return PollOutcome.RETRY
 
 
 async def _after_permanent(record: UploadRecord, exc: PermanentError, deps: PollerDeps) -> PollOutcome:
-    bound = log.bind(request_id=record.request_id, account_id=record.account_id, publish_id=record.publish_id)
     if record.state.is_terminal:
         # Only the post-id watch was left; it cannot go on.
         await _stop_tracking(record.request_id, deps, attempts=record.poll_attempts + 1)
-        bound.warning("post_id_watch_aborted", **exc.detail())
+        log.warning("post_id_watch_aborted", **exc.detail())
         return PollOutcome.STOPPED
     detail: dict[str, Any] = {"reason": "status_fetch_refused", **exc.detail()}
     if isinstance(exc, TikTokRejectedError) and exc.code == CODE_INVALID_PUBLISH_ID:
@@ -338,7 +340,7 @@ async def _after_permanent(record: UploadRecord, exc: PermanentError, deps: Poll
         target = UploadState.UNCONFIRMED
     await deps.recorder.record(record.request_id, target, source="poller", detail=detail)
     await _stop_tracking(record.request_id, deps, attempts=record.poll_attempts + 1)
-    bound.warning("status_poll_refused", state=target.value, **exc.detail())
+    log.warning("status_poll_refused", state=target.value, **exc.detail())
     return PollOutcome.SETTLED
 
 

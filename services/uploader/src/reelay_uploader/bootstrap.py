@@ -34,7 +34,6 @@ from reelay_common.domain.states import UploadState
 from reelay_common.logging import get_logger
 from reelay_common.ports import VideoReader
 from reelay_common.recorder import StateRecorder
-from structlog.contextvars import bound_contextvars
 
 from reelay_uploader.handlers import SOURCE, ReaderFactory, UploaderDeps, handle_upload_requested
 from reelay_uploader.settings import UploaderSettings
@@ -160,8 +159,7 @@ async def run(
         )
 
         async def handle(cmd: UploadRequested, ctx: RecordContext) -> None:
-            with bound_contextvars(topic=ctx.topic, partition=ctx.partition, offset=ctx.offset):
-                await handle_upload_requested(cmd, deps)
+            await handle_upload_requested(cmd, deps)
 
         consumer = ConsumerLoop[UploadRequested](
             bootstrap_servers=settings.kafka_bootstrap_servers,

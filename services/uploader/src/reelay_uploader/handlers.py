@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-import structlog
 from reelay_common.domain.chunks import plan_chunks
 from reelay_common.domain.errors import (
     AuthExpiredError,
@@ -51,9 +50,8 @@ from reelay_common.domain.messages import (
 from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import FileUploadSourceInfo, PublishStatus, PullFromUrlSourceInfo
-from reelay_common.logging import get_logger
+from reelay_common.logging import bind_learned, get_logger
 from reelay_common.ports import Publisher, Recorder, TikTokApi, UploadStore, VideoReader
-from structlog.contextvars import bound_contextvars
 
 log = get_logger(__name__)
 
@@ -136,47 +134,46 @@ async def handle_upload_requested(cmd: UploadRequested, deps: UploaderDeps) -> N
     """Take one upload request as far as `uploaded` (or `failed`); safe to call again at any time."""
     started = time.monotonic()
     outcome: str = "error"
-    with bound_contextvars(request_id=cmd.request_id, account_id=cmd.account_id):
-        job: _Job | None = None
-        try:
-            record, _created = await deps.store.create(cmd, source=SOURCE)
-            if record.state is UploadState.ACCEPTED and record.announced_state is not UploadState.ACCEPTED:
-                # Upstream producers may skip ingest: then this is the first anyone hears of it.
-                await deps.recorder.announce(record, source=SOURCE)
-            if record.account_id != cmd.account_id or record.mode != cmd.mode:
-                log.warning(
-                    "request_id_conflict",
-                    stored_account_id=record.account_id,
-                    stored_mode=record.mode,
-                    mode=cmd.mode,
-                )
-                outcome = "request_id_conflict"
-                return
-            async with AsyncExitStack() as resources:
-                job = _Job(record, deps, resources)
-                outcome = await job.run()
-            # After the reader is closed: the bytes are no longer needed once TikTok has them all
-            # or the upload is over. (A redelivery of a finished request lands here too: idempotent.)
-            if outcome in _BYTES_NO_LONGER_NEEDED and isinstance(record.source, BlobSource):
-                await _discard_blob(record.source, deps)
-        except RetryableError as exc:
-            outcome = "retry"
-            log.info("upload_will_retry", error=type(exc).__name__, **_detail_fields(exc))
-            raise
-        except asyncio.CancelledError:
-            # Shutdown or rebalance: nothing is committed and the checkpoint makes the redelivery resume.
-            outcome = "cancelled"
-            raise
-        finally:
-            log.info(
-                "upload_handled",
-                outcome=outcome,
-                publish_id=job.publish_id if job else None,
-                bytes_sent=job.bytes_confirmed if job else 0,
-                inits=job.inits if job else 0,
-                duration_ms=round((time.monotonic() - started) * 1000),
+    # request_id / account_id are bound by the consumer loop for the whole record.
+    job: _Job | None = None
+    try:
+        record, _created = await deps.store.create(cmd, source=SOURCE)
+        if record.state is UploadState.ACCEPTED and record.announced_state is not UploadState.ACCEPTED:
+            # Upstream producers may skip ingest: then this is the first anyone hears of it.
+            await deps.recorder.announce(record, source=SOURCE)
+        if record.account_id != cmd.account_id or record.mode != cmd.mode:
+            log.warning(
+                "request_id_conflict",
+                stored_account_id=record.account_id,
+                stored_mode=record.mode,
+                mode=cmd.mode,
             )
-            structlog.contextvars.unbind_contextvars("publish_id")
+            outcome = "request_id_conflict"
+            return
+        async with AsyncExitStack() as resources:
+            job = _Job(record, deps, resources)
+            outcome = await job.run()
+        # After the reader is closed: the bytes are no longer needed once TikTok has them all
+        # or the upload is over. (A redelivery of a finished request lands here too: idempotent.)
+        if outcome in _BYTES_NO_LONGER_NEEDED and isinstance(record.source, BlobSource):
+            await _discard_blob(record.source, deps)
+    except RetryableError as exc:
+        outcome = "retry"
+        log.info("upload_will_retry", error=type(exc).__name__, **_detail_fields(exc))
+        raise
+    except asyncio.CancelledError:
+        # Shutdown or rebalance: nothing is committed and the checkpoint makes the redelivery resume.
+        outcome = "cancelled"
+        raise
+    finally:
+        log.info(
+            "upload_handled",
+            outcome=outcome,
+            publish_id=job.publish_id if job else None,
+            bytes_sent=job.bytes_confirmed if job else 0,
+            inits=job.inits if job else 0,
+            duration_ms=round((time.monotonic() - started) * 1000),
+        )
 
 
 _BYTES_NO_LONGER_NEEDED: frozenset[str] = frozenset(
@@ -212,6 +209,7 @@ class _Job:
         self.resources = resources
         self.rid = record.request_id
         self.publish_id: str | None = record.publish_id
+        self._bound_publish_id: str | None = None
         self.bytes_confirmed = 0
         self.inits = 0
         self._reader: VideoReader | None = None
@@ -491,9 +489,10 @@ class _Job:
         return pub.expires_at is not None and pub.expires_at > self.deps.clock()
 
     def _bind_publish(self, publish_id: str) -> None:
-        if publish_id != self.publish_id:
-            self.publish_id = publish_id
-        structlog.contextvars.bind_contextvars(publish_id=publish_id)
+        # Learnt at init (or read from the checkpoint): added to the log context once per value.
+        if publish_id != self._bound_publish_id:
+            self.publish_id = self._bound_publish_id = publish_id
+            bind_learned(publish_id=publish_id)
 
     async def _open_reader(self) -> VideoReader:
         if self._reader is None:
