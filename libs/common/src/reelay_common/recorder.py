@@ -21,13 +21,13 @@ class StateRecorder:
 
     def __init__(
         self,
-        store: UploadStore,
+        uploads: UploadStore,
         publisher: Publisher,
         *,
         status_topic: str,
         announce_wait_seconds: float = 2.0,
     ) -> None:
-        self._store = store
+        self._uploads = uploads
         self._publisher = publisher
         self._status_topic = status_topic
         self._announce_wait = announce_wait_seconds
@@ -53,7 +53,7 @@ class StateRecorder:
         a winner in another process cannot be seen, and the two may both announce. Duplicates are
         allowed: consumers dedupe on (request_id, state).
         """
-        moved = await self._store.transition(
+        moved = await self._uploads.transition(
             request_id, target, source=source, detail=detail, set_fields=set_fields
         )
         if moved is not None:
@@ -67,7 +67,7 @@ class StateRecorder:
             )
             await self._announce_moved(moved, source=source)
             return moved
-        current = await self._store.get(request_id)
+        current = await self._uploads.get(request_id)
         if current is None:
             log.warning("upload_state_change_unknown_upload", request_id=request_id, state=target.value)
             return None
@@ -78,7 +78,7 @@ class StateRecorder:
                 sent_by_winner = await self._sent_in_time(winner)
                 if not sent_by_winner:
                     # Its publish failed or is slow: read once more, the winner may have moved it on.
-                    current = await self._store.get(request_id) or current
+                    current = await self._uploads.get(request_id) or current
         if not sent_by_winner and _unannounced(current, target):
             log.warning("upload_state_announced_late", request_id=request_id, state=target.value)
             await self._announce_moved(current, source=source)
@@ -134,7 +134,7 @@ class StateRecorder:
         )
         await self._publisher.publish(self._status_topic, message, key=record.account_id)
         # Only while still in this state: a later transition's own announcement must not be masked.
-        await self._store.checkpoint(
+        await self._uploads.checkpoint(
             record.request_id, {"announced_state": record.state}, expect_state=record.state
         )
 

@@ -143,7 +143,7 @@ async def build_poller(settings: PollerSettings, **consumer_overrides: Any) -> A
             max_rate_limit_retries=0,
         )
 
-        deps = PollerDeps(store=uploads, recorder=recorder, tiktok=gateway, policy=policy, clock=utcnow)
+        deps = PollerDeps(uploads=uploads, recorder=recorder, tiktok=gateway, policy=policy, clock=utcnow)
 
         async def handle(event: PublishEvent, ctx: RecordContext) -> None:
             await handle_publish_event(event, deps)
@@ -164,7 +164,7 @@ async def build_poller(settings: PollerSettings, **consumer_overrides: Any) -> A
             return await poll_once(record, deps)
 
         scheduler = PollScheduler(
-            store=uploads,
+            uploads=uploads,
             poll=poll,
             clock=utcnow,
             lease_seconds=settings.lease_seconds,

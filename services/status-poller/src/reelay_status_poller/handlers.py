@@ -67,7 +67,7 @@ class PollPolicy:
 class PollerDeps:
     """Everything the handlers need, built by the composition root."""
 
-    store: UploadStore
+    uploads: UploadStore
     recorder: Recorder
     tiktok: TikTokApi
     policy: PollPolicy
@@ -103,7 +103,7 @@ async def start_tracking(event: VideoUploaded, deps: PollerDeps) -> None:
     # Its request_id / account_id / publish_id are bound by the consumer loop, for every line.
     # A checkpoint guarded by the state just read; if the state moved meanwhile, read again.
     for _ in range(3):
-        record = await deps.store.get(event.request_id)
+        record = await deps.uploads.get(event.request_id)
         if record is None:
             raise InvalidInputError(
                 f"no upload {event.request_id!r} for this VideoUploaded event", code="unknown_request"
@@ -133,7 +133,7 @@ async def start_tracking(event: VideoUploaded, deps: PollerDeps) -> None:
         if record.tracking_started_at is None:
             fields["tracking_started_at"] = now
             fields["poll_attempts"] = 0
-        updated = await deps.store.checkpoint(event.request_id, fields, expect_state=record.state)
+        updated = await deps.uploads.checkpoint(event.request_id, fields, expect_state=record.state)
         if updated is not None:
             log.info("tracking_started", state=updated.state.value)
             return
@@ -151,7 +151,7 @@ async def apply_webhook(event: TikTokWebhookReceived, deps: PollerDeps) -> None:
     if event.publish_id is None:
         log.warning("webhook_without_publish_id_skipped")
         return
-    record = await deps.store.find_by_publish_id(event.publish_id)
+    record = await deps.uploads.find_by_publish_id(event.publish_id)
     if record is None:
         # Another system may post through the same TikTok app; its publishes are not ours.
         log.info("webhook_for_unknown_publish_skipped")
@@ -237,7 +237,7 @@ async def poll_once(record: UploadRecord, deps: PollerDeps) -> PollOutcome:
         return await _collect_post_ids(record, status, deps)
 
     updated = await _apply_status(record, status, deps)
-    current = updated or await deps.store.get(record.request_id) or record
+    current = updated or await deps.uploads.get(record.request_id) or record
     if current.state is UploadState.PUBLISHED and status.publicaly_available_post_id:
         # Published meanwhile by a webhook: the ids this poll brought are still news.
         current = await _add_post_ids(current, status.publicaly_available_post_id, "poller", deps) or current
@@ -405,11 +405,11 @@ async def _add_post_ids(
     """Merge new post ids into the document and announce them; returns None if none were new."""
     # The store has no add-to-set: re-read and write the merged list. Two writers racing here
     # (a webhook and a poll) could drop one id; the next poll or webhook redelivery restores it.
-    current = await deps.store.get(record.request_id) or record
+    current = await deps.uploads.get(record.request_id) or record
     merged = _merge(current.post_ids, post_ids)
     if merged == current.post_ids:
         return None
-    updated = await deps.store.checkpoint(record.request_id, {"post_ids": merged})
+    updated = await deps.uploads.checkpoint(record.request_id, {"post_ids": merged})
     if updated is None:
         return None
     await deps.recorder.announce(updated, source=source)
@@ -426,11 +426,11 @@ async def _add_post_ids(
 async def _note_fact(record: UploadRecord, fields: Mapping[str, Any], deps: PollerDeps) -> None:
     """Keep a fact about the post (not a state) in the upload's document, and log it."""
     log.info("publish_fact", request_id=record.request_id, publish_id=record.publish_id, **fields)
-    await deps.store.checkpoint(record.request_id, fields)
+    await deps.uploads.checkpoint(record.request_id, fields)
 
 
 async def _schedule(record: UploadRecord, next_at: datetime, deps: PollerDeps) -> None:
-    await deps.store.schedule_poll(record.request_id, next_at, attempts=record.poll_attempts + 1)
+    await deps.uploads.schedule_poll(record.request_id, next_at, attempts=record.poll_attempts + 1)
 
 
 async def _stop_tracking(request_id: str, deps: PollerDeps, *, attempts: int | None = None) -> None:
@@ -438,7 +438,7 @@ async def _stop_tracking(request_id: str, deps: PollerDeps, *, attempts: int | N
     fields: dict[str, Any] = {"poll_next_at": None, "poll_lease_until": None}
     if attempts is not None:
         fields["poll_attempts"] = attempts
-    await deps.store.checkpoint(request_id, fields)
+    await deps.uploads.checkpoint(request_id, fields)
 
 
 def _merge(existing: Sequence[str], new: Sequence[str]) -> list[str]:

@@ -37,7 +37,7 @@ class PollScheduler:
     def __init__(
         self,
         *,
-        store: UploadStore,
+        uploads: UploadStore,
         poll: PollFn,
         clock: Callable[[], datetime],
         lease_seconds: float,
@@ -50,7 +50,7 @@ class PollScheduler:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self._store = store
+        self._uploads = uploads
         self._poll = poll
         self._clock = clock
         self._lease_seconds = lease_seconds
@@ -77,7 +77,7 @@ class PollScheduler:
                 if not await _acquire_or_stop(slots, stop):
                     break
                 try:
-                    record = await self._store.claim_due_poll(self._clock(), self._lease_seconds)
+                    record = await self._uploads.claim_due_poll(self._clock(), self._lease_seconds)
                 except Exception as exc:
                     slots.release()
                     store_failures += 1
@@ -118,7 +118,7 @@ class PollScheduler:
                 log.exception("poll_failed", request_id=record.request_id, publish_id=record.publish_id)
                 next_at = self._clock() + timedelta(seconds=self._error_retry)
                 try:
-                    await self._store.schedule_poll(
+                    await self._uploads.schedule_poll(
                         record.request_id, next_at, attempts=record.poll_attempts + 1
                     )
                 except Exception as exc:

@@ -145,7 +145,7 @@ async def run(
         gateway = TikTokGateway(client, MongoTokenProvider(accounts, client), MongoRateLimiter(db))
         blobs = GridFSBlobStore(db)
         deps = UploaderDeps(
-            store=store,
+            uploads=store,
             recorder=recorder,
             publisher=publisher,
             tiktok=gateway,

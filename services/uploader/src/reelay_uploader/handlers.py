@@ -77,7 +77,7 @@ Outcome = Literal[
 class UploaderDeps:
     """Everything the handler talks to, built by the composition root (or a test)."""
 
-    store: UploadStore
+    uploads: UploadStore
     recorder: Recorder
     publisher: Publisher
     tiktok: TikTokApi
@@ -137,7 +137,7 @@ async def handle_upload_requested(cmd: UploadRequested, deps: UploaderDeps) -> N
     # request_id / account_id are bound by the consumer loop for the whole record.
     job: _Job | None = None
     try:
-        record, _created = await deps.store.create(cmd, source=SOURCE)
+        record, _created = await deps.uploads.create(cmd, source=SOURCE)
         if record.state is UploadState.ACCEPTED and record.announced_state is not UploadState.ACCEPTED:
             # Upstream producers may skip ingest: then this is the first anyone hears of it.
             await deps.recorder.announce(record, source=SOURCE)
@@ -502,13 +502,13 @@ class _Job:
         return self._reader
 
     async def _checkpoint(self, fields: Mapping[str, Any]) -> UploadRecord:
-        updated = await self.deps.store.checkpoint(self.rid, fields, expect_state=UploadState.UPLOADING)
+        updated = await self.deps.uploads.checkpoint(self.rid, fields, expect_state=UploadState.UPLOADING)
         if updated is None:
             raise _Superseded
         return updated
 
     async def _reload(self) -> UploadRecord:
-        current = await self.deps.store.get(self.rid)
+        current = await self.deps.uploads.get(self.rid)
         if current is None:
             raise _Superseded
         return current
