@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 from pymongo.asynchronous.database import AsyncDatabase
 from reelay_common.adapters.crypto import TokenCipher
-from reelay_common.adapters.http_source import UrlVideoReader
 from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
 from reelay_common.adapters.kafka.publisher import KafkaPublisher
 from reelay_common.adapters.kafka.topics import ensure_topics
@@ -29,13 +28,14 @@ from reelay_common.adapters.ops_server import serve_ops
 from reelay_common.adapters.tiktok.client import TikTokClient
 from reelay_common.adapters.tiktok.gateway import TikTokGateway
 from reelay_common.adapters.tiktok.tokens import MongoTokenProvider
+from reelay_common.adapters.url_reader import UrlVideoReader
 from reelay_common.domain.messages import BlobSource, DeadLetter, UploadRequested, UrlSource, dlq_topic
 from reelay_common.domain.states import UploadState
 from reelay_common.logging import get_logger
 from reelay_common.ports import VideoReader
 from reelay_common.recorder import StateRecorder
 
-from reelay_uploader.handlers import SOURCE, ReaderFactory, UploaderDeps, handle_upload_requested
+from reelay_uploader.handlers import STATE_SOURCE, ReaderFactory, UploaderDeps, handle_upload_requested
 from reelay_uploader.settings import UploaderSettings
 
 log = get_logger(__name__)
@@ -92,7 +92,7 @@ def dead_letter_hook(
             "partition": letter.partition,
             "offset": letter.offset,
         }
-        await recorder.record(letter.request_id, UploadState.FAILED, source=SOURCE, detail=detail)
+        await recorder.record(letter.request_id, UploadState.FAILED, source=STATE_SOURCE, detail=detail)
 
     return on_dead_letter
 

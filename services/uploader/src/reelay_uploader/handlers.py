@@ -55,7 +55,7 @@ from reelay_common.ports import Publisher, Recorder, TikTokApi, UploadStore, Vid
 
 log = get_logger(__name__)
 
-SOURCE: StateSource = "uploader"
+STATE_SOURCE: StateSource = "uploader"  # who made a change, in history; the video's is `record.source`
 UPLOAD_URL_LIFETIME = timedelta(hours=1)  # TikTok: an upload_url is valid for 1 hour after init
 
 # FAILED publishes whose reason says TikTok's side broke, not our video: a new publish may succeed.
@@ -137,10 +137,10 @@ async def handle_upload_requested(cmd: UploadRequested, deps: UploaderDeps) -> N
     # request_id / account_id are bound by the consumer loop for the whole record.
     job: _Job | None = None
     try:
-        record, _created = await deps.uploads.create(cmd, source=SOURCE)
+        record, _created = await deps.uploads.create(cmd, source=STATE_SOURCE)
         if record.state is UploadState.ACCEPTED and record.announced_state is not UploadState.ACCEPTED:
             # Upstream producers may skip ingest: then this is the first anyone hears of it.
-            await deps.recorder.announce(record, source=SOURCE)
+            await deps.recorder.announce(record, source=STATE_SOURCE)
         if record.account_id != cmd.account_id or record.mode != cmd.mode:
             log.warning(
                 "request_id_conflict",
@@ -228,7 +228,7 @@ class _Job:
         try:
             if state is UploadState.ACCEPTED:
                 await self._validate()
-                moved = await self.deps.recorder.record(self.rid, UploadState.UPLOADING, source=SOURCE)
+                moved = await self.deps.recorder.record(self.rid, UploadState.UPLOADING, source=STATE_SOURCE)
                 self.rec = moved or await self._reload()
                 if self.rec.state is not UploadState.UPLOADING:
                     raise _Superseded
@@ -443,7 +443,7 @@ class _Job:
             detail["video_size"] = plan.video_size
             self.bytes_confirmed = plan.video_size
         moved = await self.deps.recorder.record(
-            self.rid, UploadState.UPLOADED, source=SOURCE, detail=detail, set_fields=fields
+            self.rid, UploadState.UPLOADED, source=STATE_SOURCE, detail=detail, set_fields=fields
         )
         current = moved or await self._reload()
         if current.state is UploadState.UPLOADED:
@@ -475,7 +475,7 @@ class _Job:
         full = dict(detail)
         if self.publish_id is not None:
             full.setdefault("publish_id", self.publish_id)
-        await self.deps.recorder.record(self.rid, UploadState.FAILED, source=SOURCE, detail=full)
+        await self.deps.recorder.record(self.rid, UploadState.FAILED, source=STATE_SOURCE, detail=full)
         log.warning("upload_failed", **{k: v for k, v in full.items() if k != "message"})
 
     async def _expire_url(self) -> None:
