@@ -622,27 +622,27 @@ class Uploader:
     """The uploader's handler over in-memory stores and the real gateway."""
 
     deps: UploaderDeps
-    store: InMemoryUploadStore
+    uploads: InMemoryUploadStore
 
     async def handle(self, cmd: UploadRequested) -> UploadRecord:
         await handle_upload_requested(cmd, self.deps)
-        record = await self.store.get(cmd.request_id)
+        record = await self.uploads.get(cmd.request_id)
         assert record is not None
         return record
 
 
 def uploader(w: World, reader: VideoReader | None = None, *, token: str | None = None) -> Uploader:
-    store = InMemoryUploadStore()
+    uploads = InMemoryUploadStore()
     publisher = RecordingPublisher()
     deps = UploaderDeps(
-        store=store,
-        recorder=StateRecorder(store, publisher, status_topic="conformance.status"),
+        uploads=uploads,
+        recorder=StateRecorder(uploads, publisher, status_topic="conformance.status"),
         publisher=publisher,
         tiktok=w.gateway(token=token),
         open_reader=opens(reader or BytesVideoReader(video_bytes(100_000))),
         events_topic="conformance.events",
     )
-    return Uploader(deps, store)
+    return Uploader(deps, uploads)
 
 
 def direct_cmd(request_id: str, post_info: PostInfo = SELF_ONLY) -> UploadRequested:
@@ -674,13 +674,13 @@ def failure(record: UploadRecord) -> dict[str, Any]:
 
 
 def ingest_deps(w: World, accounts: InMemoryAccountStore) -> IngestDeps:
-    store = InMemoryUploadStore()
+    uploads = InMemoryUploadStore()
     publisher = RecordingPublisher()
     return IngestDeps(
-        uploads=store,
+        uploads=uploads,
         accounts=accounts,
         publisher=publisher,
-        recorder=StateRecorder(store, publisher, status_topic="conformance.status"),
+        recorder=StateRecorder(uploads, publisher, status_topic="conformance.status"),
         blobs=InMemoryBlobStore(),
         tiktok=w.gateway(),
         topics=Topics("conformance.requested", "conformance.events", "conformance.status"),

@@ -64,6 +64,13 @@ class TestCreate:
         assert record.created_at.tzinfo is not None
         assert await store.get("req-1") == record
 
+    async def test_keeps_when_the_client_asked(self, store: UploadStore) -> None:
+        request = cmd()
+        record, _ = await store.create(request, source="ingest")
+        assert record.requested_at is not None
+        assert abs(record.requested_at - request.requested_at) < timedelta(milliseconds=1)
+        assert await store.get("req-1") == record
+
     async def test_is_idempotent_on_request_id(self, store: UploadStore) -> None:
         first, _ = await store.create(cmd(), source="ingest")
         await store.transition("req-1", S.UPLOADING, source="uploader")

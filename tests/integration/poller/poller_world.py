@@ -58,7 +58,7 @@ class World:
     _tokens: dict[str, str] = field(default_factory=dict)  # account -> sandbox access token
 
     @property
-    def store(self) -> MongoUploadStore:
+    def uploads(self) -> MongoUploadStore:
         return MongoUploadStore(self.db)
 
     def settings(self, **overrides: Any) -> PollerSettings:
@@ -166,18 +166,18 @@ class World:
             )
             init = await client.init_direct_post(self._tokens[account_id], post_info, plan)
             assert init.upload_url is not None
-            store = self.store
-            await store.create(cmd, source="ingest")
-            await store.transition(
+            uploads = self.uploads
+            await uploads.create(cmd, source="ingest")
+            await uploads.transition(
                 request_id,
                 UploadState.UPLOADING,
                 source="uploader",
                 set_fields={"publish_id": init.publish_id},
             )
             await upload_chunks(client, init.upload_url, plan, BytesVideoReader(data))
-        await store.transition(request_id, UploadState.UPLOADED, source="uploader")
+        await uploads.transition(request_id, UploadState.UPLOADED, source="uploader")
         # The uploader's recorder would have announced it; this test announces nothing itself.
-        record = await store.checkpoint(request_id, {"announced_state": UploadState.UPLOADED})
+        record = await uploads.checkpoint(request_id, {"announced_state": UploadState.UPLOADED})
         assert record is not None
         return record
 
@@ -194,7 +194,7 @@ class World:
         await self.publisher.publish(self.events_topic, event, key=record.account_id)
 
     async def state_of(self, request_id: str) -> UploadState | None:
-        record = await self.store.get(request_id)
+        record = await self.uploads.get(request_id)
         return record.state if record is not None else None
 
     async def wait_for_state(self, request_id: str, state: UploadState, *, timeout: float = 40.0) -> None:

@@ -11,7 +11,7 @@ from tests.unit.poller.poller_fakes import POLICY, FakeClock, Harness, ScriptedT
 @pytest.fixture
 def h() -> Harness:
     return Harness(
-        store=InMemoryUploadStore(),
+        uploads=InMemoryUploadStore(),
         publisher=RecordingPublisher(),
         tiktok=ScriptedTikTok(),
         clock=FakeClock(),

@@ -210,7 +210,7 @@ class TestLostAnnouncements:
     ) -> None:
         await tracked(h, status("PROCESSING_UPLOAD"))
         # A poller moved it and died before its Kafka publish.
-        await h.store.transition("req-1", S.PROCESSING, source="poller", detail={"tiktok_status": "x"})
+        await h.uploads.transition("req-1", S.PROCESSING, source="poller", detail={"tiktok_status": "x"})
 
         await h.poll_due()
         h.clock.advance(60)
@@ -562,7 +562,7 @@ class TestNeverBackwards:
 
     async def test_processing_poll_after_published_does_nothing(self, h: Harness) -> None:
         await tracked(h, status("PROCESSING_UPLOAD"), privacy="SELF_ONLY")
-        claimed = await h.store.claim_due_poll(h.clock(), 30)
+        claimed = await h.uploads.claim_due_poll(h.clock(), 30)
         assert claimed is not None
         # The webhook lands while the poll is on its way.
         await handle_publish_event(webhook("post.publish.complete"), h.deps)
@@ -577,7 +577,7 @@ class TestNeverBackwards:
     async def test_settled_upload_is_not_polled_again(self, h: Harness) -> None:
         await tracked(h, status("PROCESSING_UPLOAD"))
         await handle_publish_event(webhook("post.publish.failed", reason="spam_risk"), h.deps)
-        await h.store.checkpoint("req-1", {"poll_next_at": h.clock()})
+        await h.uploads.checkpoint("req-1", {"poll_next_at": h.clock()})
 
         assert await h.poll_due() is None  # the store does not even lease it
         assert await poll_once(await h.get(), h.deps) is PollOutcome.STOPPED  # and a poll would not call

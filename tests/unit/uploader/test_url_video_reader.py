@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from reelay_common.adapters.http_source import UrlVideoReader
+from reelay_common.adapters.url_reader import UrlVideoReader
 from reelay_common.domain.errors import InvalidInputError, RetryableError
 
 MP4_HEAD = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41"

@@ -8,7 +8,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, cast
 
-import structlog
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -21,7 +20,7 @@ from reelay_common.domain.messages import (
     VideoSource,
 )
 from reelay_common.domain.states import UploadState
-from reelay_common.logging import get_logger
+from reelay_common.logging import bind_learned, get_logger
 from reelay_common.readiness import check_readiness
 
 from reelay_ingest.context import AppContext
@@ -98,10 +97,6 @@ async def require_api_key(
 api = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_errors(401))
 hooks = APIRouter(prefix="/v1", tags=["webhooks"])
 ops = APIRouter(tags=["operations"])
-
-
-def _bind(**fields: str) -> None:
-    structlog.contextvars.bind_contextvars(**fields)
 
 
 def _status_url(request: Request, context: AppContext, request_id: str) -> str:
@@ -209,7 +204,7 @@ async def _upload_from_json(request: Request, deps: IngestDeps, idempotency_key:
     except ValidationError as exc:
         raise _validation_error(exc, "body") from exc
     request_id = _resolve_request_id(body.request_id, idempotency_key)
-    _bind(request_id=request_id, account_id=body.account_id)
+    bind_learned(request_id=request_id, account_id=body.account_id)
     source: VideoSource = (
         UrlSource(url=body.video_url)
         if body.video_url is not None
@@ -271,7 +266,10 @@ async def _upload_from_form(request: Request, deps: IngestDeps, idempotency_key:
             raise RequestRejected("the form has no file part named 'file'", code="file_missing")
         form = cast(UploadForm, _form_model(UploadForm, fields))
         request_id = _resolve_request_id(form.request_id, idempotency_key)
-        _bind(request_id=request_id, account_id=form.account_id)
+        learned = {"request_id": request_id}
+        if stored.checked is None:  # else account_id was learnt already, from the fields before the file
+            learned["account_id"] = form.account_id
+        bind_learned(**learned)
         cmd = UploadRequested(
             request_id=request_id,
             account_id=form.account_id,
@@ -313,7 +311,7 @@ async def _store_file(
     content_type = video_content_type(part.content_type, part.filename)
     target = _early_target(fields)
     if target is not None:
-        _bind(account_id=target.account_id)
+        bind_learned(account_id=target.account_id)
         await check_upload_target(target, deps)
     body = await checked_stream(part.chunks, content_type)
     saved = await deps.blobs.save(
@@ -343,7 +341,7 @@ async def get_upload(
 ) -> UploadView:
     """The upload's state, TikTok's publish_id and post ids, and its history of state changes
     (each with time, source and detail such as TikTok's fail_reason)."""
-    _bind(request_id=request_id)
+    bind_learned(request_id=request_id)
     record = await context.deps.uploads.get(request_id)
     if record is None:
         raise NotFoundError(f"no upload with request_id {request_id!r}", code="unknown_upload")
@@ -383,7 +381,7 @@ async def create_account(body: AccountRegistration, response: Response, context:
     """Register an account (201), or replace the tokens of an existing one (200), from a TikTok
     OAuth token response. Tokens are encrypted at rest and never returned. An account_id already
     bound to another TikTok user (open_id) answers 409."""
-    _bind(account_id=body.account_id)
+    bind_learned(account_id=body.account_id)
     record, created = await register_account(
         RegisterAccount(
             account_id=body.account_id,
@@ -412,7 +410,7 @@ async def get_account(
     context: ContextDep, account_id: Annotated[str, Path(max_length=128, pattern=ID_PATTERN)]
 ) -> AccountView:
     """The account's status (connected, reauth_required, revoked), scopes and token expiry times."""
-    _bind(account_id=account_id)
+    bind_learned(account_id=account_id)
     record = await context.deps.accounts.get(account_id)
     if record is None:
         raise NotFoundError(f"account {account_id!r} is not registered", code="unknown_account")

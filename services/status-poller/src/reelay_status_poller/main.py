@@ -8,11 +8,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
-from reelay_common.domain.messages import PUBLISH_EVENT_ADAPTER, TikTokWebhookReceived, VideoUploaded, utcnow
+from reelay_common.domain.messages import PUBLISH_EVENT_ADAPTER, PublishEvent, utcnow
 from reelay_common.domain.records import UploadRecord
 from reelay_common.logging import get_logger
 from reelay_common.runtime import Infrastructure, ops_server, run_service, supervise
-from structlog.contextvars import bound_contextvars
 
 from reelay_status_poller.handlers import PollerDeps, PollOutcome, PollPolicy, handle_publish_event, poll_once
 from reelay_status_poller.scheduler import PollScheduler
@@ -22,7 +21,6 @@ log = get_logger("reelay_status_poller")
 
 APP_NAME = "reelay-status-poller"
 
-PublishEvent = VideoUploaded | TikTokWebhookReceived
 
 # One status/fetch may use this share of the lease (pacing wait included), so it always ends,
 # and its outcome is written, well before another replica could take the upload over.
@@ -60,7 +58,7 @@ async def run(
     ) as infra:
         policy = policy_of(settings)
         deps = PollerDeps(
-            store=infra.uploads,
+            uploads=infra.uploads,
             recorder=infra.recorder,
             tiktok=infra.tiktok_gateway(
                 # A poll that would wait long for a status slot is rescheduled instead
@@ -89,15 +87,12 @@ async def run(
             **(consumer_overrides or {}),
         )
 
+        # The scheduler binds each poll's ids (its unit of work) to every log line.
         async def poll(record: UploadRecord) -> PollOutcome:
-            # The scheduler's unit of work: its context is bound here, once per poll.
-            with bound_contextvars(
-                request_id=record.request_id, publish_id=record.publish_id, account_id=record.account_id
-            ):
-                return await poll_once(record, deps)
+            return await poll_once(record, deps)
 
         scheduler = PollScheduler(
-            store=infra.uploads,
+            uploads=infra.uploads,
             poll=poll,
             clock=utcnow,
             lease_seconds=settings.lease_seconds,

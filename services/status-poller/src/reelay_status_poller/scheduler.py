@@ -17,7 +17,7 @@ from prometheus_client import Counter
 from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.rules import Backoff
 from reelay_common.domain.timing import sleep_unless_stopped
-from reelay_common.logging import get_logger
+from reelay_common.logging import get_logger, unit_of_work
 from reelay_common.ports import UploadStore
 
 from reelay_status_poller.handlers import PollOutcome
@@ -38,7 +38,7 @@ class PollScheduler:
     def __init__(
         self,
         *,
-        store: UploadStore,
+        uploads: UploadStore,
         poll: PollFn,
         clock: Callable[[], datetime],
         lease_seconds: float,
@@ -51,7 +51,7 @@ class PollScheduler:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self._store = store
+        self._uploads = uploads
         self._poll = poll
         self._clock = clock
         self._lease_seconds = lease_seconds
@@ -79,7 +79,7 @@ class PollScheduler:
                 if not await _acquire_or_stop(slots, stop):
                     break
                 try:
-                    record = await self._store.claim_due_poll(self._clock(), self._lease_seconds)
+                    record = await self._uploads.claim_due_poll(self._clock(), self._lease_seconds)
                 except Exception as exc:
                     slots.release()
                     store_failures += 1
@@ -104,21 +104,30 @@ class PollScheduler:
 
     async def _run_one(self, record: UploadRecord, slots: asyncio.Semaphore) -> None:
         outcome: PollOutcome | None = None
-        try:
-            outcome = await self._poll(record)
-        except asyncio.CancelledError:
-            # Shutdown: the lease stays and expires, so the upload is polled again later.
-            raise
-        except Exception:
-            log.exception("poll_failed", request_id=record.request_id, publish_id=record.publish_id)
-            next_at = self._clock() + timedelta(seconds=self._error_retry)
+        ids = {
+            "request_id": record.request_id,
+            "account_id": record.account_id,
+            "publish_id": record.publish_id,
+        }
+        # One poll is one unit of work: its context is bound here, once, for everything it logs.
+        with unit_of_work(**{k: v for k, v in ids.items() if v is not None}):
             try:
-                await self._store.schedule_poll(record.request_id, next_at, attempts=record.poll_attempts + 1)
-            except Exception as exc:
-                # The lease expires on its own; the upload is not lost.
-                log.warning("poll_reschedule_failed", request_id=record.request_id, error=repr(exc))
-        finally:
-            slots.release()
+                outcome = await self._poll(record)
+            except asyncio.CancelledError:
+                # Shutdown: the lease stays and expires, so the upload is polled again later.
+                raise
+            except Exception:
+                log.exception("poll_failed", request_id=record.request_id, publish_id=record.publish_id)
+                next_at = self._clock() + timedelta(seconds=self._error_retry)
+                try:
+                    await self._uploads.schedule_poll(
+                        record.request_id, next_at, attempts=record.poll_attempts + 1
+                    )
+                except Exception as exc:
+                    # The lease expires on its own; the upload is not lost.
+                    log.warning("poll_reschedule_failed", request_id=record.request_id, error=repr(exc))
+            finally:
+                slots.release()
         POLLS.labels(outcome=outcome.value if outcome is not None else "error").inc()
         if self._on_outcome is not None:
             self._on_outcome(outcome)

@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import httpx
-from reelay_common.adapters.http_source import UrlVideoReader
 from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
 from reelay_common.adapters.mongo.gridfs import GridFSBlobStore
+from reelay_common.adapters.url_reader import UrlVideoReader
 from reelay_common.domain.messages import BlobSource, DeadLetter, UploadRequested, UrlSource
 from reelay_common.logging import get_logger
 from reelay_common.ports import VideoReader
@@ -72,7 +72,7 @@ async def run(
     ):
         blobs = infra.blobs
         deps = UploaderDeps(
-            store=infra.uploads,
+            uploads=infra.uploads,
             recorder=infra.recorder,
             publisher=infra.publisher,
             tiktok=infra.tiktok_gateway(),

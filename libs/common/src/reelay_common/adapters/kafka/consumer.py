@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
-import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import (
@@ -42,7 +41,7 @@ from reelay_common.domain.errors import (
 from reelay_common.domain.messages import DeadLetter, dlq_topic
 from reelay_common.domain.rules import Backoff
 from reelay_common.domain.timing import sleep_unless_stopped
-from reelay_common.logging import get_logger
+from reelay_common.logging import bind_learned, get_logger, unit_of_work
 
 T = TypeVar("T")
 
@@ -364,42 +363,37 @@ class ConsumerLoop(Generic[T]):
         )
         started = time.monotonic()
         progress = _Progress()
-        # Bound for everything logged about this record, the summary line included; reset after.
-        tokens = dict(
-            structlog.contextvars.bind_contextvars(
-                topic=record.topic, partition=record.partition, offset=record.offset
-            )
-        )
-        try:
+        # Bound once for everything logged about this record, the summary line included.
+        with unit_of_work(topic=record.topic, partition=record.partition, offset=record.offset):
             try:
-                message = self._decode(record.value if record.value is not None else b"")
-            except Exception as exc:
-                reason, text = _describe_decode_error(exc)
-                ids = _ids_from_raw(record.value)
-                tokens.update(structlog.contextvars.bind_contextvars(**ids))
-                await self._dead_letter(record, reason=reason, error=text, ids=ids)
-                progress.outcome = "dead_lettered"
-            else:
-                tokens.update(structlog.contextvars.bind_contextvars(**_ids_from_message(message)))
-                progress.outcome = await self._handle_with_retries(record, message, ctx, progress)
-            await self._commit(consumer, record)
-        except _Abandoned:
-            progress.outcome = "abandoned"
-            raise
-        except asyncio.CancelledError:
-            progress.outcome = "cancelled"
-            raise
-        finally:
-            seconds = time.monotonic() - started
-            RECORDS.labels(topic=record.topic, outcome=progress.outcome).inc()
-            RECORD_SECONDS.labels(topic=record.topic, outcome=progress.outcome).observe(seconds)
-            log.info(
-                "record_processed",
-                outcome=progress.outcome,
-                attempts=progress.attempts,
-                duration_ms=round(seconds * 1000, 1),
-            )
-            structlog.contextvars.reset_contextvars(**tokens)
+                try:
+                    message = self._decode(record.value if record.value is not None else b"")
+                except Exception as exc:
+                    reason, text = _describe_decode_error(exc)
+                    ids = _ids_from_raw(record.value)
+                    bind_learned(**ids)
+                    await self._dead_letter(record, reason=reason, error=text, ids=ids)
+                    progress.outcome = "dead_lettered"
+                else:
+                    bind_learned(**_ids_from_message(message))
+                    progress.outcome = await self._handle_with_retries(record, message, ctx, progress)
+                await self._commit(consumer, record)
+            except _Abandoned:
+                progress.outcome = "abandoned"
+                raise
+            except asyncio.CancelledError:
+                progress.outcome = "cancelled"
+                raise
+            finally:
+                seconds = time.monotonic() - started
+                RECORDS.labels(topic=record.topic, outcome=progress.outcome).inc()
+                RECORD_SECONDS.labels(topic=record.topic, outcome=progress.outcome).observe(seconds)
+                log.info(
+                    "record_processed",
+                    outcome=progress.outcome,
+                    attempts=progress.attempts,
+                    duration_ms=round(seconds * 1000, 1),
+                )
 
     async def _handle_with_retries(
         self, record: ConsumerRecord, message: T, ctx: RecordContext, progress: _Progress
