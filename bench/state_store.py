@@ -74,13 +74,32 @@ def ferretdb(handler: str, workdir: Path) -> Iterator[str]:
         shutil.chown(workdir, "postgres")
         shutil.chown(pgdata, "postgres")
         as_pg = ["runuser", "-u", "postgres", "--"]
-        subprocess.run([*as_pg, str(PG_BIN / "initdb"), "-D", str(pgdata), "-A", "trust", "-U", "postgres"],
-                       check=True, capture_output=True)
-        subprocess.run([*as_pg, str(PG_BIN / "pg_ctl"), "-D", str(pgdata), "-o",
-                        f"-p {pg_port} -k {pgdata} -c listen_addresses=127.0.0.1", "-l", str(pgdata / "log"),
-                        "-w", "start"], check=True, capture_output=True)
-        subprocess.run([*as_pg, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(pg_port), "bench"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [*as_pg, str(PG_BIN / "initdb"), "-D", str(pgdata), "-A", "trust", "-U", "postgres"],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [
+                *as_pg,
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(pgdata),
+                "-o",
+                f"-p {pg_port} -k {pgdata} -c listen_addresses=127.0.0.1",
+                "-l",
+                str(pgdata / "log"),
+                "-w",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [*as_pg, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(pg_port), "bench"],
+            check=True,
+            capture_output=True,
+        )
         args += ["--handler=postgresql", f"--postgresql-url=postgres://postgres@127.0.0.1:{pg_port}/bench"]
     procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     try:
@@ -91,8 +110,22 @@ def ferretdb(handler: str, workdir: Path) -> Iterator[str]:
             p.terminate()
             p.wait(timeout=20)
         if handler == "postgresql":
-            subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D",
-                            str(workdir / "pg"), "-m", "fast", "stop"], check=False, capture_output=True)
+            subprocess.run(
+                [
+                    "runuser",
+                    "-u",
+                    "postgres",
+                    "--",
+                    str(PG_BIN / "pg_ctl"),
+                    "-D",
+                    str(workdir / "pg"),
+                    "-m",
+                    "fast",
+                    "stop",
+                ],
+                check=False,
+                capture_output=True,
+            )
 
 
 def upload_doc(i: int) -> dict[str, Any]:
@@ -103,8 +136,10 @@ def upload_doc(i: int) -> dict[str, Any]:
         "state": "published",
         "mode": "direct",
         "source": {"kind": "url", "url": f"https://videos.example.com/{i}.mp4"},
-        "history": [{"state": s, "at": now, "source": "uploader", "detail": {}} for s in
-                    ("accepted", "uploading", "uploaded", "processing", "published")],
+        "history": [
+            {"state": s, "at": now, "source": "uploader", "detail": {}}
+            for s in ("accepted", "uploading", "uploaded", "processing", "published")
+        ],
         "created_at": now,
         "updated_at": now,
         "publish_id": f"v_pub_{i}",
@@ -166,11 +201,26 @@ async def measure(name: str, uri: str, sizes: list[int]) -> list[dict[str, Any]]
             ids = ids[:: max(1, len(ids) // SAMPLES)]
             find_ms, upd_ms, plain_ms, ins_rate = await probe(history, ids)
             s_find, s_upd, _, s_ins = await probe(small, small_ids)
-            rows.append({"server": name, "stored": size, "bulk_insert_per_s": rate, "insert_per_s": ins_rate,
-                         "find_ms": find_ms, "update_ms": upd_ms, "plain_update_ms": plain_ms, "inflight_find_ms": s_find,
-                         "inflight_update_ms": s_upd, "inflight_insert_per_s": s_ins})
-            print(f"  {name} {size:>7}: find {find_ms:7.2f} ms  update {upd_ms:7.2f} ms  by-id {plain_ms:7.2f} ms  insert {ins_rate:6.0f}/s"
-                  f" | in-flight({SMALL}) find {s_find:5.2f} ms update {s_upd:5.2f} ms", flush=True)
+            rows.append(
+                {
+                    "server": name,
+                    "stored": size,
+                    "bulk_insert_per_s": rate,
+                    "insert_per_s": ins_rate,
+                    "find_ms": find_ms,
+                    "update_ms": upd_ms,
+                    "plain_update_ms": plain_ms,
+                    "inflight_find_ms": s_find,
+                    "inflight_update_ms": s_upd,
+                    "inflight_insert_per_s": s_ins,
+                }
+            )
+            print(
+                f"  {name} {size:>7}: find {find_ms:7.2f} ms  update {upd_ms:7.2f} ms"
+                f"  by-id {plain_ms:7.2f} ms  insert {ins_rate:6.0f}/s"
+                f" | in-flight({SMALL}) find {s_find:5.2f} ms update {s_upd:5.2f} ms",
+                flush=True,
+            )
             await small.delete_many({"_id": {"$regex": "^req-1000"}})
     finally:
         await client.drop_database(db.name)
@@ -179,27 +229,41 @@ async def measure(name: str, uri: str, sizes: list[int]) -> list[dict[str, Any]]
 
 
 def report(rows: list[dict[str, Any]]) -> None:
-    print("\n| server | stored uploads | find by _id | guarded findAndModify | update_one by _id | single insert | in-flight find | in-flight update |")
+    print(
+        "\n| server | stored uploads | find by _id | guarded findAndModify | update_one by _id"
+        " | single insert | in-flight find | in-flight update |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['server']} | {r['stored']:,} | {r['find_ms']:.2f} ms | {r['update_ms']:.2f} ms |"
-              f" {r['plain_update_ms']:.2f} ms |"
-              f" {r['insert_per_s']:.0f}/s | {r['inflight_find_ms']:.2f} ms | {r['inflight_update_ms']:.2f} ms |")
+        print(
+            f"| {r['server']} | {r['stored']:,} | {r['find_ms']:.2f} ms | {r['update_ms']:.2f} ms |"
+            f" {r['plain_update_ms']:.2f} ms |"
+            f" {r['insert_per_s']:.0f}/s | {r['inflight_find_ms']:.2f} ms |"
+            f" {r['inflight_update_ms']:.2f} ms |"
+        )
     by_server: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_server.setdefault(r["server"], []).append(r)
-    print("\n| server | growth of find (largest / smallest history) | growth of update | growth of in-flight update |")
+    print(
+        "\n| server | growth of find (largest / smallest history) | growth of update"
+        " | growth of in-flight update |"
+    )
     print("|---|---|---|---|")
     for name, rs in by_server.items():
         lo, hi = rs[0], rs[-1]
-        print(f"| {name} | {hi['find_ms'] / lo['find_ms']:.1f}x | {hi['update_ms'] / lo['update_ms']:.1f}x |"
-              f" {hi['inflight_update_ms'] / lo['inflight_update_ms']:.1f}x |")
+        print(
+            f"| {name} | {hi['find_ms'] / lo['find_ms']:.1f}x | {hi['update_ms'] / lo['update_ms']:.1f}x |"
+            f" {hi['inflight_update_ms'] / lo['inflight_update_ms']:.1f}x |"
+        )
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--start", nargs="*", default=["ferretdb-sqlite"],
-                        choices=["ferretdb-sqlite", "ferretdb-postgresql"])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--start", nargs="*", default=["ferretdb-sqlite"], choices=["ferretdb-sqlite", "ferretdb-postgresql"]
+    )
     parser.add_argument("--uri", nargs="*", default=[], help="NAME=URI of a running server")
     parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 100_000])
     args = parser.parse_args()

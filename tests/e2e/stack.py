@@ -159,6 +159,9 @@ def running_stack(
         "POLLER_CONSUMER_GROUP": f"e2e-poller-{suffix}",
         "POLLER_MIN_INTERVAL_SECONDS": "0.5",
         "POLLER_MAX_INTERVAL_SECONDS": "2",
+        # Archive settled uploads almost at once, so every e2e flow also reads uploads from history.
+        "POLLER_ARCHIVE_GRACE_SECONDS": "1",
+        "POLLER_ARCHIVE_INTERVAL_SECONDS": "0.5",
         **(extra_env or {}),
     }
     (workdir / "sandbox-data").mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,11 @@ class _Video:
         return out
 
 
+async def stored_uploads(db: Any) -> int:
+    """Uploads stored anywhere: in flight and in history (nothing may be, after a refusal)."""
+    return sum([await db[name].count_documents({}) for name in ("uploads", "uploads_in_flight")])
+
+
 async def blob_sha256(world: IngestWorld, source: BlobSource) -> str:
     reader = await GridFSBlobStore(world.db).open(source)
     digest = hashlib.sha256()
@@ -126,7 +131,7 @@ class TestRefusals:
             "MUTUAL_FOLLOW_FRIENDS",
             "SELF_ONLY",
         }
-        assert await world.db["uploads"].count_documents({}) == 0
+        assert await stored_uploads(world.db) == 0
         assert await world.db["videos.files"].count_documents({}) == 0
         assert await world.db["videos.chunks"].count_documents({}) == 0
         assert await topic_size(world.bootstrap, world.settings.topic_upload_requested) == 0
@@ -150,7 +155,7 @@ class TestRefusals:
             assert resp.status_code == 413, resp.text
             assert await world.db["videos.files"].count_documents({}) == 0
             assert await world.db["videos.chunks"].count_documents({}) == 0
-            assert await world.db["uploads"].count_documents({}) == 0
+            assert await stored_uploads(world.db) == 0
 
 
 class TestWebhooksThroughKafka:
@@ -266,5 +271,5 @@ class TestClientGoesAway:
         await eventually(disconnect_seen, what="ingest to notice the disconnect")
         assert await world.db["videos.chunks"].count_documents({}) == 0
         assert await world.db["videos.files"].count_documents({}) == 0
-        assert await world.db["uploads"].count_documents({}) == 0
+        assert await stored_uploads(world.db) == 0
         assert await topic_size(world.bootstrap, world.settings.topic_upload_requested) == 0

@@ -147,7 +147,9 @@ class TestMongoHelpers:
         await ensure_indexes(mongo_db)
         await ensure_indexes(mongo_db)
         names = {ix["name"] async for ix in await mongo_db["uploads"].list_indexes()}
-        assert {"account_state", "publish_id", "poll_next_at"} <= names
+        assert {"account_state", "publish_id"} <= names
+        in_flight = {ix["name"] async for ix in await mongo_db["uploads_in_flight"].list_indexes()}
+        assert {"account_state", "publish_id", "poll_next_at", "updated_at"} <= in_flight
 
 
 class TestLargeBlobs:

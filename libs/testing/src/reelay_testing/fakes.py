@@ -49,6 +49,7 @@ class InMemoryUploadStore:
 
     def __init__(self) -> None:
         self.docs: dict[str, dict[str, Any]] = {}
+        self.archived: set[str] = set()  # what archive_settled counted out (MongoUploadStore moves them)
 
     def _record(self, doc: dict[str, Any]) -> UploadRecord:
         return UploadRecord.model_validate(copy.deepcopy(doc))
@@ -151,6 +152,20 @@ class InMemoryUploadStore:
             doc.update(
                 {"poll_next_at": _bson_like(next_at), "poll_attempts": attempts, "poll_lease_until": None}
             )
+
+    async def archive_settled(self, now: datetime, *, grace_seconds: float, limit: int = 100) -> int:
+        """Count out settled uploads quiet for `grace_seconds` (one dict: nothing moves, reads agree)."""
+        cutoff = _bson_like(now - timedelta(seconds=grace_seconds))
+        terminal = {s.value for s in UNPOLLED_STATES}
+        moved = 0
+        for request_id, doc in self.docs.items():
+            settled = doc["state"] in terminal or (
+                doc["state"] == UploadState.PUBLISHED.value and doc.get("poll_next_at") is None
+            )
+            if moved < limit and settled and doc["updated_at"] < cutoff and request_id not in self.archived:
+                self.archived.add(request_id)
+                moved += 1
+        return moved
 
 
 class RecordingPublisher:

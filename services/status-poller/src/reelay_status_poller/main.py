@@ -4,6 +4,7 @@ of publish events, the poll scheduler and the ops server, supervised until SIGTE
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -14,7 +15,7 @@ from reelay_common.logging import get_logger
 from reelay_common.runtime import Infrastructure, ops_server, run_service, supervise
 
 from reelay_status_poller.handlers import PollerDeps, PollOutcome, PollPolicy, handle_publish_event, poll_once
-from reelay_status_poller.scheduler import PollScheduler
+from reelay_status_poller.scheduler import PollScheduler, archive_settled_uploads
 from reelay_status_poller.settings import PollerSettings
 
 log = get_logger("reelay_status_poller")
@@ -118,6 +119,13 @@ async def run(
                 {
                     "consumer": consumer.run,
                     "scheduler": scheduler.run,
+                    "archiver": functools.partial(
+                        archive_settled_uploads,
+                        infra.uploads,
+                        clock=utcnow,
+                        grace_seconds=settings.archive_grace_seconds,
+                        interval_seconds=settings.archive_interval_seconds,
+                    ),
                     "ops": ops_server(
                         host=settings.ops_host,
                         port=settings.ops_port,

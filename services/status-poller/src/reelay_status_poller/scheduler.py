@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from prometheus_client import Counter
+from reelay_common.domain.errors import RetryableError
 from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.rules import Backoff
 from reelay_common.domain.timing import sleep_unless_stopped
@@ -159,3 +160,34 @@ async def _acquire_or_stop(slots: asyncio.Semaphore, stop: asyncio.Event) -> boo
             return False
         return True
     return False
+
+
+ARCHIVED = Counter("reelay_poller_archived_uploads_total", "Settled uploads moved out of the in-flight work.")
+
+
+async def archive_settled_uploads(
+    uploads: UploadStore,
+    stop: asyncio.Event,
+    *,
+    clock: Callable[[], datetime],
+    grace_seconds: float,
+    interval_seconds: float,
+    batch: int = 100,
+) -> None:
+    """Keep the in-flight work small: every `interval_seconds`, archive what has settled."""
+    failures = 0
+    backoff = Backoff(interval_seconds, max(interval_seconds, 60.0))
+    while not stop.is_set():
+        try:
+            moved = await uploads.archive_settled(clock(), grace_seconds=grace_seconds, limit=batch)
+        except RetryableError as exc:
+            failures += 1
+            log.warning("archive_failed", error=repr(exc), retry_in=backoff.delay(failures))
+            await sleep_unless_stopped(stop, backoff.delay(failures))
+            continue
+        failures = 0
+        if moved:
+            ARCHIVED.inc(moved)
+            log.info("uploads_archived", count=moved)
+        if moved < batch:  # a full batch means more may be waiting: go again at once
+            await sleep_unless_stopped(stop, interval_seconds)

@@ -36,16 +36,19 @@ def connect(uri: str, *, app_name: str) -> AsyncMongoClient[dict[str, Any]]:
 
 
 async def ensure_indexes(db: AsyncDatabase[dict[str, Any]]) -> None:
-    """Create the indexes of `uploads` (idempotent; only index kinds FerretDB v1 has)."""
-    uploads = db["uploads"]
+    """Create the indexes of `uploads` and `uploads_in_flight` (idempotent; kinds FerretDB v1 has)."""
     with translate_errors("create indexes"):
-        await uploads.create_index([("account_id", ASCENDING), ("state", ASCENDING)], name="account_state")
-        await uploads.create_index(
-            [("account_id", ASCENDING), ("created_at", DESCENDING)], name="account_created"
-        )
-        await uploads.create_index([("state", ASCENDING), ("created_at", DESCENDING)], name="state_created")
-        await uploads.create_index([("publish_id", ASCENDING)], name="publish_id")
-        await uploads.create_index([("poll_next_at", ASCENDING)], name="poll_next_at")
+        for name in ("uploads", "uploads_in_flight"):
+            coll = db[name]
+            await coll.create_index([("account_id", ASCENDING), ("state", ASCENDING)], name="account_state")
+            await coll.create_index(
+                [("account_id", ASCENDING), ("created_at", DESCENDING)], name="account_created"
+            )
+            await coll.create_index([("state", ASCENDING), ("created_at", DESCENDING)], name="state_created")
+            await coll.create_index([("publish_id", ASCENDING)], name="publish_id")
+        # Only work in flight is ever due for a poll or waiting to be archived.
+        await db["uploads_in_flight"].create_index([("poll_next_at", ASCENDING)], name="poll_next_at")
+        await db["uploads_in_flight"].create_index([("updated_at", ASCENDING)], name="updated_at")
 
 
 async def ping(client: AsyncMongoClient[dict[str, Any]]) -> bool:
