@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 import structlog
+from reelay_common.domain.errors import DatabaseUnavailableError
 from reelay_common.domain.messages import UploadRequested, UrlSource
 from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.states import UploadState
 from reelay_status_poller.handlers import PollOutcome
-from reelay_status_poller.scheduler import PollScheduler
+from reelay_status_poller.scheduler import PollScheduler, archive_settled_uploads
 from reelay_testing.fakes import InMemoryUploadStore
 from structlog.testing import capture_logs
 
@@ -268,3 +270,44 @@ class TestLogContext:
             "acct-1",
             "pub-0",
         )
+
+
+class TestArchiveSettledUploads:
+    async def test_archives_what_settles_and_keeps_going_after_a_store_failure(self) -> None:
+        uploads = InMemoryUploadStore()
+        ids = await due_uploads(uploads, 3)
+        for rid in ids:
+            await uploads.transition(rid, UploadState.INBOX_DELIVERED, source="poller")
+        calls = 0
+        real = uploads.archive_settled
+
+        async def flaky(at: datetime, *, grace_seconds: float, limit: int = 100) -> int:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise DatabaseUnavailableError("MongoDB could not find settled uploads")
+            return await real(at, grace_seconds=grace_seconds, limit=limit)
+
+        uploads.archive_settled = flaky  # type: ignore[method-assign]  # a store that fails once
+        stop = asyncio.Event()
+        with capture_logs() as logs:
+            task = asyncio.create_task(
+                archive_settled_uploads(uploads, stop, clock=now, grace_seconds=0, interval_seconds=0.01)
+            )
+            await eventually(lambda: uploads.archived == set(ids))
+            stop.set()
+            await asyncio.wait_for(task, timeout=5)
+        assert [e["event"] for e in logs if e["event"] == "archive_failed"] == ["archive_failed"]
+        assert any(e["event"] == "uploads_archived" and e["count"] == 3 for e in logs)
+
+    async def test_leaves_uploads_in_flight_alone(self) -> None:
+        uploads = InMemoryUploadStore()
+        await due_uploads(uploads, 2)  # accepted, being polled: not settled
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            archive_settled_uploads(uploads, stop, clock=now, grace_seconds=0, interval_seconds=0.01)
+        )
+        await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, timeout=5)
+        assert uploads.archived == set()
