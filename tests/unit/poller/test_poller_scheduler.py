@@ -288,7 +288,7 @@ class TestArchiveSettledUploads:
                 raise DatabaseUnavailableError("MongoDB could not find settled uploads")
             return await real(at, grace_seconds=grace_seconds, limit=limit)
 
-        uploads.archive_settled = flaky  # type: ignore[method-assign]  # a store that fails once
+        uploads.archive_settled = flaky  # type: ignore[method-assign,assignment]  # a store that fails once
         stop = asyncio.Event()
         with capture_logs() as logs:
             task = asyncio.create_task(
