@@ -68,15 +68,11 @@ from reelay_ingest.deps import IngestDeps, Policy, Topics
 from reelay_ingest.errors import RequestRejected
 from reelay_ingest.handlers import UploadTarget, check_upload_target
 from reelay_ingest.schemas import UploadByUrl
-from reelay_testing.fakes import (
-    BytesVideoReader,
-    FixedTokenProvider,
-    InMemoryAccountStore,
-    InMemoryBlobStore,
-    InMemoryUploadStore,
-    NoopRateLimiter,
-    RecordingPublisher,
-)
+from reelay_testing.blobs import FakeBlobStore
+from reelay_testing.publisher import FakePublisher
+from reelay_testing.readers import BytesVideoReader
+from reelay_testing.stores import FakeAccountStore, FakeUploadStore
+from reelay_testing.tokens import FakeRateLimiter, FakeTokenProvider
 from reelay_uploader.handlers import UploaderDeps, handle_upload_requested
 from tiktok_sandbox.media import iter_sample_mp4
 from tiktok_sandbox.plan import validate_plan
@@ -558,8 +554,8 @@ class World:
         """The gateway as the services build it (fast backoffs); a fixed token unless given a provider."""
         return TikTokGateway(
             self.client,
-            tokens if tokens is not None else FixedTokenProvider(token or self.token),
-            limiter if limiter is not None else NoopRateLimiter(),
+            tokens if tokens is not None else FakeTokenProvider(token or self.token),
+            limiter if limiter is not None else FakeRateLimiter(),
             backoff_initial=0.01,
             upload_backoff_initial=0.01,
         )
@@ -622,7 +618,7 @@ class Uploader:
     """The uploader's handler over in-memory stores and the real gateway."""
 
     deps: UploaderDeps
-    store: InMemoryUploadStore
+    store: FakeUploadStore
 
     async def handle(self, cmd: UploadRequested) -> UploadRecord:
         await handle_upload_requested(cmd, self.deps)
@@ -632,8 +628,8 @@ class Uploader:
 
 
 def uploader(w: World, reader: VideoReader | None = None, *, token: str | None = None) -> Uploader:
-    store = InMemoryUploadStore()
-    publisher = RecordingPublisher()
+    store = FakeUploadStore()
+    publisher = FakePublisher()
     deps = UploaderDeps(
         store=store,
         recorder=StateRecorder(store, publisher, status_topic="conformance.status"),
@@ -673,15 +669,15 @@ def failure(record: UploadRecord) -> dict[str, Any]:
     return record.history[-1].detail
 
 
-def ingest_deps(w: World, accounts: InMemoryAccountStore) -> IngestDeps:
-    store = InMemoryUploadStore()
-    publisher = RecordingPublisher()
+def ingest_deps(w: World, accounts: FakeAccountStore) -> IngestDeps:
+    store = FakeUploadStore()
+    publisher = FakePublisher()
     return IngestDeps(
         uploads=store,
         accounts=accounts,
         publisher=publisher,
         recorder=StateRecorder(store, publisher, status_topic="conformance.status"),
-        blobs=InMemoryBlobStore(),
+        blobs=FakeBlobStore(),
         tiktok=w.gateway(),
         topics=Topics("conformance.requested", "conformance.events", "conformance.status"),
     )
@@ -1047,7 +1043,7 @@ async def comply_json_bodies(w: World) -> None:
 
 
 async def comply_scopes(w: World) -> None:
-    accounts = InMemoryAccountStore()
+    accounts = FakeAccountStore()
     accounts.add_connected("inbox-only", scopes=["user.info.basic", "video.upload"])
     accounts.add_connected("direct-only", scopes=["user.info.basic", "video.publish"])
     deps = ingest_deps(w, accounts)
@@ -1064,7 +1060,7 @@ async def comply_scopes(w: World) -> None:
     # Stored scopes that lie (the grant shrank since): TikTok's 401 scope_not_authorized is a
     # permanent AuthExpiredError, and no refresh is attempted (a refresh cannot add a scope).
     narrow = await grant_for(w.admin, w.sb.default_user.open_id, ["user.info.basic", "video.upload"])
-    provider = FixedTokenProvider(narrow["access_token"])
+    provider = FakeTokenProvider(narrow["access_token"])
     with pytest.raises(AuthExpiredError) as denied:
         await w.gateway(tokens=provider).init_upload(
             ACCOUNT, mode="direct", post_info=SELF_ONLY, source_info=plan_chunks(1000)
@@ -1102,7 +1098,7 @@ async def comply_privacy_offered(w: World) -> None:
     )
     assert failure(record)["code"] == "privacy_level_not_offered"
     # Ingest refuses it earlier still, at the API, with the levels the creator does offer.
-    accounts = InMemoryAccountStore()
+    accounts = FakeAccountStore()
     accounts.add_connected(ACCOUNT)
     with pytest.raises(RequestRejected) as refused:
         await check_upload_target(

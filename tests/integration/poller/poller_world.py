@@ -34,7 +34,7 @@ from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_status_poller.bootstrap import Poller, build_poller
 from reelay_status_poller.settings import PollerSettings
-from reelay_testing.fakes import BytesVideoReader
+from reelay_testing.readers import BytesVideoReader
 from tiktok_sandbox.media import iter_sample_mp4
 from tiktok_sandbox.testing import SandboxHandle
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from reelay_common.domain.chunks import plan_chunks
 from reelay_common.domain.messages import PostInfo
-from reelay_testing.fakes import FileVideoReader
+from reelay_testing.readers import FileVideoReader
 from tiktok_sandbox.media import write_sample_mp4
 from tiktok_sandbox.testing import SandboxHandle
 

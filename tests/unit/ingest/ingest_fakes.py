@@ -1,4 +1,4 @@
-"""A harness for the ingest app over the in-memory fakes of reelay_common.testing (no I/O)."""
+"""A harness for the ingest app over the fakes of reelay_testing (no I/O)."""
 
 from __future__ import annotations
 
@@ -21,12 +21,9 @@ from reelay_ingest.app import create_app
 from reelay_ingest.deps import IngestDeps, Topics
 from reelay_ingest.settings import IngestSettings
 from reelay_ingest.webhooks import sign
-from reelay_testing.fakes import (
-    InMemoryAccountStore,
-    InMemoryBlobStore,
-    InMemoryUploadStore,
-    RecordingPublisher,
-)
+from reelay_testing.blobs import FakeBlobStore
+from reelay_testing.publisher import FakePublisher
+from reelay_testing.stores import FakeAccountStore, FakeUploadStore
 
 API_KEY = "unit-test-key"
 ACCOUNT = "acme-main"
@@ -73,8 +70,8 @@ class FakeTikTok:
         raise AssertionError("ingest never uploads chunks")
 
 
-class CountingBlobStore(InMemoryBlobStore):
-    """An InMemoryBlobStore that counts save calls (to show a refusal came before any byte was stored)."""
+class CountingBlobStore(FakeBlobStore):
+    """An FakeBlobStore that counts save calls (to show a refusal came before any byte was stored)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -85,8 +82,8 @@ class CountingBlobStore(InMemoryBlobStore):
         return await super().save(chunks, **kwargs)
 
 
-class TopicFailingPublisher(RecordingPublisher):
-    """A RecordingPublisher whose publishes to `failing_topics` raise (Kafka not acknowledging)."""
+class TopicFailingPublisher(FakePublisher):
+    """A FakePublisher whose publishes to `failing_topics` raise (Kafka not acknowledging)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -103,8 +100,8 @@ class Harness:
     """The app under test, its fakes, and an httpx client speaking to it in-process."""
 
     client: httpx.AsyncClient
-    uploads: InMemoryUploadStore
-    accounts: InMemoryAccountStore
+    uploads: FakeUploadStore
+    accounts: FakeAccountStore
     publisher: TopicFailingPublisher
     blobs: CountingBlobStore
     tiktok: FakeTikTok
@@ -132,7 +129,7 @@ class Harness:
 
     def assert_nothing_changed(self) -> None:
         """Bad input changes nothing: nothing stored, nothing published."""
-        assert self.uploads.docs == {}
+        assert self.uploads.records == {}
         assert self.publisher.sent == []
         assert self.blobs.blobs == {}
 
@@ -215,7 +212,7 @@ def make_settings(**overrides: Any) -> IngestSettings:
 async def running(settings: IngestSettings | None = None) -> AsyncIterator[Harness]:
     """Start the app over fresh fakes (one connected account, ACCOUNT) and yield its harness."""
     settings = settings or make_settings()
-    uploads, accounts = InMemoryUploadStore(), InMemoryAccountStore()
+    uploads, accounts = FakeUploadStore(), FakeAccountStore()
     publisher, blobs, tiktok = TopicFailingPublisher(), CountingBlobStore(), FakeTikTok()
     accounts.add_connected(ACCOUNT)
     ready = {"mongo": True, "kafka": True}

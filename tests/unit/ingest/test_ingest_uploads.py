@@ -111,7 +111,7 @@ class TestIdempotentReplay:
         assert resp.json()["state"] == "uploading"
         assert resp.json()["replayed"] is True
         assert len(h.publisher.sent) == sent_before, "an upload already under way is not queued again"
-        assert len(h.uploads.docs) == 1
+        assert len(h.uploads.records) == 1
 
     async def test_replay_of_a_still_accepted_upload_queues_it_again(self, h: Harness) -> None:
         # The first call may have died between the insert and Kafka's ack: the replay makes sure.
@@ -127,7 +127,7 @@ class TestIdempotentReplay:
             "replayed": True,
         }
         assert [m.request_id for m, _ in h.requested()] == ["r-1", "r-1"]
-        assert len(h.uploads.docs) == 1
+        assert len(h.uploads.records) == 1
 
     async def test_replay_through_the_header_is_the_same_request(self, h: Harness) -> None:
         await h.post_json(url_body(), **{"Idempotency-Key": "k-9"})

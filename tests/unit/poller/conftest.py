@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from reelay_testing.fakes import InMemoryUploadStore, RecordingPublisher
+from reelay_testing.publisher import FakePublisher
+from reelay_testing.stores import FakeUploadStore
 
 from tests.unit.poller.poller_fakes import POLICY, FakeClock, Harness, ScriptedTikTok
 
@@ -11,8 +12,8 @@ from tests.unit.poller.poller_fakes import POLICY, FakeClock, Harness, ScriptedT
 @pytest.fixture
 def h() -> Harness:
     return Harness(
-        store=InMemoryUploadStore(),
-        publisher=RecordingPublisher(),
+        store=FakeUploadStore(),
+        publisher=FakePublisher(),
         tiktok=ScriptedTikTok(),
         clock=FakeClock(),
         policy=POLICY,

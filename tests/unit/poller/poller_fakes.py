@@ -22,7 +22,8 @@ from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import PublishStatus
 from reelay_common.recorder import StateRecorder
 from reelay_status_poller.handlers import PollerDeps, PollOutcome, PollPolicy, poll_once
-from reelay_testing.fakes import InMemoryUploadStore, RecordingPublisher
+from reelay_testing.publisher import FakePublisher
+from reelay_testing.stores import FakeUploadStore
 
 STATUS_TOPIC = "test.publish.status"
 ACCOUNT = "acct-1"
@@ -90,8 +91,8 @@ def status(code: str, *, fail_reason: str | None = None, post_ids: Sequence[str]
 
 @dataclass
 class Harness:
-    store: InMemoryUploadStore
-    publisher: RecordingPublisher
+    store: FakeUploadStore
+    publisher: FakePublisher
     tiktok: ScriptedTikTok
     clock: FakeClock
     policy: PollPolicy

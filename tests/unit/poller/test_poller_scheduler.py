@@ -15,14 +15,14 @@ from reelay_common.domain.messages import UploadRequested, UrlSource
 from reelay_common.domain.records import UploadRecord
 from reelay_status_poller.handlers import PollOutcome
 from reelay_status_poller.scheduler import PollScheduler
-from reelay_testing.fakes import InMemoryUploadStore
+from reelay_testing.stores import FakeUploadStore
 
 
 def now() -> datetime:
     return datetime.now(UTC)
 
 
-async def due_uploads(store: InMemoryUploadStore, count: int) -> list[str]:
+async def due_uploads(store: FakeUploadStore, count: int) -> list[str]:
     ids = []
     for i in range(count):
         rid = f"req-{i}"
@@ -61,7 +61,7 @@ async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
 class Finisher:
     """A poll that ends tracking, counting calls and how many run at once (overall and per upload)."""
 
-    def __init__(self, store: InMemoryUploadStore, *, delay: float = 0.0, repeat: int = 1) -> None:
+    def __init__(self, store: FakeUploadStore, *, delay: float = 0.0, repeat: int = 1) -> None:
         self.store = store
         self.delay = delay
         self.repeat = repeat
@@ -98,7 +98,7 @@ async def run_until(sched: PollScheduler, check: Callable[[], bool], timeout: fl
 
 class TestPollScheduler:
     async def test_polls_every_due_upload_once(self) -> None:
-        store = InMemoryUploadStore()
+        store = FakeUploadStore()
         ids = await due_uploads(store, 6)
         poll = Finisher(store)
 
@@ -107,7 +107,7 @@ class TestPollScheduler:
         assert poll.calls == Counter(dict.fromkeys(ids, 1))
 
     async def test_does_not_poll_what_is_not_due(self) -> None:
-        store = InMemoryUploadStore()
+        store = FakeUploadStore()
         [rid] = await due_uploads(store, 1)
         await store.checkpoint(rid, {"poll_next_at": now() + timedelta(hours=1)})
         poll = Finisher(store)
@@ -121,7 +121,7 @@ class TestPollScheduler:
         assert poll.calls == Counter()
 
     async def test_never_runs_more_polls_at_once_than_its_concurrency(self) -> None:
-        store = InMemoryUploadStore()
+        store = FakeUploadStore()
         await due_uploads(store, 10)
         poll = Finisher(store, delay=0.05)
 
@@ -130,7 +130,7 @@ class TestPollScheduler:
         assert poll.max_running == 3
 
     async def test_two_schedulers_never_poll_one_upload_at_the_same_time(self) -> None:
-        store = InMemoryUploadStore()
+        store = FakeUploadStore()
         ids = await due_uploads(store, 4)
         poll = Finisher(store, delay=0.02, repeat=5)
         stop = asyncio.Event()
@@ -144,7 +144,7 @@ class TestPollScheduler:
         assert poll.max_running_one == 1
 
     async def test_a_failing_poll_is_rescheduled_not_lost(self) -> None:
-        store = InMemoryUploadStore()
+        store = FakeUploadStore()
         [rid] = await due_uploads(store, 1)
 
         async def broken(record: UploadRecord) -> PollOutcome:
@@ -162,7 +162,7 @@ class TestPollScheduler:
         assert outcomes[:2] == [None, None]
 
     async def test_stops_promptly_while_idle(self) -> None:
-        store = InMemoryUploadStore()
+        store = FakeUploadStore()
         stop = asyncio.Event()
         task = asyncio.create_task(scheduler(store, Finisher(store), idle_sleep_seconds=30).run(stop))
         await asyncio.sleep(0.05)
@@ -174,7 +174,7 @@ class TestPollScheduler:
         assert time.monotonic() - started < 1
 
     async def test_lets_an_inflight_poll_finish_on_stop(self) -> None:
-        store = InMemoryUploadStore()
+        store = FakeUploadStore()
         [rid] = await due_uploads(store, 1)
         poll = Finisher(store, delay=0.3)
         stop = asyncio.Event()
@@ -189,7 +189,7 @@ class TestPollScheduler:
         assert record.poll_next_at is None  # the poll ran to its end
 
     async def test_a_poll_outliving_the_grace_is_cancelled_and_its_lease_left_to_expire(self) -> None:
-        store = InMemoryUploadStore()
+        store = FakeUploadStore()
         [rid] = await due_uploads(store, 1)
         poll = Finisher(store, delay=3600)
         stop = asyncio.Event()
@@ -207,7 +207,7 @@ class TestPollScheduler:
         assert await store.claim_due_poll(record.poll_lease_until + timedelta(seconds=1), 30) is not None
 
     async def test_survives_a_store_outage_and_reports_it(self) -> None:
-        store = InMemoryUploadStore()
+        store = FakeUploadStore()
         [rid] = await due_uploads(store, 1)
         outage = {"left": 3}
 
@@ -240,4 +240,4 @@ class TestPollScheduler:
 
     def test_refuses_zero_concurrency(self) -> None:
         with pytest.raises(ValueError, match="concurrency"):
-            scheduler(InMemoryUploadStore(), Finisher(InMemoryUploadStore()), concurrency=0)
+            scheduler(FakeUploadStore(), Finisher(FakeUploadStore()), concurrency=0)

@@ -12,7 +12,7 @@ from reelay_common.adapters.tiktok.gateway import TikTokGateway
 from reelay_common.domain.errors import AuthExpiredError, InvalidInputError, RateLimitedError
 from reelay_common.domain.messages import PostInfo
 from reelay_common.domain.tiktok import FileUploadSourceInfo, PullFromUrlSourceInfo
-from reelay_testing.fakes import NoopRateLimiter
+from reelay_testing.tokens import FakeRateLimiter
 
 from tests.unit.tiktok.tiktok_fakes import (
     UPLOAD_URL,
@@ -54,7 +54,7 @@ class Harness:
         self.responses = responses
         self.requests: list[httpx.Request] = []
         self.tokens = RotatingTokens()
-        self.limiter = NoopRateLimiter()
+        self.limiter = FakeRateLimiter()
         self.sleeps: list[float] = []
         client, self.http = make_client(self.handle)
         self.gateway = TikTokGateway(client, self.tokens, self.limiter, sleep=self.sleep, **gateway_options)
@@ -192,7 +192,7 @@ class TestUploadChunks:
             api_calls.append(request.url.path)
             return ok({"status": "PROCESSING_UPLOAD", "uploaded_bytes": server.progress})
 
-        limiter = NoopRateLimiter()
+        limiter = FakeRateLimiter()
         client, http = make_client(handler, streaming=True)
         gateway = TikTokGateway(client, RotatingTokens(), limiter)
         async with http:

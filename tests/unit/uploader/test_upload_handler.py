@@ -44,7 +44,9 @@ from reelay_common.domain.tiktok import (
 )
 from reelay_common.ports import ProgressCallback, VideoReader
 from reelay_common.recorder import StateRecorder
-from reelay_testing.fakes import BytesVideoReader, InMemoryUploadStore, RecordingPublisher
+from reelay_testing.publisher import FakePublisher
+from reelay_testing.readers import BytesVideoReader
+from reelay_testing.stores import FakeUploadStore
 from reelay_uploader.handlers import UploaderDeps, handle_upload_requested
 
 EVENTS = "test.publish.events"
@@ -239,8 +241,8 @@ class Clock:
 
 @dataclass
 class World:
-    store: InMemoryUploadStore
-    publisher: RecordingPublisher
+    store: FakeUploadStore
+    publisher: FakePublisher
     tiktok: FakeTikTok
     clock: Clock
     readers: dict[str, VideoReader]
@@ -260,8 +262,8 @@ class World:
 
 
 def make_world(*, reader: VideoReader | None = None, max_init_attempts: int = 3, **tiktok: Any) -> World:
-    store = InMemoryUploadStore()
-    publisher = RecordingPublisher()
+    store = FakeUploadStore()
+    publisher = FakePublisher()
     fake = FakeTikTok(**tiktok)
     clock = Clock()
     readers: dict[str, VideoReader] = {VIDEO_URL: reader or PatternReader(BIG)}
