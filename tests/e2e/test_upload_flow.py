@@ -10,7 +10,7 @@ import pytest
 from tiktok_sandbox.media import write_sample_mp4
 
 from tests.e2e.flows import connect_account
-from tests.e2e.stack import Stack, wait_for
+from tests.e2e.stack import Stack, wait_for_upload_state
 from tests.support import sha256_of
 
 pytestmark = pytest.mark.e2e
@@ -41,7 +41,7 @@ class TestUploadThroughTheStack:
         accepted = resp.json()
         request_id = accepted["request_id"]
 
-        final = await wait_for(
+        final = await wait_for_upload_state(
             http,
             f"{stack.ingest_url}/v1/uploads/{request_id}",
             until={"published", "failed", "unconfirmed"},

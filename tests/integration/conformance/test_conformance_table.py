@@ -73,6 +73,7 @@ from reelay_testing.publisher import FakePublisher
 from reelay_testing.readers import BytesVideoReader
 from reelay_testing.stores import FakeAccountStore, FakeUploadStore
 from reelay_testing.tokens import FakeRateLimiter, FakeTokenProvider
+from reelay_testing.waiting import eventually
 from reelay_uploader.handlers import UploaderDeps, handle_upload_requested
 from tiktok_sandbox.media import iter_sample_mp4
 from tiktok_sandbox.plan import validate_plan
@@ -171,20 +172,6 @@ def video_bytes(size: int) -> bytes:
     if size not in _SAMPLES:
         _SAMPLES[size] = b"".join(iter_sample_mp4(size)) if size >= 1024 else b"\0" * size
     return _SAMPLES[size]
-
-
-async def wait_until(check: Callable[[], Awaitable[bool] | bool], *, timeout: float = 10.0) -> None:
-    """Poll `check` until it holds; fail after `timeout` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.01)
 
 
 async def admin_json(http: httpx.AsyncClient, path: str, **params: str) -> Any:
@@ -357,7 +344,7 @@ async def violate_parallel_put(p: Probe) -> httpx.Response:
 
     first = asyncio.create_task(p.put(url, stalled_body(), 0, MIB5 - 1, 2 * MIB5 + 1, length=MIB5))
     try:
-        await wait_until(lambda: p.sb.state.publishes[publish_id].put_in_flight)
+        await eventually(lambda: p.sb.state.publishes[publish_id].put_in_flight, timeout=10, interval=0.01)
         response = await p.violate(p.put(url, bytes(MIB5 + 1), MIB5, 2 * MIB5, 2 * MIB5 + 1))
     finally:
         release.set()
@@ -867,7 +854,7 @@ async def comply_content_length(w: World) -> None:
     with pytest.raises(InvalidInputError) as refused:
         await gw.upload_chunks(init.upload_url, plan, ShortReader(data, short_at=MIB5))
     assert refused.value.code == "source_size_mismatch"
-    await wait_until(lambda: _counted(w, "upload_incomplete_body"))
+    await eventually(lambda: _counted(w, "upload_incomplete_body"), timeout=10, interval=0.01)
     assert (await w.publish(init.publish_id))["uploaded_bytes"] == MIB5, "the short chunk was not stored"
     assert "upload:400" not in (await w.stats())["responses"]
 

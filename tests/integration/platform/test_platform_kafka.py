@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import structlog
 import structlog.testing
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
 from reelay_common.adapters.kafka.publisher import KafkaPublisher
@@ -26,6 +26,8 @@ from reelay_common.domain.errors import (
     SkipError,
 )
 from reelay_common.domain.messages import DeadLetter, UploadRequested, dlq_topic
+from reelay_testing.kafka import read_topic
+from reelay_testing.waiting import eventually
 
 from tests.conftest import UniqueTopic
 
@@ -44,17 +46,6 @@ def request(n: int, *, account: str = "acct-1") -> UploadRequested:
     )
 
 
-async def eventually(
-    predicate: Callable[[], bool], *, timeout: float = 30.0, what: str = "condition"
-) -> None:
-    """Wait for `predicate` with a bounded poll."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> dict[int, int]:
     """The group's committed offsets by partition (-1: nothing committed)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -65,24 +56,6 @@ async def committed(bootstrap: str, group: str, topic: str, partitions: int = 1)
         return {tp.partition: (offsets[tp].offset if tp in offsets else -1) for tp in tps}
     finally:
         await admin.close()
-
-
-async def read_topic(bootstrap: str, topic: str, count: int, *, timeout: float = 30.0) -> list[Any]:
-    """The first `count` records of `topic` (no group, from the beginning)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    out: list[Any] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while len(out) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"only {len(out)} of {count} records on {topic} after {timeout}s")
-            batch = await consumer.getmany(timeout_ms=200)
-            for records in batch.values():
-                out.extend(records)
-    finally:
-        await consumer.stop()
-    return out
 
 
 @dataclass
@@ -144,6 +117,14 @@ class Harness:
     async def committed(self, partitions: int = 1) -> dict[int, int]:
         return await committed(self.bootstrap, self.group, self.topic, partitions)
 
+    async def committed_reaches(self, expected: dict[int, int], *, partitions: int = 1) -> None:
+        """Wait (bounded) until the group's committed offsets are `expected`."""
+
+        async def reached() -> bool:
+            return await self.committed(partitions) == expected
+
+        await eventually(reached, timeout=30.0, interval=0.1, what=f"committed offsets {expected}")
+
 
 @pytest.fixture
 async def h(
@@ -194,7 +175,7 @@ class TestRoundTrip:
             await h.publisher.publish(h.topic, request(n), key="acct-1")
         async with h.running(h.loop(recording(h.seen))):
             await eventually(lambda: len(h.seen.finished) == 3, what="three records handled")
-            await eventually_async(lambda: h.committed(), {0: 3})
+            await h.committed_reaches({0: 3})
         assert h.seen.ids() == ["req-0", "req-1", "req-2"]
 
     async def test_hands_the_handler_where_the_record_came_from(self, h: Harness) -> None:
@@ -216,21 +197,6 @@ class TestRoundTrip:
         async with h.running(loop):
             await eventually(loop.is_healthy, what="loop healthy")
         assert not loop.is_healthy()
-
-
-async def eventually_async(
-    fetch: Callable[[], Awaitable[Any]], expected: Any, *, timeout: float = 30.0
-) -> None:
-    """Wait until `await fetch() == expected`, with a bounded poll."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = await fetch()
-        if last == expected:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out: last value {last!r}, expected {expected!r}")
-        await asyncio.sleep(0.1)
 
 
 class TestLogging:
@@ -283,7 +249,7 @@ class TestCommitsOnlyAfterHandling:
         release.set()
         async with h.running(h.loop(slow)):
             await eventually(lambda: len(h.seen.finished) == 1, what="redelivered record handled")
-            await eventually_async(lambda: h.committed(), {0: 1})
+            await h.committed_reaches({0: 1})
         assert h.seen.ids("started") == ["req-1", "req-1"]
 
     async def test_stop_cancels_a_handler_that_outlives_the_grace_and_leaves_it_uncommitted(
@@ -334,11 +300,11 @@ class TestDeadLetters:
         async with h.running(h.loop(recording(h.seen))):
             await eventually(lambda: h.seen.ids() == ["req-3"], what="good record after bad ones")
             await eventually(lambda: len(h.seen.dead) == 2, what="two dead letters")
-            await eventually_async(lambda: h.committed(), {0: 3})
+            await h.committed_reaches({0: 3})
 
         letters = [
             DeadLetter.model_validate_json(r.value)
-            for r in await read_topic(h.bootstrap, dlq_topic(h.topic), 2)
+            for r in await read_topic(h.bootstrap, dlq_topic(h.topic), until=2)
         ]
         first, second = letters
         assert (first.topic, first.partition, first.offset, first.reason) == (h.topic, 0, 0, "invalid_json")
@@ -353,7 +319,7 @@ class TestDeadLetters:
         await h.publisher.publish_raw(h.topic, b"[1, 2", key=b"acct-key")
         async with h.running(h.loop(recording(h.seen))):
             await eventually(lambda: len(h.seen.dead) == 1)
-        (record,) = await read_topic(h.bootstrap, dlq_topic(h.topic), 1)
+        (record,) = await read_topic(h.bootstrap, dlq_topic(h.topic), until=1)
         assert record.key == b"acct-key"
 
     async def test_a_permanent_error_is_dead_lettered_with_its_code(self, h: Harness) -> None:
@@ -366,7 +332,7 @@ class TestDeadLetters:
         await h.publisher.publish(h.topic, request(2), key="acct-1")
         async with h.running(h.loop(refuse)):
             await eventually(lambda: h.seen.ids() == ["req-2"], what="next record handled")
-            await eventually_async(lambda: h.committed(), {0: 2})
+            await h.committed_reaches({0: 2})
         (letter,) = h.seen.dead
         assert (letter.reason, letter.request_id, letter.account_id, letter.offset) == (
             "unknown_account",
@@ -395,7 +361,7 @@ class TestDeadLetters:
         await h.publisher.publish(h.topic, request(1), key="acct-1")
         async with h.running(h.loop(buggy, max_unexpected_failures=3)):
             await eventually(lambda: len(h.seen.dead) == 1)
-            await eventually_async(lambda: h.committed(), {0: 1})
+            await h.committed_reaches({0: 1})
         assert attempts == [0, 0, 0]
         assert h.seen.dead[0].reason == "handler_failed"
         assert "KeyError" in h.seen.dead[0].error
@@ -406,7 +372,7 @@ class TestDeadLetters:
 
         await h.publisher.publish(h.topic, request(1), key="acct-1")
         async with h.running(h.loop(skip)):
-            await eventually_async(lambda: h.committed(), {0: 1})
+            await h.committed_reaches({0: 1})
         assert h.seen.dead == []
 
 
@@ -438,11 +404,11 @@ class TestDeadLetterHook:
             **FAST,
         )
         async with h.running(loop):
-            await eventually_async(lambda: h.committed(), {0: 1})
+            await h.committed_reaches({0: 1})
         assert calls == [0, 0]
         assert commits_during_hook == [{0: -1}, {0: -1}]
         # The dead letter itself was published once, before the hook.
-        assert len(await read_topic(h.bootstrap, dlq_topic(h.topic), 1)) == 1
+        assert len(await read_topic(h.bootstrap, dlq_topic(h.topic), until=1)) == 1
 
 
 class TestRetries:
@@ -462,7 +428,7 @@ class TestRetries:
         await h.publisher.publish(h.topic, request(2), key="acct-1")
         async with h.running(h.loop(flaky)):
             await eventually(lambda: h.seen.ids() == ["req-1", "req-2"], what="both handled")
-            await eventually_async(lambda: h.committed(), {0: 2})
+            await h.committed_reaches({0: 2})
         assert h.seen.ids("started")[:3] == ["req-1", "req-1", "req-1"]
         assert commits_seen_while_failing == [{0: -1}, {0: -1}]
         assert h.seen.dead == []
@@ -516,7 +482,7 @@ class TestPartitions:
             await eventually(
                 lambda: len(by_partition[0]) == 3 and len(by_partition[1]) == 3, what="all handled"
             )
-            await eventually_async(lambda: h.committed(2), {0: 3, 1: 3})
+            await h.committed_reaches({0: 3, 1: 3}, partitions=2)
         assert by_partition == {0: ["req-0", "req-1", "req-2"], 1: ["req-10", "req-11", "req-12"]}
 
     async def test_a_handler_longer_than_max_poll_interval_causes_no_rebalance(self, h: Harness) -> None:
@@ -530,7 +496,7 @@ class TestPartitions:
         await h.publisher.publish(h.topic, request(2), key="acct-1")
         async with h.running(h.loop(long_upload, max_poll_interval_ms=3000, rebalance_timeout_ms=6000)):
             await eventually(lambda: len(h.seen.finished) == 2, timeout=40, what="both handled")
-            await eventually_async(lambda: h.committed(), {0: 2})
+            await h.committed_reaches({0: 2})
         # A rebalance would have cancelled and redelivered req-1.
         assert h.seen.ids("started") == ["req-1", "req-2"]
 
@@ -561,7 +527,7 @@ class TestPartitions:
                 )
                 gate.set()
                 await eventually(lambda: h.seen.ids() == ["req-1"], what="redone once")
-                await eventually_async(lambda: h.committed(), {0: 1})
+                await h.committed_reaches({0: 1})
 
 
 async def send_to_partition(bootstrap: str, topic: str, partition: int, message: UploadRequested) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from reelay_testing.waiting import eventually
 from tiktok_sandbox.testing import SandboxHandle, running_sandbox
 
 from tests.integration.sandbox.sandbox_support import (
@@ -21,7 +22,6 @@ from tests.integration.sandbox.sandbox_support import (
     plan,
     ranges,
     sample,
-    wait_for,
 )
 
 WORKED = plan(50_000_123, 10_000_000)
@@ -177,7 +177,9 @@ class TestCallFaults:
                 },
             )
             assert refresh.json()["error"] == "invalid_grant"
-            removed = await wait_for(lambda: _async(hook.events("authorization.removed")))
+            removed = await eventually(
+                lambda: _async(hook.events("authorization.removed")), timeout=5, interval=0.02
+            )
             assert json.loads(removed[0]["content"]) == {"reason": 1}
 
     async def test_faults_from_settings_apply_at_start(self) -> None:

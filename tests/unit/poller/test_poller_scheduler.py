@@ -16,6 +16,7 @@ from reelay_common.domain.records import UploadRecord
 from reelay_status_poller.handlers import PollOutcome
 from reelay_status_poller.scheduler import PollScheduler
 from reelay_testing.stores import FakeUploadStore
+from reelay_testing.waiting import eventually
 
 
 def now() -> datetime:
@@ -50,14 +51,6 @@ def scheduler(store: Any, poll: Callable[[UploadRecord], Awaitable[PollOutcome]]
     return PollScheduler(store=store, poll=poll, clock=now, **options)
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
-
-
 class Finisher:
     """A poll that ends tracking, counting calls and how many run at once (overall and per upload)."""
 
@@ -90,7 +83,7 @@ async def run_until(sched: PollScheduler, check: Callable[[], bool], timeout: fl
     stop = asyncio.Event()
     task = asyncio.create_task(sched.run(stop))
     try:
-        await eventually(check, timeout)
+        await eventually(check, timeout=timeout, interval=0.01)
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
@@ -136,7 +129,7 @@ class TestPollScheduler:
         stop = asyncio.Event()
         tasks = [asyncio.create_task(scheduler(store, poll).run(stop)) for _ in range(2)]
 
-        await eventually(lambda: sum(poll.calls.values()) >= 20)
+        await eventually(lambda: sum(poll.calls.values()) >= 20, timeout=5, interval=0.01)
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 10)
 
@@ -179,7 +172,7 @@ class TestPollScheduler:
         poll = Finisher(store, delay=0.3)
         stop = asyncio.Event()
         task = asyncio.create_task(scheduler(store, poll).run(stop))
-        await eventually(lambda: poll.running[rid] == 1)
+        await eventually(lambda: poll.running[rid] == 1, timeout=5, interval=0.01)
 
         stop.set()
         await asyncio.wait_for(task, 5)
@@ -194,7 +187,7 @@ class TestPollScheduler:
         poll = Finisher(store, delay=3600)
         stop = asyncio.Event()
         task = asyncio.create_task(scheduler(store, poll, shutdown_grace_seconds=0.1).run(stop))
-        await eventually(lambda: poll.running[rid] == 1)
+        await eventually(lambda: poll.running[rid] == 1, timeout=5, interval=0.01)
 
         stop.set()
         await asyncio.wait_for(task, 5)
@@ -231,7 +224,7 @@ class TestPollScheduler:
             health.append(sched.is_healthy())
             return poll.calls[rid] == 1
 
-        await eventually(polled_while_watching_health)
+        await eventually(polled_while_watching_health, timeout=5, interval=0.01)
         stop.set()
         await asyncio.wait_for(task, 5)
 

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 
 @dataclass(frozen=True)
@@ -29,17 +29,23 @@ def _at_least(count: int) -> Callable[[Sequence[TopicRecord]], bool]:
     return enough
 
 
+async def _fetch(consumer: AIOKafkaConsumer) -> list[TopicRecord]:
+    batches = await consumer.getmany(timeout_ms=200)
+    return [TopicRecord(r.partition, r.offset, r.key, r.value) for batch in batches.values() for r in batch]
+
+
 async def read_topic(
     bootstrap: str,
     topic: str,
     *,
     until: Until = 1,
     timeout: float = 30.0,  # noqa: ASYNC109  # the bound is what callers choose; the loop checks it between fetches
+    linger: float = 0.0,
 ) -> list[TopicRecord]:
     """Records of `topic` from the start until `until` holds: a count (at least that many) or a predicate.
 
-    Bounded: after `timeout` seconds an AssertionError says how many records arrived. What one
-    fetch returns with the record that satisfies `until` is kept too, so duplicates show.
+    Bounded: after `timeout` seconds an AssertionError says how many records arrived. Whatever
+    arrives in the `linger` seconds after `until` holds is kept too, so late duplicates show.
     """
     done = until if callable(until) else _at_least(until)
     consumer = AIOKafkaConsumer(
@@ -52,8 +58,23 @@ async def read_topic(
         while not done(records):
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout}s on {topic}; saw {len(records)} records")
-            for batch in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend(TopicRecord(r.partition, r.offset, r.key, r.value) for r in batch)
+            records.extend(await _fetch(consumer))
+        settled = time.monotonic() + linger
+        while time.monotonic() < settled:
+            records.extend(await _fetch(consumer))
     finally:
         await consumer.stop()
     return records
+
+
+async def topic_size(bootstrap: str, topic: str) -> int:
+    """How many records `topic` holds (the sum of its partitions' end offsets)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap)  # no group: nothing is committed
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        assert partitions, f"topic {topic} does not exist"
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        return int(sum(ends.values()))
+    finally:
+        await consumer.stop()
