@@ -69,6 +69,7 @@ from reelay_ingest.errors import RequestRejected
 from reelay_ingest.handlers import UploadTarget, check_upload_target
 from reelay_ingest.schemas import UploadByUrl
 from reelay_testing.blobs import FakeBlobStore
+from reelay_testing.clocks import FakeClock
 from reelay_testing.publisher import FakePublisher
 from reelay_testing.readers import BytesVideoReader
 from reelay_testing.stores import FakeAccountStore, FakeUploadStore
@@ -701,22 +702,6 @@ class ShortReader(BytesVideoReader):
             yield piece
 
 
-class SharedClock:
-    """Epoch seconds that move only when a limiter sleeps: shared by Reelay and the sandbox."""
-
-    def __init__(self, start: float) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
-
-
 # -- §3: the chunk plan -------------------------------------------------------------------------
 
 
@@ -1061,10 +1046,10 @@ async def comply_scopes(w: World) -> None:
 async def comply_init_pacing(w: World) -> None:
     # Reelay's limiter and the sandbox's window run on one clock that moves only when the limiter
     # sleeps: a minute passes in no time, and the sandbox still judges every init by it.
-    clock = SharedClock(time.time())
-    w.monkeypatch.setattr(w.sb.state, "now", clock)
+    clock = FakeClock(time.time())
+    w.monkeypatch.setattr(w.sb.state, "now", clock.time)
     assert DEFAULT_LIMITS["init"] == 6
-    gw = w.gateway(limiter=MongoRateLimiter(w.db, clock=clock, sleep=clock.sleep))
+    gw = w.gateway(limiter=MongoRateLimiter(w.db, clock=clock.time, sleep=clock.sleep))
     for _ in range(8):
         await gw.init_upload(ACCOUNT, mode="direct", post_info=SELF_ONLY, source_info=plan_chunks(1000))
     # The 7th waited until the 1st left the 60 s window (+ the 1 s safety margin); the 8th did not.

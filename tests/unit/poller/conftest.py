@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from reelay_testing.clocks import FakeClock
 from reelay_testing.publisher import FakePublisher
 from reelay_testing.stores import FakeUploadStore
 
-from tests.unit.poller.poller_fakes import POLICY, FakeClock, Harness, ScriptedTikTok
+from tests.unit.poller.poller_fakes import POLICY, Harness, ScriptedTikTok
 
 
 @pytest.fixture

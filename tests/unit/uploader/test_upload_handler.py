@@ -44,6 +44,7 @@ from reelay_common.domain.tiktok import (
 )
 from reelay_common.ports import ProgressCallback, VideoReader
 from reelay_common.recorder import StateRecorder
+from reelay_testing.clocks import FakeClock
 from reelay_testing.publisher import FakePublisher
 from reelay_testing.readers import BytesVideoReader
 from reelay_testing.stores import FakeUploadStore
@@ -228,14 +229,6 @@ class FakeTikTok:
                 await on_progress(pub.received)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 # -- the harness -------------------------------------------------------------------------------
 
 
@@ -244,7 +237,7 @@ class World:
     store: FakeUploadStore
     publisher: FakePublisher
     tiktok: FakeTikTok
-    clock: Clock
+    clock: FakeClock
     readers: dict[str, VideoReader]
     deps: UploaderDeps
     opened: list[str]
@@ -265,7 +258,7 @@ def make_world(*, reader: VideoReader | None = None, max_init_attempts: int = 3,
     store = FakeUploadStore()
     publisher = FakePublisher()
     fake = FakeTikTok(**tiktok)
-    clock = Clock()
+    clock = FakeClock(datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
     readers: dict[str, VideoReader] = {VIDEO_URL: reader or PatternReader(BIG)}
     opened: list[str] = []
 
