@@ -96,7 +96,7 @@ class TopicFailingPublisher(FakePublisher):
 
 
 @dataclass
-class Harness:
+class IngestApp:
     """The app under test, its fakes, and an httpx client speaking to it in-process."""
 
     client: httpx.AsyncClient
@@ -209,7 +209,7 @@ def make_settings(**overrides: Any) -> IngestSettings:
 
 
 @asynccontextmanager
-async def running(settings: IngestSettings | None = None) -> AsyncIterator[Harness]:
+async def running(settings: IngestSettings | None = None) -> AsyncIterator[IngestApp]:
     """Start the app over fresh fakes (one connected account, ACCOUNT) and yield its harness."""
     settings = settings or make_settings()
     uploads, accounts = FakeUploadStore(), FakeAccountStore()
@@ -237,4 +237,4 @@ async def running(settings: IngestSettings | None = None) -> AsyncIterator[Harne
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://ingest.test") as client:
-            yield Harness(client, uploads, accounts, publisher, blobs, tiktok, settings, ready)
+            yield IngestApp(client, uploads, accounts, publisher, blobs, tiktok, settings, ready)

@@ -7,12 +7,12 @@ from reelay_testing.clocks import FakeClock
 from reelay_testing.publisher import FakePublisher
 from reelay_testing.stores import FakeUploadStore
 
-from tests.unit.poller.poller_fakes import POLICY, Harness, ScriptedTikTok
+from tests.unit.poller.poller_fakes import POLICY, PollerWorld, ScriptedTikTok
 
 
 @pytest.fixture
-def h() -> Harness:
-    return Harness(
+def poller() -> PollerWorld:
+    return PollerWorld(
         store=FakeUploadStore(),
         publisher=FakePublisher(),
         tiktok=ScriptedTikTok(),

@@ -75,7 +75,7 @@ def status(code: str, *, fail_reason: str | None = None, post_ids: Sequence[str]
 
 
 @dataclass
-class Harness:
+class PollerWorld:
     store: FakeUploadStore
     publisher: FakePublisher
     tiktok: ScriptedTikTok
