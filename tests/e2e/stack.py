@@ -193,9 +193,18 @@ async def wait_for_upload_state(
 ) -> dict[str, object]:
     """Poll an upload's status URL until its state is one of `until` (bounded); its body then."""
 
-    async def reached() -> dict[str, object] | None:
-        resp = await client.get(url, headers=headers)
-        body: dict[str, object] = resp.json() if resp.status_code == 200 else {}
-        return body if body.get("state") in until else None
+    last: dict[str, object] = {}
 
-    return await eventually(reached, timeout=timeout, interval=0.5, what=f"{url} to reach {sorted(until)}")
+    async def reached() -> dict[str, object] | None:
+        nonlocal last
+        resp = await client.get(url, headers=headers)
+        if resp.status_code == 200:
+            last = resp.json()
+        return last if last.get("state") in until else None
+
+    try:
+        return await eventually(
+            reached, timeout=timeout, interval=0.5, what=f"{url} to reach {sorted(until)}"
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last body: {last}") from exc
