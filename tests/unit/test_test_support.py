@@ -1,13 +1,16 @@
 """The test doubles share no code with what they imitate: no module of reelay_testing imports
-reelay_common.adapters, so a bug in an adapter cannot pass a contract test on both sides."""
+reelay_common.adapters, so a bug in an adapter cannot pass a contract test on both sides. And the
+one FakeClock reads the same time every way the code under test asks for it."""
 
 from __future__ import annotations
 
 import ast
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import reelay_testing
+from reelay_testing.clocks import FakeClock
 
 PACKAGE = Path(reelay_testing.__file__).parent
 MODULES = sorted(PACKAGE.glob("*.py"))
@@ -59,3 +62,25 @@ class TestTheRule:
     )
     def test_the_check_sees_every_form_of_import(self, source: str) -> None:
         assert adapter_imports(source)
+
+
+class TestFakeClock:
+    def test_its_datetime_and_epoch_views_move_together(self) -> None:
+        clock = FakeClock(1_800_000_000.0)
+        clock.advance(6.0)
+        assert clock.time() == 1_800_000_006.0
+        assert clock() == datetime.fromtimestamp(1_800_000_006, UTC)
+
+    def test_a_time_set_as_a_datetime_reads_back_exactly(self) -> None:
+        clock = FakeClock()
+        due = clock() + timedelta(seconds=2.5, microseconds=7)
+        clock.now = due
+        assert clock() == due
+        assert clock.now.microsecond % 1000 == 7  # set exactly; only the start is cut to milliseconds
+
+    async def test_sleeping_records_the_wait_and_moves_the_clock(self) -> None:
+        clock = FakeClock(1000.0)
+        await clock.sleep(54.0)
+        clock.sleep_blocking(1.5)
+        assert clock.sleeps == [54.0, 1.5]
+        assert clock.time() == 1055.5
