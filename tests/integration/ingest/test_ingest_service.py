@@ -74,9 +74,9 @@ class TestStreamedUpload:
 
         assert resp.status_code == 202, resp.text
         assert resp.json()["status_url"] == f"{world.base_url}/v1/uploads/it-file-1"
-        [record] = await read_topic(world.bootstrap, world.settings.topic_upload_requested, until=1)
-        message = UploadRequested.model_validate_json(record.value)
-        assert record.key == account_id.encode()
+        [requested] = await read_topic(world.bootstrap, world.settings.topic_upload_requested, until=1)
+        message = UploadRequested.model_validate_json(requested.value)
+        assert requested.key == account_id.encode()
         assert (message.request_id, message.account_id, message.mode) == ("it-file-1", account_id, "direct")
         assert isinstance(message.source, BlobSource)
         assert message.source.size == 6 * MB

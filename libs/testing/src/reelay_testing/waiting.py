@@ -6,18 +6,38 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
 
+@overload
 async def eventually(
-    probe: Callable[[], T | Awaitable[T]],
+    probe: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float = ...,  # noqa: ASYNC109  # see the implementation
+    interval: float = ...,
+    what: str = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    probe: Callable[[], T | None],
+    *,
+    timeout: float = ...,  # noqa: ASYNC109  # see the implementation
+    interval: float = ...,
+    what: str = ...,
+) -> T: ...
+
+
+async def eventually(
+    probe: Callable[[], Any],
     *,
     timeout: float = 30.0,  # noqa: ASYNC109  # the bound is this helper's job; the loop checks it between probes
     interval: float = 0.05,
     what: str = "condition",
-) -> T:
+) -> Any:
     """Call `probe` (plain or async) until it returns something truthy, and return that.
 
     Probes at least once; after `timeout` seconds an AssertionError names `what` and the last value.
