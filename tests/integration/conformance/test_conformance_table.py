@@ -1,6 +1,6 @@
 """The conformance table: every documented TikTok rule, seen from both sides.
 
-For each rule of the reference (/work/shared/tiktok-content-posting-api.md) the table below holds two
+For each rule of the reference (docs/architecture.md, "TikTok") the table below holds two
 proofs, run as two parametrized tests:
 
 - `test_sandbox_rejects_the_violation[rule]`: the violating request, sent with plain httpx to the real
@@ -64,7 +64,7 @@ from reelay_common.domain.tiktok import FileUploadSourceInfo, PullFromUrlSourceI
 from reelay_common.ports import RateLimiter, TokenProvider, VideoReader
 from reelay_common.recorder import StateRecorder
 from reelay_common.settings import DEV_TOKEN_KEY
-from reelay_ingest.deps import IngestDeps, Policy, Topics
+from reelay_ingest.deps import IngestDeps, Topics
 from reelay_ingest.errors import RequestRejected
 from reelay_ingest.handlers import UploadTarget, check_upload_target
 from reelay_ingest.schemas import UploadByUrl
@@ -606,27 +606,27 @@ class Uploader:
     """The uploader's handler over in-memory stores and the real gateway."""
 
     deps: UploaderDeps
-    store: FakeUploadStore
+    uploads: FakeUploadStore
 
     async def handle(self, cmd: UploadRequested) -> UploadRecord:
         await handle_upload_requested(cmd, self.deps)
-        record = await self.store.get(cmd.request_id)
+        record = await self.uploads.get(cmd.request_id)
         assert record is not None
         return record
 
 
 def uploader(w: World, reader: VideoReader | None = None, *, token: str | None = None) -> Uploader:
-    store = FakeUploadStore()
+    uploads = FakeUploadStore()
     publisher = FakePublisher()
     deps = UploaderDeps(
-        store=store,
-        recorder=StateRecorder(store, publisher, status_topic="conformance.status"),
+        uploads=uploads,
+        recorder=StateRecorder(uploads, publisher, status_topic="conformance.status"),
         publisher=publisher,
         tiktok=w.gateway(token=token),
         open_reader=opens(reader or BytesVideoReader(video_bytes(100_000))),
         events_topic="conformance.events",
     )
-    return Uploader(deps, store)
+    return Uploader(deps, uploads)
 
 
 def direct_cmd(request_id: str, post_info: PostInfo = SELF_ONLY) -> UploadRequested:
@@ -658,13 +658,13 @@ def failure(record: UploadRecord) -> dict[str, Any]:
 
 
 def ingest_deps(w: World, accounts: FakeAccountStore) -> IngestDeps:
-    store = FakeUploadStore()
+    uploads = FakeUploadStore()
     publisher = FakePublisher()
     return IngestDeps(
-        uploads=store,
+        uploads=uploads,
         accounts=accounts,
         publisher=publisher,
-        recorder=StateRecorder(store, publisher, status_topic="conformance.status"),
+        recorder=StateRecorder(uploads, publisher, status_topic="conformance.status"),
         blobs=FakeBlobStore(),
         tiktok=w.gateway(),
         topics=Topics("conformance.requested", "conformance.events", "conformance.status"),
@@ -1025,7 +1025,7 @@ async def comply_scopes(w: World) -> None:
     ]
     for target, scope in targets:
         with pytest.raises(RequestRejected) as refused:
-            await check_upload_target(target, deps, Policy())
+            await check_upload_target(target, deps)
         assert refused.value.code == "missing_scope"
         assert refused.value.extra["required_scope"] == scope
     assert (await w.stats())["calls"] == {}, "refused before anything reached TikTok"
@@ -1076,7 +1076,6 @@ async def comply_privacy_offered(w: World) -> None:
         await check_upload_target(
             UploadTarget(ACCOUNT, "direct", PostInfo(privacy_level="FOLLOWER_OF_CREATOR")),
             ingest_deps(w, accounts),
-            Policy(),
         )
     assert refused.value.code == "privacy_level_not_offered"
     assert refused.value.extra["offered"] == ["PUBLIC_TO_EVERYONE", "MUTUAL_FOLLOW_FRIENDS", "SELF_ONLY"]

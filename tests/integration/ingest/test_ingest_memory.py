@@ -76,7 +76,7 @@ class TestIngestStreams:
             topics=topics,
         )
         settings = unique_settings("unused:9", "mongodb://unused", "unused", "http://unused")
-        app = create_app(settings, deps=deps)
+        app = create_app(settings, deps)
 
         async with (
             served(settings, app=app) as base_url,

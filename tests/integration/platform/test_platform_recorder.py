@@ -26,8 +26,8 @@ class TestStateRecorder:
     ) -> None:
         topic = await unique_topic("reelay.test.status")
         await ensure_indexes(mongo_db)
-        store = MongoUploadStore(mongo_db)
-        await store.create(
+        uploads = MongoUploadStore(mongo_db)
+        await uploads.create(
             UploadRequested.model_validate(
                 {
                     "request_id": "req-1",
@@ -38,14 +38,14 @@ class TestStateRecorder:
             ),
             source="ingest",
         )
-        recorder = StateRecorder(store, kafka_publisher, status_topic=topic)
+        recorder = StateRecorder(uploads, kafka_publisher, status_topic=topic)
         moved = await recorder.record(
             "req-1", UploadState.UPLOADED, source="uploader", set_fields={"publish_id": "p"}
         )
         assert moved is not None
         assert await recorder.record("req-1", UploadState.UPLOADING, source="uploader") is None
 
-        stored = await store.get("req-1")
+        stored = await uploads.get("req-1")
         assert stored is not None
         assert (stored.state, stored.announced_state, stored.publish_id) == (
             UploadState.UPLOADED,

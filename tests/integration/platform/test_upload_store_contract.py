@@ -1,4 +1,4 @@
-"""The UploadStore contract, run against the fake (reelay_testing) and the real Mongo store (STYLE 8)."""
+"""One UploadStore contract for the fake and the real Mongo store (docs/architecture.md, "Habits" 8)."""
 
 from __future__ import annotations
 
@@ -62,6 +62,13 @@ class TestCreate:
         assert record.post_info.privacy_level == "SELF_ONLY"
         assert [(h.state, h.source) for h in record.history] == [(S.ACCEPTED, "ingest")]
         assert record.created_at.tzinfo is not None
+        assert await store.get("req-1") == record
+
+    async def test_keeps_when_the_client_asked(self, store: UploadStore) -> None:
+        request = cmd()
+        record, _ = await store.create(request, source="ingest")
+        assert record.requested_at is not None
+        assert abs(record.requested_at - request.requested_at) < timedelta(milliseconds=1)
         assert await store.get("req-1") == record
 
     async def test_is_idempotent_on_request_id(self, store: UploadStore) -> None:

@@ -29,7 +29,7 @@ from reelay_common.domain.messages import (
 )
 from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.states import UploadState
-from reelay_status_poller.bootstrap import Poller, build_poller
+from reelay_status_poller.main import run
 from reelay_status_poller.settings import PollerSettings
 from reelay_testing.kafka import read_topic
 from reelay_testing.readers import BytesVideoReader
@@ -55,7 +55,7 @@ class World:
     _tokens: dict[str, str] = field(default_factory=dict)  # account -> sandbox access token
 
     @property
-    def store(self) -> MongoUploadStore:
+    def uploads(self) -> MongoUploadStore:
         return MongoUploadStore(self.db)
 
     def settings(self, **overrides: Any) -> PollerSettings:
@@ -101,16 +101,27 @@ class World:
         return env
 
     @asynccontextmanager
-    async def running_poller(self, **overrides: Any) -> AsyncIterator[Poller]:
-        """An in-process poller, stopped gracefully on exit."""
+    async def running_poller(self, **overrides: Any) -> AsyncIterator[None]:
+        """An in-process poller (`main.run`), connected and serving when entered, stopped
+        gracefully on exit."""
         stop = asyncio.Event()
-        async with build_poller(self.settings(**overrides), **FAST_KAFKA) as poller:
-            task = asyncio.create_task(poller.run(stop))
-            try:
-                yield poller
-            finally:
-                stop.set()
-                await asyncio.wait_for(task, 30)
+        ports: list[int] = []
+        task = asyncio.create_task(
+            run(self.settings(**overrides), stop, on_ops_bound=ports.append, consumer_overrides=FAST_KAFKA)
+        )
+
+        async def started() -> bool:
+            if task.done():
+                task.result()  # raise the start-up failure, if any
+                raise AssertionError("the poller stopped during start-up")
+            return bool(ports)
+
+        try:
+            await eventually(started, timeout=60, what="the poller to start")
+            yield
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
 
     async def connected_account(self, name: str) -> str:
         """A sandbox creator whose tokens Reelay holds (encrypted) under account `name`."""
@@ -152,18 +163,18 @@ class World:
             )
             init = await client.init_direct_post(self._tokens[account_id], post_info, plan)
             assert init.upload_url is not None
-            store = self.store
-            await store.create(cmd, source="ingest")
-            await store.transition(
+            uploads = self.uploads
+            await uploads.create(cmd, source="ingest")
+            await uploads.transition(
                 request_id,
                 UploadState.UPLOADING,
                 source="uploader",
                 set_fields={"publish_id": init.publish_id},
             )
             await upload_chunks(client, init.upload_url, plan, BytesVideoReader(data))
-        await store.transition(request_id, UploadState.UPLOADED, source="uploader")
+        await uploads.transition(request_id, UploadState.UPLOADED, source="uploader")
         # The uploader's recorder would have announced it; this test announces nothing itself.
-        record = await store.checkpoint(request_id, {"announced_state": UploadState.UPLOADED})
+        record = await uploads.checkpoint(request_id, {"announced_state": UploadState.UPLOADED})
         assert record is not None
         return record
 
@@ -180,7 +191,7 @@ class World:
         await self.publisher.publish(self.events_topic, event, key=record.account_id)
 
     async def state_of(self, request_id: str) -> UploadState | None:
-        record = await self.store.get(request_id)
+        record = await self.uploads.get(request_id)
         return record.state if record is not None else None
 
     async def wait_for_state(self, request_id: str, state: UploadState, *, timeout: float = 40.0) -> None:

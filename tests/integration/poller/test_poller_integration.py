@@ -38,7 +38,7 @@ class TestTrackingToTheOutcome:
             await world.wait_for_state(record.request_id, S.PUBLISHED)
             changes = await world.status_changes(2)
 
-        done = await world.store.get(record.request_id)
+        done = await world.uploads.get(record.request_id)
         assert done is not None
         assert [e.state for e in done.history] == [
             S.ACCEPTED,
@@ -78,7 +78,7 @@ class TestTrackingToTheOutcome:
             await world.wait_for_state(record.request_id, S.FAILED)
             dead = [r.value for r in await read_topic(world.kafka, dlq_topic(world.events_topic), timeout=20)]
 
-        done = await world.store.get(record.request_id)
+        done = await world.uploads.get(record.request_id)
         assert done is not None
         assert done.history[-1].source == "webhook"
         assert done.history[-1].detail["fail_reason"] == "duration_check_failed"
@@ -104,7 +104,7 @@ class TestReplicas:
                 await world.wait_for_state(record.request_id, S.PUBLISHED, timeout=60)
 
         # Read once both pollers have stopped: a poll's last write (its count) follows its transition.
-        done = [await world.store.get(r.request_id) for r in records]
+        done = [await world.uploads.get(r.request_id) for r in records]
         made = [
             (d.request_id, e.state) for d in done if d is not None for e in d.history if e.source == "poller"
         ]
@@ -158,7 +158,7 @@ class TestKilledPoller:
         async with _poller_process(env, tmp_path / "second.log"):
             await world.wait_for_state(record.request_id, S.PUBLISHED, timeout=40)
 
-        done = await world.store.get(record.request_id)
+        done = await world.uploads.get(record.request_id)
         assert done is not None
         states = [e.state for e in done.history]
         assert states.count(S.PROCESSING) == 1

@@ -1,4 +1,4 @@
-"""The uploader service as it runs (`bootstrap.run`): real Kafka, real FerretDB, the in-process TikTok
+"""The uploader service as it runs (`main.run`): real Kafka, real FerretDB, the in-process TikTok
 sandbox, and a local HTTP server as the video source. Topics, database and group are unique per test."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_testing.kafka import read_topic
 from reelay_testing.waiting import eventually
-from reelay_uploader.bootstrap import run
+from reelay_uploader.main import run
 from reelay_uploader.settings import UploaderSettings
 from tiktok_sandbox.media import write_sample_mp4
 from tiktok_sandbox.testing import SandboxHandle, running_sandbox
@@ -96,7 +96,7 @@ class Env:
     settings: UploaderSettings
     sandbox: SandboxHandle
     videos: VideoServer
-    store: MongoUploadStore
+    uploads: MongoUploadStore
     publisher: KafkaPublisher
     account_id: str
     open_id: str
@@ -121,11 +121,11 @@ class Env:
         await self.publisher.publish(self.settings.topic_upload_requested, cmd, key=cmd.account_id)
 
     async def record(self, request_id: str) -> UploadRecord | None:
-        return await self.store.get(request_id)
+        return await self.uploads.get(request_id)
 
     async def wait_state(self, request_id: str, state: UploadState, *, timeout: float = 90.0) -> UploadRecord:
         async def probe() -> UploadRecord | None:
-            record = await self.store.get(request_id)
+            record = await self.uploads.get(request_id)
             return record if record is not None and record.state is state else None
 
         result = await eventually(probe, timeout=timeout, what=f"{request_id} to be {state}")
@@ -185,7 +185,7 @@ async def env(
                 settings=settings,
                 sandbox=sandbox,
                 videos=videos,
-                store=MongoUploadStore(mongo_db),
+                uploads=MongoUploadStore(mongo_db),
                 publisher=kafka_publisher,
                 account_id=account_id,
                 open_id=user.open_id,
@@ -294,7 +294,7 @@ class TestUploaderService:
         doomed = env.request(
             "https://videos.example/never.mp4", request_id=f"req-doomed-{uuid.uuid4().hex[:8]}"
         )
-        await env.store.create(doomed, source="ingest")
+        await env.uploads.create(doomed, source="ingest")
         broken = json.loads(doomed.model_dump_json())
         broken["mode"] = "sideways"
         topic = env.settings.topic_upload_requested

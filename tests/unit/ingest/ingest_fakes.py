@@ -13,12 +13,13 @@ from typing import Any
 import httpx
 from asgi_lifespan import LifespanManager
 from pydantic import BaseModel
-from reelay_common.domain.errors import ReelayError
+from reelay_common.domain.errors import ReelayError, RetryableError
 from reelay_common.domain.messages import PrivacyLevel, TikTokWebhookReceived, UploadRequested
 from reelay_common.domain.tiktok import CreatorInfo
 from reelay_common.recorder import StateRecorder
 from reelay_ingest.app import create_app
 from reelay_ingest.deps import IngestDeps, Topics
+from reelay_ingest.main import policy_of
 from reelay_ingest.settings import IngestSettings
 from reelay_ingest.webhooks import sign
 from reelay_testing.blobs import FakeBlobStore
@@ -83,7 +84,8 @@ class CountingBlobStore(FakeBlobStore):
 
 
 class TopicFailingPublisher(FakePublisher):
-    """A FakePublisher whose publishes to `failing_topics` raise (Kafka not acknowledging)."""
+    """A FakePublisher whose publishes to `failing_topics` raise what KafkaPublisher raises
+    when Kafka does not acknowledge (RetryableError)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -91,7 +93,7 @@ class TopicFailingPublisher(FakePublisher):
 
     async def publish(self, topic: str, message: BaseModel, *, key: str) -> None:
         if topic in self.failing_topics:
-            raise ReelayError(f"no ack on {topic}")
+            raise RetryableError(f"no ack on {topic}")
         await super().publish(topic, message, key=key)
 
 
@@ -209,8 +211,11 @@ def make_settings(**overrides: Any) -> IngestSettings:
 
 
 @asynccontextmanager
-async def running(settings: IngestSettings | None = None) -> AsyncIterator[IngestApp]:
-    """Start the app over fresh fakes (one connected account, ACCOUNT) and yield its harness."""
+async def running(
+    settings: IngestSettings | None = None, *, raise_app_exceptions: bool = True
+) -> AsyncIterator[IngestApp]:
+    """Start the app over fresh fakes (one connected account, ACCOUNT) and yield its harness.
+    With `raise_app_exceptions=False` the client sees a bug's 500 answer instead of the bug."""
     settings = settings or make_settings()
     uploads, accounts = FakeUploadStore(), FakeAccountStore()
     publisher, blobs, tiktok = TopicFailingPublisher(), CountingBlobStore(), FakeTikTok()
@@ -231,10 +236,10 @@ async def running(settings: IngestSettings | None = None) -> AsyncIterator[Inges
         blobs=blobs,
         tiktok=tiktok,
         topics=TOPICS,
-        ready_checks={name: check(name) for name in ready},
+        policy=policy_of(settings),
     )
-    app = create_app(settings, deps=deps)
+    app = create_app(settings, deps, ready_checks={name: check(name) for name in ready})
     async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
+        transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=raise_app_exceptions)
         async with httpx.AsyncClient(transport=transport, base_url="http://ingest.test") as client:
             yield IngestApp(client, uploads, accounts, publisher, blobs, tiktok, settings, ready)

@@ -15,6 +15,7 @@ from tests.unit.ingest.ingest_fakes import (
     direct_fields,
     inbox_fields,
     mp4_bytes,
+    running,
     url_body,
 )
 
@@ -225,6 +226,25 @@ class TestKafkaDoesNotAcknowledge:
         assert ingest.blobs.blobs == {}
 
 
+class TestABugIsNotKafka:
+    async def test_a_bug_while_queueing_is_a_500_not_an_enqueue_failure(self) -> None:
+        async with running(raise_app_exceptions=False) as ingest:
+            ingest.publisher.fail_with.append(TypeError("a bug, not a broker"))
+
+            resp = await ingest.post_json(url_body(request_id="bug-1"))
+
+            assert resp.status_code == 500
+            assert resp.json()["error"]["code"] == "internal_error"
+            record = await ingest.uploads.get("bug-1")
+            assert record is not None
+            # Not marked failed as if Kafka had refused it: the same request again queues it.
+            assert record.state is UploadState.ACCEPTED
+            assert not [e for e in record.history if e.detail.get("code") == "enqueue_failed"]
+            again = await ingest.post_json(url_body(request_id="bug-1"))
+            assert again.status_code == 202
+            assert [m.request_id for m, _ in ingest.requested()] == ["bug-1"]
+
+
 class TestAcceptUploadAsFile:
     async def test_streams_the_file_into_the_blob_store_and_queues_it(self, ingest: IngestApp) -> None:
         data = mp4_bytes(1_500_000)
@@ -241,6 +261,14 @@ class TestAcceptUploadAsFile:
             "launch.mp4",
         )
         assert ingest.blobs.blobs[message.source.blob_id] == (data, "video/mp4")
+
+    async def test_fields_sent_before_the_file_are_checked_once_not_again_at_acceptance(
+        self, ingest: IngestApp
+    ) -> None:
+        resp = await ingest.post_file(mp4_bytes(50_000), fields=direct_fields(request_id="file-once"))
+
+        assert resp.status_code == 202, resp.text
+        assert ingest.tiktok.calls == [ACCOUNT]  # creator_info asked before the file was stored, only
 
     async def test_takes_the_type_from_the_file_name_when_the_client_sends_octet_stream(
         self, ingest: IngestApp

@@ -13,7 +13,7 @@ from tests.unit.poller.poller_fakes import POLICY, PollerWorld, ScriptedTikTok
 @pytest.fixture
 def poller() -> PollerWorld:
     return PollerWorld(
-        store=FakeUploadStore(),
+        uploads=FakeUploadStore(),
         publisher=FakePublisher(),
         tiktok=ScriptedTikTok(),
         clock=FakeClock(),

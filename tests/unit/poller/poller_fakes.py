@@ -76,7 +76,7 @@ def status(code: str, *, fail_reason: str | None = None, post_ids: Sequence[str]
 
 @dataclass
 class PollerWorld:
-    store: FakeUploadStore
+    uploads: FakeUploadStore
     publisher: FakePublisher
     tiktok: ScriptedTikTok
     clock: FakeClock
@@ -84,9 +84,9 @@ class PollerWorld:
     deps: PollerDeps = field(init=False)
 
     def __post_init__(self) -> None:
-        recorder = StateRecorder(self.store, self.publisher, status_topic=STATUS_TOPIC)
+        recorder = StateRecorder(self.uploads, self.publisher, status_topic=STATUS_TOPIC)
         self.deps = PollerDeps(
-            store=self.store, recorder=recorder, tiktok=self.tiktok, policy=self.policy, clock=self.clock
+            uploads=self.uploads, recorder=recorder, tiktok=self.tiktok, policy=self.policy, clock=self.clock
         )
 
     async def uploaded(
@@ -110,24 +110,24 @@ class PollerWorld:
                 else None,
             }
         )
-        await self.store.create(cmd, source="ingest")
-        await self.store.transition(
+        await self.uploads.create(cmd, source="ingest")
+        await self.uploads.transition(
             request_id, UploadState.UPLOADING, source="uploader", set_fields={"publish_id": publish_id}
         )
-        await self.store.transition(request_id, UploadState.UPLOADED, source="uploader")
+        await self.uploads.transition(request_id, UploadState.UPLOADED, source="uploader")
         # The uploader announced it (through its own recorder, not this test's publisher).
-        record = await self.store.checkpoint(request_id, {"announced_state": UploadState.UPLOADED})
+        record = await self.uploads.checkpoint(request_id, {"announced_state": UploadState.UPLOADED})
         assert record is not None
         return record
 
     async def get(self, request_id: str = "req-1") -> UploadRecord:
-        record = await self.store.get(request_id)
+        record = await self.uploads.get(request_id)
         assert record is not None
         return record
 
     async def poll_due(self, deps: PollerDeps | None = None) -> PollOutcome | None:
         """What the scheduler does once: claim the next due upload (at the fake time) and poll it."""
-        claimed = await self.store.claim_due_poll(self.clock(), 30)
+        claimed = await self.uploads.claim_due_poll(self.clock(), 30)
         if claimed is None:
             return None
         return await poll_once(claimed, deps or self.deps)
@@ -139,7 +139,7 @@ class PollerWorld:
         if record.poll_next_at is None:
             return None
         self.clock.now = max(self.clock.now, record.poll_next_at)
-        claimed = await self.store.claim_due_poll(self.clock(), 30)
+        claimed = await self.uploads.claim_due_poll(self.clock(), 30)
         assert claimed is not None, "a due, tracked upload must be claimable"
         assert claimed.request_id == request_id
         return await poll_once(claimed, self.deps)

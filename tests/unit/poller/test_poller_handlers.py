@@ -216,7 +216,7 @@ class TestLostAnnouncements:
     ) -> None:
         await tracked(poller, status("PROCESSING_UPLOAD"))
         # A poller moved it and died before its Kafka publish.
-        await poller.store.transition("req-1", S.PROCESSING, source="poller", detail={"tiktok_status": "x"})
+        await poller.uploads.transition("req-1", S.PROCESSING, source="poller", detail={"tiktok_status": "x"})
 
         await poller.poll_due()
         poller.clock.advance(60)
@@ -578,7 +578,7 @@ class TestNeverBackwards:
 
     async def test_processing_poll_after_published_does_nothing(self, poller: PollerWorld) -> None:
         await tracked(poller, status("PROCESSING_UPLOAD"), privacy="SELF_ONLY")
-        claimed = await poller.store.claim_due_poll(poller.clock(), 30)
+        claimed = await poller.uploads.claim_due_poll(poller.clock(), 30)
         assert claimed is not None
         # The webhook lands while the poll is on its way.
         await handle_publish_event(webhook("post.publish.complete"), poller.deps)
@@ -593,7 +593,7 @@ class TestNeverBackwards:
     async def test_settled_upload_is_not_polled_again(self, poller: PollerWorld) -> None:
         await tracked(poller, status("PROCESSING_UPLOAD"))
         await handle_publish_event(webhook("post.publish.failed", reason="spam_risk"), poller.deps)
-        await poller.store.checkpoint("req-1", {"poll_next_at": poller.clock()})
+        await poller.uploads.checkpoint("req-1", {"poll_next_at": poller.clock()})
 
         assert await poller.poll_due() is None  # the store does not even lease it
         assert (

@@ -11,7 +11,7 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from reelay_common.adapters.mongo.client import bson_now, to_bson, translate_errors
+from reelay_common.adapters.mongo.client import bson_now, bson_time, to_bson, translate_errors
 from reelay_common.adapters.mongo.write_guard import WriteGuard
 from reelay_common.domain.errors import RetryableError
 from reelay_common.domain.messages import (
@@ -23,58 +23,28 @@ from reelay_common.domain.states import TERMINAL_STATES, UploadState, states_bef
 
 Document = dict[str, Any]
 
-
-# Fields a caller may not set through transition/checkpoint: they are the store's own bookkeeping.
-_PROTECTED_FIELDS = frozenset({"_id", "request_id", "state", "history", "created_at", "updated_at"})
-
-
-_SETTABLE_FIELDS = (
-    frozenset((info.alias or name) for name, info in UploadRecord.model_fields.items() if info.alias != "_id")
-    - _PROTECTED_FIELDS
-)
-
-
 _CLAIM_BATCH = 20  # due candidates looked at per claim_due_poll
 
 
 def check_settable(fields: Mapping[str, Any]) -> None:
     """Refuse fields the store owns or does not know, with a clear error (nothing is written)."""
-    protected = sorted(set(fields) & _PROTECTED_FIELDS)
+    protected = sorted(set(fields) & UploadRecord.store_managed_fields())
     if protected:
         raise ValueError(f"these upload fields are managed by the store and cannot be set: {protected}")
-    unknown = sorted(set(fields) - _SETTABLE_FIELDS)
+    unknown = sorted(set(fields) - UploadRecord.settable_fields())
     if unknown:
         raise ValueError(f"unknown upload fields: {unknown} (add them to UploadRecord first)")
 
 
 def new_upload_document(cmd: UploadRequested, *, source: StateSource, now: datetime) -> Document:
     """The `accepted` document of a new upload (shared by the Mongo store and its in-memory fake)."""
-    return {
-        "_id": cmd.request_id,
-        "account_id": cmd.account_id,
-        "mode": cmd.mode,
-        "source": to_bson(cmd.source),
-        "post_info": to_bson(cmd.post_info) if cmd.post_info is not None else None,
-        "requested_at": to_bson(cmd.requested_at),
-        "state": UploadState.ACCEPTED.value,
-        "history": [{"state": UploadState.ACCEPTED.value, "at": now, "source": source, "detail": {}}],
-        "created_at": now,
-        "updated_at": now,
-        "publish_id": None,
-        "upload_url": None,
-        "upload_url_expires_at": None,
-        "video_size": None,
-        "chunk_size": None,
-        "total_chunk_count": None,
-        "uploaded_bytes": 0,
-        "init_attempts": 0,
-        "post_ids": [],
-        "poll_next_at": None,
-        "poll_attempts": 0,
-        "poll_lease_until": None,
-        "tracking_started_at": None,
-        "announced_state": None,
-    }
+    record = UploadRecord.new(cmd, source=source, now=now)
+    # requested_at is the client's, with microseconds: cut as BSON stores it (the same bytes), so the
+    # record `create` returns equals the one read back.
+    if record.requested_at is not None:
+        record = record.model_copy(update={"requested_at": bson_time(record.requested_at)})
+    doc: Document = to_bson(record.new_document())
+    return doc
 
 
 # Terminal states that end tracking for good; `published` may still be watched for post ids.
