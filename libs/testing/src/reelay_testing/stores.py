@@ -17,10 +17,6 @@ from reelay_common.domain.states import TERMINAL_STATES, UploadState, can_transi
 
 from reelay_testing.roundtrip import as_stored, stored_now, to_millis
 
-# The store's own bookkeeping: a caller may not set these through transition/checkpoint.
-_MANAGED = frozenset({"_id", "request_id", "state", "history", "created_at", "updated_at"})
-_KNOWN = frozenset((info.alias or name) for name, info in UploadRecord.model_fields.items())
-
 # `published` stays claimable while the poller watches it for post ids (until it clears
 # poll_next_at); every other terminal state ends polling for good.
 _NEVER_POLLED = frozenset(TERMINAL_STATES - {UploadState.PUBLISHED})
@@ -29,10 +25,11 @@ _FAKE_CIPHERTEXT = "fake-ciphertext"  # stands in for ciphertext, not a secret
 
 
 def _refuse_unsettable(fields: Mapping[str, Any]) -> None:
-    managed = sorted(set(fields) & _MANAGED)
+    # Which fields are whose is the domain's word (the record's field roles), not the adapter's.
+    managed = sorted(set(fields) & UploadRecord.store_managed_fields())
     if managed:
         raise ValueError(f"these upload fields are managed by the store and cannot be set: {managed}")
-    unknown = sorted(set(fields) - _KNOWN)
+    unknown = sorted(set(fields) - UploadRecord.settable_fields())
     if unknown:
         raise ValueError(f"unknown upload fields: {unknown} (add them to UploadRecord first)")
 
@@ -55,21 +52,9 @@ class FakeUploadStore:
         existing = self.records.get(cmd.request_id)
         if existing is not None:
             return existing.model_copy(deep=True), False
-        now = stored_now()
-        record = UploadRecord.model_validate(
-            {
-                "_id": cmd.request_id,
-                "account_id": cmd.account_id,
-                "mode": cmd.mode,
-                "source": as_stored(cmd.source),
-                "post_info": as_stored(cmd.post_info) if cmd.post_info is not None else None,
-                "state": UploadState.ACCEPTED.value,
-                "history": [{"state": UploadState.ACCEPTED.value, "at": now, "source": source, "detail": {}}],
-                "created_at": now,
-                "updated_at": now,
-            }
-        )
-        return self._put(record, {}), True
+        new = UploadRecord.new(cmd, source=source, now=stored_now())
+        # Every field as a document keeps it (requested_at, the client's, loses its microseconds).
+        return self._put(new, new.model_dump(by_alias=True)), True
 
     async def get(self, request_id: str) -> UploadRecord | None:
         """The upload, or None."""
