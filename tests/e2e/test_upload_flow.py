@@ -9,11 +9,12 @@ from typing import Any
 import httpx
 import pytest
 from pymongo import AsyncMongoClient
+from reelay_testing.waiting import eventually
 from tiktok_sandbox.media import write_sample_mp4
 
 from tests.e2e.flows import connect_account
-from tests.e2e.stack import Stack, wait_for
-from tests.support import eventually, sha256_of
+from tests.e2e.stack import Stack, wait_for_upload_state
+from tests.support import sha256_of
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +48,7 @@ class TestUploadThroughTheStack:
         accepted = resp.json()
         request_id = accepted["request_id"]
 
-        final = await wait_for(
+        final = await wait_for_upload_state(
             http,
             f"{stack.ingest_url}/v1/uploads/{request_id}",
             until={"published", "failed", "unconfirmed"},

@@ -4,7 +4,6 @@ in-process TikTok sandbox. Topics and database are unique per test."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,50 +11,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastapi import FastAPI
 from pymongo.asynchronous.database import AsyncDatabase
 from reelay_common.adapters.ops_server import serve_app
 from reelay_ingest.main import run
 from reelay_ingest.settings import IngestSettings
+from reelay_testing.waiting import eventually
 from tiktok_sandbox.testing import SandboxHandle, running_sandbox
 
-from tests.support import eventually
-
 API_KEY = "integration-key"
-
-
-async def read_topic(
-    bootstrap: str, topic: str, *, count: int, timeout: float = 30.0
-) -> list[tuple[bytes, bytes]]:
-    """The first `count` (key, value) records of `topic`, read from the beginning without a group."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    records: list[tuple[bytes, bytes]] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while len(records) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out on {topic}; saw {len(records)} of {count} records")
-            for batch in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend((r.key, r.value) for r in batch)
-    finally:
-        await consumer.stop()
-    return records
-
-
-async def topic_size(bootstrap: str, topic: str) -> int:
-    """How many records `topic` holds (sum of its partitions' end offsets)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap)  # no group: nothing is committed
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        assert partitions, f"topic {topic} does not exist"
-        tps = [TopicPartition(topic, p) for p in partitions]
-        ends = await consumer.end_offsets(tps)
-        return int(sum(ends.values()))
-    finally:
-        await consumer.stop()
 
 
 @dataclass

@@ -17,10 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
+from reelay_testing.waiting import eventually
 from tiktok_sandbox.media import iter_sample_mp4
 
 from tests.integration.ingest.ingest_world import API_KEY
-from tests.support import eventually
 
 MB = 1_000_000
 BOUNDARY = "reelayProcessTest"

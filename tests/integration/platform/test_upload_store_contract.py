@@ -13,7 +13,7 @@ from reelay_common.adapters.mongo.uploads import MongoUploadStore
 from reelay_common.domain.messages import UploadRequested
 from reelay_common.domain.states import UploadState
 from reelay_common.ports import UploadStore
-from reelay_testing.fakes import InMemoryUploadStore
+from reelay_testing.stores import FakeUploadStore
 
 S = UploadState
 
@@ -28,7 +28,7 @@ async def indexed_db(mongo_db: AsyncDatabase[dict[str, Any]]) -> AsyncDatabase[d
 def store(request: pytest.FixtureRequest) -> UploadStore:
     """The fake and the real store: every test below runs against both."""
     if request.param == "memory":
-        return InMemoryUploadStore()
+        return FakeUploadStore()
     return MongoUploadStore(request.getfixturevalue("indexed_db"))
 
 

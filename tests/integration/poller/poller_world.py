@@ -4,8 +4,6 @@ database), the TikTok sandbox in-process, and helpers that make real publishes o
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer
 from pydantic import SecretStr
 from pymongo.asynchronous.database import AsyncDatabase
 from reelay_common.adapters.crypto import TokenCipher
@@ -34,11 +31,11 @@ from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_status_poller.main import run
 from reelay_status_poller.settings import PollerSettings
-from reelay_testing.fakes import BytesVideoReader
+from reelay_testing.kafka import read_topic
+from reelay_testing.readers import BytesVideoReader
+from reelay_testing.waiting import eventually
 from tiktok_sandbox.media import iter_sample_mp4
 from tiktok_sandbox.testing import SandboxHandle
-
-from tests.support import eventually
 
 # Consumers join and notice each other quickly in tests.
 FAST_KAFKA = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 500, "metadata_max_age_ms": 5000}
@@ -204,26 +201,9 @@ class World:
         await eventually(reached, timeout=timeout, what=f"{request_id} in {state.value}")
 
     async def status_changes(self, count: int, *, timeout: float = 30.0) -> list[PublishStatusChanged]:
-        """The first `count` records on the status topic (bounded wait)."""
-        consumer = AIOKafkaConsumer(
-            self.status_topic, bootstrap_servers=self.kafka, auto_offset_reset="earliest", group_id=None
-        )
-        await consumer.start()
-        out: list[PublishStatusChanged] = []
-        try:
-            deadline = time.monotonic() + timeout
-            while len(out) < count:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"only {len(out)} of {count} status changes after {timeout} s")
-                batch = await consumer.getmany(timeout_ms=200)
-                for records in batch.values():
-                    out.extend(PublishStatusChanged.model_validate(json.loads(r.value)) for r in records)
-            # Anything more that is already there, so a test sees duplicates too.
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                out.extend(PublishStatusChanged.model_validate(json.loads(r.value)) for r in records)
-        finally:
-            await consumer.stop()
-        return out
+        """The first `count` records on the status topic, and any that follow at once (duplicates too)."""
+        records = await read_topic(self.kafka, self.status_topic, until=count, timeout=timeout, linger=0.5)
+        return [PublishStatusChanged.model_validate_json(r.value) for r in records]
 
     def status_fetch_calls(self) -> int:
         return int(self.sandbox.state.stats.calls["status_fetch"])

@@ -1,4 +1,4 @@
-"""A harness for the ingest app over the in-memory fakes of reelay_common.testing (no I/O)."""
+"""A harness for the ingest app over the fakes of reelay_testing (no I/O)."""
 
 from __future__ import annotations
 
@@ -22,12 +22,9 @@ from reelay_ingest.deps import IngestDeps, Topics
 from reelay_ingest.main import policy_of
 from reelay_ingest.settings import IngestSettings
 from reelay_ingest.webhooks import sign
-from reelay_testing.fakes import (
-    InMemoryAccountStore,
-    InMemoryBlobStore,
-    InMemoryUploadStore,
-    RecordingPublisher,
-)
+from reelay_testing.blobs import FakeBlobStore
+from reelay_testing.publisher import FakePublisher
+from reelay_testing.stores import FakeAccountStore, FakeUploadStore
 
 API_KEY = "unit-test-key"
 ACCOUNT = "acme-main"
@@ -74,8 +71,8 @@ class FakeTikTok:
         raise AssertionError("ingest never uploads chunks")
 
 
-class CountingBlobStore(InMemoryBlobStore):
-    """An InMemoryBlobStore that counts save calls (to show a refusal came before any byte was stored)."""
+class CountingBlobStore(FakeBlobStore):
+    """An FakeBlobStore that counts save calls (to show a refusal came before any byte was stored)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -86,8 +83,8 @@ class CountingBlobStore(InMemoryBlobStore):
         return await super().save(chunks, **kwargs)
 
 
-class TopicFailingPublisher(RecordingPublisher):
-    """A RecordingPublisher whose publishes to `failing_topics` raise what KafkaPublisher raises
+class TopicFailingPublisher(FakePublisher):
+    """A FakePublisher whose publishes to `failing_topics` raise what KafkaPublisher raises
     when Kafka does not acknowledge (RetryableError)."""
 
     def __init__(self) -> None:
@@ -101,12 +98,12 @@ class TopicFailingPublisher(RecordingPublisher):
 
 
 @dataclass
-class Harness:
+class IngestApp:
     """The app under test, its fakes, and an httpx client speaking to it in-process."""
 
     client: httpx.AsyncClient
-    uploads: InMemoryUploadStore
-    accounts: InMemoryAccountStore
+    uploads: FakeUploadStore
+    accounts: FakeAccountStore
     publisher: TopicFailingPublisher
     blobs: CountingBlobStore
     tiktok: FakeTikTok
@@ -134,7 +131,7 @@ class Harness:
 
     def assert_nothing_changed(self) -> None:
         """Bad input changes nothing: nothing stored, nothing published."""
-        assert self.uploads.docs == {}
+        assert self.uploads.records == {}
         assert self.publisher.sent == []
         assert self.blobs.blobs == {}
 
@@ -216,11 +213,11 @@ def make_settings(**overrides: Any) -> IngestSettings:
 @asynccontextmanager
 async def running(
     settings: IngestSettings | None = None, *, raise_app_exceptions: bool = True
-) -> AsyncIterator[Harness]:
+) -> AsyncIterator[IngestApp]:
     """Start the app over fresh fakes (one connected account, ACCOUNT) and yield its harness.
     With `raise_app_exceptions=False` the client sees a bug's 500 answer instead of the bug."""
     settings = settings or make_settings()
-    uploads, accounts = InMemoryUploadStore(), InMemoryAccountStore()
+    uploads, accounts = FakeUploadStore(), FakeAccountStore()
     publisher, blobs, tiktok = TopicFailingPublisher(), CountingBlobStore(), FakeTikTok()
     accounts.add_connected(ACCOUNT)
     ready = {"mongo": True, "kafka": True}
@@ -245,4 +242,4 @@ async def running(
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=raise_app_exceptions)
         async with httpx.AsyncClient(transport=transport, base_url="http://ingest.test") as client:
-            yield Harness(client, uploads, accounts, publisher, blobs, tiktok, settings, ready)
+            yield IngestApp(client, uploads, accounts, publisher, blobs, tiktok, settings, ready)

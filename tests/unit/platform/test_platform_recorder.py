@@ -10,24 +10,25 @@ from reelay_common.domain.errors import RetryableError
 from reelay_common.domain.messages import PublishStatusChanged, UploadRequested
 from reelay_common.domain.states import UploadState
 from reelay_common.recorder import StateRecorder
-from reelay_testing.fakes import InMemoryUploadStore, RecordingPublisher
+from reelay_testing.publisher import FakePublisher
+from reelay_testing.stores import FakeUploadStore
 
 S = UploadState
 TOPIC = "reelay.publish.status"
 
 
 @pytest.fixture
-def uploads() -> InMemoryUploadStore:
-    return InMemoryUploadStore()
+def uploads() -> FakeUploadStore:
+    return FakeUploadStore()
 
 
 @pytest.fixture
-def publisher() -> RecordingPublisher:
-    return RecordingPublisher()
+def publisher() -> FakePublisher:
+    return FakePublisher()
 
 
 @pytest.fixture
-async def recorder(uploads: InMemoryUploadStore, publisher: RecordingPublisher) -> StateRecorder:
+async def recorder(uploads: FakeUploadStore, publisher: FakePublisher) -> StateRecorder:
     cmd = UploadRequested.model_validate(
         {
             "request_id": "req-1",
@@ -40,13 +41,13 @@ async def recorder(uploads: InMemoryUploadStore, publisher: RecordingPublisher) 
     return StateRecorder(uploads, publisher, status_topic=TOPIC, announce_wait_seconds=0.2)
 
 
-def announced(publisher: RecordingPublisher) -> list[PublishStatusChanged]:
+def announced(publisher: FakePublisher) -> list[PublishStatusChanged]:
     return publisher.messages(TOPIC, PublishStatusChanged)
 
 
 class TestRecord:
     async def test_moves_the_upload_and_announces_it_keyed_by_account(
-        self, recorder: StateRecorder, publisher: RecordingPublisher
+        self, recorder: StateRecorder, publisher: FakePublisher
     ) -> None:
         record = await recorder.record(
             "req-1", S.UPLOADED, source="uploader", detail={"log_id": "L"}, set_fields={"publish_id": "p-1"}
@@ -66,7 +67,7 @@ class TestRecord:
         assert message.at == record.history[-1].at
 
     async def test_refused_transitions_announce_nothing(
-        self, recorder: StateRecorder, publisher: RecordingPublisher
+        self, recorder: StateRecorder, publisher: FakePublisher
     ) -> None:
         await recorder.record("req-1", S.PROCESSING, source="poller")
         assert await recorder.record("req-1", S.UPLOADED, source="uploader") is None
@@ -74,13 +75,13 @@ class TestRecord:
         assert [m.state for m in announced(publisher)] == [S.PROCESSING]
 
     async def test_an_unknown_upload_is_refused_quietly(
-        self, recorder: StateRecorder, publisher: RecordingPublisher
+        self, recorder: StateRecorder, publisher: FakePublisher
     ) -> None:
         assert await recorder.record("nope", S.UPLOADED, source="uploader") is None
         assert publisher.sent == []
 
     async def test_a_failed_announcement_is_sent_when_the_handler_retries(
-        self, recorder: StateRecorder, publisher: RecordingPublisher, uploads: InMemoryUploadStore
+        self, recorder: StateRecorder, publisher: FakePublisher, uploads: FakeUploadStore
     ) -> None:
         publisher.fail_with.append(RetryableError("Kafka is down"))
         with pytest.raises(RetryableError):
@@ -96,7 +97,7 @@ class TestRecord:
         assert len(announced(publisher)) == 1
 
     async def test_announce_publishes_the_current_state(
-        self, recorder: StateRecorder, publisher: RecordingPublisher, uploads: InMemoryUploadStore
+        self, recorder: StateRecorder, publisher: FakePublisher, uploads: FakeUploadStore
     ) -> None:
         record = await uploads.get("req-1")
         assert record is not None
@@ -108,7 +109,7 @@ class TestRecord:
         assert after.announced_state is S.ACCEPTED
 
     async def test_a_concurrent_refused_caller_leaves_the_announcement_to_the_winner(
-        self, recorder: StateRecorder, uploads: InMemoryUploadStore, publisher: RecordingPublisher
+        self, recorder: StateRecorder, uploads: FakeUploadStore, publisher: FakePublisher
     ) -> None:
         release = asyncio.Event()
 
@@ -128,7 +129,7 @@ class TestRecord:
         assert [(m.state, m.source) for m in announced(publisher)] == [(S.PUBLISHED, "webhook")]
 
     async def test_a_refused_caller_announces_at_once_when_no_winner_is_announcing(
-        self, recorder: StateRecorder, uploads: InMemoryUploadStore, publisher: RecordingPublisher
+        self, recorder: StateRecorder, uploads: FakeUploadStore, publisher: FakePublisher
     ) -> None:
         patient = StateRecorder(uploads, publisher, status_topic=TOPIC, announce_wait_seconds=30)
         publisher.fail_with.append(RetryableError("Kafka is down"))
@@ -139,7 +140,7 @@ class TestRecord:
         assert [m.state for m in announced(publisher)] == [S.UPLOADED]
 
     async def test_a_refused_caller_announces_when_the_winners_publish_fails(
-        self, recorder: StateRecorder, uploads: InMemoryUploadStore, publisher: RecordingPublisher
+        self, recorder: StateRecorder, uploads: FakeUploadStore, publisher: FakePublisher
     ) -> None:
         release = asyncio.Event()
 

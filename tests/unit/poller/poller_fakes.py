@@ -1,4 +1,4 @@
-"""Fakes for the status-poller's unit tests: a settable clock, a scripted TikTok, and a harness that
+"""Fakes for the status-poller's unit tests: a scripted TikTok, and a harness that
 wires the real handlers to the in-memory store and a recording publisher."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from reelay_common.domain.messages import (
@@ -22,25 +21,12 @@ from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import PublishStatus
 from reelay_common.recorder import StateRecorder
 from reelay_status_poller.handlers import PollerDeps, PollOutcome, PollPolicy, poll_once
-from reelay_testing.fakes import InMemoryUploadStore, RecordingPublisher
+from reelay_testing.clocks import FakeClock
+from reelay_testing.publisher import FakePublisher
+from reelay_testing.stores import FakeUploadStore
 
 STATUS_TOPIC = "test.publish.status"
 ACCOUNT = "acct-1"
-
-
-class FakeClock:
-    """A clock the test moves by hand; starts at the real time so the store's own timestamps line up."""
-
-    def __init__(self) -> None:
-        now = datetime.now(UTC)
-        # Milliseconds, as BSON keeps them: what the test sets is what the store reads back.
-        self.now = now.replace(microsecond=now.microsecond // 1000 * 1000)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 class ScriptedTikTok:
@@ -89,9 +75,9 @@ def status(code: str, *, fail_reason: str | None = None, post_ids: Sequence[str]
 
 
 @dataclass
-class Harness:
-    uploads: InMemoryUploadStore
-    publisher: RecordingPublisher
+class PollerWorld:
+    uploads: FakeUploadStore
+    publisher: FakePublisher
     tiktok: ScriptedTikTok
     clock: FakeClock
     policy: PollPolicy

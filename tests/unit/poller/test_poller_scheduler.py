@@ -18,7 +18,8 @@ from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_status_poller.handlers import PollOutcome
 from reelay_status_poller.scheduler import PollScheduler, archive_settled_uploads
-from reelay_testing.fakes import InMemoryUploadStore
+from reelay_testing.stores import FakeUploadStore
+from reelay_testing.waiting import eventually
 from structlog.testing import capture_logs
 
 
@@ -26,7 +27,7 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-async def due_uploads(uploads: InMemoryUploadStore, count: int) -> list[str]:
+async def due_uploads(uploads: FakeUploadStore, count: int) -> list[str]:
     ids = []
     for i in range(count):
         rid = f"req-{i}"
@@ -58,18 +59,10 @@ def scheduler(
     return PollScheduler(uploads=uploads, poll=poll, clock=now, **options)
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
-
-
 class Finisher:
     """A poll that ends tracking, counting calls and how many run at once (overall and per upload)."""
 
-    def __init__(self, uploads: InMemoryUploadStore, *, delay: float = 0.0, repeat: int = 1) -> None:
+    def __init__(self, uploads: FakeUploadStore, *, delay: float = 0.0, repeat: int = 1) -> None:
         self.uploads = uploads
         self.delay = delay
         self.repeat = repeat
@@ -98,7 +91,7 @@ async def run_until(sched: PollScheduler, check: Callable[[], bool], timeout: fl
     stop = asyncio.Event()
     task = asyncio.create_task(sched.run(stop))
     try:
-        await eventually(check, timeout)
+        await eventually(check, timeout=timeout, interval=0.01)
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
@@ -106,7 +99,7 @@ async def run_until(sched: PollScheduler, check: Callable[[], bool], timeout: fl
 
 class TestPollScheduler:
     async def test_polls_every_due_upload_once(self) -> None:
-        uploads = InMemoryUploadStore()
+        uploads = FakeUploadStore()
         ids = await due_uploads(uploads, 6)
         poll = Finisher(uploads)
 
@@ -115,7 +108,7 @@ class TestPollScheduler:
         assert poll.calls == Counter(dict.fromkeys(ids, 1))
 
     async def test_does_not_poll_what_is_not_due(self) -> None:
-        uploads = InMemoryUploadStore()
+        uploads = FakeUploadStore()
         [rid] = await due_uploads(uploads, 1)
         await uploads.checkpoint(rid, {"poll_next_at": now() + timedelta(hours=1)})
         poll = Finisher(uploads)
@@ -129,7 +122,7 @@ class TestPollScheduler:
         assert poll.calls == Counter()
 
     async def test_never_runs_more_polls_at_once_than_its_concurrency(self) -> None:
-        uploads = InMemoryUploadStore()
+        uploads = FakeUploadStore()
         await due_uploads(uploads, 10)
         poll = Finisher(uploads, delay=0.05)
 
@@ -138,13 +131,13 @@ class TestPollScheduler:
         assert poll.max_running == 3
 
     async def test_two_schedulers_never_poll_one_upload_at_the_same_time(self) -> None:
-        uploads = InMemoryUploadStore()
+        uploads = FakeUploadStore()
         ids = await due_uploads(uploads, 4)
         poll = Finisher(uploads, delay=0.02, repeat=5)
         stop = asyncio.Event()
         tasks = [asyncio.create_task(scheduler(uploads, poll).run(stop)) for _ in range(2)]
 
-        await eventually(lambda: sum(poll.calls.values()) >= 20)
+        await eventually(lambda: sum(poll.calls.values()) >= 20, timeout=5, interval=0.01)
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 10)
 
@@ -152,7 +145,7 @@ class TestPollScheduler:
         assert poll.max_running_one == 1
 
     async def test_a_failing_poll_is_rescheduled_not_lost(self) -> None:
-        uploads = InMemoryUploadStore()
+        uploads = FakeUploadStore()
         [rid] = await due_uploads(uploads, 1)
 
         async def broken(record: UploadRecord) -> PollOutcome:
@@ -170,7 +163,7 @@ class TestPollScheduler:
         assert outcomes[:2] == [None, None]
 
     async def test_stops_promptly_while_idle(self) -> None:
-        uploads = InMemoryUploadStore()
+        uploads = FakeUploadStore()
         stop = asyncio.Event()
         task = asyncio.create_task(scheduler(uploads, Finisher(uploads), idle_sleep_seconds=30).run(stop))
         await asyncio.sleep(0.05)
@@ -182,12 +175,12 @@ class TestPollScheduler:
         assert time.monotonic() - started < 1
 
     async def test_lets_an_inflight_poll_finish_on_stop(self) -> None:
-        uploads = InMemoryUploadStore()
+        uploads = FakeUploadStore()
         [rid] = await due_uploads(uploads, 1)
         poll = Finisher(uploads, delay=0.3)
         stop = asyncio.Event()
         task = asyncio.create_task(scheduler(uploads, poll).run(stop))
-        await eventually(lambda: poll.running[rid] == 1)
+        await eventually(lambda: poll.running[rid] == 1, timeout=5, interval=0.01)
 
         stop.set()
         await asyncio.wait_for(task, 5)
@@ -197,12 +190,12 @@ class TestPollScheduler:
         assert record.poll_next_at is None  # the poll ran to its end
 
     async def test_a_poll_outliving_the_grace_is_cancelled_and_its_lease_left_to_expire(self) -> None:
-        uploads = InMemoryUploadStore()
+        uploads = FakeUploadStore()
         [rid] = await due_uploads(uploads, 1)
         poll = Finisher(uploads, delay=3600)
         stop = asyncio.Event()
         task = asyncio.create_task(scheduler(uploads, poll, shutdown_grace_seconds=0.1).run(stop))
-        await eventually(lambda: poll.running[rid] == 1)
+        await eventually(lambda: poll.running[rid] == 1, timeout=5, interval=0.01)
 
         stop.set()
         await asyncio.wait_for(task, 5)
@@ -215,7 +208,7 @@ class TestPollScheduler:
         assert await uploads.claim_due_poll(record.poll_lease_until + timedelta(seconds=1), 30) is not None
 
     async def test_survives_a_store_outage_and_reports_it(self) -> None:
-        uploads = InMemoryUploadStore()
+        uploads = FakeUploadStore()
         [rid] = await due_uploads(uploads, 1)
         outage = {"left": 3}
 
@@ -239,7 +232,7 @@ class TestPollScheduler:
             health.append(sched.is_healthy())
             return poll.calls[rid] == 1
 
-        await eventually(polled_while_watching_health)
+        await eventually(polled_while_watching_health, timeout=5, interval=0.01)
         stop.set()
         await asyncio.wait_for(task, 5)
 
@@ -248,12 +241,12 @@ class TestPollScheduler:
 
     def test_refuses_zero_concurrency(self) -> None:
         with pytest.raises(ValueError, match="concurrency"):
-            scheduler(InMemoryUploadStore(), Finisher(InMemoryUploadStore()), concurrency=0)
+            scheduler(FakeUploadStore(), Finisher(FakeUploadStore()), concurrency=0)
 
 
 class TestLogContext:
     async def test_every_line_of_a_poll_carries_its_upload_ids(self) -> None:
-        uploads = InMemoryUploadStore()
+        uploads = FakeUploadStore()
         (rid,) = await due_uploads(uploads, 1)
         finish = Finisher(uploads)
         log = structlog.get_logger("reelay.test")
@@ -274,7 +267,7 @@ class TestLogContext:
 
 class TestArchiveSettledUploads:
     async def test_archives_what_settles_and_keeps_going_after_a_store_failure(self) -> None:
-        uploads = InMemoryUploadStore()
+        uploads = FakeUploadStore()
         ids = await due_uploads(uploads, 3)
         for rid in ids:
             await uploads.transition(rid, UploadState.INBOX_DELIVERED, source="poller")
@@ -301,7 +294,7 @@ class TestArchiveSettledUploads:
         assert any(e["event"] == "uploads_archived" and e["count"] == 3 for e in logs)
 
     async def test_leaves_uploads_in_flight_alone(self) -> None:
-        uploads = InMemoryUploadStore()
+        uploads = FakeUploadStore()
         await due_uploads(uploads, 2)  # accepted, being polled: not settled
         stop = asyncio.Event()
         task = asyncio.create_task(

@@ -44,7 +44,10 @@ from reelay_common.domain.tiktok import (
 )
 from reelay_common.ports import ProgressCallback, VideoReader
 from reelay_common.recorder import StateRecorder
-from reelay_testing.fakes import BytesVideoReader, InMemoryUploadStore, RecordingPublisher
+from reelay_testing.clocks import FakeClock
+from reelay_testing.publisher import FakePublisher
+from reelay_testing.readers import BytesVideoReader
+from reelay_testing.stores import FakeUploadStore
 from reelay_uploader.handlers import UploaderDeps, handle_upload_requested
 
 EVENTS = "test.publish.events"
@@ -226,23 +229,15 @@ class FakeTikTok:
                 await on_progress(pub.received)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 # -- the harness -------------------------------------------------------------------------------
 
 
 @dataclass
 class World:
-    uploads: InMemoryUploadStore
-    publisher: RecordingPublisher
+    uploads: FakeUploadStore
+    publisher: FakePublisher
     tiktok: FakeTikTok
-    clock: Clock
+    clock: FakeClock
     readers: dict[str, VideoReader]
     deps: UploaderDeps
     opened: list[str]
@@ -260,10 +255,10 @@ class World:
 
 
 def make_world(*, reader: VideoReader | None = None, max_init_attempts: int = 3, **tiktok: Any) -> World:
-    uploads = InMemoryUploadStore()
-    publisher = RecordingPublisher()
+    uploads = FakeUploadStore()
+    publisher = FakePublisher()
     fake = FakeTikTok(**tiktok)
-    clock = Clock()
+    clock = FakeClock(datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
     readers: dict[str, VideoReader] = {VIDEO_URL: reader or PatternReader(BIG)}
     opened: list[str] = []
 
