@@ -143,7 +143,9 @@ def running_stack(
         "SANDBOX_PORT": str(ports["sandbox"]),
         "SANDBOX_CLIENT_KEY": CLIENT_KEY,
         "SANDBOX_CLIENT_SECRET": CLIENT_SECRET,
-        "SANDBOX_PROCESSING_DELAY_SECONDS": "1",
+        # Long enough that the poller sees `processing` even on a loaded machine (a 1 s delay let a
+        # late first poll find the post already complete, skipping `processing` in the history).
+        "SANDBOX_PROCESSING_DELAY_SECONDS": "3",
         "SANDBOX_DATA_DIR": str(workdir / "sandbox-data"),
         "SANDBOX_WEBHOOK_URL": f"{ingest_url}/v1/webhooks/tiktok",
         "INGEST_HOST": "127.0.0.1",
