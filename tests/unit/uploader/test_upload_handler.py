@@ -8,7 +8,7 @@ The fake keeps TikTok's side of the bargain: one publish per init, chunks accept
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -33,6 +33,7 @@ from reelay_common.domain.messages import (
     UrlSource,
     VideoUploaded,
 )
+from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import (
     CreatorInfo,
@@ -45,7 +46,7 @@ from reelay_common.domain.tiktok import (
 from reelay_common.ports import ProgressCallback, VideoReader
 from reelay_common.recorder import StateRecorder
 from reelay_testing.fakes import BytesVideoReader, InMemoryUploadStore, RecordingPublisher
-from reelay_uploader.handlers import UploaderDeps, handle_upload_requested
+from reelay_uploader.handlers import PROGRESS_CHECKPOINT_INTERVAL, UploaderDeps, handle_upload_requested
 
 EVENTS = "test.publish.events"
 STATUS = "test.publish.status"
@@ -259,8 +260,14 @@ class World:
         return self.publisher.messages(STATUS, PublishStatusChanged)
 
 
-def make_world(*, reader: VideoReader | None = None, max_init_attempts: int = 3, **tiktok: Any) -> World:
-    store = InMemoryUploadStore()
+def make_world(
+    *,
+    reader: VideoReader | None = None,
+    max_init_attempts: int = 3,
+    store: InMemoryUploadStore | None = None,
+    **tiktok: Any,
+) -> World:
+    store = store or InMemoryUploadStore()
     publisher = RecordingPublisher()
     fake = FakeTikTok(**tiktok)
     clock = Clock()
@@ -412,6 +419,61 @@ class TestUploadingAVideo:
         assert [e.state for e in world.status_events()].count(UploadState.ACCEPTED) == 1
 
 
+class ProgressLog(InMemoryUploadStore):
+    """The in-memory store, noting every `uploaded_bytes` checkpoint: what a write costs is per call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.progress: list[int] = []
+
+    async def checkpoint(
+        self, request_id: str, fields: Mapping[str, Any], *, expect_state: UploadState | None = None
+    ) -> UploadRecord | None:
+        if "uploaded_bytes" in fields:
+            self.progress.append(fields["uploaded_bytes"])
+        return await super().checkpoint(request_id, fields, expect_state=expect_state)
+
+
+class TickingClock(Clock):
+    """A clock that moves on by `step` each time it is read."""
+
+    def __init__(self, step: timedelta) -> None:
+        super().__init__()
+        self.step = step
+
+    def __call__(self) -> datetime:
+        self.now += self.step
+        return self.now
+
+
+class TestProgressCheckpoints:
+    async def test_a_fast_upload_writes_its_progress_at_the_start_and_the_end_only(self) -> None:
+        store = ProgressLog()
+        world = make_world(store=store)
+        await handle_upload_requested(direct(), world.deps)
+
+        # init (0), the first chunk, the last: not one write per chunk.
+        assert store.progress == [0, 10_000_000, BIG]
+        assert await world.state("req-1") is UploadState.UPLOADED
+
+    async def test_a_slow_upload_writes_its_progress_every_few_seconds(self) -> None:
+        store = ProgressLog()
+        world = make_world(store=store)
+        world.deps = replace(world.deps, clock=TickingClock(PROGRESS_CHECKPOINT_INTERVAL))
+        await handle_upload_requested(direct(), world.deps)
+
+        assert store.progress == [0, *range(10_000_000, 50_000_001, 10_000_000), BIG]  # every chunk
+
+    async def test_a_failed_chunk_leaves_the_record_at_tiktoks_confirmed_progress(self) -> None:
+        store = ProgressLog()
+        world = make_world(store=store)
+        world.tiktok.put_errors = {4: TransientTikTokError("bad gateway", code="http_502", http_status=502)}
+        with pytest.raises(RetryableError):
+            await handle_upload_requested(direct(), world.deps)
+
+        assert store.progress == [0, 10_000_000, 40_000_000]
+
+
 class TestNeverTwoPosts:
     async def test_does_not_init_twice_when_redelivered_after_a_crash_before_the_first_put(self) -> None:
         world = make_world()
@@ -439,7 +501,9 @@ class TestNeverTwoPosts:
             await handle_upload_requested(cmd, world.deps)
         record = await world.store.get(cmd.request_id)
         assert record is not None
-        assert record.uploaded_bytes == 20_000_000  # two chunks recorded, the third one lost
+        # Progress is checkpointed in batches (the first chunk, then every few seconds; the clock
+        # stands still here): the record is two chunks behind TikTok, which holds three.
+        assert record.uploaded_bytes == 10_000_000
 
         await redeliver(cmd, world)
 
