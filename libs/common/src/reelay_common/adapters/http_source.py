@@ -164,7 +164,7 @@ class UrlVideoReader:
         spool_path: Path | None = None,
         allow_private: bool = False,
         max_redirects: int = 5,
-        piece_size: int = 64 * 1024,
+        piece_size: int = 256 * 1024,
     ) -> None:
         self._http = http
         self._url = url
@@ -186,7 +186,7 @@ class UrlVideoReader:
         max_redirects: int = 5,
         max_bytes: int = MAX_VIDEO_BYTES,
         spool_dir: Path | None = None,
-        piece_size: int = 64 * 1024,
+        piece_size: int = 256 * 1024,
     ) -> UrlVideoReader:
         """Probe `url` (size and type) and return a reader; raises InvalidInputError or RetryableError."""
         reader = cls(
