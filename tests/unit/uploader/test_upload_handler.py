@@ -8,7 +8,7 @@ The fake keeps TikTok's side of the bargain: one publish per init, chunks accept
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -33,6 +33,7 @@ from reelay_common.domain.messages import (
     UrlSource,
     VideoUploaded,
 )
+from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import (
     CreatorInfo,
@@ -48,7 +49,7 @@ from reelay_testing.clocks import FakeClock
 from reelay_testing.publisher import FakePublisher
 from reelay_testing.readers import BytesVideoReader
 from reelay_testing.stores import FakeUploadStore
-from reelay_uploader.handlers import UploaderDeps, handle_upload_requested
+from reelay_uploader.handlers import PROGRESS_CHECKPOINT_INTERVAL, UploaderDeps, handle_upload_requested
 
 EVENTS = "test.publish.events"
 STATUS = "test.publish.status"
@@ -254,8 +255,14 @@ class World:
         return self.publisher.messages(STATUS, PublishStatusChanged)
 
 
-def make_world(*, reader: VideoReader | None = None, max_init_attempts: int = 3, **tiktok: Any) -> World:
-    uploads = FakeUploadStore()
+def make_world(
+    *,
+    reader: VideoReader | None = None,
+    max_init_attempts: int = 3,
+    uploads: FakeUploadStore | None = None,
+    **tiktok: Any,
+) -> World:
+    uploads = uploads or FakeUploadStore()
     publisher = FakePublisher()
     fake = FakeTikTok(**tiktok)
     clock = FakeClock(datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
@@ -407,6 +414,61 @@ class TestUploadingAVideo:
         assert [e.state for e in world.status_events()].count(UploadState.ACCEPTED) == 1
 
 
+class ProgressLog(FakeUploadStore):
+    """The in-memory store, noting every `uploaded_bytes` checkpoint: what a write costs is per call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.progress: list[int] = []
+
+    async def checkpoint(
+        self, request_id: str, fields: Mapping[str, Any], *, expect_state: UploadState | None = None
+    ) -> UploadRecord | None:
+        if "uploaded_bytes" in fields:
+            self.progress.append(fields["uploaded_bytes"])
+        return await super().checkpoint(request_id, fields, expect_state=expect_state)
+
+
+class TickingClock(FakeClock):
+    """A clock that moves on by `step` each time it is read."""
+
+    def __init__(self, step: timedelta) -> None:
+        super().__init__(datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
+        self.step = step
+
+    def __call__(self) -> datetime:
+        self.advance(self.step.total_seconds())
+        return super().__call__()
+
+
+class TestProgressCheckpoints:
+    async def test_a_fast_upload_writes_its_progress_at_the_start_and_the_end_only(self) -> None:
+        store = ProgressLog()
+        world = make_world(uploads=store)
+        await handle_upload_requested(direct(), world.deps)
+
+        # init (0), the first chunk, the last: not one write per chunk.
+        assert store.progress == [0, 10_000_000, BIG]
+        assert await world.state("req-1") is UploadState.UPLOADED
+
+    async def test_a_slow_upload_writes_its_progress_every_few_seconds(self) -> None:
+        store = ProgressLog()
+        world = make_world(uploads=store)
+        world.deps = replace(world.deps, clock=TickingClock(PROGRESS_CHECKPOINT_INTERVAL))
+        await handle_upload_requested(direct(), world.deps)
+
+        assert store.progress == [0, *range(10_000_000, 50_000_001, 10_000_000), BIG]  # every chunk
+
+    async def test_a_failed_chunk_leaves_the_record_at_tiktoks_confirmed_progress(self) -> None:
+        store = ProgressLog()
+        world = make_world(uploads=store)
+        world.tiktok.put_errors = {4: TransientTikTokError("bad gateway", code="http_502", http_status=502)}
+        with pytest.raises(RetryableError):
+            await handle_upload_requested(direct(), world.deps)
+
+        assert store.progress == [0, 10_000_000, 40_000_000]
+
+
 class TestNeverTwoPosts:
     async def test_does_not_init_twice_when_redelivered_after_a_crash_before_the_first_put(self) -> None:
         world = make_world()
@@ -434,7 +496,9 @@ class TestNeverTwoPosts:
             await handle_upload_requested(cmd, world.deps)
         record = await world.uploads.get(cmd.request_id)
         assert record is not None
-        assert record.uploaded_bytes == 20_000_000  # two chunks recorded, the third one lost
+        # Progress is checkpointed in batches (the first chunk, then every few seconds; the clock
+        # stands still here): the record is two chunks behind TikTok, which holds three.
+        assert record.uploaded_bytes == 10_000_000
 
         await redeliver(cmd, world)
 

@@ -29,6 +29,7 @@ class Origin:
         allow_head: bool = True,
         send_length: bool = True,
         truncate_to: int | None = None,
+        cap_range: int | None = None,
     ) -> None:
         self.data = data
         self.content_type = content_type
@@ -36,7 +37,14 @@ class Origin:
         self.allow_head = allow_head
         self.send_length = send_length
         self.truncate_to = truncate_to
+        self.cap_range = cap_range  # answer at most this many bytes per ranged GET, as some servers do
+        self.drops: list[int] = []  # the next GETs break off (a dropped connection) after these many bytes
+        self.bytes_served = 0
         self.requests: list[httpx.Request] = []
+
+    @property
+    def gets(self) -> list[httpx.Request]:
+        return [r for r in self.requests if r.method == "GET"]
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -54,6 +62,8 @@ class Origin:
             first_s, _, last_s = range_header.removeprefix("bytes=").partition("-")
             first = int(first_s)
             last = int(last_s) if last_s else len(self.data) - 1
+            if self.cap_range is not None:
+                last = min(last, first + self.cap_range - 1)
             body = self.data[first : last + 1]
             status = 206
             headers["content-range"] = f"bytes {first}-{last}/{len(self.data)}"
@@ -62,12 +72,21 @@ class Origin:
         if self.send_length:
             headers["content-length"] = str(len(body))
         # Always a streamed body, as from a real socket (httpx pre-reads plain `bytes` content).
-        return httpx.Response(status, headers=headers, content=_chunked(body))
+        drop_after = self.drops.pop(0) if self.drops else None
+        return httpx.Response(status, headers=headers, content=self._chunked(body, drop_after, request))
 
-
-async def _chunked(data: bytes) -> AsyncIterator[bytes]:
-    for i in range(0, len(data), 10_000):
-        yield data[i : i + 10_000]
+    async def _chunked(
+        self, data: bytes, drop_after: int | None, request: httpx.Request
+    ) -> AsyncIterator[bytes]:
+        for i in range(0, len(data), 10_000):
+            piece = data[i : i + 10_000]
+            if drop_after is not None and i + len(piece) > drop_after:
+                piece = piece[: drop_after - i]
+                self.bytes_served += len(piece)
+                yield piece
+                raise httpx.ReadError("connection reset by peer", request=request)
+            self.bytes_served += len(piece)
+            yield piece
 
 
 async def read_all(reader: UrlVideoReader, offset: int, length: int) -> bytes:
@@ -250,7 +269,8 @@ class TestStreamingARange:
         origin = Origin()
         async with client(origin) as http, await UrlVideoReader.open(http, URL, allow_private=True) as reader:
             assert await read_all(reader, 70_000, 30_001) == VIDEO[70_000:100_001]
-        assert origin.requests[-1].headers["range"] == "bytes=70000-100000"
+        # From the offset on to the end: the chunks after this one read on from the same GET.
+        assert origin.requests[-1].headers["range"] == "bytes=70000-"
 
     async def test_takes_a_content_range_written_in_capitals_with_extra_spaces(self) -> None:
         origin = Origin()
@@ -306,3 +326,136 @@ class TestStreamingARange:
         ):
             with pytest.raises(ValueError, match="outside the video"):
                 await read_all(reader, len(VIDEO) - 10, 11)
+
+
+CHUNK = 30_000  # the reads below stand for an upload's chunks: sequential, each one `stream` call
+
+
+async def read_in_chunks(reader: UrlVideoReader, start: int = 0) -> bytes:
+    parts = []
+    for offset in range(start, reader.size, CHUNK):
+        parts.append(await read_all(reader, offset, min(CHUNK, reader.size - offset)))
+    return b"".join(parts)
+
+
+class TestOneDownloadPerUpload:
+    async def test_a_whole_multi_chunk_upload_is_one_get(self) -> None:
+        origin = Origin()
+        async with client(origin) as http, await UrlVideoReader.open(http, URL, allow_private=True) as reader:
+            assert await read_in_chunks(reader) == VIDEO
+        assert len(VIDEO) // CHUNK >= 6
+        assert [r.method for r in origin.requests] == ["HEAD", "GET"]
+        assert origin.gets[0].headers["range"] == "bytes=0-"
+        assert origin.bytes_served == len(VIDEO)
+
+    @pytest.mark.parametrize(
+        "origin",
+        [
+            Origin(allow_head=False),
+            Origin(content_type="application/octet-stream"),
+            Origin(allow_head=False, content_type="application/octet-stream", honour_range=False),
+        ],
+        ids=["head_refused", "sniffed", "head_refused_sniffed_no_range"],
+    )
+    async def test_the_probes_get_is_the_download(self, origin: Origin) -> None:
+        async with client(origin) as http, await UrlVideoReader.open(http, URL, allow_private=True) as reader:
+            assert reader.content_type == "video/mp4"
+            assert await read_in_chunks(reader) == VIDEO
+        assert len(origin.gets) == 1
+        assert origin.bytes_served == len(VIDEO)
+
+    async def test_a_source_that_ignores_range_is_read_once(self) -> None:
+        origin = Origin(honour_range=False)
+        async with client(origin) as http, await UrlVideoReader.open(http, URL, allow_private=True) as reader:
+            assert await read_in_chunks(reader) == VIDEO
+        assert len(origin.gets) == 1
+        assert origin.bytes_served == len(VIDEO)  # not once per chunk
+
+    async def test_an_upload_resumed_midway_asks_for_the_rest_once(self) -> None:
+        origin = Origin()
+        async with client(origin) as http, await UrlVideoReader.open(http, URL, allow_private=True) as reader:
+            assert await read_in_chunks(reader, start=3 * CHUNK) == VIDEO[3 * CHUNK :]
+        assert [r.headers["range"] for r in origin.gets] == [f"bytes={3 * CHUNK}-"]
+
+    async def test_a_resume_from_a_source_that_ignores_range_reads_from_its_start_once(self) -> None:
+        origin = Origin(honour_range=False)
+        async with client(origin) as http, await UrlVideoReader.open(http, URL, allow_private=True) as reader:
+            assert await read_in_chunks(reader, start=3 * CHUNK) == VIDEO[3 * CHUNK :]
+        assert len(origin.gets) == 1
+        assert origin.bytes_served == len(VIDEO)
+
+    async def test_a_retried_chunk_is_asked_for_by_range(self) -> None:
+        origin = Origin()
+        async with client(origin) as http, await UrlVideoReader.open(http, URL, allow_private=True) as reader:
+            assert await read_all(reader, 0, CHUNK) == VIDEO[:CHUNK]
+            # The PUT of the second chunk fails halfway: its consumer stops reading.
+            pieces = reader.stream(CHUNK, CHUNK)
+            await anext(pieces)
+            del pieces  # abandoned, as httpx abandons the body of a PUT that failed
+            assert await read_all(reader, CHUNK, CHUNK) == VIDEO[CHUNK : 2 * CHUNK]
+            assert await read_all(reader, 2 * CHUNK, CHUNK) == VIDEO[2 * CHUNK : 3 * CHUNK]
+        assert [r.headers["range"] for r in origin.gets] == ["bytes=0-", f"bytes={CHUNK}-"]
+
+
+PIECE = 5000
+
+
+class TestResumingAfterADrop:
+    # Small pieces, so that the bytes before a drop have been handed out when it happens.
+    async def test_a_dropped_connection_resumes_with_a_range_request(self) -> None:
+        origin = Origin()
+        origin.drops = [45_000]
+        async with (
+            client(origin) as http,
+            await UrlVideoReader.open(http, URL, allow_private=True, piece_size=PIECE) as reader,
+        ):
+            assert await read_in_chunks(reader) == VIDEO
+        assert [r.headers["range"] for r in origin.gets] == ["bytes=0-", "bytes=45000-"]
+        assert origin.bytes_served == len(VIDEO)
+
+    async def test_a_source_that_ignores_range_is_reread_from_its_start_once_per_drop(self) -> None:
+        origin = Origin(honour_range=False)
+        origin.drops = [45_000]
+        async with (
+            client(origin) as http,
+            await UrlVideoReader.open(http, URL, allow_private=True, piece_size=PIECE) as reader,
+        ):
+            assert await read_in_chunks(reader) == VIDEO
+        assert len(origin.gets) == 2
+        assert origin.bytes_served == 45_000 + len(VIDEO)
+
+    async def test_gives_up_after_repeated_drops_without_progress(self) -> None:
+        origin = Origin()
+        origin.drops = [0, 0, 0, 0, 0]
+        async with (
+            client(origin) as http,
+            await UrlVideoReader.open(http, URL, allow_private=True, piece_size=PIECE) as reader,
+        ):
+            with pytest.raises(RetryableError) as err:
+                await read_all(reader, 0, CHUNK)
+        assert err.value.code == "source_unavailable"
+        assert len(origin.gets) == 4  # the first try and three resumes
+
+    async def test_a_server_that_caps_ranges_is_asked_for_the_rest(self) -> None:
+        origin = Origin(cap_range=50_000)
+        async with (
+            client(origin) as http,
+            await UrlVideoReader.open(http, URL, allow_private=True, piece_size=PIECE) as reader,
+        ):
+            assert await read_in_chunks(reader) == VIDEO
+        assert [r.headers["range"] for r in origin.gets] == [
+            f"bytes={first}-" for first in range(0, len(VIDEO), 50_000)
+        ]
+
+    async def test_a_resume_that_finds_the_file_changed_is_permanent(self) -> None:
+        origin = Origin()
+        origin.drops = [45_000]
+        async with (
+            client(origin) as http,
+            await UrlVideoReader.open(http, URL, allow_private=True, piece_size=PIECE) as reader,
+        ):
+            assert await read_all(reader, 0, CHUNK) == VIDEO[:CHUNK]
+            origin.data = VIDEO + b"more"
+            with pytest.raises(InvalidInputError) as err:
+                await read_in_chunks(reader, start=CHUNK)
+        assert err.value.code == "source_changed"

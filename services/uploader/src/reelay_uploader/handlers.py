@@ -60,6 +60,10 @@ log = get_logger(__name__)
 
 STATE_SOURCE: StateSource = "uploader"  # who made a change, in history; the video's is `record.source`
 UPLOAD_URL_LIFETIME = timedelta(hours=1)  # TikTok: an upload_url is valid for 1 hour after init
+# How stale the checkpointed upload progress may get. A resume trusts TikTok's own count (status/fetch
+# `uploaded_bytes`, a 416's Content-Range), never this one, so a write per chunk (a guarded update:
+# tens of ms on FerretDB, more than a chunk's transfer on a fast link) buys nothing.
+PROGRESS_CHECKPOINT_INTERVAL = timedelta(seconds=5)
 
 # FAILED publishes whose reason says TikTok's side broke, not our video: a new publish may succeed.
 RETRYABLE_FAIL_REASONS = frozenset({"internal"})
@@ -421,19 +425,37 @@ class _Job:
                 code="source_changed",
             )
 
-        async def progress(confirmed: int) -> None:
-            self.bytes_confirmed = confirmed
-            await self._checkpoint({"uploaded_bytes": confirmed})
+        written_at: datetime | None = None  # the first confirmed chunk is always written
+        written = pub.confirmed
 
-        await self.deps.tiktok.upload_chunks(
-            pub.upload_url,
-            pub.plan,
-            reader,
-            start_offset=start_offset,
-            on_progress=progress,
-            account_id=self.rec.account_id,
-            publish_id=pub.publish_id,
-        )
+        async def progress(confirmed: int) -> None:
+            nonlocal written_at, written
+            self.bytes_confirmed = confirmed
+            now = self.deps.clock()
+            if (
+                written_at is None
+                or confirmed >= pub.plan.video_size
+                or now - written_at >= PROGRESS_CHECKPOINT_INTERVAL
+            ):
+                written_at, written = now, confirmed
+                await self._checkpoint({"uploaded_bytes": confirmed})
+
+        try:
+            await self.deps.tiktok.upload_chunks(
+                pub.upload_url,
+                pub.plan,
+                reader,
+                start_offset=start_offset,
+                on_progress=progress,
+                account_id=self.rec.account_id,
+                publish_id=pub.publish_id,
+            )
+        except Exception:
+            # The upload stopped short (a chunk failed, the URL expired, the source broke): leave
+            # the record at what TikTok confirmed. (A kill skips this; the resume asks TikTok.)
+            if self.bytes_confirmed > written:
+                await self._checkpoint_progress_quietly(self.bytes_confirmed)
+            raise
 
     async def _tiktok_side(self, pub: _FilePublish) -> tuple[Verdict, int]:
         """Where TikTok stands on the checkpointed publish, and how many bytes it holds."""
@@ -527,6 +549,13 @@ class _Job:
         if updated is None:
             raise _Superseded
         return updated
+
+    async def _checkpoint_progress_quietly(self, confirmed: int) -> None:
+        """Best effort, on the way out of a failed upload: the error that stopped it is the news."""
+        try:
+            await self._checkpoint({"uploaded_bytes": confirmed})
+        except RetryableError as exc:
+            log.info("progress_checkpoint_failed", error=type(exc).__name__, **_detail_fields(exc))
 
     async def _reload(self) -> UploadRecord:
         current = await self.deps.uploads.get(self.rid)

@@ -1,9 +1,13 @@
 """Video readers for sources Reelay downloads itself (`UrlSource`): a `ports.VideoReader` over HTTP.
 
-The reader learns the video's size and type once (HEAD, or a GET's headers), then serves any byte
-range with a ranged GET, so a resumed upload re-reads only what TikTok still lacks. Memory stays
-bounded by one network piece: a source that will not say its length is spooled to a temp file on
-disk, never held in memory.
+The reader learns the video's size and type once (HEAD, or a GET's headers), then reads the video
+with ONE streaming GET that stays open across chunks: each `stream(offset, length)` that starts
+where the previous one stopped takes the next bytes of the same response. A Range request is sent
+only when reading must start elsewhere: a resumed upload (a redelivery starting at TikTok's count),
+a retried chunk, or a connection that dropped mid-stream (resumed transparently, a few times). A
+source that ignores Range is read from its start once per such resume, never once per chunk.
+Memory stays bounded by one network piece: a source that will not say its length is spooled to a
+temp file on disk, never held in memory.
 
 Redirects are followed by hand so that every hop passes the SSRF guard (`netguard`), and httpx's
 errors are translated here into the error tree: 404/410 and other refusals are permanent
@@ -25,6 +29,9 @@ from reelay_common.adapters.netguard import ensure_public_url
 from reelay_common.domain.errors import InvalidInputError, RetryableError
 from reelay_common.domain.messages import ALLOWED_CONTENT_TYPES, MAX_VIDEO_BYTES
 from reelay_common.domain.rules import SNIFF_BYTES, parse_content_range, sniff_video_type
+from reelay_common.logging import get_logger
+
+log = get_logger("reelay_common.adapters.url_reader")
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
@@ -39,6 +46,9 @@ _OCTET_STREAM = frozenset({"application/octet-stream", "binary/octet-stream", ""
 
 
 _FILE_PIECE = 1024 * 1024  # bytes per read from a spooled file
+
+
+_MAX_RESUMES = 3  # reopenings in a row after dropped connections, before the error goes up
 
 
 def _media_type(header: str | None) -> str:
@@ -62,6 +72,56 @@ def _status_error(status: int, url_host: str) -> Exception:
     )
 
 
+class _Body:
+    """One open GET response, positioned: the next byte it hands out is the video's `position`.
+
+    `end` is where the response promised to stop (exclusive). A response to a server that ignored
+    Range starts at byte 0: `skip` bytes are read past, unkept, to reach `position`.
+    """
+
+    def __init__(
+        self, response: httpx.Response, *, position: int, end: int, skip: int, piece_size: int
+    ) -> None:
+        self.response = response
+        self.position = position
+        self.end = end
+        self._skip = skip
+        self._pieces = response.aiter_raw(piece_size)
+        self._held = b""  # the tail of a network piece that the previous read did not take
+        self.usable = True
+
+    async def read(self, limit: int) -> bytes:
+        """Up to `limit` bytes at `position`, b"" once the body ended; raises httpx.TransportError."""
+        if not self._held:
+            # A read that does not finish (cancelled, or the connection broke) leaves the body at
+            # an unknown place in the stream: it must not be reused.
+            self.usable = False
+            while True:
+                try:
+                    piece = await anext(self._pieces)
+                except StopAsyncIteration:
+                    self.usable = True
+                    return b""
+                if self._skip >= len(piece):
+                    self._skip -= len(piece)
+                    continue
+                self._held, self._skip = piece[self._skip :], 0
+                break
+            self.usable = True
+        piece, self._held = self._held[:limit], self._held[limit:]
+        self.position += len(piece)
+        return piece
+
+    def unread(self, data: bytes) -> None:
+        """Put back the bytes just read, so that the next read hands them out again."""
+        self._held = data + self._held
+        self.position -= len(data)
+
+    async def aclose(self) -> None:
+        self.usable = False
+        await self.response.aclose()
+
+
 class UrlVideoReader:
     """`ports.VideoReader` over an http(s) URL. Open with `UrlVideoReader.open(...)`, close with
     `aclose()` (or use it as an async context manager)."""
@@ -76,7 +136,7 @@ class UrlVideoReader:
         spool_path: Path | None = None,
         allow_private: bool = False,
         max_redirects: int = 5,
-        piece_size: int = 64 * 1024,
+        piece_size: int = 256 * 1024,
     ) -> None:
         self._http = http
         self._url = url
@@ -86,6 +146,7 @@ class UrlVideoReader:
         self._allow_private = allow_private
         self._max_redirects = max_redirects
         self._piece_size = piece_size
+        self._body: _Body | None = None  # the open GET, kept across chunks
 
     @classmethod
     async def open(
@@ -97,7 +158,7 @@ class UrlVideoReader:
         max_redirects: int = 5,
         max_bytes: int = MAX_VIDEO_BYTES,
         spool_dir: Path | None = None,
-        piece_size: int = 64 * 1024,
+        piece_size: int = 256 * 1024,
     ) -> UrlVideoReader:
         """Probe `url` (size and type) and return a reader; raises InvalidInputError or RetryableError."""
         reader = cls(
@@ -132,7 +193,8 @@ class UrlVideoReader:
         return self._spool_path is not None
 
     async def aclose(self) -> None:
-        """Delete the spool file, if any."""
+        """Close the open download and delete the spool file, if any."""
+        await self._drop_body()
         path, self._spool_path = self._spool_path, None
         if path is not None:
             await asyncio.to_thread(path.unlink, missing_ok=True)
@@ -173,6 +235,9 @@ class UrlVideoReader:
         self._size = size
         if content_type in _OCTET_STREAM:
             head = b"".join([piece async for piece in self.stream(0, min(SNIFF_BYTES, size))])
+            if self._body is not None and self._body.position == len(head):
+                # The upload reads from byte 0 next: the same download serves it, head included.
+                self._body.unread(head)
             sniffed = sniff_video_type(head)
             if sniffed is None:
                 raise InvalidInputError(
@@ -206,23 +271,35 @@ class UrlVideoReader:
         return None, content_type
 
     async def _probe_get(self, *, max_bytes: int, spool_dir: Path | None) -> tuple[int, str]:
-        """Size and type from a GET's headers; spool the body to disk when there is no length."""
+        """Size and type from a GET's headers; spool the body to disk when there is no length.
+
+        With a length, the response stays open as the download the upload will read from byte 0.
+        """
         response = await self._send("GET", {"Range": "bytes=0-"})
+        kept = False
         try:
             if response.status_code >= 300:
                 raise _status_error(response.status_code, response.url.host)
             content_type = _media_type(response.headers.get("content-type"))
             if response.status_code == 206:
                 parsed = parse_content_range(response.headers.get("content-range"))
-                if parsed is not None and parsed[2] is not None:
+                if parsed is not None and parsed[2] is not None and parsed[0] == 0:
+                    self._keep_body(response, end=min(parsed[1] + 1, parsed[2]))
+                    kept = True
                     return parsed[2], content_type
             length = response.headers.get("content-length")
             if response.status_code == 200 and length is not None and length.isdigit():
+                self._keep_body(response, end=int(length))
+                kept = True
                 return int(length), content_type
             size = await self._spool(response, max_bytes=max_bytes, spool_dir=spool_dir)
             return size, content_type
         finally:
-            await response.aclose()
+            if not kept:
+                await response.aclose()
+
+    def _keep_body(self, response: httpx.Response, *, end: int) -> None:
+        self._body = _Body(response, position=0, end=end, skip=0, piece_size=self._piece_size)
 
     async def _spool(self, response: httpx.Response, *, max_bytes: int, spool_dir: Path | None) -> int:
         """Copy the body to a temp file (bounded by `max_bytes`); return its size."""
@@ -247,54 +324,87 @@ class UrlVideoReader:
     # -- reading -------------------------------------------------------------------------------
 
     async def _stream_http(self, offset: int, length: int) -> AsyncIterator[bytes]:
-        last = offset + length - 1
-        response = await self._send("GET", {"Range": f"bytes={offset}-{last}"})
+        remaining = length
+        position = offset
+        resumes = 0
+        while remaining:
+            body = await self._body_at(position)
+            try:
+                piece = await body.read(min(self._piece_size, remaining))
+            except httpx.TransportError as exc:
+                await self._drop_body()
+                resumes += 1
+                if resumes > _MAX_RESUMES:
+                    raise RetryableError(
+                        f"the video download broke off: {type(exc).__name__}", code="source_unavailable"
+                    ) from exc
+                log.info(
+                    "source_download_resuming", offset=position, attempt=resumes, error=type(exc).__name__
+                )
+                continue
+            if not piece:
+                promised = body.end
+                await self._drop_body()
+                if position < promised:
+                    raise RetryableError(
+                        f"the video source ended {remaining} bytes early", code="source_truncated"
+                    )
+                # The server answered a shorter range than asked (some cap them): ask for the rest.
+                continue
+            resumes = 0
+            remaining -= len(piece)
+            position += len(piece)
+            yield piece
+
+    async def _body_at(self, offset: int) -> _Body:
+        """The open download if it stands at `offset`, else a new GET starting there."""
+        body = self._body
+        if body is not None and body.usable and body.position == offset:
+            return body
+        await self._drop_body()
+        self._body = await self._open_body(offset)
+        return self._body
+
+    async def _open_body(self, offset: int) -> _Body:
+        """A GET for the rest of the video from `offset`, checked to be the bytes asked for."""
+        response = await self._send("GET", {"Range": f"bytes={offset}-"})
         try:
             if response.status_code == 206:
                 parsed = parse_content_range(response.headers.get("content-range"))
                 if (
                     parsed is None
                     or parsed[0] != offset
+                    or parsed[1] < offset
                     or (parsed[2] is not None and parsed[2] != self._size)
                 ):
                     raise InvalidInputError(
                         "the video source answered a different range than asked (did the file change?)",
                         code="source_changed",
                     )
-                skip = 0
-            elif response.status_code == 200:
-                # The server ignored Range: read past the first `offset` bytes without keeping them.
-                skip = offset
-            elif response.status_code == 416:
+                end = min(parsed[1] + 1, self._size)
+                return _Body(response, position=offset, end=end, skip=0, piece_size=self._piece_size)
+            if response.status_code == 200:
+                if offset:
+                    # Once per resume, not per chunk: the rest of the upload reads on from here.
+                    log.info("source_ignores_range", offset=offset)
+                return _Body(
+                    response, position=offset, end=self._size, skip=offset, piece_size=self._piece_size
+                )
+            if response.status_code == 416:
                 raise InvalidInputError(
                     "the video source no longer has the bytes asked for (did the file change?)",
                     code="source_changed",
                     http_status=416,
                 )
-            else:
-                raise _status_error(response.status_code, response.url.host)
-            remaining = length
-            try:
-                async for piece in response.aiter_raw(self._piece_size):
-                    if skip >= len(piece):
-                        skip -= len(piece)
-                        continue
-                    wanted = piece[skip : skip + remaining]
-                    skip = 0
-                    remaining -= len(wanted)
-                    yield wanted
-                    if not remaining:
-                        break
-            except httpx.TransportError as exc:
-                raise RetryableError(
-                    f"the video download broke off: {type(exc).__name__}", code="source_unavailable"
-                ) from exc
-            if remaining:
-                raise RetryableError(
-                    f"the video source ended {remaining} bytes early", code="source_truncated"
-                )
-        finally:
+            raise _status_error(response.status_code, response.url.host)
+        except BaseException:
             await response.aclose()
+            raise
+
+    async def _drop_body(self) -> None:
+        body, self._body = self._body, None
+        if body is not None:
+            await body.aclose()
 
     async def _stream_file(self, path: Path, offset: int, length: int) -> AsyncIterator[bytes]:
         handle: IO[bytes] = await asyncio.to_thread(path.open, "rb")

@@ -1,0 +1,547 @@
+"""Benchmark: is an upload as fast as the wire? The uploader vs a bare httpx PUT, side by side.
+
+For each video size and each source kind, two fresh child processes send the same bytes to the
+same real sandbox process (tools/tiktok-sandbox), one after the other:
+- `uploader`: the real uploader handler (`handle_upload_requested`) in-process, with the real
+  Mongo upload store and state recorder (checkpoints), TikTok gateway and client, and the real
+  video reader of the source kind; the figure is the record's time from `uploading` to `uploaded`
+  (its history), and the child's peak RSS;
+- `bare`: an httpx streaming PUT of each planned chunk of the same file, read from local disk
+  (init untimed): the speed of the wire on this machine.
+The ratio is bare / uploader (1.0: as fast as the wire; target >= 0.9). Each pair runs
+`--repeat` times and the best of each side counts (shared, noisy machine).
+
+Source kinds: `url-range` and `url-norange` (a local HTTP server process on 127.0.0.1 serving the
+generated file, honouring Range or ignoring it), and one per blob store given with `--stores`
+(`gridfs` today; a new store is one entry in BLOB_STORES). The blob is written before the run,
+untimed as far as the uploader is concerned; its write time is shown beside it.
+
+    MONGODB_URI=mongodb://127.0.0.1:27117 uv run python bench/upload_speed.py --quick
+    MONGODB_URI=mongodb://127.0.0.1:27117 uv run python bench/upload_speed.py  # 10 MB, 200 MB, 1 GB
+
+Every child is bounded by `--row-timeout` seconds (killed and reported as such), so the whole run
+stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+from pydantic import SecretStr
+from reelay_common.adapters.mongo.client import connect, ensure_indexes
+from reelay_common.adapters.mongo.gridfs import GridFSBlobStore
+from reelay_common.adapters.mongo.rate_limits import MongoRateLimiter
+from reelay_common.adapters.mongo.uploads import MongoUploadStore
+from reelay_common.adapters.tiktok.client import TikTokClient
+from reelay_common.adapters.tiktok.gateway import TikTokGateway
+from reelay_common.adapters.url_reader import UrlVideoReader
+from reelay_common.domain.chunks import chunk_ranges, plan_chunks
+from reelay_common.domain.messages import BlobSource, UploadRequested, UrlSource
+from reelay_common.domain.states import UploadState
+from reelay_common.logging import configure_logging
+from reelay_common.ports import VideoReader
+from reelay_common.recorder import StateRecorder
+from reelay_testing.publisher import FakePublisher
+from reelay_uploader.handlers import UploaderDeps, handle_upload_requested
+from tiktok_sandbox.media import write_sample_mp4
+
+CLIENT_KEY, CLIENT_SECRET = "bench-key", "bench-secret"
+BARE_PIECE = 256 * 1024  # what the bare PUT streams per write
+MB = 1000 * 1000
+
+
+# -- blob stores: one entry per store the uploader can read a streamed-in file from --------------
+
+
+class BlobStoreLike(Protocol):
+    """What the benchmark needs of a blob store: ingest's write and the uploader's read."""
+
+    async def save(
+        self, chunks: AsyncIterator[bytes], *, filename: str | None, content_type: str, max_bytes: int
+    ) -> BlobSource: ...
+
+    async def open(self, source: BlobSource) -> VideoReader: ...
+
+    async def delete(self, blob_id: str) -> None: ...
+
+
+@asynccontextmanager
+async def gridfs_store() -> AsyncIterator[BlobStoreLike]:
+    """GridFS in the benchmark's own database of MONGODB_URI."""
+    mongo = connect(mongodb_uri(), app_name="reelay-bench")
+    try:
+        yield GridFSBlobStore(mongo[bench_db()])
+    finally:
+        await mongo.close()
+
+
+# name -> an async context manager giving the store, configured from the environment.
+BLOB_STORES: dict[str, Callable[[], AbstractAsyncContextManager[BlobStoreLike]]] = {
+    "gridfs": gridfs_store,
+}
+
+URL_KINDS = ("url-range", "url-norange")
+
+
+def mongodb_uri() -> str:
+    return os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017")
+
+
+def bench_db() -> str:
+    return os.environ["BENCH_MONGODB_DATABASE"]
+
+
+# -- the video source server (a child process: a remote server stands apart from the uploader) ----
+
+
+def serve_source(directory: Path, port_file: Path) -> None:
+    """Serve `directory` on 127.0.0.1: /range/<name> honours Range, /norange/<name> ignores it."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # the stdlib's name
+            return
+
+        def _target(self) -> tuple[Path, bool] | None:
+            match = re.fullmatch(r"/(range|norange)/([\w.-]+)", self.path)
+            if match is None or not (directory / match.group(2)).is_file():
+                return None
+            return directory / match.group(2), match.group(1) == "range"
+
+        def do_HEAD(self) -> None:  # the stdlib's name
+            target = self._target()
+            if target is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp4")
+            self.send_header("Content-Length", str(target[0].stat().st_size))
+            if target[1]:
+                self.send_header("Accept-Ranges", "bytes")
+            self.end_headers()
+
+        def do_GET(self) -> None:  # the stdlib's name
+            target = self._target()
+            if target is None:
+                self.send_error(404)
+                return
+            path, honour_range = target
+            size = path.stat().st_size
+            first, last = 0, size - 1
+            wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+            if honour_range and wanted is not None:
+                first = int(wanted.group(1))
+                last = min(size - 1, int(wanted.group(2))) if wanted.group(2) else size - 1
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Type", "video/mp4")
+            self.send_header("Content-Length", str(last - first + 1))
+            self.end_headers()
+            with path.open("rb") as f, contextlib.suppress(ConnectionError):
+                self.connection.sendfile(f, first, last - first + 1)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    port_file.write_text(str(server.server_address[1]))
+    server.serve_forever()
+
+
+# -- child: the uploader --------------------------------------------------------------------------
+
+
+class StaticTokens:
+    """ports.TokenProvider with the sandbox user's token (OAuth is not on the path of the bytes)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def access_token(self, account_id: str) -> str:
+        return self._token
+
+    async def force_refresh(self, account_id: str, stale_token: str) -> str:
+        return self._token
+
+
+async def run_uploader(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Drive handle_upload_requested for one video; report its uploading -> uploaded time and RSS."""
+    mongo = connect(mongodb_uri(), app_name="reelay-bench-uploader")
+    db = mongo[bench_db()]
+    await ensure_indexes(db)
+    store = MongoUploadStore(db)
+    publisher = FakePublisher()
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(mongo.close)
+        # The same two clients as the uploader's composition root (bootstrap.run).
+        tiktok_http = await stack.enter_async_context(httpx.AsyncClient(timeout=httpx.Timeout(30.0)))
+        source_http = await stack.enter_async_context(
+            httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=False)
+        )
+        blobs = (
+            await stack.enter_async_context(BLOB_STORES[cfg["kind"]]())
+            if cfg["kind"] in BLOB_STORES
+            else None
+        )
+
+        @asynccontextmanager
+        async def open_reader(source: UrlSource | BlobSource) -> AsyncIterator[VideoReader]:
+            if isinstance(source, BlobSource):
+                assert blobs is not None
+                yield await blobs.open(source)
+                return
+            async with await UrlVideoReader.open(source_http, source.url, allow_private=True) as reader:
+                yield reader
+
+        client = TikTokClient(
+            tiktok_http,
+            base_url=cfg["base_url"],
+            client_key=CLIENT_KEY,
+            client_secret=SecretStr(CLIENT_SECRET),
+        )
+        gateway = TikTokGateway(client, StaticTokens(cfg["token"]), MongoRateLimiter(db))
+        deps = UploaderDeps(
+            uploads=store,
+            recorder=StateRecorder(store, publisher, status_topic="bench.publish.status"),
+            publisher=publisher,
+            tiktok=gateway,
+            open_reader=open_reader,
+            events_topic="bench.publish.events",
+        )
+        cmd = UploadRequested.model_validate(
+            {
+                "request_id": f"bench-{uuid.uuid4().hex}",
+                "account_id": f"bench-{uuid.uuid4().hex[:12]}",
+                "mode": "inbox",
+                "source": cfg["source"],
+            }
+        )
+        baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        started = time.perf_counter()
+        await handle_upload_requested(cmd, deps)
+        handler_seconds = time.perf_counter() - started
+        record = await store.get(cmd.request_id)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert record is not None
+    assert record.state is UploadState.UPLOADED, (record.state, record.history[-1].detail)
+    at = {h.state: h.at for h in record.history}
+    return {
+        "seconds": (at[UploadState.UPLOADED] - at[UploadState.UPLOADING]).total_seconds(),
+        "handler_seconds": handler_seconds,
+        "baseline_rss_mb": baseline,
+        "peak_rss_mb": peak,
+    }
+
+
+# -- child: the bare PUT ----------------------------------------------------------------------------
+
+
+async def file_pieces(path: Path, offset: int, length: int) -> AsyncIterator[bytes]:
+    # Plain blocking reads: the file is in the page cache, and this is the bare baseline.
+    with path.open("rb") as f:  # see above
+        f.seek(offset)
+        while length:
+            piece = f.read(min(BARE_PIECE, length))
+            if not piece:
+                raise OSError(f"{path} ended early")
+            length -= len(piece)
+            yield piece
+
+
+async def run_bare(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Init a publish (untimed), then PUT every chunk of the file with plain httpx streaming."""
+    path = Path(cfg["path"])
+    size = int(cfg["size"])
+    async with httpx.AsyncClient(timeout=httpx.Timeout(120.0)) as http:
+        client = TikTokClient(
+            http, base_url=cfg["base_url"], client_key=CLIENT_KEY, client_secret=SecretStr(CLIENT_SECRET)
+        )
+        plan = plan_chunks(size)
+        init = await client.init_inbox(cfg["token"], plan)
+        assert init.upload_url is not None
+        total = plan.video_size
+        started = time.perf_counter()
+        for first, last in chunk_ranges(plan):
+            response = await http.put(
+                init.upload_url,
+                content=file_pieces(path, first, last - first + 1),
+                headers={
+                    "Content-Type": "video/mp4",
+                    "Content-Length": str(last - first + 1),
+                    "Content-Range": f"bytes {first}-{last}/{total}",
+                },
+            )
+            assert response.status_code in (201, 206), response.status_code
+        seconds = time.perf_counter() - started
+    return {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+# -- parent ---------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, httpx.HTTPError, ValueError):
+            if check():
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not come up within {timeout} s")
+
+
+@dataclass
+class Child:
+    """A finished child run: its JSON result, or why there is none."""
+
+    result: dict[str, Any] | None
+    error: str | None = None
+
+
+def run_child(mode: str, cfg: dict[str, Any], env: dict[str, str], timeout: float) -> Child:
+    try:
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", mode, json.dumps(cfg)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return Child(None, f"stopped after {timeout:.0f} s")
+    if out.returncode != 0:
+        return Child(None, (out.stderr.strip().splitlines() or ["failed"])[-1][:200])
+    return Child(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def new_token(base_url: str) -> str:
+    """The access token of a new sandbox user."""
+    with httpx.Client(timeout=30.0) as http:
+        username = f"bench-{uuid.uuid4().hex[:8]}"
+        user = http.post(f"{base_url}/sandbox/users", json={"username": username}).json()
+        tokens = http.post(f"{base_url}/sandbox/users/{user['open_id']}/tokens").json()
+    return str(tokens["access_token"])
+
+
+async def save_blob(store_name: str, path: Path) -> tuple[BlobSource, float]:
+    """Write the file into the store as ingest does (64 KiB pieces); return the source and seconds."""
+
+    async def pieces() -> AsyncIterator[bytes]:
+        with path.open("rb") as f:
+            while piece := await asyncio.to_thread(f.read, 64 * 1024):
+                yield piece
+
+    async with BLOB_STORES[store_name]() as store:
+        started = time.perf_counter()
+        source = await store.save(pieces(), filename=path.name, content_type="video/mp4", max_bytes=2**32)
+        return source, time.perf_counter() - started
+
+
+async def delete_blob(store_name: str, blob_id: str) -> None:
+    async with BLOB_STORES[store_name]() as store:
+        await store.delete(blob_id)
+
+
+async def drop_bench_db() -> None:
+    mongo = connect(mongodb_uri(), app_name="reelay-bench")
+    try:
+        await mongo.drop_database(bench_db())
+    finally:
+        await mongo.close()
+
+
+def best(runs: list[Child]) -> dict[str, Any] | None:
+    done = [r.result for r in runs if r.result is not None]
+    return min(done, key=lambda r: float(r["seconds"])) if done else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="10 MB and 200 MB only")
+    parser.add_argument("--sizes-mb", type=int, nargs="+", help="override the sizes (MB of 10^6 bytes)")
+    parser.add_argument("--stores", nargs="*", default=["gridfs"], choices=sorted(BLOB_STORES))
+    parser.add_argument("--url-kinds", nargs="*", default=list(URL_KINDS), choices=URL_KINDS)
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each side per row; the best counts")
+    parser.add_argument("--row-timeout", type=float, default=300.0, help="seconds before a child is stopped")
+    parser.add_argument("--child", nargs=2, metavar=("MODE", "CONFIG"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve-source", nargs=2, metavar=("DIR", "PORT_FILE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_source:
+        serve_source(Path(args.serve_source[0]), Path(args.serve_source[1]))
+        return
+    if args.child:
+        mode, cfg = args.child
+        configure_logging("info", "json")  # as the service logs (one line per chunk, among others)
+        runner = run_uploader if mode == "uploader" else run_bare
+        print(json.dumps(asyncio.run(runner(json.loads(cfg)))))
+        return
+
+    configure_logging("warning")
+    sizes = args.sizes_mb or ([10, 200] if args.quick else [10, 200, 1000])
+    kinds = [*args.url_kinds, *args.stores]
+    os.environ.setdefault("BENCH_MONGODB_DATABASE", f"reelay_bench_speed_{os.getpid()}")
+    workdir = Path(tempfile.mkdtemp(prefix="reelay-bench-speed-"))
+    videos, sandbox_dir = workdir / "videos", workdir / "sandbox"
+    videos.mkdir()
+    sandbox_dir.mkdir()
+    port = free_port()
+    env = {
+        **os.environ,
+        "SANDBOX_PORT": str(port),
+        "SANDBOX_CLIENT_KEY": CLIENT_KEY,
+        "SANDBOX_CLIENT_SECRET": CLIENT_SECRET,
+        "SANDBOX_DATA_DIR": str(sandbox_dir),
+        "SANDBOX_RATE_LIMIT_INIT": "1000",
+        "SANDBOX_LOG_LEVEL": "warning",
+        "LOG_LEVEL": "warning",
+    }
+    base_url = f"http://127.0.0.1:{port}"
+    processes: list[subprocess.Popen[bytes]] = []
+    rows: list[dict[str, Any]] = []
+    started = datetime.now(UTC)
+    try:
+        processes.append(
+            subprocess.Popen([sys.executable, "-m", "tiktok_sandbox"], env=env, stdout=subprocess.DEVNULL)
+        )
+        port_file = workdir / "source.port"
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, __file__, "--serve-source", str(videos), str(port_file)], env=env
+            )
+        )
+        wait_until(lambda: httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200, "the sandbox")
+        wait_until(lambda: port_file.exists() and bool(port_file.read_text()), "the source server")
+        source_base = f"http://127.0.0.1:{port_file.read_text()}"
+        for size_mb in sizes:
+            path = videos / f"video-{size_mb}.mp4"
+            write_sample_mp4(path, size_mb * MB)
+            for kind in kinds:
+                row: dict[str, Any] = {"kind": kind, "size_mb": size_mb, "note": ""}
+                blob: BlobSource | None = None
+                if kind in BLOB_STORES:
+                    blob, row["write_seconds"] = asyncio.run(save_blob(kind, path))
+                    source: dict[str, Any] = blob.model_dump(mode="json")
+                else:
+                    prefix = "range" if kind == "url-range" else "norange"
+                    source = {"kind": "url", "url": f"{source_base}/{prefix}/{path.name}"}
+                cfg = {
+                    "kind": kind,
+                    "base_url": base_url,
+                    "source": source,
+                    "path": str(path),
+                    "size": size_mb * MB,
+                }
+                bare_runs, uploader_runs = [], []
+                for _ in range(args.repeat):
+                    # A new sandbox user each time: TikTok caps the pending inbox shares per user.
+                    bare = cfg | {"token": new_token(base_url)}
+                    bare_runs.append(run_child("bare", bare, env, args.row_timeout))
+                    uploader = cfg | {"token": new_token(base_url)}
+                    uploader_runs.append(run_child("uploader", uploader, env, args.row_timeout))
+                    for part in sandbox_dir.iterdir():  # the sandbox keeps every upload on disk
+                        part.unlink(missing_ok=True)
+                    if uploader_runs[-1].result is None:
+                        break  # a failed or stopped row is not worth another try
+                row["bare"], row["uploader"] = best(bare_runs), best(uploader_runs)
+                errors = [r.error for r in bare_runs + uploader_runs if r.error]
+                row["note"] = "; ".join(sorted(set(e for e in errors if e)))
+                if blob is not None:
+                    asyncio.run(delete_blob(kind, blob.blob_id))
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+            path.unlink()
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=30)
+        with contextlib.suppress(Exception):  # best effort: the run's own scratch database
+            asyncio.run(drop_bench_db())
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    report(args, sizes, kinds, rows, started)
+
+
+def report(
+    args: argparse.Namespace,
+    sizes: list[int],
+    kinds: list[str],
+    rows: list[dict[str, Any]],
+    started: datetime,
+) -> None:
+    command = (
+        "MONGODB_URI=" + mongodb_uri() + " uv run python bench/upload_speed.py " + " ".join(sys.argv[1:])
+    )
+    print(
+        f"date: {started:%Y-%m-%d %H:%M} UTC; machine: {platform.node()} ({os.cpu_count()} cores, "
+        f"{platform.python_implementation()} {platform.python_version()}, load {os.getloadavg()[0]:.1f})"
+    )
+    print(f"command: {command.strip()}")
+    print()
+    print(
+        "| source | video | bare PUT s | uploader s (uploading → uploaded) | ratio bare/uploader "
+        "| uploader peak RSS | note |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        bare, up = row["bare"], row["uploader"]
+        ratio = f"{bare['seconds'] / up['seconds']:.2f}" if bare and up else "—"
+        note = row["note"]
+        if "write_seconds" in row:
+            note = f"blob written in {row['write_seconds']:.1f} s" + (f"; {note}" if note else "")
+        print(
+            f"| {row['kind']} | {row['size_mb']} MB | {bare['seconds']:.2f} |"
+            if bare
+            else f"| {row['kind']} | {row['size_mb']} MB | — |",
+            f"{up['seconds']:.2f} (handler {up['handler_seconds']:.2f}) |" if up else "— |",
+            f"{ratio} |",
+            f"{up['peak_rss_mb']:.0f} MB |" if up else "— |",
+            f"{note} |",
+        )
+    if len(sizes) > 1:
+        print()
+        print(f"| source | uploader peak RSS {sizes[0]} MB | {sizes[-1]} MB | ratio |")
+        print("|---|---|---|---|")
+        for kind in kinds:
+            by_size = {r["size_mb"]: r["uploader"] for r in rows if r["kind"] == kind}
+            small, large = by_size.get(sizes[0]), by_size.get(sizes[-1])
+            if small and large:
+                low, high = small["peak_rss_mb"], large["peak_rss_mb"]
+                print(f"| {kind} | {low:.0f} MB | {high:.0f} MB | {high / low:.2f}x |")
+            else:
+                print(f"| {kind} | — | — | — |")
+
+
+if __name__ == "__main__":
+    main()
