@@ -189,12 +189,12 @@ async def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 100_000])
-    parser.add_argument("--accepts", type=int, default=200, help="accept requests measured per size")
-    parser.add_argument("--transitions", type=int, default=20, help="transitions measured per size")
+    parser.add_argument("--accepts", type=int, default=40, help="accept requests measured per size")
+    parser.add_argument("--transitions", type=int, default=10, help="transitions measured per size")
     parser.add_argument("--quick", action="store_true", help="1,000 and 10,000 stored, fewer samples")
     args = parser.parse_args()
     if args.quick:
-        args.sizes, args.accepts, args.transitions = [1000, 10_000], 50, 10
+        args.sizes, args.accepts, args.transitions = [1000, 10_000], 20, 5
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
         raise SystemExit("set KAFKA_BOOTSTRAP_SERVERS to a running Kafka (make test and make up start one)")

@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import socket
 import statistics
@@ -156,13 +157,18 @@ async def fill(coll: Any, start: int, stop: int) -> float:
     return (stop - start) / max(time.perf_counter() - t0, 1e-9)
 
 
-async def probe(coll: Any, ids: list[str]) -> tuple[float, float, float, float]:
+async def probe(coll: Any, ids: list[str]) -> tuple[float, float, float, float, float]:
     """Median ms of find by _id, a guarded findAndModify, an update_one by _id alone; inserts/s."""
-    finds, updates, plain = [], [], []
+    finds, updates, plain, misses = [], [], [], []
     for rid in ids[:SAMPLES]:
         t0 = time.perf_counter()
         await coll.find_one({"_id": rid})
         finds.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        await coll.find_one(
+            {"_id": f"missing-{uuid.uuid4().hex}"}
+        )  # what an idempotency check of a new id costs
+        misses.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         await coll.find_one_and_update(
             {"_id": rid, "state": {"$in": ["published", "processing"]}},
@@ -179,7 +185,7 @@ async def probe(coll: Any, ids: list[str]) -> tuple[float, float, float, float]:
         await coll.insert_one(upload_doc(10**7 + i))
     rate = n / (time.perf_counter() - t0)
     med = statistics.median
-    return med(finds) * 1000, med(updates) * 1000, med(plain) * 1000, rate
+    return med(finds) * 1000, med(misses) * 1000, med(updates) * 1000, med(plain) * 1000, rate
 
 
 async def measure(name: str, uri: str, sizes: list[int]) -> list[dict[str, Any]]:
@@ -197,10 +203,12 @@ async def measure(name: str, uri: str, sizes: list[int]) -> list[dict[str, Any]]
         for size in sorted(sizes):
             rate = await fill(history, have, size)
             have = size
-            ids = [d["_id"] async for d in history.find({}, {"_id": 1}).limit(SAMPLES * 20)]
-            ids = ids[:: max(1, len(ids) // SAMPLES)]
-            find_ms, upd_ms, plain_ms, ins_rate = await probe(history, ids)
-            s_find, s_upd, _, s_ins = await probe(small, small_ids)
+            # Spread over the whole collection: a scan that stops at the first match makes documents
+            # inserted early look cheap, so sampling only those would hide the growth.
+            every_id = [d["_id"] async for d in history.find({}, {"_id": 1})]
+            ids = random.Random(size).sample(every_id, min(SAMPLES, len(every_id)))
+            find_ms, miss_ms, upd_ms, plain_ms, ins_rate = await probe(history, ids)
+            s_find, _, s_upd, _, s_ins = await probe(small, small_ids)
             rows.append(
                 {
                     "server": name,
@@ -208,6 +216,7 @@ async def measure(name: str, uri: str, sizes: list[int]) -> list[dict[str, Any]]
                     "bulk_insert_per_s": rate,
                     "insert_per_s": ins_rate,
                     "find_ms": find_ms,
+                    "miss_ms": miss_ms,
                     "update_ms": upd_ms,
                     "plain_update_ms": plain_ms,
                     "inflight_find_ms": s_find,
@@ -216,7 +225,7 @@ async def measure(name: str, uri: str, sizes: list[int]) -> list[dict[str, Any]]
                 }
             )
             print(
-                f"  {name} {size:>7}: find {find_ms:7.2f} ms  update {upd_ms:7.2f} ms"
+                f"  {name} {size:>7}: find {find_ms:7.2f} ms  miss {miss_ms:7.2f} ms  update {upd_ms:7.2f} ms"
                 f"  by-id {plain_ms:7.2f} ms  insert {ins_rate:6.0f}/s"
                 f" | in-flight({SMALL}) find {s_find:5.2f} ms update {s_upd:5.2f} ms",
                 flush=True,
@@ -230,13 +239,15 @@ async def measure(name: str, uri: str, sizes: list[int]) -> list[dict[str, Any]]
 
 def report(rows: list[dict[str, Any]]) -> None:
     print(
-        "\n| server | stored uploads | find by _id | guarded findAndModify | update_one by _id"
+        "\n| server | stored uploads | find by _id | find a missing _id | guarded findAndModify"
+        " | update_one by _id"
         " | single insert | in-flight find | in-flight update |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['server']} | {r['stored']:,} | {r['find_ms']:.2f} ms | {r['update_ms']:.2f} ms |"
+            f"| {r['server']} | {r['stored']:,} | {r['find_ms']:.2f} ms | {r['miss_ms']:.2f} ms |"
+            f" {r['update_ms']:.2f} ms |"
             f" {r['plain_update_ms']:.2f} ms |"
             f" {r['insert_per_s']:.0f}/s | {r['inflight_find_ms']:.2f} ms |"
             f" {r['inflight_update_ms']:.2f} ms |"
