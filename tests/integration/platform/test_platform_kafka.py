@@ -217,6 +217,26 @@ class TestRoundTrip:
             await eventually(loop.is_healthy, what="loop healthy")
         assert not loop.is_healthy()
 
+    async def test_reports_an_assignment_only_while_it_holds_a_partition(self, h: Harness) -> None:
+        # One partition, two members of the group: exactly one holds it, the other is idle (and
+        # a worker's readiness says so); alone again, the survivor holds it.
+        first, second = h.loop(recording(h.seen)), h.loop(recording(h.seen))
+        assert not first.has_assignment()
+        async with h.running(first):
+            await eventually(first.has_assignment, what="the first member assigned")
+            async with h.running(second):
+                await eventually(second.is_healthy, what="the second member polling")
+                await eventually(
+                    lambda: [first.has_assignment(), second.has_assignment()].count(True) == 1,
+                    what="exactly one member assigned",
+                    timeout=30,
+                )
+                assigned_together = [first.has_assignment(), second.has_assignment()]
+            assert not second.has_assignment()
+            await eventually(first.has_assignment, what="the survivor assigned again", timeout=30)
+        assert assigned_together.count(True) == 1
+        assert not first.has_assignment()
+
 
 async def eventually_async(
     fetch: Callable[[], Awaitable[Any]], expected: Any, *, timeout: float = 30.0

@@ -105,6 +105,9 @@ async def run(
         async def consumer_ready() -> bool:
             return consumer.is_healthy()
 
+        async def partitions_assigned() -> bool:
+            return consumer.has_assignment()
+
         async def scheduler_ready() -> bool:
             return scheduler.is_healthy()
 
@@ -124,6 +127,7 @@ async def run(
                         checks={
                             **infra.ready_checks(),
                             "consumer": consumer_ready,
+                            "assigned": partitions_assigned,
                             "scheduler": scheduler_ready,
                         },
                         on_bound=on_ops_bound,

@@ -246,6 +246,19 @@ class ConsumerLoop(Generic[T]):
             and time.monotonic() - self._last_poll < max(60.0, 4 * self._poll_timeout_ms / 1000)
         )
 
+    def has_assignment(self) -> bool:
+        """True while the group has given this consumer at least one partition of its topic.
+
+        A replica beyond the partition count (or one waiting for a rebalance) consumes nothing:
+        its readiness says so, so that an operator sees it rather than a silently idle pod."""
+        consumer = self._consumer
+        if consumer is None or not self._running:
+            return False
+        try:
+            return bool(consumer.assignment())
+        except IllegalStateError:
+            return False  # not subscribed (yet): nothing assigned
+
     # -------------------------------------------------------------------------------------- polling
 
     async def _poll_until(self, stop: asyncio.Event, consumer: AIOKafkaConsumer) -> None:
