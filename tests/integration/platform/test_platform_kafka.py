@@ -15,6 +15,7 @@ import structlog
 import structlog.testing
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from prometheus_client import REGISTRY
 from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
 from reelay_common.adapters.kafka.publisher import KafkaPublisher
 from reelay_common.adapters.kafka.topics import ensure_topics
@@ -216,6 +217,25 @@ class TestRoundTrip:
         async with h.running(loop):
             await eventually(loop.is_healthy, what="loop healthy")
         assert not loop.is_healthy()
+
+    async def test_exports_the_lag_of_each_partition_it_holds(self, h: Harness) -> None:
+        release = asyncio.Event()
+
+        async def slow(msg: UploadRequested, ctx: RecordContext) -> None:
+            await release.wait()
+
+        def lag() -> float | None:
+            return REGISTRY.get_sample_value(
+                "reelay_kafka_consumer_lag_records", {"topic": h.topic, "partition": "0"}
+            )
+
+        for i in range(3):
+            await h.publisher.publish(h.topic, request(i), key="acct-1")
+        async with h.running(h.loop(slow)):
+            # The first record is being handled, none committed: three records wait.
+            await eventually(lambda: lag() == 3, what="a lag of 3")
+            release.set()
+            await eventually(lambda: lag() == 0, what="no lag once all are committed")
 
     async def test_reports_an_assignment_only_while_it_holds_a_partition(self, h: Harness) -> None:
         # One partition, two members of the group: exactly one holds it, the other is idle (and

@@ -28,7 +28,7 @@ from aiokafka.errors import (
     IllegalStateError,
     KafkaError,
 )
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
 from reelay_common.domain.errors import (
@@ -68,6 +68,22 @@ RECORD_SECONDS = Histogram(
     ["topic", "outcome"],
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900),
 )
+
+
+# The partition label is bounded by the topic's partition count; the HPA alternative of deploy/k8s
+# (components/hpa-workers) scales the workers on this gauge.
+CONSUMER_LAG = Gauge(
+    "reelay_kafka_consumer_lag_records",
+    "Records of a partition this consumer holds that are not handled yet (high watermark minus the "
+    "next offset to handle), updated as records arrive and are committed.",
+    ["topic", "partition"],
+)
+
+
+def _set_lag(consumer: AIOKafkaConsumer, tp: TopicPartition, next_offset: int) -> None:
+    highwater = consumer.highwater(tp)
+    if highwater is not None:
+        CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, highwater - next_offset))
 
 
 @dataclass(frozen=True)
@@ -290,7 +306,9 @@ class ConsumerLoop(Generic[T]):
         current = self._workers.get(tp)
         if current is not None and not current[0].done():
             current[1].extend(records)
+            _set_lag(consumer, tp, current[1][0].offset if current[1] else records[0].offset)
             return
+        _set_lag(consumer, tp, records[0].offset)
         pending: deque[ConsumerRecord] = deque(records)
         task = asyncio.create_task(
             self._work(consumer, tp, pending), name=f"kafka-worker-{tp.topic}-{tp.partition}"
@@ -340,6 +358,10 @@ class ConsumerLoop(Generic[T]):
         if revoked:
             log.info("kafka_partitions_revoked", partitions=sorted(str(tp) for tp in revoked))
         await self._cancel_workers([tp for tp in self._workers if tp in revoked], reason="revoked")
+        for tp in revoked:
+            # Another member reports these partitions now.
+            with contextlib.suppress(KeyError):
+                CONSUMER_LAG.remove(tp.topic, str(tp.partition))
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("kafka_partitions_assigned", partitions=sorted(str(tp) for tp in assigned))
@@ -528,6 +550,7 @@ class ConsumerLoop(Generic[T]):
         while True:
             try:
                 await consumer.commit({tp: record.offset + 1})
+                _set_lag(consumer, tp, record.offset + 1)
                 return
             except (CommitFailedError, IllegalStateError) as exc:
                 # The partition moved to another member: it will redo this record. Nothing to do here.
