@@ -11,6 +11,7 @@ from reelay_common.domain.messages import PublishStatusChanged, StateSource
 from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.logging import get_logger
+from reelay_common.metrics import UPLOAD_STATE_TRANSITIONS
 from reelay_common.ports import Publisher, UploadStore
 
 log = get_logger("reelay_common.recorder")
@@ -57,6 +58,7 @@ class StateRecorder:
             request_id, target, source=source, detail=detail, set_fields=set_fields
         )
         if moved is not None:
+            UPLOAD_STATE_TRANSITIONS.labels(state=target.value, source=source).inc()
             log.info(
                 "upload_state_changed",
                 request_id=request_id,
