@@ -35,6 +35,18 @@ UPLOAD_STATE_TRANSITIONS = Counter(
     "Uploads entering each state, by the source that moved them (ingest, uploader, poller, webhook).",
     ["state", "source"],
 )
+UPLOAD_DETECTION_DELAY_SECONDS = Histogram(
+    "reelay_upload_detection_delay_seconds",
+    "From `uploaded` (TikTok has every byte) to the recorded outcome, by outcome state and by who "
+    "detected it (poller or webhook).",
+    ["state", "source"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 14400),
+)
+STATUS_POLLS_PER_PUBLISH = Histogram(
+    "reelay_poller_status_polls_per_publish",
+    "status/fetch calls made for one publish, observed when its tracking ends.",
+    buckets=(1, 2, 3, 5, 8, 13, 21, 34, 55, 89),
+)
 TOKEN_REFRESHES = Counter(
     "reelay_tiktok_token_refreshes_total",
     "TikTok token refreshes this process won, by outcome (refreshed, refused, no_refresh_token, error).",
