@@ -15,6 +15,10 @@ import structlog
 import structlog.testing
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
 from reelay_common.adapters.kafka.publisher import KafkaPublisher
@@ -27,6 +31,7 @@ from reelay_common.domain.errors import (
     SkipError,
 )
 from reelay_common.domain.messages import DeadLetter, UploadRequested, dlq_topic
+from reelay_common.tracing import current_trace_id
 
 from tests.conftest import UniqueTopic
 
@@ -218,6 +223,25 @@ class TestRoundTrip:
             await eventually(loop.is_healthy, what="loop healthy")
         assert not loop.is_healthy()
 
+    async def test_continues_the_producers_trace_around_the_handler(self, h: Harness) -> None:
+        exporter = in_memory_spans()
+        seen: list[str | None] = []
+
+        async def handle(msg: UploadRequested, ctx: RecordContext) -> None:
+            seen.append(current_trace_id())
+
+        with trace.get_tracer("test").start_as_current_span("ingest request") as span:
+            produced_trace = format(span.get_span_context().trace_id, "032x")
+            await h.publisher.publish(h.topic, request(1), key="acct-1")
+        async with h.running(h.loop(handle)):
+            await eventually(lambda: len(seen) == 1, what="the record handled")
+        assert seen == [produced_trace]
+        [consumer] = [s for s in exporter.get_finished_spans() if s.name == f"{h.topic} process"]
+        assert consumer.kind is trace.SpanKind.CONSUMER
+        assert format(consumer.context.trace_id, "032x") == produced_trace
+        assert consumer.parent is not None
+        assert consumer.parent.span_id == span.get_span_context().span_id
+
     async def test_exports_the_lag_of_each_partition_it_holds(self, h: Harness) -> None:
         release = asyncio.Event()
 
@@ -256,6 +280,20 @@ class TestRoundTrip:
             await eventually(first.has_assignment, what="the survivor assigned again", timeout=30)
         assert assigned_together.count(True) == 1
         assert not first.has_assignment()
+
+
+_SPANS: InMemorySpanExporter | None = None
+
+
+def in_memory_spans() -> InMemorySpanExporter:
+    """Tracing on, into memory: the process-wide tracer provider can be set once, so it is shared."""
+    global _SPANS
+    if _SPANS is None:
+        _SPANS = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(_SPANS))
+        trace.set_tracer_provider(provider)
+    return _SPANS
 
 
 async def eventually_async(

@@ -42,6 +42,7 @@ from reelay_common.domain.messages import DeadLetter, dlq_topic
 from reelay_common.domain.rules import Backoff
 from reelay_common.domain.timing import sleep_unless_stopped
 from reelay_common.logging import bind_learned, get_logger, unit_of_work
+from reelay_common.tracing import consumer_span
 
 T = TypeVar("T")
 
@@ -399,7 +400,10 @@ class ConsumerLoop(Generic[T]):
         started = time.monotonic()
         progress = _Progress()
         # Bound once for everything logged about this record, the summary line included.
-        with unit_of_work(topic=record.topic, partition=record.partition, offset=record.offset):
+        with (
+            consumer_span(record.topic, record.partition, record.offset, record.headers),
+            unit_of_work(topic=record.topic, partition=record.partition, offset=record.offset),
+        ):
             try:
                 try:
                     message = self._decode(record.value if record.value is not None else b"")
