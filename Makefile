@@ -35,7 +35,7 @@ MYPY_PATHS := libs/common/src libs/testing/src services/ingest/src services/uplo
               tools/tiktok-sandbox/src scripts
 
 .PHONY: help install venv kafka ferretdb up down status demo logs test lint format typecheck \
-        test-python packages schemas k8s clean
+        test-python packages schemas k8s deploy-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -66,7 +66,7 @@ demo: venv ## upload a sample video through the running stack and follow it
 logs: ## follow every log of the stack
 	@tail -n 20 -F $(ROOT)/.run/*.log
 
-test: install lint typecheck packages test-python ## lint, type check, packages alone, then unit, integration and e2e tests
+test: install lint typecheck packages deploy-check test-python ## lint, type check, packages alone, then unit, integration and e2e tests
 
 lint: venv ## ruff, the import contracts (lint-imports) and deptry on every workspace member
 	$(RUN) ruff format --check .
@@ -101,6 +101,12 @@ k8s: ## render the k8s overlays with kustomize (built from the Go module proxy i
 	  $(ROOT)/.cache/tools/kustomize-$(KUSTOMIZE_VERSION)/kustomize build $(ROOT)/deploy/k8s/overlays/$$overlay \
 	    > $(ROOT)/.cache/k8s-$$overlay.yaml && echo "deploy/k8s/overlays/$$overlay -> .cache/k8s-$$overlay.yaml"; \
 	done
+
+KUSTOMIZE := $(ROOT)/.cache/tools/kustomize-$(KUSTOMIZE_VERSION)/kustomize
+deploy-check: venv ## deploy/: overlays render and validate (k8s + CRD schemas), checkov, hadolint, compose schema
+	@test -x $(KUSTOMIZE) || \
+	  GOBIN=$(ROOT)/.cache/tools/kustomize-$(KUSTOMIZE_VERSION) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+	$(RUN) python $(ROOT)/scripts/deploy_check.py $(KUSTOMIZE)
 
 clean: down ## stop the stack and delete its data (.run); keeps the install cache
 	rm -rf $(ROOT)/.run

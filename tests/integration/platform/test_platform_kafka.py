@@ -15,6 +15,11 @@ import structlog
 import structlog.testing
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import REGISTRY
 from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
 from reelay_common.adapters.kafka.publisher import KafkaPublisher
 from reelay_common.adapters.kafka.topics import ensure_topics
@@ -26,6 +31,7 @@ from reelay_common.domain.errors import (
     SkipError,
 )
 from reelay_common.domain.messages import DeadLetter, UploadRequested, dlq_topic
+from reelay_common.tracing import current_trace_id
 from reelay_testing.kafka import read_topic
 from reelay_testing.waiting import eventually
 
@@ -197,6 +203,78 @@ class TestRoundTrip:
         async with world.running(loop):
             await eventually(loop.is_healthy, what="loop healthy")
         assert not loop.is_healthy()
+
+    async def test_continues_the_producers_trace_around_the_handler(self, world: LoopWorld) -> None:
+        exporter = in_memory_spans()
+        seen: list[str | None] = []
+
+        async def handle(msg: UploadRequested, ctx: RecordContext) -> None:
+            seen.append(current_trace_id())
+
+        with trace.get_tracer("test").start_as_current_span("ingest request") as span:
+            produced_trace = format(span.get_span_context().trace_id, "032x")
+            await world.publisher.publish(world.topic, request(1), key="acct-1")
+        async with world.running(world.loop(handle)):
+            await eventually(lambda: len(seen) == 1, what="the record handled")
+        assert seen == [produced_trace]
+        [consumer] = [s for s in exporter.get_finished_spans() if s.name == f"{world.topic} process"]
+        assert consumer.kind is trace.SpanKind.CONSUMER
+        assert format(consumer.context.trace_id, "032x") == produced_trace
+        assert consumer.parent is not None
+        assert consumer.parent.span_id == span.get_span_context().span_id
+
+    async def test_exports_the_lag_of_each_partition_it_holds(self, world: LoopWorld) -> None:
+        release = asyncio.Event()
+
+        async def slow(msg: UploadRequested, ctx: RecordContext) -> None:
+            await release.wait()
+
+        def lag() -> float | None:
+            return REGISTRY.get_sample_value(
+                "reelay_kafka_consumer_lag_records", {"topic": world.topic, "partition": "0"}
+            )
+
+        for i in range(3):
+            await world.publisher.publish(world.topic, request(i), key="acct-1")
+        async with world.running(world.loop(slow)):
+            # The first record is being handled, none committed: three records wait.
+            await eventually(lambda: lag() == 3, what="a lag of 3")
+            release.set()
+            await eventually(lambda: lag() == 0, what="no lag once all are committed")
+
+    async def test_reports_an_assignment_only_while_it_holds_a_partition(self, world: LoopWorld) -> None:
+        # One partition, two members of the group: exactly one holds it, the other is idle (and
+        # a worker's readiness says so); alone again, the survivor holds it.
+        first, second = world.loop(recording(world.seen)), world.loop(recording(world.seen))
+        assert not first.has_assignment()
+        async with world.running(first):
+            await eventually(first.has_assignment, what="the first member assigned")
+            async with world.running(second):
+                await eventually(second.is_healthy, what="the second member polling")
+                await eventually(
+                    lambda: [first.has_assignment(), second.has_assignment()].count(True) == 1,
+                    what="exactly one member assigned",
+                    timeout=30,
+                )
+                assigned_together = [first.has_assignment(), second.has_assignment()]
+            assert not second.has_assignment()
+            await eventually(first.has_assignment, what="the survivor assigned again", timeout=30)
+        assert assigned_together.count(True) == 1
+        assert not first.has_assignment()
+
+
+_SPANS: InMemorySpanExporter | None = None
+
+
+def in_memory_spans() -> InMemorySpanExporter:
+    """Tracing on, into memory: the process-wide tracer provider can be set once, so it is shared."""
+    global _SPANS
+    if _SPANS is None:
+        _SPANS = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(_SPANS))
+        trace.set_tracer_provider(provider)
+    return _SPANS
 
 
 class TestLogging:

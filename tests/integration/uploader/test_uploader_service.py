@@ -15,11 +15,13 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 from pymongo.asynchronous.database import AsyncDatabase
 from reelay_common.adapters.crypto import TokenCipher
 from reelay_common.adapters.kafka.publisher import KafkaPublisher
 from reelay_common.adapters.mongo.accounts import MongoAccountStore
 from reelay_common.adapters.mongo.uploads import MongoUploadStore
+from reelay_common.adapters.tiktok.client import PATH_VIDEO_INIT
 from reelay_common.domain.messages import DeadLetter, UploadRequested, VideoUploaded, dlq_topic
 from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.states import UploadState
@@ -319,3 +321,67 @@ class TestUploaderService:
         [publish] = env.publishes()
         assert publish.publish_id == record.publish_id
         assert publish.sha256 == sha256_of(path)
+
+
+# -- /metrics after one upload (the registry is process-wide, so deltas are compared) -----------
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(port: int) -> Samples:
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"http://127.0.0.1:{port}/metrics")
+    response.raise_for_status()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+class TestUploaderMetrics:
+    async def test_one_upload_moves_each_family_by_what_it_did(self, env: Env) -> None:
+        url, _ = env.video(12 * MB)
+        cmd = env.request(url)
+        topic = env.settings.topic_upload_requested
+        async with uploader(env.settings) as svc:
+
+            async def bound() -> bool:
+                return bool(svc.ops_port)
+
+            await eventually(bound, what="the ops server bound")
+            before = await scrape(svc.ops_port[0])
+            await env.send(cmd)
+            await env.wait_state(cmd.request_id, UploadState.UPLOADED)
+
+            async def committed() -> bool:
+                now = await scrape(svc.ops_port[0])
+                return value(now, "reelay_kafka_records_total", topic=topic, outcome="handled") > value(
+                    before, "reelay_kafka_records_total", topic=topic, outcome="handled"
+                )
+
+            await eventually(committed, timeout=30, what="the record counted as handled")
+            after = await scrape(svc.ops_port[0])
+
+        def delta(name: str, **labels: str) -> float:
+            return value(after, name, **labels) - value(before, name, **labels)
+
+        assert delta("reelay_tiktok_uploaded_bytes_total") == 12 * MB
+        assert delta("reelay_tiktok_requests_total", endpoint=PATH_VIDEO_INIT, outcome="ok") == 1
+        assert delta("reelay_tiktok_request_duration_seconds_count", endpoint=PATH_VIDEO_INIT) == 1
+        assert delta("reelay_tiktok_requests_total", endpoint="video_upload", outcome="ok") >= 1
+        for state in ("uploading", "uploaded"):
+            assert delta("reelay_upload_state_transitions_total", state=state, source="uploader") == 1, state
+        assert delta("reelay_kafka_records_total", topic=topic, outcome="handled") == 1
+        assert delta("reelay_kafka_records_total", topic=topic, outcome="dead_lettered") == 0
+        lags = [
+            v
+            for (name, labels), v in after.items()
+            if name == "reelay_kafka_consumer_lag_records" and ("topic", topic) in labels
+        ]
+        assert lags
+        assert all(v == 0 for v in lags)

@@ -11,6 +11,8 @@ from typing import Any, Literal, cast
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from reelay_common.tracing import current_trace_id
+
 LogFormat = Literal["auto", "json", "console"]
 
 # Third-party libraries are chatty at INFO; their warnings and errors still reach our renderer.
@@ -58,6 +60,14 @@ def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) 
     return event_dict
 
 
+def add_trace_id(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """Add the current trace id (tracing on and a span recording); nothing when tracing is off."""
+    trace_id = current_trace_id()
+    if trace_id is not None:
+        event_dict.setdefault("trace_id", trace_id)
+    return event_dict
+
+
 def _drop_color_message(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     # uvicorn duplicates its message with ANSI colours in `color_message`.
     event_dict.pop("color_message", None)
@@ -85,6 +95,7 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.stdlib.ExtraAdder(),
         _drop_color_message,
+        add_trace_id,
         redact_secrets,
     ]
     renderer: Processor

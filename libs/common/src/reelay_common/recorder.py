@@ -11,6 +11,7 @@ from reelay_common.domain.messages import PublishStatusChanged, StateSource
 from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.logging import get_logger
+from reelay_common.metrics import UPLOAD_DETECTION_DELAY_SECONDS, UPLOAD_STATE_TRANSITIONS
 from reelay_common.ports import Publisher, UploadStore
 
 log = get_logger("reelay_common.recorder")
@@ -57,6 +58,8 @@ class StateRecorder:
             request_id, target, source=source, detail=detail, set_fields=set_fields
         )
         if moved is not None:
+            UPLOAD_STATE_TRANSITIONS.labels(state=target.value, source=source).inc()
+            _observe_detection_delay(moved, target, source)
             log.info(
                 "upload_state_changed",
                 request_id=request_id,
@@ -150,3 +153,15 @@ def _previous_state(record: UploadRecord) -> UploadState | None:
 def _unannounced(record: UploadRecord, target: UploadState) -> bool:
     """The upload is in `target`, and that state has not been announced yet."""
     return record.state is target and record.announced_state is not target
+
+
+def _observe_detection_delay(record: UploadRecord, target: UploadState, source: StateSource) -> None:
+    # How long the outcome took to be known once TikTok had the bytes (none for a pull from URL
+    # or an upload that failed before `uploaded`).
+    if not target.is_terminal:
+        return
+    uploaded = [h.at for h in record.history if h.state is UploadState.UPLOADED]
+    reached = [h.at for h in record.history if h.state is target]
+    if uploaded and reached:
+        delay = (reached[-1] - uploaded[0]).total_seconds()
+        UPLOAD_DETECTION_DELAY_SECONDS.labels(state=target.value, source=source).observe(max(0.0, delay))

@@ -29,6 +29,7 @@ from reelay_common.domain.rules import Backoff, upload_state_for
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import PublishStatus, PublishStatusCode
 from reelay_common.logging import bind_learned, get_logger
+from reelay_common.metrics import STATUS_POLLS_PER_PUBLISH
 from reelay_common.ports import Recorder, TikTokApi, UploadStore
 
 log = get_logger(__name__)
@@ -423,6 +424,7 @@ async def _stop_tracking(request_id: str, deps: PollerDeps, *, attempts: int | N
     fields: dict[str, Any] = {"poll_next_at": None, "poll_lease_until": None}
     if attempts is not None:
         fields["poll_attempts"] = attempts
+        STATUS_POLLS_PER_PUBLISH.observe(attempts)
     await deps.uploads.checkpoint(request_id, fields)
 
 

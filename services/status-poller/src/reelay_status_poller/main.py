@@ -106,6 +106,9 @@ async def run(
         async def consumer_ready() -> bool:
             return consumer.is_healthy()
 
+        async def partitions_assigned() -> bool:
+            return consumer.has_assignment()
+
         async def scheduler_ready() -> bool:
             return scheduler.is_healthy()
 
@@ -132,6 +135,7 @@ async def run(
                         checks={
                             **infra.ready_checks(),
                             "consumer": consumer_ready,
+                            "assigned": partitions_assigned,
                             "scheduler": scheduler_ready,
                         },
                         on_bound=on_ops_bound,

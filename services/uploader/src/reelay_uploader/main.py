@@ -107,6 +107,9 @@ async def run(
         async def kafka_ready() -> bool:
             return consumer.is_healthy() and await infra.publisher.healthy()
 
+        async def partitions_assigned() -> bool:
+            return consumer.has_assignment()
+
         log.info(
             "uploader_starting",
             topic=settings.topic_upload_requested,
@@ -119,7 +122,11 @@ async def run(
                 "ops": ops_server(
                     host=settings.ops_host,
                     port=settings.ops_port,
-                    checks={"mongo": infra.mongo_ready, "kafka": kafka_ready},
+                    checks={
+                        "mongo": infra.mongo_ready,
+                        "kafka": kafka_ready,
+                        "assigned": partitions_assigned,
+                    },
                     on_bound=on_ops_bound,
                 ),
             },

@@ -28,7 +28,7 @@ from aiokafka.errors import (
     IllegalStateError,
     KafkaError,
 )
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
 from reelay_common.domain.errors import (
@@ -42,6 +42,7 @@ from reelay_common.domain.messages import DeadLetter, dlq_topic
 from reelay_common.domain.rules import Backoff
 from reelay_common.domain.timing import sleep_unless_stopped
 from reelay_common.logging import bind_learned, get_logger, unit_of_work
+from reelay_common.tracing import consumer_span
 
 T = TypeVar("T")
 
@@ -68,6 +69,22 @@ RECORD_SECONDS = Histogram(
     ["topic", "outcome"],
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900),
 )
+
+
+# The partition label is bounded by the topic's partition count; the HPA alternative of deploy/k8s
+# (components/hpa-workers) scales the workers on this gauge.
+CONSUMER_LAG = Gauge(
+    "reelay_kafka_consumer_lag_records",
+    "Records of a partition this consumer holds that are not handled yet (high watermark minus the "
+    "next offset to handle), updated as records arrive and are committed.",
+    ["topic", "partition"],
+)
+
+
+def _set_lag(consumer: AIOKafkaConsumer, tp: TopicPartition, next_offset: int) -> None:
+    highwater = consumer.highwater(tp)
+    if highwater is not None:
+        CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, highwater - next_offset))
 
 
 @dataclass(frozen=True)
@@ -246,6 +263,19 @@ class ConsumerLoop(Generic[T]):
             and time.monotonic() - self._last_poll < max(60.0, 4 * self._poll_timeout_ms / 1000)
         )
 
+    def has_assignment(self) -> bool:
+        """True while the group has given this consumer at least one partition of its topic.
+
+        A replica beyond the partition count (or one waiting for a rebalance) consumes nothing:
+        its readiness says so, so that an operator sees it rather than a silently idle pod."""
+        consumer = self._consumer
+        if consumer is None or not self._running:
+            return False
+        try:
+            return bool(consumer.assignment())
+        except IllegalStateError:
+            return False  # not subscribed (yet): nothing assigned
+
     # -------------------------------------------------------------------------------------- polling
 
     async def _poll_until(self, stop: asyncio.Event, consumer: AIOKafkaConsumer) -> None:
@@ -277,7 +307,9 @@ class ConsumerLoop(Generic[T]):
         current = self._workers.get(tp)
         if current is not None and not current[0].done():
             current[1].extend(records)
+            _set_lag(consumer, tp, current[1][0].offset if current[1] else records[0].offset)
             return
+        _set_lag(consumer, tp, records[0].offset)
         pending: deque[ConsumerRecord] = deque(records)
         task = asyncio.create_task(
             self._work(consumer, tp, pending), name=f"kafka-worker-{tp.topic}-{tp.partition}"
@@ -327,6 +359,10 @@ class ConsumerLoop(Generic[T]):
         if revoked:
             log.info("kafka_partitions_revoked", partitions=sorted(str(tp) for tp in revoked))
         await self._cancel_workers([tp for tp in self._workers if tp in revoked], reason="revoked")
+        for tp in revoked:
+            # Another member reports these partitions now.
+            with contextlib.suppress(KeyError):
+                CONSUMER_LAG.remove(tp.topic, str(tp.partition))
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("kafka_partitions_assigned", partitions=sorted(str(tp) for tp in assigned))
@@ -364,7 +400,10 @@ class ConsumerLoop(Generic[T]):
         started = time.monotonic()
         progress = _Progress()
         # Bound once for everything logged about this record, the summary line included.
-        with unit_of_work(topic=record.topic, partition=record.partition, offset=record.offset):
+        with (
+            consumer_span(record.topic, record.partition, record.offset, record.headers),
+            unit_of_work(topic=record.topic, partition=record.partition, offset=record.offset),
+        ):
             try:
                 try:
                     message = self._decode(record.value if record.value is not None else b"")
@@ -515,6 +554,7 @@ class ConsumerLoop(Generic[T]):
         while True:
             try:
                 await consumer.commit({tp: record.offset + 1})
+                _set_lag(consumer, tp, record.offset + 1)
                 return
             except (CommitFailedError, IllegalStateError) as exc:
                 # The partition moved to another member: it will redo this record. Nothing to do here.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
@@ -32,8 +32,10 @@ async def ensure_topics(
     partitions: int,
     replication_factor: int,
     with_dlq: bool = True,
+    configs: Mapping[str, str] | None = None,
 ) -> None:
-    """Create `topics` (and each `<topic>.dlq`) if missing, then wait until they have leaders."""
+    """Create `topics` (and each `<topic>.dlq`) if missing, with the topic-level `configs`, then
+    wait until they have leaders. Existing topics are left as they are."""
     names = list(dict.fromkeys([*topics, *([dlq_topic(t) for t in topics] if with_dlq else [])]))
     if not names:
         return
@@ -45,7 +47,12 @@ async def ensure_topics(
         if missing:
             response = await admin.create_topics(
                 [
-                    NewTopic(n, num_partitions=partitions, replication_factor=replication_factor)
+                    NewTopic(
+                        n,
+                        num_partitions=partitions,
+                        replication_factor=replication_factor,
+                        topic_configs=dict(configs or {}),
+                    )
                     for n in missing
                 ]
             )

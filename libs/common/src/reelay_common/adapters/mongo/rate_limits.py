@@ -17,6 +17,7 @@ from reelay_common.adapters.mongo.client import translate_errors
 from reelay_common.adapters.mongo.write_guard import WriteGuard
 from reelay_common.domain.errors import RateLimitedError
 from reelay_common.logging import get_logger
+from reelay_common.metrics import RATE_LIMIT_WAIT_SECONDS, RATE_LIMIT_WAITS
 from reelay_common.ports import RateBucket
 
 log = get_logger("reelay_common.adapters.mongo.rate_limits")
@@ -91,6 +92,8 @@ class MongoRateLimiter:
                     f"{bucket} calls for this account are paced", retry_after=wait, code="paced"
                 )
             log.info("rate_limit_wait", account_id=account_id, bucket=bucket, seconds=round(wait, 3))
+            RATE_LIMIT_WAITS.labels(bucket=bucket).inc()
+            RATE_LIMIT_WAIT_SECONDS.labels(bucket=bucket).inc(wait)
             waited += wait
             await self._sleep(wait)
 

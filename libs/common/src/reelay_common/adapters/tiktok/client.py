@@ -45,6 +45,7 @@ from reelay_common.domain.tiktok import (
     TokenGrant,
 )
 from reelay_common.logging import get_logger
+from reelay_common.metrics import TIKTOK_UPLOADED_BYTES, observe_tiktok_call
 from reelay_common.settings import CommonSettings
 
 log = get_logger("reelay_common.adapters.tiktok.client")
@@ -75,6 +76,9 @@ PATH_OAUTH_REVOKE: Final = "/v2/oauth/revoke/"
 
 _JSON_CONTENT_TYPE: Final = "application/json; charset=UTF-8"
 
+
+# The metrics' endpoint label of chunk PUTs: the upload URL itself is opaque and unbounded.
+ENDPOINT_VIDEO_UPLOAD: Final = "video_upload"
 
 # Envelope codes that say "the token itself is refused": the gateway refreshes once on this one.
 _ACCESS_TOKEN_INVALID: Final = "access_token_invalid"  # noqa: S105  # an error code, not a secret
@@ -248,6 +252,25 @@ class TikTokClient:
         content_type: str,
         body: AsyncIterable[bytes],
     ) -> PutResult:
+        """PUT one chunk (see `_put_chunk`), counted and timed as the endpoint `video_upload`; the
+        bytes count as uploaded once TikTok acknowledged them (201 or 206)."""
+        with observe_tiktok_call(ENDPOINT_VIDEO_UPLOAD):
+            result = await self._put_chunk(
+                upload_url, first=first, last=last, total=total, content_type=content_type, body=body
+            )
+        TIKTOK_UPLOADED_BYTES.inc(last - first + 1)
+        return result
+
+    async def _put_chunk(
+        self,
+        upload_url: str,
+        *,
+        first: int,
+        last: int,
+        total: int,
+        content_type: str,
+        body: AsyncIterable[bytes],
+    ) -> PutResult:
         """PUT one chunk (bytes first..last inclusive of total), streaming `body`; no Authorization.
 
         201/206 return a PutResult; 403 raises UploadUrlExpiredError, 416 UploadOutOfSyncError with
@@ -326,14 +349,16 @@ class TikTokClient:
     ) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {access_token}", "Content-Type": _JSON_CONTENT_TYPE}
         content = json.dumps(body).encode() if body is not None else b""
-        response = await self._send("POST", path, headers=headers, content=content)
-        return _unwrap_envelope(response, path)
+        with observe_tiktok_call(path):
+            response = await self._send("POST", path, headers=headers, content=content)
+            return _unwrap_envelope(response, path)
 
     async def _post_oauth(
         self, path: str, form: Mapping[str, str], *, grant_type: str | None
     ) -> dict[str, Any]:
-        response = await self._send("POST", path, data=form)
-        return _unwrap_oauth(response, path, grant_type=grant_type)
+        with observe_tiktok_call(path):
+            response = await self._send("POST", path, data=form)
+            return _unwrap_oauth(response, path, grant_type=grant_type)
 
     async def _send(
         self,

@@ -19,6 +19,7 @@ from reelay_common.domain.errors import (
 from reelay_common.domain.messages import utcnow
 from reelay_common.domain.records import AccountStatus
 from reelay_common.logging import get_logger
+from reelay_common.metrics import TOKEN_REFRESHES
 
 log = get_logger("reelay_common.adapters.tiktok.tokens")
 
@@ -112,6 +113,7 @@ class MongoTokenProvider:
         if mine.refresh_token is None:
             await self._store.release_refresh_lock(account_id, owner=self._owner)
             await self._store.mark_reauth_required(account_id)
+            TOKEN_REFRESHES.labels(outcome="no_refresh_token").inc()
             raise AuthExpiredError("the account has no refresh token", code="no_refresh_token")
         try:
             grant = await self._client.refresh_token(mine.refresh_token)
@@ -123,12 +125,15 @@ class MongoTokenProvider:
             if current is not None and current.token_version != mine.token_version and current.access_token:
                 return current.access_token
             await self._store.mark_reauth_required(account_id)
+            TOKEN_REFRESHES.labels(outcome="refused").inc()
             log.warning("token_refresh_refused", account_id=account_id, code=exc.code, log_id=exc.log_id)
             raise
         except BaseException:
             await self._store.release_refresh_lock(account_id, owner=self._owner)
+            TOKEN_REFRESHES.labels(outcome="error").inc()
             raise
         version = await self._store.store_refreshed(account_id, owner=self._owner, grant=grant)
+        TOKEN_REFRESHES.labels(outcome="refreshed").inc()
         log.info(
             "token_refreshed",
             account_id=account_id,
