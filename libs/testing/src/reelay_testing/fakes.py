@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import builtins
 import copy
+import hashlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 from reelay_common.adapters.mongo.client import bson_now, to_bson
@@ -24,7 +25,7 @@ from reelay_common.domain.messages import (
 )
 from reelay_common.domain.records import AccountRecord, UploadRecord
 from reelay_common.domain.states import UploadState, states_before
-from reelay_common.ports import RateBucket, check_read_range
+from reelay_common.ports import BlobInfo, RateBucket, check_read_range
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -352,11 +353,16 @@ class BytesVideoReader:
 
 
 class InMemoryBlobStore:
-    """The GridFSBlobStore's contract in memory (save with a size cap, open, delete)."""
+    """The BlobStore port in memory (save with a size cap, open, stat, delete)."""
 
     def __init__(self) -> None:
         self.blobs: dict[str, tuple[bytes, str]] = {}
         self._next = 0
+
+    @property
+    def kind(self) -> Literal["local"]:
+        """Stands in for the local store (the kind it records in its BlobSources)."""
+        return "local"
 
     async def save(
         self, chunks: AsyncIterable[bytes], *, filename: str | None, content_type: str, max_bytes: int
@@ -375,9 +381,16 @@ class InMemoryBlobStore:
         if not buf:
             raise InvalidInputError("the video is empty", code="empty")
         self._next += 1
-        blob_id = f"{self._next:024x}"
+        blob_id = f"{self._next:032x}"
         self.blobs[blob_id] = (bytes(buf), content_type)
-        return BlobSource(blob_id=blob_id, size=len(buf), content_type=content_type, filename=filename)
+        return BlobSource(
+            blob_id=blob_id,
+            size=len(buf),
+            content_type=content_type,
+            filename=filename,
+            store=self.kind,
+            sha256=hashlib.sha256(buf).hexdigest(),
+        )
 
     async def open(self, source: BlobSource) -> BytesVideoReader:
         """A reader of the stored bytes."""
@@ -390,6 +403,11 @@ class InMemoryBlobStore:
                 code="blob_size_mismatch",
             )
         return BytesVideoReader(blob[0], content_type=blob[1])
+
+    async def stat(self, blob_id: str) -> BlobInfo | None:
+        """The stored blob's size, or None."""
+        blob = self.blobs.get(blob_id)
+        return None if blob is None else BlobInfo(blob_id=blob_id, size=len(blob[0]))
 
     async def delete(self, blob_id: str) -> None:
         """Forget a blob; deleting one that is gone is fine."""

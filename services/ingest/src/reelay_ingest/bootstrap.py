@@ -5,12 +5,12 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 
 import httpx
+from reelay_common.adapters.blobs import open_blob_store
 from reelay_common.adapters.crypto import TokenCipher
 from reelay_common.adapters.kafka.publisher import KafkaPublisher
 from reelay_common.adapters.kafka.topics import ensure_topics
 from reelay_common.adapters.mongo.accounts import MongoAccountStore
 from reelay_common.adapters.mongo.client import connect, ensure_indexes, ping
-from reelay_common.adapters.mongo.gridfs import GridFSBlobStore
 from reelay_common.adapters.mongo.rate_limits import MongoRateLimiter
 from reelay_common.adapters.mongo.uploads import MongoUploadStore
 from reelay_common.adapters.tiktok.client import TikTokClient
@@ -58,6 +58,7 @@ async def build_deps(settings: IngestSettings, stack: AsyncExitStack) -> IngestD
         backoff_max=CREATOR_INFO_MAX_WAIT_SECONDS,
     )
     uploads = MongoUploadStore(db)
+    blobs = await open_blob_store(settings, stack, db=db)  # REELAY_BLOB_STORE: local, s3 or gridfs
 
     async def mongo_ready() -> bool:
         return await ping(mongo)
@@ -67,13 +68,14 @@ async def build_deps(settings: IngestSettings, stack: AsyncExitStack) -> IngestD
         database=settings.mongodb_database,
         kafka=settings.kafka_bootstrap_servers,
         topic=topics.upload_requested,
+        blob_store=blobs.kind,
     )
     return IngestDeps(
         uploads=uploads,
         accounts=accounts,
         publisher=publisher,
         recorder=StateRecorder(uploads, publisher, status_topic=topics.publish_status),
-        blobs=GridFSBlobStore(db),
+        blobs=blobs,
         tiktok=gateway,
         topics=topics,
         ready_checks={"mongo": mongo_ready, "kafka": publisher.healthy},

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 from pymongo.asynchronous.database import AsyncDatabase
+from reelay_common.adapters.blobs import open_blob_store
 from reelay_common.adapters.crypto import TokenCipher
 from reelay_common.adapters.http_source import UrlVideoReader
 from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
@@ -22,7 +23,6 @@ from reelay_common.adapters.kafka.publisher import KafkaPublisher
 from reelay_common.adapters.kafka.topics import ensure_topics
 from reelay_common.adapters.mongo.accounts import MongoAccountStore
 from reelay_common.adapters.mongo.client import connect, ensure_indexes, ping
-from reelay_common.adapters.mongo.gridfs import GridFSBlobStore
 from reelay_common.adapters.mongo.rate_limits import MongoRateLimiter
 from reelay_common.adapters.mongo.uploads import MongoUploadStore
 from reelay_common.adapters.ops_server import serve_ops
@@ -32,7 +32,7 @@ from reelay_common.adapters.tiktok.tokens import MongoTokenProvider
 from reelay_common.domain.messages import BlobSource, DeadLetter, UploadRequested, UrlSource, dlq_topic
 from reelay_common.domain.states import UploadState
 from reelay_common.logging import get_logger
-from reelay_common.ports import VideoReader
+from reelay_common.ports import BlobStore, VideoReader
 from reelay_common.recorder import StateRecorder
 from structlog.contextvars import bound_contextvars
 
@@ -44,10 +44,8 @@ log = get_logger(__name__)
 APP_NAME = "reelay-uploader"
 
 
-def reader_factory(
-    http: httpx.AsyncClient, blobs: GridFSBlobStore, settings: UploaderSettings
-) -> ReaderFactory:
-    """Opens the right VideoReader for a source: GridFS for files streamed into ingest, HTTP for URLs."""
+def reader_factory(http: httpx.AsyncClient, blobs: BlobStore, settings: UploaderSettings) -> ReaderFactory:
+    """Opens the right VideoReader for a source: the blob store for files streamed in, HTTP for URLs."""
 
     @asynccontextmanager
     async def open_reader(source: UrlSource | BlobSource) -> AsyncIterator[VideoReader]:
@@ -144,7 +142,7 @@ async def run(
         client = TikTokClient.from_settings(tiktok_http, settings)
         accounts = MongoAccountStore(db, TokenCipher(settings.token_encryption_key))
         gateway = TikTokGateway(client, MongoTokenProvider(accounts, client), MongoRateLimiter(db))
-        blobs = GridFSBlobStore(db)
+        blobs = await open_blob_store(settings, stack, db=db)  # REELAY_BLOB_STORE: local, s3 or gridfs
         deps = UploaderDeps(
             store=store,
             recorder=recorder,

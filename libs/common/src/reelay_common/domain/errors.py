@@ -3,7 +3,8 @@
 ReelayError
 ├── RetryableError          try again later (429, 5xx, timeouts, broker or database hiccups)
 │   ├── RateLimitedError    TikTok said 429 / rate_limit_exceeded; `retry_after` if known
-│   └── TransientTikTokError
+│   ├── TransientTikTokError
+│   └── StorageFullError    the blob store's budget (or disk) is full: try again once uploads drain
 ├── PermanentError          retrying cannot help: dead-letter, mark the upload failed
 │   ├── InvalidInputError   bad request or record (validation, unknown account, SSRF, size)
 │   ├── TikTokRejectedError TikTok refused the request for good (invalid_params, spam_risk...)
@@ -111,3 +112,10 @@ class SkipError(ReelayError):
 
 class DatabaseUnavailableError(RetryableError):
     """MongoDB did not answer; the caller may try again later."""
+
+
+class StorageFullError(RetryableError):
+    """The blob store refused a file because its disk budget is used up; nothing of it was kept.
+
+    Retryable: the budget frees as the uploader sends and deletes stored files. Ingest answers 507.
+    """
