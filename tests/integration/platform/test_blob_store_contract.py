@@ -120,7 +120,8 @@ class TestBlobStoreContract:
         assert source.store == store.kind
         assert source.sha256 == hashlib.sha256(DATA).hexdigest()
         info = await store.stat(source.blob_id)
-        assert info is not None and info.size == len(DATA)
+        assert info is not None
+        assert info.size == len(DATA)
         reader = await store.open(source)
         assert (reader.size, reader.content_type) == (len(DATA), "video/mp4")
         assert hashlib.sha256(await collect(reader.stream(0, len(DATA)))).hexdigest() == source.sha256
