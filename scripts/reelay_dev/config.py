@@ -462,6 +462,9 @@ def seaweedfs_spec(cfg: StackConfig) -> ProcessSpec:
             f"-s3.port={cfg.s3_port}",
             f"-s3.port.grpc={cfg.s3_port + grpc}",
             f"-s3.config={identities}",
+            # Off: the Iceberg and Lance catalogs would take 8181 and 9101 (the uploader's ops port).
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
             "-master.volumeSizeLimitMB=1024",  # a laptop's disk: small volumes, grown on demand
         ),
         env={STACK_ID_ENV: cfg.stack_id},
