@@ -256,6 +256,7 @@ class TestSeaweedFS:
         for flag in ("-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3", "-s3.port=18333", "-master.port=19333"):
             assert flag in argv
         assert "-volume.port.grpc=28080" in argv  # gRPC ports set, not left to clash with another stack
+        assert {"-s3.port.iceberg=0", "-s3.port.lance=0"} <= set(argv)  # 9101 is the uploader's ops port
         assert spec.ports == (18333, 19333, 18080, 18888, 28333, 29333, 28080, 28888)
         assert spec.health == c.Health("s3", "http://127.0.0.1:18333/reelay-test", 90.0)
         identities = json.loads(next(iter(spec.files.values())))
