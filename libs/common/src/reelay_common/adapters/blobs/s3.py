@@ -1,7 +1,8 @@
 """Video blobs in S3-compatible object storage (the production choice), through aiobotocore.
 
 A file streaming in is cut into parts of `part_bytes` (8 MiB by default) and sent as a multipart
-upload, so memory holds one part, never the file; a file smaller than one part is a single PUT.
+upload, up to two parts at once while the next is read, so memory holds a few parts (about
+4 x 8 MiB per upload), never the file; a file smaller than one part is a single PUT.
 Any failure (the source raising, the size cap, cancellation) aborts the multipart upload, so S3
 keeps no parts. Reads are ranged GETs streamed in 1 MiB pieces. Objects live under
 `<prefix><blob id>`, the id generated here.
@@ -142,11 +143,14 @@ class S3VideoReader:
 class S3BlobStore:
     """Uploaded video files as objects under `prefix` in `bucket`, written by multipart upload."""
 
-    def __init__(self, client: S3Client, *, bucket: str, prefix: str, part_bytes: int) -> None:
+    def __init__(
+        self, client: S3Client, *, bucket: str, prefix: str, part_bytes: int, parts_in_flight: int = 2
+    ) -> None:
         self._client = client
         self._bucket = bucket
         self._prefix = prefix
         self._part_bytes = part_bytes
+        self._parts_in_flight = parts_in_flight
 
     @property
     def kind(self) -> Literal["s3"]:
@@ -166,6 +170,8 @@ class S3BlobStore:
         key = self.key(blob_id)
         metered = MeteredStream(chunks, max_bytes=max_bytes)
         upload_id: str | None = None
+        # Parts being sent while the next one is read: the client's bytes keep arriving meanwhile.
+        sending: list[asyncio.Task[CompletedPartTypeDef]] = []
         parts: list[CompletedPartTypeDef] = []
         pending: bytes | None = None  # one part held back: the last may be sent with a plain PUT
         try:
@@ -177,7 +183,11 @@ class S3BlobStore:
                                 Bucket=self._bucket, Key=key, ContentType=content_type
                             )
                         upload_id = created["UploadId"]
-                    parts.append(await self._upload_part(key, upload_id, len(parts) + 1, pending))
+                    number = len(parts) + len(sending) + 1
+                    sending.append(asyncio.create_task(self._upload_part(key, upload_id, number, pending)))
+                    if len(sending) >= self._parts_in_flight:
+                        parts.append(await sending[0])  # stays listed until done, so a failure cancels it
+                        sending.pop(0)
                 pending = part
             sha256 = metered.finish()  # refuses an empty stream, so a part is pending
             last = pending if pending is not None else b""
@@ -191,12 +201,22 @@ class S3BlobStore:
                         Metadata={"sha256": sha256},
                     )
             else:
-                parts.append(await self._upload_part(key, upload_id, len(parts) + 1, last))
+                sending.append(
+                    asyncio.create_task(
+                        self._upload_part(key, upload_id, len(parts) + len(sending) + 1, last)
+                    )
+                )
+                while sending:
+                    parts.append(await sending[0])
+                    sending.pop(0)
                 with _translate_errors("complete a multipart upload"):
                     await self._client.complete_multipart_upload(
                         Bucket=self._bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
                     )
         except BaseException:
+            for task in sending:
+                task.cancel()
+            await asyncio.gather(*sending, return_exceptions=True)
             if upload_id is not None:
                 # Shielded: a cancelled request must not leave its parts billed in the bucket.
                 await asyncio.shield(self._abort(key, upload_id))
