@@ -5,8 +5,9 @@
 #                 then upload a sample video and follow it to `published`
 #   make down     stop what `make up` started
 #   make status   what runs, and whether it is healthy
-#   make test     lint, type check, unit + integration + e2e tests (starts and stops its own
-#                 Kafka on 29092, FerretDB on 27217 and SeaweedFS's S3 on 28333 unless
+#   make test     lint (ruff, import contracts, deptry), type check, each package synced and imported
+#                 alone, unit + integration + e2e tests (starts and stops its own Kafka on 29092,
+#                 FerretDB on 27217 and SeaweedFS's S3 on 28333 unless
 #                 KAFKA_BOOTSTRAP_SERVERS / MONGODB_URI / S3_ENDPOINT_URL are set)
 #
 # Ports (env): KAFKA_PORT=9092 KAFKA_CONTROLLER_PORT=9093 FERRETDB_PORT=27017 SANDBOX_PORT=8100
@@ -27,11 +28,17 @@ RUN := $(UV) run --no-sync
 # down/status must work even before (or without) the venv: stack.py's stop path is stdlib-only.
 BARE_PY := $(shell test -x $(ROOT)/.venv/bin/python && echo $(ROOT)/.venv/bin/python || echo python3)
 
+# Every workspace member (pyproject.toml's [tool.uv.workspace]); deptry checks each against its own pyproject.
+MEMBERS := libs/common libs/testing services/ingest services/uploader services/status-poller tools/tiktok-sandbox
+# An editable install records no top-level module, so deptry would only guess a member's import name
+# from its distribution name: state it.
+DEPTRY_MAP := reelay-common=reelay_common,reelay-testing=reelay_testing
+
 MYPY_PATHS := libs/common/src libs/testing/src services/ingest/src services/uploader/src services/status-poller/src \
               tools/tiktok-sandbox/src scripts
 
 .PHONY: help install venv kafka ferretdb seaweedfs up down status demo logs test lint format typecheck \
-        test-python schemas k8s clean
+        test-python packages schemas k8s clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -67,11 +74,19 @@ demo: venv ## upload a sample video through the running stack and follow it
 logs: ## follow every log of the stack
 	@tail -n 20 -F $(ROOT)/.run/*.log
 
-test: install lint typecheck test-python ## lint, type check, then unit, integration and e2e tests
+test: install lint typecheck packages test-python ## lint, type check, packages alone, then unit, integration and e2e tests
 
-lint: venv ## ruff format --check and ruff check
+lint: venv ## ruff, the import contracts (lint-imports) and deptry on every workspace member
 	$(RUN) ruff format --check .
 	$(RUN) ruff check .
+	$(RUN) lint-imports --config $(ROOT)/pyproject.toml
+	@for member in $(MEMBERS); do \
+	  echo "deptry $$member"; \
+	  (cd $(ROOT)/$$member && $(RUN) deptry src --no-ansi --package-module-name-map $(DEPTRY_MAP)) || exit 1; \
+	done
+
+packages: venv ## each workspace member syncs from uv.lock into a throwaway venv and imports alone
+	@$(ROOT)/scripts/check_packages.sh
 
 format: venv ## apply ruff's formatting and safe fixes
 	$(RUN) ruff format .

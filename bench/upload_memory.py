@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from reelay_common.adapters.tiktok.client import TikTokClient
 from reelay_common.adapters.tiktok.upload import upload_chunks
 from reelay_common.domain.chunks import plan_chunks
-from reelay_testing.fakes import BytesVideoReader, FileVideoReader
+from reelay_testing.readers import BytesVideoReader, FileVideoReader
 from tiktok_sandbox.media import write_sample_mp4
 
 CLIENT_KEY, CLIENT_SECRET = "bench-key", "bench-secret"

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
 from pathlib import Path
 
 import httpx
+from reelay_testing.waiting import eventually
 
-from tests.e2e.stack import Stack, wait_for
+from tests.e2e.stack import Stack, wait_for_upload_state
 from tests.support import sha256_of
 
 
@@ -62,22 +61,26 @@ async def post_video(http: httpx.AsyncClient, stack: Stack, account_id: str, vid
 
 async def first_chunk_stored(http: httpx.AsyncClient, stack: Stack, open_id: str) -> dict[str, object]:
     """Wait (bounded) until TikTok holds part of the account's video; returns that publish."""
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
+
+    async def partly_stored() -> dict[str, object] | None:
         listing = (
             await http.get(f"{stack.sandbox_url}/sandbox/publishes", params={"open_id": open_id})
         ).json()
         if listing["publishes"] and any(c["stored"] for c in listing["publishes"][0]["chunks"]):
             return dict(listing["publishes"][0])
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"no chunk reached the sandbox in time\n{stack.logs()}")
+        return None
+
+    try:
+        return await eventually(partly_stored, timeout=180, interval=0.1, what="a chunk to reach the sandbox")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{stack.logs()}") from exc
 
 
 async def assert_published_once(
     http: httpx.AsyncClient, stack: Stack, request_id: str, open_id: str, video: Path
 ) -> None:
     """The upload ends `published`, as exactly one TikTok publish holding exactly the video's bytes."""
-    final = await wait_for(
+    final = await wait_for_upload_state(
         http,
         f"{stack.ingest_url}/v1/uploads/{request_id}",
         until={"published", "failed", "unconfirmed"},

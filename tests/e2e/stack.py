@@ -6,7 +6,6 @@ stack gets its own topics and database so stacks and tests never see each other'
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from reelay_testing.waiting import eventually
 
 API_KEY = "e2e-api-key"
 CLIENT_KEY = "e2e-client-key"
@@ -159,6 +159,9 @@ def running_stack(
         "POLLER_CONSUMER_GROUP": f"e2e-poller-{suffix}",
         "POLLER_MIN_INTERVAL_SECONDS": "0.5",
         "POLLER_MAX_INTERVAL_SECONDS": "2",
+        # Archive settled uploads almost at once, so every e2e flow also reads uploads from history.
+        "POLLER_ARCHIVE_GRACE_SECONDS": "1",
+        "POLLER_ARCHIVE_INTERVAL_SECONDS": "0.5",
         **(extra_env or {}),
     }
     (workdir / "sandbox-data").mkdir(parents=True, exist_ok=True)
@@ -183,7 +186,7 @@ def running_stack(
         stack.stop_all()
 
 
-async def wait_for(
+async def wait_for_upload_state(
     client: httpx.AsyncClient,
     url: str,
     *,
@@ -191,14 +194,20 @@ async def wait_for(
     timeout: float,
     headers: Mapping[str, str] | None = None,
 ) -> dict[str, object]:
-    """Poll an upload's status URL until its state is one of `until` (bounded)."""
-    deadline = time.monotonic() + timeout
-    body: dict[str, object] = {}
-    while time.monotonic() < deadline:
+    """Poll an upload's status URL until its state is one of `until` (bounded); its body then."""
+
+    last: dict[str, object] = {}
+
+    async def reached() -> dict[str, object] | None:
+        nonlocal last
         resp = await client.get(url, headers=headers)
         if resp.status_code == 200:
-            body = resp.json()
-            if body.get("state") in until:
-                return body
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"{url} did not reach {sorted(until)} within {timeout} s; last: {body}")
+            last = resp.json()
+        return last if last.get("state") in until else None
+
+    try:
+        return await eventually(
+            reached, timeout=timeout, interval=0.5, what=f"{url} to reach {sorted(until)}"
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last body: {last}") from exc

@@ -6,12 +6,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
 from reelay_common.adapters.kafka.publisher import KafkaPublisher
 from reelay_common.domain.messages import (
     DeadLetter,
@@ -21,10 +20,11 @@ from reelay_common.domain.messages import (
     dlq_topic,
 )
 from reelay_common.domain.states import UploadState
+from reelay_testing.kafka import TopicRecord, read_topic
 from tiktok_sandbox.media import write_sample_mp4
 
 from tests.e2e.flows import assert_published_once, connect_account, first_chunk_stored, post_video
-from tests.e2e.stack import Stack, free_port, wait_for
+from tests.e2e.stack import Stack, free_port, wait_for_upload_state
 
 pytestmark = pytest.mark.e2e
 
@@ -60,24 +60,6 @@ def file_server(video_dir: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-
-
-async def read_topic(bootstrap: str, topic: str, *, until: int, timeout: float) -> list[bytes]:
-    """Every record value on `topic` from the start, once at least `until` arrived (bounded)."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
-    values: list[bytes] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and len(values) < until:
-            batches = await consumer.getmany(timeout_ms=500)
-            for records in batches.values():
-                values.extend(r.value for r in records)
-    finally:
-        await consumer.stop()
-    return values
 
 
 class TestCrashes:
@@ -125,7 +107,7 @@ class TestRecordsFromUpstream:
             await producer.publish_raw(requests_topic, b"{not json", key=account_id.encode())
             await producer.publish(requests_topic, command, key=account_id)
 
-        final = await wait_for(
+        final = await wait_for_upload_state(
             http,
             f"{stack.ingest_url}/v1/uploads/{request_id}",
             until={"inbox_delivered", "published", "failed", "unconfirmed"},
@@ -135,15 +117,24 @@ class TestRecordsFromUpstream:
         assert final["state"] == "inbox_delivered", f"{final}\n{stack.logs()}"
 
         [dead] = await read_topic(kafka_bootstrap_servers, dlq_topic(requests_topic), until=1, timeout=30)
-        letter = DeadLetter.model_validate_json(dead)
+        letter = DeadLetter.model_validate_json(dead.value)
         assert (letter.topic, letter.value) == (requests_topic, "{not json")
         assert letter.reason
 
         # Upstream hears every change of its request on the outbound topic, in order, ending terminal.
-        values = await read_topic(
-            kafka_bootstrap_servers, stack.topics["REELAY_TOPIC_PUBLISH_STATUS"], until=10_000, timeout=5
+        def final_announced(records: Sequence[TopicRecord]) -> bool:
+            changes = (PublishStatusChanged.model_validate_json(r.value) for r in records)
+            return any(c.request_id == request_id and c.state is UploadState.INBOX_DELIVERED for c in changes)
+
+        # Until the final change is read, and a little after: a repeat announcement shows too.
+        records = await read_topic(
+            kafka_bootstrap_servers,
+            stack.topics["REELAY_TOPIC_PUBLISH_STATUS"],
+            until=final_announced,
+            timeout=60,
+            linger=2,
         )
-        changes = [PublishStatusChanged.model_validate_json(v) for v in values]
+        changes = [PublishStatusChanged.model_validate_json(r.value) for r in records]
         mine = [c.state for c in changes if c.request_id == request_id]
         assert mine[-1] is UploadState.INBOX_DELIVERED
         assert mine == sorted(mine, key=lambda s: s.rank), mine

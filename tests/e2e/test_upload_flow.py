@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from pymongo import AsyncMongoClient
+from reelay_testing.waiting import eventually
 from tiktok_sandbox.media import write_sample_mp4
 
 from tests.e2e.flows import connect_account
-from tests.e2e.stack import Stack, wait_for
+from tests.e2e.stack import Stack, wait_for_upload_state
 from tests.support import sha256_of
 
 pytestmark = pytest.mark.e2e
@@ -20,7 +23,11 @@ BIG_VIDEO_BYTES = 70 * 1000 * 1000  # > 64 MB: TikTok requires several chunks
 
 class TestUploadThroughTheStack:
     async def test_large_video_is_published_in_sequential_chunks(
-        self, stack: Stack, http: httpx.AsyncClient, video_dir: Path
+        self,
+        stack: Stack,
+        http: httpx.AsyncClient,
+        video_dir: Path,
+        mongo_client: AsyncMongoClient[dict[str, Any]],
     ) -> None:
         account_id, _ = await connect_account(http, stack)
         video = video_dir / "big.mp4"
@@ -41,7 +48,7 @@ class TestUploadThroughTheStack:
         accepted = resp.json()
         request_id = accepted["request_id"]
 
-        final = await wait_for(
+        final = await wait_for_upload_state(
             http,
             f"{stack.ingest_url}/v1/uploads/{request_id}",
             until={"published", "failed", "unconfirmed"},
@@ -68,3 +75,16 @@ class TestUploadThroughTheStack:
         assert expected_first == BIG_VIDEO_BYTES
         assert publish["complete"] is True
         assert publish["sha256"] == sha256_of(video)
+
+        # Settled, the upload leaves the in-flight work for `uploads`, and reads the same from there.
+        db = mongo_client[stack.database]
+
+        async def archived() -> bool:
+            return (
+                await db["uploads"].count_documents({"_id": request_id}) == 1
+                and await db["uploads_in_flight"].count_documents({"_id": request_id}) == 0
+            )
+
+        await eventually(archived, timeout=30, what="the published upload archived")
+        again = (await http.get(f"{stack.ingest_url}/v1/uploads/{request_id}", headers=stack.headers)).json()
+        assert again == final

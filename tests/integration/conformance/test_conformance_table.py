@@ -1,6 +1,6 @@
 """The conformance table: every documented TikTok rule, seen from both sides.
 
-For each rule of the reference (/work/shared/tiktok-content-posting-api.md) the table below holds two
+For each rule of the reference (docs/architecture.md, "TikTok") the table below holds two
 proofs, run as two parametrized tests:
 
 - `test_sandbox_rejects_the_violation[rule]`: the violating request, sent with plain httpx to the real
@@ -64,19 +64,17 @@ from reelay_common.domain.tiktok import FileUploadSourceInfo, PullFromUrlSourceI
 from reelay_common.ports import RateLimiter, TokenProvider, VideoReader
 from reelay_common.recorder import StateRecorder
 from reelay_common.settings import DEV_TOKEN_KEY
-from reelay_ingest.deps import IngestDeps, Policy, Topics
+from reelay_ingest.deps import IngestDeps, Topics
 from reelay_ingest.errors import RequestRejected
 from reelay_ingest.handlers import UploadTarget, check_upload_target
 from reelay_ingest.schemas import UploadByUrl
-from reelay_testing.fakes import (
-    BytesVideoReader,
-    FixedTokenProvider,
-    InMemoryAccountStore,
-    InMemoryBlobStore,
-    InMemoryUploadStore,
-    NoopRateLimiter,
-    RecordingPublisher,
-)
+from reelay_testing.blobs import FakeBlobStore
+from reelay_testing.clocks import FakeClock
+from reelay_testing.publisher import FakePublisher
+from reelay_testing.readers import BytesVideoReader
+from reelay_testing.stores import FakeAccountStore, FakeUploadStore
+from reelay_testing.tokens import FakeRateLimiter, FakeTokenProvider
+from reelay_testing.waiting import eventually
 from reelay_uploader.handlers import UploaderDeps, handle_upload_requested
 from tiktok_sandbox.media import iter_sample_mp4
 from tiktok_sandbox.plan import validate_plan
@@ -175,20 +173,6 @@ def video_bytes(size: int) -> bytes:
     if size not in _SAMPLES:
         _SAMPLES[size] = b"".join(iter_sample_mp4(size)) if size >= 1024 else b"\0" * size
     return _SAMPLES[size]
-
-
-async def wait_until(check: Callable[[], Awaitable[bool] | bool], *, timeout: float = 10.0) -> None:
-    """Poll `check` until it holds; fail after `timeout` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.01)
 
 
 async def admin_json(http: httpx.AsyncClient, path: str, **params: str) -> Any:
@@ -361,7 +345,7 @@ async def violate_parallel_put(p: Probe) -> httpx.Response:
 
     first = asyncio.create_task(p.put(url, stalled_body(), 0, MIB5 - 1, 2 * MIB5 + 1, length=MIB5))
     try:
-        await wait_until(lambda: p.sb.state.publishes[publish_id].put_in_flight)
+        await eventually(lambda: p.sb.state.publishes[publish_id].put_in_flight, timeout=10, interval=0.01)
         response = await p.violate(p.put(url, bytes(MIB5 + 1), MIB5, 2 * MIB5, 2 * MIB5 + 1))
     finally:
         release.set()
@@ -558,8 +542,8 @@ class World:
         """The gateway as the services build it (fast backoffs); a fixed token unless given a provider."""
         return TikTokGateway(
             self.client,
-            tokens if tokens is not None else FixedTokenProvider(token or self.token),
-            limiter if limiter is not None else NoopRateLimiter(),
+            tokens if tokens is not None else FakeTokenProvider(token or self.token),
+            limiter if limiter is not None else FakeRateLimiter(),
             backoff_initial=0.01,
             upload_backoff_initial=0.01,
         )
@@ -622,27 +606,27 @@ class Uploader:
     """The uploader's handler over in-memory stores and the real gateway."""
 
     deps: UploaderDeps
-    store: InMemoryUploadStore
+    uploads: FakeUploadStore
 
     async def handle(self, cmd: UploadRequested) -> UploadRecord:
         await handle_upload_requested(cmd, self.deps)
-        record = await self.store.get(cmd.request_id)
+        record = await self.uploads.get(cmd.request_id)
         assert record is not None
         return record
 
 
 def uploader(w: World, reader: VideoReader | None = None, *, token: str | None = None) -> Uploader:
-    store = InMemoryUploadStore()
-    publisher = RecordingPublisher()
+    uploads = FakeUploadStore()
+    publisher = FakePublisher()
     deps = UploaderDeps(
-        store=store,
-        recorder=StateRecorder(store, publisher, status_topic="conformance.status"),
+        uploads=uploads,
+        recorder=StateRecorder(uploads, publisher, status_topic="conformance.status"),
         publisher=publisher,
         tiktok=w.gateway(token=token),
         open_reader=opens(reader or BytesVideoReader(video_bytes(100_000))),
         events_topic="conformance.events",
     )
-    return Uploader(deps, store)
+    return Uploader(deps, uploads)
 
 
 def direct_cmd(request_id: str, post_info: PostInfo = SELF_ONLY) -> UploadRequested:
@@ -673,15 +657,15 @@ def failure(record: UploadRecord) -> dict[str, Any]:
     return record.history[-1].detail
 
 
-def ingest_deps(w: World, accounts: InMemoryAccountStore) -> IngestDeps:
-    store = InMemoryUploadStore()
-    publisher = RecordingPublisher()
+def ingest_deps(w: World, accounts: FakeAccountStore) -> IngestDeps:
+    uploads = FakeUploadStore()
+    publisher = FakePublisher()
     return IngestDeps(
-        uploads=store,
+        uploads=uploads,
         accounts=accounts,
         publisher=publisher,
-        recorder=StateRecorder(store, publisher, status_topic="conformance.status"),
-        blobs=InMemoryBlobStore(),
+        recorder=StateRecorder(uploads, publisher, status_topic="conformance.status"),
+        blobs=FakeBlobStore(),
         tiktok=w.gateway(),
         topics=Topics("conformance.requested", "conformance.events", "conformance.status"),
     )
@@ -716,22 +700,6 @@ class ShortReader(BytesVideoReader):
     async def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
         async for piece in super().stream(offset, length - 1 if offset == self.short_at else length):
             yield piece
-
-
-class SharedClock:
-    """Epoch seconds that move only when a limiter sleeps: shared by Reelay and the sandbox."""
-
-    def __init__(self, start: float) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 # -- §3: the chunk plan -------------------------------------------------------------------------
@@ -871,7 +839,7 @@ async def comply_content_length(w: World) -> None:
     with pytest.raises(InvalidInputError) as refused:
         await gw.upload_chunks(init.upload_url, plan, ShortReader(data, short_at=MIB5))
     assert refused.value.code == "source_size_mismatch"
-    await wait_until(lambda: _counted(w, "upload_incomplete_body"))
+    await eventually(lambda: _counted(w, "upload_incomplete_body"), timeout=10, interval=0.01)
     assert (await w.publish(init.publish_id))["uploaded_bytes"] == MIB5, "the short chunk was not stored"
     assert "upload:400" not in (await w.stats())["responses"]
 
@@ -1047,7 +1015,7 @@ async def comply_json_bodies(w: World) -> None:
 
 
 async def comply_scopes(w: World) -> None:
-    accounts = InMemoryAccountStore()
+    accounts = FakeAccountStore()
     accounts.add_connected("inbox-only", scopes=["user.info.basic", "video.upload"])
     accounts.add_connected("direct-only", scopes=["user.info.basic", "video.publish"])
     deps = ingest_deps(w, accounts)
@@ -1057,14 +1025,14 @@ async def comply_scopes(w: World) -> None:
     ]
     for target, scope in targets:
         with pytest.raises(RequestRejected) as refused:
-            await check_upload_target(target, deps, Policy())
+            await check_upload_target(target, deps)
         assert refused.value.code == "missing_scope"
         assert refused.value.extra["required_scope"] == scope
     assert (await w.stats())["calls"] == {}, "refused before anything reached TikTok"
     # Stored scopes that lie (the grant shrank since): TikTok's 401 scope_not_authorized is a
     # permanent AuthExpiredError, and no refresh is attempted (a refresh cannot add a scope).
     narrow = await grant_for(w.admin, w.sb.default_user.open_id, ["user.info.basic", "video.upload"])
-    provider = FixedTokenProvider(narrow["access_token"])
+    provider = FakeTokenProvider(narrow["access_token"])
     with pytest.raises(AuthExpiredError) as denied:
         await w.gateway(tokens=provider).init_upload(
             ACCOUNT, mode="direct", post_info=SELF_ONLY, source_info=plan_chunks(1000)
@@ -1078,10 +1046,10 @@ async def comply_scopes(w: World) -> None:
 async def comply_init_pacing(w: World) -> None:
     # Reelay's limiter and the sandbox's window run on one clock that moves only when the limiter
     # sleeps: a minute passes in no time, and the sandbox still judges every init by it.
-    clock = SharedClock(time.time())
-    w.monkeypatch.setattr(w.sb.state, "now", clock)
+    clock = FakeClock(time.time())
+    w.monkeypatch.setattr(w.sb.state, "now", clock.time)
     assert DEFAULT_LIMITS["init"] == 6
-    gw = w.gateway(limiter=MongoRateLimiter(w.db, clock=clock, sleep=clock.sleep))
+    gw = w.gateway(limiter=MongoRateLimiter(w.db, clock=clock.time, sleep=clock.sleep))
     for _ in range(8):
         await gw.init_upload(ACCOUNT, mode="direct", post_info=SELF_ONLY, source_info=plan_chunks(1000))
     # The 7th waited until the 1st left the 60 s window (+ the 1 s safety margin); the 8th did not.
@@ -1102,13 +1070,12 @@ async def comply_privacy_offered(w: World) -> None:
     )
     assert failure(record)["code"] == "privacy_level_not_offered"
     # Ingest refuses it earlier still, at the API, with the levels the creator does offer.
-    accounts = InMemoryAccountStore()
+    accounts = FakeAccountStore()
     accounts.add_connected(ACCOUNT)
     with pytest.raises(RequestRejected) as refused:
         await check_upload_target(
             UploadTarget(ACCOUNT, "direct", PostInfo(privacy_level="FOLLOWER_OF_CREATOR")),
             ingest_deps(w, accounts),
-            Policy(),
         )
     assert refused.value.code == "privacy_level_not_offered"
     assert refused.value.extra["offered"] == ["PUBLIC_TO_EVERYONE", "MUTUAL_FOLLOW_FRIENDS", "SELF_ONLY"]

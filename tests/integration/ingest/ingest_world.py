@@ -4,7 +4,6 @@ in-process TikTok sandbox. Topics and database are unique per test."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,50 +11,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import uvicorn
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastapi import FastAPI
 from pymongo.asynchronous.database import AsyncDatabase
-from reelay_ingest.app import create_app
+from reelay_common.adapters.ops_server import serve_app
+from reelay_ingest.main import run
 from reelay_ingest.settings import IngestSettings
+from reelay_testing.waiting import eventually
 from tiktok_sandbox.testing import SandboxHandle, running_sandbox
 
-from tests.support import eventually
-
 API_KEY = "integration-key"
-
-
-async def read_topic(
-    bootstrap: str, topic: str, *, count: int, timeout: float = 30.0
-) -> list[tuple[bytes, bytes]]:
-    """The first `count` (key, value) records of `topic`, read from the beginning without a group."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    records: list[tuple[bytes, bytes]] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while len(records) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out on {topic}; saw {len(records)} of {count} records")
-            for batch in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend((r.key, r.value) for r in batch)
-    finally:
-        await consumer.stop()
-    return records
-
-
-async def topic_size(bootstrap: str, topic: str) -> int:
-    """How many records `topic` holds (sum of its partitions' end offsets)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap)  # no group: nothing is committed
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        assert partitions, f"topic {topic} does not exist"
-        tps = [TopicPartition(topic, p) for p in partitions]
-        ends = await consumer.end_offsets(tps)
-        return int(sum(ends.values()))
-    finally:
-        await consumer.stop()
 
 
 @dataclass
@@ -124,31 +88,28 @@ def unique_settings(
 
 @asynccontextmanager
 async def served(settings: IngestSettings, *, app: FastAPI | None = None) -> AsyncIterator[str]:
-    """Serve create_app(settings), or `app`, with uvicorn on a free port as `python -m reelay_ingest` does."""
-    config = uvicorn.Config(
-        app or create_app(settings),
-        host="127.0.0.1",
-        port=0,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
+    """Run ingest on a free port as `python -m reelay_ingest` does (`main.run`), or serve `app`
+    (over fakes) the same way; stopped gracefully on exit."""
+    stop = asyncio.Event()
+    ports: list[int] = []
+    if app is None:
+        service = run(settings, stop, on_bound=ports.append)
+    else:
+        service = serve_app(app, host="127.0.0.1", port=0, stop=stop, on_bound=ports.append)
+    task = asyncio.create_task(service)
     try:
-        await eventually(lambda: _started(server, task), timeout=60, what="ingest to start")
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
+        await eventually(lambda: _started(ports, task), timeout=60, what="ingest to start")
+        yield f"http://127.0.0.1:{ports[0]}"
     finally:
-        server.should_exit = True
+        stop.set()
         await asyncio.wait_for(task, timeout=30)
 
 
-async def _started(server: uvicorn.Server, task: asyncio.Task[None]) -> bool:
+async def _started(ports: list[int], task: asyncio.Task[None]) -> bool:
     if task.done():
         task.result()  # raise the start-up failure, if any
         raise AssertionError("ingest stopped during start-up")
-    return server.started
+    return bool(ports)
 
 
 @asynccontextmanager

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from reelay_common.adapters.blobs import open_blob_store
 from reelay_common.domain.messages import BlobSource, UploadRequested
+from reelay_testing.kafka import read_topic
 
-from tests.integration.ingest.ingest_world import ingest_world, read_topic
-from tests.integration.ingest.test_ingest_service import MB, _Video
+from tests.integration.ingest.ingest_world import ingest_world
+from tests.integration.ingest.test_ingest_service import MB, _Video, stored_uploads
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -55,8 +56,8 @@ class TestConfiguredStore:
                 files={"file": ("sample.mp4", video, "video/mp4")},  # type: ignore[dict-item]  # file-like
             )
             assert resp.status_code == 202, resp.text
-            [(_, value)] = await read_topic(world.bootstrap, world.settings.topic_upload_requested, count=1)
-            source = UploadRequested.model_validate_json(value).source
+            [requested] = await read_topic(world.bootstrap, world.settings.topic_upload_requested, until=1)
+            source = UploadRequested.model_validate_json(requested.value).source
             assert isinstance(source, BlobSource)
             assert source.store == store_settings["blob_store"]
             assert source.sha256 == video.digest.hexdigest()
@@ -88,4 +89,4 @@ class TestLocalBudget:
             assert resp.json()["error"]["code"] == "storage_full"
             assert "Retry-After" in resp.headers
             assert list(root.iterdir()) == []
-            assert await mongo_db["uploads"].count_documents({}) == 0
+            assert await stored_uploads(mongo_db) == 0

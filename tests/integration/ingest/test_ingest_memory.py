@@ -11,7 +11,8 @@ from reelay_common.domain.messages import BlobSource
 from reelay_common.recorder import StateRecorder
 from reelay_ingest.app import create_app
 from reelay_ingest.deps import IngestDeps, Topics
-from reelay_testing.fakes import InMemoryAccountStore, InMemoryUploadStore, RecordingPublisher
+from reelay_testing.publisher import FakePublisher
+from reelay_testing.stores import FakeAccountStore, FakeUploadStore
 from tiktok_sandbox.media import iter_sample_mp4
 
 from tests.integration.ingest.ingest_world import API_KEY, served, unique_settings
@@ -61,9 +62,9 @@ class _Video:
 
 class TestIngestStreams:
     async def test_a_64_mb_upload_peaks_at_a_few_megabytes(self) -> None:
-        accounts = InMemoryAccountStore()
+        accounts = FakeAccountStore()
         accounts.add_connected("acct")
-        uploads, publisher, blobs = InMemoryUploadStore(), RecordingPublisher(), DiscardingBlobStore()
+        uploads, publisher, blobs = FakeUploadStore(), FakePublisher(), DiscardingBlobStore()
         topics = Topics("t.req", "t.events", "t.status")
         deps = IngestDeps(
             uploads=uploads,
@@ -75,7 +76,7 @@ class TestIngestStreams:
             topics=topics,
         )
         settings = unique_settings("unused:9", "mongodb://unused", "unused", "http://unused")
-        app = create_app(settings, deps=deps)
+        app = create_app(settings, deps)
 
         async with (
             served(settings, app=app) as base_url,

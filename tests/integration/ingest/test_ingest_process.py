@@ -17,10 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
+from reelay_testing.waiting import eventually
 from tiktok_sandbox.media import iter_sample_mp4
 
 from tests.integration.ingest.ingest_world import API_KEY
-from tests.support import eventually
 
 MB = 1_000_000
 BOUNDARY = "reelayProcessTest"
@@ -142,7 +142,9 @@ class TestIngestProcess:
         ]
         assert events.index("ingest_stopping") < events.index("ingest_stopped")
         assert not [e for e in events if e in {"request_failed"}]
-        assert await mongo_db["uploads"].count_documents({"_id": "proc-1", "state": "accepted"}) == 1
+        assert (
+            await mongo_db["uploads_in_flight"].count_documents({"_id": "proc-1", "state": "accepted"}) == 1
+        )
 
     def test_invalid_settings_exit_2_with_a_clear_message(self) -> None:
         env = {**os.environ, "REELAY_ENV": "prod", "INGEST_API_KEYS": "dev-api-key"}

@@ -17,11 +17,12 @@ from reelay_common.domain.messages import (
     UploadRequested,
 )
 from reelay_common.domain.states import UploadState
+from reelay_testing.kafka import read_topic, topic_size
+from reelay_testing.waiting import eventually
 from tiktok_sandbox.media import iter_sample_mp4
 from tiktok_sandbox.webhooks import event_body, signature_header
 
-from tests.integration.ingest.ingest_world import IngestWorld, read_topic, topic_size
-from tests.support import eventually
+from tests.integration.ingest.ingest_world import IngestWorld
 
 MB = 1_000_000
 
@@ -43,6 +44,11 @@ class _Video:
         out, self._buffer = (self._buffer, b"") if n < 0 else (self._buffer[:n], self._buffer[n:])
         self.digest.update(out)
         return out
+
+
+async def stored_uploads(db: Any) -> int:
+    """Uploads stored anywhere: in flight and in history (nothing may be, after a refusal)."""
+    return sum([await db[name].count_documents({}) for name in ("uploads", "uploads_in_flight")])
 
 
 async def blob_sha256(world: IngestWorld, source: BlobSource) -> str:
@@ -73,9 +79,9 @@ class TestStreamedUpload:
 
         assert resp.status_code == 202, resp.text
         assert resp.json()["status_url"] == f"{world.base_url}/v1/uploads/it-file-1"
-        [(key, value)] = await read_topic(world.bootstrap, world.settings.topic_upload_requested, count=1)
-        message = UploadRequested.model_validate_json(value)
-        assert key == account_id.encode()
+        [requested] = await read_topic(world.bootstrap, world.settings.topic_upload_requested, until=1)
+        message = UploadRequested.model_validate_json(requested.value)
+        assert requested.key == account_id.encode()
         assert (message.request_id, message.account_id, message.mode) == ("it-file-1", account_id, "direct")
         assert isinstance(message.source, BlobSource)
         assert message.source.size == 6 * MB
@@ -85,8 +91,8 @@ class TestStreamedUpload:
         record = await MongoUploadStore(world.db).get("it-file-1")
         assert record is not None
         assert record.state is UploadState.ACCEPTED
-        [(_, announced)] = await read_topic(world.bootstrap, world.settings.topic_publish_status, count=1)
-        assert PublishStatusChanged.model_validate_json(announced).state is UploadState.ACCEPTED
+        [announced] = await read_topic(world.bootstrap, world.settings.topic_publish_status, until=1)
+        assert PublishStatusChanged.model_validate_json(announced.value).state is UploadState.ACCEPTED
 
     async def test_a_replay_with_the_same_file_keeps_one_blob(self, world: IngestWorld) -> None:
         account_id = await world.connect_account()
@@ -126,7 +132,7 @@ class TestRefusals:
             "MUTUAL_FOLLOW_FRIENDS",
             "SELF_ONLY",
         }
-        assert await world.db["uploads"].count_documents({}) == 0
+        assert await stored_uploads(world.db) == 0
         assert await world.db["videos.files"].count_documents({}) == 0
         assert await world.db["videos.chunks"].count_documents({}) == 0
         assert await topic_size(world.bootstrap, world.settings.topic_upload_requested) == 0
@@ -150,7 +156,7 @@ class TestRefusals:
             assert resp.status_code == 413, resp.text
             assert await world.db["videos.files"].count_documents({}) == 0
             assert await world.db["videos.chunks"].count_documents({}) == 0
-            assert await world.db["uploads"].count_documents({}) == 0
+            assert await stored_uploads(world.db) == 0
 
 
 class TestWebhooksThroughKafka:
@@ -179,9 +185,9 @@ class TestWebhooksThroughKafka:
         )
 
         assert resp.status_code == 200, resp.text
-        [(key, value)] = await read_topic(world.bootstrap, world.settings.topic_publish_events, count=1)
-        message = TikTokWebhookReceived.model_validate_json(value)
-        assert key == account_id.encode()
+        [event] = await read_topic(world.bootstrap, world.settings.topic_publish_events, until=1)
+        message = TikTokWebhookReceived.model_validate_json(event.value)
+        assert event.key == account_id.encode()
         assert (message.event, message.publish_id, message.account_id) == (
             "post.publish.inbox_delivered",
             "v_inbox_file~v2.1",
@@ -263,8 +269,8 @@ class TestClientGoesAway:
             return 'reelay_ingest_rejections_total{code="client_disconnected"} 1.0' in metrics
 
         # The driver buffers GridFS chunks before inserting them; abort drops those and any written.
-        await eventually(disconnect_seen, what="ingest to notice the disconnect")
+        await eventually(disconnect_seen, timeout=60, what="ingest to notice the disconnect")
         assert await world.db["videos.chunks"].count_documents({}) == 0
         assert await world.db["videos.files"].count_documents({}) == 0
-        assert await world.db["uploads"].count_documents({}) == 0
+        assert await stored_uploads(world.db) == 0
         assert await topic_size(world.bootstrap, world.settings.topic_upload_requested) == 0

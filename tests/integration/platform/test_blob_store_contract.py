@@ -24,7 +24,7 @@ from reelay_common.domain.errors import InvalidInputError
 from reelay_common.domain.messages import BlobSource, BlobStoreKind
 from reelay_common.ports import BlobStore
 from reelay_common.settings import S3_MIN_PART_BYTES
-from reelay_testing.fakes import aiter_bytes
+from reelay_testing.readers import aiter_bytes
 
 MIB = 1024 * 1024
 PART = S3_MIN_PART_BYTES  # the S3 store's part size here: a 2-part-and-a-bit file is a real multipart

@@ -13,15 +13,16 @@ from reelay_common.adapters.blobs.gridfs import GRIDFS_CHUNK_BYTES, GridFSBlobSt
 from reelay_common.adapters.mongo.client import connect, ensure_indexes, ping
 from reelay_common.domain.errors import InvalidInputError
 from reelay_common.domain.messages import BlobSource
-from reelay_testing.fakes import InMemoryBlobStore, aiter_bytes
+from reelay_testing.blobs import FakeBlobStore
+from reelay_testing.readers import aiter_bytes
 
 DATA = os.urandom(3 * GRIDFS_CHUNK_BYTES + 12345)
 
 
 @pytest.fixture(params=["memory", "gridfs"])
-def blobs(request: pytest.FixtureRequest) -> GridFSBlobStore | InMemoryBlobStore:
+def blobs(request: pytest.FixtureRequest) -> GridFSBlobStore | FakeBlobStore:
     if request.param == "memory":
-        return InMemoryBlobStore()
+        return FakeBlobStore()
     db: AsyncDatabase[dict[str, Any]] = request.getfixturevalue("mongo_db")
     return GridFSBlobStore(db)
 
@@ -36,7 +37,7 @@ async def collect(stream: AsyncIterator[bytes], *, max_piece: int = GRIDFS_CHUNK
 
 class TestBlobStore:
     async def test_saves_a_stream_and_reads_it_back_whole(
-        self, blobs: GridFSBlobStore | InMemoryBlobStore
+        self, blobs: GridFSBlobStore | FakeBlobStore
     ) -> None:
         source = await blobs.save(
             aiter_bytes(DATA, 100_000), filename="clip.mp4", content_type="video/mp4", max_bytes=len(DATA)
@@ -57,7 +58,7 @@ class TestBlobStore:
         ],
     )
     async def test_streams_any_range(
-        self, blobs: GridFSBlobStore | InMemoryBlobStore, offset: int, length: int
+        self, blobs: GridFSBlobStore | FakeBlobStore, offset: int, length: int
     ) -> None:
         source = await blobs.save(
             aiter_bytes(DATA), filename=None, content_type="video/mp4", max_bytes=len(DATA)
@@ -65,7 +66,7 @@ class TestBlobStore:
         reader = await blobs.open(source)
         assert await collect(reader.stream(offset, length)) == DATA[offset : offset + length]
 
-    async def test_refuses_a_range_outside_the_file(self, blobs: GridFSBlobStore | InMemoryBlobStore) -> None:
+    async def test_refuses_a_range_outside_the_file(self, blobs: GridFSBlobStore | FakeBlobStore) -> None:
         source = await blobs.save(
             aiter_bytes(b"x" * 100), filename=None, content_type="video/mp4", max_bytes=100
         )
@@ -74,7 +75,7 @@ class TestBlobStore:
             await collect(reader.stream(90, 11))
 
     async def test_refuses_a_video_over_the_cap_and_keeps_nothing(
-        self, blobs: GridFSBlobStore | InMemoryBlobStore
+        self, blobs: GridFSBlobStore | FakeBlobStore
     ) -> None:
         with pytest.raises(InvalidInputError) as exc:
             await blobs.save(
@@ -88,22 +89,20 @@ class TestBlobStore:
         else:
             assert blobs.blobs == {}
 
-    async def test_refuses_an_unsupported_media_type(
-        self, blobs: GridFSBlobStore | InMemoryBlobStore
-    ) -> None:
+    async def test_refuses_an_unsupported_media_type(self, blobs: GridFSBlobStore | FakeBlobStore) -> None:
         with pytest.raises(InvalidInputError) as exc:
             await blobs.save(
                 aiter_bytes(b"GIF89a"), filename="x.gif", content_type="image/gif", max_bytes=100
             )
         assert exc.value.code == "unsupported_media_type"
 
-    async def test_refuses_an_empty_video(self, blobs: GridFSBlobStore | InMemoryBlobStore) -> None:
+    async def test_refuses_an_empty_video(self, blobs: GridFSBlobStore | FakeBlobStore) -> None:
         with pytest.raises(InvalidInputError) as exc:
             await blobs.save(aiter_bytes(b""), filename=None, content_type="video/mp4", max_bytes=100)
         assert exc.value.code == "empty"
 
     async def test_opening_a_deleted_blob_is_a_clear_error(
-        self, blobs: GridFSBlobStore | InMemoryBlobStore
+        self, blobs: GridFSBlobStore | FakeBlobStore
     ) -> None:
         source = await blobs.save(aiter_bytes(b"abc"), filename=None, content_type="video/mp4", max_bytes=10)
         await blobs.delete(source.blob_id)
@@ -113,7 +112,7 @@ class TestBlobStore:
         assert exc.value.code == "blob_not_found"
 
     async def test_opening_with_the_wrong_size_is_a_clear_error(
-        self, blobs: GridFSBlobStore | InMemoryBlobStore
+        self, blobs: GridFSBlobStore | FakeBlobStore
     ) -> None:
         source = await blobs.save(aiter_bytes(b"abc"), filename=None, content_type="video/mp4", max_bytes=10)
         with pytest.raises(InvalidInputError) as exc:
@@ -147,7 +146,9 @@ class TestMongoHelpers:
         await ensure_indexes(mongo_db)
         await ensure_indexes(mongo_db)
         names = {ix["name"] async for ix in await mongo_db["uploads"].list_indexes()}
-        assert {"account_state", "publish_id", "poll_next_at"} <= names
+        assert {"account_state", "publish_id"} <= names
+        in_flight = {ix["name"] async for ix in await mongo_db["uploads_in_flight"].list_indexes()}
+        assert {"account_state", "publish_id", "poll_next_at", "updated_at"} <= in_flight
 
 
 class TestLargeBlobs:

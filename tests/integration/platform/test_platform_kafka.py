@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import structlog
 import structlog.testing
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
 from reelay_common.adapters.kafka.publisher import KafkaPublisher
@@ -26,6 +26,8 @@ from reelay_common.domain.errors import (
     SkipError,
 )
 from reelay_common.domain.messages import DeadLetter, UploadRequested, dlq_topic
+from reelay_testing.kafka import read_topic
+from reelay_testing.waiting import eventually
 
 from tests.conftest import UniqueTopic
 
@@ -44,17 +46,6 @@ def request(n: int, *, account: str = "acct-1") -> UploadRequested:
     )
 
 
-async def eventually(
-    predicate: Callable[[], bool], *, timeout: float = 30.0, what: str = "condition"
-) -> None:
-    """Wait for `predicate` with a bounded poll."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> dict[int, int]:
     """The group's committed offsets by partition (-1: nothing committed)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -65,24 +56,6 @@ async def committed(bootstrap: str, group: str, topic: str, partitions: int = 1)
         return {tp.partition: (offsets[tp].offset if tp in offsets else -1) for tp in tps}
     finally:
         await admin.close()
-
-
-async def read_topic(bootstrap: str, topic: str, count: int, *, timeout: float = 30.0) -> list[Any]:
-    """The first `count` records of `topic` (no group, from the beginning)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    out: list[Any] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while len(out) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"only {len(out)} of {count} records on {topic} after {timeout}s")
-            batch = await consumer.getmany(timeout_ms=200)
-            for records in batch.values():
-                out.extend(records)
-    finally:
-        await consumer.stop()
-    return out
 
 
 @dataclass
@@ -101,7 +74,7 @@ Handler = Callable[[UploadRequested, RecordContext], Awaitable[None]]
 
 
 @dataclass
-class Harness:
+class LoopWorld:
     bootstrap: str
     publisher: KafkaPublisher
     topic: str
@@ -144,12 +117,20 @@ class Harness:
     async def committed(self, partitions: int = 1) -> dict[int, int]:
         return await committed(self.bootstrap, self.group, self.topic, partitions)
 
+    async def committed_reaches(self, expected: dict[int, int], *, partitions: int = 1) -> None:
+        """Wait (bounded) until the group's committed offsets are `expected`."""
+
+        async def reached() -> bool:
+            return await self.committed(partitions) == expected
+
+        await eventually(reached, timeout=30.0, interval=0.1, what=f"committed offsets {expected}")
+
 
 @pytest.fixture
-async def h(
+async def world(
     kafka_bootstrap_servers: str, kafka_publisher: KafkaPublisher, unique_topic: UniqueTopic
-) -> Harness:
-    return Harness(kafka_bootstrap_servers, kafka_publisher, await unique_topic("reelay.test.loop"))
+) -> LoopWorld:
+    return LoopWorld(kafka_bootstrap_servers, kafka_publisher, await unique_topic("reelay.test.loop"))
 
 
 def recording(seen: Seen) -> Handler:
@@ -189,59 +170,44 @@ class TestEnsureTopics:
 
 
 class TestRoundTrip:
-    async def test_delivers_published_messages_in_order_and_commits_each(self, h: Harness) -> None:
+    async def test_delivers_published_messages_in_order_and_commits_each(self, world: LoopWorld) -> None:
         for n in range(3):
-            await h.publisher.publish(h.topic, request(n), key="acct-1")
-        async with h.running(h.loop(recording(h.seen))):
-            await eventually(lambda: len(h.seen.finished) == 3, what="three records handled")
-            await eventually_async(lambda: h.committed(), {0: 3})
-        assert h.seen.ids() == ["req-0", "req-1", "req-2"]
+            await world.publisher.publish(world.topic, request(n), key="acct-1")
+        async with world.running(world.loop(recording(world.seen))):
+            await eventually(lambda: len(world.seen.finished) == 3, what="three records handled")
+            await world.committed_reaches({0: 3})
+        assert world.seen.ids() == ["req-0", "req-1", "req-2"]
 
-    async def test_hands_the_handler_where_the_record_came_from(self, h: Harness) -> None:
+    async def test_hands_the_handler_where_the_record_came_from(self, world: LoopWorld) -> None:
         contexts: list[RecordContext] = []
 
         async def handle(msg: UploadRequested, ctx: RecordContext) -> None:
             contexts.append(ctx)
 
-        await h.publisher.publish(h.topic, request(1), key="acct-9")
-        async with h.running(h.loop(handle)):
+        await world.publisher.publish(world.topic, request(1), key="acct-9")
+        async with world.running(world.loop(handle)):
             await eventually(lambda: len(contexts) == 1)
         (ctx,) = contexts
-        assert (ctx.topic, ctx.partition, ctx.offset, ctx.key) == (h.topic, 0, 0, "acct-9")
+        assert (ctx.topic, ctx.partition, ctx.offset, ctx.key) == (world.topic, 0, 0, "acct-9")
         assert ctx.timestamp_ms > 0
 
-    async def test_reports_healthy_while_running_and_not_after(self, h: Harness) -> None:
-        loop = h.loop(recording(h.seen))
+    async def test_reports_healthy_while_running_and_not_after(self, world: LoopWorld) -> None:
+        loop = world.loop(recording(world.seen))
         assert not loop.is_healthy()
-        async with h.running(loop):
+        async with world.running(loop):
             await eventually(loop.is_healthy, what="loop healthy")
         assert not loop.is_healthy()
 
 
-async def eventually_async(
-    fetch: Callable[[], Awaitable[Any]], expected: Any, *, timeout: float = 30.0
-) -> None:
-    """Wait until `await fetch() == expected`, with a bounded poll."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = await fetch()
-        if last == expected:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out: last value {last!r}, expected {expected!r}")
-        await asyncio.sleep(0.1)
-
-
 class TestLogging:
-    async def test_logs_one_summary_line_per_record_with_its_context(self, h: Harness) -> None:
+    async def test_logs_one_summary_line_per_record_with_its_context(self, world: LoopWorld) -> None:
         capture = structlog.testing.LogCapture()
         structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture])
         try:
-            await h.publisher.publish(h.topic, request(1, account="acct-7"), key="acct-7")
-            await h.publisher.publish_raw(h.topic, b"garbage", key=b"acct-7")
-            async with h.running(h.loop(recording(h.seen))):
-                await eventually(lambda: len(h.seen.dead) == 1, what="garbage dead-lettered")
+            await world.publisher.publish(world.topic, request(1, account="acct-7"), key="acct-7")
+            await world.publisher.publish_raw(world.topic, b"garbage", key=b"acct-7")
+            async with world.running(world.loop(recording(world.seen))):
+                await eventually(lambda: len(world.seen.dead) == 1, what="garbage dead-lettered")
                 await eventually(
                     lambda: sum(e["event"] == "record_processed" for e in capture.entries) == 2,
                     what="two summary lines",
@@ -255,119 +221,124 @@ class TestLogging:
             "acct-7",
             0,
         )
-        assert good["topic"] == h.topic
+        assert good["topic"] == world.topic
         assert good["duration_ms"] >= 0
         assert (bad["outcome"], bad["offset"]) == ("dead_lettered", 1)
         assert "request_id" not in bad  # context of one record never leaks into the next
 
 
 class TestCommitsOnlyAfterHandling:
-    async def test_a_crash_mid_handle_leads_to_redelivery_to_a_new_consumer(self, h: Harness) -> None:
+    async def test_a_crash_mid_handle_leads_to_redelivery_to_a_new_consumer(self, world: LoopWorld) -> None:
         release = asyncio.Event()
 
         async def slow(msg: UploadRequested, ctx: RecordContext) -> None:
-            h.seen.started.append((msg.request_id, ctx.partition, ctx.offset))
+            world.seen.started.append((msg.request_id, ctx.partition, ctx.offset))
             await release.wait()
-            h.seen.finished.append((msg.request_id, ctx.partition, ctx.offset))
+            world.seen.finished.append((msg.request_id, ctx.partition, ctx.offset))
 
-        await h.publisher.publish(h.topic, request(1), key="acct-1")
+        await world.publisher.publish(world.topic, request(1), key="acct-1")
         stop = asyncio.Event()
-        task = asyncio.create_task(h.loop(slow).run(stop))
-        await eventually(lambda: len(h.seen.started) == 1, what="handler started")
+        task = asyncio.create_task(world.loop(slow).run(stop))
+        await eventually(lambda: len(world.seen.started) == 1, what="handler started")
         task.cancel()  # the process dies mid-upload
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert h.seen.finished == []
-        assert await h.committed() == {0: -1}
+        assert world.seen.finished == []
+        assert await world.committed() == {0: -1}
 
         release.set()
-        async with h.running(h.loop(slow)):
-            await eventually(lambda: len(h.seen.finished) == 1, what="redelivered record handled")
-            await eventually_async(lambda: h.committed(), {0: 1})
-        assert h.seen.ids("started") == ["req-1", "req-1"]
+        async with world.running(world.loop(slow)):
+            await eventually(lambda: len(world.seen.finished) == 1, what="redelivered record handled")
+            await world.committed_reaches({0: 1})
+        assert world.seen.ids("started") == ["req-1", "req-1"]
 
     async def test_stop_cancels_a_handler_that_outlives_the_grace_and_leaves_it_uncommitted(
-        self, h: Harness
+        self, world: LoopWorld
     ) -> None:
         never = asyncio.Event()
         cancelled: list[str] = []
 
         async def stuck(msg: UploadRequested, ctx: RecordContext) -> None:
-            h.seen.started.append((msg.request_id, ctx.partition, ctx.offset))
+            world.seen.started.append((msg.request_id, ctx.partition, ctx.offset))
             try:
                 await never.wait()
             except asyncio.CancelledError:
                 cancelled.append(msg.request_id)
                 raise
 
-        await h.publisher.publish(h.topic, request(1), key="acct-1")
-        async with h.running(h.loop(stuck, shutdown_grace_seconds=0.3)):
-            await eventually(lambda: len(h.seen.started) == 1, what="handler started")
+        await world.publisher.publish(world.topic, request(1), key="acct-1")
+        async with world.running(world.loop(stuck, shutdown_grace_seconds=0.3)):
+            await eventually(lambda: len(world.seen.started) == 1, what="handler started")
         assert cancelled == ["req-1"]
-        assert await h.committed() == {0: -1}
+        assert await world.committed() == {0: -1}
 
-        async with h.running(h.loop(recording(h.seen))):
-            await eventually(lambda: h.seen.ids() == ["req-1"], what="redelivery after stop")
+        async with world.running(world.loop(recording(world.seen))):
+            await eventually(lambda: world.seen.ids() == ["req-1"], what="redelivery after stop")
 
-    async def test_stop_lets_an_in_flight_handler_finish_within_the_grace(self, h: Harness) -> None:
+    async def test_stop_lets_an_in_flight_handler_finish_within_the_grace(self, world: LoopWorld) -> None:
         async def brief(msg: UploadRequested, ctx: RecordContext) -> None:
-            h.seen.started.append((msg.request_id, ctx.partition, ctx.offset))
+            world.seen.started.append((msg.request_id, ctx.partition, ctx.offset))
             await asyncio.sleep(0.5)
-            h.seen.finished.append((msg.request_id, ctx.partition, ctx.offset))
+            world.seen.finished.append((msg.request_id, ctx.partition, ctx.offset))
 
-        await h.publisher.publish(h.topic, request(1), key="acct-1")
-        await h.publisher.publish(h.topic, request(2), key="acct-1")
-        async with h.running(h.loop(brief, shutdown_grace_seconds=10)):
-            await eventually(lambda: len(h.seen.started) == 1, what="handler started")
+        await world.publisher.publish(world.topic, request(1), key="acct-1")
+        await world.publisher.publish(world.topic, request(2), key="acct-1")
+        async with world.running(world.loop(brief, shutdown_grace_seconds=10)):
+            await eventually(lambda: len(world.seen.started) == 1, what="handler started")
         # The in-flight record finished and was committed; the next one was not started.
-        assert h.seen.ids() == ["req-1"]
-        assert await h.committed() == {0: 1}
+        assert world.seen.ids() == ["req-1"]
+        assert await world.committed() == {0: 1}
 
 
 class TestDeadLetters:
-    async def test_malformed_records_are_dead_lettered_and_the_loop_moves_on(self, h: Harness) -> None:
-        await h.publisher.publish_raw(h.topic, b"not json at all", key=b"acct-1")
-        await h.publisher.publish_raw(
-            h.topic, b'{"request_id": "req-bad", "account_id": "acct-1"}', key=b"acct-1"
+    async def test_malformed_records_are_dead_lettered_and_the_loop_moves_on(self, world: LoopWorld) -> None:
+        await world.publisher.publish_raw(world.topic, b"not json at all", key=b"acct-1")
+        await world.publisher.publish_raw(
+            world.topic, b'{"request_id": "req-bad", "account_id": "acct-1"}', key=b"acct-1"
         )
-        await h.publisher.publish(h.topic, request(3), key="acct-1")
-        async with h.running(h.loop(recording(h.seen))):
-            await eventually(lambda: h.seen.ids() == ["req-3"], what="good record after bad ones")
-            await eventually(lambda: len(h.seen.dead) == 2, what="two dead letters")
-            await eventually_async(lambda: h.committed(), {0: 3})
+        await world.publisher.publish(world.topic, request(3), key="acct-1")
+        async with world.running(world.loop(recording(world.seen))):
+            await eventually(lambda: world.seen.ids() == ["req-3"], what="good record after bad ones")
+            await eventually(lambda: len(world.seen.dead) == 2, what="two dead letters")
+            await world.committed_reaches({0: 3})
 
         letters = [
             DeadLetter.model_validate_json(r.value)
-            for r in await read_topic(h.bootstrap, dlq_topic(h.topic), 2)
+            for r in await read_topic(world.bootstrap, dlq_topic(world.topic), until=2)
         ]
         first, second = letters
-        assert (first.topic, first.partition, first.offset, first.reason) == (h.topic, 0, 0, "invalid_json")
+        assert (first.topic, first.partition, first.offset, first.reason) == (
+            world.topic,
+            0,
+            0,
+            "invalid_json",
+        )
         assert first.value == "not json at all"
         assert (second.offset, second.reason) == (1, "validation_failed")
         assert "mode" in second.error
         assert "source" in second.error
         assert (second.request_id, second.account_id) == ("req-bad", "acct-1")
-        assert [d.offset for d in h.seen.dead] == [0, 1]
+        assert [d.offset for d in world.seen.dead] == [0, 1]
 
-    async def test_dead_letters_keep_the_original_key(self, h: Harness) -> None:
-        await h.publisher.publish_raw(h.topic, b"[1, 2", key=b"acct-key")
-        async with h.running(h.loop(recording(h.seen))):
-            await eventually(lambda: len(h.seen.dead) == 1)
-        (record,) = await read_topic(h.bootstrap, dlq_topic(h.topic), 1)
+    async def test_dead_letters_keep_the_original_key(self, world: LoopWorld) -> None:
+        await world.publisher.publish_raw(world.topic, b"[1, 2", key=b"acct-key")
+        async with world.running(world.loop(recording(world.seen))):
+            await eventually(lambda: len(world.seen.dead) == 1)
+        (record,) = await read_topic(world.bootstrap, dlq_topic(world.topic), until=1)
         assert record.key == b"acct-key"
 
-    async def test_a_permanent_error_is_dead_lettered_with_its_code(self, h: Harness) -> None:
+    async def test_a_permanent_error_is_dead_lettered_with_its_code(self, world: LoopWorld) -> None:
         async def refuse(msg: UploadRequested, ctx: RecordContext) -> None:
             if msg.request_id == "req-1":
                 raise InvalidInputError("the account is unknown", code="unknown_account")
-            h.seen.finished.append((msg.request_id, ctx.partition, ctx.offset))
+            world.seen.finished.append((msg.request_id, ctx.partition, ctx.offset))
 
-        await h.publisher.publish(h.topic, request(1), key="acct-1")
-        await h.publisher.publish(h.topic, request(2), key="acct-1")
-        async with h.running(h.loop(refuse)):
-            await eventually(lambda: h.seen.ids() == ["req-2"], what="next record handled")
-            await eventually_async(lambda: h.committed(), {0: 2})
-        (letter,) = h.seen.dead
+        await world.publisher.publish(world.topic, request(1), key="acct-1")
+        await world.publisher.publish(world.topic, request(2), key="acct-1")
+        async with world.running(world.loop(refuse)):
+            await eventually(lambda: world.seen.ids() == ["req-2"], what="next record handled")
+            await world.committed_reaches({0: 2})
+        (letter,) = world.seen.dead
         assert (letter.reason, letter.request_id, letter.account_id, letter.offset) == (
             "unknown_account",
             "req-1",
@@ -376,98 +347,98 @@ class TestDeadLetters:
         )
         assert "the account is unknown" in letter.error
 
-    async def test_a_permanent_error_without_a_code_is_named_by_its_kind(self, h: Harness) -> None:
+    async def test_a_permanent_error_without_a_code_is_named_by_its_kind(self, world: LoopWorld) -> None:
         async def refuse(msg: UploadRequested, ctx: RecordContext) -> None:
             raise PermanentError("no")
 
-        await h.publisher.publish(h.topic, request(1), key="acct-1")
-        async with h.running(h.loop(refuse)):
-            await eventually(lambda: len(h.seen.dead) == 1)
-        assert h.seen.dead[0].reason == "permanent"
+        await world.publisher.publish(world.topic, request(1), key="acct-1")
+        async with world.running(world.loop(refuse)):
+            await eventually(lambda: len(world.seen.dead) == 1)
+        assert world.seen.dead[0].reason == "permanent"
 
-    async def test_unexpected_errors_are_retried_then_dead_lettered(self, h: Harness) -> None:
+    async def test_unexpected_errors_are_retried_then_dead_lettered(self, world: LoopWorld) -> None:
         attempts: list[int] = []
 
         async def buggy(msg: UploadRequested, ctx: RecordContext) -> None:
             attempts.append(ctx.offset)
             raise KeyError("bug")
 
-        await h.publisher.publish(h.topic, request(1), key="acct-1")
-        async with h.running(h.loop(buggy, max_unexpected_failures=3)):
-            await eventually(lambda: len(h.seen.dead) == 1)
-            await eventually_async(lambda: h.committed(), {0: 1})
+        await world.publisher.publish(world.topic, request(1), key="acct-1")
+        async with world.running(world.loop(buggy, max_unexpected_failures=3)):
+            await eventually(lambda: len(world.seen.dead) == 1)
+            await world.committed_reaches({0: 1})
         assert attempts == [0, 0, 0]
-        assert h.seen.dead[0].reason == "handler_failed"
-        assert "KeyError" in h.seen.dead[0].error
+        assert world.seen.dead[0].reason == "handler_failed"
+        assert "KeyError" in world.seen.dead[0].error
 
-    async def test_a_skip_commits_without_a_dead_letter(self, h: Harness) -> None:
+    async def test_a_skip_commits_without_a_dead_letter(self, world: LoopWorld) -> None:
         async def skip(msg: UploadRequested, ctx: RecordContext) -> None:
             raise SkipError("duplicate")
 
-        await h.publisher.publish(h.topic, request(1), key="acct-1")
-        async with h.running(h.loop(skip)):
-            await eventually_async(lambda: h.committed(), {0: 1})
-        assert h.seen.dead == []
+        await world.publisher.publish(world.topic, request(1), key="acct-1")
+        async with world.running(world.loop(skip)):
+            await world.committed_reaches({0: 1})
+        assert world.seen.dead == []
 
 
 class TestDeadLetterHook:
-    async def test_a_hook_that_fails_retryably_is_retried_before_the_commit(self, h: Harness) -> None:
+    async def test_a_hook_that_fails_retryably_is_retried_before_the_commit(self, world: LoopWorld) -> None:
         calls: list[int] = []
         commits_during_hook: list[dict[int, int]] = []
 
         async def hook(letter: DeadLetter) -> None:
             calls.append(letter.offset)
-            commits_during_hook.append(await h.committed())
+            commits_during_hook.append(await world.committed())
             if len(calls) == 1:
                 raise RetryableError("Mongo is restarting")
 
         async def refuse(msg: UploadRequested, ctx: RecordContext) -> None:
             raise InvalidInputError("bad", code="bad_input")
 
-        await h.publisher.publish(h.topic, request(1), key="acct-1")
+        await world.publisher.publish(world.topic, request(1), key="acct-1")
         loop = ConsumerLoop(
-            bootstrap_servers=h.bootstrap,
-            group_id=h.group,
-            topic=h.topic,
+            bootstrap_servers=world.bootstrap,
+            group_id=world.group,
+            topic=world.topic,
             decode=UploadRequested.model_validate_json,
             handle=refuse,
-            publisher=h.publisher,
+            publisher=world.publisher,
             on_dead_letter=hook,
             retry_backoff_initial=0.05,
             poll_timeout_ms=100,
             **FAST,
         )
-        async with h.running(loop):
-            await eventually_async(lambda: h.committed(), {0: 1})
+        async with world.running(loop):
+            await world.committed_reaches({0: 1})
         assert calls == [0, 0]
         assert commits_during_hook == [{0: -1}, {0: -1}]
         # The dead letter itself was published once, before the hook.
-        assert len(await read_topic(h.bootstrap, dlq_topic(h.topic), 1)) == 1
+        assert len(await read_topic(world.bootstrap, dlq_topic(world.topic), until=1)) == 1
 
 
 class TestRetries:
     async def test_a_retryable_error_is_retried_until_it_succeeds_and_not_committed_in_between(
-        self, h: Harness
+        self, world: LoopWorld
     ) -> None:
         commits_seen_while_failing: list[dict[int, int]] = []
 
         async def flaky(msg: UploadRequested, ctx: RecordContext) -> None:
-            h.seen.started.append((msg.request_id, ctx.partition, ctx.offset))
-            if len(h.seen.started) <= 2:
-                commits_seen_while_failing.append(await h.committed())
+            world.seen.started.append((msg.request_id, ctx.partition, ctx.offset))
+            if len(world.seen.started) <= 2:
+                commits_seen_while_failing.append(await world.committed())
                 raise RetryableError("TikTok answered 503")
-            h.seen.finished.append((msg.request_id, ctx.partition, ctx.offset))
+            world.seen.finished.append((msg.request_id, ctx.partition, ctx.offset))
 
-        await h.publisher.publish(h.topic, request(1), key="acct-1")
-        await h.publisher.publish(h.topic, request(2), key="acct-1")
-        async with h.running(h.loop(flaky)):
-            await eventually(lambda: h.seen.ids() == ["req-1", "req-2"], what="both handled")
-            await eventually_async(lambda: h.committed(), {0: 2})
-        assert h.seen.ids("started")[:3] == ["req-1", "req-1", "req-1"]
+        await world.publisher.publish(world.topic, request(1), key="acct-1")
+        await world.publisher.publish(world.topic, request(2), key="acct-1")
+        async with world.running(world.loop(flaky)):
+            await eventually(lambda: world.seen.ids() == ["req-1", "req-2"], what="both handled")
+            await world.committed_reaches({0: 2})
+        assert world.seen.ids("started")[:3] == ["req-1", "req-1", "req-1"]
         assert commits_seen_while_failing == [{0: -1}, {0: -1}]
-        assert h.seen.dead == []
+        assert world.seen.dead == []
 
-    async def test_respects_retry_after_of_a_rate_limit(self, h: Harness) -> None:
+    async def test_respects_retry_after_of_a_rate_limit(self, world: LoopWorld) -> None:
         times: list[float] = []
 
         async def limited(msg: UploadRequested, ctx: RecordContext) -> None:
@@ -475,28 +446,28 @@ class TestRetries:
             if len(times) == 1:
                 raise RateLimitedError("slow down", retry_after=1.0)
 
-        await h.publisher.publish(h.topic, request(1), key="acct-1")
-        async with h.running(h.loop(limited, retry_backoff_initial=0.01, retry_backoff_max=0.01)):
+        await world.publisher.publish(world.topic, request(1), key="acct-1")
+        async with world.running(world.loop(limited, retry_backoff_initial=0.01, retry_backoff_max=0.01)):
             await eventually(lambda: len(times) == 2)
         assert times[1] - times[0] >= 0.85  # retry_after (1 s) minus the jitter allowance
 
-    async def test_stop_during_retries_leaves_the_record_uncommitted(self, h: Harness) -> None:
+    async def test_stop_during_retries_leaves_the_record_uncommitted(self, world: LoopWorld) -> None:
         async def down(msg: UploadRequested, ctx: RecordContext) -> None:
-            h.seen.started.append((msg.request_id, ctx.partition, ctx.offset))
+            world.seen.started.append((msg.request_id, ctx.partition, ctx.offset))
             raise RetryableError("Mongo is down")
 
-        await h.publisher.publish(h.topic, request(1), key="acct-1")
-        async with h.running(h.loop(down)):
-            await eventually(lambda: len(h.seen.started) >= 2, what="retrying")
-        assert await h.committed() == {0: -1}
-        assert h.seen.dead == []
+        await world.publisher.publish(world.topic, request(1), key="acct-1")
+        async with world.running(world.loop(down)):
+            await eventually(lambda: len(world.seen.started) >= 2, what="retrying")
+        assert await world.committed() == {0: -1}
+        assert world.seen.dead == []
 
 
 class TestPartitions:
     async def test_partitions_are_handled_concurrently_and_each_in_order(
         self, kafka_bootstrap_servers: str, kafka_publisher: KafkaPublisher, unique_topic: UniqueTopic
     ) -> None:
-        h = Harness(
+        world = LoopWorld(
             kafka_bootstrap_servers, kafka_publisher, await unique_topic("reelay.test.parts", partitions=2)
         )
         other_partition_done = asyncio.Event()
@@ -511,57 +482,61 @@ class TestPartitions:
                 other_partition_done.set()
 
         for p, n in [(p, n) for p in (0, 1) for n in range(3)]:
-            await send_to_partition(kafka_bootstrap_servers, h.topic, p, request(10 * p + n))
-        async with h.running(h.loop(handle)):
+            await send_to_partition(kafka_bootstrap_servers, world.topic, p, request(10 * p + n))
+        async with world.running(world.loop(handle)):
             await eventually(
                 lambda: len(by_partition[0]) == 3 and len(by_partition[1]) == 3, what="all handled"
             )
-            await eventually_async(lambda: h.committed(2), {0: 3, 1: 3})
+            await world.committed_reaches({0: 3, 1: 3}, partitions=2)
         assert by_partition == {0: ["req-0", "req-1", "req-2"], 1: ["req-10", "req-11", "req-12"]}
 
-    async def test_a_handler_longer_than_max_poll_interval_causes_no_rebalance(self, h: Harness) -> None:
+    async def test_a_handler_longer_than_max_poll_interval_causes_no_rebalance(
+        self, world: LoopWorld
+    ) -> None:
         async def long_upload(msg: UploadRequested, ctx: RecordContext) -> None:
-            h.seen.started.append((msg.request_id, ctx.partition, ctx.offset))
+            world.seen.started.append((msg.request_id, ctx.partition, ctx.offset))
             if msg.request_id == "req-1":
                 await asyncio.sleep(6)  # twice max_poll_interval_ms
-            h.seen.finished.append((msg.request_id, ctx.partition, ctx.offset))
+            world.seen.finished.append((msg.request_id, ctx.partition, ctx.offset))
 
-        await h.publisher.publish(h.topic, request(1), key="acct-1")
-        await h.publisher.publish(h.topic, request(2), key="acct-1")
-        async with h.running(h.loop(long_upload, max_poll_interval_ms=3000, rebalance_timeout_ms=6000)):
-            await eventually(lambda: len(h.seen.finished) == 2, timeout=40, what="both handled")
-            await eventually_async(lambda: h.committed(), {0: 2})
+        await world.publisher.publish(world.topic, request(1), key="acct-1")
+        await world.publisher.publish(world.topic, request(2), key="acct-1")
+        async with world.running(
+            world.loop(long_upload, max_poll_interval_ms=3000, rebalance_timeout_ms=6000)
+        ):
+            await eventually(lambda: len(world.seen.finished) == 2, timeout=40, what="both handled")
+            await world.committed_reaches({0: 2})
         # A rebalance would have cancelled and redelivered req-1.
-        assert h.seen.ids("started") == ["req-1", "req-2"]
+        assert world.seen.ids("started") == ["req-1", "req-2"]
 
     async def test_revoked_partitions_cancel_in_flight_work_which_the_new_owner_redoes(
-        self, h: Harness
+        self, world: LoopWorld
     ) -> None:
         gate = asyncio.Event()
         cancelled: list[str] = []
 
         async def gated(msg: UploadRequested, ctx: RecordContext) -> None:
-            h.seen.started.append((msg.request_id, ctx.partition, ctx.offset))
+            world.seen.started.append((msg.request_id, ctx.partition, ctx.offset))
             try:
                 await gate.wait()
             except asyncio.CancelledError:
                 cancelled.append(msg.request_id)
                 raise
-            h.seen.finished.append((msg.request_id, ctx.partition, ctx.offset))
+            world.seen.finished.append((msg.request_id, ctx.partition, ctx.offset))
 
-        await h.publisher.publish(h.topic, request(1), key="acct-1")
-        async with h.running(h.loop(gated)):
-            await eventually(lambda: len(h.seen.started) == 1, what="first consumer started the record")
+        await world.publisher.publish(world.topic, request(1), key="acct-1")
+        async with world.running(world.loop(gated)):
+            await eventually(lambda: len(world.seen.started) == 1, what="first consumer started the record")
             # A second member joins: the partition is revoked from the first during the rebalance.
-            async with h.running(h.loop(gated)):
+            async with world.running(world.loop(gated)):
                 await eventually(lambda: cancelled == ["req-1"], what="in-flight work cancelled on revoke")
-                assert await h.committed() == {0: -1}
+                assert await world.committed() == {0: -1}
                 await eventually(
-                    lambda: len(h.seen.started) == 2, what="the owner after the rebalance restarts it"
+                    lambda: len(world.seen.started) == 2, what="the owner after the rebalance restarts it"
                 )
                 gate.set()
-                await eventually(lambda: h.seen.ids() == ["req-1"], what="redone once")
-                await eventually_async(lambda: h.committed(), {0: 1})
+                await eventually(lambda: world.seen.ids() == ["req-1"], what="redone once")
+                await world.committed_reaches({0: 1})
 
 
 async def send_to_partition(bootstrap: str, topic: str, partition: int, message: UploadRequested) -> None:

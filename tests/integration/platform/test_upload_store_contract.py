@@ -1,4 +1,4 @@
-"""The UploadStore contract, run against the in-memory fake and the real Mongo store alike (STYLE 8)."""
+"""One UploadStore contract for the fake and the real Mongo store (docs/architecture.md, "Habits" 8)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from reelay_common.adapters.mongo.uploads import MongoUploadStore
 from reelay_common.domain.messages import UploadRequested
 from reelay_common.domain.states import UploadState
 from reelay_common.ports import UploadStore
-from reelay_testing.fakes import InMemoryUploadStore
+from reelay_testing.stores import FakeUploadStore
 
 S = UploadState
 
@@ -28,7 +28,7 @@ async def indexed_db(mongo_db: AsyncDatabase[dict[str, Any]]) -> AsyncDatabase[d
 def store(request: pytest.FixtureRequest) -> UploadStore:
     """The fake and the real store: every test below runs against both."""
     if request.param == "memory":
-        return InMemoryUploadStore()
+        return FakeUploadStore()
     return MongoUploadStore(request.getfixturevalue("indexed_db"))
 
 
@@ -62,6 +62,13 @@ class TestCreate:
         assert record.post_info.privacy_level == "SELF_ONLY"
         assert [(h.state, h.source) for h in record.history] == [(S.ACCEPTED, "ingest")]
         assert record.created_at.tzinfo is not None
+        assert await store.get("req-1") == record
+
+    async def test_keeps_when_the_client_asked(self, store: UploadStore) -> None:
+        request = cmd()
+        record, _ = await store.create(request, source="ingest")
+        assert record.requested_at is not None
+        assert abs(record.requested_at - request.requested_at) < timedelta(milliseconds=1)
         assert await store.get("req-1") == record
 
     async def test_is_idempotent_on_request_id(self, store: UploadStore) -> None:
@@ -326,3 +333,102 @@ class TestPolling:
             assert record is not None
             assert record.state is S.PROCESSING
             assert [h.state for h in record.history] == [S.ACCEPTED, S.PROCESSING]
+
+
+def later() -> datetime:
+    """A `now` far enough ahead that every upload written by a test has been quiet long enough."""
+    return datetime.now(UTC) + timedelta(hours=1)
+
+
+async def settle_some(store: UploadStore) -> None:
+    """req-1 failed, req-2 published and no longer watched (settled); req-3 uploading, req-4
+    published and still watched for its post ids (in flight)."""
+    for n in range(1, 5):
+        await store.create(cmd(n), source="ingest")
+    await store.transition("req-1", S.FAILED, source="uploader", detail={"code": "x"})
+    await store.transition("req-2", S.PUBLISHED, source="poller", set_fields={"publish_id": "v_pub_2"})
+    await store.transition("req-3", S.UPLOADING, source="uploader")
+    await store.transition("req-4", S.PUBLISHED, source="poller", set_fields={"poll_next_at": at(0)})
+
+
+class TestArchive:
+    async def test_archives_settled_uploads_only_and_every_read_still_finds_them(
+        self, store: UploadStore
+    ) -> None:
+        await settle_some(store)
+        before = {n: await store.get(f"req-{n}") for n in range(1, 5)}
+        assert await store.archive_settled(later(), grace_seconds=0) == 2
+        assert await store.archive_settled(later(), grace_seconds=0) == 0  # each moves once
+        assert {n: await store.get(f"req-{n}") for n in range(1, 5)} == before
+        assert sorted(r.request_id for r in await store.list()) == ["req-1", "req-2", "req-3", "req-4"]
+        assert [r.request_id for r in await store.list(state=S.FAILED)] == ["req-1"]
+        found = await store.find_by_publish_id("v_pub_2")
+        assert found is not None
+        assert found.request_id == "req-2"
+        # What is still in flight goes on as before: the watched one is claimable.
+        claimed = await store.claim_due_poll(at(1), 30)
+        assert claimed is not None
+        assert claimed.request_id == "req-4"
+
+    async def test_waits_out_the_grace_period(self, store: UploadStore) -> None:
+        await settle_some(store)
+        assert await store.archive_settled(datetime.now(UTC), grace_seconds=3600) == 0
+
+    async def test_a_late_fact_about_an_archived_upload_is_kept(self, store: UploadStore) -> None:
+        await settle_some(store)
+        await store.archive_settled(later(), grace_seconds=0)
+        updated = await store.checkpoint("req-2", {"post_ids": ["7300000000000000001"]})
+        assert updated is not None
+        assert updated.post_ids == ["7300000000000000001"]
+        record = await store.get("req-2")
+        assert record is not None
+        assert record.post_ids == ["7300000000000000001"]
+        # Terminal is terminal, archived or not.
+        assert await store.transition("req-1", S.PUBLISHED, source="webhook") is None
+
+    async def test_a_replayed_create_of_an_archived_upload_returns_it(self, store: UploadStore) -> None:
+        await settle_some(store)
+        await store.archive_settled(later(), grace_seconds=0)
+        again, created = await store.create(cmd(1), source="ingest")
+        assert not created
+        assert again.state is S.FAILED
+        assert await store.archive_settled(later(), grace_seconds=0) == 0
+        assert len(await store.list()) == 4
+
+    async def test_concurrent_archive_runs_move_each_upload_once(self, store: UploadStore) -> None:
+        for n in range(10):
+            await store.create(cmd(n), source="ingest")
+            await store.transition(f"req-{n}", S.FAILED, source="uploader")
+        moved = await asyncio.gather(*(store.archive_settled(later(), grace_seconds=0) for _ in range(4)))
+        assert sum(moved) == 10
+        assert len(await store.list()) == 10
+
+    async def test_a_write_racing_the_archive_move_is_not_lost(self, store: UploadStore) -> None:
+        for n in range(10):
+            await store.create(cmd(n), source="ingest")
+            await store.transition(f"req-{n}", S.PUBLISHED, source="poller")
+        await asyncio.gather(
+            store.archive_settled(later(), grace_seconds=0),
+            *(store.checkpoint(f"req-{n}", {"post_ids": [str(7300000000000000000 + n)]}) for n in range(10)),
+        )
+        await store.archive_settled(later(), grace_seconds=0)  # whatever a late write held back
+        for n in range(10):
+            record = await store.get(f"req-{n}")
+            assert record is not None
+            assert record.post_ids == [str(7300000000000000000 + n)]
+
+
+class TestInFlightCollection:
+    """What makes the hot paths follow the work in flight on the real store (not a port promise)."""
+
+    async def test_settled_uploads_leave_the_in_flight_collection_for_uploads(
+        self, indexed_db: AsyncDatabase[dict[str, Any]]
+    ) -> None:
+        store = MongoUploadStore(indexed_db)
+        await settle_some(store)
+        assert await indexed_db["uploads_in_flight"].count_documents({}) == 4
+        assert await indexed_db["uploads"].count_documents({}) == 0
+        await store.archive_settled(later(), grace_seconds=0)
+        assert await indexed_db["uploads_in_flight"].count_documents({}) == 2
+        archived = {d["_id"] async for d in indexed_db["uploads"].find({}, {"_id": 1})}
+        assert archived == {"req-1", "req-2"}

@@ -4,8 +4,6 @@ database), the TikTok sandbox in-process, and helpers that make real publishes o
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer
 from pydantic import SecretStr
 from pymongo.asynchronous.database import AsyncDatabase
 from reelay_common.adapters.crypto import TokenCipher
@@ -32,13 +29,13 @@ from reelay_common.domain.messages import (
 )
 from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.states import UploadState
-from reelay_status_poller.bootstrap import Poller, build_poller
+from reelay_status_poller.main import run
 from reelay_status_poller.settings import PollerSettings
-from reelay_testing.fakes import BytesVideoReader
+from reelay_testing.kafka import read_topic
+from reelay_testing.readers import BytesVideoReader
+from reelay_testing.waiting import eventually
 from tiktok_sandbox.media import iter_sample_mp4
 from tiktok_sandbox.testing import SandboxHandle
-
-from tests.support import eventually
 
 # Consumers join and notice each other quickly in tests.
 FAST_KAFKA = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 500, "metadata_max_age_ms": 5000}
@@ -58,7 +55,7 @@ class World:
     _tokens: dict[str, str] = field(default_factory=dict)  # account -> sandbox access token
 
     @property
-    def store(self) -> MongoUploadStore:
+    def uploads(self) -> MongoUploadStore:
         return MongoUploadStore(self.db)
 
     def settings(self, **overrides: Any) -> PollerSettings:
@@ -104,16 +101,27 @@ class World:
         return env
 
     @asynccontextmanager
-    async def running_poller(self, **overrides: Any) -> AsyncIterator[Poller]:
-        """An in-process poller, stopped gracefully on exit."""
+    async def running_poller(self, **overrides: Any) -> AsyncIterator[None]:
+        """An in-process poller (`main.run`), connected and serving when entered, stopped
+        gracefully on exit."""
         stop = asyncio.Event()
-        async with build_poller(self.settings(**overrides), **FAST_KAFKA) as poller:
-            task = asyncio.create_task(poller.run(stop))
-            try:
-                yield poller
-            finally:
-                stop.set()
-                await asyncio.wait_for(task, 30)
+        ports: list[int] = []
+        task = asyncio.create_task(
+            run(self.settings(**overrides), stop, on_ops_bound=ports.append, consumer_overrides=FAST_KAFKA)
+        )
+
+        async def started() -> bool:
+            if task.done():
+                task.result()  # raise the start-up failure, if any
+                raise AssertionError("the poller stopped during start-up")
+            return bool(ports)
+
+        try:
+            await eventually(started, timeout=60, what="the poller to start")
+            yield
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
 
     async def connected_account(self, name: str) -> str:
         """A sandbox creator whose tokens Reelay holds (encrypted) under account `name`."""
@@ -155,18 +163,18 @@ class World:
             )
             init = await client.init_direct_post(self._tokens[account_id], post_info, plan)
             assert init.upload_url is not None
-            store = self.store
-            await store.create(cmd, source="ingest")
-            await store.transition(
+            uploads = self.uploads
+            await uploads.create(cmd, source="ingest")
+            await uploads.transition(
                 request_id,
                 UploadState.UPLOADING,
                 source="uploader",
                 set_fields={"publish_id": init.publish_id},
             )
             await upload_chunks(client, init.upload_url, plan, BytesVideoReader(data))
-        await store.transition(request_id, UploadState.UPLOADED, source="uploader")
+        await uploads.transition(request_id, UploadState.UPLOADED, source="uploader")
         # The uploader's recorder would have announced it; this test announces nothing itself.
-        record = await store.checkpoint(request_id, {"announced_state": UploadState.UPLOADED})
+        record = await uploads.checkpoint(request_id, {"announced_state": UploadState.UPLOADED})
         assert record is not None
         return record
 
@@ -183,7 +191,7 @@ class World:
         await self.publisher.publish(self.events_topic, event, key=record.account_id)
 
     async def state_of(self, request_id: str) -> UploadState | None:
-        record = await self.store.get(request_id)
+        record = await self.uploads.get(request_id)
         return record.state if record is not None else None
 
     async def wait_for_state(self, request_id: str, state: UploadState, *, timeout: float = 40.0) -> None:
@@ -193,26 +201,9 @@ class World:
         await eventually(reached, timeout=timeout, what=f"{request_id} in {state.value}")
 
     async def status_changes(self, count: int, *, timeout: float = 30.0) -> list[PublishStatusChanged]:
-        """The first `count` records on the status topic (bounded wait)."""
-        consumer = AIOKafkaConsumer(
-            self.status_topic, bootstrap_servers=self.kafka, auto_offset_reset="earliest", group_id=None
-        )
-        await consumer.start()
-        out: list[PublishStatusChanged] = []
-        try:
-            deadline = time.monotonic() + timeout
-            while len(out) < count:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"only {len(out)} of {count} status changes after {timeout} s")
-                batch = await consumer.getmany(timeout_ms=200)
-                for records in batch.values():
-                    out.extend(PublishStatusChanged.model_validate(json.loads(r.value)) for r in records)
-            # Anything more that is already there, so a test sees duplicates too.
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                out.extend(PublishStatusChanged.model_validate(json.loads(r.value)) for r in records)
-        finally:
-            await consumer.stop()
-        return out
+        """The first `count` records on the status topic, and any that follow at once (duplicates too)."""
+        records = await read_topic(self.kafka, self.status_topic, until=count, timeout=timeout, linger=0.5)
+        return [PublishStatusChanged.model_validate_json(r.value) for r in records]
 
     def status_fetch_calls(self) -> int:
         return int(self.sandbox.state.stats.calls["status_fetch"])

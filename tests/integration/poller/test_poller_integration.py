@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 from reelay_common.domain.messages import TikTokWebhookReceived, dlq_topic
 from reelay_common.domain.states import UploadState
+from reelay_testing.kafka import read_topic
+from reelay_testing.waiting import eventually
 
 from tests.integration.poller.poller_world import World
-from tests.support import eventually
 
 S = UploadState
 
@@ -37,7 +38,7 @@ class TestTrackingToTheOutcome:
             await world.wait_for_state(record.request_id, S.PUBLISHED)
             changes = await world.status_changes(2)
 
-        done = await world.store.get(record.request_id)
+        done = await world.uploads.get(record.request_id)
         assert done is not None
         assert [e.state for e in done.history] == [
             S.ACCEPTED,
@@ -75,9 +76,9 @@ class TestTrackingToTheOutcome:
             )
             await world.publisher.publish(world.events_topic, webhook, key=account)
             await world.wait_for_state(record.request_id, S.FAILED)
-            dead = await _read_raw(world, dlq_topic(world.events_topic), 1)
+            dead = [r.value for r in await read_topic(world.kafka, dlq_topic(world.events_topic), timeout=20)]
 
-        done = await world.store.get(record.request_id)
+        done = await world.uploads.get(record.request_id)
         assert done is not None
         assert done.history[-1].source == "webhook"
         assert done.history[-1].detail["fail_reason"] == "duration_check_failed"
@@ -103,7 +104,7 @@ class TestReplicas:
                 await world.wait_for_state(record.request_id, S.PUBLISHED, timeout=60)
 
         # Read once both pollers have stopped: a poll's last write (its count) follows its transition.
-        done = [await world.store.get(r.request_id) for r in records]
+        done = [await world.uploads.get(r.request_id) for r in records]
         made = [
             (d.request_id, e.state) for d in done if d is not None for e in d.history if e.source == "poller"
         ]
@@ -137,7 +138,9 @@ class TestKilledPoller:
 
         async with _poller_process(env, first_log) as first:
             # TikTok's processing clock starts with the last PUT: upload once the poller runs.
-            await eventually(_async(lambda: b"scheduler_started" in first_log.read_bytes()), what="poller up")
+            await eventually(
+                lambda: b"scheduler_started" in first_log.read_bytes(), timeout=60, what="poller up"
+            )
             record = await world.uploaded_video(account)
             await world.announce_uploaded(record)
             await world.wait_for_state(record.request_id, S.PROCESSING, timeout=40)
@@ -146,9 +149,7 @@ class TestKilledPoller:
 
         # TikTok finishes while no poller runs; nothing moves the document meanwhile.
         await eventually(
-            _async(
-                lambda: world.sandbox.state.publishes[str(record.publish_id)].status == "PUBLISH_COMPLETE"
-            ),
+            lambda: world.sandbox.state.publishes[str(record.publish_id)].status == "PUBLISH_COMPLETE",
             timeout=20,
             what="TikTok finished processing",
         )
@@ -157,7 +158,7 @@ class TestKilledPoller:
         async with _poller_process(env, tmp_path / "second.log"):
             await world.wait_for_state(record.request_id, S.PUBLISHED, timeout=40)
 
-        done = await world.store.get(record.request_id)
+        done = await world.uploads.get(record.request_id)
         assert done is not None
         states = [e.state for e in done.history]
         assert states.count(S.PROCESSING) == 1
@@ -171,7 +172,7 @@ class TestKilledPoller:
             mine = [c.state for c in changes if c.request_id == record.request_id]
             return mine if S.PUBLISHED in mine else []
 
-        mine = await eventually(announced, what="published announced")
+        mine = await eventually(announced, timeout=60, what="published announced")
         assert list(dict.fromkeys(mine)) == [S.PROCESSING, S.PUBLISHED]
         assert mine == sorted(mine, key=lambda s: s.rank)
 
@@ -199,26 +200,3 @@ async def _poller_process(env: dict[str, str], log_path: Path) -> AsyncIterator[
                 except TimeoutError:
                     proc.kill()
                     await proc.wait()
-
-
-def _async(check: Any) -> Any:
-    async def run() -> bool:
-        return bool(check())
-
-    return run
-
-
-async def _read_raw(world: World, topic: str, count: int, timeout: float = 20.0) -> list[bytes]:
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=world.kafka, auto_offset_reset="earliest")
-    await consumer.start()
-    out: list[bytes] = []
-    try:
-        async with asyncio.timeout(timeout):
-            while len(out) < count:
-                for records in (await consumer.getmany(timeout_ms=200)).values():
-                    out.extend(r.value for r in records)
-    finally:
-        await consumer.stop()
-    return out

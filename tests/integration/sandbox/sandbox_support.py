@@ -1,12 +1,11 @@
-"""Helpers for the sandbox's own tests: a thin TikTok caller, sample media, bounded polls."""
+"""Helpers for the sandbox's own tests: a thin TikTok caller, sample media, a webhook receiver."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+from reelay_testing.waiting import eventually
 from tiktok_sandbox.media import iter_sample_mp4
 
 # Fast clocks so status progressions and webhook retries finish within a test.
@@ -47,20 +46,6 @@ def sample(size: int, **kwargs: Any) -> bytes:
 def code(resp: httpx.Response) -> str:
     """error.code of an envelope response."""
     return str(resp.json()["error"]["code"])
-
-
-async def wait_for(
-    check: Callable[[], Awaitable[Any]], *, timeout: float = 5.0, interval: float = 0.02
-) -> Any:
-    """Poll until `check` returns something truthy; fail after `timeout` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
-        await asyncio.sleep(interval)
 
 
 class Api:
@@ -141,7 +126,7 @@ class Api:
             data: dict[str, Any] = (await self.status(publish_id)).json()["data"]
             return data if data.get("status") in wanted else None
 
-        result: dict[str, Any] = await wait_for(check, timeout=timeout)
+        result: dict[str, Any] = await eventually(check, timeout=timeout, interval=0.02)
         return result
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -11,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from reelay_testing.waiting import eventually
 from tiktok_sandbox.testing import SandboxHandle, running_sandbox
 
 from tests.integration.sandbox.sandbox_support import (
@@ -21,7 +21,6 @@ from tests.integration.sandbox.sandbox_support import (
     plan,
     ranges,
     sample,
-    wait_for,
 )
 
 WORKED = plan(50_000_123, 10_000_000)
@@ -177,7 +176,7 @@ class TestCallFaults:
                 },
             )
             assert refresh.json()["error"] == "invalid_grant"
-            removed = await wait_for(lambda: _async(hook.events("authorization.removed")))
+            removed = await eventually(lambda: hook.events("authorization.removed"), timeout=5, interval=0.02)
             assert json.loads(removed[0]["content"]) == {"reason": 1}
 
     async def test_faults_from_settings_apply_at_start(self) -> None:
@@ -215,8 +214,3 @@ class TestCallFaults:
         assert resp.status_code in (400, 404)
         assert resp.json()["error"]
         assert (await http.get("/sandbox/faults")).json()["put_error_on"] == [9]
-
-
-async def _async(value: Any) -> Any:
-    await asyncio.sleep(0)
-    return value

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
+from reelay_testing.waiting import eventually
 from tiktok_sandbox.testing import SandboxHandle, running_sandbox
 
 from tests.integration.sandbox.sandbox_support import (
@@ -23,7 +24,6 @@ from tests.integration.sandbox.sandbox_support import (
     code,
     plan,
     sample,
-    wait_for,
 )
 
 
@@ -166,7 +166,7 @@ class TestPullFromUrl:
                 await asyncio.sleep(0)
                 return bool(hook.events("post.publish.failed"))
 
-            await wait_for(failed_event)
+            await eventually(failed_event, timeout=5, interval=0.02)
 
 
 class TestRateWindows:

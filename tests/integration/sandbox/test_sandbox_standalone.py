@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+from reelay_testing.waiting import eventually
 from tiktok_sandbox.media import iter_sample_mp4
 from tiktok_sandbox.testing import SandboxHandle
 
-from tests.integration.sandbox.sandbox_support import Api, plan, ranges, wait_for
+from tests.integration.sandbox.sandbox_support import Api, plan, ranges
 
 
 def _free_port() -> int:
@@ -50,7 +51,7 @@ class TestStandalone:
                     except httpx.TransportError:
                         return False
 
-                await wait_for(healthy, timeout=20)
+                await eventually(healthy, timeout=20, interval=0.02)
                 user = (await http.get("/sandbox/users")).json()["users"][0]
                 tokens = (await http.post(f"/sandbox/users/{user['open_id']}/tokens")).json()
                 resp = await Api(http, tokens["access_token"]).init_direct(plan(1_000_000))

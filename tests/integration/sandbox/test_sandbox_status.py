@@ -7,9 +7,10 @@ import re
 
 import httpx
 import pytest
+from reelay_testing.waiting import eventually
 from tiktok_sandbox.testing import SandboxHandle, running_sandbox
 
-from tests.integration.sandbox.sandbox_support import FAST, PUBLIC, SELF_ONLY, Api, sample, wait_for
+from tests.integration.sandbox.sandbox_support import FAST, PUBLIC, SELF_ONLY, Api, sample
 
 
 class TestDirectPost:
@@ -21,7 +22,7 @@ class TestDirectPost:
             resp = await api.status(publish_id)
             return resp if resp.json()["data"]["publicaly_available_post_id"] else None
 
-        resp = await wait_for(has_post_id)
+        resp = await eventually(has_post_id, timeout=5, interval=0.02)
         # The id is a JSON number above 2^53, as TikTok's int64: read it from the raw text.
         raw = re.search(r'"publicaly_available_post_id":\s*\[(\d+)\]', resp.text)
         assert raw is not None
@@ -45,7 +46,7 @@ class TestDirectPost:
             async def ids() -> list[object]:
                 return list((await api.status(publish_id)).json()["data"]["publicaly_available_post_id"])
 
-            (post_id,) = await wait_for(ids)
+            (post_id,) = await eventually(ids, timeout=5, interval=0.02)
             assert isinstance(post_id, str)
             assert len(post_id) == 19
 

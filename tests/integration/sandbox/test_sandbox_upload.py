@@ -8,9 +8,10 @@ import re
 
 import httpx
 import pytest
+from reelay_testing.waiting import eventually
 from tiktok_sandbox.testing import SandboxHandle, running_sandbox
 
-from tests.integration.sandbox.sandbox_support import FAST, Api, plan, ranges, sample, wait_for
+from tests.integration.sandbox.sandbox_support import FAST, Api, plan, ranges, sample
 
 WORKED = plan(50_000_123, 10_000_000)
 
@@ -197,12 +198,8 @@ class TestRejectedPuts:
             "Content-Length": "10000000",
         }
         first = asyncio.create_task(api.http.put(url, content=slow_body(), headers=headers))
-        await wait_for(lambda: _true(sandbox.state.publishes[publish_id].put_in_flight))
+        await eventually(lambda: sandbox.state.publishes[publish_id].put_in_flight, timeout=5, interval=0.02)
         second = await api.put(url, data[:10_000_000], 0, 9_999_999, len(data))
         release.set()
         assert second.status_code == 416
         assert (await first).status_code == 206
-
-
-async def _true(value: bool) -> bool:
-    return value

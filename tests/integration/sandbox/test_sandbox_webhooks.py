@@ -8,9 +8,10 @@ import json
 import time
 
 import httpx
+from reelay_testing.waiting import eventually
 from tiktok_sandbox.testing import running_sandbox
 
-from tests.integration.sandbox.sandbox_support import FAST, PUBLIC, Api, WebhookReceiver, sample, wait_for
+from tests.integration.sandbox.sandbox_support import FAST, PUBLIC, Api, WebhookReceiver, sample
 
 SECRET = "webhook-test-secret"
 
@@ -27,7 +28,7 @@ async def _events(receiver: WebhookReceiver, *names: str) -> list[dict[str, obje
         found = [receiver.events(n) for n in names]
         return [e[0] for e in found] if all(found) else None
 
-    result: list[dict[str, object]] = await wait_for(got)
+    result: list[dict[str, object]] = await eventually(got, timeout=5, interval=0.02)
     return result
 
 
@@ -118,7 +119,7 @@ class TestWebhooks:
                 deliveries = (await http.get("/sandbox/webhooks")).json()["deliveries"]
                 return bool(deliveries) and len(deliveries[0]["attempts"]) == 3
 
-            await wait_for(gave_up)
+            await eventually(gave_up, timeout=5, interval=0.02)
             deliveries = (await http.get("/sandbox/webhooks")).json()["deliveries"]
             assert deliveries[0]["delivered"] is False
             assert len(hook.received) == 3

@@ -1,4 +1,4 @@
-"""Fixtures of the TikTok layer's integration tests: the real sandbox in-process, FerretDB, the stack."""
+"""Fixtures of the TikTok layer's integration tests: the real sandbox in-process, FerretDB, the layer."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 from tiktok_sandbox.testing import SandboxHandle, running_sandbox
 
-from tests.integration.tiktok.tiktok_it import Stack, build_stack
+from tests.integration.tiktok.tiktok_it import TikTokLayer, build_layer
 
 # A short rate-limit window on both sides keeps pacing real (the sandbox enforces it) but fast.
 WINDOW_SECONDS = 3.0
@@ -33,9 +33,9 @@ async def tt_http() -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def stack(
+def layer(
     tt_http: httpx.AsyncClient, mongo_db: AsyncDatabase[dict[str, Any]], sandbox: SandboxHandle
-) -> Stack:
-    return build_stack(
+) -> TikTokLayer:
+    return build_layer(
         tt_http, mongo_db, sandbox.base_url, window_seconds=WINDOW_SECONDS, safety_margin_seconds=0.3
     )

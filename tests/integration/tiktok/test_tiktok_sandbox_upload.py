@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from reelay_common.domain.chunks import plan_chunks
 from reelay_common.domain.messages import PostInfo
-from reelay_testing.fakes import FileVideoReader
+from reelay_testing.readers import FileVideoReader
 from tiktok_sandbox.media import write_sample_mp4
 from tiktok_sandbox.testing import SandboxHandle
 
 from tests.integration.tiktok.tiktok_it import (
-    Stack,
+    TikTokLayer,
     connect_account,
     sandbox_publishes,
     sandbox_stats,
@@ -44,20 +44,20 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     return out
 
 
-async def publish_file(stack: Stack, account_id: str, path: Path) -> tuple[str, list[int]]:
+async def publish_file(layer: TikTokLayer, account_id: str, path: Path) -> tuple[str, list[int]]:
     """As the uploader does: creator_info, init, PUT every chunk. Returns (publish_id, progress)."""
     reader = FileVideoReader(path)
     plan = plan_chunks(reader.size)
-    info = await stack.gateway.creator_info(account_id)
+    info = await layer.gateway.creator_info(account_id)
     assert "SELF_ONLY" in info.privacy_level_options
-    init = await stack.gateway.init_upload(account_id, mode="direct", post_info=SELF_ONLY, source_info=plan)
+    init = await layer.gateway.init_upload(account_id, mode="direct", post_info=SELF_ONLY, source_info=plan)
     assert init.upload_url is not None
     progress: list[int] = []
 
     async def on_progress(confirmed: int) -> None:
         progress.append(confirmed)
 
-    await stack.gateway.upload_chunks(
+    await layer.gateway.upload_chunks(
         init.upload_url,
         plan,
         reader,
@@ -68,9 +68,9 @@ async def publish_file(stack: Stack, account_id: str, path: Path) -> tuple[str, 
     return init.publish_id, progress
 
 
-async def wait_for_status(stack: Stack, account_id: str, publish_id: str, wanted: str) -> None:
+async def wait_for_status(layer: TikTokLayer, account_id: str, publish_id: str, wanted: str) -> None:
     for _ in range(100):
-        status = await stack.gateway.fetch_status(account_id, publish_id)
+        status = await layer.gateway.fetch_status(account_id, publish_id)
         if status.status == wanted:
             return
         assert status.status != "FAILED", status.fail_reason
@@ -80,20 +80,20 @@ async def wait_for_status(stack: Stack, account_id: str, publish_id: str, wanted
 
 class TestConformance:
     async def test_varied_sizes_upload_byte_exact_with_no_violation(
-        self, stack: Stack, sandbox: SandboxHandle, videos: dict[int, Path]
+        self, layer: TikTokLayer, sandbox: SandboxHandle, videos: dict[int, Path]
     ) -> None:
-        open_id, _ = await connect_account(stack, sandbox.base_url, "acct-conf", username="conformance")
+        open_id, _ = await connect_account(layer, sandbox.base_url, "acct-conf", username="conformance")
         sizes = [700_000, 5_242_879, 20_000_000, 64_000_000, 64_000_001, 150_000_123]
         published: dict[str, Path] = {}
         for size in sizes:
-            publish_id, progress = await publish_file(stack, "acct-conf", videos[size])
+            publish_id, progress = await publish_file(layer, "acct-conf", videos[size])
             assert progress[-1] == size
             published[publish_id] = videos[size]
         for publish_id in published:
-            await wait_for_status(stack, "acct-conf", publish_id, "PUBLISH_COMPLETE")
+            await wait_for_status(layer, "acct-conf", publish_id, "PUBLISH_COMPLETE")
 
         publishes = {
-            p["publish_id"]: p for p in await sandbox_publishes(stack.http, sandbox.base_url, open_id)
+            p["publish_id"]: p for p in await sandbox_publishes(layer.http, sandbox.base_url, open_id)
         }
         assert set(publishes) == set(published)
         for publish_id, path in published.items():
@@ -102,7 +102,7 @@ class TestConformance:
             assert pub["sha256"] == sha256_of(path)
             assert [c["status_code"] for c in pub["chunks"]][-1] == 201
             assert len(pub["chunks"]) == pub["total_chunk_count"], "no chunk was sent twice"
-        stats = await sandbox_stats(stack.http, sandbox.base_url)
+        stats = await sandbox_stats(layer.http, sandbox.base_url)
         assert stats["violations"] == {}, stats["recent_violations"]
         assert stats["calls"]["video_init"] == len(sizes)
 
@@ -133,37 +133,42 @@ FAULTS: list[tuple[str, dict[str, Any]]] = [
 class TestFaults:
     @pytest.mark.parametrize(("name", "faults"), FAULTS, ids=[name for name, _ in FAULTS])
     async def test_upload_completes_once_and_byte_exact(
-        self, name: str, faults: dict[str, Any], stack: Stack, sandbox: SandboxHandle, videos: dict[int, Path]
+        self,
+        name: str,
+        faults: dict[str, Any],
+        layer: TikTokLayer,
+        sandbox: SandboxHandle,
+        videos: dict[int, Path],
     ) -> None:
-        open_id, _ = await connect_account(stack, sandbox.base_url, "acct-faults", username="faults")
+        open_id, _ = await connect_account(layer, sandbox.base_url, "acct-faults", username="faults")
         sandbox.set_faults(**faults)
         path = videos[80_000_000]
         assert plan_chunks(80_000_000).total_chunk_count == 8
 
-        publish_id, progress = await publish_file(stack, "acct-faults", path)
+        publish_id, progress = await publish_file(layer, "acct-faults", path)
 
         assert progress[-1] == 80_000_000
-        publishes = await sandbox_publishes(stack.http, sandbox.base_url, open_id)
+        publishes = await sandbox_publishes(layer.http, sandbox.base_url, open_id)
         assert [p["publish_id"] for p in publishes] == [publish_id], "one init for one upload"
         (pub,) = publishes
         assert pub["complete"] is True
         assert pub["sha256"] == sha256_of(path)
-        stats = await sandbox_stats(stack.http, sandbox.base_url)
+        stats = await sandbox_stats(layer.http, sandbox.base_url)
         assert stats["faults_injected"], "the fault was really injected"
         assert set(stats["violations"]) <= INJECTED_CODES, stats["recent_violations"]
 
 
 class TestPacing:
     async def test_more_inits_than_the_limit_are_paced_not_refused(
-        self, stack: Stack, sandbox: SandboxHandle, videos: dict[int, Path]
+        self, layer: TikTokLayer, sandbox: SandboxHandle, videos: dict[int, Path]
     ) -> None:
         # The sandbox enforces 6 inits per (shortened) window; 8 uploads must wait, never 429.
-        await connect_account(stack, sandbox.base_url, "acct-paced", username="paced")
+        await connect_account(layer, sandbox.base_url, "acct-paced", username="paced")
         started = asyncio.get_running_loop().time()
         for _ in range(8):
-            await publish_file(stack, "acct-paced", videos[700_000])
+            await publish_file(layer, "acct-paced", videos[700_000])
         elapsed = asyncio.get_running_loop().time() - started
-        stats = await sandbox_stats(stack.http, sandbox.base_url)
+        stats = await sandbox_stats(layer.http, sandbox.base_url)
         assert stats["calls"]["video_init"] == 8
         assert "rate_limit_exceeded" not in stats["violations"], stats["recent_violations"]
         assert stats["violations"] == {}

@@ -1,4 +1,4 @@
-"""Helpers for the TikTok layer's integration tests: a file-backed reader and the wired-up stack."""
+"""Helpers for the TikTok layer's integration tests: a file-backed reader and the wired-up layer."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ SANDBOX_CLIENT_SECRET = "dev-client-secret"  # the sandbox's documented dev secr
 
 
 @dataclass
-class Stack:
+class TikTokLayer:
     """The TikTok layer wired against one sandbox and one database, as a service would wire it."""
 
     http: httpx.AsyncClient
@@ -32,7 +32,7 @@ class Stack:
     gateway: TikTokGateway
 
 
-def build_stack(
+def build_layer(
     http: httpx.AsyncClient,
     db: AsyncDatabase[dict[str, Any]],
     base_url: str,
@@ -40,7 +40,7 @@ def build_stack(
     window_seconds: float = 60.0,
     safety_margin_seconds: float = 1.0,
     **gateway_options: Any,
-) -> Stack:
+) -> TikTokLayer:
     client = TikTokClient(
         http, base_url=base_url, client_key=SANDBOX_CLIENT_KEY, client_secret=SecretStr(SANDBOX_CLIENT_SECRET)
     )
@@ -55,20 +55,25 @@ def build_stack(
         upload_backoff_initial=0.05,
         **gateway_options,
     )
-    return Stack(http=http, client=client, store=store, tokens=tokens, limiter=limiter, gateway=gateway)
+    return TikTokLayer(http=http, client=client, store=store, tokens=tokens, limiter=limiter, gateway=gateway)
 
 
 async def connect_account(
-    stack: Stack, sandbox_base_url: str, account_id: str, *, username: str, expires_in: int | None = None
+    layer: TikTokLayer,
+    sandbox_base_url: str,
+    account_id: str,
+    *,
+    username: str,
+    expires_in: int | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Create a sandbox user, get its tokens through the admin API, store them; returns (open_id, grant).
 
     With `expires_in`, the stored access token is recorded as expiring that soon (to force a refresh).
     """
-    user = (await stack.http.post(f"{sandbox_base_url}/sandbox/users", json={"username": username})).json()
+    user = (await layer.http.post(f"{sandbox_base_url}/sandbox/users", json={"username": username})).json()
     open_id = user["open_id"]
-    grant = (await stack.http.post(f"{sandbox_base_url}/sandbox/users/{open_id}/tokens")).json()
-    await stack.store.upsert_tokens(
+    grant = (await layer.http.post(f"{sandbox_base_url}/sandbox/users/{open_id}/tokens")).json()
+    await layer.store.upsert_tokens(
         account_id,
         open_id=open_id,
         access_token=grant["access_token"],

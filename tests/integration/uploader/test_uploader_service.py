@@ -1,13 +1,12 @@
-"""The uploader service as it runs (`bootstrap.run`): real Kafka, real FerretDB, the in-process TikTok
+"""The uploader service as it runs (`main.run`): real Kafka, real FerretDB, the in-process TikTok
 sandbox, and a local HTTP server as the video source. Topics, database and group are unique per test."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer
 from pymongo.asynchronous.database import AsyncDatabase
 from reelay_common.adapters.blobs import open_blob_store
 from reelay_common.adapters.crypto import TokenCipher
@@ -26,38 +24,21 @@ from reelay_common.adapters.mongo.uploads import MongoUploadStore
 from reelay_common.domain.messages import DeadLetter, UploadRequested, VideoUploaded, dlq_topic
 from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.states import UploadState
-from reelay_testing.fakes import aiter_bytes
-from reelay_uploader.bootstrap import run
+from reelay_testing.kafka import read_topic
+from reelay_testing.readers import aiter_bytes
+from reelay_testing.waiting import eventually
+from reelay_uploader.main import run
 from reelay_uploader.settings import UploaderSettings
 from tiktok_sandbox.media import write_sample_mp4
 from tiktok_sandbox.testing import SandboxHandle, running_sandbox
 
 from tests.conftest import UniqueTopic
-from tests.support import eventually, sha256_of
+from tests.support import sha256_of
 
 MB = 1_000_000
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-async def read_topic(
-    bootstrap: str, topic: str, *, until: Callable[[list[bytes]], bool], timeout: float = 30.0
-) -> list[bytes]:
-    """Values of `topic` from the beginning (no group) until `until(values)` holds."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    values: list[bytes] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while not until(values):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out on {topic}; saw {len(values)} records")
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                values.extend(r.value for r in records)
-    finally:
-        await consumer.stop()
-    return values
 
 
 class VideoServer:
@@ -117,7 +98,7 @@ class Env:
     settings: UploaderSettings
     sandbox: SandboxHandle
     videos: VideoServer
-    store: MongoUploadStore
+    uploads: MongoUploadStore
     publisher: KafkaPublisher
     account_id: str
     open_id: str
@@ -142,11 +123,11 @@ class Env:
         await self.publisher.publish(self.settings.topic_upload_requested, cmd, key=cmd.account_id)
 
     async def record(self, request_id: str) -> UploadRecord | None:
-        return await self.store.get(request_id)
+        return await self.uploads.get(request_id)
 
     async def wait_state(self, request_id: str, state: UploadState, *, timeout: float = 90.0) -> UploadRecord:
         async def probe() -> UploadRecord | None:
-            record = await self.store.get(request_id)
+            record = await self.uploads.get(request_id)
             return record if record is not None and record.state is state else None
 
         result = await eventually(probe, timeout=timeout, what=f"{request_id} to be {state}")
@@ -206,7 +187,7 @@ async def env(
                 settings=settings,
                 sandbox=sandbox,
                 videos=videos,
-                store=MongoUploadStore(mongo_db),
+                uploads=MongoUploadStore(mongo_db),
                 publisher=kafka_publisher,
                 account_id=account_id,
                 open_id=user.open_id,
@@ -264,12 +245,12 @@ class TestUploaderService:
         assert publish.sha256 == sha256_of(path)
         assert record.uploaded_bytes == 20 * MB
 
-        values = await read_topic(
+        records = await read_topic(
             env.settings.kafka_bootstrap_servers,
             env.settings.topic_publish_events,
-            until=lambda vs: any(cmd.request_id.encode() in v for v in vs),
+            until=lambda rs: any(cmd.request_id.encode() in r.value for r in rs),
         )
-        events = [VideoUploaded.model_validate_json(v) for v in values]
+        events = [VideoUploaded.model_validate_json(r.value) for r in records]
         assert [(e.request_id, e.publish_id, e.video_size) for e in events] == [
             (cmd.request_id, record.publish_id, 20 * MB)
         ]
@@ -285,7 +266,7 @@ class TestUploaderService:
 
         async with uploader(env.settings) as first:
             await env.send(cmd)
-            await eventually(some_chunks_confirmed, what="the first chunk to be confirmed")
+            await eventually(some_chunks_confirmed, timeout=60, what="the first chunk to be confirmed")
             first.task.cancel()  # killed: no grace, nothing committed
             with pytest.raises(asyncio.CancelledError):
                 await first.task
@@ -315,7 +296,7 @@ class TestUploaderService:
         doomed = env.request(
             "https://videos.example/never.mp4", request_id=f"req-doomed-{uuid.uuid4().hex[:8]}"
         )
-        await env.store.create(doomed, source="ingest")
+        await env.uploads.create(doomed, source="ingest")
         broken = json.loads(doomed.model_dump_json())
         broken["mode"] = "sideways"
         topic = env.settings.topic_upload_requested
@@ -330,10 +311,8 @@ class TestUploaderService:
             failed = await env.wait_state(doomed.request_id, UploadState.FAILED, timeout=30)
 
         letters = [
-            DeadLetter.model_validate_json(v)
-            for v in await read_topic(
-                env.settings.kafka_bootstrap_servers, dlq_topic(topic), until=lambda vs: len(vs) >= 2
-            )
+            DeadLetter.model_validate_json(r.value)
+            for r in await read_topic(env.settings.kafka_bootstrap_servers, dlq_topic(topic), until=2)
         ]
         assert [(dl.offset, dl.request_id) for dl in letters] == [(0, None), (1, doomed.request_id)]
         assert all(dl.topic == topic for dl in letters)

@@ -16,6 +16,7 @@ from reelay_dev.procs import (
     stop_all,
     write_pid,
 )
+from reelay_testing.clocks import FakeClock
 
 
 class FakeTable:
@@ -33,17 +34,6 @@ class FakeTable:
         self.sent.append((pid, sig))
         if sig == signal.SIGKILL or pid not in self.ignores_term:
             self.procs.pop(pid, None)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
@@ -111,50 +101,58 @@ class TestOwnership:
 
 class TestStopAll:
     def test_terms_our_process_waits_for_it_and_removes_the_pid_file(self, cfg: c.StackConfig) -> None:
-        table, clock = FakeTable(), FakeClock()
+        table, clock = FakeTable(), FakeClock(1000.0)
         spec = c.ferretdb_spec(cfg)
         table.procs[500] = ours(cfg, spec)
         write_pid(cfg.pid_file(spec.name), 500)
-        [outcome] = stop_all(cfg, [spec], table, send=table.send, clock=clock, sleep=clock.sleep)
+        [outcome] = stop_all(
+            cfg, [spec], table, send=table.send, clock=clock.time, sleep=clock.sleep_blocking
+        )
         assert outcome.result == "stopped"
         assert table.sent == [(500, signal.SIGTERM)]
         assert not cfg.pid_file(spec.name).exists()
 
     def test_kills_a_process_that_outlives_its_stop_timeout(self, cfg: c.StackConfig) -> None:
-        table, clock = FakeTable(), FakeClock()
+        table, clock = FakeTable(), FakeClock(1000.0)
         spec = c.ferretdb_spec(cfg)
         table.procs[500] = ours(cfg, spec)
         table.ignores_term.add(500)
         write_pid(cfg.pid_file(spec.name), 500)
-        [outcome] = stop_all(cfg, [spec], table, send=table.send, clock=clock, sleep=clock.sleep)
+        [outcome] = stop_all(
+            cfg, [spec], table, send=table.send, clock=clock.time, sleep=clock.sleep_blocking
+        )
         assert outcome.result == "killed"
         assert table.sent == [(500, signal.SIGTERM), (500, signal.SIGKILL)]
-        assert clock.now - 1000.0 == pytest.approx(spec.stop_timeout_seconds, abs=0.5)
+        assert clock.time() - 1000.0 == pytest.approx(spec.stop_timeout_seconds, abs=0.5)
         assert not cfg.pid_file(spec.name).exists()
 
     def test_never_signals_a_pid_that_is_not_ours(self, cfg: c.StackConfig) -> None:
-        table, clock = FakeTable(), FakeClock()
+        table, clock = FakeTable(), FakeClock(1000.0)
         spec = c.kafka_spec(cfg)
         table.procs[500] = ProcInfo(cmdline=("/usr/sbin/sshd",), environ={}, zombie=False)
         write_pid(cfg.pid_file(spec.name), 500)
-        [outcome] = stop_all(cfg, [spec], table, send=table.send, clock=clock, sleep=clock.sleep)
+        [outcome] = stop_all(
+            cfg, [spec], table, send=table.send, clock=clock.time, sleep=clock.sleep_blocking
+        )
         assert outcome.result == "stale pid file"
         assert table.sent == []
         assert not cfg.pid_file(spec.name).exists()
         assert 500 in table.procs
 
     def test_stops_several_at_once_and_reports_each(self, cfg: c.StackConfig) -> None:
-        table, clock = FakeTable(), FakeClock()
+        table, clock = FakeTable(), FakeClock(1000.0)
         specs = c.service_specs(cfg)
         for pid, spec in enumerate(specs, start=700):
             table.procs[pid] = ours(cfg, spec)
             write_pid(cfg.pid_file(spec.name), pid)
-        outcomes = stop_all(cfg, specs, table, send=table.send, clock=clock, sleep=clock.sleep)
+        outcomes = stop_all(cfg, specs, table, send=table.send, clock=clock.time, sleep=clock.sleep_blocking)
         assert [(o.name, o.result) for o in outcomes] == [(s.name, "stopped") for s in specs]
         assert sorted(table.sent) == [(700, signal.SIGTERM), (701, signal.SIGTERM), (702, signal.SIGTERM)]
 
     def test_nothing_to_stop_is_reported_as_not_running(self, cfg: c.StackConfig) -> None:
-        table, clock = FakeTable(), FakeClock()
-        [outcome] = stop_all(cfg, [c.kafka_spec(cfg)], table, send=table.send, clock=clock, sleep=clock.sleep)
+        table, clock = FakeTable(), FakeClock(1000.0)
+        [outcome] = stop_all(
+            cfg, [c.kafka_spec(cfg)], table, send=table.send, clock=clock.time, sleep=clock.sleep_blocking
+        )
         assert outcome.result == "not running"
         assert table.sent == []

@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.unit.ingest.ingest_fakes import Harness, running
+from tests.unit.ingest.ingest_fakes import IngestApp, running
 
 
 @pytest.fixture
-async def h() -> AsyncIterator[Harness]:
+async def ingest() -> AsyncIterator[IngestApp]:
     async with running() as harness:
         yield harness

@@ -1,4 +1,4 @@
-"""A harness for the ingest app over the in-memory fakes of reelay_common.testing (no I/O)."""
+"""A harness for the ingest app over the fakes of reelay_testing (no I/O)."""
 
 from __future__ import annotations
 
@@ -13,20 +13,18 @@ from typing import Any
 import httpx
 from asgi_lifespan import LifespanManager
 from pydantic import BaseModel
-from reelay_common.domain.errors import ReelayError
+from reelay_common.domain.errors import ReelayError, RetryableError
 from reelay_common.domain.messages import PrivacyLevel, TikTokWebhookReceived, UploadRequested
 from reelay_common.domain.tiktok import CreatorInfo
 from reelay_common.recorder import StateRecorder
 from reelay_ingest.app import create_app
 from reelay_ingest.deps import IngestDeps, Topics
+from reelay_ingest.main import policy_of
 from reelay_ingest.settings import IngestSettings
 from reelay_ingest.webhooks import sign
-from reelay_testing.fakes import (
-    InMemoryAccountStore,
-    InMemoryBlobStore,
-    InMemoryUploadStore,
-    RecordingPublisher,
-)
+from reelay_testing.blobs import FakeBlobStore
+from reelay_testing.publisher import FakePublisher
+from reelay_testing.stores import FakeAccountStore, FakeUploadStore
 
 API_KEY = "unit-test-key"
 ACCOUNT = "acme-main"
@@ -73,8 +71,8 @@ class FakeTikTok:
         raise AssertionError("ingest never uploads chunks")
 
 
-class CountingBlobStore(InMemoryBlobStore):
-    """An InMemoryBlobStore that counts save calls (to show a refusal came before any byte was stored)."""
+class CountingBlobStore(FakeBlobStore):
+    """An FakeBlobStore that counts save calls (to show a refusal came before any byte was stored)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -85,8 +83,9 @@ class CountingBlobStore(InMemoryBlobStore):
         return await super().save(chunks, **kwargs)
 
 
-class TopicFailingPublisher(RecordingPublisher):
-    """A RecordingPublisher whose publishes to `failing_topics` raise (Kafka not acknowledging)."""
+class TopicFailingPublisher(FakePublisher):
+    """A FakePublisher whose publishes to `failing_topics` raise what KafkaPublisher raises
+    when Kafka does not acknowledge (RetryableError)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -94,17 +93,17 @@ class TopicFailingPublisher(RecordingPublisher):
 
     async def publish(self, topic: str, message: BaseModel, *, key: str) -> None:
         if topic in self.failing_topics:
-            raise ReelayError(f"no ack on {topic}")
+            raise RetryableError(f"no ack on {topic}")
         await super().publish(topic, message, key=key)
 
 
 @dataclass
-class Harness:
+class IngestApp:
     """The app under test, its fakes, and an httpx client speaking to it in-process."""
 
     client: httpx.AsyncClient
-    uploads: InMemoryUploadStore
-    accounts: InMemoryAccountStore
+    uploads: FakeUploadStore
+    accounts: FakeAccountStore
     publisher: TopicFailingPublisher
     blobs: CountingBlobStore
     tiktok: FakeTikTok
@@ -132,7 +131,7 @@ class Harness:
 
     def assert_nothing_changed(self) -> None:
         """Bad input changes nothing: nothing stored, nothing published."""
-        assert self.uploads.docs == {}
+        assert self.uploads.records == {}
         assert self.publisher.sent == []
         assert self.blobs.blobs == {}
 
@@ -212,10 +211,13 @@ def make_settings(**overrides: Any) -> IngestSettings:
 
 
 @asynccontextmanager
-async def running(settings: IngestSettings | None = None) -> AsyncIterator[Harness]:
-    """Start the app over fresh fakes (one connected account, ACCOUNT) and yield its harness."""
+async def running(
+    settings: IngestSettings | None = None, *, raise_app_exceptions: bool = True
+) -> AsyncIterator[IngestApp]:
+    """Start the app over fresh fakes (one connected account, ACCOUNT) and yield its harness.
+    With `raise_app_exceptions=False` the client sees a bug's 500 answer instead of the bug."""
     settings = settings or make_settings()
-    uploads, accounts = InMemoryUploadStore(), InMemoryAccountStore()
+    uploads, accounts = FakeUploadStore(), FakeAccountStore()
     publisher, blobs, tiktok = TopicFailingPublisher(), CountingBlobStore(), FakeTikTok()
     accounts.add_connected(ACCOUNT)
     ready = {"mongo": True, "kafka": True}
@@ -234,10 +236,10 @@ async def running(settings: IngestSettings | None = None) -> AsyncIterator[Harne
         blobs=blobs,
         tiktok=tiktok,
         topics=TOPICS,
-        ready_checks={name: check(name) for name in ready},
+        policy=policy_of(settings),
     )
-    app = create_app(settings, deps=deps)
+    app = create_app(settings, deps, ready_checks={name: check(name) for name in ready})
     async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
+        transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=raise_app_exceptions)
         async with httpx.AsyncClient(transport=transport, base_url="http://ingest.test") as client:
-            yield Harness(client, uploads, accounts, publisher, blobs, tiktok, settings, ready)
+            yield IngestApp(client, uploads, accounts, publisher, blobs, tiktok, settings, ready)

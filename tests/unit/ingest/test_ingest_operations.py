@@ -8,39 +8,39 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from tests.unit.ingest.ingest_fakes import Harness, url_body
+from tests.unit.ingest.ingest_fakes import IngestApp, url_body
 
 
 class TestProbes:
-    async def test_healthz_is_200_without_a_key(self, h: Harness) -> None:
-        resp = await h.client.get("/healthz")
+    async def test_healthz_is_200_without_a_key(self, ingest: IngestApp) -> None:
+        resp = await ingest.client.get("/healthz")
 
         assert resp.status_code == 200
         assert resp.json() == {"status": "ok"}
 
-    async def test_readyz_is_200_when_mongo_and_kafka_answer(self, h: Harness) -> None:
-        resp = await h.client.get("/readyz")
+    async def test_readyz_is_200_when_mongo_and_kafka_answer(self, ingest: IngestApp) -> None:
+        resp = await ingest.client.get("/readyz")
 
         assert resp.status_code == 200
         assert resp.json() == {"status": "ready", "checks": {"mongo": True, "kafka": True}}
 
-    async def test_readyz_is_503_naming_what_does_not_answer(self, h: Harness) -> None:
-        h.ready["kafka"] = False
+    async def test_readyz_is_503_naming_what_does_not_answer(self, ingest: IngestApp) -> None:
+        ingest.ready["kafka"] = False
 
-        resp = await h.client.get("/readyz")
+        resp = await ingest.client.get("/readyz")
 
         assert resp.status_code == 503
         assert resp.json() == {"status": "not_ready", "checks": {"mongo": True, "kafka": False}}
 
 
 class TestMetrics:
-    async def test_counts_requests_by_route_template_and_accepted_uploads(self, h: Harness) -> None:
-        await h.post_json(url_body(request_id="m-1"))
-        await h.post_json(url_body(request_id="m-1"))  # a replay is not a new acceptance
-        await h.client.get("/v1/uploads/m-1", headers=h.auth)
-        await h.client.get("/v1/uploads/unknown-1", headers=h.auth)
+    async def test_counts_requests_by_route_template_and_accepted_uploads(self, ingest: IngestApp) -> None:
+        await ingest.post_json(url_body(request_id="m-1"))
+        await ingest.post_json(url_body(request_id="m-1"))  # a replay is not a new acceptance
+        await ingest.client.get("/v1/uploads/m-1", headers=ingest.auth)
+        await ingest.client.get("/v1/uploads/unknown-1", headers=ingest.auth)
 
-        text = (await h.client.get("/metrics")).text
+        text = (await ingest.client.get("/metrics")).text
 
         assert 'reelay_ingest_http_requests_total{method="POST",route="/v1/uploads",status="202"} 2.0' in text
         by_id = 'route="/v1/uploads/{request_id}"'
@@ -51,17 +51,17 @@ class TestMetrics:
 
 
 class TestLogContext:
-    async def test_the_request_log_line_carries_request_and_account_ids(self, h: Harness) -> None:
+    async def test_the_request_log_line_carries_request_and_account_ids(self, ingest: IngestApp) -> None:
         with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-            await h.post_json(url_body(request_id="ctx-1"))
+            await ingest.post_json(url_body(request_id="ctx-1"))
 
         [line] = [e for e in logs if e["event"] == "http_request"]
         assert (line["request_id"], line["account_id"], line["status"]) == ("ctx-1", "acme-main", 202)
 
 
 class TestOpenApi:
-    async def test_documents_both_upload_bodies_and_the_error_body(self, h: Harness) -> None:
-        spec = (await h.client.get("/openapi.json")).json()
+    async def test_documents_both_upload_bodies_and_the_error_body(self, ingest: IngestApp) -> None:
+        spec = (await ingest.client.get("/openapi.json")).json()
 
         upload = spec["paths"]["/v1/uploads"]["post"]
         content = upload["requestBody"]["content"]
@@ -76,7 +76,7 @@ class TestOpenApi:
 
 
 class TestClientGoesAway:
-    async def test_a_body_cut_off_mid_file_stores_nothing(self, h: Harness) -> None:
+    async def test_a_body_cut_off_mid_file_stores_nothing(self, ingest: IngestApp) -> None:
         from tests.unit.ingest.ingest_fakes import ACCOUNT, mp4_bytes
 
         async def cut_off() -> AsyncIterator[bytes]:
@@ -90,10 +90,10 @@ class TestClientGoesAway:
             raise ConnectionResetError("client went away")
 
         with pytest.raises(ConnectionResetError):
-            await h.client.post(
+            await ingest.client.post(
                 "/v1/uploads",
                 content=cut_off(),
-                headers={**h.auth, "Content-Type": "multipart/form-data; boundary=cut"},
+                headers={**ingest.auth, "Content-Type": "multipart/form-data; boundary=cut"},
             )
 
-        h.assert_nothing_changed()
+        ingest.assert_nothing_changed()

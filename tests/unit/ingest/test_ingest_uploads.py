@@ -11,19 +11,20 @@ from tests.unit.ingest.ingest_fakes import (
     ACCOUNT,
     PUBLIC_URL,
     TOPICS,
-    Harness,
+    IngestApp,
     direct_fields,
     inbox_fields,
     mp4_bytes,
+    running,
     url_body,
 )
 
 
 class TestAcceptUploadByUrl:
     async def test_answers_202_after_publishing_exactly_one_request_keyed_by_account(
-        self, h: Harness
+        self, ingest: IngestApp
     ) -> None:
-        resp = await h.post_json(url_body(request_id="launch-1"))
+        resp = await ingest.post_json(url_body(request_id="launch-1"))
 
         assert resp.status_code == 202, resp.text
         body = resp.json()
@@ -34,90 +35,90 @@ class TestAcceptUploadByUrl:
             "replayed": False,
         }
         assert resp.headers["Location"] == body["status_url"]
-        [(message, key)] = h.requested()
+        [(message, key)] = ingest.requested()
         assert key == ACCOUNT
         assert message.request_id == "launch-1"
         assert message.source == UrlSource(url=PUBLIC_URL)
         assert message.post_info is not None
         assert message.post_info.privacy_level == "SELF_ONLY"
 
-    async def test_stores_the_upload_as_accepted_by_ingest(self, h: Harness) -> None:
-        await h.post_json(url_body(request_id="launch-1"))
+    async def test_stores_the_upload_as_accepted_by_ingest(self, ingest: IngestApp) -> None:
+        await ingest.post_json(url_body(request_id="launch-1"))
 
-        record = await h.uploads.get("launch-1")
+        record = await ingest.uploads.get("launch-1")
         assert record is not None
         assert record.state is UploadState.ACCEPTED
         assert [(e.state, e.source) for e in record.history] == [(UploadState.ACCEPTED, "ingest")]
 
-    async def test_announces_accepted_on_the_status_topic_before_queueing(self, h: Harness) -> None:
-        await h.post_json(url_body(request_id="launch-1"))
+    async def test_announces_accepted_on_the_status_topic_before_queueing(self, ingest: IngestApp) -> None:
+        await ingest.post_json(url_body(request_id="launch-1"))
 
-        topics = [t for t, _, _ in h.publisher.sent]
+        topics = [t for t, _, _ in ingest.publisher.sent]
         assert topics == [TOPICS.publish_status, TOPICS.upload_requested]
-        announced = h.publisher.sent[0][1]
+        announced = ingest.publisher.sent[0][1]
         assert isinstance(announced, PublishStatusChanged)
         assert (announced.request_id, announced.state, announced.source) == ("launch-1", "accepted", "ingest")
 
-    async def test_takes_the_request_id_from_the_idempotency_key_header(self, h: Harness) -> None:
-        resp = await h.post_json(url_body(), **{"Idempotency-Key": "from-header-7"})
+    async def test_takes_the_request_id_from_the_idempotency_key_header(self, ingest: IngestApp) -> None:
+        resp = await ingest.post_json(url_body(), **{"Idempotency-Key": "from-header-7"})
 
         assert resp.status_code == 202
         assert resp.json()["request_id"] == "from-header-7"
-        assert await h.uploads.get("from-header-7") is not None
+        assert await ingest.uploads.get("from-header-7") is not None
 
-    async def test_generates_a_request_id_when_none_is_given(self, h: Harness) -> None:
-        first = await h.post_json(url_body())
-        second = await h.post_json(url_body())
+    async def test_generates_a_request_id_when_none_is_given(self, ingest: IngestApp) -> None:
+        first = await ingest.post_json(url_body())
+        second = await ingest.post_json(url_body())
 
         ids = {first.json()["request_id"], second.json()["request_id"]}
         assert len(ids) == 2
-        assert len(h.requested()) == 2
+        assert len(ingest.requested()) == 2
 
-    async def test_lets_tiktok_pull_a_url_itself(self, h: Harness) -> None:
-        resp = await h.post_json(
+    async def test_lets_tiktok_pull_a_url_itself(self, ingest: IngestApp) -> None:
+        resp = await ingest.post_json(
             url_body(video_url=None, pull_from_url="https://151.101.1.1/v.mp4", mode="inbox", post_info=None)
         )
 
         assert resp.status_code == 202, resp.text
-        [(message, _)] = h.requested()
+        [(message, _)] = ingest.requested()
         assert message.source.kind == "pull_from_url"
 
-    async def test_does_not_ask_creator_info_for_inbox_uploads(self, h: Harness) -> None:
-        resp = await h.post_json(url_body(mode="inbox", post_info=None))
+    async def test_does_not_ask_creator_info_for_inbox_uploads(self, ingest: IngestApp) -> None:
+        resp = await ingest.post_json(url_body(mode="inbox", post_info=None))
 
         assert resp.status_code == 202
-        assert h.tiktok.calls == []
+        assert ingest.tiktok.calls == []
 
     async def test_does_not_ask_creator_info_when_the_check_is_off(self) -> None:
         from tests.unit.ingest.ingest_fakes import make_settings, running
 
-        async with running(make_settings(check_creator_info=False)) as h:
-            h.tiktok.levels[ACCOUNT] = ["SELF_ONLY"]
-            resp = await h.post_json(url_body(post_info={"privacy_level": "PUBLIC_TO_EVERYONE"}))
+        async with running(make_settings(check_creator_info=False)) as ingest:
+            ingest.tiktok.levels[ACCOUNT] = ["SELF_ONLY"]
+            resp = await ingest.post_json(url_body(post_info={"privacy_level": "PUBLIC_TO_EVERYONE"}))
 
             assert resp.status_code == 202
-            assert h.tiktok.calls == []
+            assert ingest.tiktok.calls == []
 
 
 class TestIdempotentReplay:
-    async def test_same_request_again_answers_202_with_the_existing_state(self, h: Harness) -> None:
-        await h.post_json(url_body(request_id="r-1"))
-        await h.uploads.transition("r-1", UploadState.UPLOADING, source="uploader")
-        sent_before = len(h.publisher.sent)
+    async def test_same_request_again_answers_202_with_the_existing_state(self, ingest: IngestApp) -> None:
+        await ingest.post_json(url_body(request_id="r-1"))
+        await ingest.uploads.transition("r-1", UploadState.UPLOADING, source="uploader")
+        sent_before = len(ingest.publisher.sent)
 
-        resp = await h.post_json(url_body(request_id="r-1"))
+        resp = await ingest.post_json(url_body(request_id="r-1"))
 
         assert resp.status_code == 202
         assert resp.json()["state"] == "uploading"
         assert resp.json()["replayed"] is True
-        assert len(h.publisher.sent) == sent_before, "an upload already under way is not queued again"
-        assert len(h.uploads.docs) == 1
+        assert len(ingest.publisher.sent) == sent_before, "an upload already under way is not queued again"
+        assert len(ingest.uploads.records) == 1
 
-    async def test_replay_of_a_still_accepted_upload_queues_it_again(self, h: Harness) -> None:
+    async def test_replay_of_a_still_accepted_upload_queues_it_again(self, ingest: IngestApp) -> None:
         # The first call may have died between the insert and Kafka's ack: the replay makes sure.
-        await h.post_json(url_body(request_id="r-1"))
+        await ingest.post_json(url_body(request_id="r-1"))
 
-        resp = await h.post_json(url_body(request_id="r-1"))
+        resp = await ingest.post_json(url_body(request_id="r-1"))
 
         assert resp.status_code == 202
         assert resp.json() | {"status_url": None} == {
@@ -126,109 +127,132 @@ class TestIdempotentReplay:
             "status_url": None,
             "replayed": True,
         }
-        assert [m.request_id for m, _ in h.requested()] == ["r-1", "r-1"]
-        assert len(h.uploads.docs) == 1
+        assert [m.request_id for m, _ in ingest.requested()] == ["r-1", "r-1"]
+        assert len(ingest.uploads.records) == 1
 
-    async def test_replay_through_the_header_is_the_same_request(self, h: Harness) -> None:
-        await h.post_json(url_body(), **{"Idempotency-Key": "k-9"})
+    async def test_replay_through_the_header_is_the_same_request(self, ingest: IngestApp) -> None:
+        await ingest.post_json(url_body(), **{"Idempotency-Key": "k-9"})
 
-        resp = await h.post_json(url_body(), **{"Idempotency-Key": "k-9"})
+        resp = await ingest.post_json(url_body(), **{"Idempotency-Key": "k-9"})
 
         assert resp.status_code == 202
         assert resp.json()["replayed"] is True
 
-    async def test_a_different_upload_under_a_used_request_id_is_refused_with_409(self, h: Harness) -> None:
-        await h.post_json(url_body(request_id="r-1"))
-        sent_before = list(h.publisher.sent)
-        stored_before = await h.uploads.get("r-1")
+    async def test_a_different_upload_under_a_used_request_id_is_refused_with_409(
+        self, ingest: IngestApp
+    ) -> None:
+        await ingest.post_json(url_body(request_id="r-1"))
+        sent_before = list(ingest.publisher.sent)
+        stored_before = await ingest.uploads.get("r-1")
 
-        resp = await h.post_json(
+        resp = await ingest.post_json(
             url_body(request_id="r-1", post_info={"privacy_level": "PUBLIC_TO_EVERYONE"})
         )
 
         assert resp.status_code == 409
         assert resp.json()["error"]["code"] == "request_id_conflict"
-        assert h.publisher.sent == sent_before
-        assert await h.uploads.get("r-1") == stored_before
+        assert ingest.publisher.sent == sent_before
+        assert await ingest.uploads.get("r-1") == stored_before
 
-    async def test_a_replayed_file_keeps_only_the_first_copy(self, h: Harness) -> None:
+    async def test_a_replayed_file_keeps_only_the_first_copy(self, ingest: IngestApp) -> None:
         data = mp4_bytes(200_000)
-        first = await h.post_file(data, fields=inbox_fields(request_id="f-1"))
-        second = await h.post_file(data, fields=inbox_fields(request_id="f-1"))
+        first = await ingest.post_file(data, fields=inbox_fields(request_id="f-1"))
+        second = await ingest.post_file(data, fields=inbox_fields(request_id="f-1"))
 
         assert (first.status_code, second.status_code) == (202, 202)
         assert second.json()["replayed"] is True
-        assert len(h.blobs.blobs) == 1
-        record = await h.uploads.get("f-1")
+        assert len(ingest.blobs.blobs) == 1
+        record = await ingest.uploads.get("f-1")
         assert record is not None
         assert isinstance(record.source, BlobSource)
-        assert record.source.blob_id in h.blobs.blobs
+        assert record.source.blob_id in ingest.blobs.blobs
 
-    async def test_a_different_file_under_a_used_request_id_is_refused_and_not_kept(self, h: Harness) -> None:
-        await h.post_file(mp4_bytes(200_000), fields=inbox_fields(request_id="f-1"))
+    async def test_a_different_file_under_a_used_request_id_is_refused_and_not_kept(
+        self, ingest: IngestApp
+    ) -> None:
+        await ingest.post_file(mp4_bytes(200_000), fields=inbox_fields(request_id="f-1"))
 
-        resp = await h.post_file(mp4_bytes(300_000), fields=inbox_fields(request_id="f-1"))
+        resp = await ingest.post_file(mp4_bytes(300_000), fields=inbox_fields(request_id="f-1"))
 
         assert resp.status_code == 409
-        assert len(h.blobs.blobs) == 1
+        assert len(ingest.blobs.blobs) == 1
 
 
 class TestKafkaDoesNotAcknowledge:
-    async def test_answers_503_and_marks_the_upload_failed(self, h: Harness) -> None:
-        h.publisher.failing_topics.add(TOPICS.upload_requested)
+    async def test_answers_503_and_marks_the_upload_failed(self, ingest: IngestApp) -> None:
+        ingest.publisher.failing_topics.add(TOPICS.upload_requested)
 
-        resp = await h.post_json(url_body(request_id="k-1"))
+        resp = await ingest.post_json(url_body(request_id="k-1"))
 
         assert resp.status_code == 503
         error = resp.json()["error"]
         assert error["code"] == "enqueue_failed"
         assert error["detail"] == {"request_id": "k-1", "state": "failed"}
         assert "Retry-After" in resp.headers
-        record = await h.uploads.get("k-1")
+        record = await ingest.uploads.get("k-1")
         assert record is not None
         assert record.state is UploadState.FAILED
         assert record.history[-1].detail["code"] == "enqueue_failed"
-        assert h.requested() == []
+        assert ingest.requested() == []
 
-    async def test_marks_failed_even_when_the_status_topic_is_down_too(self, h: Harness) -> None:
-        h.publisher.failing_topics.update({TOPICS.upload_requested, TOPICS.publish_status})
+    async def test_marks_failed_even_when_the_status_topic_is_down_too(self, ingest: IngestApp) -> None:
+        ingest.publisher.failing_topics.update({TOPICS.upload_requested, TOPICS.publish_status})
 
-        resp = await h.post_json(url_body(request_id="k-2"))
+        resp = await ingest.post_json(url_body(request_id="k-2"))
 
         assert resp.status_code == 503
-        record = await h.uploads.get("k-2")
+        record = await ingest.uploads.get("k-2")
         assert record is not None
         assert record.state is UploadState.FAILED
 
-    async def test_the_spent_request_id_says_to_use_a_new_one(self, h: Harness) -> None:
-        h.publisher.failing_topics.add(TOPICS.upload_requested)
-        await h.post_json(url_body(request_id="k-1"))
-        h.publisher.failing_topics.clear()
+    async def test_the_spent_request_id_says_to_use_a_new_one(self, ingest: IngestApp) -> None:
+        ingest.publisher.failing_topics.add(TOPICS.upload_requested)
+        await ingest.post_json(url_body(request_id="k-1"))
+        ingest.publisher.failing_topics.clear()
 
-        again = await h.post_json(url_body(request_id="k-1"))
-        fresh = await h.post_json(url_body(request_id="k-1b"))
+        again = await ingest.post_json(url_body(request_id="k-1"))
+        fresh = await ingest.post_json(url_body(request_id="k-1b"))
 
         assert again.status_code == 409
         assert again.json()["error"]["code"] == "request_id_spent"
         assert fresh.status_code == 202
 
-    async def test_a_file_that_could_not_be_queued_is_not_kept(self, h: Harness) -> None:
-        h.publisher.failing_topics.add(TOPICS.upload_requested)
+    async def test_a_file_that_could_not_be_queued_is_not_kept(self, ingest: IngestApp) -> None:
+        ingest.publisher.failing_topics.add(TOPICS.upload_requested)
 
-        resp = await h.post_file(mp4_bytes(100_000), fields=inbox_fields(request_id="k-3"))
+        resp = await ingest.post_file(mp4_bytes(100_000), fields=inbox_fields(request_id="k-3"))
 
         assert resp.status_code == 503
-        assert h.blobs.blobs == {}
+        assert ingest.blobs.blobs == {}
+
+
+class TestABugIsNotKafka:
+    async def test_a_bug_while_queueing_is_a_500_not_an_enqueue_failure(self) -> None:
+        async with running(raise_app_exceptions=False) as ingest:
+            ingest.publisher.fail_with.append(TypeError("a bug, not a broker"))
+
+            resp = await ingest.post_json(url_body(request_id="bug-1"))
+
+            assert resp.status_code == 500
+            assert resp.json()["error"]["code"] == "internal_error"
+            record = await ingest.uploads.get("bug-1")
+            assert record is not None
+            # Not marked failed as if Kafka had refused it: the same request again queues it.
+            assert record.state is UploadState.ACCEPTED
+            assert not [e for e in record.history if e.detail.get("code") == "enqueue_failed"]
+            again = await ingest.post_json(url_body(request_id="bug-1"))
+            assert again.status_code == 202
+            assert [m.request_id for m, _ in ingest.requested()] == ["bug-1"]
 
 
 class TestAcceptUploadAsFile:
-    async def test_streams_the_file_into_the_blob_store_and_queues_it(self, h: Harness) -> None:
+    async def test_streams_the_file_into_the_blob_store_and_queues_it(self, ingest: IngestApp) -> None:
         data = mp4_bytes(1_500_000)
 
-        resp = await h.post_file(data, fields=direct_fields(request_id="file-1"), filename="launch.mp4")
+        resp = await ingest.post_file(data, fields=direct_fields(request_id="file-1"), filename="launch.mp4")
 
         assert resp.status_code == 202, resp.text
-        [(message, key)] = h.requested()
+        [(message, key)] = ingest.requested()
         assert key == ACCOUNT
         assert isinstance(message.source, BlobSource)
         assert (message.source.size, message.source.content_type, message.source.filename) == (
@@ -236,28 +260,36 @@ class TestAcceptUploadAsFile:
             "video/mp4",
             "launch.mp4",
         )
-        assert h.blobs.blobs[message.source.blob_id] == (data, "video/mp4")
+        assert ingest.blobs.blobs[message.source.blob_id] == (data, "video/mp4")
+
+    async def test_fields_sent_before_the_file_are_checked_once_not_again_at_acceptance(
+        self, ingest: IngestApp
+    ) -> None:
+        resp = await ingest.post_file(mp4_bytes(50_000), fields=direct_fields(request_id="file-once"))
+
+        assert resp.status_code == 202, resp.text
+        assert ingest.tiktok.calls == [ACCOUNT]  # creator_info asked before the file was stored, only
 
     async def test_takes_the_type_from_the_file_name_when_the_client_sends_octet_stream(
-        self, h: Harness
+        self, ingest: IngestApp
     ) -> None:
-        resp = await h.post_file(
+        resp = await ingest.post_file(
             mp4_bytes(50_000), filename="clip.mov", content_type="application/octet-stream"
         )
 
         assert resp.status_code == 202, resp.text
-        [(message, _)] = h.requested()
+        [(message, _)] = ingest.requested()
         assert isinstance(message.source, BlobSource)
         assert message.source.content_type == "video/quicktime"
 
-    async def test_accepts_webm(self, h: Harness) -> None:
+    async def test_accepts_webm(self, ingest: IngestApp) -> None:
         webm = b"\x1a\x45\xdf\xa3" + bytes(40_000)
 
-        resp = await h.post_file(webm, filename="clip.webm", content_type="video/webm")
+        resp = await ingest.post_file(webm, filename="clip.webm", content_type="video/webm")
 
         assert resp.status_code == 202, resp.text
 
-    async def test_accepts_text_fields_after_the_file(self, h: Harness) -> None:
+    async def test_accepts_text_fields_after_the_file(self, ingest: IngestApp) -> None:
         data = mp4_bytes(20_000)
         boundary = "b0undary"
         body = (
@@ -273,40 +305,40 @@ class TestAcceptUploadAsFile:
             ).encode()
         )
 
-        resp = await h.client.post(
+        resp = await ingest.client.post(
             "/v1/uploads",
             content=body,
-            headers={**h.auth, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+            headers={**ingest.auth, "Content-Type": f"multipart/form-data; boundary={boundary}"},
         )
 
         assert resp.status_code == 202, resp.text
-        [(message, _)] = h.requested()
+        [(message, _)] = ingest.requested()
         assert isinstance(message.source, BlobSource)
-        assert h.blobs.blobs[message.source.blob_id][0] == data
+        assert ingest.blobs.blobs[message.source.blob_id][0] == data
 
-    async def test_post_info_is_a_json_string_field(self, h: Harness) -> None:
+    async def test_post_info_is_a_json_string_field(self, ingest: IngestApp) -> None:
         fields = direct_fields()
         fields["post_info"] = json.dumps({"privacy_level": "PUBLIC_TO_EVERYONE", "title": "Hi #reelay"})
 
-        resp = await h.post_file(mp4_bytes(10_000), fields=fields)
+        resp = await ingest.post_file(mp4_bytes(10_000), fields=fields)
 
         assert resp.status_code == 202, resp.text
-        [(message, _)] = h.requested()
+        [(message, _)] = ingest.requested()
         assert message.post_info is not None
         assert message.post_info.title == "Hi #reelay"
 
 
 class TestReadUploads:
-    async def test_status_shows_state_history_and_tiktok_ids(self, h: Harness) -> None:
-        await h.post_json(url_body(request_id="s-1"))
-        await h.uploads.transition(
+    async def test_status_shows_state_history_and_tiktok_ids(self, ingest: IngestApp) -> None:
+        await ingest.post_json(url_body(request_id="s-1"))
+        await ingest.uploads.transition(
             "s-1", UploadState.UPLOADING, source="uploader", set_fields={"publish_id": "v_pub_file~v2-1.1"}
         )
-        await h.uploads.transition(
+        await ingest.uploads.transition(
             "s-1", UploadState.PUBLISHED, source="poller", set_fields={"post_ids": ["7300000000000000001"]}
         )
 
-        resp = await h.client.get("/v1/uploads/s-1", headers=h.auth)
+        resp = await ingest.client.get("/v1/uploads/s-1", headers=ingest.auth)
 
         assert resp.status_code == 200
         view = resp.json()
@@ -321,31 +353,31 @@ class TestReadUploads:
         assert view["source"] == {"kind": "url", "size": None, "content_type": None, "filename": None}
         assert PUBLIC_URL not in resp.text, "source URLs may carry signed credentials; never echoed"
 
-    async def test_unknown_upload_is_404(self, h: Harness) -> None:
-        resp = await h.client.get("/v1/uploads/nope", headers=h.auth)
+    async def test_unknown_upload_is_404(self, ingest: IngestApp) -> None:
+        resp = await ingest.client.get("/v1/uploads/nope", headers=ingest.auth)
 
         assert resp.status_code == 404
         assert resp.json()["error"]["code"] == "unknown_upload"
 
-    async def test_lists_by_account_and_state(self, h: Harness) -> None:
-        h.accounts.add_connected("other")
-        await h.post_json(url_body(request_id="a-1"))
-        await h.post_json(url_body(request_id="a-2"))
-        await h.post_json(url_body(request_id="o-1", account_id="other"))
-        await h.uploads.transition("a-2", UploadState.UPLOADING, source="uploader")
+    async def test_lists_by_account_and_state(self, ingest: IngestApp) -> None:
+        ingest.accounts.add_connected("other")
+        await ingest.post_json(url_body(request_id="a-1"))
+        await ingest.post_json(url_body(request_id="a-2"))
+        await ingest.post_json(url_body(request_id="o-1", account_id="other"))
+        await ingest.uploads.transition("a-2", UploadState.UPLOADING, source="uploader")
 
-        mine = await h.client.get("/v1/uploads", params={"account_id": ACCOUNT}, headers=h.auth)
-        accepted = await h.client.get(
-            "/v1/uploads", params={"account_id": ACCOUNT, "state": "accepted"}, headers=h.auth
+        mine = await ingest.client.get("/v1/uploads", params={"account_id": ACCOUNT}, headers=ingest.auth)
+        accepted = await ingest.client.get(
+            "/v1/uploads", params={"account_id": ACCOUNT, "state": "accepted"}, headers=ingest.auth
         )
-        limited = await h.client.get("/v1/uploads", params={"limit": 1}, headers=h.auth)
+        limited = await ingest.client.get("/v1/uploads", params={"limit": 1}, headers=ingest.auth)
 
         assert sorted(i["request_id"] for i in mine.json()["items"]) == ["a-1", "a-2"]
         assert [i["request_id"] for i in accepted.json()["items"]] == ["a-1"]
         assert limited.json()["count"] == 1
 
-    async def test_list_refuses_an_unknown_state(self, h: Harness) -> None:
-        resp = await h.client.get("/v1/uploads", params={"state": "done"}, headers=h.auth)
+    async def test_list_refuses_an_unknown_state(self, ingest: IngestApp) -> None:
+        resp = await ingest.client.get("/v1/uploads", params={"state": "done"}, headers=ingest.auth)
 
         assert resp.status_code == 422
         assert resp.json()["error"]["detail"][0]["field"] == "query.state"

@@ -15,7 +15,7 @@ from reelay_common.adapters.blobs import local as local_module
 from reelay_common.adapters.blobs.local import STALE_PART_SECONDS, LocalBlobStore
 from reelay_common.domain.errors import InvalidInputError, RetryableError, StorageFullError
 from reelay_common.domain.messages import BlobSource
-from reelay_testing.fakes import aiter_bytes
+from reelay_testing.readers import aiter_bytes
 
 KIB = 1024
 

@@ -1,4 +1,4 @@
-"""The in-memory fakes behave like the ports they stand for (the store's own contract suite runs in
+"""The fakes of reelay_testing behave like the ports they stand for (the store's own contract suite runs in
 tests/integration/platform against the fake and Mongo alike)."""
 
 from __future__ import annotations
@@ -7,16 +7,11 @@ import pytest
 from reelay_common.domain.errors import AuthExpiredError, InvalidInputError, RetryableError
 from reelay_common.domain.messages import UploadRequested
 from reelay_common.domain.states import UploadState
-from reelay_testing.fakes import (
-    BytesVideoReader,
-    FixedTokenProvider,
-    InMemoryAccountStore,
-    InMemoryBlobStore,
-    InMemoryUploadStore,
-    NoopRateLimiter,
-    RecordingPublisher,
-    aiter_bytes,
-)
+from reelay_testing.blobs import FakeBlobStore
+from reelay_testing.publisher import FakePublisher
+from reelay_testing.readers import BytesVideoReader, aiter_bytes
+from reelay_testing.stores import FakeAccountStore, FakeUploadStore
+from reelay_testing.tokens import FakeRateLimiter, FakeTokenProvider
 
 
 async def read(reader: BytesVideoReader, offset: int, length: int) -> list[bytes]:
@@ -42,9 +37,9 @@ class TestBytesVideoReader:
         assert await read(BytesVideoReader(b"abc"), 3, 0) == []
 
 
-class TestRecordingPublisher:
+class TestFakePublisher:
     async def test_remembers_what_was_sent(self) -> None:
-        pub = RecordingPublisher()
+        pub = FakePublisher()
         cmd = UploadRequested.model_validate(
             {
                 "request_id": "r",
@@ -59,7 +54,7 @@ class TestRecordingPublisher:
         assert pub.messages("t2") == []
 
     async def test_raises_queued_failures_once_each(self) -> None:
-        pub = RecordingPublisher()
+        pub = FakePublisher()
         pub.fail_with.append(RetryableError("down"))
         cmd = UploadRequested.model_validate(
             {
@@ -77,26 +72,26 @@ class TestRecordingPublisher:
 
 class TestTokenAndLimiterFakes:
     async def test_fixed_token_provider_hands_out_its_token_and_counts_refreshes(self) -> None:
-        tokens = FixedTokenProvider("act.x")
+        tokens = FakeTokenProvider("act.x")
         assert await tokens.access_token("a") == "act.x"
         assert await tokens.force_refresh("a", "act.old") == "act.x"
         assert tokens.refreshes == [("a", "act.old")]
 
     async def test_fixed_token_provider_refuses_accounts_it_does_not_know(self) -> None:
-        tokens = FixedTokenProvider(accounts=["a"])
+        tokens = FakeTokenProvider(accounts=["a"])
         with pytest.raises(AuthExpiredError):
             await tokens.access_token("b")
 
     async def test_noop_rate_limiter_records_calls(self) -> None:
-        limiter = NoopRateLimiter()
+        limiter = FakeRateLimiter()
         await limiter.acquire("a", "init")
         await limiter.acquire("a", "status")
         assert limiter.calls == [("a", "init"), ("a", "status")]
 
 
-class TestInMemoryAccountStore:
+class TestFakeAccountStore:
     async def test_upserts_tokens_without_keeping_them_in_the_record(self) -> None:
-        accounts = InMemoryAccountStore()
+        accounts = FakeAccountStore()
         record = await accounts.upsert_tokens(
             "a",
             open_id="o",
@@ -127,7 +122,7 @@ class TestInMemoryAccountStore:
         assert again.created_at == record.created_at
 
     async def test_add_connected_is_a_shortcut_for_tests(self) -> None:
-        accounts = InMemoryAccountStore()
+        accounts = FakeAccountStore()
         accounts.add_connected("a")
         record = await accounts.get("a")
         assert record is not None
@@ -135,9 +130,9 @@ class TestInMemoryAccountStore:
         assert await accounts.get("b") is None
 
 
-class TestInMemoryUploadStore:
+class TestFakeUploadStore:
     async def test_returns_copies_so_callers_cannot_change_stored_state(self) -> None:
-        store = InMemoryUploadStore()
+        store = FakeUploadStore()
         cmd = UploadRequested.model_validate(
             {
                 "request_id": "r",
@@ -154,9 +149,9 @@ class TestInMemoryUploadStore:
         assert fetched.state is UploadState.ACCEPTED
 
 
-class TestInMemoryBlobStore:
+class TestFakeBlobStore:
     async def test_round_trips_and_caps(self) -> None:
-        blobs = InMemoryBlobStore()
+        blobs = FakeBlobStore()
         source = await blobs.save(
             aiter_bytes(b"x" * 10, 3), filename="a.mp4", content_type="video/mp4", max_bytes=10
         )

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import structlog
-from reelay_common.logging import configure_logging, get_logger
+from reelay_common.logging import bind_learned, configure_logging, get_logger, unit_of_work
 
 
 @pytest.fixture(autouse=True)
@@ -56,6 +56,21 @@ class TestJsonLogs:
         inside, outside = lines(capsys)
         assert (inside["request_id"], inside["account_id"]) == ("req-1", "acct-1")
         assert "request_id" not in outside
+
+    def test_a_unit_of_work_carries_what_is_learnt_in_it_and_ends_with_it(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        configure_logging("info", "json")
+        log = get_logger("reelay.test")
+        with structlog.contextvars.bound_contextvars(service="uploader"):
+            with unit_of_work(topic="t", offset=3):
+                bind_learned(publish_id="p-1")
+                log.info("inside")
+            log.info("after")
+        inside, after = lines(capsys)
+        assert (inside["topic"], inside["offset"], inside["publish_id"]) == ("t", 3, "p-1")
+        assert after["service"] == "uploader"  # what was bound outside the unit stays
+        assert not {"topic", "offset", "publish_id"} & set(after)
 
     def test_never_writes_token_or_secret_values(self, capsys: pytest.CaptureFixture[str]) -> None:
         configure_logging("info", "json")

@@ -10,24 +10,25 @@ from reelay_common.domain.errors import RetryableError
 from reelay_common.domain.messages import PublishStatusChanged, UploadRequested
 from reelay_common.domain.states import UploadState
 from reelay_common.recorder import StateRecorder
-from reelay_testing.fakes import InMemoryUploadStore, RecordingPublisher
+from reelay_testing.publisher import FakePublisher
+from reelay_testing.stores import FakeUploadStore
 
 S = UploadState
 TOPIC = "reelay.publish.status"
 
 
 @pytest.fixture
-def store() -> InMemoryUploadStore:
-    return InMemoryUploadStore()
+def uploads() -> FakeUploadStore:
+    return FakeUploadStore()
 
 
 @pytest.fixture
-def publisher() -> RecordingPublisher:
-    return RecordingPublisher()
+def publisher() -> FakePublisher:
+    return FakePublisher()
 
 
 @pytest.fixture
-async def recorder(store: InMemoryUploadStore, publisher: RecordingPublisher) -> StateRecorder:
+async def recorder(uploads: FakeUploadStore, publisher: FakePublisher) -> StateRecorder:
     cmd = UploadRequested.model_validate(
         {
             "request_id": "req-1",
@@ -36,17 +37,17 @@ async def recorder(store: InMemoryUploadStore, publisher: RecordingPublisher) ->
             "source": {"kind": "url", "url": "https://videos.example.com/a.mp4"},
         }
     )
-    await store.create(cmd, source="ingest")
-    return StateRecorder(store, publisher, status_topic=TOPIC, announce_wait_seconds=0.2)
+    await uploads.create(cmd, source="ingest")
+    return StateRecorder(uploads, publisher, status_topic=TOPIC, announce_wait_seconds=0.2)
 
 
-def announced(publisher: RecordingPublisher) -> list[PublishStatusChanged]:
+def announced(publisher: FakePublisher) -> list[PublishStatusChanged]:
     return publisher.messages(TOPIC, PublishStatusChanged)
 
 
 class TestRecord:
     async def test_moves_the_upload_and_announces_it_keyed_by_account(
-        self, recorder: StateRecorder, publisher: RecordingPublisher
+        self, recorder: StateRecorder, publisher: FakePublisher
     ) -> None:
         record = await recorder.record(
             "req-1", S.UPLOADED, source="uploader", detail={"log_id": "L"}, set_fields={"publish_id": "p-1"}
@@ -66,7 +67,7 @@ class TestRecord:
         assert message.at == record.history[-1].at
 
     async def test_refused_transitions_announce_nothing(
-        self, recorder: StateRecorder, publisher: RecordingPublisher
+        self, recorder: StateRecorder, publisher: FakePublisher
     ) -> None:
         await recorder.record("req-1", S.PROCESSING, source="poller")
         assert await recorder.record("req-1", S.UPLOADED, source="uploader") is None
@@ -74,18 +75,18 @@ class TestRecord:
         assert [m.state for m in announced(publisher)] == [S.PROCESSING]
 
     async def test_an_unknown_upload_is_refused_quietly(
-        self, recorder: StateRecorder, publisher: RecordingPublisher
+        self, recorder: StateRecorder, publisher: FakePublisher
     ) -> None:
         assert await recorder.record("nope", S.UPLOADED, source="uploader") is None
         assert publisher.sent == []
 
     async def test_a_failed_announcement_is_sent_when_the_handler_retries(
-        self, recorder: StateRecorder, publisher: RecordingPublisher, store: InMemoryUploadStore
+        self, recorder: StateRecorder, publisher: FakePublisher, uploads: FakeUploadStore
     ) -> None:
         publisher.fail_with.append(RetryableError("Kafka is down"))
         with pytest.raises(RetryableError):
             await recorder.record("req-1", S.UPLOADED, source="uploader")
-        current = await store.get("req-1")
+        current = await uploads.get("req-1")
         assert current is not None
         assert current.state is S.UPLOADED  # the state moved before the announcement failed
         # The consumer loop retries the handler: the transition is refused, the announcement is not lost.
@@ -96,19 +97,19 @@ class TestRecord:
         assert len(announced(publisher)) == 1
 
     async def test_announce_publishes_the_current_state(
-        self, recorder: StateRecorder, publisher: RecordingPublisher, store: InMemoryUploadStore
+        self, recorder: StateRecorder, publisher: FakePublisher, uploads: FakeUploadStore
     ) -> None:
-        record = await store.get("req-1")
+        record = await uploads.get("req-1")
         assert record is not None
         await recorder.announce(record, source="ingest")
         (message,) = announced(publisher)
         assert (message.state, message.previous_state, message.source) == (S.ACCEPTED, None, "ingest")
-        after = await store.get("req-1")
+        after = await uploads.get("req-1")
         assert after is not None
         assert after.announced_state is S.ACCEPTED
 
     async def test_a_concurrent_refused_caller_leaves_the_announcement_to_the_winner(
-        self, recorder: StateRecorder, store: InMemoryUploadStore, publisher: RecordingPublisher
+        self, recorder: StateRecorder, uploads: FakeUploadStore, publisher: FakePublisher
     ) -> None:
         release = asyncio.Event()
 
@@ -117,7 +118,7 @@ class TestRecord:
                 await release.wait()  # the winner's publish is still in flight
                 await publisher.publish(topic, message, key=key)
 
-        slow = StateRecorder(store, SlowPublisher(), status_topic=TOPIC, announce_wait_seconds=5)
+        slow = StateRecorder(uploads, SlowPublisher(), status_topic=TOPIC, announce_wait_seconds=5)
         winner = asyncio.create_task(slow.record("req-1", S.PUBLISHED, source="webhook"))
         await asyncio.sleep(0.05)
         loser = asyncio.create_task(slow.record("req-1", S.PUBLISHED, source="poller"))
@@ -126,3 +127,43 @@ class TestRecord:
         assert await winner is not None
         assert await loser is None
         assert [(m.state, m.source) for m in announced(publisher)] == [(S.PUBLISHED, "webhook")]
+
+    async def test_a_refused_caller_announces_at_once_when_no_winner_is_announcing(
+        self, recorder: StateRecorder, uploads: FakeUploadStore, publisher: FakePublisher
+    ) -> None:
+        patient = StateRecorder(uploads, publisher, status_topic=TOPIC, announce_wait_seconds=30)
+        publisher.fail_with.append(RetryableError("Kafka is down"))
+        with pytest.raises(RetryableError):
+            await patient.record("req-1", S.UPLOADED, source="uploader")
+        async with asyncio.timeout(1):  # nothing to wait for: the winner's publish is over
+            assert await patient.record("req-1", S.UPLOADED, source="uploader") is None
+        assert [m.state for m in announced(publisher)] == [S.UPLOADED]
+
+    async def test_a_refused_caller_announces_when_the_winners_publish_fails(
+        self, recorder: StateRecorder, uploads: FakeUploadStore, publisher: FakePublisher
+    ) -> None:
+        release = asyncio.Event()
+
+        class FailingOncePublisher:
+            calls = 0
+
+            async def publish(self, topic: str, message: BaseModel, *, key: str) -> None:
+                self.calls += 1
+                if self.calls == 1:
+                    await release.wait()
+                    raise RetryableError("Kafka is down")
+                await publisher.publish(topic, message, key=key)
+
+        flaky = StateRecorder(uploads, FailingOncePublisher(), status_topic=TOPIC, announce_wait_seconds=5)
+        winner = asyncio.create_task(flaky.record("req-1", S.PUBLISHED, source="webhook"))
+        await asyncio.sleep(0.05)
+        loser = asyncio.create_task(flaky.record("req-1", S.PUBLISHED, source="poller"))
+        await asyncio.sleep(0.05)
+        release.set()
+        with pytest.raises(RetryableError):
+            await winner
+        assert await loser is None
+        assert [(m.state, m.source) for m in announced(publisher)] == [(S.PUBLISHED, "poller")]
+        current = await uploads.get("req-1")
+        assert current is not None
+        assert current.announced_state is S.PUBLISHED

@@ -1,4 +1,4 @@
-"""Fakes for the status-poller's unit tests: a settable clock, a scripted TikTok, and a harness that
+"""Fakes for the status-poller's unit tests: a scripted TikTok, and a harness that
 wires the real handlers to the in-memory store and a recording publisher."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from reelay_common.domain.messages import (
@@ -22,25 +21,12 @@ from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import PublishStatus
 from reelay_common.recorder import StateRecorder
 from reelay_status_poller.handlers import PollerDeps, PollOutcome, PollPolicy, poll_once
-from reelay_testing.fakes import InMemoryUploadStore, RecordingPublisher
+from reelay_testing.clocks import FakeClock
+from reelay_testing.publisher import FakePublisher
+from reelay_testing.stores import FakeUploadStore
 
 STATUS_TOPIC = "test.publish.status"
 ACCOUNT = "acct-1"
-
-
-class FakeClock:
-    """A clock the test moves by hand; starts at the real time so the store's own timestamps line up."""
-
-    def __init__(self) -> None:
-        now = datetime.now(UTC)
-        # Milliseconds, as BSON keeps them: what the test sets is what the store reads back.
-        self.now = now.replace(microsecond=now.microsecond // 1000 * 1000)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 class ScriptedTikTok:
@@ -89,18 +75,18 @@ def status(code: str, *, fail_reason: str | None = None, post_ids: Sequence[str]
 
 
 @dataclass
-class Harness:
-    store: InMemoryUploadStore
-    publisher: RecordingPublisher
+class PollerWorld:
+    uploads: FakeUploadStore
+    publisher: FakePublisher
     tiktok: ScriptedTikTok
     clock: FakeClock
     policy: PollPolicy
     deps: PollerDeps = field(init=False)
 
     def __post_init__(self) -> None:
-        recorder = StateRecorder(self.store, self.publisher, status_topic=STATUS_TOPIC)
+        recorder = StateRecorder(self.uploads, self.publisher, status_topic=STATUS_TOPIC)
         self.deps = PollerDeps(
-            store=self.store, recorder=recorder, tiktok=self.tiktok, policy=self.policy, clock=self.clock
+            uploads=self.uploads, recorder=recorder, tiktok=self.tiktok, policy=self.policy, clock=self.clock
         )
 
     async def uploaded(
@@ -124,24 +110,24 @@ class Harness:
                 else None,
             }
         )
-        await self.store.create(cmd, source="ingest")
-        await self.store.transition(
+        await self.uploads.create(cmd, source="ingest")
+        await self.uploads.transition(
             request_id, UploadState.UPLOADING, source="uploader", set_fields={"publish_id": publish_id}
         )
-        await self.store.transition(request_id, UploadState.UPLOADED, source="uploader")
+        await self.uploads.transition(request_id, UploadState.UPLOADED, source="uploader")
         # The uploader announced it (through its own recorder, not this test's publisher).
-        record = await self.store.checkpoint(request_id, {"announced_state": UploadState.UPLOADED})
+        record = await self.uploads.checkpoint(request_id, {"announced_state": UploadState.UPLOADED})
         assert record is not None
         return record
 
     async def get(self, request_id: str = "req-1") -> UploadRecord:
-        record = await self.store.get(request_id)
+        record = await self.uploads.get(request_id)
         assert record is not None
         return record
 
     async def poll_due(self, deps: PollerDeps | None = None) -> PollOutcome | None:
         """What the scheduler does once: claim the next due upload (at the fake time) and poll it."""
-        claimed = await self.store.claim_due_poll(self.clock(), 30)
+        claimed = await self.uploads.claim_due_poll(self.clock(), 30)
         if claimed is None:
             return None
         return await poll_once(claimed, deps or self.deps)
@@ -153,7 +139,7 @@ class Harness:
         if record.poll_next_at is None:
             return None
         self.clock.now = max(self.clock.now, record.poll_next_at)
-        claimed = await self.store.claim_due_poll(self.clock(), 30)
+        claimed = await self.uploads.claim_due_poll(self.clock(), 30)
         assert claimed is not None, "a due, tracked upload must be claimable"
         assert claimed.request_id == request_id
         return await poll_once(claimed, self.deps)

@@ -11,18 +11,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import structlog
+from reelay_common.domain.errors import DatabaseUnavailableError
 from reelay_common.domain.messages import UploadRequested, UrlSource
 from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.states import UploadState
 from reelay_status_poller.handlers import PollOutcome
-from reelay_status_poller.scheduler import PollScheduler
-from reelay_testing.fakes import InMemoryUploadStore
+from reelay_status_poller.scheduler import PollScheduler, archive_settled_uploads
+from reelay_testing.stores import FakeUploadStore
+from reelay_testing.waiting import eventually
+from structlog.testing import capture_logs
 
 
 def now() -> datetime:
     return datetime.now(UTC)
 
 
-async def due_uploads(store: InMemoryUploadStore, count: int) -> list[str]:
+async def due_uploads(uploads: FakeUploadStore, count: int) -> list[str]:
     ids = []
     for i in range(count):
         rid = f"req-{i}"
@@ -32,13 +37,17 @@ async def due_uploads(store: InMemoryUploadStore, count: int) -> list[str]:
             mode="inbox",
             source=UrlSource(url="https://videos.example.com/a.mp4"),
         )
-        await store.create(cmd, source="ingest")
-        await store.checkpoint(rid, {"publish_id": f"pub-{i}", "poll_next_at": now() - timedelta(seconds=1)})
+        await uploads.create(cmd, source="ingest")
+        await uploads.checkpoint(
+            rid, {"publish_id": f"pub-{i}", "poll_next_at": now() - timedelta(seconds=1)}
+        )
         ids.append(rid)
     return ids
 
 
-def scheduler(store: Any, poll: Callable[[UploadRecord], Awaitable[PollOutcome]], **kw: Any) -> PollScheduler:
+def scheduler(
+    uploads: Any, poll: Callable[[UploadRecord], Awaitable[PollOutcome]], **kw: Any
+) -> PollScheduler:
     options: dict[str, Any] = {
         "lease_seconds": 30,
         "concurrency": 4,
@@ -47,22 +56,14 @@ def scheduler(store: Any, poll: Callable[[UploadRecord], Awaitable[PollOutcome]]
         "shutdown_grace_seconds": 5,
     }
     options.update(kw)
-    return PollScheduler(store=store, poll=poll, clock=now, **options)
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
+    return PollScheduler(uploads=uploads, poll=poll, clock=now, **options)
 
 
 class Finisher:
     """A poll that ends tracking, counting calls and how many run at once (overall and per upload)."""
 
-    def __init__(self, store: InMemoryUploadStore, *, delay: float = 0.0, repeat: int = 1) -> None:
-        self.store = store
+    def __init__(self, uploads: FakeUploadStore, *, delay: float = 0.0, repeat: int = 1) -> None:
+        self.uploads = uploads
         self.delay = delay
         self.repeat = repeat
         self.calls: Counter[str] = Counter()
@@ -78,9 +79,9 @@ class Finisher:
         try:
             await asyncio.sleep(self.delay)
             if self.calls[record.request_id] < self.repeat:
-                await self.store.schedule_poll(record.request_id, now(), attempts=record.poll_attempts + 1)
+                await self.uploads.schedule_poll(record.request_id, now(), attempts=record.poll_attempts + 1)
                 return PollOutcome.WAITING
-            await self.store.checkpoint(record.request_id, {"poll_next_at": None, "poll_lease_until": None})
+            await self.uploads.checkpoint(record.request_id, {"poll_next_at": None, "poll_lease_until": None})
             return PollOutcome.SETTLED
         finally:
             self.running[record.request_id] -= 1
@@ -90,7 +91,7 @@ async def run_until(sched: PollScheduler, check: Callable[[], bool], timeout: fl
     stop = asyncio.Event()
     task = asyncio.create_task(sched.run(stop))
     try:
-        await eventually(check, timeout)
+        await eventually(check, timeout=timeout, interval=0.01)
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
@@ -98,21 +99,21 @@ async def run_until(sched: PollScheduler, check: Callable[[], bool], timeout: fl
 
 class TestPollScheduler:
     async def test_polls_every_due_upload_once(self) -> None:
-        store = InMemoryUploadStore()
-        ids = await due_uploads(store, 6)
-        poll = Finisher(store)
+        uploads = FakeUploadStore()
+        ids = await due_uploads(uploads, 6)
+        poll = Finisher(uploads)
 
-        await run_until(scheduler(store, poll), lambda: sum(poll.calls.values()) >= 6)
+        await run_until(scheduler(uploads, poll), lambda: sum(poll.calls.values()) >= 6)
 
         assert poll.calls == Counter(dict.fromkeys(ids, 1))
 
     async def test_does_not_poll_what_is_not_due(self) -> None:
-        store = InMemoryUploadStore()
-        [rid] = await due_uploads(store, 1)
-        await store.checkpoint(rid, {"poll_next_at": now() + timedelta(hours=1)})
-        poll = Finisher(store)
+        uploads = FakeUploadStore()
+        [rid] = await due_uploads(uploads, 1)
+        await uploads.checkpoint(rid, {"poll_next_at": now() + timedelta(hours=1)})
+        poll = Finisher(uploads)
         stop = asyncio.Event()
-        task = asyncio.create_task(scheduler(store, poll).run(stop))
+        task = asyncio.create_task(scheduler(uploads, poll).run(stop))
 
         await asyncio.sleep(0.2)
         stop.set()
@@ -121,22 +122,22 @@ class TestPollScheduler:
         assert poll.calls == Counter()
 
     async def test_never_runs_more_polls_at_once_than_its_concurrency(self) -> None:
-        store = InMemoryUploadStore()
-        await due_uploads(store, 10)
-        poll = Finisher(store, delay=0.05)
+        uploads = FakeUploadStore()
+        await due_uploads(uploads, 10)
+        poll = Finisher(uploads, delay=0.05)
 
-        await run_until(scheduler(store, poll, concurrency=3), lambda: sum(poll.calls.values()) >= 10)
+        await run_until(scheduler(uploads, poll, concurrency=3), lambda: sum(poll.calls.values()) >= 10)
 
         assert poll.max_running == 3
 
     async def test_two_schedulers_never_poll_one_upload_at_the_same_time(self) -> None:
-        store = InMemoryUploadStore()
-        ids = await due_uploads(store, 4)
-        poll = Finisher(store, delay=0.02, repeat=5)
+        uploads = FakeUploadStore()
+        ids = await due_uploads(uploads, 4)
+        poll = Finisher(uploads, delay=0.02, repeat=5)
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(scheduler(store, poll).run(stop)) for _ in range(2)]
+        tasks = [asyncio.create_task(scheduler(uploads, poll).run(stop)) for _ in range(2)]
 
-        await eventually(lambda: sum(poll.calls.values()) >= 20)
+        await eventually(lambda: sum(poll.calls.values()) >= 20, timeout=5, interval=0.01)
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 10)
 
@@ -144,17 +145,17 @@ class TestPollScheduler:
         assert poll.max_running_one == 1
 
     async def test_a_failing_poll_is_rescheduled_not_lost(self) -> None:
-        store = InMemoryUploadStore()
-        [rid] = await due_uploads(store, 1)
+        uploads = FakeUploadStore()
+        [rid] = await due_uploads(uploads, 1)
 
         async def broken(record: UploadRecord) -> PollOutcome:
             raise RuntimeError("bug in a handler")
 
         outcomes: list[PollOutcome | None] = []
-        sched = scheduler(store, broken, error_retry_seconds=0.2, on_outcome=outcomes.append)
+        sched = scheduler(uploads, broken, error_retry_seconds=0.2, on_outcome=outcomes.append)
         await run_until(sched, lambda: len(outcomes) >= 2)
 
-        record = await store.get(rid)
+        record = await uploads.get(rid)
         assert record is not None
         assert record.poll_next_at is not None
         assert record.poll_lease_until is None
@@ -162,9 +163,9 @@ class TestPollScheduler:
         assert outcomes[:2] == [None, None]
 
     async def test_stops_promptly_while_idle(self) -> None:
-        store = InMemoryUploadStore()
+        uploads = FakeUploadStore()
         stop = asyncio.Event()
-        task = asyncio.create_task(scheduler(store, Finisher(store), idle_sleep_seconds=30).run(stop))
+        task = asyncio.create_task(scheduler(uploads, Finisher(uploads), idle_sleep_seconds=30).run(stop))
         await asyncio.sleep(0.05)
 
         started = time.monotonic()
@@ -174,54 +175,54 @@ class TestPollScheduler:
         assert time.monotonic() - started < 1
 
     async def test_lets_an_inflight_poll_finish_on_stop(self) -> None:
-        store = InMemoryUploadStore()
-        [rid] = await due_uploads(store, 1)
-        poll = Finisher(store, delay=0.3)
+        uploads = FakeUploadStore()
+        [rid] = await due_uploads(uploads, 1)
+        poll = Finisher(uploads, delay=0.3)
         stop = asyncio.Event()
-        task = asyncio.create_task(scheduler(store, poll).run(stop))
-        await eventually(lambda: poll.running[rid] == 1)
+        task = asyncio.create_task(scheduler(uploads, poll).run(stop))
+        await eventually(lambda: poll.running[rid] == 1, timeout=5, interval=0.01)
 
         stop.set()
         await asyncio.wait_for(task, 5)
 
-        record = await store.get(rid)
+        record = await uploads.get(rid)
         assert record is not None
         assert record.poll_next_at is None  # the poll ran to its end
 
     async def test_a_poll_outliving_the_grace_is_cancelled_and_its_lease_left_to_expire(self) -> None:
-        store = InMemoryUploadStore()
-        [rid] = await due_uploads(store, 1)
-        poll = Finisher(store, delay=3600)
+        uploads = FakeUploadStore()
+        [rid] = await due_uploads(uploads, 1)
+        poll = Finisher(uploads, delay=3600)
         stop = asyncio.Event()
-        task = asyncio.create_task(scheduler(store, poll, shutdown_grace_seconds=0.1).run(stop))
-        await eventually(lambda: poll.running[rid] == 1)
+        task = asyncio.create_task(scheduler(uploads, poll, shutdown_grace_seconds=0.1).run(stop))
+        await eventually(lambda: poll.running[rid] == 1, timeout=5, interval=0.01)
 
         stop.set()
         await asyncio.wait_for(task, 5)
 
-        record = await store.get(rid)
+        record = await uploads.get(rid)
         assert record is not None
         assert record.poll_next_at is not None
         assert record.poll_lease_until is not None
         # Once the lease has expired, the upload is due again: nothing was lost.
-        assert await store.claim_due_poll(record.poll_lease_until + timedelta(seconds=1), 30) is not None
+        assert await uploads.claim_due_poll(record.poll_lease_until + timedelta(seconds=1), 30) is not None
 
     async def test_survives_a_store_outage_and_reports_it(self) -> None:
-        store = InMemoryUploadStore()
-        [rid] = await due_uploads(store, 1)
+        uploads = FakeUploadStore()
+        [rid] = await due_uploads(uploads, 1)
         outage = {"left": 3}
 
         class FlakyStore:
             def __getattr__(self, name: str) -> Any:
-                return getattr(store, name)
+                return getattr(uploads, name)
 
             async def claim_due_poll(self, when: datetime, lease_seconds: float) -> UploadRecord | None:
                 if outage["left"] > 0:
                     outage["left"] -= 1
                     raise ConnectionError("mongo is down")
-                return await store.claim_due_poll(when, lease_seconds)
+                return await uploads.claim_due_poll(when, lease_seconds)
 
-        poll = Finisher(store)
+        poll = Finisher(uploads)
         sched = scheduler(FlakyStore(), poll, store_backoff_max_seconds=0.05)
         health: list[bool] = []
         stop = asyncio.Event()
@@ -231,7 +232,7 @@ class TestPollScheduler:
             health.append(sched.is_healthy())
             return poll.calls[rid] == 1
 
-        await eventually(polled_while_watching_health)
+        await eventually(polled_while_watching_health, timeout=5, interval=0.01)
         stop.set()
         await asyncio.wait_for(task, 5)
 
@@ -240,4 +241,66 @@ class TestPollScheduler:
 
     def test_refuses_zero_concurrency(self) -> None:
         with pytest.raises(ValueError, match="concurrency"):
-            scheduler(InMemoryUploadStore(), Finisher(InMemoryUploadStore()), concurrency=0)
+            scheduler(FakeUploadStore(), Finisher(FakeUploadStore()), concurrency=0)
+
+
+class TestLogContext:
+    async def test_every_line_of_a_poll_carries_its_upload_ids(self) -> None:
+        uploads = FakeUploadStore()
+        (rid,) = await due_uploads(uploads, 1)
+        finish = Finisher(uploads)
+        log = structlog.get_logger("reelay.test")
+
+        async def poll(record: UploadRecord) -> PollOutcome:
+            log.info("polling")
+            return await finish(record)
+
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+            await run_until(scheduler(uploads, poll), lambda: finish.calls[rid] == 1)
+        polling = next(e for e in logs if e["event"] == "polling")
+        assert (polling["request_id"], polling["account_id"], polling["publish_id"]) == (
+            rid,
+            "acct-1",
+            "pub-0",
+        )
+
+
+class TestArchiveSettledUploads:
+    async def test_archives_what_settles_and_keeps_going_after_a_store_failure(self) -> None:
+        uploads = FakeUploadStore()
+        ids = await due_uploads(uploads, 3)
+        for rid in ids:
+            await uploads.transition(rid, UploadState.INBOX_DELIVERED, source="poller")
+        calls = 0
+        real = uploads.archive_settled
+
+        async def flaky(at: datetime, *, grace_seconds: float, limit: int = 100) -> int:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise DatabaseUnavailableError("MongoDB could not find settled uploads")
+            return await real(at, grace_seconds=grace_seconds, limit=limit)
+
+        uploads.archive_settled = flaky  # type: ignore[method-assign,assignment]  # a store that fails once
+        stop = asyncio.Event()
+        with capture_logs() as logs:
+            task = asyncio.create_task(
+                archive_settled_uploads(uploads, stop, clock=now, grace_seconds=0, interval_seconds=0.01)
+            )
+            await eventually(lambda: uploads.archived == set(ids))
+            stop.set()
+            await asyncio.wait_for(task, timeout=5)
+        assert [e["event"] for e in logs if e["event"] == "archive_failed"] == ["archive_failed"]
+        assert any(e["event"] == "uploads_archived" and e["count"] == 3 for e in logs)
+
+    async def test_leaves_uploads_in_flight_alone(self) -> None:
+        uploads = FakeUploadStore()
+        await due_uploads(uploads, 2)  # accepted, being polled: not settled
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            archive_settled_uploads(uploads, stop, clock=now, grace_seconds=0, interval_seconds=0.01)
+        )
+        await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, timeout=5)
+        assert uploads.archived == set()

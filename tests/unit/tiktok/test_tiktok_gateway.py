@@ -12,7 +12,7 @@ from reelay_common.adapters.tiktok.gateway import TikTokGateway
 from reelay_common.domain.errors import AuthExpiredError, InvalidInputError, RateLimitedError
 from reelay_common.domain.messages import PostInfo
 from reelay_common.domain.tiktok import FileUploadSourceInfo, PullFromUrlSourceInfo
-from reelay_testing.fakes import NoopRateLimiter
+from reelay_testing.tokens import FakeRateLimiter
 
 from tests.unit.tiktok.tiktok_fakes import (
     UPLOAD_URL,
@@ -49,12 +49,12 @@ class RotatingTokens:
         return self.current
 
 
-class Harness:
+class GatewayWorld:
     def __init__(self, responses: list[httpx.Response], **gateway_options: Any) -> None:
         self.responses = responses
         self.requests: list[httpx.Request] = []
         self.tokens = RotatingTokens()
-        self.limiter = NoopRateLimiter()
+        self.limiter = FakeRateLimiter()
         self.sleeps: list[float] = []
         client, self.http = make_client(self.handle)
         self.gateway = TikTokGateway(client, self.tokens, self.limiter, sleep=self.sleep, **gateway_options)
@@ -76,107 +76,109 @@ def ok(data: dict[str, Any]) -> httpx.Response:
 
 class TestPacing:
     async def test_each_call_takes_a_slot_in_its_bucket(self) -> None:
-        h = Harness(
+        world = GatewayWorld(
             [
                 ok(CREATOR),
                 ok({"publish_id": "p1"}),
                 ok({"status": "PROCESSING_DOWNLOAD"}),
             ]
         )
-        async with h.http:
-            await h.gateway.creator_info("acct")
-            await h.gateway.init_upload("acct", mode="inbox", post_info=None, source_info=PULL)
-            await h.gateway.fetch_status("acct", "p1")
-        assert h.limiter.calls == [("acct", "creator_info"), ("acct", "init"), ("acct", "status")]
+        async with world.http:
+            await world.gateway.creator_info("acct")
+            await world.gateway.init_upload("acct", mode="inbox", post_info=None, source_info=PULL)
+            await world.gateway.fetch_status("acct", "p1")
+        assert world.limiter.calls == [("acct", "creator_info"), ("acct", "init"), ("acct", "status")]
 
     async def test_a_retried_call_takes_another_slot(self) -> None:
-        h = Harness([json_response(429, envelope("rate_limit_exceeded")), ok(CREATOR)])
-        async with h.http:
-            await h.gateway.creator_info("acct")
-        assert h.limiter.calls == [("acct", "creator_info")] * 2
+        world = GatewayWorld([json_response(429, envelope("rate_limit_exceeded")), ok(CREATOR)])
+        async with world.http:
+            await world.gateway.creator_info("acct")
+        assert world.limiter.calls == [("acct", "creator_info")] * 2
 
 
 class TestRefusedToken:
     async def test_refreshes_once_and_retries_with_the_new_token(self) -> None:
-        h = Harness([json_response(401, envelope("access_token_invalid")), ok(CREATOR)])
-        async with h.http:
-            info = await h.gateway.creator_info("acct")
+        world = GatewayWorld([json_response(401, envelope("access_token_invalid")), ok(CREATOR)])
+        async with world.http:
+            info = await world.gateway.creator_info("acct")
         assert info.creator_nickname == "Demo"
-        assert h.tokens.refreshes == [("acct", "act.v1")]
-        assert h.bearers() == ["act.v1", "act.v2"]
+        assert world.tokens.refreshes == [("acct", "act.v1")]
+        assert world.bearers() == ["act.v1", "act.v2"]
 
     async def test_a_second_refusal_is_an_auth_error(self) -> None:
-        h = Harness([json_response(401, envelope("access_token_invalid"))] * 2)
-        async with h.http:
+        world = GatewayWorld([json_response(401, envelope("access_token_invalid"))] * 2)
+        async with world.http:
             with pytest.raises(AccessTokenInvalidError) as info:
-                await h.gateway.creator_info("acct")
+                await world.gateway.creator_info("acct")
         assert isinstance(info.value, AuthExpiredError)
-        assert len(h.tokens.refreshes) == 1
-        assert len(h.requests) == 2
+        assert len(world.tokens.refreshes) == 1
+        assert len(world.requests) == 2
 
     async def test_missing_scope_does_not_refresh(self) -> None:
-        h = Harness([json_response(401, envelope("scope_not_authorized"))])
-        async with h.http:
+        world = GatewayWorld([json_response(401, envelope("scope_not_authorized"))])
+        async with world.http:
             with pytest.raises(AuthExpiredError):
-                await h.gateway.creator_info("acct")
-        assert h.tokens.refreshes == []
+                await world.gateway.creator_info("acct")
+        assert world.tokens.refreshes == []
 
 
 class TestRateLimited:
     async def test_waits_retry_after_then_succeeds(self) -> None:
-        h = Harness([json_response(429, envelope("rate_limit_exceeded"), {"Retry-After": "3"}), ok(CREATOR)])
-        async with h.http:
-            await h.gateway.creator_info("acct")
-        assert h.sleeps == [3.0]
+        world = GatewayWorld(
+            [json_response(429, envelope("rate_limit_exceeded"), {"Retry-After": "3"}), ok(CREATOR)]
+        )
+        async with world.http:
+            await world.gateway.creator_info("acct")
+        assert world.sleeps == [3.0]
 
     async def test_backs_off_exponentially_then_hands_the_429_back(self) -> None:
-        h = Harness([json_response(429, envelope("rate_limit_exceeded"))] * 4)
-        async with h.http:
+        world = GatewayWorld([json_response(429, envelope("rate_limit_exceeded"))] * 4)
+        async with world.http:
             with pytest.raises(RateLimitedError):
-                await h.gateway.init_upload("acct", mode="inbox", post_info=None, source_info=PULL)
-        assert h.sleeps == [1.0, 2.0, 4.0]
-        assert len(h.requests) == 4
+                await world.gateway.init_upload("acct", mode="inbox", post_info=None, source_info=PULL)
+        assert world.sleeps == [1.0, 2.0, 4.0]
+        assert len(world.requests) == 4
 
     async def test_caps_a_long_retry_after(self) -> None:
-        h = Harness(
+        world = GatewayWorld(
             [json_response(429, envelope("rate_limit_exceeded"), {"Retry-After": "3600"}), ok(CREATOR)],
             backoff_max=30.0,
         )
-        async with h.http:
-            await h.gateway.creator_info("acct")
-        assert h.sleeps == [30.0]
+        async with world.http:
+            await world.gateway.creator_info("acct")
+        assert world.sleeps == [30.0]
 
 
 class TestInitUpload:
     async def test_direct_goes_to_video_init_with_post_info(self) -> None:
-        h = Harness([ok({"publish_id": "p1", "upload_url": UPLOAD_URL})])
+        world = GatewayWorld([ok({"publish_id": "p1", "upload_url": UPLOAD_URL})])
         plan = FileUploadSourceInfo(video_size=1000, chunk_size=1000, total_chunk_count=1)
-        async with h.http:
-            result = await h.gateway.init_upload(
+        async with world.http:
+            result = await world.gateway.init_upload(
                 "acct", mode="direct", post_info=PostInfo(privacy_level="SELF_ONLY"), source_info=plan
             )
         assert result.upload_url == UPLOAD_URL
-        (request,) = h.requests
+        (request,) = world.requests
         assert request.url.path == "/v2/post/publish/video/init/"
         assert json.loads(request.content)["post_info"]["privacy_level"] == "SELF_ONLY"
 
     async def test_inbox_goes_to_inbox_init(self) -> None:
-        h = Harness([ok({"publish_id": "p1"})])
-        async with h.http:
-            await h.gateway.init_upload("acct", mode="inbox", post_info=None, source_info=PULL)
-        assert h.requests[0].url.path == "/v2/post/publish/inbox/video/init/"
+        world = GatewayWorld([ok({"publish_id": "p1"})])
+        async with world.http:
+            await world.gateway.init_upload("acct", mode="inbox", post_info=None, source_info=PULL)
+        assert world.requests[0].url.path == "/v2/post/publish/inbox/video/init/"
 
     @pytest.mark.parametrize(
         ("mode", "post_info"),
         [("direct", None), ("inbox", PostInfo(privacy_level="SELF_ONLY")), ("draft", None)],
     )
     async def test_refuses_mismatched_modes_without_calling_tiktok(self, mode: Any, post_info: Any) -> None:
-        h = Harness([])
-        async with h.http:
+        world = GatewayWorld([])
+        async with world.http:
             with pytest.raises(InvalidInputError):
-                await h.gateway.init_upload("acct", mode=mode, post_info=post_info, source_info=PULL)
-        assert h.requests == []
-        assert h.limiter.calls == []
+                await world.gateway.init_upload("acct", mode=mode, post_info=post_info, source_info=PULL)
+        assert world.requests == []
+        assert world.limiter.calls == []
 
 
 class TestUploadChunks:
@@ -192,7 +194,7 @@ class TestUploadChunks:
             api_calls.append(request.url.path)
             return ok({"status": "PROCESSING_UPLOAD", "uploaded_bytes": server.progress})
 
-        limiter = NoopRateLimiter()
+        limiter = FakeRateLimiter()
         client, http = make_client(handler, streaming=True)
         gateway = TikTokGateway(client, RotatingTokens(), limiter)
         async with http:

@@ -15,7 +15,7 @@ from reelay_common.adapters.tiktok.gateway import TikTokGateway
 from reelay_common.adapters.tiktok.tokens import MongoTokenProvider
 from reelay_common.ports import AccountStore, RateLimiter, TikTokApi, TokenProvider
 from reelay_common.settings import DEV_TOKEN_KEY
-from reelay_testing.fakes import NoopRateLimiter
+from reelay_testing.tokens import FakeRateLimiter
 
 
 class TestAdaptersFitThePorts:
@@ -31,7 +31,7 @@ class TestAdaptersFitThePorts:
             assert isinstance(store, MongoAccountStore)
             tokens: TokenProvider = MongoTokenProvider(store, client)
             limiter: RateLimiter = MongoRateLimiter(db)
-            api: TikTokApi = TikTokGateway(client, tokens, NoopRateLimiter())
+            api: TikTokApi = TikTokGateway(client, tokens, FakeRateLimiter())
             for port_method in ("creator_info", "init_upload", "fetch_status", "upload_chunks"):
                 assert callable(getattr(api, port_method))
             assert callable(limiter.acquire)

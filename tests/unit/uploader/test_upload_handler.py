@@ -44,7 +44,10 @@ from reelay_common.domain.tiktok import (
 )
 from reelay_common.ports import ProgressCallback, VideoReader
 from reelay_common.recorder import StateRecorder
-from reelay_testing.fakes import BytesVideoReader, InMemoryUploadStore, RecordingPublisher
+from reelay_testing.clocks import FakeClock
+from reelay_testing.publisher import FakePublisher
+from reelay_testing.readers import BytesVideoReader
+from reelay_testing.stores import FakeUploadStore
 from reelay_uploader.handlers import UploaderDeps, handle_upload_requested
 
 EVENTS = "test.publish.events"
@@ -226,29 +229,21 @@ class FakeTikTok:
                 await on_progress(pub.received)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 # -- the harness -------------------------------------------------------------------------------
 
 
 @dataclass
 class World:
-    store: InMemoryUploadStore
-    publisher: RecordingPublisher
+    uploads: FakeUploadStore
+    publisher: FakePublisher
     tiktok: FakeTikTok
-    clock: Clock
+    clock: FakeClock
     readers: dict[str, VideoReader]
     deps: UploaderDeps
     opened: list[str]
 
     async def state(self, request_id: str) -> UploadState:
-        record = await self.store.get(request_id)
+        record = await self.uploads.get(request_id)
         assert record is not None
         return record.state
 
@@ -260,10 +255,10 @@ class World:
 
 
 def make_world(*, reader: VideoReader | None = None, max_init_attempts: int = 3, **tiktok: Any) -> World:
-    store = InMemoryUploadStore()
-    publisher = RecordingPublisher()
+    uploads = FakeUploadStore()
+    publisher = FakePublisher()
     fake = FakeTikTok(**tiktok)
-    clock = Clock()
+    clock = FakeClock(datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
     readers: dict[str, VideoReader] = {VIDEO_URL: reader or PatternReader(BIG)}
     opened: list[str] = []
 
@@ -277,8 +272,8 @@ def make_world(*, reader: VideoReader | None = None, max_init_attempts: int = 3,
         yield found
 
     deps = UploaderDeps(
-        store=store,
-        recorder=StateRecorder(store, publisher, status_topic=STATUS),
+        uploads=uploads,
+        recorder=StateRecorder(uploads, publisher, status_topic=STATUS),
         publisher=publisher,
         tiktok=fake,
         open_reader=open_reader,
@@ -286,7 +281,7 @@ def make_world(*, reader: VideoReader | None = None, max_init_attempts: int = 3,
         max_init_attempts=max_init_attempts,
         clock=clock,
     )
-    return World(store, publisher, fake, clock, readers, deps, opened)
+    return World(uploads, publisher, fake, clock, readers, deps, opened)
 
 
 def direct(request_id: str = "req-1", *, privacy: str = "SELF_ONLY", url: str = VIDEO_URL) -> UploadRequested:
@@ -326,7 +321,7 @@ class TestUploadingAVideo:
         cmd = direct()
         await handle_upload_requested(cmd, world.deps)
 
-        record = await world.store.get(cmd.request_id)
+        record = await world.uploads.get(cmd.request_id)
         assert record is not None
         assert record.state is UploadState.UPLOADED
         assert [h.state for h in record.history] == [
@@ -397,7 +392,7 @@ class TestUploadingAVideo:
 
     async def test_creates_the_document_when_upstream_skipped_ingest(self) -> None:
         world = make_world()
-        assert await world.store.get("req-1") is None
+        assert await world.uploads.get("req-1") is None
         await handle_upload_requested(direct(), world.deps)
         assert await world.state("req-1") is UploadState.UPLOADED
         assert world.status_events()[0].state is UploadState.ACCEPTED
@@ -406,7 +401,7 @@ class TestUploadingAVideo:
     async def test_does_not_reannounce_accepted_when_ingest_did(self) -> None:
         world = make_world()
         cmd = direct()
-        record, _ = await world.store.create(cmd, source="ingest")
+        record, _ = await world.uploads.create(cmd, source="ingest")
         await world.deps.recorder.announce(record, source="ingest")
         await handle_upload_requested(cmd, world.deps)
         assert [e.state for e in world.status_events()].count(UploadState.ACCEPTED) == 1
@@ -419,7 +414,7 @@ class TestNeverTwoPosts:
         cmd = direct()
         with pytest.raises(Crash):
             await handle_upload_requested(cmd, world.deps)
-        record = await world.store.get(cmd.request_id)
+        record = await world.uploads.get(cmd.request_id)
         assert record is not None
         assert record.publish_id is not None  # checkpointed before the first PUT
         assert record.upload_url is not None
@@ -437,7 +432,7 @@ class TestNeverTwoPosts:
         cmd = direct()
         with pytest.raises(Crash):
             await handle_upload_requested(cmd, world.deps)
-        record = await world.store.get(cmd.request_id)
+        record = await world.uploads.get(cmd.request_id)
         assert record is not None
         assert record.uploaded_bytes == 20_000_000  # two chunks recorded, the third one lost
 
@@ -523,8 +518,8 @@ class TestNeverTwoPosts:
     async def test_terminal_uploads_are_left_alone(self) -> None:
         world = make_world()
         cmd = direct()
-        await world.store.create(cmd, source="ingest")
-        await world.store.transition(cmd.request_id, UploadState.FAILED, source="poller")
+        await world.uploads.create(cmd, source="ingest")
+        await world.uploads.transition(cmd.request_id, UploadState.FAILED, source="poller")
 
         await handle_upload_requested(cmd, world.deps)
 
@@ -546,7 +541,7 @@ class TestExpiredUploadUrls:
         assert not first.complete
         assert second.complete
         assert world.tiktok.posts == [second]
-        record = await world.store.get(cmd.request_id)
+        record = await world.uploads.get(cmd.request_id)
         assert record is not None
         assert record.state is UploadState.UPLOADED
         assert record.publish_id == second.publish_id
@@ -587,7 +582,7 @@ class TestExpiredUploadUrls:
         cmd = direct()
         await handle_upload_requested(cmd, world.deps)
 
-        record = await world.store.get(cmd.request_id)
+        record = await world.uploads.get(cmd.request_id)
         assert record is not None
         assert record.state is UploadState.FAILED
         assert record.history[-1].detail["code"] == "init_attempts_exhausted"
@@ -608,7 +603,7 @@ class TestExpiredUploadUrls:
 
         await redeliver(cmd, world)
 
-        record = await world.store.get(cmd.request_id)
+        record = await world.uploads.get(cmd.request_id)
         assert record is not None
         assert record.state is UploadState.FAILED
         assert record.history[-1].detail["code"] == "file_format_check_failed"
@@ -621,7 +616,7 @@ class TestRefusals:
         cmd = direct(privacy="PUBLIC_TO_EVERYONE")
         await handle_upload_requested(cmd, world.deps)
 
-        record = await world.store.get(cmd.request_id)
+        record = await world.uploads.get(cmd.request_id)
         assert record is not None
         assert record.state is UploadState.FAILED
         detail = record.history[-1].detail
@@ -640,7 +635,7 @@ class TestRefusals:
         cmd = direct()
         await handle_upload_requested(cmd, world.deps)  # returns: the record was fine, the upload failed
 
-        record = await world.store.get(cmd.request_id)
+        record = await world.uploads.get(cmd.request_id)
         assert record is not None
         assert record.state is UploadState.FAILED
         detail = record.history[-1].detail
@@ -660,7 +655,7 @@ class TestRefusals:
         cmd = direct()
         await handle_upload_requested(cmd, world.deps)
 
-        record = await world.store.get(cmd.request_id)
+        record = await world.uploads.get(cmd.request_id)
         assert record is not None
         assert record.state is UploadState.FAILED
         assert record.history[-1].detail["publish_id"] == record.publish_id
@@ -680,7 +675,7 @@ class TestRefusals:
         cmd = direct()
         await handle_upload_requested(cmd, deps)
 
-        record = await world.store.get(cmd.request_id)
+        record = await world.uploads.get(cmd.request_id)
         assert record is not None
         assert record.state is UploadState.FAILED
         assert record.history[-1].detail["code"] == code
@@ -691,7 +686,7 @@ class TestRefusals:
         cmd = direct(url="https://videos.example/missing.mp4")
         await handle_upload_requested(cmd, world.deps)
 
-        record = await world.store.get(cmd.request_id)
+        record = await world.uploads.get(cmd.request_id)
         assert record is not None
         assert record.state is UploadState.FAILED
         assert record.history[-1].detail["code"] == "source_not_found"
@@ -701,11 +696,11 @@ class TestRefusals:
         world = make_world()
         await handle_upload_requested(direct(), world.deps)
         other = UploadRequested.model_validate({**direct().model_dump(), "account_id": "acct-2"})
-        before = (await world.store.get("req-1"), len(world.publisher.sent))
+        before = (await world.uploads.get("req-1"), len(world.publisher.sent))
 
         await handle_upload_requested(other, world.deps)
 
-        assert (await world.store.get("req-1"), len(world.publisher.sent)) == before
+        assert (await world.uploads.get("req-1"), len(world.publisher.sent)) == before
         assert len(world.tiktok.inits) == 1
 
 
@@ -718,7 +713,7 @@ class TestRetryableFailures:
         cmd = direct()
         with pytest.raises(RetryableError):
             await handle_upload_requested(cmd, world.deps)
-        record = await world.store.get(cmd.request_id)
+        record = await world.uploads.get(cmd.request_id)
         assert record is not None
         assert record.state is UploadState.UPLOADING
         assert (record.publish_id, record.init_attempts) == (None, 0)
@@ -734,7 +729,7 @@ class TestRetryableFailures:
         cmd = direct()
         with pytest.raises(RetryableError):
             await handle_upload_requested(cmd, world.deps)
-        record = await world.store.get(cmd.request_id)
+        record = await world.uploads.get(cmd.request_id)
         assert record is not None
         assert (record.state, record.uploaded_bytes) == (UploadState.UPLOADING, 30_000_000)
 
@@ -777,7 +772,7 @@ class TestPullFromUrl:
         await redeliver(self.cmd(), world)
 
         assert len(world.tiktok.inits) == 1
-        record = await world.store.get("req-pull")
+        record = await world.uploads.get("req-pull")
         assert record is not None
         assert record.state is UploadState.FAILED
         assert record.history[-1].detail["code"] == "pull_init_outcome_unknown"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from typing import Any, Literal, cast
 
 import structlog
@@ -139,3 +140,24 @@ def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
 def bound_context() -> MutableMapping[str, Any]:
     """The context variables bound in the current task (request_id, topic, ...), for tests and hooks."""
     return structlog.contextvars.get_contextvars()
+
+
+@contextmanager
+def unit_of_work(**fields: Any) -> Iterator[None]:
+    """Bind `fields` to every log line of one unit of work: a Kafka record, an HTTP request, a poll.
+
+    The one place context is bound (the consumer loop, the HTTP middleware, the poll scheduler), with
+    structlog's `bound_contextvars`. Whatever is learnt inside (`bind_learned`) ends with it too.
+    """
+    outer = set(structlog.contextvars.get_contextvars())
+    with structlog.contextvars.bound_contextvars(**fields):
+        try:
+            yield
+        finally:
+            learned = set(structlog.contextvars.get_contextvars()) - outer - fields.keys()
+            structlog.contextvars.unbind_contextvars(*learned)
+
+
+def bind_learned(**fields: Any) -> None:
+    """Add to the current unit of work a field learnt on the way (a publish_id), once."""
+    structlog.contextvars.bind_contextvars(**fields)

@@ -85,6 +85,11 @@ class UploadStore(Protocol):
         """Set when to poll next and release the lease."""
         ...
 
+    async def archive_settled(self, now: datetime, *, grace_seconds: float, limit: int = 100) -> int:
+        """Move uploads settled (terminal, no longer watched) and quiet for `grace_seconds` out of
+        the in-flight work into history, where every read still finds them; how many moved."""
+        ...
+
 
 class Recorder(Protocol):
     """Records state changes and announces them on `reelay.publish.status` (StateRecorder)."""

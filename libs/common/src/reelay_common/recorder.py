@@ -4,7 +4,6 @@ of `PublishStatusChanged` on `reelay.publish.status` (keyed by account_id)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,16 +21,19 @@ class StateRecorder:
 
     def __init__(
         self,
-        store: UploadStore,
+        uploads: UploadStore,
         publisher: Publisher,
         *,
         status_topic: str,
         announce_wait_seconds: float = 2.0,
     ) -> None:
-        self._store = store
+        self._uploads = uploads
         self._publisher = publisher
         self._status_topic = status_topic
         self._announce_wait = announce_wait_seconds
+        # Announcements in flight in this process, by (request_id, state): True once sent, False if
+        # the publish failed. A refused caller waits on its winner's instead of polling the store.
+        self._announcing: dict[tuple[str, UploadState], asyncio.Future[bool]] = {}
 
     async def record(
         self,
@@ -46,10 +48,12 @@ class StateRecorder:
 
         When the guard refuses because the upload is already in `target` but that state was never
         announced (the publish failed after the update), the announcement is sent now: a retried
-        handler therefore never loses one. Duplicate announcements are possible; consumers dedupe
-        on (request_id, state).
+        handler therefore never loses one. A winner of the same transition still announcing in this
+        process is waited for (up to `announce_wait_seconds`), so a race here sends one announcement;
+        a winner in another process cannot be seen, and the two may both announce. Duplicates are
+        allowed: consumers dedupe on (request_id, state).
         """
-        moved = await self._store.transition(
+        moved = await self._uploads.transition(
             request_id, target, source=source, detail=detail, set_fields=set_fields
         )
         if moved is not None:
@@ -61,15 +65,23 @@ class StateRecorder:
                 state=target.value,
                 source=source,
             )
-            await self.announce(moved, source=source)
+            await self._announce_moved(moved, source=source)
             return moved
-        current = await self._unannounced(request_id, target)
+        current = await self._uploads.get(request_id)
         if current is None:
             log.warning("upload_state_change_unknown_upload", request_id=request_id, state=target.value)
             return None
-        if current.state is target and current.announced_state is not target:
+        sent_by_winner = False
+        if _unannounced(current, target):
+            winner = self._announcing.get((request_id, target))
+            if winner is not None:
+                sent_by_winner = await self._sent_in_time(winner)
+                if not sent_by_winner:
+                    # Its publish failed or is slow: read once more, the winner may have moved it on.
+                    current = await self._uploads.get(request_id) or current
+        if not sent_by_winner and _unannounced(current, target):
             log.warning("upload_state_announced_late", request_id=request_id, state=target.value)
-            await self.announce(current, source=source)
+            await self._announce_moved(current, source=source)
         else:
             log.info(
                 "upload_state_change_refused",
@@ -80,23 +92,30 @@ class StateRecorder:
             )
         return None
 
-    async def _unannounced(self, request_id: str, target: UploadState) -> UploadRecord | None:
-        """The upload, after giving a concurrent winner of the same transition time to announce it.
+    async def _announce_moved(self, record: UploadRecord, *, source: StateSource) -> None:
+        """Announce the record's state, letting refused callers of this process wait on it."""
+        key = (record.request_id, record.state)
+        sent: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._announcing[key] = sent
+        try:
+            await self.announce(record, source=source)
+        except BaseException:
+            sent.set_result(False)
+            raise
+        else:
+            sent.set_result(True)
+        finally:
+            if self._announcing.get(key) is sent:
+                del self._announcing[key]
 
-        Whoever moved the upload announces right after; only when that has not happened within
-        `announce_wait_seconds` (its publish failed, or it crashed) does a refused caller step in.
+    async def _sent_in_time(self, sent: asyncio.Future[bool]) -> bool:
+        """True once a winner's announcement went out, within `announce_wait_seconds`.
+
+        False when its publish failed (the retried handler, or this caller, announces instead) or
+        did not finish in time (then this caller announces too).
         """
-        deadline = time.monotonic() + self._announce_wait
-        while True:
-            current = await self._store.get(request_id)
-            if (
-                current is None
-                or current.state is not target
-                or current.announced_state is target
-                or time.monotonic() >= deadline
-            ):
-                return current
-            await asyncio.sleep(0.05)
+        await asyncio.wait({sent}, timeout=self._announce_wait)
+        return sent.done() and sent.result()
 
     async def announce(self, record: UploadRecord, *, source: StateSource) -> None:
         """Publish `PublishStatusChanged` for the record's current state (e.g. `accepted` at ingest)."""
@@ -115,7 +134,7 @@ class StateRecorder:
         )
         await self._publisher.publish(self._status_topic, message, key=record.account_id)
         # Only while still in this state: a later transition's own announcement must not be masked.
-        await self._store.checkpoint(
+        await self._uploads.checkpoint(
             record.request_id, {"announced_state": record.state}, expect_state=record.state
         )
 
@@ -126,3 +145,8 @@ def _previous_state(record: UploadRecord) -> UploadState | None:
         if record.history[i].state is record.state:
             return record.history[i - 1].state if i > 0 else None
     return None
+
+
+def _unannounced(record: UploadRecord, target: UploadState) -> bool:
+    """The upload is in `target`, and that state has not been announced yet."""
+    return record.state is target and record.announced_state is not target

@@ -1,25 +1,22 @@
-"""The ingest FastAPI app. `create_app(settings)` builds it; its lifespan connects everything."""
+"""The ingest FastAPI app. `create_app(settings, deps, ready_checks)` builds it over ports
+connected elsewhere (`main`, or a test's fakes); the app itself connects nothing."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from reelay_common.logging import get_logger
+from reelay_common.readiness import Check
 
-from reelay_ingest.bootstrap import build_deps
+from reelay_ingest.context import AppContext
 from reelay_ingest.deps import IngestDeps
 from reelay_ingest.observe import ObserveRequests
 from reelay_ingest.problems import install_error_handlers
 from reelay_ingest.routes import api, hooks, ops
-from reelay_ingest.runtime import Runtime
 from reelay_ingest.schemas import UploadByUrl
 from reelay_ingest.settings import IngestSettings
-
-log = get_logger(__name__)
 
 DESCRIPTION = """\
 Reelay publishes videos to TikTok through the official Content Posting API.
@@ -31,32 +28,15 @@ follow it at `GET /v1/uploads/{request_id}`. Every `/v1` route but the TikTok we
 """
 
 
-def create_app(settings: IngestSettings, deps: IngestDeps | None = None) -> FastAPI:
-    """The ingest app. With `deps` (tests) those ports are used; otherwise the lifespan connects
-    MongoDB, Kafka and TikTok from `settings`, and closes them on shutdown."""
-    runtime = Runtime.for_settings(settings)
-
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        async with AsyncExitStack() as stack:
-            runtime.deps = deps if deps is not None else await build_deps(settings, stack)
-            log.info("ingest_started", environment=settings.environment)
-            try:
-                yield
-            finally:
-                log.info("ingest_stopping")
-                runtime.deps = None
-        log.info("ingest_stopped")  # Kafka flushed and closed, Mongo and the TikTok client closed
-
-    app = FastAPI(
-        title="Reelay ingest API",
-        version="1.0.0",
-        description=DESCRIPTION,
-        lifespan=lifespan,
-    )
-    app.state.runtime = runtime
-    install_error_handlers(app, runtime.metrics)
-    app.add_middleware(ObserveRequests, metrics=runtime.metrics)
+def create_app(
+    settings: IngestSettings, deps: IngestDeps, *, ready_checks: Mapping[str, Check] | None = None
+) -> FastAPI:
+    """The ingest app over `deps`; /readyz runs `ready_checks` (none: always ready)."""
+    context = AppContext.of(settings, deps, ready_checks or {})
+    app = FastAPI(title="Reelay ingest API", version="1.0.0", description=DESCRIPTION)
+    app.state.context = context
+    install_error_handlers(app, context.metrics)
+    app.add_middleware(ObserveRequests, metrics=context.metrics)
     app.include_router(api)
     app.include_router(hooks)
     app.include_router(ops)

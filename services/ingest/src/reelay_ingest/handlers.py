@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass
 
 from reelay_common.adapters.netguard import ensure_public_url
-from reelay_common.domain.errors import InvalidInputError
+from reelay_common.domain.errors import InvalidInputError, RetryableError
 from reelay_common.domain.messages import (
     BlobSource,
     PostInfo,
@@ -21,10 +21,11 @@ from reelay_common.domain.messages import (
     UrlSource,
 )
 from reelay_common.domain.records import AccountRecord, UploadRecord
+from reelay_common.domain.rules import PRIVACY_LEVEL_NOT_OFFERED, check_privacy_level
 from reelay_common.domain.states import UploadState
 from reelay_common.logging import get_logger
 
-from reelay_ingest.deps import IngestDeps, Policy
+from reelay_ingest.deps import IngestDeps
 from reelay_ingest.errors import ConflictError, NotFoundError, RequestRejected, UnavailableError
 from reelay_ingest.webhooks import WebhookEvent
 
@@ -33,6 +34,10 @@ log = get_logger(__name__)
 # The TikTok scope each mode needs (API reference §1).
 REQUIRED_SCOPE: dict[UploadMode, str] = {"direct": "video.publish", "inbox": "video.upload"}
 ENQUEUE_FAILED = "enqueue_failed"
+# What a publish raises when Kafka does not acknowledge in time (the publisher translates the
+# broker's errors into RetryableError; the enqueue timeout raises TimeoutError). Anything else is
+# a bug, and surfaces as one (a 500), not as "Kafka did not acknowledge".
+NOT_ACKNOWLEDGED = (RetryableError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -59,8 +64,9 @@ class Accepted:
     replayed: bool
 
 
-async def check_upload_target(target: UploadTarget, deps: IngestDeps, policy: Policy) -> None:
+async def check_upload_target(target: UploadTarget, deps: IngestDeps) -> None:
     """Refuse (RequestRejected and friends) an upload TikTok or our own rules would refuse."""
+    policy = deps.policy
     account = await deps.accounts.get(target.account_id)
     if account is None:
         raise NotFoundError(
@@ -79,13 +85,15 @@ async def check_upload_target(target: UploadTarget, deps: IngestDeps, policy: Po
         # route maps them. The gateway paces this call per account (20/min).
         info = await deps.tiktok.creator_info(target.account_id)
         offered = list(info.privacy_level_options)
-        if target.post_info.privacy_level not in offered:
+        try:
+            check_privacy_level(target.post_info.privacy_level, offered)
+        except InvalidInputError as exc:
+            # The uploader's own refusal, made at the API and naming the levels the client may choose.
             raise RequestRejected(
-                f"privacy_level {target.post_info.privacy_level} is not offered to this creator; "
-                f"choose one of {', '.join(offered) or '(none: the creator cannot post now)'}",
-                code="privacy_level_not_offered",
+                exc.message,
+                code=PRIVACY_LEVEL_NOT_OFFERED,
                 extra={"privacy_level": target.post_info.privacy_level, "offered": offered},
-            )
+            ) from exc
 
 
 def _check_account_can_post(account: AccountRecord, mode: UploadMode) -> None:
@@ -106,27 +114,29 @@ def _check_account_can_post(account: AccountRecord, mode: UploadMode) -> None:
 
 
 async def accept_upload(
-    cmd: UploadRequested, deps: IngestDeps, policy: Policy, *, checked: bool = False
+    cmd: UploadRequested, deps: IngestDeps, *, checked: UploadTarget | None = None
 ) -> Accepted:
     """Store `cmd` as `accepted`, announce it and enqueue it, or replay an earlier identical call.
 
     Only once Kafka has acknowledged the UploadRequested is the upload accepted. If it does not,
     the document is marked failed (`enqueue_failed`) and UnavailableError is raised: nothing is
-    left half-accepted. `checked` says `check_upload_target` has already passed for `cmd`.
+    left half-accepted. `checked` is the target `check_upload_target` already passed for (a
+    form's fields before its file); the check is made unless that is `cmd`'s own target.
     """
     existing = await deps.uploads.get(cmd.request_id)
     if existing is not None:
-        return await _replay(existing, cmd, deps, policy)
-    if not checked:
-        await check_upload_target(UploadTarget.of(cmd), deps, policy)
+        return await _replay(existing, cmd, deps)
+    target = UploadTarget.of(cmd)
+    if checked != target:
+        await check_upload_target(target, deps)
     record, created = await deps.uploads.create(cmd, source="ingest")
     if not created:  # a concurrent call with the same request_id won the insert
-        return await _replay(record, cmd, deps, policy)
+        return await _replay(record, cmd, deps)
     try:
         await deps.recorder.announce(record, source="ingest")
-        await _enqueue(cmd, deps, policy)
-    except Exception as exc:
-        # Whatever went wrong, Kafka did not acknowledge: the client must not think it accepted.
+        await _enqueue(cmd, deps)
+    except NOT_ACKNOWLEDGED as exc:
+        # Kafka did not acknowledge: the client must not think it accepted.
         await _mark_enqueue_failed(record, exc, deps)
         raise UnavailableError(
             "the upload could not be queued (Kafka did not acknowledge); it was not accepted. "
@@ -145,8 +155,8 @@ async def accept_upload(
     return Accepted(record=record, replayed=False)
 
 
-async def _enqueue(cmd: UploadRequested, deps: IngestDeps, policy: Policy) -> None:
-    async with asyncio.timeout(policy.enqueue_timeout_seconds):
+async def _enqueue(cmd: UploadRequested, deps: IngestDeps) -> None:
+    async with asyncio.timeout(deps.policy.enqueue_timeout_seconds):
         await deps.publisher.publish(deps.topics.upload_requested, cmd, key=cmd.account_id)
 
 
@@ -162,7 +172,7 @@ async def _mark_enqueue_failed(record: UploadRecord, exc: Exception, deps: Inges
         moved = await deps.uploads.transition(
             record.request_id, UploadState.FAILED, source="ingest", detail=detail
         )
-    except Exception as store_exc:
+    except RetryableError as store_exc:
         log.error(
             "upload_enqueue_failure_not_recorded",
             request_id=record.request_id,
@@ -172,7 +182,7 @@ async def _mark_enqueue_failed(record: UploadRecord, exc: Exception, deps: Inges
     if moved is not None:
         try:
             await deps.recorder.announce(moved, source="ingest")
-        except Exception as announce_exc:
+        except NOT_ACKNOWLEDGED as announce_exc:
             log.warning(
                 "upload_failure_not_announced",
                 request_id=record.request_id,
@@ -202,7 +212,7 @@ def _enqueue_failed(record: UploadRecord) -> bool:
     )
 
 
-async def _replay(record: UploadRecord, cmd: UploadRequested, deps: IngestDeps, policy: Policy) -> Accepted:
+async def _replay(record: UploadRecord, cmd: UploadRequested, deps: IngestDeps) -> Accepted:
     if not same_request(record, cmd):
         raise ConflictError(
             f"request_id {cmd.request_id!r} was already used for a different upload",
@@ -228,8 +238,8 @@ async def _replay(record: UploadRecord, cmd: UploadRequested, deps: IngestDeps, 
             requested_at=record.created_at,
         )
         try:
-            await _enqueue(again, deps, policy)
-        except Exception as exc:
+            await _enqueue(again, deps)
+        except NOT_ACKNOWLEDGED as exc:
             raise UnavailableError(
                 "the upload could not be queued (Kafka did not acknowledge); try again",
                 code=ENQUEUE_FAILED,
@@ -276,9 +286,7 @@ async def register_account(cmd: RegisterAccount, deps: IngestDeps) -> tuple[Acco
     return record, existing is None
 
 
-async def pass_on_webhook(
-    event: WebhookEvent, deps: IngestDeps, policy: Policy
-) -> TikTokWebhookReceived | None:
+async def pass_on_webhook(event: WebhookEvent, deps: IngestDeps) -> TikTokWebhookReceived | None:
     """Publish a verified TikTok webhook on `reelay.publish.events`; None for events we ignore.
 
     The message is keyed by the upload's account (found by publish_id) so that it shares a
@@ -301,9 +309,9 @@ async def pass_on_webhook(
     )
     key = message.account_id or event.user_openid or event.publish_id or "unknown"
     try:
-        async with asyncio.timeout(policy.enqueue_timeout_seconds):
+        async with asyncio.timeout(deps.policy.enqueue_timeout_seconds):
             await deps.publisher.publish(deps.topics.publish_events, message, key=key)
-    except Exception as exc:
+    except NOT_ACKNOWLEDGED as exc:
         log.error("webhook_enqueue_failed", tiktok_event=event.event, error=type(exc).__name__)
         raise UnavailableError(
             "the webhook could not be queued; retry later", code=ENQUEUE_FAILED, retry_after=5.0

@@ -6,17 +6,15 @@ from collections.abc import AsyncIterator
 from pathlib import PurePosixPath
 
 from reelay_common.domain.messages import ALLOWED_CONTENT_TYPES
+from reelay_common.domain.rules import SNIFF_BYTES, sniff_video_type
 
 from reelay_ingest.errors import RequestRejected, UnsupportedMediaError
 
 _BY_EXTENSION = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".webm": "video/webm"}
 # Clients (curl -F among them) send files they cannot name as octet-stream.
 _GENERIC_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
-# ISO base media (MP4, MOV) starts with a box whose type sits in bytes 4-8; old QuickTime files
-# may open with moov/mdat/wide/free instead of ftyp.
-_ISO_BOX_TYPES = frozenset({b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"})
-_EBML_MAGIC = b"\x1a\x45\xdf\xa3"  # WebM is Matroska, which is EBML
-SNIFF_BYTES = 12
+# MP4 and MOV are the same ISO box format, and files carry either brand under either name.
+_ISO_TYPES = frozenset({"video/mp4", "video/quicktime"})
 
 
 def _unsupported(message: str, declared: str | None) -> UnsupportedMediaError:
@@ -44,9 +42,10 @@ def video_content_type(declared: str | None, filename: str | None) -> str:
 
 def looks_like(content_type: str, head: bytes) -> bool:
     """Whether the first bytes of a file fit `content_type` (a magic-number check, not a decoder)."""
+    sniffed = sniff_video_type(head)
     if content_type == "video/webm":
-        return head.startswith(_EBML_MAGIC)
-    return len(head) >= 8 and head[4:8] in _ISO_BOX_TYPES
+        return sniffed == "video/webm"
+    return sniffed in _ISO_TYPES
 
 
 async def checked_stream(chunks: AsyncIterator[bytes], content_type: str) -> AsyncIterator[bytes]:

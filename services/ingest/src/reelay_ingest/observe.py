@@ -1,13 +1,12 @@
-"""Per-request observation: Prometheus metrics, one summary log line, log context bound and cleared."""
+"""Per-request observation: Prometheus metrics, one summary log line, the log context of the request."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-import structlog
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
-from reelay_common.logging import get_logger
+from reelay_common.logging import get_logger, unit_of_work
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = get_logger("reelay_ingest.http")
@@ -73,8 +72,6 @@ class ObserveRequests:
         started = time.perf_counter()
         status = 500  # what the client sees if the app raises before answering
         method: str = scope["method"]
-        # Fresh context per request; the routes bind request_id / account_id once they know them.
-        structlog.contextvars.clear_contextvars()
 
         async def observed_send(message: Message) -> None:
             nonlocal status
@@ -82,24 +79,26 @@ class ObserveRequests:
                 status = int(message["status"])
             await send(message)
 
-        try:
-            await self.app(scope, receive, observed_send)
-        finally:
-            elapsed = time.perf_counter() - started
-            route = _route_template(scope)
-            self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route).observe(elapsed)
-            fields: dict[str, Any] = {
-                "method": method,
-                "route": route,
-                "status": status,
-                "duration_ms": round(elapsed * 1000, 1),
-            }
-            if scope.get("path") in _QUIET_PATHS:
-                log.debug("http_request", **fields)
-            else:
-                log.info("http_request", **fields)
-            structlog.contextvars.clear_contextvars()
+        # One request, one unit of work: the routes add request_id / account_id once they read them
+        # from the body (bind_learned); the summary line carries them, and they end with the request.
+        with unit_of_work():
+            try:
+                await self.app(scope, receive, observed_send)
+            finally:
+                elapsed = time.perf_counter() - started
+                route = _route_template(scope)
+                self.metrics.requests.labels(method, route, str(status)).inc()
+                self.metrics.latency.labels(method, route).observe(elapsed)
+                fields: dict[str, Any] = {
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 1),
+                }
+                if scope.get("path") in _QUIET_PATHS:
+                    log.debug("http_request", **fields)
+                else:
+                    log.info("http_request", **fields)
 
 
 def _route_template(scope: Scope) -> str:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, cast
 
-import structlog
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -21,9 +20,11 @@ from reelay_common.domain.messages import (
     VideoSource,
 )
 from reelay_common.domain.states import UploadState
-from reelay_common.logging import get_logger
+from reelay_common.logging import bind_learned, get_logger
+from reelay_common.readiness import check_readiness
 
-from reelay_ingest.deps import IngestDeps, Policy
+from reelay_ingest.context import AppContext
+from reelay_ingest.deps import IngestDeps
 from reelay_ingest.errors import (
     NotFoundError,
     RequestRejected,
@@ -42,7 +43,6 @@ from reelay_ingest.handlers import (
 )
 from reelay_ingest.media import checked_stream, video_content_type
 from reelay_ingest.problems import Unauthorized
-from reelay_ingest.runtime import Runtime
 from reelay_ingest.schemas import (
     UPLOAD_FORM_SCHEMA,
     AccountRegistration,
@@ -68,30 +68,29 @@ MAX_WEBHOOK_BYTES = 64 * 1024
 # Room for the multipart boundaries, part headers and text fields around the file itself.
 FORM_OVERHEAD_BYTES = 1024 * 1024
 FORM_FIELDS = frozenset(UploadForm.model_fields)
-READY_CHECK_TIMEOUT = 3.0
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorBody} for s in statuses}
 
 
-def runtime_of(request: Request) -> Runtime:
-    """The app's Runtime (set by create_app)."""
-    return cast(Runtime, request.app.state.runtime)
+def context_of(request: Request) -> AppContext:
+    """The app's AppContext (set by create_app)."""
+    return cast(AppContext, request.app.state.context)
 
 
-RuntimeDep = Annotated[Runtime, Depends(runtime_of)]
+ContextDep = Annotated[AppContext, Depends(context_of)]
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <API key>`")
 
 
 async def require_api_key(
-    runtime: RuntimeDep,
+    context: ContextDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> None:
     """Let the request in only with a configured API key (compared in constant time)."""
     if credentials is None:
         raise Unauthorized("an API key is required: send Authorization: Bearer <key>")
-    if not runtime.api_key_valid(credentials.credentials):
+    if not context.api_key_valid(credentials.credentials):
         raise Unauthorized("the API key is not valid")
 
 
@@ -100,12 +99,8 @@ hooks = APIRouter(prefix="/v1", tags=["webhooks"])
 ops = APIRouter(tags=["operations"])
 
 
-def _bind(**fields: str) -> None:
-    structlog.contextvars.bind_contextvars(**fields)
-
-
-def _status_url(request: Request, runtime: Runtime, request_id: str) -> str:
-    base = runtime.settings.status_base() or str(request.base_url).rstrip("/")
+def _status_url(request: Request, context: AppContext, request_id: str) -> str:
+    base = context.settings.status_base() or str(request.base_url).rstrip("/")
     return f"{base}/v1/uploads/{request_id}"
 
 
@@ -160,7 +155,7 @@ _UPLOAD_BODY = {
 async def submit_upload(
     request: Request,
     response: Response,
-    runtime: RuntimeDep,
+    context: ContextDep,
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", max_length=128, pattern=ID_PATTERN)
     ] = None,
@@ -181,12 +176,11 @@ async def submit_upload(
     paths in `detail`), URL not public, privacy level not offered; 429 TikTok pacing; 503 Kafka or
     TikTok unavailable; 507 the blob store's disk budget is used up (a file; retry later).
     """
-    runtime_deps, policy = runtime.ports(), runtime.policy
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type == "application/json" or media_type.endswith("+json"):
-        accepted = await _upload_from_json(request, runtime_deps, policy, idempotency_key)
+        accepted = await _upload_from_json(request, context.deps, idempotency_key)
     elif media_type == "multipart/form-data":
-        accepted = await _upload_from_form(request, runtime_deps, policy, idempotency_key)
+        accepted = await _upload_from_form(request, context.deps, idempotency_key)
     else:
         raise UnsupportedMediaError(
             "send application/json (a video URL) or multipart/form-data (a file)",
@@ -195,24 +189,22 @@ async def submit_upload(
         )
     record = accepted.record
     if not accepted.replayed:
-        runtime.metrics.uploads_accepted.labels(record.mode, record.source.kind).inc()
-    status_url = _status_url(request, runtime, record.request_id)
+        context.metrics.uploads_accepted.labels(record.mode, record.source.kind).inc()
+    status_url = _status_url(request, context, record.request_id)
     response.headers["Location"] = status_url
     return UploadAccepted(
         request_id=record.request_id, state=record.state, status_url=status_url, replayed=accepted.replayed
     )
 
 
-async def _upload_from_json(
-    request: Request, deps: IngestDeps, policy: Policy, idempotency_key: str | None
-) -> Accepted:
+async def _upload_from_json(request: Request, deps: IngestDeps, idempotency_key: str | None) -> Accepted:
     raw = await _read_body(request, MAX_JSON_BYTES)
     try:
         body = UploadByUrl.model_validate_json(raw)
     except ValidationError as exc:
         raise _validation_error(exc, "body") from exc
     request_id = _resolve_request_id(body.request_id, idempotency_key)
-    _bind(request_id=request_id, account_id=body.account_id)
+    bind_learned(request_id=request_id, account_id=body.account_id)
     source: VideoSource = (
         UrlSource(url=body.video_url)
         if body.video_url is not None
@@ -225,7 +217,7 @@ async def _upload_from_json(
         source=source,
         post_info=body.post_info,
     )
-    return await accept_upload(cmd, deps, policy)
+    return await accept_upload(cmd, deps)
 
 
 def _form_model(model: type[BaseModel], fields: dict[str, str]) -> Any:
@@ -245,9 +237,16 @@ def _early_target(fields: dict[str, str]) -> UploadTarget | None:
     return UploadTarget(account_id=target.account_id, mode=target.mode, post_info=target.post_info)
 
 
-async def _upload_from_form(
-    request: Request, deps: IngestDeps, policy: Policy, idempotency_key: str | None
-) -> Accepted:
+@dataclass(frozen=True)
+class _StoredFile:
+    """The form's file, stored; and the target checked before it was, if the fields came first."""
+
+    blob: BlobSource
+    checked: UploadTarget | None
+
+
+async def _upload_from_form(request: Request, deps: IngestDeps, idempotency_key: str | None) -> Accepted:
+    policy = deps.policy
     declared = request.headers.get("content-length")
     limit = policy.max_upload_bytes + FORM_OVERHEAD_BYTES
     if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
@@ -256,33 +255,35 @@ async def _upload_from_form(
         )
     stream = MultipartStream(request.headers["content-type"], request.stream())
     fields: dict[str, str] = {}
-    blob: BlobSource | None = None
-    checked = False
+    stored: _StoredFile | None = None
     try:
         async for part in stream.parts():
             if isinstance(part, FormField):
                 _add_field(fields, part)
                 continue
-            blob, checked = await _store_file(part, fields, blob, deps, policy)
-        if blob is None:
+            stored = await _store_file(part, fields, stored, deps)
+        if stored is None:
             raise RequestRejected("the form has no file part named 'file'", code="file_missing")
         form = cast(UploadForm, _form_model(UploadForm, fields))
         request_id = _resolve_request_id(form.request_id, idempotency_key)
-        _bind(request_id=request_id, account_id=form.account_id)
+        learned = {"request_id": request_id}
+        if stored.checked is None:  # else account_id was learnt already, from the fields before the file
+            learned["account_id"] = form.account_id
+        bind_learned(**learned)
         cmd = UploadRequested(
             request_id=request_id,
             account_id=form.account_id,
             mode=form.mode,
-            source=blob,
+            source=stored.blob,
             post_info=form.post_info,
         )
-        accepted = await accept_upload(cmd, deps, policy, checked=checked)
+        accepted = await accept_upload(cmd, deps, checked=stored.checked)
     except BaseException:
-        if blob is not None:
-            await _discard(blob, deps)
+        if stored is not None:
+            await _discard(stored.blob, deps)
         raise
-    if accepted.record.source != blob:  # a replay: the earlier request's file is the one kept
-        await _discard(blob, deps)
+    if accepted.record.source != stored.blob:  # a replay: the earlier request's file is the one kept
+        await _discard(stored.blob, deps)
     return accepted
 
 
@@ -298,25 +299,25 @@ def _add_field(fields: dict[str, str], part: FormField) -> None:
 
 
 async def _store_file(
-    part: FormFile, fields: dict[str, str], blob: BlobSource | None, deps: IngestDeps, policy: Policy
-) -> tuple[BlobSource, bool]:
-    """Check what can be checked, then stream the file into the blob store. Returns (blob, checked)."""
+    part: FormFile, fields: dict[str, str], stored: _StoredFile | None, deps: IngestDeps
+) -> _StoredFile:
+    """Check what can be checked, then stream the file into the blob store."""
     if part.name != "file":
         raise RequestRejected(
             f"unexpected file part {part.name!r}; the video goes in 'file'", code="unknown_field"
         )
-    if blob is not None:
+    if stored is not None:
         raise RequestRejected("send exactly one file", code="duplicate_field")
     content_type = video_content_type(part.content_type, part.filename)
     target = _early_target(fields)
     if target is not None:
-        _bind(account_id=target.account_id)
-        await check_upload_target(target, deps, policy)
+        bind_learned(account_id=target.account_id)
+        await check_upload_target(target, deps)
     body = await checked_stream(part.chunks, content_type)
     saved = await deps.blobs.save(
-        body, filename=part.filename, content_type=content_type, max_bytes=policy.max_upload_bytes
+        body, filename=part.filename, content_type=content_type, max_bytes=deps.policy.max_upload_bytes
     )
-    return saved, target is not None
+    return _StoredFile(blob=saved, checked=target)
 
 
 async def _discard(blob: BlobSource, deps: IngestDeps) -> None:
@@ -335,13 +336,13 @@ async def _discard(blob: BlobSource, deps: IngestDeps) -> None:
     responses=_errors(404, 422),
 )
 async def get_upload(
-    runtime: RuntimeDep,
+    context: ContextDep,
     request_id: Annotated[str, Path(max_length=128, pattern=ID_PATTERN)],
 ) -> UploadView:
     """The upload's state, TikTok's publish_id and post ids, and its history of state changes
     (each with time, source and detail such as TikTok's fail_reason)."""
-    _bind(request_id=request_id)
-    record = await runtime.ports().uploads.get(request_id)
+    bind_learned(request_id=request_id)
+    record = await context.deps.uploads.get(request_id)
     if record is None:
         raise NotFoundError(f"no upload with request_id {request_id!r}", code="unknown_upload")
     return UploadView.of(record)
@@ -351,13 +352,13 @@ async def get_upload(
     "/uploads", response_model=UploadList, tags=["uploads"], summary="List uploads", responses=_errors(422)
 )
 async def list_uploads(
-    runtime: RuntimeDep,
+    context: ContextDep,
     account_id: Annotated[str | None, Query(max_length=128, pattern=ID_PATTERN)] = None,
     state: UploadState | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> UploadList:
     """Uploads, newest first, optionally of one account and/or in one state."""
-    records = await runtime.ports().uploads.list(account_id=account_id, state=state, limit=limit)
+    records = await context.deps.uploads.list(account_id=account_id, state=state, limit=limit)
     items = [UploadView.of(r) for r in records]
     return UploadList(items=items, count=len(items))
 
@@ -376,11 +377,11 @@ async def list_uploads(
         **_errors(400, 409, 422),
     },
 )
-async def create_account(body: AccountRegistration, response: Response, runtime: RuntimeDep) -> AccountView:
+async def create_account(body: AccountRegistration, response: Response, context: ContextDep) -> AccountView:
     """Register an account (201), or replace the tokens of an existing one (200), from a TikTok
     OAuth token response. Tokens are encrypted at rest and never returned. An account_id already
     bound to another TikTok user (open_id) answers 409."""
-    _bind(account_id=body.account_id)
+    bind_learned(account_id=body.account_id)
     record, created = await register_account(
         RegisterAccount(
             account_id=body.account_id,
@@ -391,7 +392,7 @@ async def create_account(body: AccountRegistration, response: Response, runtime:
             refresh_expires_in=body.refresh_expires_in,
             scopes=body.scopes,
         ),
-        runtime.ports(),
+        context.deps,
     )
     if not created:
         response.status_code = 200
@@ -406,11 +407,11 @@ async def create_account(body: AccountRegistration, response: Response, runtime:
     responses=_errors(404, 422),
 )
 async def get_account(
-    runtime: RuntimeDep, account_id: Annotated[str, Path(max_length=128, pattern=ID_PATTERN)]
+    context: ContextDep, account_id: Annotated[str, Path(max_length=128, pattern=ID_PATTERN)]
 ) -> AccountView:
     """The account's status (connected, reauth_required, revoked), scopes and token expiry times."""
-    _bind(account_id=account_id)
-    record = await runtime.ports().accounts.get(account_id)
+    bind_learned(account_id=account_id)
+    record = await context.deps.accounts.get(account_id)
     if record is None:
         raise NotFoundError(f"account {account_id!r} is not registered", code="unknown_account")
     return AccountView.of(record)
@@ -427,7 +428,7 @@ async def get_account(
 )
 async def tiktok_webhook(
     request: Request,
-    runtime: RuntimeDep,
+    context: ContextDep,
     signature: Annotated[str | None, Header(alias="TikTok-Signature")] = None,
 ) -> WebhookAck:
     """Receives TikTok's webhooks (no API key: verified by `TikTok-Signature`, an HMAC-SHA256 of
@@ -443,16 +444,16 @@ async def tiktok_webhook(
         verify_signature(
             signature,
             raw,
-            runtime.settings.tiktok_client_secret.get_secret_value(),
+            context.settings.tiktok_client_secret.get_secret_value(),
             now=time.time(),
-            tolerance=runtime.policy.webhook_tolerance_seconds,
+            tolerance=context.deps.policy.webhook_tolerance_seconds,
         )
     except Exception:
-        runtime.metrics.webhooks.labels("rejected").inc()
+        context.metrics.webhooks.labels("rejected").inc()
         raise
     event = parse_webhook(raw)
-    message = await pass_on_webhook(event, runtime.ports(), runtime.policy)
-    runtime.metrics.webhooks.labels("published" if message is not None else "ignored").inc()
+    message = await pass_on_webhook(event, context.deps)
+    context.metrics.webhooks.labels("published" if message is not None else "ignored").inc()
     return WebhookAck(event=event.event, published=message is not None)
 
 
@@ -465,27 +466,15 @@ async def healthz() -> Health:
     return Health()
 
 
-async def _check(check: Callable[[], Awaitable[bool]]) -> bool:
-    try:
-        async with asyncio.timeout(READY_CHECK_TIMEOUT):
-            return bool(await check())
-    except Exception:
-        return False
-
-
 @ops.get("/readyz", response_model=Readiness, summary="Readiness", responses={503: {"model": Readiness}})
-async def readyz(runtime: RuntimeDep, response: Response) -> Readiness:
+async def readyz(context: ContextDep, response: Response) -> Readiness:
     """200 when MongoDB answers a ping and the Kafka producer sees the cluster, else 503."""
-    checks = dict(runtime.deps.ready_checks) if runtime.deps is not None else {}
-    names = list(checks)
-    results = await asyncio.gather(*(_check(checks[n]) for n in names))
-    outcome = dict(zip(names, results, strict=True))
-    ready = runtime.deps is not None and all(results)
-    response.status_code = 200 if ready else 503
-    return Readiness(status="ready" if ready else "not_ready", checks=outcome)
+    outcome = await check_readiness(context.ready_checks)
+    response.status_code = 200 if outcome.ready else 503
+    return Readiness(status="ready" if outcome.ready else "not_ready", checks=outcome.checks)
 
 
 @ops.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(runtime: RuntimeDep) -> Response:
+async def metrics(context: ContextDep) -> Response:
     """Prometheus text exposition: requests by route and status, uploads accepted, webhooks."""
-    return Response(runtime.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(context.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")

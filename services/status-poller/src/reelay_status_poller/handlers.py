@@ -23,11 +23,12 @@ from reelay_common.domain.errors import (
     TikTokRejectedError,
     TransientTikTokError,
 )
-from reelay_common.domain.messages import StateSource, TikTokWebhookReceived, VideoUploaded
+from reelay_common.domain.messages import PublishEvent, StateSource, TikTokWebhookReceived, VideoUploaded
 from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.rules import Backoff, upload_state_for
 from reelay_common.domain.states import UploadState
-from reelay_common.domain.tiktok import PublishStatus
-from reelay_common.logging import get_logger
+from reelay_common.domain.tiktok import PublishStatus, PublishStatusCode
+from reelay_common.logging import bind_learned, get_logger
 from reelay_common.ports import Recorder, TikTokApi, UploadStore
 
 log = get_logger(__name__)
@@ -38,6 +39,13 @@ EVENT_FAILED = "post.publish.failed"
 EVENT_PUBLICLY_AVAILABLE = "post.publish.publicly_available"
 EVENT_NO_LONGER_PUBLIC = "post.publish.no_longer_publicaly_available"  # misspelled by TikTok
 EVENT_AUTHORIZATION_REMOVED = "authorization.removed"
+
+# The publish status each webhook event announces (the same news status/fetch gives).
+_WEBHOOK_STATUS: dict[str, PublishStatusCode] = {
+    EVENT_COMPLETE: "PUBLISH_COMPLETE",
+    EVENT_INBOX_DELIVERED: "SEND_TO_USER_INBOX",
+    EVENT_FAILED: "FAILED",
+}
 
 # TikTok's answer to a publish it does not know: it will never become a post.
 CODE_INVALID_PUBLISH_ID = "invalid_publish_id"
@@ -58,16 +66,14 @@ class PollPolicy:
 
     def interval(self, attempts: int) -> float:
         """Seconds to wait after the `attempts`-th poll (0-based): grows geometrically, capped."""
-        # min() before the power would overflow floats after ~1700 attempts; cap the exponent.
-        exponent = min(max(attempts, 0), 200)
-        return min(self.max_interval, self.min_interval * self.backoff_factor**exponent)
+        return Backoff(self.min_interval, self.max_interval, self.backoff_factor).delay(attempts)
 
 
 @dataclass(frozen=True)
 class PollerDeps:
     """Everything the handlers need, built by the composition root."""
 
-    store: UploadStore
+    uploads: UploadStore
     recorder: Recorder
     tiktok: TikTokApi
     policy: PollPolicy
@@ -90,7 +96,7 @@ class PollOutcome(enum.StrEnum):
 # Publish events (Kafka `reelay.publish.events`)
 
 
-async def handle_publish_event(event: VideoUploaded | TikTokWebhookReceived, deps: PollerDeps) -> None:
+async def handle_publish_event(event: PublishEvent, deps: PollerDeps) -> None:
     """Apply one publish event: start tracking an uploaded video, or apply a TikTok webhook."""
     if isinstance(event, VideoUploaded):
         await start_tracking(event, deps)
@@ -100,10 +106,10 @@ async def handle_publish_event(event: VideoUploaded | TikTokWebhookReceived, dep
 
 async def start_tracking(event: VideoUploaded, deps: PollerDeps) -> None:
     """Make the upload due for polling now; idempotent on redelivery, a no-op once terminal."""
-    bound = log.bind(request_id=event.request_id, account_id=event.account_id, publish_id=event.publish_id)
+    # Its request_id / account_id / publish_id are bound by the consumer loop, for every line.
     # A checkpoint guarded by the state just read; if the state moved meanwhile, read again.
     for _ in range(3):
-        record = await deps.store.get(event.request_id)
+        record = await deps.uploads.get(event.request_id)
         if record is None:
             raise InvalidInputError(
                 f"no upload {event.request_id!r} for this VideoUploaded event", code="unknown_request"
@@ -116,13 +122,13 @@ async def start_tracking(event: VideoUploaded, deps: PollerDeps) -> None:
         if record.publish_id is not None and record.publish_id != event.publish_id:
             # The uploader initialised again after this publish (its upload_url expired):
             # the event speaks of a publish that will never become a post.
-            bound.info("stale_video_uploaded_skipped", current_publish_id=record.publish_id)
+            log.info("stale_video_uploaded_skipped", current_publish_id=record.publish_id)
             return
         if record.state.is_terminal:
-            bound.info("tracking_not_needed", state=record.state.value)
+            log.info("tracking_not_needed", state=record.state.value)
             return
         if record.tracking_started_at is not None and record.poll_next_at is not None:
-            bound.info("tracking_already_started", state=record.state.value)
+            log.info("tracking_already_started", state=record.state.value)
             return
         now = deps.clock()
         fields: dict[str, Any] = {
@@ -133,61 +139,58 @@ async def start_tracking(event: VideoUploaded, deps: PollerDeps) -> None:
         if record.tracking_started_at is None:
             fields["tracking_started_at"] = now
             fields["poll_attempts"] = 0
-        updated = await deps.store.checkpoint(event.request_id, fields, expect_state=record.state)
+        updated = await deps.uploads.checkpoint(event.request_id, fields, expect_state=record.state)
         if updated is not None:
-            bound.info("tracking_started", state=updated.state.value)
+            log.info("tracking_started", state=updated.state.value)
             return
     # Three state changes while we looked: whoever is moving it also tracks it.
-    bound.warning("tracking_start_contended")
+    log.warning("tracking_start_contended")
 
 
 async def apply_webhook(event: TikTokWebhookReceived, deps: PollerDeps) -> None:
     """Apply a verified TikTok webhook to the upload it names (forward-only)."""
-    bound = log.bind(webhook_event=event.event, publish_id=event.publish_id, account_id=event.account_id)
+    bind_learned(webhook_event=event.event)
     if event.event == EVENT_AUTHORIZATION_REMOVED:
         # Account handling belongs to the accounts side; the poller only notes it.
-        bound.warning("authorization_removed_seen", reason=event.reason, user_openid=event.user_openid)
+        log.warning("authorization_removed_seen", reason=event.reason, user_openid=event.user_openid)
         return
     if event.publish_id is None:
-        bound.warning("webhook_without_publish_id_skipped")
+        log.warning("webhook_without_publish_id_skipped")
         return
-    record = await deps.store.find_by_publish_id(event.publish_id)
+    record = await deps.uploads.find_by_publish_id(event.publish_id)
     if record is None:
         # Another system may post through the same TikTok app; its publishes are not ours.
-        bound.info("webhook_for_unknown_publish_skipped")
+        log.info("webhook_for_unknown_publish_skipped")
         return
-    bound = bound.bind(request_id=record.request_id, account_id=record.account_id)
+    # Learnt from the upload the webhook names (the event itself carries no request_id).
+    learned = {"request_id": record.request_id}
+    if event.account_id != record.account_id:
+        learned["account_id"] = record.account_id
+    bind_learned(**learned)
     detail: dict[str, Any] = {"webhook_event": event.event, "create_time": event.create_time}
     if event.publish_type is not None:
         detail["publish_type"] = event.publish_type
 
-    if event.event == EVENT_COMPLETE:
-        if record.mode == "inbox":
-            # For an inbox upload this only means the user posted the draft; its success is
-            # inbox_delivered (reached now if the inbox_delivered news was missed).
-            await _record_terminal(
-                record, UploadState.INBOX_DELIVERED, "webhook", {**detail, "user_posted_draft": True}, deps
-            )
-            if record.user_posted_draft_at is None:  # TikTok may repeat it for drafts
-                await _note_fact(record, {"user_posted_draft_at": deps.clock()}, deps)
-        else:
-            await _record_terminal(record, UploadState.PUBLISHED, "webhook", detail, deps)
-    elif event.event == EVENT_INBOX_DELIVERED:
-        await _record_terminal(record, UploadState.INBOX_DELIVERED, "webhook", detail, deps)
-    elif event.event == EVENT_FAILED:
-        if event.reason is not None:
+    status = _WEBHOOK_STATUS.get(event.event)
+    if status is not None:
+        meaning = upload_state_for(status, record.mode)
+        if meaning.user_posted_draft:
+            detail["user_posted_draft"] = True
+        if status == "FAILED" and event.reason is not None:
             detail["fail_reason"] = event.reason
-        await _record_terminal(record, UploadState.FAILED, "webhook", detail, deps)
+        await _record_terminal(record, meaning.state, "webhook", detail, deps)
+        if meaning.user_posted_draft and record.user_posted_draft_at is None:  # TikTok may repeat it
+            await _note_fact(record, {"user_posted_draft_at": deps.clock()}, deps)
     elif event.event == EVENT_PUBLICLY_AVAILABLE:
         if event.post_id is None:
-            bound.warning("publicly_available_without_post_id")
+            log.warning("publicly_available_without_post_id")
             return
         await _add_post_ids(record, [event.post_id], "webhook", deps)
     elif event.event == EVENT_NO_LONGER_PUBLIC:
         # A fact about the post, not a state of the upload: note it, change nothing else.
         await _note_fact(record, {"no_longer_public_at": deps.clock()}, deps)
     else:
-        bound.info("webhook_event_ignored")
+        log.info("webhook_event_ignored")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,23 +199,23 @@ async def apply_webhook(event: TikTokWebhookReceived, deps: PollerDeps) -> None:
 
 async def poll_once(record: UploadRecord, deps: PollerDeps) -> PollOutcome:
     """Poll TikTok once for a leased upload, record what changed and schedule (or end) tracking."""
-    bound = log.bind(request_id=record.request_id, account_id=record.account_id, publish_id=record.publish_id)
+    # Its request_id / account_id / publish_id are bound by the scheduler, for every line of the poll.
     now = deps.clock()
 
     if record.announced_state is not record.state and record.history:
         # Whoever moved it here died before announcing it (the Mongo write and the Kafka
         # publish are two steps): announce it now, so upstream still hears of every state.
         await deps.recorder.announce(record, source=record.history[-1].source)
-        bound.info("unannounced_state_announced", state=record.state.value)
+        log.info("unannounced_state_announced", state=record.state.value)
 
     if record.state.is_terminal and not _wants_post_ids(record, now, deps.policy):
         await _stop_tracking(record.request_id, deps)
-        bound.info("tracking_stopped", state=record.state.value)
+        log.info("tracking_stopped", state=record.state.value)
         return PollOutcome.STOPPED
     if record.publish_id is None:
         # Tracking is only started with a publish_id; a document without one cannot be polled.
         await _stop_tracking(record.request_id, deps)
-        bound.error("tracking_without_publish_id_stopped", state=record.state.value)
+        log.error("tracking_without_publish_id_stopped", state=record.state.value)
         return PollOutcome.STOPPED
 
     try:
@@ -233,7 +236,7 @@ async def poll_once(record: UploadRecord, deps: PollerDeps) -> PollOutcome:
         return await _collect_post_ids(record, status, deps)
 
     updated = await _apply_status(record, status, deps)
-    current = updated or await deps.store.get(record.request_id) or record
+    current = updated or await deps.uploads.get(record.request_id) or record
     if current.state is UploadState.PUBLISHED and status.publicaly_available_post_id:
         # Published meanwhile by a webhook: the ids this poll brought are still news.
         current = await _add_post_ids(current, status.publicaly_available_post_id, "poller", deps) or current
@@ -243,52 +246,38 @@ async def poll_once(record: UploadRecord, deps: PollerDeps) -> PollOutcome:
             await _schedule(current, now + timedelta(seconds=deps.policy.max_interval), deps)
         else:
             await _stop_tracking(current.request_id, deps, attempts=current.poll_attempts + 1)
-        bound.info("publish_settled", state=current.state.value, tiktok_status=status.status)
+        log.info("publish_settled", state=current.state.value, tiktok_status=status.status)
         return PollOutcome.SETTLED
     if _give_up_due(current, now, deps.policy):
         return await _give_up(current, {"last_tiktok_status": status.status}, deps)
     await _schedule(current, _next_poll_at(current, now, deps.policy), deps)
-    bound.debug("publish_still_processing", state=current.state.value, tiktok_status=status.status)
+    log.debug("publish_still_processing", state=current.state.value, tiktok_status=status.status)
     return PollOutcome.PROGRESSED if updated is not None else PollOutcome.WAITING
 
 
 async def _apply_status(record: UploadRecord, status: PublishStatus, deps: PollerDeps) -> UploadRecord | None:
+    meaning = upload_state_for(status.status, record.mode)
     detail: dict[str, Any] = {"tiktok_status": status.status}
-    if status.status in ("PROCESSING_UPLOAD", "PROCESSING_DOWNLOAD"):
+    set_fields: dict[str, Any] = {}
+    if meaning.state is UploadState.PROCESSING:
         if status.uploaded_bytes is not None:
             detail["uploaded_bytes"] = status.uploaded_bytes
         if status.downloaded_bytes is not None:
             detail["downloaded_bytes"] = status.downloaded_bytes
-        return await deps.recorder.record(
-            record.request_id, UploadState.PROCESSING, source="poller", detail=detail
-        )
-    if status.status == "PUBLISH_COMPLETE":
-        if record.mode == "inbox":
-            # The user posted the draft: the inbox upload's success is inbox_delivered.
-            moved = await deps.recorder.record(
-                record.request_id,
-                UploadState.INBOX_DELIVERED,
-                source="poller",
-                detail={**detail, "user_posted_draft": True},
-            )
-            if record.user_posted_draft_at is None:
-                await _note_fact(record, {"user_posted_draft_at": deps.clock()}, deps)
-            return moved
-        set_fields: dict[str, Any] = {}
+    elif meaning.user_posted_draft:
+        detail["user_posted_draft"] = True
+    elif meaning.state is UploadState.PUBLISHED:
         merged = _merge(record.post_ids, status.publicaly_available_post_id)
         if merged != record.post_ids:
             set_fields["post_ids"] = merged
-        return await deps.recorder.record(
-            record.request_id, UploadState.PUBLISHED, source="poller", detail=detail, set_fields=set_fields
-        )
-    if status.status == "SEND_TO_USER_INBOX":
-        return await deps.recorder.record(
-            record.request_id, UploadState.INBOX_DELIVERED, source="poller", detail=detail
-        )
-    # FAILED
-    if status.fail_reason is not None:
+    elif meaning.state is UploadState.FAILED and status.fail_reason is not None:
         detail["fail_reason"] = status.fail_reason
-    return await deps.recorder.record(record.request_id, UploadState.FAILED, source="poller", detail=detail)
+    moved = await deps.recorder.record(
+        record.request_id, meaning.state, source="poller", detail=detail, set_fields=set_fields
+    )
+    if meaning.user_posted_draft and record.user_posted_draft_at is None:
+        await _note_fact(record, {"user_posted_draft_at": deps.clock()}, deps)
+    return moved
 
 
 async def _collect_post_ids(record: UploadRecord, status: PublishStatus, deps: PollerDeps) -> PollOutcome:
@@ -311,23 +300,21 @@ async def _collect_post_ids(record: UploadRecord, status: PublishStatus, deps: P
 
 async def _after_retryable(record: UploadRecord, exc: RetryableError, deps: PollerDeps) -> PollOutcome:
     now = deps.clock()
-    bound = log.bind(request_id=record.request_id, account_id=record.account_id, publish_id=record.publish_id)
     if not record.state.is_terminal and _give_up_due(record, now, deps.policy):
         return await _give_up(record, {"last_error": exc.detail()}, deps)
     next_at = _next_poll_at(record, now, deps.policy)
     if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
         next_at = max(next_at, now + timedelta(seconds=exc.retry_after))
     await _schedule(record, next_at, deps)
-    bound.warning("status_poll_deferred", **exc.detail(), next_poll_at=next_at.isoformat())
+    log.warning("status_poll_deferred", **exc.detail(), next_poll_at=next_at.isoformat())
     return PollOutcome.RETRY
 
 
 async def _after_permanent(record: UploadRecord, exc: PermanentError, deps: PollerDeps) -> PollOutcome:
-    bound = log.bind(request_id=record.request_id, account_id=record.account_id, publish_id=record.publish_id)
     if record.state.is_terminal:
         # Only the post-id watch was left; it cannot go on.
         await _stop_tracking(record.request_id, deps, attempts=record.poll_attempts + 1)
-        bound.warning("post_id_watch_aborted", **exc.detail())
+        log.warning("post_id_watch_aborted", **exc.detail())
         return PollOutcome.STOPPED
     detail: dict[str, Any] = {"reason": "status_fetch_refused", **exc.detail()}
     if isinstance(exc, TikTokRejectedError) and exc.code == CODE_INVALID_PUBLISH_ID:
@@ -338,7 +325,7 @@ async def _after_permanent(record: UploadRecord, exc: PermanentError, deps: Poll
         target = UploadState.UNCONFIRMED
     await deps.recorder.record(record.request_id, target, source="poller", detail=detail)
     await _stop_tracking(record.request_id, deps, attempts=record.poll_attempts + 1)
-    bound.warning("status_poll_refused", state=target.value, **exc.detail())
+    log.warning("status_poll_refused", state=target.value, **exc.detail())
     return PollOutcome.SETTLED
 
 
@@ -403,11 +390,11 @@ async def _add_post_ids(
     """Merge new post ids into the document and announce them; returns None if none were new."""
     # The store has no add-to-set: re-read and write the merged list. Two writers racing here
     # (a webhook and a poll) could drop one id; the next poll or webhook redelivery restores it.
-    current = await deps.store.get(record.request_id) or record
+    current = await deps.uploads.get(record.request_id) or record
     merged = _merge(current.post_ids, post_ids)
     if merged == current.post_ids:
         return None
-    updated = await deps.store.checkpoint(record.request_id, {"post_ids": merged})
+    updated = await deps.uploads.checkpoint(record.request_id, {"post_ids": merged})
     if updated is None:
         return None
     await deps.recorder.announce(updated, source=source)
@@ -424,11 +411,11 @@ async def _add_post_ids(
 async def _note_fact(record: UploadRecord, fields: Mapping[str, Any], deps: PollerDeps) -> None:
     """Keep a fact about the post (not a state) in the upload's document, and log it."""
     log.info("publish_fact", request_id=record.request_id, publish_id=record.publish_id, **fields)
-    await deps.store.checkpoint(record.request_id, fields)
+    await deps.uploads.checkpoint(record.request_id, fields)
 
 
 async def _schedule(record: UploadRecord, next_at: datetime, deps: PollerDeps) -> None:
-    await deps.store.schedule_poll(record.request_id, next_at, attempts=record.poll_attempts + 1)
+    await deps.uploads.schedule_poll(record.request_id, next_at, attempts=record.poll_attempts + 1)
 
 
 async def _stop_tracking(request_id: str, deps: PollerDeps, *, attempts: int | None = None) -> None:
@@ -436,7 +423,7 @@ async def _stop_tracking(request_id: str, deps: PollerDeps, *, attempts: int | N
     fields: dict[str, Any] = {"poll_next_at": None, "poll_lease_until": None}
     if attempts is not None:
         fields["poll_attempts"] = attempts
-    await deps.store.checkpoint(request_id, fields)
+    await deps.uploads.checkpoint(request_id, fields)
 
 
 def _merge(existing: Sequence[str], new: Sequence[str]) -> list[str]:

@@ -10,13 +10,15 @@ lease (PollPolicy.fetch_timeout), so a slow one is never taken over while it run
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from prometheus_client import Counter
+from reelay_common.domain.errors import RetryableError
 from reelay_common.domain.records import UploadRecord
-from reelay_common.logging import get_logger
+from reelay_common.domain.rules import Backoff
+from reelay_common.domain.timing import sleep_unless_stopped
+from reelay_common.logging import get_logger, unit_of_work
 from reelay_common.ports import UploadStore
 
 from reelay_status_poller.handlers import PollOutcome
@@ -37,7 +39,7 @@ class PollScheduler:
     def __init__(
         self,
         *,
-        store: UploadStore,
+        uploads: UploadStore,
         poll: PollFn,
         clock: Callable[[], datetime],
         lease_seconds: float,
@@ -50,14 +52,15 @@ class PollScheduler:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self._store = store
+        self._uploads = uploads
         self._poll = poll
         self._clock = clock
         self._lease_seconds = lease_seconds
         self._concurrency = concurrency
         self._idle_sleep = idle_sleep_seconds
         self._error_retry = error_retry_seconds
-        self._store_backoff_max = store_backoff_max_seconds
+        # A store that cannot be reached is retried ever more slowly, from twice the idle sleep.
+        self._store_backoff = Backoff(idle_sleep_seconds, store_backoff_max_seconds)
         self._grace = shutdown_grace_seconds
         self._on_outcome = on_outcome
         self._healthy = True
@@ -77,21 +80,21 @@ class PollScheduler:
                 if not await _acquire_or_stop(slots, stop):
                     break
                 try:
-                    record = await self._store.claim_due_poll(self._clock(), self._lease_seconds)
+                    record = await self._uploads.claim_due_poll(self._clock(), self._lease_seconds)
                 except Exception as exc:
                     slots.release()
                     store_failures += 1
                     CLAIM_FAILURES.inc()
                     self._healthy = False
-                    delay = min(self._store_backoff_max, self._idle_sleep * 2**store_failures)
+                    delay = self._store_backoff.delay(store_failures)
                     log.warning("poll_claim_failed", error=repr(exc), retry_in=delay)
-                    await _sleep_or_stop(stop, delay)
+                    await sleep_unless_stopped(stop, delay)
                     continue
                 store_failures = 0
                 self._healthy = True
                 if record is None:
                     slots.release()
-                    await _sleep_or_stop(stop, self._idle_sleep)
+                    await sleep_unless_stopped(stop, self._idle_sleep)
                     continue
                 task = asyncio.create_task(self._run_one(record, slots), name=f"poll:{record.request_id}")
                 in_flight.add(task)
@@ -102,21 +105,30 @@ class PollScheduler:
 
     async def _run_one(self, record: UploadRecord, slots: asyncio.Semaphore) -> None:
         outcome: PollOutcome | None = None
-        try:
-            outcome = await self._poll(record)
-        except asyncio.CancelledError:
-            # Shutdown: the lease stays and expires, so the upload is polled again later.
-            raise
-        except Exception:
-            log.exception("poll_failed", request_id=record.request_id, publish_id=record.publish_id)
-            next_at = self._clock() + timedelta(seconds=self._error_retry)
+        ids = {
+            "request_id": record.request_id,
+            "account_id": record.account_id,
+            "publish_id": record.publish_id,
+        }
+        # One poll is one unit of work: its context is bound here, once, for everything it logs.
+        with unit_of_work(**{k: v for k, v in ids.items() if v is not None}):
             try:
-                await self._store.schedule_poll(record.request_id, next_at, attempts=record.poll_attempts + 1)
-            except Exception as exc:
-                # The lease expires on its own; the upload is not lost.
-                log.warning("poll_reschedule_failed", request_id=record.request_id, error=repr(exc))
-        finally:
-            slots.release()
+                outcome = await self._poll(record)
+            except asyncio.CancelledError:
+                # Shutdown: the lease stays and expires, so the upload is polled again later.
+                raise
+            except Exception:
+                log.exception("poll_failed", request_id=record.request_id, publish_id=record.publish_id)
+                next_at = self._clock() + timedelta(seconds=self._error_retry)
+                try:
+                    await self._uploads.schedule_poll(
+                        record.request_id, next_at, attempts=record.poll_attempts + 1
+                    )
+                except Exception as exc:
+                    # The lease expires on its own; the upload is not lost.
+                    log.warning("poll_reschedule_failed", request_id=record.request_id, error=repr(exc))
+            finally:
+                slots.release()
         POLLS.labels(outcome=outcome.value if outcome is not None else "error").inc()
         if self._on_outcome is not None:
             self._on_outcome(outcome)
@@ -130,11 +142,6 @@ class PollScheduler:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
             log.warning("polls_cancelled_at_shutdown", count=len(pending))
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 async def _acquire_or_stop(slots: asyncio.Semaphore, stop: asyncio.Event) -> bool:
@@ -153,3 +160,34 @@ async def _acquire_or_stop(slots: asyncio.Semaphore, stop: asyncio.Event) -> boo
             return False
         return True
     return False
+
+
+ARCHIVED = Counter("reelay_poller_archived_uploads_total", "Settled uploads moved out of the in-flight work.")
+
+
+async def archive_settled_uploads(
+    uploads: UploadStore,
+    stop: asyncio.Event,
+    *,
+    clock: Callable[[], datetime],
+    grace_seconds: float,
+    interval_seconds: float,
+    batch: int = 100,
+) -> None:
+    """Keep the in-flight work small: every `interval_seconds`, archive what has settled."""
+    failures = 0
+    backoff = Backoff(interval_seconds, max(interval_seconds, 60.0))
+    while not stop.is_set():
+        try:
+            moved = await uploads.archive_settled(clock(), grace_seconds=grace_seconds, limit=batch)
+        except RetryableError as exc:
+            failures += 1
+            log.warning("archive_failed", error=repr(exc), retry_in=backoff.delay(failures))
+            await sleep_unless_stopped(stop, backoff.delay(failures))
+            continue
+        failures = 0
+        if moved:
+            ARCHIVED.inc(moved)
+            log.info("uploads_archived", count=moved)
+        if moved < batch:  # a full batch means more may be waiting: go again at once
+            await sleep_unless_stopped(stop, interval_seconds)

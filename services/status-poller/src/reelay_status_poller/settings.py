@@ -28,6 +28,10 @@ class PollerSettings(CommonSettings):
     scheduler_concurrency: int = Field(4, ge=1, le=256)
     # How long the scheduler sleeps when nothing is due (it wakes at once on stop).
     idle_sleep_seconds: float = Field(0.5, gt=0, le=30)
+    # Settled uploads leave the in-flight collection for `uploads` once quiet this long (late facts
+    # within it stay cheap writes), checked every archive_interval_seconds.
+    archive_grace_seconds: float = Field(60.0, ge=0)
+    archive_interval_seconds: float = Field(5.0, gt=0, le=3600)
     ops_host: str = "127.0.0.1"
     ops_port: int = Field(9102, ge=0, le=65535)
     shutdown_grace_seconds: float = Field(20.0, ge=0)

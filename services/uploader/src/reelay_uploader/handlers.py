@@ -2,7 +2,7 @@
 resume after any crash, and record the outcome (docs/design.md, step 2).
 
 Pure logic against ports (UploadStore, a StateRecorder, Publisher, TikTokApi, a reader factory, a
-clock): no Kafka, HTTP or Mongo here. The promise it keeps is ARCHITECTURE.md's second: never two
+clock): no Kafka, HTTP or Mongo here. It keeps promise 2 (docs/architecture.md, "Promises"): never two
 TikTok posts for one request. Hence the order of things: the `publish_id` and `upload_url` are
 checkpointed before the first PUT, and a redelivered request resumes that publish (from TikTok's
 own count of the bytes it holds) or confirms it through status/fetch. A new init happens only when
@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-import structlog
 from reelay_common.domain.chunks import plan_chunks
 from reelay_common.domain.errors import (
     AuthExpiredError,
@@ -41,23 +40,25 @@ from reelay_common.domain.messages import (
     ALLOWED_CONTENT_TYPES,
     MAX_VIDEO_BYTES,
     BlobSource,
+    DeadLetter,
     PullFromUrlSource,
     StateSource,
     UploadRequested,
     UrlSource,
     VideoUploaded,
+    dlq_topic,
     utcnow,
 )
 from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.rules import check_privacy_level
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import FileUploadSourceInfo, PublishStatus, PullFromUrlSourceInfo
-from reelay_common.logging import get_logger
+from reelay_common.logging import bind_learned, get_logger
 from reelay_common.ports import Publisher, Recorder, TikTokApi, UploadStore, VideoReader
-from structlog.contextvars import bound_contextvars
 
 log = get_logger(__name__)
 
-SOURCE: StateSource = "uploader"
+STATE_SOURCE: StateSource = "uploader"  # who made a change, in history; the video's is `record.source`
 UPLOAD_URL_LIFETIME = timedelta(hours=1)  # TikTok: an upload_url is valid for 1 hour after init
 
 # FAILED publishes whose reason says TikTok's side broke, not our video: a new publish may succeed.
@@ -79,7 +80,7 @@ Outcome = Literal[
 class UploaderDeps:
     """Everything the handler talks to, built by the composition root (or a test)."""
 
-    store: UploadStore
+    uploads: UploadStore
     recorder: Recorder
     publisher: Publisher
     tiktok: TikTokApi
@@ -136,47 +137,46 @@ async def handle_upload_requested(cmd: UploadRequested, deps: UploaderDeps) -> N
     """Take one upload request as far as `uploaded` (or `failed`); safe to call again at any time."""
     started = time.monotonic()
     outcome: str = "error"
-    with bound_contextvars(request_id=cmd.request_id, account_id=cmd.account_id):
-        job: _Job | None = None
-        try:
-            record, _created = await deps.store.create(cmd, source=SOURCE)
-            if record.state is UploadState.ACCEPTED and record.announced_state is not UploadState.ACCEPTED:
-                # Upstream producers may skip ingest: then this is the first anyone hears of it.
-                await deps.recorder.announce(record, source=SOURCE)
-            if record.account_id != cmd.account_id or record.mode != cmd.mode:
-                log.warning(
-                    "request_id_conflict",
-                    stored_account_id=record.account_id,
-                    stored_mode=record.mode,
-                    mode=cmd.mode,
-                )
-                outcome = "request_id_conflict"
-                return
-            async with AsyncExitStack() as resources:
-                job = _Job(record, deps, resources)
-                outcome = await job.run()
-            # After the reader is closed: the bytes are no longer needed once TikTok has them all
-            # or the upload is over. (A redelivery of a finished request lands here too: idempotent.)
-            if outcome in _BYTES_NO_LONGER_NEEDED and isinstance(record.source, BlobSource):
-                await _discard_blob(record.source, deps)
-        except RetryableError as exc:
-            outcome = "retry"
-            log.info("upload_will_retry", error=type(exc).__name__, **_detail_fields(exc))
-            raise
-        except asyncio.CancelledError:
-            # Shutdown or rebalance: nothing is committed and the checkpoint makes the redelivery resume.
-            outcome = "cancelled"
-            raise
-        finally:
-            log.info(
-                "upload_handled",
-                outcome=outcome,
-                publish_id=job.publish_id if job else None,
-                bytes_sent=job.bytes_confirmed if job else 0,
-                inits=job.inits if job else 0,
-                duration_ms=round((time.monotonic() - started) * 1000),
+    # request_id / account_id are bound by the consumer loop for the whole record.
+    job: _Job | None = None
+    try:
+        record, _created = await deps.uploads.create(cmd, source=STATE_SOURCE)
+        if record.state is UploadState.ACCEPTED and record.announced_state is not UploadState.ACCEPTED:
+            # Upstream producers may skip ingest: then this is the first anyone hears of it.
+            await deps.recorder.announce(record, source=STATE_SOURCE)
+        if record.account_id != cmd.account_id or record.mode != cmd.mode:
+            log.warning(
+                "request_id_conflict",
+                stored_account_id=record.account_id,
+                stored_mode=record.mode,
+                mode=cmd.mode,
             )
-            structlog.contextvars.unbind_contextvars("publish_id")
+            outcome = "request_id_conflict"
+            return
+        async with AsyncExitStack() as resources:
+            job = _Job(record, deps, resources)
+            outcome = await job.run()
+        # After the reader is closed: the bytes are no longer needed once TikTok has them all
+        # or the upload is over. (A redelivery of a finished request lands here too: idempotent.)
+        if outcome in _BYTES_NO_LONGER_NEEDED and isinstance(record.source, BlobSource):
+            await _discard_blob(record.source, deps)
+    except RetryableError as exc:
+        outcome = "retry"
+        log.info("upload_will_retry", error=type(exc).__name__, **_detail_fields(exc))
+        raise
+    except asyncio.CancelledError:
+        # Shutdown or rebalance: nothing is committed and the checkpoint makes the redelivery resume.
+        outcome = "cancelled"
+        raise
+    finally:
+        log.info(
+            "upload_handled",
+            outcome=outcome,
+            publish_id=job.publish_id if job else None,
+            bytes_sent=job.bytes_confirmed if job else 0,
+            inits=job.inits if job else 0,
+            duration_ms=round((time.monotonic() - started) * 1000),
+        )
 
 
 _BYTES_NO_LONGER_NEEDED: frozenset[str] = frozenset(
@@ -200,6 +200,30 @@ def _detail_fields(exc: RetryableError) -> dict[str, Any]:
     return {k: v for k, v in exc.detail().items() if k in ("code", "log_id", "http_status")}
 
 
+async def handle_dead_letter(letter: DeadLetter, deps: UploaderDeps) -> None:
+    """Mark the upload behind a dead-lettered `UploadRequested` failed, when the record names one."""
+    if letter.request_id is None:
+        return
+    record = await deps.uploads.get(letter.request_id)
+    if record is None:
+        return
+    if letter.account_id is not None and letter.account_id != record.account_id:
+        # A bad record borrowing someone else's request_id must not fail their upload.
+        log.warning("dead_letter_request_id_conflict", request_id=letter.request_id)
+        return
+    if record.state not in (UploadState.ACCEPTED, UploadState.UPLOADING):
+        # Already at TikTok (or settled): a poison duplicate says nothing about this upload.
+        return
+    detail = {
+        "reason": letter.reason,
+        "error": letter.error[:500],
+        "dead_letter_topic": dlq_topic(letter.topic),
+        "partition": letter.partition,
+        "offset": letter.offset,
+    }
+    await deps.recorder.record(letter.request_id, UploadState.FAILED, source=STATE_SOURCE, detail=detail)
+
+
 Verdict = Literal["complete", "partial", "dead"]
 
 
@@ -212,6 +236,7 @@ class _Job:
         self.resources = resources
         self.rid = record.request_id
         self.publish_id: str | None = record.publish_id
+        self._bound_publish_id: str | None = None
         self.bytes_confirmed = 0
         self.inits = 0
         self._reader: VideoReader | None = None
@@ -230,7 +255,7 @@ class _Job:
         try:
             if state is UploadState.ACCEPTED:
                 await self._validate()
-                moved = await self.deps.recorder.record(self.rid, UploadState.UPLOADING, source=SOURCE)
+                moved = await self.deps.recorder.record(self.rid, UploadState.UPLOADING, source=STATE_SOURCE)
                 self.rec = moved or await self._reload()
                 if self.rec.state is not UploadState.UPLOADING:
                     raise _Superseded
@@ -337,13 +362,7 @@ class _Job:
                 )
         if self.rec.mode == "direct" and self.rec.post_info is not None:
             info = await self.deps.tiktok.creator_info(self.rec.account_id)
-            wanted = self.rec.post_info.privacy_level
-            if wanted not in info.privacy_level_options:
-                raise InvalidInputError(
-                    f"privacy level {wanted} is not offered by this creator "
-                    f"(offered: {', '.join(info.privacy_level_options) or 'none'})",
-                    code="privacy_level_not_offered",
-                )
+            check_privacy_level(self.rec.post_info.privacy_level, info.privacy_level_options)
         self._validated = True
 
     async def _init_file_upload(self) -> _FilePublish:
@@ -445,7 +464,7 @@ class _Job:
             detail["video_size"] = plan.video_size
             self.bytes_confirmed = plan.video_size
         moved = await self.deps.recorder.record(
-            self.rid, UploadState.UPLOADED, source=SOURCE, detail=detail, set_fields=fields
+            self.rid, UploadState.UPLOADED, source=STATE_SOURCE, detail=detail, set_fields=fields
         )
         current = moved or await self._reload()
         if current.state is UploadState.UPLOADED:
@@ -477,7 +496,7 @@ class _Job:
         full = dict(detail)
         if self.publish_id is not None:
             full.setdefault("publish_id", self.publish_id)
-        await self.deps.recorder.record(self.rid, UploadState.FAILED, source=SOURCE, detail=full)
+        await self.deps.recorder.record(self.rid, UploadState.FAILED, source=STATE_SOURCE, detail=full)
         log.warning("upload_failed", **{k: v for k, v in full.items() if k != "message"})
 
     async def _expire_url(self) -> None:
@@ -491,9 +510,10 @@ class _Job:
         return pub.expires_at is not None and pub.expires_at > self.deps.clock()
 
     def _bind_publish(self, publish_id: str) -> None:
-        if publish_id != self.publish_id:
-            self.publish_id = publish_id
-        structlog.contextvars.bind_contextvars(publish_id=publish_id)
+        # Learnt at init (or read from the checkpoint): added to the log context once per value.
+        if publish_id != self._bound_publish_id:
+            self.publish_id = self._bound_publish_id = publish_id
+            bind_learned(publish_id=publish_id)
 
     async def _open_reader(self) -> VideoReader:
         if self._reader is None:
@@ -503,13 +523,13 @@ class _Job:
         return self._reader
 
     async def _checkpoint(self, fields: Mapping[str, Any]) -> UploadRecord:
-        updated = await self.deps.store.checkpoint(self.rid, fields, expect_state=UploadState.UPLOADING)
+        updated = await self.deps.uploads.checkpoint(self.rid, fields, expect_state=UploadState.UPLOADING)
         if updated is None:
             raise _Superseded
         return updated
 
     async def _reload(self) -> UploadRecord:
-        current = await self.deps.store.get(self.rid)
+        current = await self.deps.uploads.get(self.rid)
         if current is None:
             raise _Superseded
         return current

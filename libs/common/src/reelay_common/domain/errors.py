@@ -4,6 +4,7 @@ ReelayError
 ├── RetryableError          try again later (429, 5xx, timeouts, broker or database hiccups)
 │   ├── RateLimitedError    TikTok said 429 / rate_limit_exceeded; `retry_after` if known
 │   ├── TransientTikTokError
+│   ├── DatabaseUnavailableError  MongoDB did not answer (adapters.mongo.client.translate_errors)
 │   └── StorageFullError    the blob store's budget (or disk) is full: try again once uploads drain
 ├── PermanentError          retrying cannot help: dead-letter, mark the upload failed
 │   ├── InvalidInputError   bad request or record (validation, unknown account, SSRF, size)
@@ -111,7 +112,11 @@ class SkipError(ReelayError):
 
 
 class DatabaseUnavailableError(RetryableError):
-    """MongoDB did not answer; the caller may try again later."""
+    """MongoDB did not answer (connection loss, election, timeout); the caller may try again later.
+
+    Raised only by `translate_errors`, for every Mongo adapter. A RetryableError, so the consumer
+    loop retries and ingest answers 503; its own name says in logs and history that the database,
+    not TikTok, was the trouble."""
 
 
 class StorageFullError(RetryableError):

@@ -1,6 +1,6 @@
 """Every message Reelay puts on Kafka: frozen pydantic models, the public contract.
 
-Rules (ARCHITECTURE.md, STYLE.md): messages are facts named in the past tense, keyed by
+Rules (docs/architecture.md, "Public contract"): messages are facts named in the past tense, keyed by
 `account_id`, and only ever gain optional fields. Readers ignore unknown fields. A breaking change
 is a new message on a new topic. `make schemas` exports their JSON Schema to `schemas/`."""
 
@@ -45,6 +45,8 @@ PrivacyLevel = Literal["PUBLIC_TO_EVERYONE", "MUTUAL_FOLLOW_FRIENDS", "FOLLOWER_
 UploadMode = Literal["direct", "inbox"]
 
 
+# Which service made a state change: `source` of a history entry and of PublishStatusChanged. Not to
+# be confused with VideoSource (where the bytes come from), which a ports.VideoReader reads.
 StateSource = Literal["ingest", "uploader", "poller", "webhook"]
 
 
@@ -128,6 +130,7 @@ class BlobSource(Message):
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
+# Where a video's bytes come from: `UploadRequested.source` (a URL, TikTok's pull, or a stored blob).
 VideoSource = Annotated[UrlSource | PullFromUrlSource | BlobSource, Field(discriminator="kind")]
 
 
@@ -182,10 +185,11 @@ class TikTokWebhookReceived(Message):
     received_at: datetime = Field(default_factory=utcnow)
 
 
+# What `reelay.publish.events` carries, told apart by `type`; the one definition, imported by its readers.
 PublishEvent = Annotated[VideoUploaded | TikTokWebhookReceived, Field(discriminator="type")]
 
 
-PUBLISH_EVENT_ADAPTER: TypeAdapter[VideoUploaded | TikTokWebhookReceived] = TypeAdapter(PublishEvent)
+PUBLISH_EVENT_ADAPTER: TypeAdapter[PublishEvent] = TypeAdapter(PublishEvent)
 
 
 class PublishStatusChanged(Message):

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from reelay_common.domain.messages import PostInfo, StateSource, UploadMode, VideoSource
+from reelay_common.domain.messages import PostInfo, StateSource, UploadMode, UploadRequested, VideoSource
 from reelay_common.domain.states import UploadState
+
+
+@dataclass(frozen=True)
+class _FieldRole:
+    """A role of an `UploadRecord` field, carried in its `Annotated` metadata."""
+
+    name: str
+
+
+# Written by the store alone (at creation, by a transition): no caller may set it.
+STORE_MANAGED = _FieldRole("store_managed")
+# A fact learnt after the outcome: absent from a new document until it is learnt.
+LEARNT_LATER = _FieldRole("learnt_later")
 
 
 class HistoryEntry(BaseModel):
@@ -28,15 +42,17 @@ class UploadRecord(BaseModel):
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
-    request_id: str = Field(alias="_id")
+    request_id: Annotated[str, STORE_MANAGED] = Field(alias="_id")
     account_id: str
     mode: UploadMode
     source: VideoSource
     post_info: PostInfo | None = None
-    state: UploadState
-    history: list[HistoryEntry] = Field(default_factory=list)
-    created_at: datetime
-    updated_at: datetime
+    # When the client asked (UploadRequested.requested_at); absent only from hand-made documents.
+    requested_at: Annotated[datetime | None, STORE_MANAGED] = None
+    state: Annotated[UploadState, STORE_MANAGED]
+    history: Annotated[list[HistoryEntry], STORE_MANAGED] = Field(default_factory=list)
+    created_at: Annotated[datetime, STORE_MANAGED]
+    updated_at: Annotated[datetime, STORE_MANAGED]
     # Checkpointed before the first PUT so a redelivery resumes instead of initialising again.
     publish_id: str | None = None
     upload_url: str | None = None
@@ -54,11 +70,48 @@ class UploadRecord(BaseModel):
     tracking_started_at: datetime | None = None
     # Facts learnt after the outcome (status-poller), not states: the user posted an inbox draft
     # (PUBLISH_COMPLETE of an inbox upload); TikTok withdrew the public post.
-    user_posted_draft_at: datetime | None = None
-    no_longer_public_at: datetime | None = None
+    user_posted_draft_at: Annotated[datetime | None, LEARNT_LATER] = None
+    no_longer_public_at: Annotated[datetime | None, LEARNT_LATER] = None
     # The last state announced on reelay.publish.status (StateRecorder): lets a retry re-announce a
     # transition whose announcement failed after the guarded update had already applied it.
     announced_state: UploadState | None = None
+
+    @classmethod
+    def new(cls, cmd: UploadRequested, *, source: StateSource, now: datetime) -> UploadRecord:
+        """The `accepted` upload of a new request, its first history entry by `source` at `now`."""
+        return cls(
+            request_id=cmd.request_id,
+            account_id=cmd.account_id,
+            mode=cmd.mode,
+            source=cmd.source,
+            post_info=cmd.post_info,
+            requested_at=cmd.requested_at,
+            state=UploadState.ACCEPTED,
+            history=[HistoryEntry(state=UploadState.ACCEPTED, at=now, source=source)],
+            created_at=now,
+            updated_at=now,
+        )
+
+    def new_document(self) -> dict[str, Any]:
+        """The fields of a new document, by alias (`_id`); facts learnt later are left out."""
+        return self.model_dump(by_alias=True, exclude=_fields_with(LEARNT_LATER))
+
+    @classmethod
+    def store_managed_fields(cls) -> frozenset[str]:
+        """Names (and aliases) of the fields only the store writes."""
+        managed = _fields_with(STORE_MANAGED)
+        aliases = {info.alias for name, info in cls.model_fields.items() if name in managed and info.alias}
+        return frozenset(managed | aliases)
+
+    @classmethod
+    def settable_fields(cls) -> frozenset[str]:
+        """Names of the fields a caller may set through a transition or a checkpoint."""
+        return frozenset(cls.model_fields) - cls.store_managed_fields()
+
+
+def _fields_with(role: _FieldRole) -> set[str]:
+    """The names of the UploadRecord fields that carry `role`."""
+    return {name for name, info in UploadRecord.model_fields.items() if role in info.metadata}
 
 
 class AccountStatus(StrEnum):

@@ -18,11 +18,10 @@ from gridfs.errors import NoFile
 from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
 
 from reelay_common.adapters.blobs.metered import MeteredStream, check_content_type, check_store, pieces_of
 from reelay_common.adapters.mongo.client import bson_now, translate_errors
-from reelay_common.domain.errors import InvalidInputError, RetryableError
+from reelay_common.domain.errors import DatabaseUnavailableError, InvalidInputError, RetryableError
 from reelay_common.domain.messages import BlobSource
 from reelay_common.logging import get_logger
 from reelay_common.ports import BlobInfo, check_read_range
@@ -160,8 +159,11 @@ class GridFSBlobStore:
         except BaseException:
             # Whatever went wrong (too large, client gone, cancelled), leave no partial file behind.
             try:
-                await asyncio.shield(self._chunks.delete_many({"files_id": file_id}))
-            except PyMongoError as abort_exc:  # pragma: no cover - the database went away mid-abort
+                with translate_errors("remove a partial GridFS file"):
+                    await asyncio.shield(self._chunks.delete_many({"files_id": file_id}))
+            except (
+                DatabaseUnavailableError
+            ) as abort_exc:  # pragma: no cover - the database went away mid-abort
                 log.warning("gridfs_abort_failed", error=type(abort_exc).__name__)
             raise
         log.info(

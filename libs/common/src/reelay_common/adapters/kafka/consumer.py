@@ -1,7 +1,7 @@
 """Kafka for every service: topics, an acknowledged JSON publisher, and the consumer loop that turns a
 handler's outcome into commit, retry or dead letter.
 
-Outcomes of one record (the only place they are decided, STYLE habit 6):
+Outcomes of one record (the only place they are decided: docs/architecture.md, "Habits" 6):
 - handler returns, or raises SkipError        -> commit offset+1
 - undecodable record, or PermanentError       -> DeadLetter on `<topic>.dlq`, on_dead_letter, commit
 - RetryableError                              -> back off (retry_after when given), retry, no commit
@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import re
 import time
 from collections import deque
@@ -22,7 +21,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
-import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import (
@@ -41,7 +39,9 @@ from reelay_common.domain.errors import (
     SkipError,
 )
 from reelay_common.domain.messages import DeadLetter, dlq_topic
-from reelay_common.logging import get_logger
+from reelay_common.domain.rules import Backoff
+from reelay_common.domain.timing import sleep_unless_stopped
+from reelay_common.logging import bind_learned, get_logger, unit_of_work
 
 T = TypeVar("T")
 
@@ -187,8 +187,8 @@ class ConsumerLoop(Generic[T]):
         self._publisher = publisher
         self._on_dead_letter = on_dead_letter
         self._max_unexpected = max_unexpected_failures
-        self._backoff_initial = retry_backoff_initial
-        self._backoff_max = retry_backoff_max
+        # A little jitter, so consumers that failed together do not retry in lockstep.
+        self._retry = Backoff(retry_backoff_initial, retry_backoff_max, jitter=0.1)
         self._grace = shutdown_grace_seconds
         self._client_id = client_id or f"reelay-{group_id}"
         self._poll_timeout_ms = poll_timeout_ms
@@ -258,7 +258,7 @@ class ConsumerLoop(Generic[T]):
             except KafkaError as exc:
                 failures += 1
                 log.warning("kafka_poll_failed", error=repr(exc), failures=failures)
-                await self._sleep_unless(stop, min(self._backoff_max, self._backoff_initial * 2**failures))
+                await sleep_unless_stopped(stop, self._retry.delay(failures))
                 continue
             failures = 0
             self._last_poll = time.monotonic()
@@ -363,49 +363,44 @@ class ConsumerLoop(Generic[T]):
         )
         started = time.monotonic()
         progress = _Progress()
-        # Bound for everything logged about this record, the summary line included; reset after.
-        tokens = dict(
-            structlog.contextvars.bind_contextvars(
-                topic=record.topic, partition=record.partition, offset=record.offset
-            )
-        )
-        try:
+        # Bound once for everything logged about this record, the summary line included.
+        with unit_of_work(topic=record.topic, partition=record.partition, offset=record.offset):
             try:
-                message = self._decode(record.value if record.value is not None else b"")
-            except Exception as exc:
-                reason, text = _describe_decode_error(exc)
-                ids = _ids_from_raw(record.value)
-                tokens.update(structlog.contextvars.bind_contextvars(**ids))
-                await self._dead_letter(record, reason=reason, error=text, ids=ids)
-                progress.outcome = "dead_lettered"
-            else:
-                tokens.update(structlog.contextvars.bind_contextvars(**_ids_from_message(message)))
-                progress.outcome = await self._handle_with_retries(record, message, ctx, progress)
-            await self._commit(consumer, record)
-        except _Abandoned:
-            progress.outcome = "abandoned"
-            raise
-        except asyncio.CancelledError:
-            progress.outcome = "cancelled"
-            raise
-        finally:
-            seconds = time.monotonic() - started
-            RECORDS.labels(topic=record.topic, outcome=progress.outcome).inc()
-            RECORD_SECONDS.labels(topic=record.topic, outcome=progress.outcome).observe(seconds)
-            log.info(
-                "record_processed",
-                outcome=progress.outcome,
-                attempts=progress.attempts,
-                duration_ms=round(seconds * 1000, 1),
-            )
-            structlog.contextvars.reset_contextvars(**tokens)
+                try:
+                    message = self._decode(record.value if record.value is not None else b"")
+                except Exception as exc:
+                    reason, text = _describe_decode_error(exc)
+                    ids = _ids_from_raw(record.value)
+                    bind_learned(**ids)
+                    await self._dead_letter(record, reason=reason, error=text, ids=ids)
+                    progress.outcome = "dead_lettered"
+                else:
+                    bind_learned(**_ids_from_message(message))
+                    progress.outcome = await self._handle_with_retries(record, message, ctx, progress)
+                await self._commit(consumer, record)
+            except _Abandoned:
+                progress.outcome = "abandoned"
+                raise
+            except asyncio.CancelledError:
+                progress.outcome = "cancelled"
+                raise
+            finally:
+                seconds = time.monotonic() - started
+                RECORDS.labels(topic=record.topic, outcome=progress.outcome).inc()
+                RECORD_SECONDS.labels(topic=record.topic, outcome=progress.outcome).observe(seconds)
+                log.info(
+                    "record_processed",
+                    outcome=progress.outcome,
+                    attempts=progress.attempts,
+                    duration_ms=round(seconds * 1000, 1),
+                )
 
     async def _handle_with_retries(
         self, record: ConsumerRecord, message: T, ctx: RecordContext, progress: _Progress
     ) -> Outcome:
         """Call the handler until its outcome is final (or raise _Abandoned); counts attempts."""
         unexpected = 0
-        backoff = self._backoff_initial
+        retries = 0
         ids = {k: v for k, v in _ids_from_message(message).items() if k in ("request_id", "account_id")}
         while True:
             progress.attempts += 1
@@ -422,10 +417,10 @@ class ConsumerLoop(Generic[T]):
                 )
                 return "dead_lettered"
             except RetryableError as exc:
-                delay = backoff
+                delay = self._retry.delay(retries)
                 if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
                     delay = max(0.0, exc.retry_after)
-                backoff = min(self._backoff_max, backoff * 2)
+                retries += 1
                 RECORD_RETRIES.labels(topic=record.topic, kind="retryable").inc()
                 log.warning(
                     "record_retry_scheduled",
@@ -450,8 +445,8 @@ class ConsumerLoop(Generic[T]):
                     )
                     return "dead_lettered"
                 RECORD_RETRIES.labels(topic=record.topic, kind="unexpected").inc()
-                delay = backoff
-                backoff = min(self._backoff_max, backoff * 2)
+                delay = self._retry.delay(retries)
+                retries += 1
                 log.warning(
                     "record_handler_error",
                     error=f"{type(exc).__name__}: {exc}",
@@ -476,7 +471,7 @@ class ConsumerLoop(Generic[T]):
             request_id=ids.get("request_id"),
             account_id=ids.get("account_id"),
         )
-        backoff = self._backoff_initial
+        retries = 0
         while True:
             try:
                 await self._publisher.publish_raw(
@@ -485,9 +480,10 @@ class ConsumerLoop(Generic[T]):
                 break
             except (RetryableError, KafkaError, RuntimeError) as exc:
                 # Never commit a record whose dead letter is not safely on Kafka.
-                log.warning("dead_letter_publish_failed", error=repr(exc), delay_s=backoff)
-                await self._backoff(backoff)
-                backoff = min(self._backoff_max, backoff * 2)
+                delay = self._retry.delay(retries)
+                retries += 1
+                log.warning("dead_letter_publish_failed", error=repr(exc), delay_s=delay)
+                await self._backoff(delay)
         log.warning("record_dead_lettered", reason=reason, error=error)
         if self._on_dead_letter is not None:
             await self._call_dead_letter_hook(letter)
@@ -496,7 +492,7 @@ class ConsumerLoop(Generic[T]):
         hook = self._on_dead_letter
         assert hook is not None
         failures = 0
-        backoff = self._backoff_initial
+        retries = 0
         while True:
             try:
                 await hook(letter)
@@ -510,12 +506,12 @@ class ConsumerLoop(Generic[T]):
                     log.error("dead_letter_hook_failed", exc_info=exc)
                     return
                 log.warning("dead_letter_hook_error", error=f"{type(exc).__name__}: {exc}")
-            await self._backoff(backoff)
-            backoff = min(self._backoff_max, backoff * 2)
+            await self._backoff(self._retry.delay(retries))
+            retries += 1
 
     async def _commit(self, consumer: AIOKafkaConsumer, record: ConsumerRecord) -> None:
         tp = TopicPartition(record.topic, record.partition)
-        backoff = self._backoff_initial
+        retries = 0
         while True:
             try:
                 await consumer.commit({tp: record.offset + 1})
@@ -525,20 +521,12 @@ class ConsumerLoop(Generic[T]):
                 log.warning("commit_refused_partition_moved", error=repr(exc))
                 raise _Abandoned from exc
             except KafkaError as exc:
-                log.warning("commit_failed", error=repr(exc), delay_s=backoff)
-                await self._backoff(backoff)
-                backoff = min(self._backoff_max, backoff * 2)
+                delay = self._retry.delay(retries)
+                retries += 1
+                log.warning("commit_failed", error=repr(exc), delay_s=delay)
+                await self._backoff(delay)
 
     async def _backoff(self, delay: float) -> None:
         """Sleep `delay` (with a little jitter); raise _Abandoned if the loop starts stopping."""
-        jittered = delay * random.uniform(0.9, 1.1)  # noqa: S311  # jitter needs no cryptographic randomness
-        try:
-            await asyncio.wait_for(self._stopping.wait(), timeout=jittered)
-        except TimeoutError:
-            return
-        raise _Abandoned
-
-    @staticmethod
-    async def _sleep_unless(stop: asyncio.Event, delay: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=delay)
+        if await sleep_unless_stopped(self._stopping, self._retry.jittered(delay)):
+            raise _Abandoned

@@ -13,14 +13,11 @@ from typing import Any, TypeVar
 from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
 
 from reelay_common.adapters.crypto import TokenCipher
+from reelay_common.adapters.mongo.client import translate_errors
 from reelay_common.adapters.mongo.write_guard import WriteGuard
-from reelay_common.domain.errors import (
-    DatabaseUnavailableError,
-    InvalidInputError,
-)
+from reelay_common.domain.errors import InvalidInputError
 from reelay_common.domain.messages import utcnow
 from reelay_common.domain.records import (
     AccountRecord,
@@ -121,12 +118,14 @@ class MongoAccountStore:
 
     async def get(self, account_id: str) -> AccountRecord | None:
         """The account document, tokens still encrypted."""
-        doc = await self._guard(self._col.find_one({"_id": account_id}))
+        with translate_errors("read an account"):
+            doc = await self._col.find_one({"_id": account_id})
         return AccountRecord.model_validate(doc) if doc is not None else None
 
     async def get_tokens(self, account_id: str) -> AccountTokens | None:
         """The account's tokens decrypted, or None for an unknown account."""
-        doc = await self._guard(self._col.find_one({"_id": account_id}))
+        with translate_errors("read an account's tokens"):
+            doc = await self._col.find_one({"_id": account_id})
         return self._tokens(doc) if doc is not None else None
 
     async def mark_reauth_required(self, account_id: str) -> None:
@@ -263,14 +262,8 @@ class MongoAccountStore:
             raise InvalidInputError(f"unknown account {account_id}", code="unknown_account")
         log.info("account_status_changed", account_id=account_id, status=status)
 
-    @staticmethod
-    async def _guard(awaitable: Awaitable[T]) -> T:
-        try:
-            return await awaitable
-        except PyMongoError as exc:
-            raise DatabaseUnavailableError(f"accounts store failed: {type(exc).__name__}") from exc
-
     async def _write(self, account_id: str, write: Callable[[], Awaitable[T]]) -> T:
         """Run one guarded write of the account's document under its write lock (see module doc)."""
         async with self._write_guard.document(self._name, account_id):
-            return await self._guard(write())
+            with translate_errors("write an account"):
+                return await write()

@@ -6,18 +6,22 @@ docs/design.md for what else that server does differently."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import functools
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
 
 from pydantic import BaseModel
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from reelay_common.domain.errors import RetryableError
+from reelay_common.domain.errors import DatabaseUnavailableError
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def connect(uri: str, *, app_name: str) -> AsyncMongoClient[dict[str, Any]]:
@@ -32,16 +36,19 @@ def connect(uri: str, *, app_name: str) -> AsyncMongoClient[dict[str, Any]]:
 
 
 async def ensure_indexes(db: AsyncDatabase[dict[str, Any]]) -> None:
-    """Create the indexes of `uploads` (idempotent; only index kinds FerretDB v1 has)."""
-    uploads = db["uploads"]
+    """Create the indexes of `uploads` and `uploads_in_flight` (idempotent; kinds FerretDB v1 has)."""
     with translate_errors("create indexes"):
-        await uploads.create_index([("account_id", ASCENDING), ("state", ASCENDING)], name="account_state")
-        await uploads.create_index(
-            [("account_id", ASCENDING), ("created_at", DESCENDING)], name="account_created"
-        )
-        await uploads.create_index([("state", ASCENDING), ("created_at", DESCENDING)], name="state_created")
-        await uploads.create_index([("publish_id", ASCENDING)], name="publish_id")
-        await uploads.create_index([("poll_next_at", ASCENDING)], name="poll_next_at")
+        for name in ("uploads", "uploads_in_flight"):
+            coll = db[name]
+            await coll.create_index([("account_id", ASCENDING), ("state", ASCENDING)], name="account_state")
+            await coll.create_index(
+                [("account_id", ASCENDING), ("created_at", DESCENDING)], name="account_created"
+            )
+            await coll.create_index([("state", ASCENDING), ("created_at", DESCENDING)], name="state_created")
+            await coll.create_index([("publish_id", ASCENDING)], name="publish_id")
+        # Only work in flight is ever due for a poll or waiting to be archived.
+        await db["uploads_in_flight"].create_index([("poll_next_at", ASCENDING)], name="poll_next_at")
+        await db["uploads_in_flight"].create_index([("updated_at", ASCENDING)], name="updated_at")
 
 
 async def ping(client: AsyncMongoClient[dict[str, Any]]) -> bool:
@@ -53,15 +60,37 @@ async def ping(client: AsyncMongoClient[dict[str, Any]]) -> bool:
     return True
 
 
-@contextmanager
-def translate_errors(what: str) -> Iterator[None]:
-    # Connection loss, elections, timeouts: the consumer loop retries RetryableError.
-    try:
-        yield
-    except DuplicateKeyError:
-        raise
-    except PyMongoError as exc:
-        raise RetryableError(f"MongoDB could not {what}: {type(exc).__name__}") from exc
+class _TranslateErrors:
+    """See `translate_errors`: a context manager that is also a decorator of coroutine functions."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # DuplicateKeyError is an answer, not an outage: the adapters decide what it means.
+        if isinstance(exc, PyMongoError) and not isinstance(exc, DuplicateKeyError):
+            raise DatabaseUnavailableError(f"MongoDB could not {self._what}: {type(exc).__name__}") from exc
+
+    def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        @functools.wraps(fn)
+        async def translated(*args: P.args, **kwargs: P.kwargs) -> R:
+            with self:
+                return await fn(*args, **kwargs)
+
+        return translated
+
+
+def translate_errors(what: str) -> _TranslateErrors:
+    """The one translation of MongoDB's errors, for every Mongo adapter: PyMongoError (connection
+    loss, elections, timeouts) becomes DatabaseUnavailableError, which is retryable; DuplicateKeyError
+    passes through. `with translate_errors("read an upload"): ...`, or `@translate_errors(...)` on an
+    async function."""
+    return _TranslateErrors(what)
 
 
 def to_bson(value: Any) -> Any:
@@ -81,10 +110,17 @@ def to_bson(value: Any) -> Any:
     return value
 
 
+def bson_time(value: datetime) -> datetime:
+    """`value` as a BSON date keeps it: UTC, cut to milliseconds (so a written value reads back equal)."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetimes are ambiguous; pass timezone-aware UTC")
+    utc = value.astimezone(UTC)
+    return utc.replace(microsecond=utc.microsecond // 1000 * 1000)
+
+
 def bson_now() -> datetime:
     """Now, at the millisecond precision BSON dates keep (so a written value reads back equal)."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+    return bson_time(datetime.now(UTC))
 
 
 async def is_ferretdb(db: AsyncDatabase[dict[str, Any]]) -> bool:

@@ -11,13 +11,11 @@ from typing import Any, Final
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError
 
+from reelay_common.adapters.mongo.client import translate_errors
 from reelay_common.adapters.mongo.write_guard import WriteGuard
-from reelay_common.domain.errors import (
-    DatabaseUnavailableError,
-    RateLimitedError,
-)
+from reelay_common.domain.errors import RateLimitedError
 from reelay_common.logging import get_logger
 from reelay_common.ports import RateBucket
 
@@ -75,12 +73,11 @@ class MongoRateLimiter:
             doc = await self._find(key)
             if doc is None:
                 try:
-                    await self._col.insert_one({"_id": key, "stamps": [now], "version": 1})
+                    with translate_errors("start a rate-limit window"):
+                        await self._col.insert_one({"_id": key, "stamps": [now], "version": 1})
                     return
                 except DuplicateKeyError:
                     continue  # another replica created it first; read it again
-                except PyMongoError as exc:
-                    raise DatabaseUnavailableError(f"rate limiter failed: {type(exc).__name__}") from exc
             horizon = now - self._window - self._margin
             live = sorted(float(s) for s in doc.get("stamps", []) if float(s) > horizon)
             if len(live) < limit:
@@ -97,20 +94,16 @@ class MongoRateLimiter:
             waited += wait
             await self._sleep(wait)
 
+    @translate_errors("read a rate-limit window")
     async def _find(self, key: str) -> dict[str, Any] | None:
-        try:
-            return await self._col.find_one({"_id": key})
-        except PyMongoError as exc:
-            raise DatabaseUnavailableError(f"rate limiter failed: {type(exc).__name__}") from exc
+        return await self._col.find_one({"_id": key})
 
+    @translate_errors("take a rate-limit slot")
     async def _swap(self, key: str, version: int, stamps: list[float]) -> bool:
-        try:
-            # The write lock makes the compare-and-swap atomic on FerretDB v1 too (module doc).
-            async with self._write_guard.document(self._name, key):
-                result = await self._col.update_one(
-                    {"_id": key, "version": version},
-                    {"$set": {"stamps": stamps, "version": version + 1}},
-                )
-        except PyMongoError as exc:
-            raise DatabaseUnavailableError(f"rate limiter failed: {type(exc).__name__}") from exc
+        # The write lock makes the compare-and-swap atomic on FerretDB v1 too (module doc).
+        async with self._write_guard.document(self._name, key):
+            result = await self._col.update_one(
+                {"_id": key, "version": version},
+                {"$set": {"stamps": stamps, "version": version + 1}},
+            )
         return result.modified_count == 1

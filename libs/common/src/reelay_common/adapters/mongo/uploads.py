@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import builtins
+import functools
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from reelay_common.adapters.mongo.client import bson_now, to_bson, translate_errors
+from reelay_common.adapters.mongo.client import bson_now, bson_time, to_bson, translate_errors
 from reelay_common.adapters.mongo.write_guard import WriteGuard
 from reelay_common.domain.errors import RetryableError
 from reelay_common.domain.messages import (
@@ -23,58 +25,35 @@ from reelay_common.domain.states import TERMINAL_STATES, UploadState, states_bef
 
 Document = dict[str, Any]
 
-
-# Fields a caller may not set through transition/checkpoint: they are the store's own bookkeeping.
-_PROTECTED_FIELDS = frozenset({"_id", "request_id", "state", "history", "created_at", "updated_at"})
-
-
-_SETTABLE_FIELDS = (
-    frozenset((info.alias or name) for name, info in UploadRecord.model_fields.items() if info.alias != "_id")
-    - _PROTECTED_FIELDS
-)
-
-
 _CLAIM_BATCH = 20  # due candidates looked at per claim_due_poll
+_REV = "rev"  # bumped by every in-flight write; the archive move deletes only the version it copied
+UPLOADS = "uploads"
+
+
+def in_flight_name(collection: str) -> str:
+    """The collection holding the in-flight work of the uploads collection `collection`."""
+    return f"{collection}_in_flight"
 
 
 def check_settable(fields: Mapping[str, Any]) -> None:
     """Refuse fields the store owns or does not know, with a clear error (nothing is written)."""
-    protected = sorted(set(fields) & _PROTECTED_FIELDS)
+    protected = sorted(set(fields) & UploadRecord.store_managed_fields())
     if protected:
         raise ValueError(f"these upload fields are managed by the store and cannot be set: {protected}")
-    unknown = sorted(set(fields) - _SETTABLE_FIELDS)
+    unknown = sorted(set(fields) - UploadRecord.settable_fields())
     if unknown:
         raise ValueError(f"unknown upload fields: {unknown} (add them to UploadRecord first)")
 
 
 def new_upload_document(cmd: UploadRequested, *, source: StateSource, now: datetime) -> Document:
     """The `accepted` document of a new upload (shared by the Mongo store and its in-memory fake)."""
-    return {
-        "_id": cmd.request_id,
-        "account_id": cmd.account_id,
-        "mode": cmd.mode,
-        "source": to_bson(cmd.source),
-        "post_info": to_bson(cmd.post_info) if cmd.post_info is not None else None,
-        "requested_at": to_bson(cmd.requested_at),
-        "state": UploadState.ACCEPTED.value,
-        "history": [{"state": UploadState.ACCEPTED.value, "at": now, "source": source, "detail": {}}],
-        "created_at": now,
-        "updated_at": now,
-        "publish_id": None,
-        "upload_url": None,
-        "upload_url_expires_at": None,
-        "video_size": None,
-        "chunk_size": None,
-        "total_chunk_count": None,
-        "uploaded_bytes": 0,
-        "init_attempts": 0,
-        "post_ids": [],
-        "poll_next_at": None,
-        "poll_attempts": 0,
-        "poll_lease_until": None,
-        "tracking_started_at": None,
-        "announced_state": None,
-    }
+    record = UploadRecord.new(cmd, source=source, now=now)
+    # requested_at is the client's, with microseconds: cut as BSON stores it (the same bytes), so the
+    # record `create` returns equals the one read back.
+    if record.requested_at is not None:
+        record = record.model_copy(update={"requested_at": bson_time(record.requested_at)})
+    doc: Document = to_bson(record.new_document())
+    return doc
 
 
 # Terminal states that end tracking for good; `published` may still be watched for post ids.
@@ -82,21 +61,32 @@ UNPOLLED_STATES: frozenset[UploadState] = TERMINAL_STATES - {UploadState.PUBLISH
 
 
 class MongoUploadStore:
-    """The `uploads` collection (ports.UploadStore): guarded, forward-only, single-document updates.
+    """Uploads in MongoDB (ports.UploadStore): guarded, forward-only, single-document updates.
 
-    Every write goes through `WriteGuard` (a no-op on MongoDB), so on FerretDB too a transition,
-    a checkpoint and a poll lease never overwrite each other.
+    Work in flight lives in a small collection of its own (`uploads_in_flight`), so the hot paths
+    (accepting a request, every transition and checkpoint, the poller's scan for due work) cost what
+    the work in flight costs, not what all history costs. Once an upload is settled (terminal and no
+    longer watched) and has been quiet for a grace period, `archive_settled` moves it to `uploads`,
+    which keeps the full record of every upload ever handled: written once by an insert, read by
+    `_id`, and updated only for the rare late fact (a post id TikTok reports after we stopped
+    watching). On FerretDB v1 this is what keeps costs flat: it pushes an `_id` equality down to
+    SQLite for finds but scans the whole collection for every update (docs/design.md has the figures).
+
+    Every write goes through `WriteGuard` (a no-op on MongoDB), so on FerretDB too a transition, a
+    checkpoint, a poll lease and an archive move never overwrite each other. Each in-flight write
+    bumps `rev`, which lets the archive move delete exactly the version it copied.
     """
 
     def __init__(
         self,
         db: AsyncDatabase[dict[str, Any]],
         *,
-        collection: str = "uploads",
+        collection: str = UPLOADS,
         guard: WriteGuard | None = None,
     ) -> None:
-        self._name = collection
-        self._uploads = db[collection]
+        self._archive = db[collection]
+        self._live_name = in_flight_name(collection)
+        self._live = db[self._live_name]
         self._guard = guard if guard is not None else WriteGuard(db)
 
     async def create(self, cmd: UploadRequested, *, source: StateSource) -> tuple[UploadRecord, bool]:
@@ -105,30 +95,68 @@ class MongoUploadStore:
         try:
             # An insert is atomic everywhere (unique _id): no write lock needed.
             with translate_errors("insert an upload"):
-                await self._uploads.insert_one(doc)
+                await self._live.insert_one({**doc, _REV: 0})
         except DuplicateKeyError:
             existing = await self.get(cmd.request_id)
-            if existing is None:  # deleted in between: not something Reelay does, but be honest
-                raise RetryableError(f"upload {cmd.request_id} vanished during create") from None
+            if existing is None:  # archived in between: get() looks in flight first, then history
+                raise RetryableError(f"upload {cmd.request_id} moved during create; try again") from None
             return existing, False
+        # The request_id may belong to an upload that already left flight (a late replay): the
+        # archived one is the upload, so withdraw the copy just inserted. The order (insert, then
+        # look) is what makes this safe: an archive move copies before it deletes.
+        archived = await self._find_one(self._archive, {"_id": cmd.request_id}, what="read an upload")
+        if archived is not None:
+            await self._guard.run(
+                self._live_name,
+                cmd.request_id,
+                lambda: self._delete_live(cmd.request_id, rev=0),
+            )
+            return archived, False
         return UploadRecord.model_validate(doc), True
 
     async def get(self, request_id: str) -> UploadRecord | None:
-        """The upload, or None."""
-        with translate_errors("read an upload"):
-            doc = await self._uploads.find_one({"_id": request_id})
+        """The upload, or None (in flight first: an archived copy is never newer)."""
+        query = {"_id": request_id}
+        found = await self._find_one(self._live, query, what="read an upload")
+        return found or await self._find_one(self._archive, query, what="read an upload")
+
+    async def _find_one(
+        self, collection: AsyncCollection[Document], query: Document, *, what: str
+    ) -> UploadRecord | None:
+        with translate_errors(what):
+            doc = await collection.find_one(query)
         return UploadRecord.model_validate(doc) if doc is not None else None
 
-    async def _update(self, query: Document, update: Document, *, what: str) -> UploadRecord | None:
-        """One guarded find_one_and_update of the document `query["_id"]`; the record after, or None."""
+    async def _delete_live(self, request_id: str, *, rev: int) -> bool:
+        with translate_errors("withdraw an upload"):
+            result = await self._live.delete_one({"_id": request_id, _REV: rev})
+        return result.deleted_count == 1
+
+    async def _update(
+        self, query: Document, update: Document, *, what: str, settled_too: bool = True
+    ) -> UploadRecord | None:
+        """One guarded find_one_and_update of the document `query["_id"]`; the record after, or None.
+
+        In flight first; with `settled_too`, an upload that was archived is updated there (rare:
+        the costly path on servers that scan for updates).
+        """
+        request_id = str(query["_id"])
+        live_update = {**update, "$inc": {_REV: 1}}
 
         async def write() -> Document | None:
             with translate_errors(what):
-                return await self._uploads.find_one_and_update(
+                doc = await self._live.find_one_and_update(
+                    query, live_update, return_document=ReturnDocument.AFTER
+                )
+                if doc is not None or not settled_too:
+                    return doc
+                if await self._live.find_one({"_id": request_id}, {"_id": 1}) is not None:
+                    return None  # in flight, and the guard refused
+                return await self._archive.find_one_and_update(
                     query, update, return_document=ReturnDocument.AFTER
                 )
 
-        doc = await self._guard.run(self._name, str(query["_id"]), write)
+        doc = await self._guard.run(self._live_name, request_id, write)
         return UploadRecord.model_validate(doc) if doc is not None else None
 
     async def transition(
@@ -152,6 +180,8 @@ class MongoUploadStore:
                 "$push": {"history": entry},
             },
             what="transition an upload",
+            # A settled upload is terminal: no state lies beyond it, so history need not be read.
+            settled_too=False,
         )
 
     async def checkpoint(
@@ -177,25 +207,29 @@ class MongoUploadStore:
             query["account_id"] = account_id
         if state is not None:
             query["state"] = state.value
+        order = [("created_at", DESCENDING), ("_id", ASCENDING)]
         with translate_errors("list uploads"):
-            docs = (
-                await self._uploads.find(query)
-                .sort([("created_at", DESCENDING), ("_id", ASCENDING)])
-                .to_list(limit)
-            )
-        return [UploadRecord.model_validate(d) for d in docs]
+            archived = await self._archive.find(query).sort(order).to_list(limit)
+            live = await self._live.find(query).sort(order).to_list(limit)
+        # Read history first, then flight: an upload archived between the two reads is in both (the
+        # live copy wins), never in neither.
+        docs = {d["_id"]: d for d in archived} | {d["_id"]: d for d in live}
+        ranked = sorted(docs.values(), key=lambda d: str(d["_id"]))
+        ranked.sort(key=lambda d: d["created_at"], reverse=True)
+        return [UploadRecord.model_validate(d) for d in ranked[:limit]]
 
     async def find_by_publish_id(self, publish_id: str) -> UploadRecord | None:
         """The upload TikTok knows as `publish_id`, or None."""
-        with translate_errors("find an upload by publish_id"):
-            doc = await self._uploads.find_one({"publish_id": publish_id})
-        return UploadRecord.model_validate(doc) if doc is not None else None
+        query = {"publish_id": publish_id}
+        found = await self._find_one(self._live, query, what="find an upload by publish_id")
+        return found or await self._find_one(self._archive, query, what="find an upload by publish_id")
 
     async def claim_due_poll(self, now: datetime, lease_seconds: float) -> UploadRecord | None:
         """Lease one tracked upload whose poll is due and not leased by another replica.
 
         Tracked: not terminal, or `published` while the poller still watches it for its post ids
-        (it clears `poll_next_at` when it stops watching). Other terminal states are never polled.
+        (it clears `poll_next_at` when it stops watching). Other terminal states are never polled,
+        and nothing settled is ever in flight for long, so this scan stays small.
         """
         now = to_bson(now)
         due: Document = {
@@ -208,12 +242,14 @@ class MongoUploadStore:
         # a replica that loses the race for one candidate moves on to the next.
         with translate_errors("find due polls"):
             candidates = (
-                await self._uploads.find(due, {"_id": 1})
+                await self._live.find(due, {"_id": 1})
                 .sort([("poll_next_at", ASCENDING)])
                 .to_list(_CLAIM_BATCH)
             )
         for candidate in candidates:
-            claimed = await self._update({"_id": candidate["_id"], **due}, lease, what="claim a due poll")
+            claimed = await self._update(
+                {"_id": candidate["_id"], **due}, lease, what="claim a due poll", settled_too=False
+            )
             if claimed is not None:
                 return claimed
         return None
@@ -224,4 +260,38 @@ class MongoUploadStore:
             {"_id": request_id},
             {"$set": {"poll_next_at": to_bson(next_at), "poll_attempts": attempts, "poll_lease_until": None}},
             what="schedule a poll",
+            settled_too=False,
         )
+
+    async def archive_settled(self, now: datetime, *, grace_seconds: float, limit: int = 100) -> int:
+        """Move uploads settled and quiet for `grace_seconds` from flight to `uploads`; how many moved."""
+        cutoff = to_bson(now) - timedelta(seconds=grace_seconds)
+        settled: Document = {
+            "updated_at": {"$lt": cutoff},
+            "$or": [
+                {"state": {"$in": [s.value for s in UNPOLLED_STATES]}},
+                {"state": UploadState.PUBLISHED.value, "poll_next_at": None},
+            ],
+        }
+        with translate_errors("find settled uploads"):
+            candidates = await self._live.find(settled, {"_id": 1}).to_list(limit)
+        moved = 0
+        for candidate in candidates:
+            request_id = str(candidate["_id"])
+            if await self._guard.run(self._live_name, request_id, functools.partial(self._move, request_id)):
+                moved += 1
+        return moved
+
+    async def _move(self, request_id: str) -> bool:
+        """Copy the in-flight document to `uploads`, then delete exactly the version copied."""
+        with translate_errors("archive an upload"):
+            doc = await self._live.find_one({"_id": request_id})
+            if doc is None:
+                return False  # another replica moved it
+            try:
+                await self._archive.insert_one(doc)
+            except DuplicateKeyError:
+                # An earlier move copied an older version and then lost the race to a late write.
+                await self._archive.replace_one({"_id": request_id}, doc)
+        # A write since the read bumped rev: the delete misses, and the next sweep copies again.
+        return await self._delete_live(request_id, rev=int(doc.get(_REV, 0)))

@@ -5,7 +5,6 @@ On MongoDB it does nothing."""
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,11 +17,15 @@ from pymongo.errors import DuplicateKeyError
 
 from reelay_common.adapters.mongo.client import bson_now, is_ferretdb, translate_errors
 from reelay_common.domain.errors import RetryableError
+from reelay_common.domain.rules import Backoff
 from reelay_common.logging import get_logger
 
 log = get_logger("reelay_common.adapters.mongo.write_guard")
 
 _T = TypeVar("_T")
+
+# Waits for a busy lock: 2 ms doubling to 50 ms, spread +-50% so waiting writers do not collide again.
+_LOCK_BACKOFF = Backoff(0.002, 0.05, jitter=0.5)
 
 
 class WriteGuard:
@@ -74,7 +77,7 @@ class WriteGuard:
 
     async def _acquire(self, key: str, owner: str) -> None:
         deadline = time.monotonic() + self._timeout
-        delay = 0.002
+        waits = 0
         while True:
             now = bson_now()
             with translate_errors("take a write lock"):
@@ -90,8 +93,8 @@ class WriteGuard:
                     continue
             if time.monotonic() > deadline:
                 raise RetryableError(f"the write lock of {key} stayed busy for {self._timeout}s")
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311  # jitter, not security
-            delay = min(delay * 2, 0.05)
+            await asyncio.sleep(_LOCK_BACKOFF.sample(waits))
+            waits += 1
 
     async def run(self, collection: str, doc_id: str, write: Callable[[], Awaitable[_T]]) -> _T:
         """`await write()` while holding the document's write lock."""

@@ -35,6 +35,7 @@ from reelay_common.domain.errors import (
     UploadUrlExpiredError,
 )
 from reelay_common.domain.messages import PostInfo
+from reelay_common.domain.rules import parse_content_range
 from reelay_common.domain.tiktok import (
     CreatorInfo,
     InitResult,
@@ -90,9 +91,6 @@ _OAUTH_TRANSIENT: Final = frozenset({"server_error", "temporarily_unavailable"})
 _OAUTH_AUTH: Final = frozenset({"invalid_grant", "access_denied"})
 
 
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
-
-
 _UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/\d+\s*$", re.IGNORECASE)
 
 
@@ -121,17 +119,6 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-
-
-def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
-    """`bytes FIRST-LAST/TOTAL` as (first, last, total); total None for `*`; None if absent/bad."""
-    if value is None:
-        return None
-    m = _CONTENT_RANGE.match(value)
-    if m is None:
-        return None
-    total = None if m.group(3) == "*" else int(m.group(3))
-    return int(m.group(1)), int(m.group(2)), total
 
 
 def progress_from_content_range(value: str | None, *, sent_last: int | None = None) -> int | None:

@@ -16,6 +16,7 @@ from reelay_common.adapters.tiktok.client import AccessTokenInvalidError, TikTok
 from reelay_common.adapters.tiktok.upload import upload_chunks
 from reelay_common.domain.errors import InvalidInputError, RateLimitedError
 from reelay_common.domain.messages import PostInfo, UploadMode
+from reelay_common.domain.rules import Backoff
 from reelay_common.domain.tiktok import (
     CreatorInfo,
     FileUploadSourceInfo,
@@ -59,8 +60,7 @@ class TikTokGateway:
         self._tokens = tokens
         self._limiter = limiter
         self._max_429 = max_rate_limit_retries
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
+        self._backoff = Backoff(backoff_initial, backoff_max)
         self._upload_max_attempts = upload_max_attempts
         self._upload_backoff_initial = upload_backoff_initial
         self._sleep = sleep
@@ -160,10 +160,10 @@ class TikTokGateway:
                 rate_limited += 1
                 if rate_limited > self._max_429:
                     raise
-                delay = exc.retry_after
-                if delay is None:
-                    delay = self._backoff_initial * 2 ** (rate_limited - 1)
-                delay = min(delay, self._backoff_max)
+                if exc.retry_after is not None:
+                    delay = min(exc.retry_after, self._backoff.maximum)
+                else:
+                    delay = self._backoff.delay(rate_limited - 1)
                 log.info(
                     "tiktok_rate_limited",
                     account_id=account_id,

@@ -22,6 +22,7 @@ from reelay_common.domain.errors import (
     TransientTikTokError,
     UploadOutOfSyncError,
 )
+from reelay_common.domain.rules import Backoff
 from reelay_common.domain.tiktok import FileUploadSourceInfo
 from reelay_common.logging import get_logger
 from reelay_common.ports import ProgressCallback, VideoReader
@@ -80,6 +81,7 @@ async def upload_chunks(
         # A previous run saw every byte confirmed; there is nothing left to send.
         return
 
+    backoff = Backoff(backoff_initial, backoff_max)
     failures = 0  # consecutive transient failures of the current chunk
     resyncs = 0
     while True:
@@ -110,7 +112,7 @@ async def upload_chunks(
             if server == offset:
                 # The server agrees on the offset yet refused the range: most likely our previous
                 # PUT is still being received (TikTok takes one at a time). Give it a moment.
-                await sleep(min(backoff_max, backoff_initial * 2 ** (resyncs - 1)))
+                await sleep(backoff.delay(resyncs - 1))
             offset = await _advance(offset, server, on_progress)
             if offset >= total:
                 return
@@ -122,7 +124,7 @@ async def upload_chunks(
             if failures >= max_attempts:
                 log.warning("chunk_upload_gave_up", first=first, last=last, attempts=failures, code=exc.code)
                 raise
-            delay = min(backoff_max, backoff_initial * 2 ** (failures - 1))
+            delay = backoff.delay(failures - 1)
             if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
                 delay = min(backoff_max, max(delay, exc.retry_after))
             log.info(

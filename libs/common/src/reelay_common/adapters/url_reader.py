@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,6 +24,7 @@ import httpx
 from reelay_common.adapters.netguard import ensure_public_url
 from reelay_common.domain.errors import InvalidInputError, RetryableError
 from reelay_common.domain.messages import ALLOWED_CONTENT_TYPES, MAX_VIDEO_BYTES
+from reelay_common.domain.rules import SNIFF_BYTES, parse_content_range, sniff_video_type
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
@@ -38,39 +38,11 @@ _GONE_STATUSES = frozenset({404, 410})
 _OCTET_STREAM = frozenset({"application/octet-stream", "binary/octet-stream", ""})
 
 
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-
-
 _FILE_PIECE = 1024 * 1024  # bytes per read from a spooled file
-
-
-_SNIFF_BYTES = 64
-
-
-def sniff_video_type(head: bytes) -> str | None:
-    """The video content type that `head` (the file's first bytes) announces, if any we accept."""
-    # ISO base media (MP4, MOV): a box size, then "ftyp" and the major brand.
-    if len(head) >= 12 and head[4:8] == b"ftyp":
-        return "video/quicktime" if head[8:12] == b"qt  " else "video/mp4"
-    # Older QuickTime files may open with another atom than ftyp.
-    if len(head) >= 8 and head[4:8] in (b"moov", b"mdat", b"wide", b"free"):
-        return "video/quicktime"
-    # Matroska/WebM: the EBML magic number.
-    if head.startswith(b"\x1a\x45\xdf\xa3"):
-        return "video/webm"
-    return None
 
 
 def _media_type(header: str | None) -> str:
     return (header or "").split(";", 1)[0].strip().lower()
-
-
-def _parse_content_range(header: str | None) -> tuple[int, int, int | None] | None:
-    match = _CONTENT_RANGE.match((header or "").strip())
-    if match is None:
-        return None
-    total = None if match.group(3) == "*" else int(match.group(3))
-    return int(match.group(1)), int(match.group(2)), total
 
 
 def _status_error(status: int, url_host: str) -> Exception:
@@ -200,7 +172,7 @@ class UrlVideoReader:
             )
         self._size = size
         if content_type in _OCTET_STREAM:
-            head = b"".join([piece async for piece in self.stream(0, min(_SNIFF_BYTES, size))])
+            head = b"".join([piece async for piece in self.stream(0, min(SNIFF_BYTES, size))])
             sniffed = sniff_video_type(head)
             if sniffed is None:
                 raise InvalidInputError(
@@ -241,7 +213,7 @@ class UrlVideoReader:
                 raise _status_error(response.status_code, response.url.host)
             content_type = _media_type(response.headers.get("content-type"))
             if response.status_code == 206:
-                parsed = _parse_content_range(response.headers.get("content-range"))
+                parsed = parse_content_range(response.headers.get("content-range"))
                 if parsed is not None and parsed[2] is not None:
                     return parsed[2], content_type
             length = response.headers.get("content-length")
@@ -279,7 +251,7 @@ class UrlVideoReader:
         response = await self._send("GET", {"Range": f"bytes={offset}-{last}"})
         try:
             if response.status_code == 206:
-                parsed = _parse_content_range(response.headers.get("content-range"))
+                parsed = parse_content_range(response.headers.get("content-range"))
                 if (
                     parsed is None
                     or parsed[0] != offset

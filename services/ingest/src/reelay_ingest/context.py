@@ -1,40 +1,38 @@
-"""What a running ingest app holds: settings, policy, metrics, and the ports once started."""
+"""What the ingest routes reach through `request.app.state.context`: settings, ports, metrics."""
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from reelay_ingest.deps import IngestDeps, Policy
+from reelay_common.readiness import Check
+
+from reelay_ingest.deps import IngestDeps
 from reelay_ingest.observe import IngestMetrics
 from reelay_ingest.settings import IngestSettings
 
 
-@dataclass
-class Runtime:
-    """Per-app state, reachable from routes as `request.app.state.runtime`."""
+@dataclass(frozen=True)
+class AppContext:
+    """One ingest app's settings, handler deps, readiness checks and metrics."""
 
     settings: IngestSettings
-    policy: Policy
-    metrics: IngestMetrics
-    deps: IngestDeps | None = None
+    deps: IngestDeps
+    # name -> check; /readyz answers 200 only while every one returns True.
+    ready_checks: Mapping[str, Check]
+    metrics: IngestMetrics = field(default_factory=IngestMetrics)
     _api_keys: tuple[bytes, ...] = field(default=(), repr=False)
 
     @classmethod
-    def for_settings(cls, settings: IngestSettings) -> Runtime:
-        """A runtime for `settings`, not yet started."""
+    def of(cls, settings: IngestSettings, deps: IngestDeps, ready_checks: Mapping[str, Check]) -> AppContext:
+        """The context of an app serving `deps` as `settings` say."""
         return cls(
             settings=settings,
-            policy=Policy.from_settings(settings),
-            metrics=IngestMetrics(),
+            deps=deps,
+            ready_checks=ready_checks,
             _api_keys=tuple(k.get_secret_value().encode() for k in settings.api_keys),
         )
-
-    def ports(self) -> IngestDeps:
-        """The ports; only while the app's lifespan runs."""
-        if self.deps is None:
-            raise RuntimeError("the ingest app is not started (its lifespan has not run)")
-        return self.deps
 
     def api_key_valid(self, presented: str) -> bool:
         """Whether `presented` is one of the configured keys, compared in constant time."""

@@ -1,0 +1,225 @@
+"""Fakes of the Mongo-backed stores (ports.UploadStore, ports.AccountStore), kept in dicts.
+
+Written from the ports' contract, not from the adapters: the contract suites in
+tests/integration/platform run the same assertions on these and on the real stores.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from reelay_common.domain.messages import StateSource, UploadRequested
+from reelay_common.domain.records import AccountRecord, AccountStatus, UploadRecord
+from reelay_common.domain.states import TERMINAL_STATES, UploadState, can_transition
+
+from reelay_testing.roundtrip import as_stored, stored_now, to_millis
+
+# `published` stays claimable while the poller watches it for post ids (until it clears
+# poll_next_at); every other terminal state ends polling for good.
+_NEVER_POLLED = frozenset(TERMINAL_STATES - {UploadState.PUBLISHED})
+
+_FAKE_CIPHERTEXT = "fake-ciphertext"  # stands in for ciphertext, not a secret
+
+
+def _refuse_unsettable(fields: Mapping[str, Any]) -> None:
+    # Which fields are whose is the domain's word (the record's field roles), not the adapter's.
+    managed = sorted(set(fields) & UploadRecord.store_managed_fields())
+    if managed:
+        raise ValueError(f"these upload fields are managed by the store and cannot be set: {managed}")
+    unknown = sorted(set(fields) - UploadRecord.settable_fields())
+    if unknown:
+        raise ValueError(f"unknown upload fields: {unknown} (add them to UploadRecord first)")
+
+
+class FakeUploadStore:
+    """ports.UploadStore in a dict: guarded, forward-only, each call atomic (no await inside)."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, UploadRecord] = {}
+        # What archive_settled counted out of the work in flight (one dict here: nothing moves, and
+        # every read agrees, as the port promises).
+        self.archived: set[str] = set()
+
+    def _put(self, record: UploadRecord, changes: Mapping[str, Any]) -> UploadRecord:
+        """Store `record` with `changes` applied as a document would keep them; a copy of the result."""
+        merged = {**record.model_dump(by_alias=True), **as_stored(dict(changes))}
+        stored = UploadRecord.model_validate(merged)
+        self.records[stored.request_id] = stored
+        return stored.model_copy(deep=True)
+
+    async def create(self, cmd: UploadRequested, *, source: StateSource) -> tuple[UploadRecord, bool]:
+        """Keep a new `accepted` upload unless the request_id is known; (record, created)."""
+        existing = self.records.get(cmd.request_id)
+        if existing is not None:
+            return existing.model_copy(deep=True), False
+        new = UploadRecord.new(cmd, source=source, now=stored_now())
+        # Every field as a document keeps it (requested_at, the client's, loses its microseconds).
+        return self._put(new, new.model_dump(by_alias=True)), True
+
+    async def get(self, request_id: str) -> UploadRecord | None:
+        """The upload, or None."""
+        record = self.records.get(request_id)
+        return record.model_copy(deep=True) if record is not None else None
+
+    async def transition(
+        self,
+        request_id: str,
+        target: UploadState,
+        *,
+        source: StateSource,
+        detail: Mapping[str, Any] | None = None,
+        set_fields: Mapping[str, Any] | None = None,
+    ) -> UploadRecord | None:
+        """Move forward to `target` with `set_fields`; None if unknown, or already there or beyond."""
+        fields = dict(set_fields or {})
+        _refuse_unsettable(fields)
+        record = self.records.get(request_id)
+        if record is None or not can_transition(record.state, target):
+            return None
+        now = stored_now()
+        entry = {"state": target.value, "at": now, "source": source, "detail": as_stored(dict(detail or {}))}
+        history = [*as_stored([h.model_dump() for h in record.history]), entry]
+        return self._put(record, {**fields, "state": target.value, "updated_at": now, "history": history})
+
+    async def checkpoint(
+        self, request_id: str, fields: Mapping[str, Any], *, expect_state: UploadState | None = None
+    ) -> UploadRecord | None:
+        """Set `fields` without a state change (only while in `expect_state`, when given)."""
+        _refuse_unsettable(fields)
+        record = self.records.get(request_id)
+        if record is None or (expect_state is not None and record.state is not expect_state):
+            return None
+        return self._put(record, {**fields, "updated_at": stored_now()})
+
+    async def list(
+        self, *, account_id: str | None = None, state: UploadState | None = None, limit: int = 100
+    ) -> builtins.list[UploadRecord]:
+        """Uploads, newest first (ties by request_id), optionally for one account and/or one state."""
+        if not 1 <= limit <= 1000:
+            raise ValueError("limit must be between 1 and 1000")
+        found = [
+            r
+            for r in self.records.values()
+            if (account_id is None or r.account_id == account_id) and (state is None or r.state is state)
+        ]
+        found.sort(key=lambda r: r.request_id)
+        found.sort(key=lambda r: r.created_at, reverse=True)
+        return [r.model_copy(deep=True) for r in found[:limit]]
+
+    async def find_by_publish_id(self, publish_id: str) -> UploadRecord | None:
+        """The upload TikTok knows as `publish_id`, or None."""
+        for record in self.records.values():
+            if record.publish_id == publish_id:
+                return record.model_copy(deep=True)
+        return None
+
+    async def claim_due_poll(self, now: datetime, lease_seconds: float) -> UploadRecord | None:
+        """Lease the earliest due, tracked upload whose lease is free or expired."""
+        at = to_millis(now)
+        due = [
+            r
+            for r in self.records.values()
+            if r.poll_next_at is not None
+            and r.poll_next_at <= at
+            and r.state not in _NEVER_POLLED
+            and (r.poll_lease_until is None or r.poll_lease_until < at)
+        ]
+        if not due:
+            return None
+        record = min(due, key=lambda r: r.poll_next_at or at)
+        return self._put(record, {"poll_lease_until": now + timedelta(seconds=lease_seconds)})
+
+    async def schedule_poll(self, request_id: str, next_at: datetime, *, attempts: int) -> None:
+        """Set when to poll next and release the lease."""
+        record = self.records.get(request_id)
+        if record is not None:
+            self._put(record, {"poll_next_at": next_at, "poll_attempts": attempts, "poll_lease_until": None})
+
+    async def archive_settled(self, now: datetime, *, grace_seconds: float, limit: int = 100) -> int:
+        """Count out uploads settled (terminal, no longer watched) and quiet for `grace_seconds`."""
+        cutoff = to_millis(now - timedelta(seconds=grace_seconds))
+        moved = 0
+        for record in self.records.values():
+            settled = record.state in _NEVER_POLLED or (
+                record.state is UploadState.PUBLISHED and record.poll_next_at is None
+            )
+            if (
+                moved < limit
+                and settled
+                and record.updated_at < cutoff
+                and record.request_id not in self.archived
+            ):
+                self.archived.add(record.request_id)
+                moved += 1
+        return moved
+
+
+class FakeAccountStore:
+    """ports.AccountStore in a dict; the clear tokens live in `tokens`, never in the records."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, AccountRecord] = {}
+        self.tokens: dict[str, tuple[str, str]] = {}
+
+    async def upsert_tokens(
+        self,
+        account_id: str,
+        *,
+        open_id: str,
+        access_token: str,
+        expires_in: int,
+        refresh_token: str,
+        refresh_expires_in: int,
+        scopes: list[str],
+    ) -> AccountRecord:
+        """Keep a fresh grant (the account is created if new) and bump token_version."""
+        now = stored_now()
+        previous = self.records.get(account_id)
+        fresh = {
+            "open_id": open_id,
+            "scopes": list(scopes),
+            "access_token_enc": _FAKE_CIPHERTEXT,
+            "access_expires_at": now + timedelta(seconds=expires_in),
+            "refresh_token_enc": _FAKE_CIPHERTEXT,
+            "refresh_expires_at": now + timedelta(seconds=refresh_expires_in),
+            "status": AccountStatus.CONNECTED,
+            "updated_at": now,
+        }
+        if previous is None:
+            record = AccountRecord.model_validate(
+                {"_id": account_id, **fresh, "token_version": 1, "created_at": now}
+            )
+        else:
+            record = previous.model_copy(update={**fresh, "token_version": previous.token_version + 1})
+        self.records[account_id] = record
+        self.tokens[account_id] = (access_token, refresh_token)
+        return record.model_copy(deep=True)
+
+    async def get(self, account_id: str) -> AccountRecord | None:
+        """The account, or None."""
+        record = self.records.get(account_id)
+        return record.model_copy(deep=True) if record is not None else None
+
+    def add_connected(
+        self, account_id: str, *, open_id: str | None = None, scopes: Iterable[str] = ()
+    ) -> None:
+        """Test shortcut: a connected account with long-lived fake tokens."""
+        now = stored_now()
+        self.records[account_id] = AccountRecord.model_validate(
+            {
+                "_id": account_id,
+                "open_id": open_id or f"open-{account_id}",
+                "scopes": list(scopes) or ["user.info.basic", "video.publish", "video.upload"],
+                "access_token_enc": _FAKE_CIPHERTEXT,
+                "access_expires_at": now + timedelta(days=1),
+                "refresh_token_enc": _FAKE_CIPHERTEXT,
+                "refresh_expires_at": now + timedelta(days=365),
+                "token_version": 1,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        self.tokens[account_id] = (f"act.{account_id}", f"rft.{account_id}")

@@ -1,0 +1,148 @@
+"""The status-poller's composition root: settings -> infrastructure -> handler deps -> the consumer
+of publish events, the poll scheduler and the ops server, supervised until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
+from reelay_common.domain.messages import PUBLISH_EVENT_ADAPTER, PublishEvent, utcnow
+from reelay_common.domain.records import UploadRecord
+from reelay_common.logging import get_logger
+from reelay_common.runtime import Infrastructure, ops_server, run_service, supervise
+
+from reelay_status_poller.handlers import PollerDeps, PollOutcome, PollPolicy, handle_publish_event, poll_once
+from reelay_status_poller.scheduler import PollScheduler, archive_settled_uploads
+from reelay_status_poller.settings import PollerSettings
+
+log = get_logger("reelay_status_poller")
+
+APP_NAME = "reelay-status-poller"
+
+
+# One status/fetch may use this share of the lease (pacing wait included), so it always ends,
+# and its outcome is written, well before another replica could take the upload over.
+FETCH_SHARE_OF_LEASE = 0.6
+
+
+def policy_of(settings: PollerSettings) -> PollPolicy:
+    """The poll schedule the settings describe."""
+    return PollPolicy(
+        min_interval=settings.min_interval_seconds,
+        max_interval=settings.max_interval_seconds,
+        backoff_factor=settings.backoff_factor,
+        give_up_after=settings.give_up_after_seconds,
+        post_id_watch=settings.post_id_watch_seconds,
+        fetch_timeout=settings.lease_seconds * FETCH_SHARE_OF_LEASE,
+    )
+
+
+async def run(
+    settings: PollerSettings,
+    stop: asyncio.Event,
+    *,
+    on_ops_bound: Callable[[int], None] | None = None,
+    consumer_overrides: Mapping[str, Any] | None = None,
+) -> None:
+    """Consume publish events, poll due uploads and serve ops until `stop` is set; in-flight polls
+    and records finish (bounded), then everything is closed. `consumer_overrides` reach the Kafka
+    consumer (tests shorten its session timeouts)."""
+    async with Infrastructure.connect(
+        settings,
+        app_name=APP_NAME,
+        topics=[settings.topic_publish_events],
+        # The status topic is outbound only: nobody here consumes it, so it has no dead letters.
+        topics_without_dlq=[settings.topic_publish_status],
+    ) as infra:
+        policy = policy_of(settings)
+        deps = PollerDeps(
+            uploads=infra.uploads,
+            recorder=infra.recorder,
+            tiktok=infra.tiktok_gateway(
+                # A poll that would wait long for a status slot is rescheduled instead
+                # (RateLimitedError with retry_after), so it never sits on its lease.
+                max_wait_seconds=policy.fetch_timeout / 2,
+                # Same for TikTok's own 429: the scheduler's next poll is the retry.
+                max_rate_limit_retries=0,
+            ),
+            policy=policy,
+            clock=utcnow,
+        )
+
+        # The consumer loop binds topic/partition/offset and the message's ids to every log line.
+        async def on_publish_event(event: PublishEvent, _ctx: RecordContext) -> None:
+            await handle_publish_event(event, deps)
+
+        consumer: ConsumerLoop[PublishEvent] = ConsumerLoop(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=settings.consumer_group,
+            topic=settings.topic_publish_events,
+            decode=PUBLISH_EVENT_ADAPTER.validate_json,
+            handle=on_publish_event,
+            publisher=infra.publisher,
+            shutdown_grace_seconds=settings.shutdown_grace_seconds,
+            client_id=APP_NAME,
+            **(consumer_overrides or {}),
+        )
+
+        # The scheduler binds each poll's ids (its unit of work) to every log line.
+        async def poll(record: UploadRecord) -> PollOutcome:
+            return await poll_once(record, deps)
+
+        scheduler = PollScheduler(
+            uploads=infra.uploads,
+            poll=poll,
+            clock=utcnow,
+            lease_seconds=settings.lease_seconds,
+            concurrency=settings.scheduler_concurrency,
+            idle_sleep_seconds=settings.idle_sleep_seconds,
+            error_retry_seconds=settings.max_interval_seconds,
+            shutdown_grace_seconds=settings.shutdown_grace_seconds,
+        )
+
+        async def consumer_ready() -> bool:
+            return consumer.is_healthy()
+
+        async def scheduler_ready() -> bool:
+            return scheduler.is_healthy()
+
+        log.info(
+            "status_poller_started",
+            topic=settings.topic_publish_events,
+            group_id=settings.consumer_group,
+        )
+        try:
+            await supervise(
+                {
+                    "consumer": consumer.run,
+                    "scheduler": scheduler.run,
+                    "archiver": functools.partial(
+                        archive_settled_uploads,
+                        infra.uploads,
+                        clock=utcnow,
+                        grace_seconds=settings.archive_grace_seconds,
+                        interval_seconds=settings.archive_interval_seconds,
+                    ),
+                    "ops": ops_server(
+                        host=settings.ops_host,
+                        port=settings.ops_port,
+                        checks={
+                            **infra.ready_checks(),
+                            "consumer": consumer_ready,
+                            "scheduler": scheduler_ready,
+                        },
+                        on_bound=on_ops_bound,
+                    ),
+                },
+                stop,
+            )
+        finally:
+            log.info("status_poller_stopped")
+
+
+def main() -> None:
+    """Console entry point (`reelay-status-poller`)."""
+    run_service(APP_NAME, PollerSettings, run)
