@@ -6,12 +6,15 @@
 #   make down     stop what `make up` started
 #   make status   what runs, and whether it is healthy
 #   make test     lint (ruff, import contracts, deptry), type check, each package synced and imported
-#                 alone, unit + integration + e2e tests (starts and stops its own Kafka on 29092
-#                 and FerretDB on 27217 unless KAFKA_BOOTSTRAP_SERVERS / MONGODB_URI are set)
+#                 alone, unit + integration + e2e tests (starts and stops its own Kafka on 29092,
+#                 FerretDB on 27217 and SeaweedFS's S3 on 28333 unless
+#                 KAFKA_BOOTSTRAP_SERVERS / MONGODB_URI / S3_ENDPOINT_URL are set)
 #
 # Ports (env): KAFKA_PORT=9092 KAFKA_CONTROLLER_PORT=9093 FERRETDB_PORT=27017 SANDBOX_PORT=8100
 # INGEST_PORT=8000 UPLOADER_OPS_PORT=9101 POLLER_OPS_PORT=9102; TIKTOK_API_BASE_URL=http://host:port
 # points the stack at another TikTok endpoint (no sandbox is started). DEMO=0 skips the demo upload.
+# REELAY_BLOB_STORE=local (default) | s3 | gridfs; with s3 and no S3_ENDPOINT_URL, SeaweedFS is started
+# (SEAWEEDFS_S3_PORT=8333 SEAWEEDFS_MASTER_PORT=9333 SEAWEEDFS_VOLUME_PORT=8080 SEAWEEDFS_FILER_PORT=8888).
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -34,7 +37,7 @@ DEPTRY_MAP := reelay-common=reelay_common,reelay-testing=reelay_testing
 MYPY_PATHS := libs/common/src libs/testing/src services/ingest/src services/uploader/src services/status-poller/src \
               tools/tiktok-sandbox/src scripts
 
-.PHONY: help install venv kafka ferretdb up down status demo logs test lint format typecheck \
+.PHONY: help install venv kafka ferretdb seaweedfs up down status demo logs test lint format typecheck \
         test-python packages schemas k8s deploy-check clean
 
 help: ## list the targets
@@ -51,7 +54,12 @@ kafka: ## gather Apache Kafka from Maven Central into .cache/kafka
 ferretdb: ## build FerretDB from the Go module proxy into .cache/ferretdb
 	@$(ROOT)/scripts/infra/install-ferretdb.sh
 
+seaweedfs: ## build SeaweedFS (the S3 server of `make test`) from the Go module proxy into .cache/seaweedfs
+	@$(ROOT)/scripts/infra/install-seaweedfs.sh
+
 up: install ## start the whole stack in the background and run the demo
+	@if [ "$${REELAY_BLOB_STORE:-local}" = s3 ] && [ -z "$${S3_ENDPOINT_URL:-}" ]; then \
+	  $(ROOT)/scripts/infra/install-seaweedfs.sh; fi
 	@$(RUN) python $(ROOT)/scripts/stack.py up
 
 down: ## stop what `make up` started

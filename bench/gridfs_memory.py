@@ -18,8 +18,8 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable
 
 from gridfs import AsyncGridFSBucket
+from reelay_common.adapters.blobs.gridfs import GRIDFS_CHUNK_BYTES, GridFSBlobStore
 from reelay_common.adapters.mongo.client import connect
-from reelay_common.adapters.mongo.gridfs import GRIDFS_CHUNK_BYTES, GridFSBlobStore
 
 PIECE = 64 * 1024
 

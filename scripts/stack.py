@@ -4,7 +4,7 @@
     python scripts/stack.py down               stop what `up` started (SIGTERM, then SIGKILL)
     python scripts/stack.py status             one line per process
     python scripts/stack.py demo               upload a sample video and follow it to `published`
-    python scripts/stack.py test-infra up --dir D [--kafka] [--mongo]
+    python scripts/stack.py test-infra up --dir D [--kafka] [--mongo] [--s3]
     python scripts/stack.py test-infra down --dir D
 
 `down` and `status` need only the standard library, so they work before the venv exists.
@@ -60,6 +60,8 @@ async def cmd_up(args: argparse.Namespace) -> int:
     table = SystemProcessTable()
     target = cfg.tiktok_api_base_url
     say_stderr(f"up: Kafka {cfg.kafka_bootstrap_servers}, FerretDB {cfg.mongodb_uri}, TikTok API {target}")
+    blobs = cfg.s3_endpoint_url if cfg.blob_store == "s3" else cfg.data_dir / "blobs"
+    say_stderr(f"up: blob store {cfg.blob_store} ({'MongoDB' if cfg.blob_store == 'gridfs' else blobs})")
     await bring_up(cfg, c.stack_stages(cfg), table, say_stderr)
     account_id = None
     if not args.no_demo and env_flag(os.environ, "DEMO", True):
@@ -94,13 +96,16 @@ async def cmd_test_infra(args: argparse.Namespace) -> int:
     cfg = c.StackConfig.for_tests(ROOT, base, os.environ, python=sys.executable)
     table = SystemProcessTable()
     if args.action == "down":
-        ok = bring_down(cfg, [c.infra_specs_for_tests(cfg, kafka=True, mongo=True)], table, say_stderr)
+        every = c.infra_specs_for_tests(cfg, kafka=True, mongo=True, s3=True)
+        ok = bring_down(cfg, [every], table, say_stderr)
         return 0 if ok else 1
-    kafka, mongo = (args.kafka, args.mongo) if (args.kafka or args.mongo) else (True, True)
+    chosen = args.kafka or args.mongo or args.s3
+    kafka, mongo, s3 = (args.kafka, args.mongo, args.s3) if chosen else (True, True, False)
     wipe_test_infra(cfg, table, say_stderr)
-    say_stderr(f"test-infra: starting {'Kafka ' if kafka else ''}{'FerretDB' if mongo else ''} in {base}")
-    await bring_up(cfg, [c.infra_specs_for_tests(cfg, kafka=kafka, mongo=mongo)], table, say_stderr)
-    print(exports_for_tests(cfg, kafka=kafka, mongo=mongo), flush=True)
+    names = [name for name, wanted in (("Kafka", kafka), ("FerretDB", mongo), ("SeaweedFS", s3)) if wanted]
+    say_stderr(f"test-infra: starting {' '.join(names)} in {base}")
+    await bring_up(cfg, [c.infra_specs_for_tests(cfg, kafka=kafka, mongo=mongo, s3=s3)], table, say_stderr)
+    print(exports_for_tests(cfg, kafka=kafka, mongo=mongo, s3=s3), flush=True)
     return 0
 
 
@@ -119,11 +124,12 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("down", help="stop the stack").set_defaults(run=cmd_down)
     sub.add_parser("status", help="show what runs").set_defaults(run=cmd_status)
     sub.add_parser("demo", help="upload a sample video and follow it").set_defaults(run=cmd_demo)
-    ti = sub.add_parser("test-infra", help="Kafka + FerretDB for make test")
+    ti = sub.add_parser("test-infra", help="Kafka + FerretDB (+ SeaweedFS) for make test")
     ti.add_argument("action", choices=["up", "down"])
     ti.add_argument("--dir", required=True, type=_abs_path, help="data and run dir (wiped by `up`)")
     ti.add_argument("--kafka", action="store_true", help="start Kafka (default: both)")
     ti.add_argument("--mongo", action="store_true", help="start FerretDB (default: both)")
+    ti.add_argument("--s3", action="store_true", help="start SeaweedFS's S3 gateway (not in the default)")
     ti.set_defaults(run=cmd_test_infra)
     return p
 

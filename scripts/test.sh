@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The pytest part of `make test`: unit tests, then integration + e2e tests against real Kafka and
-# FerretDB. Unless KAFKA_BOOTSTRAP_SERVERS / MONGODB_URI point at running servers, it starts its own
-# (127.0.0.1:29092 and 127.0.0.1:27217, data in .cache/test-infra, wiped each run) and stops them on
-# exit, failure or interrupt. pytest's "no tests collected" (exit 5) counts as a failure.
+# The pytest part of `make test`: unit tests, then integration + e2e tests against real Kafka,
+# FerretDB and SeaweedFS (S3). Unless KAFKA_BOOTSTRAP_SERVERS / MONGODB_URI / S3_ENDPOINT_URL point at
+# running servers, it starts its own (127.0.0.1:29092, 127.0.0.1:27217 and S3 on 127.0.0.1:28333, data
+# in .cache/test-infra, wiped each run) and stops them on exit, failure or interrupt. pytest's "no tests collected" (exit 5) counts as a failure.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -33,6 +33,10 @@ stop_infra() {
 want=()
 [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ] || want+=(--kafka)
 [ -n "${MONGODB_URI:-}" ] || want+=(--mongo)
+if [ -z "${S3_ENDPOINT_URL:-}" ]; then
+  "$ROOT/scripts/infra/install-seaweedfs.sh"  # cached after the first build
+  want+=(--s3)
+fi
 if [ "${#want[@]}" -gt 0 ]; then
   # Two `make test` runs in one checkout would share the ports and data dir and wipe each other's
   # servers: the second waits for the first.
@@ -51,5 +55,5 @@ if [ "${#want[@]}" -gt 0 ]; then
   exports="$("${RUN[@]}" python scripts/stack.py test-infra up --dir "$TEST_INFRA_DIR" "${want[@]}")"
   eval "$exports"
 fi
-echo "test: integration and e2e tests (Kafka $KAFKA_BOOTSTRAP_SERVERS, Mongo $MONGODB_URI)" >&2
+echo "test: integration and e2e tests (Kafka $KAFKA_BOOTSTRAP_SERVERS, Mongo $MONGODB_URI, S3 $S3_ENDPOINT_URL)" >&2
 run_pytest tests/integration tests/e2e -q

@@ -129,3 +129,24 @@ async def kafka_publisher(kafka_bootstrap_servers: str) -> AsyncIterator[KafkaPu
         kafka_bootstrap_servers, client_id=f"reelay-tests-{uuid.uuid4().hex[:6]}"
     ) as pub:
         yield pub
+
+
+@pytest.fixture(scope="session")
+def s3_settings() -> dict[str, str]:
+    """An S3-compatible server for this session: S3_ENDPOINT_URL and its keys, as `make test` exports
+    them after starting its own SeaweedFS (scripts/stack.py test-infra up --s3)."""
+    endpoint = os.environ.get("S3_ENDPOINT_URL")
+    if not endpoint:
+        pytest.fail(
+            "S3_ENDPOINT_URL is not set. Run the tests with `make test` (which starts SeaweedFS), or "
+            "point S3_ENDPOINT_URL, REELAY_S3_ACCESS_KEY_ID, REELAY_S3_SECRET_ACCESS_KEY and "
+            "REELAY_S3_BUCKET at a running S3-compatible server.",
+            pytrace=False,
+        )
+    return {
+        "endpoint_url": endpoint,
+        "access_key_id": os.environ.get("REELAY_S3_ACCESS_KEY_ID", ""),
+        "secret_access_key": os.environ.get("REELAY_S3_SECRET_ACCESS_KEY", ""),
+        "bucket": os.environ.get("REELAY_S3_BUCKET", "reelay-test"),
+        "region": os.environ.get("REELAY_S3_REGION", "us-east-1"),
+    }

@@ -7,6 +7,7 @@ check every generated file and command line.
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,12 +21,21 @@ DEV_CLIENT_SECRET = "dev-client-secret"  # noqa: S105  # the documented local pl
 # Names are part of the operator contract: .run/<name>.pid and .run/<name>.log.
 KAFKA = "kafka"
 FERRETDB = "ferretdb"
+SEAWEEDFS = "seaweedfs"
 SANDBOX = "sandbox"
 INGEST = "ingest"
 UPLOADER = "uploader"
 STATUS_POLLER = "status-poller"
-INFRA_NAMES = (KAFKA, FERRETDB)
-ALL_NAMES = (KAFKA, FERRETDB, SANDBOX, INGEST, UPLOADER, STATUS_POLLER)
+INFRA_NAMES = (KAFKA, FERRETDB, SEAWEEDFS)
+ALL_NAMES = (KAFKA, FERRETDB, SEAWEEDFS, SANDBOX, INGEST, UPLOADER, STATUS_POLLER)
+
+# The local S3 server's one identity: requests are signed as in production, with these dev keys.
+DEV_S3_ACCESS_KEY = "reelay-dev-access-key"
+DEV_S3_SECRET_KEY = "reelay-dev-secret-key"  # noqa: S105  # a documented local placeholder
+DEV_S3_BUCKET = "reelay-videos"
+BLOB_STORES = ("local", "s3", "gridfs")
+SEAWEEDFS_VERSION = "v0.0.0-20261109003541-7506e5f91cd6"  # as scripts/infra/install-seaweedfs.sh
+GRPC_OFFSET = 10000  # SeaweedFS's gRPC port of each server: its HTTP port + 10000 (set explicitly)
 
 # Set in every process we start; together with a marker in its command line it tells our process
 # from an unrelated one that happens to have reused a pid.
@@ -36,12 +46,13 @@ class ConfigError(ValueError):
     """The environment asks for something the stack cannot do (bad port, clashing ports, ...)."""
 
 
-HealthKind = Literal["kafka", "mongo", "http"]
+HealthKind = Literal["kafka", "mongo", "http", "s3"]
 
 
 @dataclass(frozen=True)
 class Health:
-    """How to tell the process is ready: a Kafka metadata call, a Mongo ping or an HTTP 200."""
+    """How to tell the process is ready: a Kafka metadata call, a Mongo ping, an HTTP 200, or an S3
+    endpoint that lets the dev identity create the bucket and write to it."""
 
     kind: HealthKind
     target: str
@@ -106,10 +117,18 @@ class StackConfig:
     ingest_port: int = 8000
     uploader_ops_port: int = 9101
     poller_ops_port: int = 9102
+    s3_port: int = 8333
+    seaweedfs_master_port: int = 9333
+    seaweedfs_volume_port: int = 8080
+    seaweedfs_filer_port: int = 8888
+    blob_store: str = "local"
+    external_s3_url: str | None = None
+    s3_bucket: str = DEV_S3_BUCKET
     external_tiktok_url: str | None = None
     kafka_version: str = "4.1.1"
     kafka_heap: tuple[str, ...] = ("-Xms256m", "-Xmx512m")
     ferretdb_version: str = "v1.24.2"
+    seaweedfs_version: str = SEAWEEDFS_VERSION
     java: str = "java"
     client_key: str = DEV_CLIENT_KEY
     client_secret: str = DEV_CLIENT_SECRET
@@ -131,6 +150,14 @@ class StackConfig:
             ingest_port=parse_port(env, "INGEST_PORT", 8000),
             uploader_ops_port=parse_port(env, "UPLOADER_OPS_PORT", 9101),
             poller_ops_port=parse_port(env, "POLLER_OPS_PORT", 9102),
+            s3_port=parse_port(env, "SEAWEEDFS_S3_PORT", 8333),
+            seaweedfs_master_port=parse_port(env, "SEAWEEDFS_MASTER_PORT", 9333),
+            seaweedfs_volume_port=parse_port(env, "SEAWEEDFS_VOLUME_PORT", 8080),
+            seaweedfs_filer_port=parse_port(env, "SEAWEEDFS_FILER_PORT", 8888),
+            blob_store=parse_blob_store(env),
+            external_s3_url=parse_base_url(env, "S3_ENDPOINT_URL"),
+            s3_bucket=env.get("REELAY_S3_BUCKET") or DEV_S3_BUCKET,
+            seaweedfs_version=env.get("SEAWEEDFS_VERSION") or SEAWEEDFS_VERSION,
             external_tiktok_url=parse_base_url(env, "TIKTOK_API_BASE_URL"),
             kafka_version=env.get("KAFKA_VERSION") or "4.1.1",
             kafka_heap=tuple((env.get("KAFKA_HEAP_OPTS") or "-Xms256m -Xmx512m").split()),
@@ -154,6 +181,13 @@ class StackConfig:
             kafka_port=parse_port(env, "TEST_KAFKA_PORT", 29092),
             kafka_controller_port=parse_port(env, "TEST_KAFKA_CONTROLLER_PORT", 29093),
             ferretdb_port=parse_port(env, "TEST_FERRETDB_PORT", 27217),
+            s3_port=parse_port(env, "TEST_S3_PORT", 28333),
+            seaweedfs_master_port=parse_port(env, "TEST_SEAWEEDFS_MASTER_PORT", 29333),
+            seaweedfs_volume_port=parse_port(env, "TEST_SEAWEEDFS_VOLUME_PORT", 28080),
+            seaweedfs_filer_port=parse_port(env, "TEST_SEAWEEDFS_FILER_PORT", 28888),
+            blob_store="s3",  # SeaweedFS is part of the test infrastructure (started with --s3)
+            s3_bucket="reelay-test",
+            seaweedfs_version=env.get("SEAWEEDFS_VERSION") or SEAWEEDFS_VERSION,
             kafka_version=env.get("KAFKA_VERSION") or "4.1.1",
             kafka_heap=tuple((env.get("KAFKA_HEAP_OPTS") or "-Xms256m -Xmx512m").split()),
             ferretdb_version=env.get("FERRETDB_VERSION") or "v1.24.2",
@@ -177,6 +211,27 @@ class StackConfig:
     def mongodb_uri(self) -> str:
         """Where clients reach FerretDB."""
         return f"mongodb://{self.host}:{self.ferretdb_port}"
+
+    @property
+    def s3_endpoint_url(self) -> str:
+        """Where clients reach S3: S3_ENDPOINT_URL if set, else the local SeaweedFS."""
+        return self.external_s3_url or f"http://{self.host}:{self.s3_port}"
+
+    @property
+    def runs_seaweedfs(self) -> bool:
+        """`make up` starts SeaweedFS only when the blob store is s3 and no S3_ENDPOINT_URL is given."""
+        return self.blob_store == "s3" and self.external_s3_url is None
+
+    @property
+    def seaweedfs_ports(self) -> tuple[int, ...]:
+        """Every port SeaweedFS listens on: each server's HTTP port and its gRPC port."""
+        http = (
+            self.s3_port,
+            self.seaweedfs_master_port,
+            self.seaweedfs_volume_port,
+            self.seaweedfs_filer_port,
+        )
+        return (*http, *(p + GRPC_OFFSET for p in http))
 
     @property
     def sandbox_url(self) -> str:
@@ -216,8 +271,13 @@ class StackConfig:
         """The binary built by scripts/infra/install-ferretdb.sh."""
         return self.root / ".cache" / "ferretdb" / self.ferretdb_version / "bin" / "ferretdb"
 
+    @property
+    def seaweedfs_bin(self) -> Path:
+        """The binary built by scripts/infra/install-seaweedfs.sh."""
+        return self.root / ".cache" / "seaweedfs" / self.seaweedfs_version / "bin" / "weed"
+
     def ports_by_name(self) -> dict[str, tuple[int, ...]]:
-        """Every port each process listens on."""
+        """Every port each process listens on (SeaweedFS's only when this stack runs it)."""
         return {
             KAFKA: (self.kafka_port, self.kafka_controller_port),
             FERRETDB: (self.ferretdb_port,),
@@ -225,7 +285,7 @@ class StackConfig:
             INGEST: (self.ingest_port,),
             UPLOADER: (self.uploader_ops_port,),
             STATUS_POLLER: (self.poller_ops_port,),
-        }
+        } | ({SEAWEEDFS: self.seaweedfs_ports} if self.runs_seaweedfs else {})
 
     def check_ports(self, names: tuple[str, ...] = ALL_NAMES) -> None:
         """Refuse two processes configured on one port."""
@@ -237,6 +297,14 @@ class StackConfig:
                 if port in seen:
                     raise ConfigError(f"{name} and {seen[port]} are both configured on port {port}")
                 seen[port] = name
+
+
+def parse_blob_store(env: Mapping[str, str]) -> str:
+    """REELAY_BLOB_STORE for `make up`: local (its default), s3 or gridfs."""
+    raw = (env.get("REELAY_BLOB_STORE") or "local").strip()
+    if raw not in BLOB_STORES:
+        raise ConfigError(f"REELAY_BLOB_STORE must be one of {', '.join(BLOB_STORES)}, got {raw!r}")
+    return raw
 
 
 def first_api_key(raw: str | None) -> str | None:
@@ -360,9 +428,72 @@ def ferretdb_spec(cfg: StackConfig) -> ProcessSpec:
     )
 
 
+def s3_identities_json() -> str:
+    """SeaweedFS's `-s3.config`: one identity with the dev keys, so every request is signed."""
+    identity = {
+        "name": "reelay",
+        "credentials": [{"accessKey": DEV_S3_ACCESS_KEY, "secretKey": DEV_S3_SECRET_KEY}],
+        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+    }
+    return json.dumps({"identities": [identity]}, indent=2) + "\n"
+
+
+def seaweedfs_spec(cfg: StackConfig) -> ProcessSpec:
+    """SeaweedFS (master, volume, filer and the S3 gateway in one process) on `cfg.host` only."""
+    data = cfg.data_dir / SEAWEEDFS
+    identities = cfg.run_dir / "conf" / SEAWEEDFS / "s3.json"
+    dir_flag = f"-dir={data}"
+    grpc = GRPC_OFFSET
+    return ProcessSpec(
+        name=SEAWEEDFS,
+        argv=(
+            str(cfg.seaweedfs_bin),
+            "server",
+            dir_flag,
+            f"-ip={cfg.host}",
+            f"-ip.bind={cfg.host}",
+            f"-master.port={cfg.seaweedfs_master_port}",
+            f"-master.port.grpc={cfg.seaweedfs_master_port + grpc}",
+            f"-volume.port={cfg.seaweedfs_volume_port}",
+            f"-volume.port.grpc={cfg.seaweedfs_volume_port + grpc}",
+            f"-filer.port={cfg.seaweedfs_filer_port}",
+            f"-filer.port.grpc={cfg.seaweedfs_filer_port + grpc}",
+            "-s3",
+            f"-s3.port={cfg.s3_port}",
+            f"-s3.port.grpc={cfg.s3_port + grpc}",
+            f"-s3.config={identities}",
+            # Off: the Iceberg and Lance catalogs would take 8181 and 9101 (the uploader's ops port).
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.volumeSizeLimitMB=1024",  # a laptop's disk: small volumes, grown on demand
+        ),
+        env={STACK_ID_ENV: cfg.stack_id},
+        marker=dir_flag,
+        ports=cfg.seaweedfs_ports,
+        health=Health("s3", f"{cfg.s3_endpoint_url}/{cfg.s3_bucket}", 90.0),  # the bucket's path-style URL
+        stop_timeout_seconds=15.0,
+        files={identities: s3_identities_json()},
+        dirs=(data,),
+    )
+
+
+def blob_env(cfg: StackConfig) -> dict[str, str]:
+    """What the services are told about the blob store `make up` runs with (REELAY_BLOB_STORE)."""
+    env = {"REELAY_BLOB_STORE": cfg.blob_store, "REELAY_BLOB_DIR": str(cfg.data_dir / "blobs")}
+    if cfg.runs_seaweedfs:
+        env |= {
+            "S3_ENDPOINT_URL": cfg.s3_endpoint_url,
+            "REELAY_S3_BUCKET": cfg.s3_bucket,
+            "REELAY_S3_ACCESS_KEY_ID": DEV_S3_ACCESS_KEY,
+            "REELAY_S3_SECRET_ACCESS_KEY": DEV_S3_SECRET_KEY,
+        }
+    return env
+
+
 def service_env(cfg: StackConfig) -> dict[str, str]:
-    """What every Reelay service is told: where Kafka, Mongo and TikTok are, and its own ports."""
+    """What every Reelay service is told: where Kafka, Mongo, TikTok and the blobs are, and its own ports."""
     return {
+        **blob_env(cfg),
         STACK_ID_ENV: cfg.stack_id,
         "KAFKA_BOOTSTRAP_SERVERS": cfg.kafka_bootstrap_servers,
         "MONGODB_URI": cfg.mongodb_uri,
@@ -446,16 +577,22 @@ def service_specs(cfg: StackConfig) -> list[ProcessSpec]:
 def stack_stages(cfg: StackConfig) -> list[list[ProcessSpec]]:
     """`make up` in stages: each stage starts together and must be healthy before the next."""
     first = [kafka_spec(cfg), ferretdb_spec(cfg)]
+    if cfg.runs_seaweedfs:
+        first.append(seaweedfs_spec(cfg))
     if cfg.runs_sandbox:
         first.append(sandbox_spec(cfg))
     return [first, service_specs(cfg)]
 
 
-def infra_specs_for_tests(cfg: StackConfig, *, kafka: bool, mongo: bool) -> list[ProcessSpec]:
-    """The Kafka and/or FerretDB that `make test` needs."""
+def infra_specs_for_tests(
+    cfg: StackConfig, *, kafka: bool, mongo: bool, s3: bool = False
+) -> list[ProcessSpec]:
+    """The Kafka, FerretDB and/or SeaweedFS that `make test` needs."""
     specs = []
     if kafka:
         specs.append(kafka_spec(cfg))
     if mongo:
         specs.append(ferretdb_spec(cfg))
+    if s3:
+        specs.append(seaweedfs_spec(cfg))
     return specs

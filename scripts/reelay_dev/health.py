@@ -1,4 +1,4 @@
-"""Readiness checks: a Kafka metadata call, a Mongo ping, an HTTP 200 on /healthz.
+"""Readiness checks: a Kafka metadata call, a Mongo ping, an HTTP 200 on /healthz, a writable S3 bucket.
 
 Third-party clients are imported inside the checks so that `make down` and `make status` run on a
 bare Python (before the workspace venv exists) without them.
@@ -11,7 +11,7 @@ import contextlib
 import logging
 import socket
 
-from .config import Health
+from .config import DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY, Health
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -76,10 +76,60 @@ async def http_ok(url: str) -> bool:
         return False
 
 
+async def s3_bucket_ready(bucket_url: str) -> bool:
+    """True when the dev identity can create (or already owns) the bucket and write to it.
+
+    Creating the bucket here is what makes a fresh SeaweedFS usable: it has no bucket of its own.
+    Every request is signed with the dev keys its `-s3.config` names.
+    """
+    endpoint, _, bucket = bucket_url.rpartition("/")
+    host, port = _host_port(endpoint.split("://", 1)[1])
+    if not await asyncio.to_thread(port_open, host, port):
+        return False
+    from aiobotocore.config import AioConfig  # lazy: not needed by down/status
+    from aiobotocore.session import get_session
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    config = AioConfig(
+        s3={"addressing_style": "path"},
+        retries={"max_attempts": 1},
+        connect_timeout=3,
+        read_timeout=10,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    creator = get_session().create_client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=DEV_S3_ACCESS_KEY,
+        aws_secret_access_key=DEV_S3_SECRET_KEY,
+        config=config,
+    )
+    try:
+        async with creator as client:
+            try:
+                await client.create_bucket(Bucket=bucket)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in (
+                    "BucketAlreadyOwnedByYou",
+                    "BucketAlreadyExists",
+                ):
+                    return False
+            # The filer and a volume must be up too: a bucket alone does not prove writes work.
+            await client.put_object(Bucket=bucket, Key=".reelay-ready", Body=b"ok")
+            await client.delete_object(Bucket=bucket, Key=".reelay-ready")
+            return True
+    except (BotoCoreError, ClientError, OSError):
+        return False
+
+
 async def check(health: Health) -> bool:
     """Run one readiness check."""
     if health.kind == "kafka":
         return await kafka_ready(health.target)
     if health.kind == "mongo":
         return await mongo_ready(health.target)
+    if health.kind == "s3":
+        return await s3_bucket_ready(health.target)
     return await http_ok(health.target)

@@ -59,6 +59,10 @@ def check_installed(cfg: StackConfig, specs: Sequence[ProcessSpec]) -> None:
         raise StackError(
             f"FerretDB is not built at {cfg.ferretdb_bin}: run scripts/infra/install-ferretdb.sh"
         )
+    if c.SEAWEEDFS in names and not cfg.seaweedfs_bin.exists():
+        raise StackError(
+            f"SeaweedFS is not built at {cfg.seaweedfs_bin}: run scripts/infra/install-seaweedfs.sh"
+        )
 
 
 def find_running(cfg: StackConfig, spec: ProcessSpec, table: ProcessTable, say: Say) -> int | None:
@@ -172,6 +176,9 @@ def all_stages(cfg: StackConfig) -> list[list[ProcessSpec]]:
     if not cfg.runs_sandbox:
         # The sandbox may be left from an earlier `make up` without the override: stop it too.
         stages[0].append(c.sandbox_spec(cfg))
+    if not cfg.runs_seaweedfs:
+        # Likewise SeaweedFS, from an earlier `make up` with REELAY_BLOB_STORE=s3.
+        stages[0].append(c.seaweedfs_spec(cfg))
     return stages
 
 
@@ -198,19 +205,26 @@ def summary_block(cfg: StackConfig, account_id: str | None) -> str:
     return "\n".join(lines)
 
 
-def exports_for_tests(cfg: StackConfig, *, kafka: bool, mongo: bool) -> str:
+def exports_for_tests(cfg: StackConfig, *, kafka: bool, mongo: bool, s3: bool = False) -> str:
     """Shell `export` lines that point the tests at the test infrastructure."""
     lines = []
     if kafka:
         lines.append(f"export KAFKA_BOOTSTRAP_SERVERS={cfg.kafka_bootstrap_servers}")
     if mongo:
         lines.append(f"export MONGODB_URI={cfg.mongodb_uri}")
+    if s3:
+        lines += [
+            f"export S3_ENDPOINT_URL={cfg.s3_endpoint_url}",
+            f"export REELAY_S3_BUCKET={cfg.s3_bucket}",
+            f"export REELAY_S3_ACCESS_KEY_ID={c.DEV_S3_ACCESS_KEY}",
+            f"export REELAY_S3_SECRET_ACCESS_KEY={c.DEV_S3_SECRET_KEY}",
+        ]
     return "\n".join(lines)
 
 
 def wipe_test_infra(cfg: StackConfig, table: ProcessTable, say: Say) -> None:
     """Stop what an interrupted earlier run left, then delete its data (each run starts empty)."""
-    specs = c.infra_specs_for_tests(cfg, kafka=True, mongo=True)
+    specs = c.infra_specs_for_tests(cfg, kafka=True, mongo=True, s3=True)
     bring_down(cfg, [specs], table, say)
     for path in (cfg.data_dir, cfg.run_dir):
         shutil.rmtree(path, ignore_errors=True)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from reelay_common.adapters.mongo.gridfs import GridFSBlobStore
+from reelay_common.adapters.blobs.gridfs import GridFSBlobStore
 from reelay_common.adapters.mongo.uploads import MongoUploadStore
 from reelay_common.domain.messages import (
     BlobSource,

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
+from reelay_common.adapters.blobs.gridfs import GRIDFS_CHUNK_BYTES, GridFSBlobStore
 from reelay_common.adapters.mongo.client import connect, ensure_indexes, ping
-from reelay_common.adapters.mongo.gridfs import GRIDFS_CHUNK_BYTES, GridFSBlobStore
 from reelay_common.domain.errors import InvalidInputError
 from reelay_common.domain.messages import BlobSource
 from reelay_testing.blobs import FakeBlobStore

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo.asynchronous.database import AsyncDatabase
+from reelay_common.adapters.blobs import open_blob_store
 from reelay_common.adapters.crypto import TokenCipher
 from reelay_common.adapters.kafka.publisher import KafkaPublisher
 from reelay_common.adapters.mongo.accounts import MongoAccountStore
@@ -26,6 +27,7 @@ from reelay_common.domain.messages import DeadLetter, UploadRequested, VideoUplo
 from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_testing.kafka import read_topic
+from reelay_testing.readers import aiter_bytes
 from reelay_testing.waiting import eventually
 from reelay_uploader.main import run
 from reelay_uploader.settings import UploaderSettings
@@ -385,3 +387,43 @@ class TestUploaderMetrics:
         ]
         assert lags
         assert all(v == 0 for v in lags)
+
+
+class TestBlobSources:
+    @pytest.mark.parametrize("kind", ["local", "s3", "gridfs"])
+    async def test_a_file_streamed_into_the_configured_store_is_sent_whole_then_deleted(
+        self, env: Env, kind: str, request: pytest.FixtureRequest, mongo_db: AsyncDatabase[dict[str, Any]]
+    ) -> None:
+        overrides: dict[str, Any] = {"blob_store": kind, "blob_dir": env.tmp / "blobs"}
+        if kind == "s3":
+            s3: dict[str, str] = request.getfixturevalue("s3_settings")
+            overrides |= {
+                "s3_endpoint_url": s3["endpoint_url"],
+                "s3_bucket": s3["bucket"],
+                "s3_prefix": f"it-uploader/{uuid.uuid4().hex[:10]}/",
+                "s3_access_key_id": s3["access_key_id"] or None,
+                "s3_secret_access_key": s3["secret_access_key"] or None,
+            }
+        settings = UploaderSettings.model_validate({**env.settings.model_dump(), **overrides})
+        _, path = env.video(12 * MB, seed=7)
+        async with AsyncExitStack() as stack:
+            blobs = await open_blob_store(settings, stack, db=mongo_db)
+            source = await blobs.save(
+                aiter_bytes(path.read_bytes()), filename="clip.mp4", content_type="video/mp4", max_bytes=10**9
+            )
+            cmd = UploadRequested.model_validate(
+                {**env.request("https://unused.example/x.mp4").model_dump(), "source": source.model_dump()}
+            )
+            async with uploader(settings):
+                await env.send(cmd)
+                record = await env.wait_state(cmd.request_id, UploadState.UPLOADED)
+                await eventually(
+                    lambda: _gone(blobs.stat(source.blob_id)), timeout=30, what="the blob to be deleted"
+                )
+        [publish] = env.publishes()
+        assert publish.publish_id == record.publish_id
+        assert publish.sha256 == sha256_of(path) == source.sha256
+
+
+async def _gone(stat: Awaitable[object | None]) -> bool:
+    return await stat is None

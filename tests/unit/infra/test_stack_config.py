@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,68 @@ class TestTestInfrastructure:
     def test_its_ports_move_by_env(self, tmp_path: Path) -> None:
         cfg = c.StackConfig.for_tests(ROOT, tmp_path, {"TEST_KAFKA_PORT": "39092"}, python="py")
         assert cfg.kafka_bootstrap_servers == "127.0.0.1:39092"
+
+
+class TestSeaweedFS:
+    def test_make_up_runs_it_only_for_the_s3_blob_store_without_an_endpoint(self) -> None:
+        def names(env: dict[str, str]) -> list[str]:
+            return [s.name for s in c.stack_stages(cfg_from(env))[0]]
+
+        assert c.SEAWEEDFS not in names({})
+        assert c.SEAWEEDFS not in names({"REELAY_BLOB_STORE": "gridfs"})
+        assert c.SEAWEEDFS in names({"REELAY_BLOB_STORE": "s3"})
+        assert c.SEAWEEDFS not in names(
+            {"REELAY_BLOB_STORE": "s3", "S3_ENDPOINT_URL": "http://s3.example:9000"}
+        )
+
+    def test_a_blob_store_that_does_not_exist_is_refused(self) -> None:
+        with pytest.raises(c.ConfigError, match="REELAY_BLOB_STORE must be one of local, s3, gridfs"):
+            cfg_from({"REELAY_BLOB_STORE": "ftp"})
+
+    def test_services_are_told_the_blob_store_and_for_s3_its_signed_endpoint(self) -> None:
+        local = c.service_env(cfg_from({}))
+        assert local["REELAY_BLOB_STORE"] == "local"
+        assert local["REELAY_BLOB_DIR"].endswith("/.run/data/blobs")
+        assert "S3_ENDPOINT_URL" not in local
+        s3 = c.service_env(cfg_from({"REELAY_BLOB_STORE": "s3"}))
+        assert s3["S3_ENDPOINT_URL"] == "http://127.0.0.1:8333"
+        assert (s3["REELAY_S3_ACCESS_KEY_ID"], s3["REELAY_S3_SECRET_ACCESS_KEY"]) == (
+            c.DEV_S3_ACCESS_KEY,
+            c.DEV_S3_SECRET_KEY,
+        )
+
+    def test_one_process_on_loopback_with_its_s3_identity_and_every_port_named(self, tmp_path: Path) -> None:
+        env = {
+            "TEST_S3_PORT": "18333",
+            "TEST_SEAWEEDFS_MASTER_PORT": "19333",
+            "TEST_SEAWEEDFS_VOLUME_PORT": "18080",
+            "TEST_SEAWEEDFS_FILER_PORT": "18888",
+        }
+        cfg = c.StackConfig.for_tests(ROOT, tmp_path, env, python="py")
+        spec = c.seaweedfs_spec(cfg)
+        argv = spec.argv
+        assert argv[0].endswith("/.cache/seaweedfs/" + c.SEAWEEDFS_VERSION + "/bin/weed")
+        assert argv[1] == "server"
+        for flag in ("-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3", "-s3.port=18333", "-master.port=19333"):
+            assert flag in argv
+        assert "-volume.port.grpc=28080" in argv  # gRPC ports set, not left to clash with another stack
+        assert {"-s3.port.iceberg=0", "-s3.port.lance=0"} <= set(argv)  # 9101 is the uploader's ops port
+        assert spec.ports == (18333, 19333, 18080, 18888, 28333, 29333, 28080, 28888)
+        assert spec.health == c.Health("s3", "http://127.0.0.1:18333/reelay-test", 90.0)
+        identities = json.loads(next(iter(spec.files.values())))
+        assert identities["identities"][0]["credentials"] == [
+            {"accessKey": c.DEV_S3_ACCESS_KEY, "secretKey": c.DEV_S3_SECRET_KEY}
+        ]
+        assert next(a for a in argv if a.startswith("-s3.config=")).endswith("/run/conf/seaweedfs/s3.json")
+
+    def test_test_infra_starts_it_on_request_and_exports_its_endpoint(self, tmp_path: Path) -> None:
+        from reelay_dev.orchestrate import exports_for_tests
+
+        cfg = c.StackConfig.for_tests(ROOT, tmp_path, {}, python="py")
+        assert [s.name for s in c.infra_specs_for_tests(cfg, kafka=False, mongo=False, s3=True)] == [
+            "seaweedfs"
+        ]
+        exports = exports_for_tests(cfg, kafka=False, mongo=False, s3=True).splitlines()
+        assert "export S3_ENDPOINT_URL=http://127.0.0.1:28333" in exports
+        assert "export REELAY_S3_BUCKET=reelay-test" in exports
+        assert f"export REELAY_S3_ACCESS_KEY_ID={c.DEV_S3_ACCESS_KEY}" in exports

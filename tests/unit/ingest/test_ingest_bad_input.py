@@ -6,7 +6,12 @@ import json
 from typing import Any
 
 import pytest
-from reelay_common.domain.errors import AuthExpiredError, RateLimitedError, TikTokRejectedError
+from reelay_common.domain.errors import (
+    AuthExpiredError,
+    RateLimitedError,
+    StorageFullError,
+    TikTokRejectedError,
+)
 
 from tests.unit.ingest.ingest_fakes import (
     ACCOUNT,
@@ -370,6 +375,22 @@ class TestSize:
             assert resp.status_code == 413
             assert error_of(resp)["code"] == "too_large"
             ingest.assert_nothing_changed()
+
+    async def test_a_full_blob_store_is_507_with_retry_after_and_nothing_is_kept(
+        self, ingest: IngestApp, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        async def full(chunks: Any, **_kwargs: Any) -> Any:
+            async for _ in chunks:
+                raise StorageFullError("the blob store's budget is used up", code="storage_full")
+            raise AssertionError("the file had no bytes")
+
+        monkeypatch.setattr(ingest.blobs, "save", full)
+        resp = await ingest.post_file(mp4_bytes(50_000))
+
+        assert resp.status_code == 507
+        assert error_of(resp)["code"] == "storage_full"
+        assert int(resp.headers["Retry-After"]) >= 1
+        ingest.assert_nothing_changed()
 
     async def test_a_file_at_the_limit_is_accepted(self) -> None:
         async with running(make_settings(max_upload_bytes=100_000)) as ingest:

@@ -65,6 +65,8 @@ class TestNewDocument:
             "size": 10,
             "content_type": "video/mp4",
             "filename": None,
+            "store": None,  # absent: a message from before the blob stores (GridFS)
+            "sha256": None,
         }
         assert doc["post_info"]["privacy_level"] == "SELF_ONLY"
         assert doc["history"] == [{"state": "accepted", "at": NOW, "source": "ingest", "detail": {}}]

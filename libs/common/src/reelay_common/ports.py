@@ -1,18 +1,26 @@
 """The small ports handlers talk to. Handlers import these, never aiokafka, httpx or pymongo.
 
-Real adapters live beside them in libs/common (kafka.py, mongo.py, tiktok/); in-memory fakes live
-in `reelay_common.testing`, checked against the real ones by the same contract tests.
+Real adapters live in `reelay_common.adapters` (kafka/, mongo/, blobs/, tiktok/); in-memory fakes
+live in the dev-only `reelay_testing`, checked against the real ones by the same contract tests.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
-from reelay_common.domain.messages import PostInfo, StateSource, UploadMode, UploadRequested
+from reelay_common.domain.messages import (
+    BlobSource,
+    BlobStoreKind,
+    PostInfo,
+    StateSource,
+    UploadMode,
+    UploadRequested,
+)
 from reelay_common.domain.records import AccountRecord, UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import (
@@ -154,6 +162,49 @@ class VideoReader(Protocol):
 
     def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
         """Yield exactly `length` bytes starting at `offset`, in pieces of bounded size."""
+        ...
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """What a blob store knows of one stored file."""
+
+    blob_id: str
+    size: int
+
+
+class BlobStore(Protocol):
+    """Where files streamed into ingest wait for the uploader: written once, read by range, deleted.
+
+    Errors: `save` raises InvalidInputError code "too_large" past `max_bytes` (also "empty",
+    "unsupported_media_type") and StorageFullError when the store's own budget is used up; after
+    any failure (the source raising mid-way or the task cancelled included) nothing is kept.
+    `open` raises InvalidInputError code "blob_not_found" for a missing blob (and
+    "blob_size_mismatch", "blob_store_mismatch", "invalid_blob_id"). Database, disk or network
+    trouble is a RetryableError.
+    """
+
+    @property
+    def kind(self) -> BlobStoreKind:
+        """Which store this is (recorded in every BlobSource it returns)."""
+        ...
+
+    async def save(
+        self, chunks: AsyncIterable[bytes], *, filename: str | None, content_type: str, max_bytes: int
+    ) -> BlobSource:
+        """Stream `chunks` into a new blob under a generated id; returns its id, size and sha256."""
+        ...
+
+    async def open(self, source: BlobSource) -> VideoReader:
+        """A ranged streaming reader of a stored blob (checked to exist with the recorded size)."""
+        ...
+
+    async def stat(self, blob_id: str) -> BlobInfo | None:
+        """The stored blob's size, or None when there is no such blob."""
+        ...
+
+    async def delete(self, blob_id: str) -> None:
+        """Delete a blob; deleting one that is already gone is fine."""
         ...
 
 

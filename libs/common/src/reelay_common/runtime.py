@@ -21,12 +21,12 @@ from pydantic import ValidationError
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from reelay_common.adapters.blobs import open_blob_store
 from reelay_common.adapters.crypto import TokenCipher
 from reelay_common.adapters.kafka.publisher import KafkaPublisher
 from reelay_common.adapters.kafka.topics import ensure_topics
 from reelay_common.adapters.mongo.accounts import MongoAccountStore
 from reelay_common.adapters.mongo.client import connect, ensure_indexes, ping
-from reelay_common.adapters.mongo.gridfs import GridFSBlobStore
 from reelay_common.adapters.mongo.rate_limits import MongoRateLimiter
 from reelay_common.adapters.mongo.uploads import MongoUploadStore
 from reelay_common.adapters.ops_server import serve_ops
@@ -34,6 +34,7 @@ from reelay_common.adapters.tiktok.client import TikTokClient
 from reelay_common.adapters.tiktok.gateway import TikTokGateway
 from reelay_common.adapters.tiktok.tokens import MongoTokenProvider
 from reelay_common.logging import configure_logging, get_logger
+from reelay_common.ports import BlobStore
 from reelay_common.readiness import Check
 from reelay_common.recorder import StateRecorder
 from reelay_common.settings import CommonSettings
@@ -55,7 +56,7 @@ class WorkerStopped(RuntimeError):
 
 @dataclass(frozen=True)
 class Infrastructure:
-    """The connected clients and adapters the services share (Mongo, Kafka, TikTok)."""
+    """The connected clients and adapters the services share (Mongo, Kafka, TikTok, the blob store)."""
 
     mongo: AsyncMongoClient[dict[str, Any]]
     db: AsyncDatabase[dict[str, Any]]
@@ -65,7 +66,7 @@ class Infrastructure:
     tokens: MongoTokenProvider
     uploads: MongoUploadStore
     recorder: StateRecorder
-    blobs: GridFSBlobStore
+    blobs: BlobStore
 
     @classmethod
     @asynccontextmanager
@@ -78,8 +79,8 @@ class Infrastructure:
         topics_without_dlq: Sequence[str] = (),
     ) -> AsyncIterator[Infrastructure]:
         """Connect Mongo (indexes ensured), ensure `topics` (each with its `.dlq`) and
-        `topics_without_dlq`, start the Kafka publisher and the TikTok HTTP client; on exit
-        close them all, in reverse."""
+        `topics_without_dlq`, start the Kafka publisher and the TikTok HTTP client, open the
+        configured blob store (REELAY_BLOB_STORE); on exit close them all, in reverse."""
         async with AsyncExitStack() as stack:
             mongo: AsyncMongoClient[dict[str, Any]] = connect(
                 settings.mongodb_uri.get_secret_value(), app_name=app_name
@@ -106,12 +107,14 @@ class Infrastructure:
             tiktok = TikTokClient.from_settings(tiktok_http, settings)
             accounts = MongoAccountStore(db, TokenCipher(settings.token_encryption_key))
             uploads = MongoUploadStore(db)
+            blobs = await open_blob_store(settings, stack, db=db)  # local, s3 or gridfs
             log.info(
                 "infrastructure_connected",
                 service=app_name,
                 database=settings.mongodb_database,
                 kafka=settings.kafka_bootstrap_servers,
                 tiktok=settings.tiktok_api_base_url,
+                blob_store=blobs.kind,
             )
             yield cls(
                 mongo=mongo,
@@ -122,7 +125,7 @@ class Infrastructure:
                 tokens=MongoTokenProvider(accounts, tiktok),
                 uploads=uploads,
                 recorder=StateRecorder(uploads, publisher, status_topic=settings.topic_publish_status),
-                blobs=GridFSBlobStore(db),
+                blobs=blobs,
             )
 
     def rate_limiter(self, *, max_wait_seconds: float | None = None) -> MongoRateLimiter:

@@ -3,17 +3,25 @@ env prefix (INGEST_, UPLOADER_, POLLER_); the shared fields keep their unprefixe
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from reelay_common.domain.messages import TOPIC_PUBLISH_EVENTS, TOPIC_PUBLISH_STATUS, TOPIC_UPLOAD_REQUESTED
+from reelay_common.domain.messages import (
+    TOPIC_PUBLISH_EVENTS,
+    TOPIC_PUBLISH_STATUS,
+    TOPIC_UPLOAD_REQUESTED,
+    BlobStoreKind,
+)
 
 # Placeholders that work for a laptop and are refused when REELAY_ENV=prod.
 DEV_CLIENT_SECRET = "dev-client-secret"  # noqa: S105  # a documented placeholder, refused in prod
 DEV_TOKEN_KEY = "ZGV2LW9ubHktcmVlbGF5LXRva2VuLWtleS0zMmJ5dGU="  # noqa: S105  # dev Fernet key, refused in prod
 DEV_API_KEY = "dev-api-key"
+MIB = 1024 * 1024
+S3_MIN_PART_BYTES = 5 * MIB  # S3's smallest part (every part but the last)
 
 
 class CommonSettings(BaseSettings):
@@ -39,6 +47,26 @@ class CommonSettings(BaseSettings):
     mongodb_uri: SecretStr = Field(SecretStr("mongodb://127.0.0.1:27017"), validation_alias="MONGODB_URI")
     mongodb_database: str = Field("reelay", validation_alias="MONGODB_DATABASE")
 
+    # Where files streamed into ingest wait for the uploader (reelay_common.adapters.blobs).
+    # gridfs keeps everything in MongoDB (slow on FerretDB); local needs one directory that ingest
+    # and the uploader both see (a shared volume in Kubernetes); s3 is the production choice.
+    blob_store: BlobStoreKind = Field("gridfs", validation_alias="REELAY_BLOB_STORE")
+    blob_dir: Path = Field(Path("/var/lib/reelay/blobs"), validation_alias="REELAY_BLOB_DIR")
+    blob_max_bytes: int = Field(50 * 1024 * MIB, gt=0, validation_alias="REELAY_BLOB_MAX_BYTES")
+    s3_bucket: str = Field("reelay-videos", min_length=3, validation_alias="REELAY_S3_BUCKET")
+    s3_prefix: str = Field("videos/", validation_alias="REELAY_S3_PREFIX")
+    # Unset: AWS itself (or AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, which botocore reads).
+    s3_endpoint_url: str | None = Field(None, validation_alias="S3_ENDPOINT_URL")
+    # Unset: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1.
+    s3_region: str | None = Field(None, validation_alias="REELAY_S3_REGION")
+    # Unset: the standard AWS credential chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, the
+    # shared config files, web identity in Kubernetes, the instance role).
+    s3_access_key_id: str | None = Field(None, validation_alias="REELAY_S3_ACCESS_KEY_ID")
+    s3_secret_access_key: SecretStr | None = Field(None, validation_alias="REELAY_S3_SECRET_ACCESS_KEY")
+    s3_part_bytes: int = Field(
+        8 * MIB, ge=S3_MIN_PART_BYTES, le=512 * MIB, validation_alias="REELAY_S3_PART_BYTES"
+    )
+
     tiktok_api_base_url: str = Field("https://open.tiktokapis.com", validation_alias="TIKTOK_API_BASE_URL")
     tiktok_client_key: str = Field("dev-client-key", validation_alias="TIKTOK_CLIENT_KEY")
     tiktok_client_secret: SecretStr = Field(
@@ -57,4 +85,10 @@ class CommonSettings(BaseSettings):
                 raise ValueError("TIKTOK_CLIENT_SECRET must be set in prod (the dev placeholder is refused)")
             if self.token_encryption_key.get_secret_value() == DEV_TOKEN_KEY:
                 raise ValueError("REELAY_TOKEN_ENCRYPTION_KEY must be set in prod (the dev key is refused)")
+        return self
+
+    @model_validator(mode="after")
+    def _s3_keys_in_pairs(self) -> CommonSettings:
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError("set both REELAY_S3_ACCESS_KEY_ID and REELAY_S3_SECRET_ACCESS_KEY, or neither")
         return self

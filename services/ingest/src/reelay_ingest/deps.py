@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from reelay_common.domain.messages import MAX_VIDEO_BYTES, BlobSource
-from reelay_common.ports import AccountStore, Publisher, Recorder, TikTokApi, UploadStore
-
-
-class BlobStore(Protocol):
-    """Where streamed video files are kept until the uploader sends them (GridFS in production)."""
-
-    async def save(
-        self, chunks: AsyncIterable[bytes], *, filename: str | None, content_type: str, max_bytes: int
-    ) -> BlobSource:
-        """Store the bytes; InvalidInputError(code="too_large") past `max_bytes`, nothing kept."""
-        ...
-
-    async def delete(self, blob_id: str) -> None: ...
+from reelay_common.domain.messages import MAX_VIDEO_BYTES
+from reelay_common.ports import AccountStore, BlobStore, Publisher, Recorder, TikTokApi, UploadStore
 
 
 @dataclass(frozen=True)

@@ -79,12 +79,18 @@ async def run(
                 on_bound=on_bound,
                 name="ingest",
                 # On stop, uvicorn stops accepting and lets in-flight requests (an upload streaming
-                # into GridFS, a publish awaiting Kafka's ack) finish for this long.
+                # into the blob store, a publish awaiting Kafka's ack) finish for this long.
                 shutdown_grace_seconds=settings.shutdown_grace_seconds,
                 proxy_headers=True,
             )
 
-        log.info("ingest_started", environment=settings.environment, host=settings.host, port=settings.port)
+        log.info(
+            "ingest_started",
+            environment=settings.environment,
+            host=settings.host,
+            port=settings.port,
+            blob_store=infra.blobs.kind,
+        )
         try:
             await supervise({"api": serve_api}, stop)
         finally:

@@ -15,6 +15,7 @@ from reelay_common.domain.errors import (
     RateLimitedError,
     ReelayError,
     RetryableError,
+    StorageFullError,
     TikTokRejectedError,
 )
 from reelay_common.logging import get_logger
@@ -46,6 +47,7 @@ _CODE_OF_STATUS = {
     429: "rate_limited",
     500: "internal_error",
     503: "unavailable",
+    507: "storage_full",
 }
 
 
@@ -163,6 +165,9 @@ def problem_of(exc: Exception) -> Problem:
             {"retry_after_seconds": int(headers["Retry-After"])},
             headers,
         )
+    if isinstance(exc, StorageFullError):
+        # 507, not 413: the video is within the limit; the store is full until queued uploads drain.
+        return Problem(507, "storage_full", exc.message, headers=_retry_after(None, 60))
     if isinstance(exc, RetryableError):
         return Problem(
             503,

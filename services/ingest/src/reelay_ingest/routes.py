@@ -150,7 +150,7 @@ _UPLOAD_BODY = {
     tags=["uploads"],
     summary="Submit a video for publishing",
     openapi_extra=_UPLOAD_BODY,
-    responses=_errors(400, 404, 409, 413, 415, 422, 429, 503),
+    responses=_errors(400, 404, 409, 413, 415, 422, 429, 503, 507),
 )
 async def submit_upload(
     request: Request,
@@ -174,7 +174,7 @@ async def submit_upload(
     Errors: 400 body not JSON / broken multipart; 401 API key; 404 unknown account; 409 request_id
     conflict; 413 too large; 415 not JSON/multipart, or not MP4/MOV/WebM; 422 validation (field
     paths in `detail`), URL not public, privacy level not offered; 429 TikTok pacing; 503 Kafka or
-    TikTok unavailable.
+    TikTok unavailable; 507 the blob store's disk budget is used up (a file; retry later).
     """
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type == "application/json" or media_type.endswith("+json"):

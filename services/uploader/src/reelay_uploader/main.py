@@ -10,11 +10,10 @@ from datetime import timedelta
 
 import httpx
 from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
-from reelay_common.adapters.mongo.gridfs import GridFSBlobStore
 from reelay_common.adapters.url_reader import UrlVideoReader
 from reelay_common.domain.messages import BlobSource, DeadLetter, UploadRequested, UrlSource
 from reelay_common.logging import get_logger
-from reelay_common.ports import VideoReader
+from reelay_common.ports import BlobStore, VideoReader
 from reelay_common.runtime import Infrastructure, ops_server, run_service, supervise
 
 from reelay_uploader.handlers import ReaderFactory, UploaderDeps, handle_dead_letter, handle_upload_requested
@@ -25,10 +24,8 @@ log = get_logger("reelay_uploader")
 APP_NAME = "reelay-uploader"
 
 
-def reader_factory(
-    http: httpx.AsyncClient, blobs: GridFSBlobStore, settings: UploaderSettings
-) -> ReaderFactory:
-    """Opens the right VideoReader for a source: GridFS for files streamed into ingest, HTTP for URLs."""
+def reader_factory(http: httpx.AsyncClient, blobs: BlobStore, settings: UploaderSettings) -> ReaderFactory:
+    """Opens the right VideoReader for a source: the blob store for files streamed in, HTTP for URLs."""
 
     @asynccontextmanager
     async def open_reader(source: UrlSource | BlobSource) -> AsyncIterator[VideoReader]:
@@ -70,7 +67,7 @@ async def run(
             follow_redirects=False,  # UrlVideoReader follows them itself, checking every hop
         ) as source_http,
     ):
-        blobs = infra.blobs
+        blobs = infra.blobs  # REELAY_BLOB_STORE: local, s3 or gridfs
         deps = UploaderDeps(
             uploads=infra.uploads,
             recorder=infra.recorder,
@@ -115,6 +112,7 @@ async def run(
             topic=settings.topic_upload_requested,
             group=settings.consumer_group,
             tiktok=settings.tiktok_api_base_url,
+            blob_store=blobs.kind,
         )
         await supervise(
             {

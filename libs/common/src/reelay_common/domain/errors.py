@@ -4,7 +4,8 @@ ReelayError
 ├── RetryableError          try again later (429, 5xx, timeouts, broker or database hiccups)
 │   ├── RateLimitedError    TikTok said 429 / rate_limit_exceeded; `retry_after` if known
 │   ├── TransientTikTokError
-│   └── DatabaseUnavailableError  MongoDB did not answer (adapters.mongo.client.translate_errors)
+│   ├── DatabaseUnavailableError  MongoDB did not answer (adapters.mongo.client.translate_errors)
+│   └── StorageFullError    the blob store's budget (or disk) is full: try again once uploads drain
 ├── PermanentError          retrying cannot help: dead-letter, mark the upload failed
 │   ├── InvalidInputError   bad request or record (validation, unknown account, SSRF, size)
 │   ├── TikTokRejectedError TikTok refused the request for good (invalid_params, spam_risk...)
@@ -116,3 +117,10 @@ class DatabaseUnavailableError(RetryableError):
     Raised only by `translate_errors`, for every Mongo adapter. A RetryableError, so the consumer
     loop retries and ingest answers 503; its own name says in logs and history that the database,
     not TikTok, was the trouble."""
+
+
+class StorageFullError(RetryableError):
+    """The blob store refused a file because its disk budget is used up; nothing of it was kept.
+
+    Retryable: the budget frees as the uploader sends and deletes stored files. Ingest answers 507.
+    """

@@ -111,14 +111,23 @@ class PullFromUrlSource(Message):
     url: Annotated[str, Field(min_length=9, max_length=2048, pattern=r"^https://[^/?#\s]+")]
 
 
+BlobStoreKind = Literal["local", "s3", "gridfs"]
+
+
 class BlobSource(Message):
-    """A file streamed into Reelay's ingest API, stored in Mongo GridFS under `blob_id`."""
+    """A file streamed into Reelay's ingest API, kept in the configured blob store under `blob_id`.
+
+    `store` names that store (absent in messages written before there was a choice: GridFS), so
+    an uploader configured for another store refuses the message instead of reporting it missing.
+    """
 
     kind: Literal["blob"] = "blob"
     blob_id: str
     size: int = Field(gt=0, le=MAX_VIDEO_BYTES)
     content_type: Literal["video/mp4", "video/quicktime", "video/webm"] = "video/mp4"
     filename: str | None = None
+    store: BlobStoreKind | None = None
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
 # Where a video's bytes come from: `UploadRequested.source` (a URL, TikTok's pull, or a stored blob).

@@ -1,10 +1,15 @@
-"""GridFS video blobs: streamed in one chunk document at a time, read back in small cursor batches."""
+"""GridFS video blobs: streamed in one chunk document at a time, read back in small cursor batches.
+
+For deployments that want MongoDB only. On FerretDB v1 it is slow, and slower the more is stored:
+FerretDB pushes no filter down to its backend, so every chunk query scans the whole chunks
+collection (about 6 s per 10 MB chunk with a few hundred MB stored). Use `local` or `s3` there.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from bson import ObjectId
 from bson.errors import InvalidId
@@ -14,17 +19,14 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
+from reelay_common.adapters.blobs.metered import MeteredStream, check_content_type, check_store, pieces_of
 from reelay_common.adapters.mongo.client import bson_now, translate_errors
 from reelay_common.domain.errors import DatabaseUnavailableError, InvalidInputError, RetryableError
-from reelay_common.domain.messages import (
-    ALLOWED_CONTENT_TYPES,
-    MAX_VIDEO_BYTES,
-    BlobSource,
-)
+from reelay_common.domain.messages import BlobSource
 from reelay_common.logging import get_logger
-from reelay_common.ports import check_read_range
+from reelay_common.ports import BlobInfo, check_read_range
 
-log = get_logger("reelay_common.adapters.mongo.gridfs")
+log = get_logger("reelay_common.adapters.blobs.gridfs")
 
 
 GRIDFS_CHUNK_BYTES = 1024 * 1024  # one GridFS chunk; also the largest piece a reader yields
@@ -122,54 +124,36 @@ class GridFSBlobStore:
             await self._files.create_index([("filename", ASCENDING), ("uploadDate", ASCENDING)])
         self._indexed = True
 
+    @property
+    def kind(self) -> Literal["gridfs"]:
+        """This is the GridFS store."""
+        return "gridfs"
+
     async def save(
         self, chunks: AsyncIterable[bytes], *, filename: str | None, content_type: str, max_bytes: int
     ) -> BlobSource:
         """Stream `chunks` into a new file; over `max_bytes`: InvalidInputError "too_large", nothing kept."""
-        if content_type not in ALLOWED_CONTENT_TYPES:
-            raise InvalidInputError(
-                f"unsupported media type {content_type!r}; use one of {', '.join(ALLOWED_CONTENT_TYPES)}",
-                code="unsupported_media_type",
-            )
-        limit = min(max_bytes, MAX_VIDEO_BYTES)
+        check_content_type(content_type)
         await self._ensure_indexes()
         file_id = ObjectId()
-        buffer = bytearray()
+        metered = MeteredStream(chunks, max_bytes=max_bytes)
         n = 0
-        total = 0
-
-        async def flush(data: bytes) -> None:
-            nonlocal n
-            with translate_errors("write a GridFS chunk"):
-                await self._chunks.insert_one({"files_id": file_id, "n": n, "data": data})
-            n += 1
-
         try:
-            async for piece in chunks:
-                total += len(piece)
-                if total > limit:
-                    raise InvalidInputError(
-                        f"the video is larger than the limit of {limit} bytes", code="too_large"
-                    )
-                buffer += piece
-                while len(buffer) >= GRIDFS_CHUNK_BYTES:
-                    await flush(bytes(buffer[:GRIDFS_CHUNK_BYTES]))
-                    del buffer[:GRIDFS_CHUNK_BYTES]
-            if total == 0:
-                raise InvalidInputError("the video is empty", code="empty")
-            if buffer:
-                await flush(bytes(buffer))
-                buffer.clear()
+            async for data in pieces_of(metered, GRIDFS_CHUNK_BYTES):
+                with translate_errors("write a GridFS chunk"):
+                    await self._chunks.insert_one({"files_id": file_id, "n": n, "data": data})
+                n += 1
+            sha256 = metered.finish()
             # The files document goes last: until it exists, readers see no file at all.
             with translate_errors("finish a GridFS upload"):
                 await self._files.insert_one(
                     {
                         "_id": file_id,
-                        "length": total,
+                        "length": metered.size,
                         "chunkSize": GRIDFS_CHUNK_BYTES,
                         "uploadDate": bson_now(),
                         "filename": filename or "upload",
-                        "metadata": {"content_type": content_type},
+                        "metadata": {"content_type": content_type, "sha256": sha256},
                     }
                 )
         except BaseException:
@@ -182,11 +166,27 @@ class GridFSBlobStore:
             ) as abort_exc:  # pragma: no cover - the database went away mid-abort
                 log.warning("gridfs_abort_failed", error=type(abort_exc).__name__)
             raise
-        log.info("blob_saved", blob_id=str(file_id), bytes=total, content_type=content_type)
-        return BlobSource(blob_id=str(file_id), size=total, content_type=content_type, filename=filename)
+        log.info(
+            "blob_saved", store="gridfs", blob_id=str(file_id), bytes=metered.size, content_type=content_type
+        )
+        return BlobSource(
+            blob_id=str(file_id),
+            size=metered.size,
+            content_type=content_type,
+            filename=filename,
+            store="gridfs",
+            sha256=sha256,
+        )
+
+    async def stat(self, blob_id: str) -> BlobInfo | None:
+        """The stored file's size, or None when it does not exist."""
+        with translate_errors("stat a GridFS file"):
+            meta = await self._files.find_one({"_id": _object_id(blob_id)}, projection={"length": 1})
+        return None if meta is None else BlobInfo(blob_id=blob_id, size=int(meta["length"]))
 
     async def open(self, source: BlobSource) -> GridFSVideoReader:
         """A reader of the stored file (checks it exists and has the recorded size)."""
+        check_store(source, self.kind)
         file_id = _object_id(source.blob_id)
         with translate_errors("open a GridFS file"):
             meta = await self._files.find_one({"_id": file_id})

@@ -1,0 +1,85 @@
+"""What every blob store checks while a file streams in: its media type, the size cap, its sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator
+
+from reelay_common.domain.errors import InvalidInputError
+from reelay_common.domain.messages import ALLOWED_CONTENT_TYPES, MAX_VIDEO_BYTES, BlobSource, BlobStoreKind
+
+
+def check_content_type(content_type: str) -> None:
+    """Refuse a media type the uploader cannot send (before any byte is stored)."""
+    if content_type not in ALLOWED_CONTENT_TYPES:
+        raise InvalidInputError(
+            f"unsupported media type {content_type!r}; use one of {', '.join(ALLOWED_CONTENT_TYPES)}",
+            code="unsupported_media_type",
+        )
+
+
+def new_blob_id() -> str:
+    """A fresh blob id: 32 hex digits, never derived from anything a client sent."""
+    return uuid.uuid4().hex
+
+
+_BLOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def checked_blob_id(blob_id: str) -> str:
+    """`blob_id` if it has the shape new_blob_id gives (so no message can address another path or key)."""
+    if not _BLOB_ID.fullmatch(blob_id):
+        raise InvalidInputError(f"{blob_id!r} is not a blob id", code="invalid_blob_id")
+    return blob_id
+
+
+def check_store(source: BlobSource, kind: BlobStoreKind) -> None:
+    """Refuse a blob written to another store (a message without `store` predates the choice: GridFS)."""
+    written_to = source.store or "gridfs"
+    if written_to != kind:
+        raise InvalidInputError(
+            f"blob {source.blob_id} was stored in {written_to}, but this service reads {kind}",
+            code="blob_store_mismatch",
+        )
+
+
+class MeteredStream:
+    """An upload stream that counts and hashes what passes, refusing past the cap before it is stored."""
+
+    def __init__(self, chunks: AsyncIterable[bytes], *, max_bytes: int) -> None:
+        self._chunks = chunks
+        self.limit = min(max_bytes, MAX_VIDEO_BYTES)
+        self.size = 0
+        self._sha256 = hashlib.sha256()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for piece in self._chunks:
+            if not piece:
+                continue
+            self.size += len(piece)
+            if self.size > self.limit:
+                raise InvalidInputError(
+                    f"the video is larger than the limit of {self.limit} bytes", code="too_large"
+                )
+            self._sha256.update(piece)
+            yield piece
+
+    def finish(self) -> str:
+        """After the stream ended: its sha256 (hex); an empty stream is refused."""
+        if self.size == 0:
+            raise InvalidInputError("the video is empty", code="empty")
+        return self._sha256.hexdigest()
+
+
+async def pieces_of(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
+    """Re-cut a stream into pieces of exactly `size` bytes (the last one may be shorter)."""
+    buffer = bytearray()
+    async for piece in chunks:
+        buffer += piece
+        while len(buffer) >= size:
+            yield bytes(buffer[:size])
+            del buffer[:size]
+    if buffer:
+        yield bytes(buffer)
