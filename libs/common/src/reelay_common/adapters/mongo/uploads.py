@@ -46,7 +46,7 @@ def check_settable(fields: Mapping[str, Any]) -> None:
 
 
 def new_upload_document(cmd: UploadRequested, *, source: StateSource, now: datetime) -> Document:
-    """The `accepted` document of a new upload (shared by the Mongo store and its in-memory fake)."""
+    """The `accepted` document of a new upload (built from `UploadRecord`, the one definition)."""
     record = UploadRecord.new(cmd, source=source, now=now)
     # requested_at is the client's, with microseconds: cut as BSON stores it (the same bytes), so the
     # record `create` returns equals the one read back.
