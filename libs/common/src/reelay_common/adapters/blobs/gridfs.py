@@ -19,7 +19,13 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
-from reelay_common.adapters.blobs.metered import MeteredStream, check_content_type, check_store, pieces_of
+from reelay_common.adapters.blobs.metered import (
+    MeteredStream,
+    StoredVideo,
+    check_content_type,
+    check_store,
+    pieces_of,
+)
 from reelay_common.adapters.mongo.client import bson_now, translate_errors
 from reelay_common.domain.errors import DatabaseUnavailableError, InvalidInputError, RetryableError
 from reelay_common.domain.messages import BlobSource
@@ -32,7 +38,7 @@ log = get_logger("reelay_common.adapters.blobs.gridfs")
 GRIDFS_CHUNK_BYTES = 1024 * 1024  # one GridFS chunk; also the largest piece a reader yields
 
 
-class GridFSVideoReader:
+class GridFSVideoReader(StoredVideo):
     """A GridFS file read as a VideoReader: any offset, bounded pieces, nothing held in memory.
 
     Chunks are read with our own cursor in small batches: FerretDB v1 does not cap a cursor batch
@@ -51,21 +57,10 @@ class GridFSVideoReader:
         chunk_size: int,
         content_type: str,
     ) -> None:
+        super().__init__(size=size, content_type=content_type)
         self._chunks = chunks
         self._file_id = file_id
-        self._size = size
         self._chunk_size = chunk_size
-        self._content_type = content_type
-
-    @property
-    def size(self) -> int:
-        """Bytes in the file."""
-        return self._size
-
-    @property
-    def content_type(self) -> str:
-        """The media type recorded at save time."""
-        return self._content_type
 
     async def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
         """Yield exactly `length` bytes from `offset`, at most one GridFS chunk at a time."""

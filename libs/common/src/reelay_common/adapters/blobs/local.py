@@ -26,6 +26,7 @@ from typing import BinaryIO, Literal
 
 from reelay_common.adapters.blobs.metered import (
     MeteredStream,
+    StoredVideo,
     check_content_type,
     check_store,
     checked_blob_id,
@@ -55,26 +56,15 @@ def _translate_os_errors(what: str) -> Iterator[None]:
         raise RetryableError(f"could not {what}: {exc.strerror or exc}", code="disk_error") from exc
 
 
-class LocalVideoReader:
+class LocalVideoReader(StoredVideo):
     """A stored file read as a VideoReader: any offset, 1 MiB pieces, reads in a worker thread."""
 
     def __init__(
         self, path: Path, *, size: int, content_type: str, piece_bytes: int = LOCAL_PIECE_BYTES
     ) -> None:
+        super().__init__(size=size, content_type=content_type)
         self._path = path
-        self._size = size
-        self._content_type = content_type
         self._piece_bytes = piece_bytes
-
-    @property
-    def size(self) -> int:
-        """Bytes in the file."""
-        return self._size
-
-    @property
-    def content_type(self) -> str:
-        """The media type recorded in the BlobSource."""
-        return self._content_type
 
     async def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
         """Yield exactly `length` bytes from `offset`, at most one piece at a time."""

@@ -1,4 +1,5 @@
-"""What every blob store checks while a file streams in: its media type, the size cap, its sha256."""
+"""What every blob store shares: the checks while a file streams in (media type, size cap, sha256)
+and what a reader of a stored blob knows up front (its size and media type)."""
 
 from __future__ import annotations
 
@@ -83,3 +84,22 @@ async def pieces_of(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[by
             del buffer[:size]
     if buffer:
         yield bytes(buffer)
+
+
+class StoredVideo:
+    """The part of ports.VideoReader every stored-blob reader shares: size and media type, known
+    from the BlobSource before the first byte is read. Each store adds its own `stream`."""
+
+    def __init__(self, *, size: int, content_type: str) -> None:
+        self._size = size
+        self._content_type = content_type
+
+    @property
+    def size(self) -> int:
+        """Bytes in the stored video."""
+        return self._size
+
+    @property
+    def content_type(self) -> str:
+        """The media type recorded in the BlobSource."""
+        return self._content_type

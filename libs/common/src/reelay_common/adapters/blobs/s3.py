@@ -28,6 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from reelay_common.adapters.blobs.metered import (
     MeteredStream,
+    StoredVideo,
     check_content_type,
     check_store,
     checked_blob_id,
@@ -100,25 +101,14 @@ async def connect_s3(
     return client
 
 
-class S3VideoReader:
+class S3VideoReader(StoredVideo):
     """An S3 object read as a VideoReader: each stream() is one ranged GET, streamed."""
 
     def __init__(self, client: S3Client, *, bucket: str, key: str, size: int, content_type: str) -> None:
+        super().__init__(size=size, content_type=content_type)
         self._client = client
         self._bucket = bucket
         self._key = key
-        self._size = size
-        self._content_type = content_type
-
-    @property
-    def size(self) -> int:
-        """Bytes in the object."""
-        return self._size
-
-    @property
-    def content_type(self) -> str:
-        """The media type recorded in the BlobSource."""
-        return self._content_type
 
     async def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
         """Yield exactly `length` bytes from `offset`, at most 1 MiB at a time."""
