@@ -50,8 +50,8 @@ from typing import Any, Protocol
 
 import httpx
 from pydantic import SecretStr
+from reelay_common.adapters.blobs.gridfs import GridFSBlobStore
 from reelay_common.adapters.mongo.client import connect, ensure_indexes
-from reelay_common.adapters.mongo.gridfs import GridFSBlobStore
 from reelay_common.adapters.mongo.rate_limits import MongoRateLimiter
 from reelay_common.adapters.mongo.uploads import MongoUploadStore
 from reelay_common.adapters.tiktok.client import TikTokClient
