@@ -34,6 +34,7 @@ from reelay_common.adapters.tiktok.client import TikTokClient
 from reelay_common.adapters.tiktok.gateway import TikTokGateway
 from reelay_common.adapters.tiktok.tokens import MongoTokenProvider
 from reelay_common.logging import configure_logging, get_logger
+from reelay_common.outbox import OutboxRelay
 from reelay_common.ports import BlobStore
 from reelay_common.readiness import Check
 from reelay_common.recorder import StateRecorder
@@ -65,6 +66,7 @@ class Infrastructure:
     accounts: MongoAccountStore
     tokens: MongoTokenProvider
     uploads: MongoUploadStore
+    outbox: OutboxRelay
     recorder: StateRecorder
     blobs: BlobStore
 
@@ -107,6 +109,15 @@ class Infrastructure:
             tiktok = TikTokClient.from_settings(tiktok_http, settings)
             accounts = MongoAccountStore(db, TokenCipher(settings.token_encryption_key))
             uploads = MongoUploadStore(db)
+            outbox = OutboxRelay(
+                uploads,
+                publisher,
+                requested_topic=settings.topic_upload_requested,
+                status_topic=settings.topic_publish_status,
+                send_timeout_seconds=settings.outbox_send_timeout_seconds,
+                lease_seconds=settings.outbox_lease_seconds,
+                interval_seconds=settings.outbox_interval_seconds,
+            )
             blobs = await open_blob_store(settings, stack, db=db)  # local, s3 or gridfs
             log.info(
                 "infrastructure_connected",
@@ -124,7 +135,8 @@ class Infrastructure:
                 accounts=accounts,
                 tokens=MongoTokenProvider(accounts, tiktok),
                 uploads=uploads,
-                recorder=StateRecorder(uploads, publisher, status_topic=settings.topic_publish_status),
+                outbox=outbox,
+                recorder=StateRecorder(uploads, outbox),
                 blobs=blobs,
             )
 

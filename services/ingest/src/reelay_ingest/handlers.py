@@ -33,11 +33,14 @@ log = get_logger(__name__)
 
 # The TikTok scope each mode needs (API reference §1).
 REQUIRED_SCOPE: dict[UploadMode, str] = {"direct": "video.publish", "inbox": "video.upload"}
+# The code of uploads an earlier Reelay refused when Kafka did not acknowledge (before the outbox).
 ENQUEUE_FAILED = "enqueue_failed"
 # What a publish raises when Kafka does not acknowledge in time (the publisher translates the
 # broker's errors into RetryableError; the enqueue timeout raises TimeoutError). Anything else is
 # a bug, and surfaces as one (a 500), not as "Kafka did not acknowledge".
 NOT_ACKNOWLEDGED = (RetryableError, TimeoutError)
+# What check_upload_target refuses with (then a settled upload may still be a replay).
+REFUSALS = (RequestRejected, NotFoundError)
 
 
 @dataclass(frozen=True)
@@ -116,78 +119,47 @@ def _check_account_can_post(account: AccountRecord, mode: UploadMode) -> None:
 async def accept_upload(
     cmd: UploadRequested, deps: IngestDeps, *, checked: UploadTarget | None = None
 ) -> Accepted:
-    """Store `cmd` as `accepted`, announce it and enqueue it, or replay an earlier identical call.
+    """Store `cmd` as `accepted` with its command in the upload's outbox, then send it; or replay an
+    earlier identical call.
 
-    Only once Kafka has acknowledged the UploadRequested is the upload accepted. If it does not,
-    the document is marked failed (`enqueue_failed`) and UnavailableError is raised: nothing is
-    left half-accepted. `checked` is the target `check_upload_target` already passed for (a
-    form's fields before its file); the check is made unless that is `cmd`'s own target.
+    Accepted means stored: the command and the `accepted` announcement are written into the upload
+    document with it (the outbox), so a Kafka outage or a crash right after the insert delays the
+    upload but never loses it (the relay sends it once Kafka is back). The call waits up to
+    `accept_wait_seconds` for Kafka to take it, then answers either way. `checked` is the target
+    `check_upload_target` already passed for (a form's fields before its file); the check is made
+    unless that is `cmd`'s own target.
     """
-    existing = await deps.uploads.get(cmd.request_id)
+    existing = await deps.uploads.find_in_flight(cmd.request_id)
     if existing is not None:
-        return await _replay(existing, cmd, deps)
+        return _replay(existing, cmd)
     target = UploadTarget.of(cmd)
     if checked != target:
-        await check_upload_target(target, deps)
-    record, created = await deps.uploads.create(cmd, source="ingest")
-    if not created:  # a concurrent call with the same request_id won the insert
-        return await _replay(record, cmd, deps)
-    try:
-        await deps.recorder.announce(record, source="ingest")
-        await _enqueue(cmd, deps)
-    except NOT_ACKNOWLEDGED as exc:
-        # Kafka did not acknowledge: the client must not think it accepted.
-        await _mark_enqueue_failed(record, exc, deps)
-        raise UnavailableError(
-            "the upload could not be queued (Kafka did not acknowledge); it was not accepted. "
-            "Send it again with a new request_id",
-            code=ENQUEUE_FAILED,
-            retry_after=5.0,
-            extra={"request_id": cmd.request_id, "state": UploadState.FAILED.value},
-        ) from exc
+        try:
+            await check_upload_target(target, deps)
+        except REFUSALS:
+            # A replay of an upload already settled into history answers as it did, even if its
+            # target would be refused today (the account disconnected since, say).
+            settled = await deps.uploads.get(cmd.request_id)
+            if settled is None:
+                raise
+            return _replay(settled, cmd)
+    record, created = await deps.uploads.create(
+        cmd, source="ingest", enqueue=True, outbox_lease_seconds=deps.outbox.lease_seconds
+    )
+    if not created:  # a concurrent or earlier call with the same request_id
+        return _replay(record, cmd)
+    sent = await deps.outbox.drain(
+        record.request_id, leased=record, within_seconds=deps.policy.accept_wait_seconds
+    )
     log.info(
         "upload_accepted",
         request_id=cmd.request_id,
         account_id=cmd.account_id,
         mode=cmd.mode,
         source_kind=cmd.source.kind,
+        queued=sent,  # False: Kafka did not take it in time; the relay sends it
     )
     return Accepted(record=record, replayed=False)
-
-
-async def _enqueue(cmd: UploadRequested, deps: IngestDeps) -> None:
-    async with asyncio.timeout(deps.policy.enqueue_timeout_seconds):
-        await deps.publisher.publish(deps.topics.upload_requested, cmd, key=cmd.account_id)
-
-
-async def _mark_enqueue_failed(record: UploadRecord, exc: Exception, deps: IngestDeps) -> None:
-    detail = {
-        "code": ENQUEUE_FAILED,
-        "error": type(exc).__name__,
-        "message": "Kafka did not acknowledge the UploadRequested",
-    }
-    log.error("upload_enqueue_failed", request_id=record.request_id, error=type(exc).__name__)
-    try:
-        # Mongo first, so the state is right even when Kafka (and so the announcement) is down.
-        moved = await deps.uploads.transition(
-            record.request_id, UploadState.FAILED, source="ingest", detail=detail
-        )
-    except RetryableError as store_exc:
-        log.error(
-            "upload_enqueue_failure_not_recorded",
-            request_id=record.request_id,
-            error=type(store_exc).__name__,
-        )
-        return
-    if moved is not None:
-        try:
-            await deps.recorder.announce(moved, source="ingest")
-        except NOT_ACKNOWLEDGED as announce_exc:
-            log.warning(
-                "upload_failure_not_announced",
-                request_id=record.request_id,
-                error=type(announce_exc).__name__,
-            )
 
 
 def same_request(record: UploadRecord, cmd: UploadRequested) -> bool:
@@ -212,7 +184,7 @@ def _enqueue_failed(record: UploadRecord) -> bool:
     )
 
 
-async def _replay(record: UploadRecord, cmd: UploadRequested, deps: IngestDeps) -> Accepted:
+def _replay(record: UploadRecord, cmd: UploadRequested) -> Accepted:
     if not same_request(record, cmd):
         raise ConflictError(
             f"request_id {cmd.request_id!r} was already used for a different upload",
@@ -220,32 +192,14 @@ async def _replay(record: UploadRecord, cmd: UploadRequested, deps: IngestDeps) 
             extra={"request_id": cmd.request_id},
         )
     if _enqueue_failed(record):
+        # Refused by an earlier Reelay, which answered 503 when Kafka did not acknowledge.
         raise ConflictError(
             f"request_id {cmd.request_id!r} was refused earlier because it could not be queued; "
             "send the upload again with a new request_id",
             code="request_id_spent",
             extra={"request_id": cmd.request_id, "state": record.state.value},
         )
-    if record.state is UploadState.ACCEPTED:
-        # The first call may have died between the insert and Kafka's ack. Publishing again is
-        # safe (the uploader is idempotent on request_id) and makes this 202 true.
-        again = UploadRequested(
-            request_id=record.request_id,
-            account_id=record.account_id,
-            mode=record.mode,
-            source=record.source,
-            post_info=record.post_info,
-            requested_at=record.created_at,
-        )
-        try:
-            await _enqueue(again, deps)
-        except NOT_ACKNOWLEDGED as exc:
-            raise UnavailableError(
-                "the upload could not be queued (Kafka did not acknowledge); try again",
-                code=ENQUEUE_FAILED,
-                retry_after=5.0,
-                extra={"request_id": record.request_id, "state": record.state.value},
-            ) from exc
+    # Whatever the first call still owed Kafka waits in the upload's outbox: the relay sends it.
     log.info("upload_replayed", request_id=record.request_id, state=record.state.value)
     return Accepted(record=record, replayed=True)
 

@@ -36,6 +36,7 @@ def policy_of(settings: IngestSettings) -> Policy:
         allow_private_urls=settings.allow_private_urls,
         check_creator_info=settings.check_creator_info,
         max_upload_bytes=settings.max_upload_bytes,
+        accept_wait_seconds=settings.accept_wait_seconds,
         enqueue_timeout_seconds=settings.enqueue_timeout_seconds,
         webhook_tolerance_seconds=settings.webhook_tolerance_seconds,
     )
@@ -59,6 +60,7 @@ async def run(
             accounts=infra.accounts,
             publisher=infra.publisher,
             recorder=infra.recorder,
+            outbox=infra.outbox,
             blobs=infra.blobs,
             tiktok=infra.tiktok_gateway(
                 max_wait_seconds=CREATOR_INFO_MAX_WAIT_SECONDS,
@@ -92,7 +94,7 @@ async def run(
             blob_store=infra.blobs.kind,
         )
         try:
-            await supervise({"api": serve_api}, stop)
+            await supervise({"api": serve_api, "outbox": infra.outbox.run}, stop)
         finally:
             log.info("ingest_stopping")
     log.info("ingest_stopped")  # Kafka flushed and closed, Mongo and the TikTok client closed

@@ -54,7 +54,7 @@ from reelay_common.domain.rules import check_privacy_level
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import FileUploadSourceInfo, PublishStatus, PullFromUrlSourceInfo
 from reelay_common.logging import bind_learned, get_logger
-from reelay_common.ports import Publisher, Recorder, TikTokApi, UploadStore, VideoReader
+from reelay_common.ports import Outbox, Publisher, Recorder, TikTokApi, UploadStore, VideoReader
 
 log = get_logger(__name__)
 
@@ -86,6 +86,7 @@ class UploaderDeps:
 
     uploads: UploadStore
     recorder: Recorder
+    outbox: Outbox
     publisher: Publisher
     tiktok: TikTokApi
     open_reader: ReaderFactory
@@ -144,10 +145,12 @@ async def handle_upload_requested(cmd: UploadRequested, deps: UploaderDeps) -> N
     # request_id / account_id are bound by the consumer loop for the whole record.
     job: _Job | None = None
     try:
-        record, _created = await deps.uploads.create(cmd, source=STATE_SOURCE)
-        if record.state is UploadState.ACCEPTED and record.announced_state is not UploadState.ACCEPTED:
+        record, created = await deps.uploads.create(
+            cmd, source=STATE_SOURCE, outbox_lease_seconds=deps.outbox.lease_seconds
+        )
+        if created:
             # Upstream producers may skip ingest: then this is the first anyone hears of it.
-            await deps.recorder.announce(record, source=STATE_SOURCE)
+            await deps.outbox.drain(record.request_id, leased=record)
         if record.account_id != cmd.account_id or record.mode != cmd.mode:
             log.warning(
                 "request_id_conflict",

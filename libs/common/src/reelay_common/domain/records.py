@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,6 +36,38 @@ class HistoryEntry(BaseModel):
     at: datetime
     source: StateSource
     detail: dict[str, Any] = Field(default_factory=dict)
+
+
+OutboxKind = Literal["status", "upload_requested"]
+
+
+class OutboxEntry(BaseModel):
+    """A message an upload still owes Kafka, written in the same update as the change it announces.
+
+    `status`: announce the upload's `state` on `reelay.publish.status` (built from the document
+    when it is sent, so it carries the history entry's detail and the post ids known then).
+    `upload_requested`: queue the upload on `reelay.upload.requested` (ingest's accept).
+    The relay sends a document's entries in order and removes exactly those it sent
+    (docs/architecture.md, promise 9).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    kind: OutboxKind
+    state: UploadState | None = None
+    source: StateSource | None = None
+    at: datetime
+
+    @classmethod
+    def status(cls, state: UploadState, *, source: StateSource, at: datetime) -> OutboxEntry:
+        """Announce `state` (reached by `source` at `at`)."""
+        return cls(id=uuid.uuid4().hex, kind="status", state=state, source=source, at=at)
+
+    @classmethod
+    def upload_requested(cls, *, at: datetime) -> OutboxEntry:
+        """Queue the upload's command for the uploader."""
+        return cls(id=uuid.uuid4().hex, kind="upload_requested", at=at)
 
 
 class UploadRecord(BaseModel):
@@ -72,13 +105,25 @@ class UploadRecord(BaseModel):
     # (PUBLISH_COMPLETE of an inbox upload); TikTok withdrew the public post.
     user_posted_draft_at: Annotated[datetime | None, LEARNT_LATER] = None
     no_longer_public_at: Annotated[datetime | None, LEARNT_LATER] = None
-    # The last state announced on reelay.publish.status (StateRecorder): lets a retry re-announce a
-    # transition whose announcement failed after the guarded update had already applied it.
-    announced_state: UploadState | None = None
+    # What the upload still owes Kafka (the outbox): appended by the same update as the change,
+    # removed by the relay once Kafka took it. `outbox_due_at` is set while entries wait (when the
+    # relay should try next); `outbox_lease_until` while one process is sending them.
+    outbox: Annotated[list[OutboxEntry], STORE_MANAGED] = Field(default_factory=list)
+    outbox_due_at: Annotated[datetime | None, STORE_MANAGED] = None
+    outbox_lease_until: Annotated[datetime | None, STORE_MANAGED] = None
 
     @classmethod
-    def new(cls, cmd: UploadRequested, *, source: StateSource, now: datetime) -> UploadRecord:
-        """The `accepted` upload of a new request, its first history entry by `source` at `now`."""
+    def new(
+        cls, cmd: UploadRequested, *, source: StateSource, now: datetime, enqueue: bool = False
+    ) -> UploadRecord:
+        """The `accepted` upload of a new request, its first history entry by `source` at `now`.
+
+        Its outbox announces `accepted`, and with `enqueue` also queues the command (ingest's
+        accept; an uploader that creates the record has the command from Kafka already).
+        """
+        outbox = [OutboxEntry.status(UploadState.ACCEPTED, source=source, at=now)]
+        if enqueue:
+            outbox.append(OutboxEntry.upload_requested(at=now))
         return cls(
             request_id=cmd.request_id,
             account_id=cmd.account_id,
@@ -90,6 +135,19 @@ class UploadRecord(BaseModel):
             history=[HistoryEntry(state=UploadState.ACCEPTED, at=now, source=source)],
             created_at=now,
             updated_at=now,
+            outbox=outbox,
+            outbox_due_at=now,
+        )
+
+    def to_command(self) -> UploadRequested:
+        """The upload's command, as ingest queues it."""
+        return UploadRequested(
+            request_id=self.request_id,
+            account_id=self.account_id,
+            mode=self.mode,
+            source=self.source,
+            post_info=self.post_info,
+            requested_at=self.requested_at or self.created_at,
         )
 
     def new_document(self) -> dict[str, Any]:
