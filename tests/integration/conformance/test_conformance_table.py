@@ -60,7 +60,7 @@ from reelay_common.domain.messages import (
 )
 from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.states import UploadState
-from reelay_common.domain.tiktok import FileUploadSourceInfo, PullFromUrlSourceInfo
+from reelay_common.domain.tiktok import FileUploadSourceInfo, PullFromUrlSourceInfo, TokenGrant
 from reelay_common.ports import RateLimiter, TokenProvider, VideoReader
 from reelay_common.recorder import StateRecorder
 from reelay_common.settings import DEV_TOKEN_KEY
@@ -970,12 +970,14 @@ async def comply_bearer_token(w: World) -> None:
     grant = await grant_for(w.admin, open_id)
     await store.upsert_tokens(
         "acct-stale",
-        open_id=open_id,
-        access_token="act.no-longer-accepted",  # a dead token: the point of the test
-        expires_in=7200,
-        refresh_token=grant["refresh_token"],
-        refresh_expires_in=grant["refresh_expires_in"],
-        scopes=grant["scope"].split(","),
+        TokenGrant(
+            open_id=open_id,
+            access_token="act.no-longer-accepted",
+            expires_in=7200,
+            refresh_token=grant["refresh_token"],
+            refresh_expires_in=grant["refresh_expires_in"],
+            scope=grant["scope"],
+        ),
     )
     provider = MongoTokenProvider(store, w.client, poll_interval_seconds=0.02)
     info = await w.gateway(tokens=provider).creator_info("acct-stale")
@@ -1146,12 +1148,14 @@ async def comply_refresh_rotation(w: World) -> None:
     grant = await grant_for(w.admin, open_id)
     await store.upsert_tokens(
         ACCOUNT,
-        open_id=open_id,
-        access_token=grant["access_token"],
-        expires_in=grant["expires_in"],
-        refresh_token=grant["refresh_token"],
-        refresh_expires_in=grant["refresh_expires_in"],
-        scopes=grant["scope"].split(","),
+        TokenGrant(
+            open_id=open_id,
+            access_token=grant["access_token"],
+            expires_in=grant["expires_in"],
+            refresh_token=grant["refresh_token"],
+            refresh_expires_in=grant["refresh_expires_in"],
+            scope=grant["scope"],
+        ),
     )
     provider = MongoTokenProvider(store, w.client, poll_interval_seconds=0.02)
     issued = [await provider.access_token(ACCOUNT) for _ in range(3)]

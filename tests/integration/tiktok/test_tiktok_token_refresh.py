@@ -16,6 +16,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from reelay_common.adapters.tiktok.tokens import MongoTokenProvider
 from reelay_common.domain.errors import AuthExpiredError, InvalidInputError, TransientTikTokError
 from reelay_common.domain.messages import utcnow
+from reelay_common.domain.tiktok import TokenGrant
 from tiktok_sandbox.testing import SandboxHandle, running_sandbox
 
 from tests.integration.tiktok.tiktok_it import TikTokLayer, build_layer, connect_account, sandbox_stats
@@ -234,12 +235,14 @@ class TestGatewayRefresh:
         # The store believes in a token TikTok does not know (revoked elsewhere, say).
         await layer.store.upsert_tokens(
             "acct",
-            open_id=open_id,
-            access_token="act.not-a-live-token",
-            expires_in=7200,
-            refresh_token=grant["refresh_token"],
-            refresh_expires_in=grant["refresh_expires_in"],
-            scopes=grant["scope"].split(","),
+            TokenGrant(
+                open_id=open_id,
+                access_token="act.not-a-live-token",
+                expires_in=7200,
+                refresh_token=grant["refresh_token"],
+                refresh_expires_in=grant["refresh_expires_in"],
+                scope=grant["scope"],
+            ),
         )
         info = await layer.gateway.creator_info("acct")
         assert info.creator_username == "refused"

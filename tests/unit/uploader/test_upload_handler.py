@@ -33,7 +33,7 @@ from reelay_common.domain.messages import (
     UrlSource,
     VideoUploaded,
 )
-from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.records import Change, UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import (
     CreatorInfo,
@@ -583,7 +583,7 @@ class TestNeverTwoPosts:
         world = make_world()
         cmd = direct()
         await world.uploads.create(cmd, source="ingest")
-        await world.uploads.transition(cmd.request_id, UploadState.FAILED, source="poller")
+        await world.uploads.transition(cmd.request_id, Change(UploadState.FAILED, source="poller"))
 
         await handle_upload_requested(cmd, world.deps)
 

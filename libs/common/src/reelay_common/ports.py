@@ -21,7 +21,7 @@ from reelay_common.domain.messages import (
     UploadMode,
     UploadRequested,
 )
-from reelay_common.domain.records import AccountRecord, OutboxEntry, UploadRecord
+from reelay_common.domain.records import AccountRecord, Change, OutboxEntry, UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import (
     CreatorInfo,
@@ -29,6 +29,7 @@ from reelay_common.domain.tiktok import (
     InitResult,
     PublishStatus,
     SourceInfo,
+    TokenGrant,
 )
 
 RateBucket = Literal["init", "status", "creator_info"]
@@ -69,18 +70,10 @@ class UploadStore(Protocol):
         """The upload if it is still in flight; None if unknown or settled into history."""
         ...
 
-    async def transition(
-        self,
-        request_id: str,
-        target: UploadState,
-        *,
-        source: StateSource,
-        detail: Mapping[str, Any] | None = None,
-        set_fields: Mapping[str, Any] | None = None,
-    ) -> UploadRecord | None:
-        """Move to `target` if that is forward from the current state (atomic, guarded), append
-        the history entry and apply `set_fields`. Returns the new record, or None if the guard
-        refused (already there or beyond)."""
+    async def transition(self, request_id: str, change: Change) -> UploadRecord | None:
+        """Move to `change.target` if that is forward from the current state (atomic, guarded),
+        append the history entry and apply `change.set_fields`. Returns the new record, or None if
+        the guard refused (already there or beyond)."""
         ...
 
     async def checkpoint(
@@ -149,15 +142,7 @@ class Outbox(Protocol):
 class Recorder(Protocol):
     """Records state changes, each announced on `reelay.publish.status` through the outbox (StateRecorder)."""
 
-    async def record(
-        self,
-        request_id: str,
-        target: UploadState,
-        *,
-        source: StateSource,
-        detail: Mapping[str, Any] | None = None,
-        set_fields: Mapping[str, Any] | None = None,
-    ) -> UploadRecord | None:
+    async def record(self, request_id: str, change: Change) -> UploadRecord | None:
         """A guarded transition (its announcement written with it), then sent. None when the
         guard refused."""
         ...
@@ -166,17 +151,9 @@ class Recorder(Protocol):
 class AccountStore(Protocol):
     """The `accounts` collection. Tokens go in and out in clear; at rest they are encrypted."""
 
-    async def upsert_tokens(
-        self,
-        account_id: str,
-        *,
-        open_id: str,
-        access_token: str,
-        expires_in: int,
-        refresh_token: str,
-        refresh_expires_in: int,
-        scopes: list[str],
-    ) -> AccountRecord: ...
+    async def upsert_tokens(self, account_id: str, grant: TokenGrant) -> AccountRecord:
+        """Store a fresh grant (OAuth connect), creating the account if needed; bumps token_version."""
+        ...
 
     async def get(self, account_id: str) -> AccountRecord | None: ...
 

@@ -4,11 +4,8 @@ upload's outbox, which the OutboxRelay then sends."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from reelay_common.domain.messages import StateSource
-from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.records import Change, UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.logging import get_logger
 from reelay_common.metrics import UPLOAD_DETECTION_DELAY_SECONDS, UPLOAD_STATE_TRANSITIONS
@@ -24,26 +21,17 @@ class StateRecorder:
         self._uploads = uploads
         self._outbox = outbox
 
-    async def record(
-        self,
-        request_id: str,
-        target: UploadState,
-        *,
-        source: StateSource,
-        detail: Mapping[str, Any] | None = None,
-        set_fields: Mapping[str, Any] | None = None,
-    ) -> UploadRecord | None:
-        """Move the upload to `target` if that is forward, then send its announcement; None if the
-        guard refused.
+    async def record(self, request_id: str, change: Change) -> UploadRecord | None:
+        """Move the upload to `change.target` if that is forward, then send its announcement; None
+        if the guard refused.
 
         The announcement is part of the transition's own update (the outbox), so it cannot be lost
         between the Mongo write and the Kafka publish; Kafka being down delays it, never fails the
         transition. A refused transition still sends what the upload owes (a retried handler whose
         first try died after its update).
         """
-        moved = await self._uploads.transition(
-            request_id, target, source=source, detail=detail, set_fields=set_fields
-        )
+        target, source = change.target, change.source
+        moved = await self._uploads.transition(request_id, change)
         if moved is not None:
             UPLOAD_STATE_TRANSITIONS.labels(state=target.value, source=source).inc()
             _observe_detection_delay(moved, target, source)

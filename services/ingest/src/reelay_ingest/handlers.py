@@ -23,6 +23,7 @@ from reelay_common.domain.messages import (
 from reelay_common.domain.records import AccountRecord, UploadRecord
 from reelay_common.domain.rules import PRIVACY_LEVEL_NOT_OFFERED, check_privacy_level
 from reelay_common.domain.states import UploadState
+from reelay_common.domain.tiktok import TokenGrant
 from reelay_common.logging import get_logger
 
 from reelay_ingest.deps import IngestDeps
@@ -209,34 +210,23 @@ class RegisterAccount:
     """Register (or refresh) an account with tokens obtained from TikTok elsewhere."""
 
     account_id: str
-    open_id: str
-    access_token: str
-    refresh_token: str
-    expires_in: int
-    refresh_expires_in: int
-    scopes: list[str]
+    grant: TokenGrant
 
 
 async def register_account(cmd: RegisterAccount, deps: IngestDeps) -> tuple[AccountRecord, bool]:
     """Store the account's tokens (encrypted by the store). Returns (account, created)."""
     existing = await deps.accounts.get(cmd.account_id)
-    if existing is not None and existing.open_id is not None and existing.open_id != cmd.open_id:
+    if existing is not None and existing.open_id is not None and existing.open_id != cmd.grant.open_id:
         # Re-pointing an account at another TikTok user would post to the wrong profile.
         raise ConflictError(
             f"account {cmd.account_id!r} is registered for another TikTok user (open_id)",
             code="account_open_id_mismatch",
             extra={"account_id": cmd.account_id},
         )
-    record = await deps.accounts.upsert_tokens(
-        cmd.account_id,
-        open_id=cmd.open_id,
-        access_token=cmd.access_token,
-        expires_in=cmd.expires_in,
-        refresh_token=cmd.refresh_token,
-        refresh_expires_in=cmd.refresh_expires_in,
-        scopes=cmd.scopes,
+    record = await deps.accounts.upsert_tokens(cmd.account_id, cmd.grant)
+    log.info(
+        "account_registered", account_id=cmd.account_id, created=existing is None, scopes=cmd.grant.scopes
     )
-    log.info("account_registered", account_id=cmd.account_id, created=existing is None, scopes=cmd.scopes)
     return record, existing is None
 
 

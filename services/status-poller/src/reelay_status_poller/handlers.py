@@ -24,7 +24,7 @@ from reelay_common.domain.errors import (
     TransientTikTokError,
 )
 from reelay_common.domain.messages import PublishEvent, StateSource, TikTokWebhookReceived, VideoUploaded
-from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.records import Change, UploadRecord
 from reelay_common.domain.rules import Backoff, upload_state_for
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import PublishStatus, PublishStatusCode
@@ -269,7 +269,7 @@ async def _apply_status(record: UploadRecord, status: PublishStatus, deps: Polle
     elif meaning.state is UploadState.FAILED and status.fail_reason is not None:
         detail["fail_reason"] = status.fail_reason
     moved = await deps.recorder.record(
-        record.request_id, meaning.state, source="poller", detail=detail, set_fields=set_fields
+        record.request_id, Change(meaning.state, source="poller", detail=detail, set_fields=set_fields)
     )
     if meaning.user_posted_draft and record.user_posted_draft_at is None:
         await _note_fact(record, {"user_posted_draft_at": deps.clock()}, deps)
@@ -319,7 +319,7 @@ async def _after_permanent(record: UploadRecord, exc: PermanentError, deps: Poll
     else:
         # Auth gone, or the token may not see this publish: the post may exist, we cannot tell.
         target = UploadState.UNCONFIRMED
-    await deps.recorder.record(record.request_id, target, source="poller", detail=detail)
+    await deps.recorder.record(record.request_id, Change(target, source="poller", detail=detail))
     await _stop_tracking(record.request_id, deps, attempts=record.poll_attempts + 1)
     log.warning("status_poll_refused", state=target.value, **exc.detail())
     return PollOutcome.SETTLED
@@ -335,7 +335,9 @@ async def _give_up(record: UploadRecord, extra: Mapping[str, Any], deps: PollerD
         "give_up_after_seconds": deps.policy.give_up_after,
         **extra,
     }
-    await deps.recorder.record(record.request_id, UploadState.UNCONFIRMED, source="poller", detail=detail)
+    await deps.recorder.record(
+        record.request_id, Change(UploadState.UNCONFIRMED, source="poller", detail=detail)
+    )
     await _stop_tracking(record.request_id, deps, attempts=record.poll_attempts + 1)
     log.warning(
         "publish_unconfirmed",
@@ -368,7 +370,7 @@ async def _record_terminal(
         # Not tracked any more (e.g. it was unconfirmed): track again to collect the post ids.
         set_fields = {"poll_next_at": deps.clock()}
     moved = await deps.recorder.record(
-        record.request_id, target, source=source, detail=detail, set_fields=set_fields
+        record.request_id, Change(target, source=source, detail=detail, set_fields=set_fields)
     )
     log.info(
         "webhook_applied" if moved is not None else "webhook_changed_nothing",

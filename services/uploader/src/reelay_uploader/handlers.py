@@ -49,7 +49,7 @@ from reelay_common.domain.messages import (
     dlq_topic,
     utcnow,
 )
-from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.records import Change, UploadRecord
 from reelay_common.domain.rules import check_privacy_level
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import FileUploadSourceInfo, PublishStatus, PullFromUrlSourceInfo
@@ -228,7 +228,9 @@ async def handle_dead_letter(letter: DeadLetter, deps: UploaderDeps) -> None:
         "partition": letter.partition,
         "offset": letter.offset,
     }
-    await deps.recorder.record(letter.request_id, UploadState.FAILED, source=STATE_SOURCE, detail=detail)
+    await deps.recorder.record(
+        letter.request_id, Change(UploadState.FAILED, source=STATE_SOURCE, detail=detail)
+    )
 
 
 Verdict = Literal["complete", "partial", "dead"]
@@ -262,7 +264,9 @@ class _Job:
         try:
             if state is UploadState.ACCEPTED:
                 await self._validate()
-                moved = await self.deps.recorder.record(self.rid, UploadState.UPLOADING, source=STATE_SOURCE)
+                moved = await self.deps.recorder.record(
+                    self.rid, Change(UploadState.UPLOADING, source=STATE_SOURCE)
+                )
                 self.rec = moved or await self._reload()
                 if self.rec.state is not UploadState.UPLOADING:
                     raise _Superseded
@@ -489,7 +493,7 @@ class _Job:
             detail["video_size"] = plan.video_size
             self.bytes_confirmed = plan.video_size
         moved = await self.deps.recorder.record(
-            self.rid, UploadState.UPLOADED, source=STATE_SOURCE, detail=detail, set_fields=fields
+            self.rid, Change(UploadState.UPLOADED, source=STATE_SOURCE, detail=detail, set_fields=fields)
         )
         current = moved or await self._reload()
         if current.state is UploadState.UPLOADED:
@@ -521,7 +525,9 @@ class _Job:
         full = dict(detail)
         if self.publish_id is not None:
             full.setdefault("publish_id", self.publish_id)
-        await self.deps.recorder.record(self.rid, UploadState.FAILED, source=STATE_SOURCE, detail=full)
+        await self.deps.recorder.record(
+            self.rid, Change(UploadState.FAILED, source=STATE_SOURCE, detail=full)
+        )
         log.warning("upload_failed", **{k: v for k, v in full.items() if k != "message"})
 
     async def _expire_url(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -25,6 +26,25 @@ class _FieldRole:
 STORE_MANAGED = _FieldRole("store_managed")
 # A fact learnt after the outcome: absent from a new document until it is learnt.
 LEARNT_LATER = _FieldRole("learnt_later")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One state change asked of an upload: the state to move to, who says so, its history detail
+    (TikTok's fail_reason, log_id...) and the fields set in the same guarded update."""
+
+    target: UploadState
+    source: StateSource
+    detail: Mapping[str, Any] | None = None
+    set_fields: Mapping[str, Any] | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """A copy of the fields to set with the move (empty when none)."""
+        return dict(self.set_fields or {})
+
+    def details(self) -> dict[str, Any]:
+        """A copy of the history entry's detail (empty when none)."""
+        return dict(self.detail or {})
 
 
 class HistoryEntry(BaseModel):

@@ -20,7 +20,7 @@ from reelay_common.domain.messages import (
     StateSource,
     UploadRequested,
 )
-from reelay_common.domain.records import OutboxEntry, UploadRecord
+from reelay_common.domain.records import Change, OutboxEntry, UploadRecord
 from reelay_common.domain.states import TERMINAL_STATES, UploadState, states_before
 
 Document = dict[str, Any]
@@ -192,21 +192,18 @@ class MongoUploadStore:
         doc = await self._guard.run(self._live_name, request_id, write)
         return UploadRecord.model_validate(doc) if doc is not None else None
 
-    async def transition(
-        self,
-        request_id: str,
-        target: UploadState,
-        *,
-        source: StateSource,
-        detail: Mapping[str, Any] | None = None,
-        set_fields: Mapping[str, Any] | None = None,
-    ) -> UploadRecord | None:
-        """Move forward to `target` in one guarded atomic update; None if already there or beyond."""
-        fields = dict(set_fields or {})
+    async def transition(self, request_id: str, change: Change) -> UploadRecord | None:
+        """Move forward to `change.target` in one guarded atomic update; None if already there or beyond."""
+        target, fields = change.target, change.fields()
         check_settable(fields)
         now = bson_now()
-        entry = {"state": target.value, "at": now, "source": source, "detail": to_bson(dict(detail or {}))}
-        announce = OutboxEntry.status(target, source=source, at=now)
+        entry = {
+            "state": target.value,
+            "at": now,
+            "source": change.source,
+            "detail": to_bson(change.details()),
+        }
+        announce = OutboxEntry.status(target, source=change.source, at=now)
         return await self._update(
             {"_id": request_id, "state": {"$in": [s.value for s in states_before(target)]}},
             {
