@@ -44,12 +44,13 @@ from reelay_common.domain.tiktok import (
     SourceInfo,
 )
 from reelay_common.ports import ProgressCallback, VideoReader
-from reelay_common.recorder import StateRecorder
 from reelay_testing.clocks import FakeClock
 from reelay_testing.publisher import FakePublisher
 from reelay_testing.readers import BytesVideoReader
 from reelay_testing.stores import FakeUploadStore
 from reelay_uploader.handlers import PROGRESS_CHECKPOINT_INTERVAL, UploaderDeps, handle_upload_requested
+
+from tests.recording import recording
 
 EVENTS = "test.publish.events"
 STATUS = "test.publish.status"
@@ -278,9 +279,11 @@ def make_world(
             raise InvalidInputError("the video source answered 404", code="source_not_found", http_status=404)
         yield found
 
+    rec = recording(uploads, publisher, status_topic=STATUS)
     deps = UploaderDeps(
         uploads=uploads,
-        recorder=StateRecorder(uploads, publisher, status_topic=STATUS),
+        recorder=rec.recorder,
+        outbox=rec.outbox,
         publisher=publisher,
         tiktok=fake,
         open_reader=open_reader,
@@ -408,8 +411,8 @@ class TestUploadingAVideo:
     async def test_does_not_reannounce_accepted_when_ingest_did(self) -> None:
         world = make_world()
         cmd = direct()
-        record, _ = await world.uploads.create(cmd, source="ingest")
-        await world.deps.recorder.announce(record, source="ingest")
+        record, _ = await world.uploads.create(cmd, source="ingest", outbox_lease_seconds=30)
+        assert await world.deps.outbox.drain(record.request_id, leased=record)  # ingest sent it
         await handle_upload_requested(cmd, world.deps)
         assert [e.state for e in world.status_events()].count(UploadState.ACCEPTED) == 1
 

@@ -158,8 +158,19 @@ class OutboxRelay:
                     record = await self._uploads.claim_due_outbox(self._clock(), self.lease_seconds)
                     if record is None:
                         break
-                    await self.drain(record.request_id, leased=record)
+                    await self._drain_guarded(record)
             except RetryableError as exc:  # Mongo unavailable: try again next round
                 log.warning("outbox_relay_round_failed", error=type(exc).__name__)
             if await sleep_unless_stopped(stop, self._interval):
                 return
+
+    async def _drain_guarded(self, record: UploadRecord) -> None:
+        """Drain one claimed outbox; a bug in one upload's entries must not stop every other's."""
+        try:
+            await self.drain(record.request_id, leased=record)
+        except RetryableError:
+            raise
+        except Exception:  # a bug (not Kafka, not Mongo): logged as one, this upload is retried later
+            log.exception("outbox_entry_failed", request_id=record.request_id)
+            later = self._clock() + timedelta(seconds=self._backoff.maximum)
+            await self._uploads.settle_outbox(record.request_id, [], next_try_at=later)
