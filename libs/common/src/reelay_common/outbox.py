@@ -76,6 +76,7 @@ class OutboxRelay:
         interval_seconds: float = 1.0,
         backoff: Backoff | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        before_send: Callable[[], None] | None = None,
     ) -> None:
         self._uploads = uploads
         self._publisher = publisher
@@ -86,6 +87,7 @@ class OutboxRelay:
         self._backoff = backoff or Backoff(initial=1.0, maximum=30.0, jitter=0.2)
         self._clock = clock
         self._failures = 0  # consecutive failed sends in this process (for the backoff and the log)
+        self._before_send = before_send  # fault injection (reelay_common.faults); None in production
 
     async def drain(
         self, request_id: str, *, leased: UploadRecord | None = None, within_seconds: float | None = None
@@ -114,6 +116,8 @@ class OutboxRelay:
             return False
 
     async def _send_leased(self, record: UploadRecord) -> bool:
+        if self._before_send is not None and record.outbox:
+            self._before_send()
         while True:
             sent: list[OutboxEntry] = []
             failed: BaseException | None = None

@@ -33,6 +33,7 @@ from reelay_common.adapters.ops_server import serve_ops
 from reelay_common.adapters.tiktok.client import TikTokClient
 from reelay_common.adapters.tiktok.gateway import TikTokGateway
 from reelay_common.adapters.tiktok.tokens import MongoTokenProvider
+from reelay_common.faults import crash_once
 from reelay_common.logging import configure_logging, get_logger
 from reelay_common.outbox import OutboxRelay
 from reelay_common.ports import BlobStore
@@ -117,6 +118,7 @@ class Infrastructure:
                 send_timeout_seconds=settings.outbox_send_timeout_seconds,
                 lease_seconds=settings.outbox_lease_seconds,
                 interval_seconds=settings.outbox_interval_seconds,
+                before_send=crash_once(settings.crash_before_send),
             )
             blobs = await open_blob_store(settings, stack, db=db)  # local, s3 or gridfs
             log.info(
