@@ -14,7 +14,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 from pydantic import ValidationError
@@ -23,6 +23,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from reelay_common.adapters.blobs import open_blob_store
 from reelay_common.adapters.crypto import TokenCipher
+from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
 from reelay_common.adapters.kafka.publisher import KafkaPublisher
 from reelay_common.adapters.kafka.topics import ensure_topics
 from reelay_common.adapters.mongo.accounts import MongoAccountStore
@@ -42,12 +43,26 @@ from reelay_common.settings import CommonSettings
 log = get_logger("reelay_common.runtime")
 
 S = TypeVar("S", bound=CommonSettings)
+M = TypeVar("M")
 
 # A worker runs until the event is set, then finishes what it holds (within its own grace) and returns.
 Worker = Callable[[asyncio.Event], Awaitable[None]]
 
 # On a hard stop (the supervisor cancelled), how long the cancelled workers get to unwind.
 HARD_STOP_SECONDS = 10.0
+
+
+class ConsumerSettings(Protocol):
+    """What the settings of a service that consumes a topic say of its consumer."""
+
+    @property
+    def kafka_bootstrap_servers(self) -> str: ...
+
+    @property
+    def consumer_group(self) -> str: ...
+
+    @property
+    def shutdown_grace_seconds(self) -> float: ...
 
 
 class WorkerStopped(RuntimeError):
@@ -146,6 +161,30 @@ class Infrastructure:
             self.rate_limiter(max_wait_seconds=max_wait_seconds),
             max_rate_limit_retries=max_rate_limit_retries,
             backoff_max=backoff_max,
+        )
+
+    def consumer(
+        self,
+        settings: ConsumerSettings,
+        *,
+        app_name: str,
+        topic: str,
+        decode: Callable[[bytes], M],
+        handle: Callable[[M, RecordContext], Awaitable[None]],
+        **options: Any,
+    ) -> ConsumerLoop[M]:
+        """A consumer of `topic` in the service's group, its dead letters sent by this publisher,
+        given `shutdown_grace_seconds` on stop; `options` reach ConsumerLoop (on_dead_letter...)."""
+        return ConsumerLoop(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=settings.consumer_group,
+            topic=topic,
+            decode=decode,
+            handle=handle,
+            publisher=self.publisher,
+            shutdown_grace_seconds=settings.shutdown_grace_seconds,
+            client_id=app_name,
+            **options,
         )
 
     async def mongo_ready(self) -> bool:

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import httpx
-from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
+from reelay_common.adapters.kafka.consumer import RecordContext
 from reelay_common.adapters.url_reader import UrlVideoReader
 from reelay_common.domain.messages import BlobSource, DeadLetter, UploadRequested, UrlSource
 from reelay_common.logging import get_logger
@@ -89,16 +89,13 @@ async def run(
         async def on_dead_letter(letter: DeadLetter) -> None:
             await handle_dead_letter(letter, deps)
 
-        consumer = ConsumerLoop[UploadRequested](
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            group_id=settings.consumer_group,
+        consumer = infra.consumer(
+            settings,
+            app_name=APP_NAME,
             topic=settings.topic_upload_requested,
             decode=UploadRequested.model_validate_json,
             handle=on_upload_requested,
-            publisher=infra.publisher,
             on_dead_letter=on_dead_letter,
-            shutdown_grace_seconds=settings.shutdown_grace_seconds,
-            client_id=APP_NAME,
         )
 
         async def kafka_ready() -> bool:

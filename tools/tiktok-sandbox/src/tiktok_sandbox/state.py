@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tiktok_sandbox.faults import FaultInjector
+from tiktok_sandbox.faults import Endpoint, FaultInjector
 from tiktok_sandbox.media import MediaInfo
 from tiktok_sandbox.plan import ChunkPlan
 from tiktok_sandbox.settings import SandboxSettings
@@ -291,6 +291,13 @@ class SandboxState:
         self.faults = FaultInjector(settings.faults)
         self.tasks: set[asyncio.Task[None]] = set()
         self._init_world()
+
+    async def arrive(self, endpoint: Endpoint) -> None:
+        """Count a call of `endpoint`, then wait out the delay the faults inject into it, if any."""
+        self.stats.call(endpoint)
+        delay = self.faults.delay(endpoint)
+        if delay:
+            await asyncio.sleep(delay)
 
     def _init_world(self) -> None:
         self.users: dict[str, User] = {}

@@ -57,6 +57,10 @@ class HistoryEntry(BaseModel):
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
+# The fields of UploadRequested an upload keeps under the same names (and `requested_at`).
+_KEPT_OF_REQUEST = ("request_id", "account_id", "mode", "source", "post_info")
+
+
 class UploadRecord(BaseModel):
     """The `uploads` document: one per request_id (`_id` = request_id)."""
 
@@ -100,16 +104,18 @@ class UploadRecord(BaseModel):
     def new(cls, cmd: UploadRequested, *, source: StateSource, now: datetime) -> UploadRecord:
         """The `accepted` upload of a new request, its first history entry by `source` at `now`."""
         return cls(
-            request_id=cmd.request_id,
-            account_id=cmd.account_id,
-            mode=cmd.mode,
-            source=cmd.source,
-            post_info=cmd.post_info,
+            **{name: getattr(cmd, name) for name in _KEPT_OF_REQUEST},
             requested_at=cmd.requested_at,
             state=UploadState.ACCEPTED,
             history=[HistoryEntry(state=UploadState.ACCEPTED, at=now, source=source)],
             created_at=now,
             updated_at=now,
+        )
+
+    def request(self) -> UploadRequested:
+        """The request this upload was accepted from, as of its creation (ingest sends it again)."""
+        return UploadRequested(
+            **{name: getattr(self, name) for name in _KEPT_OF_REQUEST}, requested_at=self.created_at
         )
 
     def new_document(self) -> dict[str, Any]:
