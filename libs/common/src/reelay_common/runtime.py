@@ -14,7 +14,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypedDict, TypeVar
 
 import httpx
 from pydantic import ValidationError
@@ -23,7 +23,6 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from reelay_common.adapters.blobs import open_blob_store
 from reelay_common.adapters.crypto import TokenCipher
-from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
 from reelay_common.adapters.kafka.publisher import KafkaPublisher
 from reelay_common.adapters.kafka.topics import ensure_topics
 from reelay_common.adapters.mongo.accounts import MongoAccountStore
@@ -43,7 +42,6 @@ from reelay_common.settings import CommonSettings
 log = get_logger("reelay_common.runtime")
 
 S = TypeVar("S", bound=CommonSettings)
-M = TypeVar("M")
 
 # A worker runs until the event is set, then finishes what it holds (within its own grace) and returns.
 Worker = Callable[[asyncio.Event], Awaitable[None]]
@@ -63,6 +61,16 @@ class ConsumerSettings(Protocol):
 
     @property
     def shutdown_grace_seconds(self) -> float: ...
+
+
+class ServiceConsumer(TypedDict):
+    """ConsumerLoop keywords a service takes from its settings and infrastructure (`**` them in)."""
+
+    bootstrap_servers: str
+    group_id: str
+    publisher: KafkaPublisher
+    shutdown_grace_seconds: float
+    client_id: str
 
 
 class WorkerStopped(RuntimeError):
@@ -163,28 +171,15 @@ class Infrastructure:
             backoff_max=backoff_max,
         )
 
-    def consumer(
-        self,
-        settings: ConsumerSettings,
-        *,
-        app_name: str,
-        topic: str,
-        decode: Callable[[bytes], M],
-        handle: Callable[[M, RecordContext], Awaitable[None]],
-        **options: Any,
-    ) -> ConsumerLoop[M]:
-        """A consumer of `topic` in the service's group, its dead letters sent by this publisher,
-        given `shutdown_grace_seconds` on stop; `options` reach ConsumerLoop (on_dead_letter...)."""
-        return ConsumerLoop(
+    def consumer_options(self, settings: ConsumerSettings, *, app_name: str) -> ServiceConsumer:
+        """The arguments of a service's ConsumerLoop that come from its settings and this
+        infrastructure: its group, dead letters sent by this publisher, its shutdown grace."""
+        return ServiceConsumer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             group_id=settings.consumer_group,
-            topic=topic,
-            decode=decode,
-            handle=handle,
             publisher=self.publisher,
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
             client_id=app_name,
-            **options,
         )
 
     async def mongo_ready(self) -> bool:

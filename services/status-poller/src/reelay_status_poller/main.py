@@ -8,7 +8,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from reelay_common.adapters.kafka.consumer import RecordContext
+from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
 from reelay_common.domain.messages import PUBLISH_EVENT_ADAPTER, PublishEvent, utcnow
 from reelay_common.domain.records import UploadRecord
 from reelay_common.logging import get_logger
@@ -76,12 +76,11 @@ async def run(
         async def on_publish_event(event: PublishEvent, _ctx: RecordContext) -> None:
             await handle_publish_event(event, deps)
 
-        consumer = infra.consumer(
-            settings,
-            app_name=APP_NAME,
+        consumer: ConsumerLoop[PublishEvent] = ConsumerLoop(
             topic=settings.topic_publish_events,
             decode=PUBLISH_EVENT_ADAPTER.validate_json,
             handle=on_publish_event,
+            **infra.consumer_options(settings, app_name=APP_NAME),
             **(consumer_overrides or {}),
         )
 

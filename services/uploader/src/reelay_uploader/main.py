@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import httpx
-from reelay_common.adapters.kafka.consumer import RecordContext
+from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
 from reelay_common.adapters.url_reader import UrlVideoReader
 from reelay_common.domain.messages import BlobSource, DeadLetter, UploadRequested, UrlSource
 from reelay_common.logging import get_logger
@@ -89,13 +89,12 @@ async def run(
         async def on_dead_letter(letter: DeadLetter) -> None:
             await handle_dead_letter(letter, deps)
 
-        consumer = infra.consumer(
-            settings,
-            app_name=APP_NAME,
+        consumer = ConsumerLoop[UploadRequested](
             topic=settings.topic_upload_requested,
             decode=UploadRequested.model_validate_json,
             handle=on_upload_requested,
             on_dead_letter=on_dead_letter,
+            **infra.consumer_options(settings, app_name=APP_NAME),
         )
 
         async def kafka_ready() -> bool:

@@ -41,9 +41,14 @@ class Change:
         """A copy of the fields to set with the move (empty when none)."""
         return dict(self.set_fields or {})
 
-    def details(self) -> dict[str, Any]:
-        """A copy of the history entry's detail (empty when none)."""
-        return dict(self.detail or {})
+    def history_entry(self, at: datetime) -> dict[str, Any]:
+        """The history entry the change appends, made `at` (a store converts it as it stores it)."""
+        return {
+            "state": self.target.value,
+            "at": at,
+            "source": self.source,
+            "detail": dict(self.detail or {}),
+        }
 
 
 class HistoryEntry(BaseModel):
@@ -133,6 +138,17 @@ class UploadRecord(BaseModel):
     def settable_fields(cls) -> frozenset[str]:
         """Names of the fields a caller may set through a transition or a checkpoint."""
         return frozenset(cls.model_fields) - cls.store_managed_fields()
+
+
+def check_settable(fields: Mapping[str, Any]) -> None:
+    """Refuse fields the store owns or does not know, with a clear error (every store, before it
+    writes anything): which fields are whose is the record's word, through its field roles."""
+    protected = sorted(set(fields) & UploadRecord.store_managed_fields())
+    if protected:
+        raise ValueError(f"these upload fields are managed by the store and cannot be set: {protected}")
+    unknown = sorted(set(fields) - UploadRecord.settable_fields())
+    if unknown:
+        raise ValueError(f"unknown upload fields: {unknown} (add them to UploadRecord first)")
 
 
 def _fields_with(role: _FieldRole) -> set[str]:

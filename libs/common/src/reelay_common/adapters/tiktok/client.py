@@ -208,37 +208,32 @@ class TikTokClient:
         self, code: str, *, redirect_uri: str, code_verifier: str | None = None
     ) -> TokenGrant:
         """POST oauth/token with grant_type=authorization_code."""
-        form = {
-            "client_key": self._client_key,
-            "client_secret": self._client_secret.get_secret_value(),
-            "code": code,
-            "grant_type": "authorization_code",
-            "redirect_uri": redirect_uri,
-        }
+        fields = {"code": code, "redirect_uri": redirect_uri}
         if code_verifier is not None:
-            form["code_verifier"] = code_verifier
-        body = await self._post_oauth(PATH_OAUTH_TOKEN, form, grant_type="authorization_code")
-        return _parse(TokenGrant, body, PATH_OAUTH_TOKEN)
+            fields["code_verifier"] = code_verifier
+        return await self._token("authorization_code", fields)
 
     async def refresh_token(self, refresh_token: str) -> TokenGrant:
         """POST oauth/token with grant_type=refresh_token (TikTok rotates the refresh token)."""
-        form = {
-            "client_key": self._client_key,
-            "client_secret": self._client_secret.get_secret_value(),
-            "grant_type": "refresh_token",
-            "refresh_token": refresh_token,
-        }
-        body = await self._post_oauth(PATH_OAUTH_TOKEN, form, grant_type="refresh_token")
-        return _parse(TokenGrant, body, PATH_OAUTH_TOKEN)
+        return await self._token("refresh_token", {"refresh_token": refresh_token})
 
     async def revoke(self, access_token: str) -> None:
         """POST oauth/revoke: end the user's authorisation of this app."""
-        form = {
+        await self._post_oauth(PATH_OAUTH_REVOKE, self._client_form(token=access_token), grant_type=None)
+
+    async def _token(self, grant_type: str, fields: Mapping[str, str]) -> TokenGrant:
+        """POST oauth/token for `grant_type` with the grant's own `fields`."""
+        form = self._client_form(grant_type=grant_type, **fields)
+        body = await self._post_oauth(PATH_OAUTH_TOKEN, form, grant_type=grant_type)
+        return _parse(TokenGrant, body, PATH_OAUTH_TOKEN)
+
+    def _client_form(self, **fields: str) -> dict[str, str]:
+        """An OAuth form: this app's credentials (`client_key`, not `client_id`) and `fields`."""
+        return {
             "client_key": self._client_key,
             "client_secret": self._client_secret.get_secret_value(),
-            "token": access_token,
+            **fields,
         }
-        await self._post_oauth(PATH_OAUTH_REVOKE, form, grant_type=None)
 
     # ---- the chunk PUT --------------------------------------------------------------------------
 
