@@ -972,14 +972,8 @@ async def comply_bearer_token(w: World) -> None:
     grant = await grant_for(w.admin, open_id)
     await store.upsert_tokens(
         "acct-stale",
-        TokenGrant(
-            open_id=open_id,
-            access_token="act.no-longer-accepted",
-            expires_in=7200,
-            refresh_token=grant["refresh_token"],
-            refresh_expires_in=grant["refresh_expires_in"],
-            scope=grant["scope"],
-        ),
+        # A dead token: the point of the test.
+        TokenGrant.model_validate({**grant, "access_token": "act.no-longer-accepted", "expires_in": 7200}),
     )
     provider = MongoTokenProvider(store, w.client, poll_interval_seconds=0.02)
     info = await w.gateway(tokens=provider).creator_info("acct-stale")
@@ -1150,14 +1144,7 @@ async def comply_refresh_rotation(w: World) -> None:
     grant = await grant_for(w.admin, open_id)
     await store.upsert_tokens(
         ACCOUNT,
-        TokenGrant(
-            open_id=open_id,
-            access_token=grant["access_token"],
-            expires_in=grant["expires_in"],
-            refresh_token=grant["refresh_token"],
-            refresh_expires_in=grant["refresh_expires_in"],
-            scope=grant["scope"],
-        ),
+        TokenGrant.model_validate(grant),
     )
     provider = MongoTokenProvider(store, w.client, poll_interval_seconds=0.02)
     issued = [await provider.access_token(ACCOUNT) for _ in range(3)]
