@@ -132,14 +132,7 @@ class World:
         accounts = MongoAccountStore(self.db, TokenCipher(self.settings().token_encryption_key))
         await accounts.upsert_tokens(
             name,
-            TokenGrant(
-                open_id=grant["open_id"],
-                access_token=grant["access_token"],
-                expires_in=int(grant["expires_in"]),
-                refresh_token=grant["refresh_token"],
-                refresh_expires_in=int(grant["refresh_expires_in"]),
-                scope=str(grant["scope"]),
-            ),
+            TokenGrant.model_validate(grant),
         )
         self._tokens[name] = grant["access_token"]
         return name

@@ -76,14 +76,7 @@ async def connect_account(
     grant = (await layer.http.post(f"{sandbox_base_url}/sandbox/users/{open_id}/tokens")).json()
     await layer.store.upsert_tokens(
         account_id,
-        TokenGrant(
-            open_id=open_id,
-            access_token=grant["access_token"],
-            expires_in=grant["expires_in"] if expires_in is None else expires_in,
-            refresh_token=grant["refresh_token"],
-            refresh_expires_in=grant["refresh_expires_in"],
-            scope=grant["scope"],
-        ),
+        TokenGrant.model_validate(grant if expires_in is None else {**grant, "expires_in": expires_in}),
     )
     return open_id, grant
 

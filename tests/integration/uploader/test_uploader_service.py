@@ -179,14 +179,7 @@ async def env(
             accounts = MongoAccountStore(mongo_db, TokenCipher(settings.token_encryption_key))
             await accounts.upsert_tokens(
                 account_id,
-                TokenGrant(
-                    open_id=grant["open_id"],
-                    access_token=grant["access_token"],
-                    expires_in=grant["expires_in"],
-                    refresh_token=grant["refresh_token"],
-                    refresh_expires_in=grant["refresh_expires_in"],
-                    scope=grant["scope"],
-                ),
+                TokenGrant.model_validate(grant),
             )
             yield Env(
                 settings=settings,

@@ -57,7 +57,7 @@ class ScriptedTikTok:
     async def init_upload(self, account_id: str, **kwargs: Any) -> Any:
         raise AssertionError("the poller never initialises uploads")
 
-    async def upload_chunks(self, upload_url: str, plan: Any, reader: Any, **kwargs: Any) -> None:
+    async def upload_chunks(self, upload: Any, **kwargs: Any) -> None:
         raise AssertionError("the poller never uploads")
 
 

@@ -43,7 +43,7 @@ from reelay_common.domain.tiktok import (
     PullFromUrlSourceInfo,
     SourceInfo,
 )
-from reelay_common.ports import ProgressCallback, VideoReader
+from reelay_common.ports import ChunkedUpload, ProgressCallback, VideoReader
 from reelay_testing.clocks import FakeClock
 from reelay_testing.publisher import FakePublisher
 from reelay_testing.readers import BytesVideoReader
@@ -190,17 +190,10 @@ class FakeTikTok:
         )
 
     async def upload_chunks(
-        self,
-        upload_url: str,
-        plan: FileUploadSourceInfo,
-        reader: VideoReader,
-        *,
-        start_offset: int = 0,
-        on_progress: ProgressCallback | None = None,
-        account_id: str | None = None,
-        publish_id: str | None = None,
+        self, upload: ChunkedUpload, *, on_progress: ProgressCallback | None = None
     ) -> None:
-        pub = next(p for p in self.publishes.values() if p.upload_url == upload_url)
+        plan, reader, start_offset = upload.plan, upload.reader, upload.start_offset
+        pub = next(p for p in self.publishes.values() if p.upload_url == upload.upload_url)
         assert pub.source_info == plan, "the plan must be the one given at init"
         for first, last in chunk_ranges(plan):
             if last < max(start_offset, pub.received):

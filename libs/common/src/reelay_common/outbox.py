@@ -39,7 +39,7 @@ NOT_SENT = (RetryableError, TimeoutError)
 def message_for(record: UploadRecord, entry: OutboxEntry) -> tuple[BaseModel, str]:
     """The message an outbox entry stands for, built from the document as it is now, and its kind."""
     if entry.kind == "upload_requested":
-        return record.to_command(), "upload_requested"
+        return record.request(), "upload_requested"
     state = entry.state or record.state
     index = next(
         (i for i in range(len(record.history) - 1, -1, -1) if record.history[i].state is state), None

@@ -237,18 +237,27 @@ class BlobStore(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ChunkedUpload:
+    """One FILE_UPLOAD to send: the upload_url and chunk plan init gave, the video's bytes, and the
+    offset to start from (a resumed upload). With `account_id` and `publish_id`, a lost response
+    is resynchronised from status/fetch `uploaded_bytes`."""
+
+    upload_url: str
+    plan: FileUploadSourceInfo
+    reader: VideoReader
+    start_offset: int = 0
+    account_id: str | None = None
+    publish_id: str | None = None
+
+
 class TikTokApi(Protocol):
     """TikTok, per account: tokens, pacing, 401-refresh and 429 backoff are handled inside."""
 
     async def creator_info(self, account_id: str) -> CreatorInfo: ...
 
     async def init_upload(
-        self,
-        account_id: str,
-        *,
-        mode: UploadMode,
-        post_info: PostInfo | None,
-        source_info: SourceInfo,
+        self, account_id: str, *, mode: UploadMode, post_info: PostInfo | None, source_info: SourceInfo
     ) -> InitResult:
         """video/init (mode 'direct', with post_info) or inbox/video/init (mode 'inbox')."""
         ...
@@ -256,17 +265,9 @@ class TikTokApi(Protocol):
     async def fetch_status(self, account_id: str, publish_id: str) -> PublishStatus: ...
 
     async def upload_chunks(
-        self,
-        upload_url: str,
-        plan: FileUploadSourceInfo,
-        reader: VideoReader,
-        *,
-        start_offset: int = 0,
-        on_progress: ProgressCallback | None = None,
-        account_id: str | None = None,
-        publish_id: str | None = None,
+        self, upload: ChunkedUpload, *, on_progress: ProgressCallback | None = None
     ) -> None:
-        """PUT every chunk from `start_offset` on, sequentially, streaming, resuming after
-        416/lost responses. Raises UploadUrlExpiredError on 403. With `account_id` and
-        `publish_id`, a lost response is resynchronised from status/fetch `uploaded_bytes`."""
+        """PUT every chunk from `upload.start_offset` on, sequentially, streaming, resuming after
+        416/lost responses. Raises UploadUrlExpiredError on 403. `on_progress(confirmed_bytes)`
+        runs after each chunk the server accepted."""
         ...

@@ -12,7 +12,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from reelay_common.domain.messages import StateSource, UploadRequested
-from reelay_common.domain.records import AccountRecord, AccountStatus, Change, OutboxEntry, UploadRecord
+from reelay_common.domain.records import (
+    AccountRecord,
+    AccountStatus,
+    Change,
+    OutboxEntry,
+    UploadRecord,
+    check_settable,
+)
 from reelay_common.domain.states import TERMINAL_STATES, UploadState, can_transition
 from reelay_common.domain.tiktok import TokenGrant
 
@@ -23,16 +30,6 @@ from reelay_testing.roundtrip import as_stored, stored_now, to_millis
 _NEVER_POLLED = frozenset(TERMINAL_STATES - {UploadState.PUBLISHED})
 
 _FAKE_CIPHERTEXT = "fake-ciphertext"  # stands in for ciphertext, not a secret
-
-
-def _refuse_unsettable(fields: Mapping[str, Any]) -> None:
-    # Which fields are whose is the domain's word (the record's field roles), not the adapter's.
-    managed = sorted(set(fields) & UploadRecord.store_managed_fields())
-    if managed:
-        raise ValueError(f"these upload fields are managed by the store and cannot be set: {managed}")
-    unknown = sorted(set(fields) - UploadRecord.settable_fields())
-    if unknown:
-        raise ValueError(f"unknown upload fields: {unknown} (add them to UploadRecord first)")
 
 
 class FakeUploadStore:
@@ -93,17 +90,12 @@ class FakeUploadStore:
     async def transition(self, request_id: str, change: Change) -> UploadRecord | None:
         """Move forward to `change.target` with its fields; None if unknown, or already there or beyond."""
         target, fields = change.target, change.fields()
-        _refuse_unsettable(fields)
+        check_settable(fields)
         record = self.records.get(request_id)
         if record is None or not can_transition(record.state, target):
             return None
         now = stored_now()
-        entry = {
-            "state": target.value,
-            "at": now,
-            "source": change.source,
-            "detail": as_stored(change.details()),
-        }
+        entry = as_stored(change.history_entry(now))
         history = [*as_stored([h.model_dump() for h in record.history]), entry]
         owing = self._owing(record, target, change.source, now)
         return self._put(
@@ -114,7 +106,7 @@ class FakeUploadStore:
         self, request_id: str, fields: Mapping[str, Any], *, expect_state: UploadState | None = None
     ) -> UploadRecord | None:
         """Set `fields` without a state change (only while in `expect_state`, when given)."""
-        _refuse_unsettable(fields)
+        check_settable(fields)
         record = self.records.get(request_id)
         if record is None or (expect_state is not None and record.state is not expect_state):
             return None

@@ -7,7 +7,7 @@ their outcomes, and the errors of `reelay_ingest.errors`, back into HTTP.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from reelay_common.adapters.netguard import ensure_public_url
 from reelay_common.domain.errors import InvalidInputError, RetryableError
@@ -241,15 +241,9 @@ async def pass_on_webhook(event: WebhookEvent, deps: IngestDeps) -> TikTokWebhoo
         log.info("webhook_ignored", tiktok_event=event.event)
         return None
     record = await deps.uploads.find_by_publish_id(event.publish_id) if event.publish_id else None
+    # The event as received, with the account it belongs to.
     message = TikTokWebhookReceived(
-        event=event.event,
-        user_openid=event.user_openid,
-        create_time=event.create_time,
-        publish_id=event.publish_id,
-        publish_type=event.publish_type,
-        reason=event.reason,
-        post_id=event.post_id,
-        account_id=record.account_id if record is not None else None,
+        **asdict(event), account_id=record.account_id if record is not None else None
     )
     key = message.account_id or event.user_openid or event.publish_id or "unknown"
     try:

@@ -205,12 +205,12 @@ async def poll_once(record: UploadRecord, deps: PollerDeps) -> PollOutcome:
     now = deps.clock()
 
     if record.state.is_terminal and not _wants_post_ids(record, now, deps.policy):
-        await _stop_tracking(record.request_id, deps)
+        await _stop_tracking(record, deps)
         log.info("tracking_stopped", state=record.state.value)
         return PollOutcome.STOPPED
     if record.publish_id is None:
         # Tracking is only started with a publish_id; a document without one cannot be polled.
-        await _stop_tracking(record.request_id, deps)
+        await _stop_tracking(record, deps)
         log.error("tracking_without_publish_id_stopped", state=record.state.value)
         return PollOutcome.STOPPED
 
@@ -238,10 +238,7 @@ async def poll_once(record: UploadRecord, deps: PollerDeps) -> PollOutcome:
         current = await _add_post_ids(current, status.publicaly_available_post_id, "poller", deps) or current
     now = deps.clock()
     if current.state.is_terminal:
-        if _wants_post_ids(current, now, deps.policy):
-            await _schedule(current, now + timedelta(seconds=deps.policy.max_interval), deps)
-        else:
-            await _stop_tracking(current.request_id, deps, attempts=current.poll_attempts + 1)
+        await _watch_post_ids_or_stop(current, now, deps)
         log.info("publish_settled", state=current.state.value, tiktok_status=status.status)
         return PollOutcome.SETTLED
     if _give_up_due(current, now, deps.policy):
@@ -280,11 +277,7 @@ async def _collect_post_ids(record: UploadRecord, status: PublishStatus, deps: P
     current = record
     if status.publicaly_available_post_id:
         current = await _add_post_ids(record, status.publicaly_available_post_id, "poller", deps) or record
-    now = deps.clock()
-    if _wants_post_ids(current, now, deps.policy):
-        await _schedule(current, now + timedelta(seconds=deps.policy.max_interval), deps)
-    else:
-        await _stop_tracking(current.request_id, deps, attempts=current.poll_attempts + 1)
+    if not await _watch_post_ids_or_stop(current, deps.clock(), deps):
         log.info(
             "post_id_watch_ended",
             request_id=record.request_id,
@@ -309,7 +302,7 @@ async def _after_retryable(record: UploadRecord, exc: RetryableError, deps: Poll
 async def _after_permanent(record: UploadRecord, exc: PermanentError, deps: PollerDeps) -> PollOutcome:
     if record.state.is_terminal:
         # Only the post-id watch was left; it cannot go on.
-        await _stop_tracking(record.request_id, deps, attempts=record.poll_attempts + 1)
+        await _stop_tracking(record, deps, polled=True)
         log.warning("post_id_watch_aborted", **exc.detail())
         return PollOutcome.STOPPED
     detail: dict[str, Any] = {"reason": "status_fetch_refused", **exc.detail()}
@@ -320,7 +313,7 @@ async def _after_permanent(record: UploadRecord, exc: PermanentError, deps: Poll
         # Auth gone, or the token may not see this publish: the post may exist, we cannot tell.
         target = UploadState.UNCONFIRMED
     await deps.recorder.record(record.request_id, Change(target, source="poller", detail=detail))
-    await _stop_tracking(record.request_id, deps, attempts=record.poll_attempts + 1)
+    await _stop_tracking(record, deps, polled=True)
     log.warning("status_poll_refused", state=target.value, **exc.detail())
     return PollOutcome.SETTLED
 
@@ -338,7 +331,7 @@ async def _give_up(record: UploadRecord, extra: Mapping[str, Any], deps: PollerD
     await deps.recorder.record(
         record.request_id, Change(UploadState.UNCONFIRMED, source="poller", detail=detail)
     )
-    await _stop_tracking(record.request_id, deps, attempts=record.poll_attempts + 1)
+    await _stop_tracking(record, deps, polled=True)
     log.warning(
         "publish_unconfirmed",
         request_id=record.request_id,
@@ -412,13 +405,24 @@ async def _schedule(record: UploadRecord, next_at: datetime, deps: PollerDeps) -
     await deps.uploads.schedule_poll(record.request_id, next_at, attempts=record.poll_attempts + 1)
 
 
-async def _stop_tracking(request_id: str, deps: PollerDeps, *, attempts: int | None = None) -> None:
-    """End tracking; `attempts` counts the status/fetch calls made, when this poll made one."""
+async def _watch_post_ids_or_stop(record: UploadRecord, now: datetime, deps: PollerDeps) -> bool:
+    """After a poll of a settled upload: poll again later while its post ids are still wanted
+    (True), else end tracking (False)."""
+    if _wants_post_ids(record, now, deps.policy):
+        await _schedule(record, now + timedelta(seconds=deps.policy.max_interval), deps)
+        return True
+    await _stop_tracking(record, deps, polled=True)
+    return False
+
+
+async def _stop_tracking(record: UploadRecord, deps: PollerDeps, *, polled: bool = False) -> None:
+    """End tracking; when this poll made a status/fetch call (`polled`), count it."""
     fields: dict[str, Any] = {"poll_next_at": None, "poll_lease_until": None}
-    if attempts is not None:
+    if polled:
+        attempts = record.poll_attempts + 1
         fields["poll_attempts"] = attempts
         STATUS_POLLS_PER_PUBLISH.observe(attempts)
-    await deps.uploads.checkpoint(request_id, fields)
+    await deps.uploads.checkpoint(record.request_id, fields)
 
 
 def _merge(existing: Sequence[str], new: Sequence[str]) -> list[str]:

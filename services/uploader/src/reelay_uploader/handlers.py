@@ -54,7 +54,15 @@ from reelay_common.domain.rules import check_privacy_level
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import FileUploadSourceInfo, PublishStatus, PullFromUrlSourceInfo
 from reelay_common.logging import bind_learned, get_logger
-from reelay_common.ports import Outbox, Publisher, Recorder, TikTokApi, UploadStore, VideoReader
+from reelay_common.ports import (
+    ChunkedUpload,
+    Outbox,
+    Publisher,
+    Recorder,
+    TikTokApi,
+    UploadStore,
+    VideoReader,
+)
 
 log = get_logger(__name__)
 
@@ -448,15 +456,15 @@ class _Job:
                 await self._checkpoint({"uploaded_bytes": confirmed})
 
         try:
-            await self.deps.tiktok.upload_chunks(
+            upload = ChunkedUpload(
                 pub.upload_url,
                 pub.plan,
                 reader,
                 start_offset=start_offset,
-                on_progress=progress,
                 account_id=self.rec.account_id,
                 publish_id=pub.publish_id,
             )
+            await self.deps.tiktok.upload_chunks(upload, on_progress=progress)
         except Exception:
             # The upload stopped short (a chunk failed, the URL expired, the source broke): leave
             # the record at what TikTok confirmed. (A kill skips this; the resume asks TikTok.)

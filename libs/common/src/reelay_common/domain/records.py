@@ -42,9 +42,14 @@ class Change:
         """A copy of the fields to set with the move (empty when none)."""
         return dict(self.set_fields or {})
 
-    def details(self) -> dict[str, Any]:
-        """A copy of the history entry's detail (empty when none)."""
-        return dict(self.detail or {})
+    def history_entry(self, at: datetime) -> dict[str, Any]:
+        """The history entry the change appends, made `at` (a store converts it as it stores it)."""
+        return {
+            "state": self.target.value,
+            "at": at,
+            "source": self.source,
+            "detail": dict(self.detail or {}),
+        }
 
 
 class HistoryEntry(BaseModel):
@@ -88,6 +93,10 @@ class OutboxEntry(BaseModel):
     def upload_requested(cls, *, at: datetime) -> OutboxEntry:
         """Queue the upload's command for the uploader."""
         return cls(id=uuid.uuid4().hex, kind="upload_requested", at=at)
+
+
+# The fields of UploadRequested an upload keeps under the same names (and `requested_at`).
+_KEPT_OF_REQUEST = ("request_id", "account_id", "mode", "source", "post_info")
 
 
 class UploadRecord(BaseModel):
@@ -145,11 +154,7 @@ class UploadRecord(BaseModel):
         if enqueue:
             outbox.append(OutboxEntry.upload_requested(at=now))
         return cls(
-            request_id=cmd.request_id,
-            account_id=cmd.account_id,
-            mode=cmd.mode,
-            source=cmd.source,
-            post_info=cmd.post_info,
+            **{name: getattr(cmd, name) for name in _KEPT_OF_REQUEST},
             requested_at=cmd.requested_at,
             state=UploadState.ACCEPTED,
             history=[HistoryEntry(state=UploadState.ACCEPTED, at=now, source=source)],
@@ -159,15 +164,10 @@ class UploadRecord(BaseModel):
             outbox_due_at=now,
         )
 
-    def to_command(self) -> UploadRequested:
-        """The upload's command, as ingest queues it."""
+    def request(self) -> UploadRequested:
+        """The request this upload was accepted from, as of its creation (ingest sends it again)."""
         return UploadRequested(
-            request_id=self.request_id,
-            account_id=self.account_id,
-            mode=self.mode,
-            source=self.source,
-            post_info=self.post_info,
-            requested_at=self.requested_at or self.created_at,
+            **{name: getattr(self, name) for name in _KEPT_OF_REQUEST}, requested_at=self.created_at
         )
 
     def new_document(self) -> dict[str, Any]:
@@ -185,6 +185,17 @@ class UploadRecord(BaseModel):
     def settable_fields(cls) -> frozenset[str]:
         """Names of the fields a caller may set through a transition or a checkpoint."""
         return frozenset(cls.model_fields) - cls.store_managed_fields()
+
+
+def check_settable(fields: Mapping[str, Any]) -> None:
+    """Refuse fields the store owns or does not know, with a clear error (every store, before it
+    writes anything): which fields are whose is the record's word, through its field roles."""
+    protected = sorted(set(fields) & UploadRecord.store_managed_fields())
+    if protected:
+        raise ValueError(f"these upload fields are managed by the store and cannot be set: {protected}")
+    unknown = sorted(set(fields) - UploadRecord.settable_fields())
+    if unknown:
+        raise ValueError(f"unknown upload fields: {unknown} (add them to UploadRecord first)")
 
 
 def _fields_with(role: _FieldRole) -> set[str]:

@@ -20,7 +20,7 @@ from reelay_common.domain.messages import (
     StateSource,
     UploadRequested,
 )
-from reelay_common.domain.records import Change, OutboxEntry, UploadRecord
+from reelay_common.domain.records import Change, OutboxEntry, UploadRecord, check_settable
 from reelay_common.domain.states import TERMINAL_STATES, UploadState, states_before
 
 Document = dict[str, Any]
@@ -47,16 +47,6 @@ def ids_name(collection: str) -> str:
 
 def _lease_free(field: str, now: datetime) -> Document:
     return {"$or": [{field: None}, {field: {"$lt": now}}]}
-
-
-def check_settable(fields: Mapping[str, Any]) -> None:
-    """Refuse fields the store owns or does not know, with a clear error (nothing is written)."""
-    protected = sorted(set(fields) & UploadRecord.store_managed_fields())
-    if protected:
-        raise ValueError(f"these upload fields are managed by the store and cannot be set: {protected}")
-    unknown = sorted(set(fields) - UploadRecord.settable_fields())
-    if unknown:
-        raise ValueError(f"unknown upload fields: {unknown} (add them to UploadRecord first)")
 
 
 def new_upload_document(
@@ -197,12 +187,7 @@ class MongoUploadStore:
         target, fields = change.target, change.fields()
         check_settable(fields)
         now = bson_now()
-        entry = {
-            "state": target.value,
-            "at": now,
-            "source": change.source,
-            "detail": to_bson(change.details()),
-        }
+        entry = to_bson(change.history_entry(now))
         announce = OutboxEntry.status(target, source=change.source, at=now)
         return await self._update(
             {"_id": request_id, "state": {"$in": [s.value for s in states_before(target)]}},
