@@ -18,6 +18,7 @@ STORED_KEYS = [
     "mode",
     "source",
     "post_info",
+    "publish_at",
     "requested_at",
     "state",
     "history",

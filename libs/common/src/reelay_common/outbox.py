@@ -22,11 +22,17 @@ from pydantic import BaseModel
 
 from reelay_common.domain.errors import RetryableError
 from reelay_common.domain.messages import PublishStatusChanged
-from reelay_common.domain.records import OutboxEntry, UploadRecord
+from reelay_common.domain.records import Change, OutboxEntry, UploadRecord
 from reelay_common.domain.rules import Backoff
+from reelay_common.domain.states import UploadState
 from reelay_common.domain.timing import sleep_unless_stopped
 from reelay_common.logging import get_logger
-from reelay_common.metrics import OUTBOX_PENDING_AGE_SECONDS, OUTBOX_SEND_FAILURES, OUTBOX_SENT
+from reelay_common.metrics import (
+    OUTBOX_PENDING_AGE_SECONDS,
+    OUTBOX_SEND_FAILURES,
+    OUTBOX_SENT,
+    UPLOAD_STATE_TRANSITIONS,
+)
 from reelay_common.ports import Publisher, UploadStore
 
 log = get_logger("reelay_common.outbox")
@@ -121,7 +127,19 @@ class OutboxRelay:
         while True:
             sent: list[OutboxEntry] = []
             failed: BaseException | None = None
+            waiting_until: datetime | None = None
             for entry in record.outbox:
+                if entry.kind == "upload_requested" and record.state.is_terminal:
+                    sent.append(entry)  # cancelled (or ended) before it was queued: never queued
+                    continue
+                if entry.due_at is not None and entry.due_at > self._clock():
+                    waiting_until = entry.due_at  # a scheduled command: it and what follows wait
+                    break
+                if entry.kind == "upload_requested":
+                    record = await self._release_scheduled(record)
+                    if record.state.is_terminal:
+                        sent.append(entry)  # cancelled as its time came: never queued
+                        continue
                 message, kind = message_for(record, entry)
                 try:
                     await self._publisher.publish(self._topics[kind], message, key=record.account_id)
@@ -131,15 +149,37 @@ class OutboxRelay:
                 sent.append(entry)
                 OUTBOX_SENT.labels(kind=kind).inc()
                 OUTBOX_PENDING_AGE_SECONDS.observe(max(0.0, (self._clock() - entry.at).total_seconds()))
-            next_try = self._clock() + timedelta(seconds=self._note_outcome(failed, record.request_id))
+            delay = self._note_outcome(failed, record.request_id)
+            next_try = (
+                waiting_until
+                if failed is None and waiting_until
+                else self._clock() + timedelta(seconds=delay)
+            )
             after = await self._uploads.settle_outbox(record.request_id, sent, next_try_at=next_try)
-            if failed is not None or after is None or not after.outbox:
-                return failed is None and (after is None or not after.outbox)
+            done = after is None or not after.outbox
+            if failed is not None or waiting_until is not None or done:
+                return failed is None and waiting_until is None and done
             # Entries were appended while these were sent: send those too, under a fresh lease.
             again = await self._uploads.lease_outbox(record.request_id, self._clock(), self.lease_seconds)
             if again is None:
                 return False
             record = again
+
+    async def _release_scheduled(self, record: UploadRecord) -> UploadRecord:
+        """A scheduled upload whose time has come moves to `accepted` (its announcement appended);
+        the record as it is now, whoever won (a cancel may have)."""
+        if record.state is not UploadState.SCHEDULED:
+            return record
+        moved = await self._uploads.transition(
+            record.request_id, Change(UploadState.ACCEPTED, source="scheduler")
+        )
+        if moved is not None:
+            UPLOAD_STATE_TRANSITIONS.labels(state=UploadState.ACCEPTED.value, source="scheduler").inc()
+            log.info(
+                "scheduled_upload_released", request_id=record.request_id, publish_at=str(record.publish_at)
+            )
+            return moved
+        return await self._uploads.get(record.request_id) or record
 
     def _note_outcome(self, failed: BaseException | None, request_id: str) -> float:
         """Log a change between "Kafka takes messages" and "it does not" once; the next retry's delay."""

@@ -25,6 +25,7 @@ class Policy:
     check_creator_info: bool = True
     max_upload_bytes: int = MAX_VIDEO_BYTES
     accept_wait_seconds: float = 0.5
+    schedule_horizon_seconds: float = 30 * 24 * 3600.0
     enqueue_timeout_seconds: float = 15.0
     webhook_tolerance_seconds: float = 300.0
 

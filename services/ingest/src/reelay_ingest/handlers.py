@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
 
 from reelay_common.adapters.netguard import ensure_public_url
 from reelay_common.domain.errors import InvalidInputError, RetryableError
@@ -20,9 +21,9 @@ from reelay_common.domain.messages import (
     UploadRequested,
     UrlSource,
 )
-from reelay_common.domain.records import AccountRecord, UploadRecord
+from reelay_common.domain.records import AccountRecord, Change, UploadRecord
 from reelay_common.domain.rules import PRIVACY_LEVEL_NOT_OFFERED, check_privacy_level
-from reelay_common.domain.states import UploadState
+from reelay_common.domain.states import CANCELLABLE_STATES, UploadState
 from reelay_common.domain.tiktok import TokenGrant
 from reelay_common.logging import get_logger
 
@@ -144,6 +145,7 @@ async def accept_upload(
             if settled is None:
                 raise
             return _replay(settled, cmd)
+    _check_publish_at(cmd, deps)
     record, created = await deps.uploads.create(
         cmd, source="ingest", enqueue=True, outbox_lease_seconds=deps.outbox.lease_seconds
     )
@@ -161,6 +163,65 @@ async def accept_upload(
         queued=sent,  # False: Kafka did not take it in time; the relay sends it
     )
     return Accepted(record=record, replayed=False)
+
+
+def _check_publish_at(cmd: UploadRequested, deps: IngestDeps) -> None:
+    """A scheduled upload's time must be to come, and within the horizon (TikTok has no scheduling
+    for API posts: Reelay holds the upload and starts it then)."""
+    if cmd.publish_at is None:
+        return
+    now = datetime.now(UTC)
+    horizon = timedelta(seconds=deps.policy.schedule_horizon_seconds)
+    if cmd.publish_at <= now:
+        raise RequestRejected(
+            f"publish_at {cmd.publish_at.isoformat()} is not in the future; leave it out to publish now",
+            code="invalid_publish_at",
+            extra={"publish_at": cmd.publish_at.isoformat()},
+        )
+    if cmd.publish_at > now + horizon:
+        raise RequestRejected(
+            f"publish_at may be at most {horizon.days} days ahead",
+            code="invalid_publish_at",
+            extra={"publish_at": cmd.publish_at.isoformat(), "horizon_seconds": horizon.total_seconds()},
+        )
+
+
+async def cancel_upload(request_id: str, deps: IngestDeps) -> UploadRecord:
+    """Cancel an upload TikTok has nothing of yet (scheduled, or queued before its init).
+
+    Idempotent: an upload already cancelled is answered as it is. Once TikTok has it (the init
+    made), ConflictError names its state: TikTok's own cancel covers only PULL_FROM_URL downloads in
+    progress, and ends them as failed (`publish_cancelled`), which Reelay then records.
+    """
+    record = await deps.uploads.get(request_id)
+    if record is None:
+        raise NotFoundError(f"no upload with request_id {request_id!r}", code="unknown_upload")
+    if record.state in CANCELLABLE_STATES:
+        cancelled = await deps.recorder.record(
+            request_id,
+            Change(
+                UploadState.CANCELLED,
+                source="ingest",
+                detail={
+                    "code": "cancelled",
+                    "message": f"cancelled by the client while {record.state.value}",
+                },
+            ),
+        )
+        if cancelled is not None:
+            log.info("upload_cancelled", request_id=request_id, was=record.state.value)
+            if isinstance(cancelled.source, BlobSource):
+                await deps.blobs.delete(cancelled.source.blob_id)
+            return cancelled
+        record = await deps.uploads.get(request_id) or record  # it moved on meanwhile
+    if record.state is UploadState.CANCELLED:
+        return record
+    raise ConflictError(
+        f"upload {request_id!r} is {record.state.value}: TikTok has it already, so it can no longer "
+        "be cancelled here",
+        code="not_cancellable",
+        extra={"request_id": request_id, "state": record.state.value},
+    )
 
 
 def same_request(record: UploadRecord, cmd: UploadRequested) -> bool:

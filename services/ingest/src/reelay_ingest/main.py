@@ -37,6 +37,7 @@ def policy_of(settings: IngestSettings) -> Policy:
         check_creator_info=settings.check_creator_info,
         max_upload_bytes=settings.max_upload_bytes,
         accept_wait_seconds=settings.accept_wait_seconds,
+        schedule_horizon_seconds=settings.schedule_horizon_seconds,
         enqueue_timeout_seconds=settings.enqueue_timeout_seconds,
         webhook_tolerance_seconds=settings.webhook_tolerance_seconds,
     )

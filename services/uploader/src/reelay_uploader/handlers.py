@@ -84,6 +84,7 @@ Outcome = Literal[
     "already_done",
     "failed",
     "superseded",
+    "scheduled",
     "request_id_conflict",
 ]
 
@@ -266,6 +267,11 @@ class _Job:
         if state is UploadState.UPLOADED:
             await self._announce_uploaded(self.rec)
             return "already_uploaded"
+        if state is UploadState.SCHEDULED:
+            # Produced straight to the topic with a publish_at to come: held in Mongo, and queued
+            # again by the outbox relay when its time comes. Its file is kept until then.
+            log.info("upload_scheduled", publish_at=str(self.rec.publish_at))
+            return "scheduled"
         if state not in (UploadState.ACCEPTED, UploadState.UPLOADING):
             log.info("upload_already_done", state=state.value)
             return "already_done"

@@ -83,6 +83,8 @@ class OutboxEntry(BaseModel):
     state: UploadState | None = None
     source: StateSource | None = None
     at: datetime
+    # Not to be sent before this (a scheduled upload's command waits for its publish_at).
+    due_at: datetime | None = None
 
     @classmethod
     def status(cls, state: UploadState, *, source: StateSource, at: datetime) -> OutboxEntry:
@@ -90,13 +92,13 @@ class OutboxEntry(BaseModel):
         return cls(id=uuid.uuid4().hex, kind="status", state=state, source=source, at=at)
 
     @classmethod
-    def upload_requested(cls, *, at: datetime) -> OutboxEntry:
-        """Queue the upload's command for the uploader."""
-        return cls(id=uuid.uuid4().hex, kind="upload_requested", at=at)
+    def upload_requested(cls, *, at: datetime, due_at: datetime | None = None) -> OutboxEntry:
+        """Queue the upload's command for the uploader (not before `due_at`, when given)."""
+        return cls(id=uuid.uuid4().hex, kind="upload_requested", at=at, due_at=due_at)
 
 
 # The fields of UploadRequested an upload keeps under the same names (and `requested_at`).
-_KEPT_OF_REQUEST = ("request_id", "account_id", "mode", "source", "post_info")
+_KEPT_OF_REQUEST = ("request_id", "account_id", "mode", "source", "post_info", "publish_at")
 
 
 class UploadRecord(BaseModel):
@@ -109,6 +111,8 @@ class UploadRecord(BaseModel):
     mode: UploadMode
     source: VideoSource
     post_info: PostInfo | None = None
+    # When to start it (UploadRequested.publish_at): held in `scheduled` until then.
+    publish_at: datetime | None = None
     # When the client asked (UploadRequested.requested_at); absent only from hand-made documents.
     requested_at: Annotated[datetime | None, STORE_MANAGED] = None
     state: Annotated[UploadState, STORE_MANAGED]
@@ -145,19 +149,23 @@ class UploadRecord(BaseModel):
     def new(
         cls, cmd: UploadRequested, *, source: StateSource, now: datetime, enqueue: bool = False
     ) -> UploadRecord:
-        """The `accepted` upload of a new request, its first history entry by `source` at `now`.
+        """A new upload, its first history entry by `source` at `now`: `accepted`, or `scheduled`
+        when its publish_at is still to come.
 
-        Its outbox announces `accepted`, and with `enqueue` also queues the command (ingest's
-        accept; an uploader that creates the record has the command from Kafka already).
+        Its outbox announces that state, and queues the command: with `enqueue` (ingest's accept;
+        an uploader that creates the record has the command from Kafka already), and for a scheduled
+        upload always, due at its publish_at.
         """
-        outbox = [OutboxEntry.status(UploadState.ACCEPTED, source=source, at=now)]
-        if enqueue:
-            outbox.append(OutboxEntry.upload_requested(at=now))
+        scheduled = cmd.publish_at is not None and cmd.publish_at > now
+        state = UploadState.SCHEDULED if scheduled else UploadState.ACCEPTED
+        outbox = [OutboxEntry.status(state, source=source, at=now)]
+        if scheduled or enqueue:
+            outbox.append(OutboxEntry.upload_requested(at=now, due_at=cmd.publish_at if scheduled else None))
         return cls(
             **{name: getattr(cmd, name) for name in _KEPT_OF_REQUEST},
             requested_at=cmd.requested_at,
-            state=UploadState.ACCEPTED,
-            history=[HistoryEntry(state=UploadState.ACCEPTED, at=now, source=source)],
+            state=state,
+            history=[HistoryEntry(state=state, at=now, source=source)],
             created_at=now,
             updated_at=now,
             outbox=outbox,

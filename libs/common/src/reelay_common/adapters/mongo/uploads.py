@@ -52,12 +52,13 @@ def _lease_free(field: str, now: datetime) -> Document:
 def new_upload_document(
     cmd: UploadRequested, *, source: StateSource, now: datetime, enqueue: bool = False
 ) -> Document:
-    """The `accepted` document of a new upload (built from `UploadRecord`, the one definition)."""
-    record = UploadRecord.new(cmd, source=source, now=now, enqueue=enqueue)
-    # requested_at is the client's, with microseconds: cut as BSON stores it (the same bytes), so the
-    # record `create` returns equals the one read back.
-    if record.requested_at is not None:
-        record = record.model_copy(update={"requested_at": bson_time(record.requested_at)})
+    """The first document of a new upload (built from `UploadRecord`, the one definition)."""
+    # The client's times carry microseconds: cut as BSON stores them (the same bytes), so the record
+    # `create` returns equals the one read back.
+    cut = {"requested_at": bson_time(cmd.requested_at)}
+    if cmd.publish_at is not None:
+        cut["publish_at"] = bson_time(cmd.publish_at)
+    record = UploadRecord.new(cmd.model_copy(update=cut), source=source, now=now, enqueue=enqueue)
     doc: Document = to_bson(record.new_document())
     return doc
 
