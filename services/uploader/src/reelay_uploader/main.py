@@ -98,6 +98,7 @@ async def run(
             publisher=infra.publisher,
             on_dead_letter=on_dead_letter,
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
+            max_in_flight_per_partition=settings.max_in_flight_per_partition,
             client_id=APP_NAME,
         )
 

@@ -32,3 +32,6 @@ class UploaderSettings(CommonSettings):
     ops_host: str = "127.0.0.1"
     ops_port: int = Field(9101, ge=0, le=65535)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
+    # Uploads of different accounts sharing a partition handled at once (each account one at a
+    # time), so one account waiting out its rate-limit window holds up no other.
+    max_in_flight_per_partition: int = Field(16, ge=1, le=256)
