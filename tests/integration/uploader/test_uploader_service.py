@@ -293,6 +293,25 @@ class TestUploaderService:
         assert len(accepted) == 7  # each chunk landed once
         assert record.init_attempts == 1
 
+    async def test_a_source_refusing_connections_fails_at_the_retry_deadline_and_the_next_goes_on(
+        self, env: Env
+    ) -> None:
+        # Nothing listens on port 1: every attempt is refused. The account's next upload, behind it
+        # in order, would wait forever if retries had no end.
+        refused = env.request("http://127.0.0.1:1/gone.mp4")
+        url, _ = env.video(2 * MB)
+        after = env.request(url)
+        settings = env.settings.model_copy(update={"retry_deadline_seconds": 1.0})
+        async with uploader(settings):
+            await env.send(refused)
+            await env.send(after)
+            failed = await env.wait_state(refused.request_id, UploadState.FAILED)
+            await env.wait_state(after.request_id, UploadState.UPLOADED)
+        detail = failed.history[-1].detail
+        assert (detail["code"], detail["last_error_code"]) == ("retries_exhausted", "source_unavailable")
+        assert failed.retrying_since is not None
+        assert len(env.publishes()) == 1  # only the second upload reached TikTok
+
     async def test_dead_letters_a_malformed_record_and_keeps_going(self, env: Env) -> None:
         # An upload that ingest accepted, whose record on Kafka turns out malformed.
         doomed = env.request(

@@ -80,6 +80,7 @@ async def run(
             max_video_bytes=settings.max_video_bytes,
             max_init_attempts=settings.max_init_attempts,
             upload_url_margin=timedelta(seconds=settings.upload_url_margin_seconds),
+            retry_deadline=timedelta(seconds=settings.retry_deadline_seconds),
         )
 
         # The consumer loop binds topic/partition/offset and the message's ids to every log line.

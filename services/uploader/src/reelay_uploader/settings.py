@@ -35,3 +35,7 @@ class UploaderSettings(CommonSettings):
     # Uploads of different accounts sharing a partition handled at once (each account one at a
     # time), so one account waiting out its rate-limit window holds up no other.
     max_in_flight_per_partition: int = Field(16, ge=1, le=256)
+    # An upload whose source or TikTok keeps failing (5xx, refused connections) ends `failed` with
+    # `retries_exhausted` this long after its first failed attempt. TikTok's rate limits and Mongo
+    # or Kafka being away never count.
+    retry_deadline_seconds: float = Field(21_600.0, gt=0)

@@ -14,7 +14,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel
 
 from reelay_common.domain.errors import (
-    RetryableError,
+    BrokerUnavailableError,
 )
 from reelay_common.tracing import inject_headers
 
@@ -41,7 +41,7 @@ class KafkaPublisher:
             await producer.start()
         except KafkaError as exc:
             await producer.stop()
-            raise RetryableError(f"could not connect the Kafka producer: {exc!r}") from exc
+            raise BrokerUnavailableError(f"could not connect the Kafka producer: {exc!r}") from exc
         self._producer = producer
 
     async def stop(self) -> None:
@@ -70,7 +70,7 @@ class KafkaPublisher:
         try:
             await self._producer.send_and_wait(topic, value=value, key=key, headers=inject_headers() or None)
         except KafkaError as exc:
-            raise RetryableError(f"Kafka did not acknowledge a message on {topic}: {exc!r}") from exc
+            raise BrokerUnavailableError(f"Kafka did not acknowledge a message on {topic}: {exc!r}") from exc
         PUBLISHED.labels(topic=topic).inc()
 
     async def healthy(self) -> bool:
