@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
+from reelay_common.adapters.kafka.availability import KafkaAvailability
 from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
 from reelay_common.adapters.kafka.publisher import KafkaPublisher
 from reelay_common.adapters.kafka.topics import ensure_topics
@@ -303,6 +304,21 @@ class TestLogging:
         assert good["duration_ms"] >= 0
         assert (bad["outcome"], bad["offset"]) == ("dead_lettered", 1)
         assert "request_id" not in bad  # context of one record never leaks into the next
+
+
+class TestKafkaAvailability:
+    async def test_an_idle_loop_probes_kafka_and_says_once_that_it_is_back(self, world: LoopWorld) -> None:
+        availability = KafkaAvailability()  # this test's own, fed by hand: the shared broker stays up
+        loop = world.loop(recording(world.seen), availability=availability, availability_probe_seconds=0.1)
+        with structlog.testing.capture_logs() as captured:
+            async with world.running(loop):
+                await eventually(loop.has_assignment, what="the partition assigned", timeout=30)
+                availability.unavailable("KafkaConnectionError: the broker went away")
+                availability.unavailable("KafkaConnectionError: and is still away")
+                # No record arrives: only the loop's metadata probe can tell that Kafka answers.
+                await eventually(lambda: not availability.down, what="the probe finding Kafka back")
+        said = [e["event"] for e in captured if e["event"] in ("kafka_unavailable", "kafka_available_again")]
+        assert said == ["kafka_unavailable", "kafka_available_again"]
 
 
 class TestCommitsOnlyAfterHandling:

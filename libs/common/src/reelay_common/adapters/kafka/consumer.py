@@ -33,6 +33,7 @@ from aiokafka.errors import (
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
+from reelay_common.adapters.kafka.availability import KafkaAvailability, kafka_availability
 from reelay_common.adapters.kafka.keyed import Abandoned, KeyedPartition
 from reelay_common.domain.errors import (
     PermanentError,
@@ -193,6 +194,8 @@ class ConsumerLoop(Generic[T]):
         max_buffered_per_partition: int = 1000,
         client_id: str | None = None,
         poll_timeout_ms: int = 500,
+        availability: KafkaAvailability | None = None,
+        availability_probe_seconds: float = 2.0,
         **consumer_overrides: Any,
     ) -> None:
         if max_unexpected_failures < 1:
@@ -219,6 +222,10 @@ class ConsumerLoop(Generic[T]):
         self._max_buffered = max_buffered_per_partition
         self._client_id = client_id or f"reelay-{group_id}"
         self._poll_timeout_ms = poll_timeout_ms
+        # Kafka away is logged once, and back once (not per aiokafka reconnect attempt); while it is
+        # away the loop probes it every `availability_probe_seconds` to see it back.
+        self._availability = availability or kafka_availability()
+        self._probe_every = availability_probe_seconds
         # Tests pass small session/heartbeat/max_poll_interval values through here.
         self._consumer_overrides = consumer_overrides
         self._consumer: AIOKafkaConsumer | None = None
@@ -290,6 +297,7 @@ class ConsumerLoop(Generic[T]):
 
     async def _poll_until(self, stop: asyncio.Event, consumer: AIOKafkaConsumer) -> None:
         failures = 0
+        last_probe = 0.0
         while not stop.is_set():
             if self._failure is not None:
                 raise RuntimeError("a partition worker crashed") from self._failure
@@ -297,14 +305,27 @@ class ConsumerLoop(Generic[T]):
                 batch = await consumer.getmany(timeout_ms=self._poll_timeout_ms)
             except KafkaError as exc:
                 failures += 1
-                log.warning("kafka_poll_failed", error=repr(exc), failures=failures)
+                self._availability.unavailable(f"poll: {exc!r}")
                 await sleep_unless_stopped(stop, self._retry.delay(failures))
                 continue
             failures = 0
             self._last_poll = time.monotonic()
+            if any(batch.values()):
+                self._availability.available()
+            elif self._availability.down and self._last_poll - last_probe >= self._probe_every:
+                last_probe = self._last_poll
+                await self._probe(consumer)
             for tp, records in batch.items():
                 if records:
                     self._dispatch(consumer, tp, records)
+
+    async def _probe(self, consumer: AIOKafkaConsumer) -> None:
+        """One metadata round trip (bounded): Kafka is back when it succeeds."""
+        try:
+            await asyncio.wait_for(consumer.topics(), timeout=5.0)
+        except (KafkaError, TimeoutError):
+            return  # still away; aiokafka's own errors about it are held back
+        self._availability.available()
 
     def _dispatch(
         self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[ConsumerRecord]
@@ -408,6 +429,7 @@ class ConsumerLoop(Generic[T]):
                 CONSUMER_LAG.remove(tp.topic, str(tp.partition))
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._availability.available()  # the group coordinator answered
         log.info("kafka_partitions_assigned", partitions=sorted(str(tp) for tp in assigned))
 
     # ------------------------------------------------------------------------------------- one record
@@ -578,6 +600,7 @@ class ConsumerLoop(Generic[T]):
         while True:
             try:
                 await consumer.commit({tp: offset})
+                self._availability.available()
                 return
             except (CommitFailedError, IllegalStateError) as exc:
                 # The partition moved to another member: it will redo these records. Nothing to do here.
@@ -586,7 +609,8 @@ class ConsumerLoop(Generic[T]):
             except KafkaError as exc:
                 delay = self._retry.delay(retries)
                 retries += 1
-                log.warning("commit_failed", error=repr(exc), delay_s=delay)
+                self._availability.unavailable(f"commit: {exc!r}")  # logged once per outage
+                log.debug("commit_failed", error=repr(exc), delay_s=delay)
                 await self._backoff(delay)
 
     async def _backoff(self, delay: float) -> None:
