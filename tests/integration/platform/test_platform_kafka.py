@@ -707,6 +707,33 @@ class TestPartitions:
                 await eventually(lambda: world.seen.ids() == ["req-1"], what="redone once")
                 await world.committed_reaches({0: 1})
 
+    async def test_a_revoke_cancels_in_flight_work_and_commits_only_up_to_it(self, world: LoopWorld) -> None:
+        gate = asyncio.Event()
+        cancelled: list[str] = []
+        finished: list[str] = []
+
+        async def handle(msg: UploadRequested, ctx: RecordContext) -> None:
+            if msg.account_id == "acct-b" and not gate.is_set():
+                try:
+                    await gate.wait()
+                except asyncio.CancelledError:
+                    cancelled.append(msg.request_id)
+                    raise
+            finished.append(msg.request_id)
+
+        # offset 0 (acct-a) finishes, 1 (acct-b) is in flight, 2 (acct-c) finishes behind it.
+        for n, account in enumerate(["acct-a", "acct-b", "acct-c"]):
+            await world.publisher.publish(world.topic, request(n, account=account), key=account)
+        async with world.running(world.loop(handle)):
+            await eventually(lambda: sorted(finished) == ["req-0", "req-2"], what="0 and 2 handled")
+            await world.committed_reaches({0: 1})
+            async with world.running(world.loop(handle)):  # a second member: a rebalance
+                await eventually(lambda: cancelled == ["req-1"], what="in-flight work cancelled on revoke")
+                assert await world.committed() == {0: 1}  # never past the unfinished offset 1
+                gate.set()
+                await world.committed_reaches({0: 3})
+        assert finished.count("req-1") == 1
+
 
 async def send_to_partition(bootstrap: str, topic: str, partition: int, message: UploadRequested) -> None:
     """Produce `message` to one partition explicitly (the publisher picks partitions by key)."""

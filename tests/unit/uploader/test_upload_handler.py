@@ -249,6 +249,13 @@ class World:
         assert record is not None
         return record.state
 
+    async def failure(self, request_id: str) -> dict[str, Any]:
+        """The detail of the upload's last history entry, which must say `failed`."""
+        record = await self.uploads.get(request_id)
+        assert record is not None
+        assert record.state is UploadState.FAILED
+        return record.history[-1].detail
+
     def uploaded_events(self) -> list[VideoUploaded]:
         return self.publisher.messages(EVENTS, VideoUploaded)
 
@@ -849,10 +856,7 @@ class TestRetryDeadline:
         world.clock.advance(2)  # now past the deadline
         await handle_upload_requested(cmd, deps)  # returns: the record is committed
 
-        record = await world.uploads.get(cmd.request_id)
-        assert record is not None
-        assert record.state is UploadState.FAILED
-        detail = record.history[-1].detail
+        detail = await world.failure(cmd.request_id)
         assert detail["code"] == "retries_exhausted"
         assert detail["last_error_code"] == "source_unavailable"
         assert "refused the connection" in detail["message"]
@@ -870,9 +874,7 @@ class TestRetryDeadline:
 
         await handle_upload_requested(cmd, self.refusing_source(later))
 
-        record = await world.uploads.get(cmd.request_id)
-        assert record is not None
-        assert (record.state, record.history[-1].detail["code"]) == (UploadState.FAILED, "retries_exhausted")
+        assert (await world.failure(cmd.request_id))["code"] == "retries_exhausted"
 
     async def test_tiktok_down_past_the_deadline_ends_the_upload_with_its_last_error(self) -> None:
         world = make_world()
@@ -887,10 +889,7 @@ class TestRetryDeadline:
 
         await handle_upload_requested(cmd, deps)
 
-        record = await world.uploads.get(cmd.request_id)
-        assert record is not None
-        assert record.state is UploadState.FAILED
-        detail = record.history[-1].detail
+        detail = await world.failure(cmd.request_id)
         assert (detail["code"], detail["last_error_code"], detail["http_status"]) == (
             "retries_exhausted",
             "http_503",

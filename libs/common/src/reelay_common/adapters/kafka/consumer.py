@@ -394,23 +394,24 @@ class ConsumerLoop(Generic[T]):
         self, consumer: AIOKafkaConsumer, tps: list[TopicPartition], *, reason: str
     ) -> None:
         """Cancel the work in flight on `tps`, then commit once what finished before it (never more)."""
-        cancelled: list[str] = []
-        for tp in tps:
-            work = self._partitions.pop(tp, None)
-            if work is None:
-                continue
-            if await work.cancel():
-                cancelled.append(str(tp))
-            target = work.uncommitted_finished()
-            if target is None:
-                continue
+        works = {tp: work for tp in tps if (work := self._partitions.pop(tp, None)) is not None}
+        # All at once: each wait is bounded, and a rebalance must not wait for them one by one.
+        counts = await asyncio.gather(*(work.cancel() for work in works.values()))
+        cancelled = [str(tp) for tp, n in zip(works, counts, strict=True) if n]
+        owed = {
+            tp: target for tp, work in works.items() if (target := work.uncommitted_finished()) is not None
+        }
+        if owed:
             try:
-                await consumer.commit({tp: target})
+                await consumer.commit(owed)
             except KafkaError as exc:  # one try: the records after the last commit are redelivered
-                log.warning("final_commit_failed", partition=str(tp), offset=target, error=repr(exc))
+                log.warning(
+                    "final_commit_failed", offsets={str(tp): o for tp, o in owed.items()}, error=repr(exc)
+                )
             else:
-                work.mark_committed(target)
-                _set_lag(consumer, tp, target)
+                for tp, target in owed.items():
+                    works[tp].mark_committed(target)
+                    _set_lag(consumer, tp, target)
         if cancelled:
             log.warning("kafka_work_cancelled", reason=reason, partitions=cancelled)
 
