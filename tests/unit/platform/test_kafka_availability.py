@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 import structlog.testing
@@ -12,13 +13,31 @@ from reelay_common.adapters.kafka.availability import KafkaAvailability, is_conn
 from reelay_testing.clocks import FakeClock
 
 
+@dataclass
+class Watched:
+    """A tracker installed on aiokafka's loggers, its clock, and what it (and aiokafka) logged."""
+
+    availability: KafkaAvailability
+    clock: FakeClock
+    said: list[dict[str, object]]
+    caplog: pytest.LogCaptureFixture
+
+    def events(self) -> list[object]:
+        return [e["event"] for e in self.said]
+
+    def aiokafka_records(self) -> list[logging.LogRecord]:
+        return [r for r in self.caplog.records if r.name.startswith("aiokafka")]
+
+
 @pytest.fixture
-def tracker() -> Iterator[tuple[KafkaAvailability, FakeClock]]:
+def watched(caplog: pytest.LogCaptureFixture) -> Iterator[Watched]:
     clock = FakeClock(0.0)
     availability = KafkaAvailability(clock=clock.time)
     availability.install()
+    caplog.set_level(logging.WARNING)
     try:
-        yield availability, clock
+        with structlog.testing.capture_logs() as said:
+            yield Watched(availability, clock, said, caplog)
     finally:
         availability.uninstall()
 
@@ -34,62 +53,40 @@ def broker_down_for_a_while(times: int) -> None:
         )
 
 
-def events(captured: list[dict[str, object]]) -> list[object]:
-    return [e["event"] for e in captured]
-
-
 class TestKafkaAvailability:
-    def test_an_outage_is_logged_once_and_its_end_once(
-        self, tracker: tuple[KafkaAvailability, FakeClock], caplog: pytest.LogCaptureFixture
-    ) -> None:
-        availability, clock = tracker
-        caplog.set_level(logging.WARNING)
-        with structlog.testing.capture_logs() as captured:
-            broker_down_for_a_while(50)  # ~150 errors, as in 5 s of aiokafka reconnecting
-            clock.advance(5)
-            availability.available()
-            availability.available()  # already up: nothing more to say
+    def test_an_outage_is_logged_once_and_its_end_once(self, watched: Watched) -> None:
+        broker_down_for_a_while(50)  # ~150 errors, as in 5 s of aiokafka reconnecting
+        watched.clock.advance(5)
+        watched.availability.available()
+        watched.availability.available()  # already up: nothing more to say
 
-        assert events(captured) == ["kafka_unavailable", "kafka_available_again"]
-        down, back = captured
+        assert watched.events() == ["kafka_unavailable", "kafka_available_again"]
+        down, back = watched.said
         assert "Unable connect to node with id 1" in str(down["error"])
         assert (back["down_for_s"], back["errors_held_back"]) == (5.0, 149)
-        assert [r for r in caplog.records if r.name.startswith("aiokafka")] == []  # all held back
+        assert watched.aiokafka_records() == []  # all held back
 
-    def test_each_outage_of_a_flapping_broker_is_logged(
-        self, tracker: tuple[KafkaAvailability, FakeClock]
-    ) -> None:
-        availability, _ = tracker
-        with structlog.testing.capture_logs() as captured:
-            for _ in range(3):
-                broker_down_for_a_while(10)
-                availability.available()
-        assert events(captured) == ["kafka_unavailable", "kafka_available_again"] * 3
+    def test_each_outage_of_a_flapping_broker_is_logged(self, watched: Watched) -> None:
+        for _ in range(3):
+            broker_down_for_a_while(10)
+            watched.availability.available()
+        assert watched.events() == ["kafka_unavailable", "kafka_available_again"] * 3
 
-    def test_other_aiokafka_warnings_still_get_through(
-        self, tracker: tuple[KafkaAvailability, FakeClock], caplog: pytest.LogCaptureFixture
-    ) -> None:
-        availability, _ = tracker
-        caplog.set_level(logging.WARNING)
-        with structlog.testing.capture_logs() as captured:
-            logging.getLogger("aiokafka.consumer.group_coordinator").error(
-                "OffsetCommit failed before join, ignoring: %s", UnknownMemberIdError()
-            )
-        assert captured == []
-        assert not availability.down
-        [record] = [r for r in caplog.records if r.name.startswith("aiokafka")]
+    def test_other_aiokafka_warnings_still_get_through(self, watched: Watched) -> None:
+        logging.getLogger("aiokafka.consumer.group_coordinator").error(
+            "OffsetCommit failed before join, ignoring: %s", UnknownMemberIdError()
+        )
+        assert watched.said == []
+        assert not watched.availability.down
+        [record] = watched.aiokafka_records()
         assert "OffsetCommit failed" in record.getMessage()
 
-    def test_failures_reported_by_reelay_itself_count_as_the_same_outage(
-        self, tracker: tuple[KafkaAvailability, FakeClock]
-    ) -> None:
-        availability, _ = tracker
-        with structlog.testing.capture_logs() as captured:
-            availability.unavailable("poll: KafkaConnectionError()")
-            broker_down_for_a_while(3)
-            availability.unavailable("commit: KafkaConnectionError()")
-        assert events(captured) == ["kafka_unavailable"]
-        assert availability.down
+    def test_failures_reported_by_reelay_itself_count_as_the_same_outage(self, watched: Watched) -> None:
+        watched.availability.unavailable("poll: KafkaConnectionError()")
+        broker_down_for_a_while(3)
+        watched.availability.unavailable("commit: KafkaConnectionError()")
+        assert watched.events() == ["kafka_unavailable"]
+        assert watched.availability.down
 
     @pytest.mark.parametrize(
         ("name", "level", "msg", "args", "expected"),
