@@ -14,6 +14,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel
 
 from reelay_common.adapters.kafka.availability import kafka_availability
+from reelay_common.adapters.kafka.clients import start_client
 from reelay_common.domain.errors import (
     BrokerUnavailableError,
 )
@@ -40,11 +41,7 @@ class KafkaPublisher:
             acks="all",
             enable_idempotence=True,
         )
-        try:
-            await producer.start()
-        except KafkaError as exc:
-            await producer.stop()
-            raise BrokerUnavailableError(f"could not connect the Kafka producer: {exc!r}") from exc
+        await start_client(producer, what="producer")
         self._producer = producer
 
     async def stop(self) -> None:
