@@ -32,6 +32,7 @@ STORED_KEYS = [
     "total_chunk_count",
     "uploaded_bytes",
     "init_attempts",
+    "retrying_since",
     "post_ids",
     "poll_next_at",
     "poll_attempts",

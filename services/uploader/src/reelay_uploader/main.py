@@ -82,6 +82,7 @@ async def run(
             max_video_bytes=settings.max_video_bytes,
             max_init_attempts=settings.max_init_attempts,
             upload_url_margin=timedelta(seconds=settings.upload_url_margin_seconds),
+            retry_deadline=timedelta(seconds=settings.retry_deadline_seconds),
         )
 
         # The consumer loop binds topic/partition/offset and the message's ids to every log line.
@@ -96,6 +97,7 @@ async def run(
             decode=UploadRequested.model_validate_json,
             handle=on_upload_requested,
             on_dead_letter=on_dead_letter,
+            max_in_flight_per_partition=settings.max_in_flight_per_partition,
             **infra.consumer_options(settings, app_name=APP_NAME),
         )
 

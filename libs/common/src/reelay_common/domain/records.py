@@ -128,6 +128,9 @@ class UploadRecord(BaseModel):
     total_chunk_count: int | None = None
     uploaded_bytes: int = 0
     init_attempts: int = 0
+    # When the first attempt that failed retryably began (the uploader's retry deadline counts from
+    # it; stored, so a restart or redelivery does not reset it).
+    retrying_since: datetime | None = None
     post_ids: list[str] = Field(default_factory=list)
     # Status tracking, owned by the status-poller.
     poll_next_at: datetime | None = None
