@@ -409,6 +409,33 @@ class TestUploadingAVideo:
         assert world.status_events()[0].state is UploadState.ACCEPTED
         assert world.status_events()[0].source == "uploader"
 
+    async def test_a_command_with_a_publish_at_to_come_is_held_until_then(self) -> None:
+        world = make_world()
+        later = datetime.now(UTC) + timedelta(hours=1)
+        cmd = direct().model_copy(update={"publish_at": later})
+
+        await handle_upload_requested(cmd, world.deps)
+
+        assert world.tiktok.inits == []
+        assert world.opened == []
+        record = await world.uploads.get("req-1")
+        assert record is not None
+        assert record.state is UploadState.SCHEDULED
+        assert [e.state for e in world.status_events()] == [UploadState.SCHEDULED]
+        [waiting] = record.outbox  # queued again by the relay at its time
+        assert (waiting.kind, waiting.due_at) == ("upload_requested", record.publish_at)
+
+    async def test_a_command_for_a_cancelled_upload_does_nothing(self) -> None:
+        world = make_world()
+        cmd = direct()
+        await world.uploads.create(cmd, source="ingest")
+        await world.uploads.transition("req-1", Change(UploadState.CANCELLED, source="ingest"))
+
+        await handle_upload_requested(cmd, world.deps)
+
+        assert world.tiktok.inits == []
+        assert await world.state("req-1") is UploadState.CANCELLED
+
     async def test_does_not_reannounce_accepted_when_ingest_did(self) -> None:
         world = make_world()
         cmd = direct()
