@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from pydantic import ValidationError
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
@@ -38,6 +39,7 @@ from reelay_common.ports import BlobStore
 from reelay_common.readiness import Check
 from reelay_common.recorder import StateRecorder
 from reelay_common.settings import CommonSettings
+from reelay_common.tracing import current_provider, service_tracing
 
 log = get_logger("reelay_common.runtime")
 
@@ -80,8 +82,10 @@ class Infrastructure:
     ) -> AsyncIterator[Infrastructure]:
         """Connect Mongo (indexes ensured), ensure `topics` (each with its `.dlq`) and
         `topics_without_dlq`, start the Kafka publisher and the TikTok HTTP client, open the
-        configured blob store (REELAY_BLOB_STORE); on exit close them all, in reverse."""
+        configured blob store (REELAY_BLOB_STORE), with the service's tracing (OTEL_*) set up
+        first; on exit close them all, in reverse (spans flushed last)."""
         async with AsyncExitStack() as stack:
+            stack.enter_context(service_tracing(app_name))  # OTEL_*: off unless configured
             mongo: AsyncMongoClient[dict[str, Any]] = connect(
                 settings.mongodb_uri.get_secret_value(), app_name=app_name
             )
@@ -102,7 +106,7 @@ class Infrastructure:
                 KafkaPublisher(settings.kafka_bootstrap_servers, client_id=app_name)
             )
             tiktok_http = await stack.enter_async_context(
-                httpx.AsyncClient(timeout=settings.tiktok_timeout_seconds)
+                instrument_http_client(httpx.AsyncClient(timeout=settings.tiktok_timeout_seconds))
             )
             tiktok = TikTokClient.from_settings(tiktok_http, settings)
             accounts = MongoAccountStore(db, TokenCipher(settings.token_encryption_key))
@@ -155,6 +159,14 @@ class Infrastructure:
     def ready_checks(self) -> dict[str, Check]:
         """The readiness checks of the shared infrastructure: Mongo answers, the producer sees Kafka."""
         return {"mongo": self.mongo_ready, "kafka": self.publisher.healthy}
+
+
+def instrument_http_client(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """Give `client` CLIENT spans (and a `traceparent` on its requests) when tracing is on."""
+    provider = current_provider()
+    if provider is not None:
+        HTTPXClientInstrumentor.instrument_client(client, tracer_provider=provider)
+    return client
 
 
 def ops_server(
