@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
-from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor, RequestInfo
+from opentelemetry.trace import Span
 from pydantic import ValidationError
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
@@ -162,11 +163,20 @@ class Infrastructure:
 
 
 def instrument_http_client(client: httpx.AsyncClient) -> httpx.AsyncClient:
-    """Give `client` CLIENT spans (and a `traceparent` on its requests) when tracing is on."""
+    """Give `client` CLIENT spans (and a `traceparent` on its requests) when tracing is on; the
+    spans' URLs lose their query (TikTok's upload URL carries its upload_token there)."""
     provider = current_provider()
     if provider is not None:
-        HTTPXClientInstrumentor.instrument_client(client, tracer_provider=provider)
+        HTTPXClientInstrumentor.instrument_client(
+            client, tracer_provider=provider, request_hook=_url_without_query
+        )
     return client
+
+
+async def _url_without_query(span: Span, request: RequestInfo) -> None:
+    if span.is_recording() and isinstance(request.url, httpx.URL) and request.url.query:
+        url = str(request.url.copy_with(query=None))
+        span.set_attributes({"http.url": url, "url.full": url})  # the old and the new convention
 
 
 def ops_server(
