@@ -1,6 +1,7 @@
 """One upload, followed through ingest, the uploader and the status-poller: one trace, its spans
 nested as the work was (HTTP request -> Kafka publish -> consume -> TikTok calls -> publish ->
-consume), and the request_id (and trace_id) on each service's log lines."""
+consume -> each later poll -> status/fetch), and the request_id (and trace_id) on each service's
+log lines."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
-from reelay_common.adapters.tiktok.client import PATH_VIDEO_INIT
+from reelay_common.adapters.tiktok.client import PATH_STATUS_FETCH, PATH_VIDEO_INIT
 from reelay_testing.waiting import eventually
 
 from tests.integration.observability.inprocess import INGEST, POLLER, UPLOADER, Services, service_of_span
@@ -85,8 +86,8 @@ class TestOneUploadOneTrace:
         # uploader: consumes that very record, downloads the video, calls TikTok, announces it
         consumed = _one(spans, "uploader's consume", UPLOADER, SpanKind.CONSUMER, f"{requested} process")
         assert _child_of(consumed, published)
-        clients = [s for s in spans if s.kind is SpanKind.CLIENT and _descends(s, consumed, by_id)]
-        assert {service_of_span(s) for s in clients} == {UPLOADER}
+        clients = [s for s in spans if s.kind is SpanKind.CLIENT and service_of_span(s) == UPLOADER]
+        assert all(_descends(s, consumed, by_id) for s in clients), "the uploader calls inside its consume"
         assert any(_url(s) == url for s in clients), "the download of the video"
         [init] = [s for s in clients if _url(s).endswith(PATH_VIDEO_INIT)]
         [put] = [s for s in clients if s.name.startswith("PUT")]
@@ -104,6 +105,18 @@ class TestOneUploadOneTrace:
         # status-poller: consumes VideoUploaded in the same trace, child of the uploader's publish
         tracked = _one(spans, "poller's consume", POLLER, SpanKind.CONSUMER, f"{events} process")
         assert _child_of(tracked, announced)
+        # ... and each later poll continues the trace tracking started in: a status/fetch inside
+        polls = [s for s in spans if s.name == "poll publish status" and _child_of(s, tracked)]
+        assert polls, "no poll continued the trace of tracking"
+        assert {service_of_span(s) for s in polls} == {POLLER}
+        fetches = [
+            s
+            for s in spans
+            if s.kind is SpanKind.CLIENT
+            and _url(s).endswith(PATH_STATUS_FETCH)
+            and any(_child_of(s, p) for p in polls)
+        ]
+        assert len(fetches) == len(polls), "one status/fetch per poll"
 
         # The request_id is on each service's log lines of this upload, with this trace's id.
         hex_id = format(trace_id, "032x")

@@ -224,6 +224,24 @@ def consumer_span(
         yield span
 
 
+def trace_carrier() -> dict[str, str] | None:
+    """The current trace context as a W3C carrier (`traceparent`, `tracestate`) to store with
+    work done later (a poll); None when there is none (tracing off)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier or None
+
+
+@contextmanager
+def continued_span(name: str, carrier: Mapping[str, str] | None, **attributes: str) -> Iterator[trace.Span]:
+    """An INTERNAL span for later work (a status poll), child of the stored `carrier`'s trace,
+    else a root of its own."""
+    with _tracer().start_as_current_span(
+        name, context=propagate.extract(dict(carrier or {})), attributes=attributes
+    ) as span:
+        yield span
+
+
 def current_trace_id() -> str | None:
     """The current trace id as 32 hex digits, or None when no span records (tracing off)."""
     ctx = trace.get_current_span().get_span_context()
