@@ -3,11 +3,12 @@ Kafka (the publisher's PRODUCER span injects `traceparent` into the record's hea
 loop's CONSUMER span continues it), so one upload is one trace (runtime.instrument_http_client
 and ingest's instrument_app add the HTTP spans).
 
-Off unless configured (docs/architecture.md, "Traces"): without `OTEL_TRACES_EXPORTER` or an OTLP
-endpoint no SDK provider is built, nothing is instrumented and the spans are the API's
-non-recording ones (a `traceparent` that came in still passes through). Each service's provider is
-held in a context variable, set by `service_tracing` (entered by runtime.Infrastructure.connect),
-so services sharing one process (the tests) keep their own `service.name`; no global is set.
+Off unless configured (README.md, "Tracing"; what a trace holds: deploy/README.md,
+"Observability"): without `OTEL_TRACES_EXPORTER` or an OTLP endpoint no SDK provider is built,
+nothing is instrumented and the spans are the API's non-recording ones (a `traceparent` that came
+in still passes through). Each service's provider is held in a context variable, set by
+`service_tracing` (entered by runtime.Infrastructure.connect), so services sharing one process
+(the tests) keep their own `service.name`; no global is set.
 """
 
 from __future__ import annotations
