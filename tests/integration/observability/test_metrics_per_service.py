@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from reelay_common.adapters.tiktok.client import PATH_CREATOR_INFO, PATH_STATUS_FETCH, PATH_VIDEO_INIT
 from reelay_common.domain.chunks import plan_chunks
+from reelay_testing.waiting import eventually
 from tiktok_sandbox.media import write_sample_mp4
 
 from tests.e2e.flows import connect_account, post_video
@@ -88,7 +89,20 @@ class TestMetricsOfEachService:
                 headers=stack.headers,
             )
             assert final["state"] == "published", f"{final}\n{stack.logs()}"
-            after = {name: await scrape(http, url) for name, url in urls.items()}
+
+            # Counted just after the work they count: the uploader's record once its handler
+            # returned, the poller's polls per publish once tracking ended.
+            async def settled() -> dict[str, Samples] | None:
+                now = {name: await scrape(http, url) for name, url in urls.items()}
+                handled = Scrapes(before["uploader"], now["uploader"]).delta(
+                    "reelay_kafka_records_total", topic=requested, outcome="handled"
+                )
+                tracked = Scrapes(before["status-poller"], now["status-poller"]).delta(
+                    "reelay_poller_status_polls_per_publish_count"
+                )
+                return now if handled and tracked else None
+
+            after = await eventually(settled, timeout=60, interval=0.5, what="the last counts")
         ingest, uploader, poller = (
             Scrapes(before[n], after[n]) for n in ("ingest", "uploader", "status-poller")
         )

@@ -86,7 +86,6 @@ def test_the_otlp_http_exporter_reads_its_endpoint_itself(monkeypatch: pytest.Mo
     [exporter] = load_exporters(exporter_names())
     assert isinstance(exporter, OTLPSpanExporter)
     assert exporter._endpoint == "http://collector.example:4318/v1/traces"
-    exporter.shutdown()
 
 
 def test_the_service_name_defaults_per_service_and_otel_service_name_wins(
@@ -113,20 +112,21 @@ def test_the_sampler_comes_from_otel_traces_sampler(monkeypatch: pytest.MonkeyPa
     provider.shutdown()
 
 
-def test_a_service_records_spans_of_its_own_while_inside_and_none_after() -> None:
+async def test_a_service_records_spans_of_its_own_while_inside_and_none_after() -> None:
     exporter = InMemorySpanExporter()
-    with exporting_to(exporter), service_tracing("reelay-test") as provider:
-        assert provider is not None
-        assert current_provider() is provider
-        with producer_span("reelay.test.topic") as headers:
-            inside = current_trace_id()
+    with exporting_to(exporter):
+        async with service_tracing("reelay-test") as provider:
+            assert provider is not None
+            assert current_provider() is provider
+            with producer_span("reelay.test.topic") as headers:
+                inside = current_trace_id()
     assert current_provider() is None
     [span] = exporter.get_finished_spans()
     assert span.name == "reelay.test.topic publish"
     assert span.kind is trace.SpanKind.PRODUCER
     assert span.resource.attributes["service.name"] == "reelay-test"
     assert dict(headers)["traceparent"].decode().split("-")[1] == inside
-    with service_tracing("reelay-test") as off:  # no exporter configured: off
+    async with service_tracing("reelay-test") as off:  # no exporter configured: off
         assert off is None
         with producer_span("reelay.test.topic") as headers:
             assert headers == []

@@ -86,7 +86,7 @@ class Infrastructure:
         configured blob store (REELAY_BLOB_STORE), with the service's tracing (OTEL_*) set up
         first; on exit close them all, in reverse (spans flushed last)."""
         async with AsyncExitStack() as stack:
-            stack.enter_context(service_tracing(app_name))  # OTEL_*: off unless configured
+            await stack.enter_async_context(service_tracing(app_name))  # OTEL_*: off unless configured
             mongo: AsyncMongoClient[dict[str, Any]] = connect(
                 settings.mongodb_uri.get_secret_value(), app_name=app_name
             )

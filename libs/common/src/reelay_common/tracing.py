@@ -13,9 +13,10 @@ in still passes through). Each service's provider is held in a context variable,
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -135,10 +136,10 @@ def tracer_provider_from_env(
     return provider
 
 
-@contextmanager
-def service_tracing(service_name: str) -> Iterator[TracerProvider | None]:
+@asynccontextmanager
+async def service_tracing(service_name: str) -> AsyncIterator[TracerProvider | None]:
     """While inside, this service's spans go to its provider (from OTEL_*; None when off).
-    Leaving flushes and shuts it down."""
+    Leaving flushes and shuts it down, in a thread: the exporter's HTTP calls block."""
     test_exporter = _test_exporter.get()
     provider = tracer_provider_from_env(service_name, exporters=[test_exporter] if test_exporter else ())
     token = _current.set(None if provider is None else _ServiceTracer(provider, provider.get_tracer(SCOPE)))
@@ -147,7 +148,7 @@ def service_tracing(service_name: str) -> Iterator[TracerProvider | None]:
     finally:
         _current.reset(token)
         if provider is not None:
-            provider.shutdown()
+            await asyncio.to_thread(provider.shutdown)
 
 
 @contextmanager
