@@ -17,8 +17,8 @@ from reelay_common.domain.chunks import plan_chunks
 from reelay_testing.waiting import eventually
 from tiktok_sandbox.media import write_sample_mp4
 
-from tests.e2e.flows import connect_account, post_video
-from tests.e2e.stack import Stack, running_stack, wait_for_upload_state
+from tests.e2e.flows import assert_published_once, connect_account, post_video
+from tests.e2e.stack import Stack, running_stack
 
 VIDEO_BYTES = 3_000_000
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -78,17 +78,10 @@ class TestMetricsOfEachService:
         status = stack.topics["REELAY_TOPIC_PUBLISH_STATUS"]
         urls = metrics_urls(stack)
         async with httpx.AsyncClient(timeout=60) as http:
-            account_id, _ = await connect_account(http, stack)
+            account_id, open_id = await connect_account(http, stack)
             before = {name: await scrape(http, url) for name, url in urls.items()}
             request_id = await post_video(http, stack, account_id, video)
-            final = await wait_for_upload_state(
-                http,
-                f"{stack.ingest_url}/v1/uploads/{request_id}",
-                until={"published", "failed", "unconfirmed"},
-                timeout=180,
-                headers=stack.headers,
-            )
-            assert final["state"] == "published", f"{final}\n{stack.logs()}"
+            await assert_published_once(http, stack, request_id, open_id, video)
 
             # Counted just after the work they count: the uploader's record once its handler
             # returned, the poller's polls per publish once tracking ended.
