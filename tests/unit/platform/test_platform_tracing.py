@@ -130,3 +130,10 @@ async def test_a_service_records_spans_of_its_own_while_inside_and_none_after() 
         assert off is None
         with producer_span("reelay.test.topic") as headers:
             assert headers == []
+
+
+def test_tracing_off_a_publish_passes_the_incoming_trace_context_on_unchanged() -> None:
+    parent = SpanContext(TRACE_ID, SPAN_ID, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    with trace.use_span(NonRecordingSpan(parent)), producer_span("reelay.test.topic") as headers:
+        pass
+    assert dict(headers)["traceparent"] == b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

@@ -173,6 +173,11 @@ def _tracer() -> trace.Tracer:
     return current.tracer if current is not None else trace.get_tracer(SCOPE)
 
 
+def _off() -> bool:
+    # Neither this service's provider nor a global one: no span could record.
+    return _current.get() is None and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 # -- Kafka -------------------------------------------------------------------------------------
 
 
@@ -193,7 +198,11 @@ def extract_context(headers: Iterable[tuple[str, bytes | None]] | None) -> Conte
 
 @contextmanager
 def producer_span(topic: str) -> Iterator[KafkaHeaders]:
-    """A PRODUCER span for publishing one record to `topic`; yields the headers carrying it."""
+    """A PRODUCER span for publishing one record to `topic`; yields the headers carrying it
+    (tracing off: the context that came in, if any, unchanged)."""
+    if _off():
+        yield inject_headers()
+        return
     with _tracer().start_as_current_span(
         f"{topic} publish",
         kind=trace.SpanKind.PRODUCER,
