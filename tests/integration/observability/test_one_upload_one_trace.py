@@ -5,6 +5,7 @@ log lines."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -30,6 +31,17 @@ def _one(spans: Sequence[ReadableSpan], what: str, service: str, kind: SpanKind,
 
 def _child_of(span: ReadableSpan, parent: ReadableSpan) -> bool:
     return span.parent is not None and span.parent.span_id == parent.context.span_id
+
+
+def print_tree(spans: Sequence[ReadableSpan], by_id: dict[int, ReadableSpan]) -> None:
+    def depth(span: ReadableSpan) -> int:
+        n = 0
+        while span.parent is not None and span.parent.span_id in by_id:
+            span, n = by_id[span.parent.span_id], n + 1
+        return n
+
+    for span in sorted(spans, key=lambda s: s.start_time or 0):
+        print(f"{'  ' * depth(span)}{span.name} [{span.kind.name}, {service_of_span(span)}] {_url(span)}")
 
 
 def _descends(span: ReadableSpan, ancestor: ReadableSpan, by_id: dict[int, ReadableSpan]) -> bool:
@@ -74,6 +86,8 @@ class TestOneUploadOneTrace:
         spans = [s for s in everything if s.context.trace_id == trace_id]
         by_id = {s.context.span_id: s for s in spans}
         assert {service_of_span(s) for s in spans} == {INGEST, UPLOADER, POLLER}
+        if os.environ.get("REELAY_PRINT_TRACE"):  # to read the trace: pytest -s with it set
+            print_tree(spans, by_id)
 
         # ingest: the request -> its publish of UploadRequested (the record's traceparent)
         published = _one(spans, "ingest's publish", INGEST, SpanKind.PRODUCER, f"{requested} publish")

@@ -82,6 +82,9 @@ class TestOtlpExport:
         assert ("reelay-ingest", "GET /v1/uploads/{request_id}") in spans
         assert all(service == "reelay-ingest" for service, _ in spans)
         assert not [name for _, name in spans if "healthz" in name], "probes are not traced"
+        assert not [name for _, name in spans if name.endswith(("http send", "http receive"))], (
+            "one per request"
+        )
         [resource] = {
             (a.key, a.value.string_value)
             for req in received.requests

@@ -51,7 +51,12 @@ def instrument_app(app: FastAPI) -> FastAPI:
     service's tracing is on (OTEL_*); probes and scrapes get none."""
     provider = current_provider()
     if provider is not None:
-        FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls=_UNTRACED_URLS)
+        FastAPIInstrumentor.instrument_app(
+            app,
+            tracer_provider=provider,
+            excluded_urls=_UNTRACED_URLS,
+            exclude_spans=["receive", "send"],  # one span per request, not one per ASGI message
+        )
     return app
 
 
