@@ -31,6 +31,7 @@ import httpx
 from pymongo import AsyncMongoClient
 from reelay_common.adapters.mongo.uploads import MongoUploadStore, new_upload_document
 from reelay_common.domain.messages import UploadRequested
+from reelay_common.domain.records import Change
 from reelay_common.domain.states import UploadState
 from reelay_ingest.main import run
 from reelay_ingest.settings import IngestSettings
@@ -137,7 +138,7 @@ async def measure_layout(
                     transitions = []
                     for rid in ids[:moves]:
                         t0 = time.perf_counter()
-                        moved = await store.transition(rid, UploadState.UPLOADING, source="uploader")
+                        moved = await store.transition(rid, Change(UploadState.UPLOADING, source="uploader"))
                         transitions.append(time.perf_counter() - t0)
                         assert moved is not None
                     # What this round accepted is work in flight; clear it so each round starts alike.

@@ -9,6 +9,7 @@ from reelay_common.adapters.kafka.publisher import KafkaPublisher
 from reelay_common.adapters.mongo.client import ensure_indexes
 from reelay_common.adapters.mongo.uploads import MongoUploadStore
 from reelay_common.domain.messages import PublishStatusChanged, UploadRequested
+from reelay_common.domain.records import Change
 from reelay_common.domain.states import UploadState
 from reelay_common.recorder import StateRecorder
 from reelay_testing.kafka import read_topic
@@ -40,10 +41,10 @@ class TestStateRecorder:
         )
         recorder = StateRecorder(uploads, kafka_publisher, status_topic=topic)
         moved = await recorder.record(
-            "req-1", UploadState.UPLOADED, source="uploader", set_fields={"publish_id": "p"}
+            "req-1", Change(UploadState.UPLOADED, source="uploader", set_fields={"publish_id": "p"})
         )
         assert moved is not None
-        assert await recorder.record("req-1", UploadState.UPLOADING, source="uploader") is None
+        assert await recorder.record("req-1", Change(UploadState.UPLOADING, source="uploader")) is None
 
         stored = await uploads.get("req-1")
         assert stored is not None

@@ -11,6 +11,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from reelay_common.adapters.mongo.client import ensure_indexes
 from reelay_common.adapters.mongo.uploads import MongoUploadStore
 from reelay_common.domain.messages import UploadRequested
+from reelay_common.domain.records import Change
 from reelay_common.domain.states import UploadState
 from reelay_common.ports import UploadStore
 from reelay_testing.stores import FakeUploadStore
@@ -73,7 +74,7 @@ class TestCreate:
 
     async def test_is_idempotent_on_request_id(self, store: UploadStore) -> None:
         first, _ = await store.create(cmd(), source="ingest")
-        await store.transition("req-1", S.UPLOADING, source="uploader")
+        await store.transition("req-1", Change(S.UPLOADING, source="uploader"))
         again, created = await store.create(cmd(), source="uploader")
         assert not created
         assert again.state is S.UPLOADING
@@ -89,7 +90,7 @@ class TestCreate:
         await store.create(cmd(), source="ingest")
         expires = datetime(2030, 5, 6, 7, 8, 9, 123000, tzinfo=UTC)
         moved = await store.transition(
-            "req-1", S.UPLOADING, source="uploader", set_fields={"upload_url_expires_at": expires}
+            "req-1", Change(S.UPLOADING, source="uploader", set_fields={"upload_url_expires_at": expires})
         )
         assert moved is not None
         fetched = await store.get("req-1")
@@ -103,10 +104,12 @@ class TestTransition:
         await store.create(cmd(), source="ingest")
         moved = await store.transition(
             "req-1",
-            S.UPLOADING,
-            source="uploader",
-            detail={"log_id": "L1"},
-            set_fields={"publish_id": "p-1", "video_size": 10},
+            Change(
+                S.UPLOADING,
+                source="uploader",
+                detail={"log_id": "L1"},
+                set_fields={"publish_id": "p-1", "video_size": 10},
+            ),
         )
         assert moved is not None
         assert (moved.state, moved.publish_id, moved.video_size) == (S.UPLOADING, "p-1", 10)
@@ -118,12 +121,12 @@ class TestTransition:
 
     async def test_may_skip_intermediate_states(self, store: UploadStore) -> None:
         await store.create(cmd(), source="ingest")
-        assert await store.transition("req-1", S.PROCESSING, source="webhook") is not None
+        assert await store.transition("req-1", Change(S.PROCESSING, source="webhook")) is not None
 
     async def test_never_moves_back(self, store: UploadStore) -> None:
         await store.create(cmd(), source="ingest")
-        await store.transition("req-1", S.PROCESSING, source="poller")
-        assert await store.transition("req-1", S.UPLOADED, source="uploader") is None
+        await store.transition("req-1", Change(S.PROCESSING, source="poller"))
+        assert await store.transition("req-1", Change(S.UPLOADED, source="uploader")) is None
         record = await store.get("req-1")
         assert record is not None
         assert record.state is S.PROCESSING
@@ -131,31 +134,33 @@ class TestTransition:
 
     async def test_a_duplicate_event_changes_nothing(self, store: UploadStore) -> None:
         await store.create(cmd(), source="ingest")
-        await store.transition("req-1", S.PUBLISHED, source="webhook", set_fields={"post_ids": ["a"]})
+        await store.transition("req-1", Change(S.PUBLISHED, source="webhook", set_fields={"post_ids": ["a"]}))
         before = await store.get("req-1")
         assert (
-            await store.transition("req-1", S.PUBLISHED, source="poller", set_fields={"post_ids": ["b"]})
+            await store.transition(
+                "req-1", Change(S.PUBLISHED, source="poller", set_fields={"post_ids": ["b"]})
+            )
             is None
         )
         assert await store.get("req-1") == before
 
     async def test_a_late_failure_never_overrides_a_publish(self, store: UploadStore) -> None:
         await store.create(cmd(), source="ingest")
-        await store.transition("req-1", S.PUBLISHED, source="webhook")
-        assert await store.transition("req-1", S.FAILED, source="poller") is None
+        await store.transition("req-1", Change(S.PUBLISHED, source="webhook"))
+        assert await store.transition("req-1", Change(S.FAILED, source="poller")) is None
         record = await store.get("req-1")
         assert record is not None
         assert record.state is S.PUBLISHED
 
     async def test_unconfirmed_may_still_learn_the_real_outcome(self, store: UploadStore) -> None:
         await store.create(cmd(), source="ingest")
-        await store.transition("req-1", S.UNCONFIRMED, source="poller")
-        moved = await store.transition("req-1", S.PUBLISHED, source="webhook")
+        await store.transition("req-1", Change(S.UNCONFIRMED, source="poller"))
+        moved = await store.transition("req-1", Change(S.PUBLISHED, source="webhook"))
         assert moved is not None
         assert moved.state is S.PUBLISHED
 
     async def test_of_an_unknown_upload_is_refused(self, store: UploadStore) -> None:
-        assert await store.transition("nope", S.UPLOADING, source="uploader") is None
+        assert await store.transition("nope", Change(S.UPLOADING, source="uploader")) is None
         assert await store.get("nope") is None
 
     async def test_many_concurrent_transitions_to_one_target_have_exactly_one_winner(
@@ -164,7 +169,7 @@ class TestTransition:
         await store.create(cmd(), source="ingest")
         results = await asyncio.gather(
             *(
-                store.transition("req-1", S.UPLOADING, source="uploader", detail={"worker": i})
+                store.transition("req-1", Change(S.UPLOADING, source="uploader", detail={"worker": i}))
                 for i in range(20)
             )
         )
@@ -177,7 +182,9 @@ class TestTransition:
     async def test_racing_terminal_outcomes_leave_exactly_one(self, store: UploadStore) -> None:
         await store.create(cmd(), source="ingest")
         targets = [S.PUBLISHED, S.FAILED, S.INBOX_DELIVERED] * 5
-        results = await asyncio.gather(*(store.transition("req-1", t, source="webhook") for t in targets))
+        results = await asyncio.gather(
+            *(store.transition("req-1", Change(t, source="webhook")) for t in targets)
+        )
         assert sum(r is not None for r in results) == 1
         record = await store.get("req-1")
         assert record is not None
@@ -190,21 +197,23 @@ class TestTransition:
         await store.create(cmd(), source="ingest")
         before = await store.get("req-1")
         with pytest.raises(ValueError, match="managed by the store"):
-            await store.transition("req-1", S.UPLOADING, source="uploader", set_fields={field: "x"})
+            await store.transition("req-1", Change(S.UPLOADING, source="uploader", set_fields={field: "x"}))
         assert await store.get("req-1") == before
 
     async def test_refuses_unknown_fields_and_writes_nothing(self, store: UploadStore) -> None:
         await store.create(cmd(), source="ingest")
         before = await store.get("req-1")
         with pytest.raises(ValueError, match="unknown upload fields"):
-            await store.transition("req-1", S.UPLOADING, source="uploader", set_fields={"publishid": "typo"})
+            await store.transition(
+                "req-1", Change(S.UPLOADING, source="uploader", set_fields={"publishid": "typo"})
+            )
         assert await store.get("req-1") == before
 
 
 class TestCheckpoint:
     async def test_sets_fields_without_a_state_change(self, store: UploadStore) -> None:
         await store.create(cmd(), source="ingest")
-        await store.transition("req-1", S.UPLOADING, source="uploader")
+        await store.transition("req-1", Change(S.UPLOADING, source="uploader"))
         record = await store.checkpoint(
             "req-1", {"publish_id": "p-1", "upload_url": "https://u", "uploaded_bytes": 5}
         )
@@ -219,7 +228,7 @@ class TestCheckpoint:
 
     async def test_with_expect_state_only_applies_in_that_state(self, store: UploadStore) -> None:
         await store.create(cmd(), source="ingest")
-        await store.transition("req-1", S.UPLOADED, source="uploader")
+        await store.transition("req-1", Change(S.UPLOADED, source="uploader"))
         assert await store.checkpoint("req-1", {"uploaded_bytes": 1}, expect_state=S.UPLOADING) is None
         record = await store.get("req-1")
         assert record is not None
@@ -239,7 +248,7 @@ class TestQueries:
         for n, account in [(1, "a"), (2, "b"), (3, "a"), (4, "a")]:
             await store.create(cmd(n, account=account), source="ingest")
             await asyncio.sleep(0.005)  # distinct created_at at millisecond precision
-        await store.transition("req-3", S.UPLOADING, source="uploader")
+        await store.transition("req-3", Change(S.UPLOADING, source="uploader"))
         assert [r.request_id for r in await store.list(account_id="a")] == ["req-4", "req-3", "req-1"]
         assert [r.request_id for r in await store.list(account_id="a", state=S.ACCEPTED)] == [
             "req-4",
@@ -298,14 +307,16 @@ class TestPolling:
     async def test_never_claims_finished_uploads(self, store: UploadStore, terminal: S) -> None:
         await store.create(cmd(1), source="ingest")
         await store.schedule_poll("req-1", at(0), attempts=0)
-        await store.transition("req-1", terminal, source="webhook")
+        await store.transition("req-1", Change(terminal, source="webhook"))
         assert await store.claim_due_poll(at(1), 30) is None
 
     async def test_claims_a_published_upload_only_while_it_is_watched_for_post_ids(
         self, store: UploadStore
     ) -> None:
         await store.create(cmd(1), source="ingest")
-        await store.transition("req-1", S.PUBLISHED, source="poller", set_fields={"poll_next_at": at(0)})
+        await store.transition(
+            "req-1", Change(S.PUBLISHED, source="poller", set_fields={"poll_next_at": at(0)})
+        )
         claimed = await store.claim_due_poll(at(1), 30)
         assert claimed is not None
         assert claimed.state is S.PUBLISHED
@@ -326,7 +337,7 @@ class TestPolling:
             await store.schedule_poll(f"req-{n}", at(0), attempts=0)
         await asyncio.gather(
             *(store.claim_due_poll(at(1), 60) for _ in range(10)),
-            *(store.transition(f"req-{n}", S.PROCESSING, source="webhook") for n in range(10)),
+            *(store.transition(f"req-{n}", Change(S.PROCESSING, source="webhook")) for n in range(10)),
         )
         for n in range(10):
             record = await store.get(f"req-{n}")
@@ -345,10 +356,12 @@ async def settle_some(store: UploadStore) -> None:
     published and still watched for its post ids (in flight)."""
     for n in range(1, 5):
         await store.create(cmd(n), source="ingest")
-    await store.transition("req-1", S.FAILED, source="uploader", detail={"code": "x"})
-    await store.transition("req-2", S.PUBLISHED, source="poller", set_fields={"publish_id": "v_pub_2"})
-    await store.transition("req-3", S.UPLOADING, source="uploader")
-    await store.transition("req-4", S.PUBLISHED, source="poller", set_fields={"poll_next_at": at(0)})
+    await store.transition("req-1", Change(S.FAILED, source="uploader", detail={"code": "x"}))
+    await store.transition(
+        "req-2", Change(S.PUBLISHED, source="poller", set_fields={"publish_id": "v_pub_2"})
+    )
+    await store.transition("req-3", Change(S.UPLOADING, source="uploader"))
+    await store.transition("req-4", Change(S.PUBLISHED, source="poller", set_fields={"poll_next_at": at(0)}))
 
 
 class TestArchive:
@@ -384,7 +397,7 @@ class TestArchive:
         assert record is not None
         assert record.post_ids == ["7300000000000000001"]
         # Terminal is terminal, archived or not.
-        assert await store.transition("req-1", S.PUBLISHED, source="webhook") is None
+        assert await store.transition("req-1", Change(S.PUBLISHED, source="webhook")) is None
 
     async def test_a_replayed_create_of_an_archived_upload_returns_it(self, store: UploadStore) -> None:
         await settle_some(store)
@@ -398,7 +411,7 @@ class TestArchive:
     async def test_concurrent_archive_runs_move_each_upload_once(self, store: UploadStore) -> None:
         for n in range(10):
             await store.create(cmd(n), source="ingest")
-            await store.transition(f"req-{n}", S.FAILED, source="uploader")
+            await store.transition(f"req-{n}", Change(S.FAILED, source="uploader"))
         moved = await asyncio.gather(*(store.archive_settled(later(), grace_seconds=0) for _ in range(4)))
         assert sum(moved) == 10
         assert len(await store.list()) == 10
@@ -406,7 +419,7 @@ class TestArchive:
     async def test_a_write_racing_the_archive_move_is_not_lost(self, store: UploadStore) -> None:
         for n in range(10):
             await store.create(cmd(n), source="ingest")
-            await store.transition(f"req-{n}", S.PUBLISHED, source="poller")
+            await store.transition(f"req-{n}", Change(S.PUBLISHED, source="poller"))
         await asyncio.gather(
             store.archive_settled(later(), grace_seconds=0),
             *(store.checkpoint(f"req-{n}", {"post_ids": [str(7300000000000000000 + n)]}) for n in range(10)),

@@ -26,6 +26,7 @@ from reelay_common.adapters.tiktok.client import PATH_VIDEO_INIT
 from reelay_common.domain.messages import DeadLetter, UploadRequested, VideoUploaded, dlq_topic
 from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.states import UploadState
+from reelay_common.domain.tiktok import TokenGrant
 from reelay_testing.kafka import read_topic
 from reelay_testing.readers import aiter_bytes
 from reelay_testing.waiting import eventually
@@ -178,12 +179,7 @@ async def env(
             accounts = MongoAccountStore(mongo_db, TokenCipher(settings.token_encryption_key))
             await accounts.upsert_tokens(
                 account_id,
-                open_id=grant["open_id"],
-                access_token=grant["access_token"],
-                expires_in=grant["expires_in"],
-                refresh_token=grant["refresh_token"],
-                refresh_expires_in=grant["refresh_expires_in"],
-                scopes=grant["scope"].split(","),
+                TokenGrant.model_validate(grant),
             )
             yield Env(
                 settings=settings,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from reelay_common.domain.messages import BlobSource, PublishStatusChanged, UrlSource
+from reelay_common.domain.records import Change
 from reelay_common.domain.states import UploadState
 
 from tests.unit.ingest.ingest_fakes import (
@@ -103,7 +104,7 @@ class TestAcceptUploadByUrl:
 class TestIdempotentReplay:
     async def test_same_request_again_answers_202_with_the_existing_state(self, ingest: IngestApp) -> None:
         await ingest.post_json(url_body(request_id="r-1"))
-        await ingest.uploads.transition("r-1", UploadState.UPLOADING, source="uploader")
+        await ingest.uploads.transition("r-1", Change(UploadState.UPLOADING, source="uploader"))
         sent_before = len(ingest.publisher.sent)
 
         resp = await ingest.post_json(url_body(request_id="r-1"))
@@ -332,10 +333,12 @@ class TestReadUploads:
     async def test_status_shows_state_history_and_tiktok_ids(self, ingest: IngestApp) -> None:
         await ingest.post_json(url_body(request_id="s-1"))
         await ingest.uploads.transition(
-            "s-1", UploadState.UPLOADING, source="uploader", set_fields={"publish_id": "v_pub_file~v2-1.1"}
+            "s-1",
+            Change(UploadState.UPLOADING, source="uploader", set_fields={"publish_id": "v_pub_file~v2-1.1"}),
         )
         await ingest.uploads.transition(
-            "s-1", UploadState.PUBLISHED, source="poller", set_fields={"post_ids": ["7300000000000000001"]}
+            "s-1",
+            Change(UploadState.PUBLISHED, source="poller", set_fields={"post_ids": ["7300000000000000001"]}),
         )
 
         resp = await ingest.client.get("/v1/uploads/s-1", headers=ingest.auth)
@@ -364,7 +367,7 @@ class TestReadUploads:
         await ingest.post_json(url_body(request_id="a-1"))
         await ingest.post_json(url_body(request_id="a-2"))
         await ingest.post_json(url_body(request_id="o-1", account_id="other"))
-        await ingest.uploads.transition("a-2", UploadState.UPLOADING, source="uploader")
+        await ingest.uploads.transition("a-2", Change(UploadState.UPLOADING, source="uploader"))
 
         mine = await ingest.client.get("/v1/uploads", params={"account_id": ACCOUNT}, headers=ingest.auth)
         accepted = await ingest.client.get(

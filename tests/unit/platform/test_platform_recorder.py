@@ -8,6 +8,7 @@ import pytest
 from pydantic import BaseModel
 from reelay_common.domain.errors import RetryableError
 from reelay_common.domain.messages import PublishStatusChanged, UploadRequested
+from reelay_common.domain.records import Change
 from reelay_common.domain.states import UploadState
 from reelay_common.recorder import StateRecorder
 from reelay_testing.publisher import FakePublisher
@@ -50,7 +51,8 @@ class TestRecord:
         self, recorder: StateRecorder, publisher: FakePublisher
     ) -> None:
         record = await recorder.record(
-            "req-1", S.UPLOADED, source="uploader", detail={"log_id": "L"}, set_fields={"publish_id": "p-1"}
+            "req-1",
+            Change(S.UPLOADED, source="uploader", detail={"log_id": "L"}, set_fields={"publish_id": "p-1"}),
         )
         assert record is not None
         assert record.state is S.UPLOADED
@@ -69,15 +71,15 @@ class TestRecord:
     async def test_refused_transitions_announce_nothing(
         self, recorder: StateRecorder, publisher: FakePublisher
     ) -> None:
-        await recorder.record("req-1", S.PROCESSING, source="poller")
-        assert await recorder.record("req-1", S.UPLOADED, source="uploader") is None
-        assert await recorder.record("req-1", S.PROCESSING, source="webhook") is None
+        await recorder.record("req-1", Change(S.PROCESSING, source="poller"))
+        assert await recorder.record("req-1", Change(S.UPLOADED, source="uploader")) is None
+        assert await recorder.record("req-1", Change(S.PROCESSING, source="webhook")) is None
         assert [m.state for m in announced(publisher)] == [S.PROCESSING]
 
     async def test_an_unknown_upload_is_refused_quietly(
         self, recorder: StateRecorder, publisher: FakePublisher
     ) -> None:
-        assert await recorder.record("nope", S.UPLOADED, source="uploader") is None
+        assert await recorder.record("nope", Change(S.UPLOADED, source="uploader")) is None
         assert publisher.sent == []
 
     async def test_a_failed_announcement_is_sent_when_the_handler_retries(
@@ -85,15 +87,15 @@ class TestRecord:
     ) -> None:
         publisher.fail_with.append(RetryableError("Kafka is down"))
         with pytest.raises(RetryableError):
-            await recorder.record("req-1", S.UPLOADED, source="uploader")
+            await recorder.record("req-1", Change(S.UPLOADED, source="uploader"))
         current = await uploads.get("req-1")
         assert current is not None
         assert current.state is S.UPLOADED  # the state moved before the announcement failed
         # The consumer loop retries the handler: the transition is refused, the announcement is not lost.
-        assert await recorder.record("req-1", S.UPLOADED, source="uploader") is None
+        assert await recorder.record("req-1", Change(S.UPLOADED, source="uploader")) is None
         assert [m.state for m in announced(publisher)] == [S.UPLOADED]
         # A third delivery announces nothing more.
-        await recorder.record("req-1", S.UPLOADED, source="uploader")
+        await recorder.record("req-1", Change(S.UPLOADED, source="uploader"))
         assert len(announced(publisher)) == 1
 
     async def test_announce_publishes_the_current_state(
@@ -119,9 +121,9 @@ class TestRecord:
                 await publisher.publish(topic, message, key=key)
 
         slow = StateRecorder(uploads, SlowPublisher(), status_topic=TOPIC, announce_wait_seconds=5)
-        winner = asyncio.create_task(slow.record("req-1", S.PUBLISHED, source="webhook"))
+        winner = asyncio.create_task(slow.record("req-1", Change(S.PUBLISHED, source="webhook")))
         await asyncio.sleep(0.05)
-        loser = asyncio.create_task(slow.record("req-1", S.PUBLISHED, source="poller"))
+        loser = asyncio.create_task(slow.record("req-1", Change(S.PUBLISHED, source="poller")))
         await asyncio.sleep(0.1)
         release.set()
         assert await winner is not None
@@ -134,9 +136,9 @@ class TestRecord:
         patient = StateRecorder(uploads, publisher, status_topic=TOPIC, announce_wait_seconds=30)
         publisher.fail_with.append(RetryableError("Kafka is down"))
         with pytest.raises(RetryableError):
-            await patient.record("req-1", S.UPLOADED, source="uploader")
+            await patient.record("req-1", Change(S.UPLOADED, source="uploader"))
         async with asyncio.timeout(1):  # nothing to wait for: the winner's publish is over
-            assert await patient.record("req-1", S.UPLOADED, source="uploader") is None
+            assert await patient.record("req-1", Change(S.UPLOADED, source="uploader")) is None
         assert [m.state for m in announced(publisher)] == [S.UPLOADED]
 
     async def test_a_refused_caller_announces_when_the_winners_publish_fails(
@@ -155,9 +157,9 @@ class TestRecord:
                 await publisher.publish(topic, message, key=key)
 
         flaky = StateRecorder(uploads, FailingOncePublisher(), status_topic=TOPIC, announce_wait_seconds=5)
-        winner = asyncio.create_task(flaky.record("req-1", S.PUBLISHED, source="webhook"))
+        winner = asyncio.create_task(flaky.record("req-1", Change(S.PUBLISHED, source="webhook")))
         await asyncio.sleep(0.05)
-        loser = asyncio.create_task(flaky.record("req-1", S.PUBLISHED, source="poller"))
+        loser = asyncio.create_task(flaky.record("req-1", Change(S.PUBLISHED, source="poller")))
         await asyncio.sleep(0.05)
         release.set()
         with pytest.raises(RetryableError):

@@ -16,7 +16,7 @@ from reelay_common.domain.messages import (
     UploadRequested,
     UrlSource,
 )
-from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.records import Change, UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import PublishStatus
 from reelay_common.recorder import StateRecorder
@@ -55,7 +55,7 @@ class ScriptedTikTok:
     async def init_upload(self, account_id: str, **kwargs: Any) -> Any:
         raise AssertionError("the poller never initialises uploads")
 
-    async def upload_chunks(self, upload_url: str, plan: Any, reader: Any, **kwargs: Any) -> None:
+    async def upload_chunks(self, upload: Any, **kwargs: Any) -> None:
         raise AssertionError("the poller never uploads")
 
 
@@ -112,9 +112,10 @@ class PollerWorld:
         )
         await self.uploads.create(cmd, source="ingest")
         await self.uploads.transition(
-            request_id, UploadState.UPLOADING, source="uploader", set_fields={"publish_id": publish_id}
+            request_id,
+            Change(UploadState.UPLOADING, source="uploader", set_fields={"publish_id": publish_id}),
         )
-        await self.uploads.transition(request_id, UploadState.UPLOADED, source="uploader")
+        await self.uploads.transition(request_id, Change(UploadState.UPLOADED, source="uploader"))
         # The uploader announced it (through its own recorder, not this test's publisher).
         record = await self.uploads.checkpoint(request_id, {"announced_state": UploadState.UPLOADED})
         assert record is not None

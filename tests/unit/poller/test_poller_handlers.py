@@ -17,6 +17,7 @@ from reelay_common.domain.errors import (
     TransientTikTokError,
 )
 from reelay_common.domain.messages import TikTokWebhookReceived, VideoUploaded
+from reelay_common.domain.records import Change
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import PublishStatus
 from reelay_status_poller.handlers import PollOutcome, PollPolicy, handle_publish_event, poll_once
@@ -216,7 +217,9 @@ class TestLostAnnouncements:
     ) -> None:
         await tracked(poller, status("PROCESSING_UPLOAD"))
         # A poller moved it and died before its Kafka publish.
-        await poller.uploads.transition("req-1", S.PROCESSING, source="poller", detail={"tiktok_status": "x"})
+        await poller.uploads.transition(
+            "req-1", Change(S.PROCESSING, source="poller", detail={"tiktok_status": "x"})
+        )
 
         await poller.poll_due()
         poller.clock.advance(60)

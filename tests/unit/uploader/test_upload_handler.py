@@ -33,7 +33,7 @@ from reelay_common.domain.messages import (
     UrlSource,
     VideoUploaded,
 )
-from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.records import Change, UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import (
     CreatorInfo,
@@ -43,7 +43,7 @@ from reelay_common.domain.tiktok import (
     PullFromUrlSourceInfo,
     SourceInfo,
 )
-from reelay_common.ports import ProgressCallback, VideoReader
+from reelay_common.ports import ChunkedUpload, ProgressCallback, VideoReader
 from reelay_common.recorder import StateRecorder
 from reelay_testing.clocks import FakeClock
 from reelay_testing.publisher import FakePublisher
@@ -189,17 +189,10 @@ class FakeTikTok:
         )
 
     async def upload_chunks(
-        self,
-        upload_url: str,
-        plan: FileUploadSourceInfo,
-        reader: VideoReader,
-        *,
-        start_offset: int = 0,
-        on_progress: ProgressCallback | None = None,
-        account_id: str | None = None,
-        publish_id: str | None = None,
+        self, upload: ChunkedUpload, *, on_progress: ProgressCallback | None = None
     ) -> None:
-        pub = next(p for p in self.publishes.values() if p.upload_url == upload_url)
+        plan, reader, start_offset = upload.plan, upload.reader, upload.start_offset
+        pub = next(p for p in self.publishes.values() if p.upload_url == upload.upload_url)
         assert pub.source_info == plan, "the plan must be the one given at init"
         for first, last in chunk_ranges(plan):
             if last < max(start_offset, pub.received):
@@ -583,7 +576,7 @@ class TestNeverTwoPosts:
         world = make_world()
         cmd = direct()
         await world.uploads.create(cmd, source="ingest")
-        await world.uploads.transition(cmd.request_id, UploadState.FAILED, source="poller")
+        await world.uploads.transition(cmd.request_id, Change(UploadState.FAILED, source="poller"))
 
         await handle_upload_requested(cmd, world.deps)
 

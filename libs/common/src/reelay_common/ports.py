@@ -21,7 +21,7 @@ from reelay_common.domain.messages import (
     UploadMode,
     UploadRequested,
 )
-from reelay_common.domain.records import AccountRecord, UploadRecord
+from reelay_common.domain.records import AccountRecord, Change, UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import (
     CreatorInfo,
@@ -29,6 +29,7 @@ from reelay_common.domain.tiktok import (
     InitResult,
     PublishStatus,
     SourceInfo,
+    TokenGrant,
 )
 
 RateBucket = Literal["init", "status", "creator_info"]
@@ -50,18 +51,10 @@ class UploadStore(Protocol):
 
     async def get(self, request_id: str) -> UploadRecord | None: ...
 
-    async def transition(
-        self,
-        request_id: str,
-        target: UploadState,
-        *,
-        source: StateSource,
-        detail: Mapping[str, Any] | None = None,
-        set_fields: Mapping[str, Any] | None = None,
-    ) -> UploadRecord | None:
-        """Move to `target` if that is forward from the current state (atomic, guarded), append
-        the history entry and apply `set_fields`. Returns the new record, or None if the guard
-        refused (already there or beyond)."""
+    async def transition(self, request_id: str, change: Change) -> UploadRecord | None:
+        """Move to `change.target` if that is forward from the current state (atomic, guarded),
+        append the history entry and apply `change.set_fields`. Returns the new record, or None if
+        the guard refused (already there or beyond)."""
         ...
 
     async def checkpoint(
@@ -94,15 +87,7 @@ class UploadStore(Protocol):
 class Recorder(Protocol):
     """Records state changes and announces them on `reelay.publish.status` (StateRecorder)."""
 
-    async def record(
-        self,
-        request_id: str,
-        target: UploadState,
-        *,
-        source: StateSource,
-        detail: Mapping[str, Any] | None = None,
-        set_fields: Mapping[str, Any] | None = None,
-    ) -> UploadRecord | None:
+    async def record(self, request_id: str, change: Change) -> UploadRecord | None:
         """A guarded transition; when it moved, announce it. None when the guard refused."""
         ...
 
@@ -114,17 +99,9 @@ class Recorder(Protocol):
 class AccountStore(Protocol):
     """The `accounts` collection. Tokens go in and out in clear; at rest they are encrypted."""
 
-    async def upsert_tokens(
-        self,
-        account_id: str,
-        *,
-        open_id: str,
-        access_token: str,
-        expires_in: int,
-        refresh_token: str,
-        refresh_expires_in: int,
-        scopes: list[str],
-    ) -> AccountRecord: ...
+    async def upsert_tokens(self, account_id: str, grant: TokenGrant) -> AccountRecord:
+        """Store a fresh grant (OAuth connect), creating the account if needed; bumps token_version."""
+        ...
 
     async def get(self, account_id: str) -> AccountRecord | None: ...
 
@@ -208,18 +185,27 @@ class BlobStore(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ChunkedUpload:
+    """One FILE_UPLOAD to send: the upload_url and chunk plan init gave, the video's bytes, and the
+    offset to start from (a resumed upload). With `account_id` and `publish_id`, a lost response
+    is resynchronised from status/fetch `uploaded_bytes`."""
+
+    upload_url: str
+    plan: FileUploadSourceInfo
+    reader: VideoReader
+    start_offset: int = 0
+    account_id: str | None = None
+    publish_id: str | None = None
+
+
 class TikTokApi(Protocol):
     """TikTok, per account: tokens, pacing, 401-refresh and 429 backoff are handled inside."""
 
     async def creator_info(self, account_id: str) -> CreatorInfo: ...
 
     async def init_upload(
-        self,
-        account_id: str,
-        *,
-        mode: UploadMode,
-        post_info: PostInfo | None,
-        source_info: SourceInfo,
+        self, account_id: str, *, mode: UploadMode, post_info: PostInfo | None, source_info: SourceInfo
     ) -> InitResult:
         """video/init (mode 'direct', with post_info) or inbox/video/init (mode 'inbox')."""
         ...
@@ -227,17 +213,9 @@ class TikTokApi(Protocol):
     async def fetch_status(self, account_id: str, publish_id: str) -> PublishStatus: ...
 
     async def upload_chunks(
-        self,
-        upload_url: str,
-        plan: FileUploadSourceInfo,
-        reader: VideoReader,
-        *,
-        start_offset: int = 0,
-        on_progress: ProgressCallback | None = None,
-        account_id: str | None = None,
-        publish_id: str | None = None,
+        self, upload: ChunkedUpload, *, on_progress: ProgressCallback | None = None
     ) -> None:
-        """PUT every chunk from `start_offset` on, sequentially, streaming, resuming after
-        416/lost responses. Raises UploadUrlExpiredError on 403. With `account_id` and
-        `publish_id`, a lost response is resynchronised from status/fetch `uploaded_bytes`."""
+        """PUT every chunk from `upload.start_offset` on, sequentially, streaming, resuming after
+        416/lost responses. Raises UploadUrlExpiredError on 403. `on_progress(confirmed_bytes)`
+        runs after each chunk the server accepted."""
         ...

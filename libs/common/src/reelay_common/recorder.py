@@ -4,11 +4,9 @@ of `PublishStatusChanged` on `reelay.publish.status` (keyed by account_id)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from typing import Any
 
 from reelay_common.domain.messages import PublishStatusChanged, StateSource
-from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.records import Change, UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.logging import get_logger
 from reelay_common.metrics import UPLOAD_DETECTION_DELAY_SECONDS, UPLOAD_STATE_TRANSITIONS
@@ -36,16 +34,9 @@ class StateRecorder:
         # the publish failed. A refused caller waits on its winner's instead of polling the store.
         self._announcing: dict[tuple[str, UploadState], asyncio.Future[bool]] = {}
 
-    async def record(
-        self,
-        request_id: str,
-        target: UploadState,
-        *,
-        source: StateSource,
-        detail: Mapping[str, Any] | None = None,
-        set_fields: Mapping[str, Any] | None = None,
-    ) -> UploadRecord | None:
-        """Move the upload to `target` if that is forward, then announce it; None if the guard refused.
+    async def record(self, request_id: str, change: Change) -> UploadRecord | None:
+        """Move the upload to `change.target` if that is forward, then announce it; None if the guard
+        refused.
 
         When the guard refuses because the upload is already in `target` but that state was never
         announced (the publish failed after the update), the announcement is sent now: a retried
@@ -54,9 +45,8 @@ class StateRecorder:
         a winner in another process cannot be seen, and the two may both announce. Duplicates are
         allowed: consumers dedupe on (request_id, state).
         """
-        moved = await self._uploads.transition(
-            request_id, target, source=source, detail=detail, set_fields=set_fields
-        )
+        target, source = change.target, change.source
+        moved = await self._uploads.transition(request_id, change)
         if moved is not None:
             UPLOAD_STATE_TRANSITIONS.labels(state=target.value, source=source).inc()
             _observe_detection_delay(moved, target, source)

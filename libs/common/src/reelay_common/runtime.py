@@ -14,7 +14,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypedDict, TypeVar
 
 import httpx
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor, RequestInfo
@@ -51,6 +51,29 @@ Worker = Callable[[asyncio.Event], Awaitable[None]]
 
 # On a hard stop (the supervisor cancelled), how long the cancelled workers get to unwind.
 HARD_STOP_SECONDS = 10.0
+
+
+class ConsumerSettings(Protocol):
+    """What the settings of a service that consumes a topic say of its consumer."""
+
+    @property
+    def kafka_bootstrap_servers(self) -> str: ...
+
+    @property
+    def consumer_group(self) -> str: ...
+
+    @property
+    def shutdown_grace_seconds(self) -> float: ...
+
+
+class ServiceConsumer(TypedDict):
+    """ConsumerLoop keywords a service takes from its settings and infrastructure (`**` them in)."""
+
+    bootstrap_servers: str
+    group_id: str
+    publisher: KafkaPublisher
+    shutdown_grace_seconds: float
+    client_id: str
 
 
 class WorkerStopped(RuntimeError):
@@ -151,6 +174,17 @@ class Infrastructure:
             self.rate_limiter(max_wait_seconds=max_wait_seconds),
             max_rate_limit_retries=max_rate_limit_retries,
             backoff_max=backoff_max,
+        )
+
+    def consumer_options(self, settings: ConsumerSettings, *, app_name: str) -> ServiceConsumer:
+        """The arguments of a service's ConsumerLoop that come from its settings and this
+        infrastructure: its group, dead letters sent by this publisher, its shutdown grace."""
+        return ServiceConsumer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=settings.consumer_group,
+            publisher=self.publisher,
+            shutdown_grace_seconds=settings.shutdown_grace_seconds,
+            client_id=app_name,
         )
 
     async def mongo_ready(self) -> bool:

@@ -24,12 +24,12 @@ MIB = 1024 * 1024
 S3_MIN_PART_BYTES = 5 * MIB  # S3's smallest part (every part but the last)
 
 
-class CommonSettings(BaseSettings):
-    """Settings every service reads. Env var names are given by each field's alias."""
+class TopicSettings(BaseSettings):
+    """Logging, Kafka and the topics: all that topic creation (`reelay-create-topics`, a Kubernetes
+    Job) reads, so that no secret has to reach it. Env var names are given by each field's alias."""
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
-    environment: Literal["dev", "prod"] = Field("dev", validation_alias="REELAY_ENV")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", validation_alias="REELAY_LOG_LEVEL"
     )
@@ -43,6 +43,12 @@ class CommonSettings(BaseSettings):
     )
     topic_publish_events: str = Field(TOPIC_PUBLISH_EVENTS, validation_alias="REELAY_TOPIC_PUBLISH_EVENTS")
     topic_publish_status: str = Field(TOPIC_PUBLISH_STATUS, validation_alias="REELAY_TOPIC_PUBLISH_STATUS")
+
+
+class CommonSettings(TopicSettings):
+    """Settings every service reads: the topic settings, and the rest of what they share."""
+
+    environment: Literal["dev", "prod"] = Field("dev", validation_alias="REELAY_ENV")
 
     mongodb_uri: SecretStr = Field(SecretStr("mongodb://127.0.0.1:27017"), validation_alias="MONGODB_URI")
     mongodb_database: str = Field("reelay", validation_alias="MONGODB_DATABASE")

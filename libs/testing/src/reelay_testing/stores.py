@@ -12,8 +12,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from reelay_common.domain.messages import StateSource, UploadRequested
-from reelay_common.domain.records import AccountRecord, AccountStatus, UploadRecord
+from reelay_common.domain.records import AccountRecord, AccountStatus, Change, UploadRecord, check_settable
 from reelay_common.domain.states import TERMINAL_STATES, UploadState, can_transition
+from reelay_common.domain.tiktok import TokenGrant
 
 from reelay_testing.roundtrip import as_stored, stored_now, to_millis
 
@@ -22,16 +23,6 @@ from reelay_testing.roundtrip import as_stored, stored_now, to_millis
 _NEVER_POLLED = frozenset(TERMINAL_STATES - {UploadState.PUBLISHED})
 
 _FAKE_CIPHERTEXT = "fake-ciphertext"  # stands in for ciphertext, not a secret
-
-
-def _refuse_unsettable(fields: Mapping[str, Any]) -> None:
-    # Which fields are whose is the domain's word (the record's field roles), not the adapter's.
-    managed = sorted(set(fields) & UploadRecord.store_managed_fields())
-    if managed:
-        raise ValueError(f"these upload fields are managed by the store and cannot be set: {managed}")
-    unknown = sorted(set(fields) - UploadRecord.settable_fields())
-    if unknown:
-        raise ValueError(f"unknown upload fields: {unknown} (add them to UploadRecord first)")
 
 
 class FakeUploadStore:
@@ -64,23 +55,15 @@ class FakeUploadStore:
         record = self.records.get(request_id)
         return record.model_copy(deep=True) if record is not None else None
 
-    async def transition(
-        self,
-        request_id: str,
-        target: UploadState,
-        *,
-        source: StateSource,
-        detail: Mapping[str, Any] | None = None,
-        set_fields: Mapping[str, Any] | None = None,
-    ) -> UploadRecord | None:
-        """Move forward to `target` with `set_fields`; None if unknown, or already there or beyond."""
-        fields = dict(set_fields or {})
-        _refuse_unsettable(fields)
+    async def transition(self, request_id: str, change: Change) -> UploadRecord | None:
+        """Move forward to `change.target` with its fields; None if unknown, or already there or beyond."""
+        target, fields = change.target, change.fields()
+        check_settable(fields)
         record = self.records.get(request_id)
         if record is None or not can_transition(record.state, target):
             return None
         now = stored_now()
-        entry = {"state": target.value, "at": now, "source": source, "detail": as_stored(dict(detail or {}))}
+        entry = as_stored(change.history_entry(now))
         history = [*as_stored([h.model_dump() for h in record.history]), entry]
         return self._put(record, {**fields, "state": target.value, "updated_at": now, "history": history})
 
@@ -88,7 +71,7 @@ class FakeUploadStore:
         self, request_id: str, fields: Mapping[str, Any], *, expect_state: UploadState | None = None
     ) -> UploadRecord | None:
         """Set `fields` without a state change (only while in `expect_state`, when given)."""
-        _refuse_unsettable(fields)
+        check_settable(fields)
         record = self.records.get(request_id)
         if record is None or (expect_state is not None and record.state is not expect_state):
             return None
@@ -164,27 +147,17 @@ class FakeAccountStore:
         self.records: dict[str, AccountRecord] = {}
         self.tokens: dict[str, tuple[str, str]] = {}
 
-    async def upsert_tokens(
-        self,
-        account_id: str,
-        *,
-        open_id: str,
-        access_token: str,
-        expires_in: int,
-        refresh_token: str,
-        refresh_expires_in: int,
-        scopes: list[str],
-    ) -> AccountRecord:
+    async def upsert_tokens(self, account_id: str, grant: TokenGrant) -> AccountRecord:
         """Keep a fresh grant (the account is created if new) and bump token_version."""
         now = stored_now()
         previous = self.records.get(account_id)
         fresh = {
-            "open_id": open_id,
-            "scopes": list(scopes),
+            "open_id": grant.open_id,
+            "scopes": grant.scopes,
             "access_token_enc": _FAKE_CIPHERTEXT,
-            "access_expires_at": now + timedelta(seconds=expires_in),
+            "access_expires_at": now + timedelta(seconds=grant.expires_in),
             "refresh_token_enc": _FAKE_CIPHERTEXT,
-            "refresh_expires_at": now + timedelta(seconds=refresh_expires_in),
+            "refresh_expires_at": now + timedelta(seconds=grant.refresh_expires_in),
             "status": AccountStatus.CONNECTED,
             "updated_at": now,
         }
@@ -195,7 +168,7 @@ class FakeAccountStore:
         else:
             record = previous.model_copy(update={**fresh, "token_version": previous.token_version + 1})
         self.records[account_id] = record
-        self.tokens[account_id] = (access_token, refresh_token)
+        self.tokens[account_id] = (grant.access_token, grant.refresh_token)
         return record.model_copy(deep=True)
 
     async def get(self, account_id: str) -> AccountRecord | None:

@@ -7,7 +7,7 @@ their outcomes, and the errors of `reelay_ingest.errors`, back into HTTP.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from reelay_common.adapters.netguard import ensure_public_url
 from reelay_common.domain.errors import InvalidInputError, RetryableError
@@ -20,9 +20,10 @@ from reelay_common.domain.messages import (
     UploadRequested,
     UrlSource,
 )
-from reelay_common.domain.records import AccountRecord, UploadRecord
+from reelay_common.domain.records import AccountRecord, Change, UploadRecord
 from reelay_common.domain.rules import PRIVACY_LEVEL_NOT_OFFERED, check_privacy_level
 from reelay_common.domain.states import UploadState
+from reelay_common.domain.tiktok import TokenGrant
 from reelay_common.logging import get_logger
 
 from reelay_ingest.deps import IngestDeps
@@ -170,7 +171,7 @@ async def _mark_enqueue_failed(record: UploadRecord, exc: Exception, deps: Inges
     try:
         # Mongo first, so the state is right even when Kafka (and so the announcement) is down.
         moved = await deps.uploads.transition(
-            record.request_id, UploadState.FAILED, source="ingest", detail=detail
+            record.request_id, Change(UploadState.FAILED, source="ingest", detail=detail)
         )
     except RetryableError as store_exc:
         log.error(
@@ -229,16 +230,8 @@ async def _replay(record: UploadRecord, cmd: UploadRequested, deps: IngestDeps) 
     if record.state is UploadState.ACCEPTED:
         # The first call may have died between the insert and Kafka's ack. Publishing again is
         # safe (the uploader is idempotent on request_id) and makes this 202 true.
-        again = UploadRequested(
-            request_id=record.request_id,
-            account_id=record.account_id,
-            mode=record.mode,
-            source=record.source,
-            post_info=record.post_info,
-            requested_at=record.created_at,
-        )
         try:
-            await _enqueue(again, deps)
+            await _enqueue(record.request(), deps)
         except NOT_ACKNOWLEDGED as exc:
             raise UnavailableError(
                 "the upload could not be queued (Kafka did not acknowledge); try again",
@@ -255,34 +248,23 @@ class RegisterAccount:
     """Register (or refresh) an account with tokens obtained from TikTok elsewhere."""
 
     account_id: str
-    open_id: str
-    access_token: str
-    refresh_token: str
-    expires_in: int
-    refresh_expires_in: int
-    scopes: list[str]
+    grant: TokenGrant
 
 
 async def register_account(cmd: RegisterAccount, deps: IngestDeps) -> tuple[AccountRecord, bool]:
     """Store the account's tokens (encrypted by the store). Returns (account, created)."""
     existing = await deps.accounts.get(cmd.account_id)
-    if existing is not None and existing.open_id is not None and existing.open_id != cmd.open_id:
+    if existing is not None and existing.open_id is not None and existing.open_id != cmd.grant.open_id:
         # Re-pointing an account at another TikTok user would post to the wrong profile.
         raise ConflictError(
             f"account {cmd.account_id!r} is registered for another TikTok user (open_id)",
             code="account_open_id_mismatch",
             extra={"account_id": cmd.account_id},
         )
-    record = await deps.accounts.upsert_tokens(
-        cmd.account_id,
-        open_id=cmd.open_id,
-        access_token=cmd.access_token,
-        expires_in=cmd.expires_in,
-        refresh_token=cmd.refresh_token,
-        refresh_expires_in=cmd.refresh_expires_in,
-        scopes=cmd.scopes,
+    record = await deps.accounts.upsert_tokens(cmd.account_id, cmd.grant)
+    log.info(
+        "account_registered", account_id=cmd.account_id, created=existing is None, scopes=cmd.grant.scopes
     )
-    log.info("account_registered", account_id=cmd.account_id, created=existing is None, scopes=cmd.scopes)
     return record, existing is None
 
 
@@ -297,15 +279,9 @@ async def pass_on_webhook(event: WebhookEvent, deps: IngestDeps) -> TikTokWebhoo
         log.info("webhook_ignored", tiktok_event=event.event)
         return None
     record = await deps.uploads.find_by_publish_id(event.publish_id) if event.publish_id else None
+    # The event as received, with the account it belongs to.
     message = TikTokWebhookReceived(
-        event=event.event,
-        user_openid=event.user_openid,
-        create_time=event.create_time,
-        publish_id=event.publish_id,
-        publish_type=event.publish_type,
-        reason=event.reason,
-        post_id=event.post_id,
-        account_id=record.account_id if record is not None else None,
+        **asdict(event), account_id=record.account_id if record is not None else None
     )
     key = message.account_id or event.user_openid or event.publish_id or "unknown"
     try:

@@ -383,15 +383,7 @@ async def create_account(body: AccountRegistration, response: Response, context:
     bound to another TikTok user (open_id) answers 409."""
     bind_learned(account_id=body.account_id)
     record, created = await register_account(
-        RegisterAccount(
-            account_id=body.account_id,
-            open_id=body.open_id,
-            access_token=body.access_token.get_secret_value(),
-            refresh_token=body.refresh_token.get_secret_value(),
-            expires_in=body.expires_in,
-            refresh_expires_in=body.refresh_expires_in,
-            scopes=body.scopes,
-        ),
+        RegisterAccount(account_id=body.account_id, grant=body.grant()),
         context.deps,
     )
     if not created:

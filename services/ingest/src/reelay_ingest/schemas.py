@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, Json, SecretStr, field_valida
 from reelay_common.domain.messages import AccountId, BlobSource, PostInfo, RequestId, StateSource, UploadMode
 from reelay_common.domain.records import AccountRecord, UploadRecord
 from reelay_common.domain.states import UploadState
+from reelay_common.domain.tiktok import TokenGrant
 
 HttpUrl = Annotated[
     str,
@@ -221,6 +222,17 @@ class AccountRegistration(BaseModel):
     def scopes(self) -> list[str]:
         """The granted scopes as a list."""
         return _split_scopes(self.scope)
+
+    def grant(self) -> TokenGrant:
+        """The tokens as the grant TikTok's oauth/token answered (scopes comma-separated)."""
+        return TokenGrant(
+            open_id=self.open_id,
+            access_token=self.access_token.get_secret_value(),
+            refresh_token=self.refresh_token.get_secret_value(),
+            expires_in=self.expires_in,
+            refresh_expires_in=self.refresh_expires_in,
+            scope=",".join(self.scopes),
+        )
 
 
 def _split_scopes(scope: str | list[str]) -> list[str]:

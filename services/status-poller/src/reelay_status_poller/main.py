@@ -12,6 +12,7 @@ from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
 from reelay_common.domain.messages import PUBLISH_EVENT_ADAPTER, PublishEvent, utcnow
 from reelay_common.domain.records import UploadRecord
 from reelay_common.logging import get_logger
+from reelay_common.readiness import instant_check
 from reelay_common.runtime import Infrastructure, ops_server, run_service, supervise
 from reelay_common.tracing import continued_span
 
@@ -78,14 +79,10 @@ async def run(
             await handle_publish_event(event, deps)
 
         consumer: ConsumerLoop[PublishEvent] = ConsumerLoop(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            group_id=settings.consumer_group,
             topic=settings.topic_publish_events,
             decode=PUBLISH_EVENT_ADAPTER.validate_json,
             handle=on_publish_event,
-            publisher=infra.publisher,
-            shutdown_grace_seconds=settings.shutdown_grace_seconds,
-            client_id=APP_NAME,
+            **infra.consumer_options(settings, app_name=APP_NAME),
             **(consumer_overrides or {}),
         )
 
@@ -104,15 +101,6 @@ async def run(
             error_retry_seconds=settings.max_interval_seconds,
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
         )
-
-        async def consumer_ready() -> bool:
-            return consumer.is_healthy()
-
-        async def partitions_assigned() -> bool:
-            return consumer.has_assignment()
-
-        async def scheduler_ready() -> bool:
-            return scheduler.is_healthy()
 
         log.info(
             "status_poller_started",
@@ -136,9 +124,9 @@ async def run(
                         port=settings.ops_port,
                         checks={
                             **infra.ready_checks(),
-                            "consumer": consumer_ready,
-                            "assigned": partitions_assigned,
-                            "scheduler": scheduler_ready,
+                            "consumer": instant_check(consumer.is_healthy),
+                            "assigned": instant_check(consumer.has_assignment),
+                            "scheduler": instant_check(scheduler.is_healthy),
                         },
                         on_bound=on_ops_bound,
                     ),

@@ -49,12 +49,12 @@ from reelay_common.domain.messages import (
     dlq_topic,
     utcnow,
 )
-from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.records import Change, UploadRecord
 from reelay_common.domain.rules import check_privacy_level
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import FileUploadSourceInfo, PublishStatus, PullFromUrlSourceInfo
 from reelay_common.logging import bind_learned, get_logger
-from reelay_common.ports import Publisher, Recorder, TikTokApi, UploadStore, VideoReader
+from reelay_common.ports import ChunkedUpload, Publisher, Recorder, TikTokApi, UploadStore, VideoReader
 
 log = get_logger(__name__)
 
@@ -225,7 +225,9 @@ async def handle_dead_letter(letter: DeadLetter, deps: UploaderDeps) -> None:
         "partition": letter.partition,
         "offset": letter.offset,
     }
-    await deps.recorder.record(letter.request_id, UploadState.FAILED, source=STATE_SOURCE, detail=detail)
+    await deps.recorder.record(
+        letter.request_id, Change(UploadState.FAILED, source=STATE_SOURCE, detail=detail)
+    )
 
 
 Verdict = Literal["complete", "partial", "dead"]
@@ -259,7 +261,9 @@ class _Job:
         try:
             if state is UploadState.ACCEPTED:
                 await self._validate()
-                moved = await self.deps.recorder.record(self.rid, UploadState.UPLOADING, source=STATE_SOURCE)
+                moved = await self.deps.recorder.record(
+                    self.rid, Change(UploadState.UPLOADING, source=STATE_SOURCE)
+                )
                 self.rec = moved or await self._reload()
                 if self.rec.state is not UploadState.UPLOADING:
                     raise _Superseded
@@ -441,15 +445,15 @@ class _Job:
                 await self._checkpoint({"uploaded_bytes": confirmed})
 
         try:
-            await self.deps.tiktok.upload_chunks(
+            upload = ChunkedUpload(
                 pub.upload_url,
                 pub.plan,
                 reader,
                 start_offset=start_offset,
-                on_progress=progress,
                 account_id=self.rec.account_id,
                 publish_id=pub.publish_id,
             )
+            await self.deps.tiktok.upload_chunks(upload, on_progress=progress)
         except Exception:
             # The upload stopped short (a chunk failed, the URL expired, the source broke): leave
             # the record at what TikTok confirmed. (A kill skips this; the resume asks TikTok.)
@@ -486,7 +490,7 @@ class _Job:
             detail["video_size"] = plan.video_size
             self.bytes_confirmed = plan.video_size
         moved = await self.deps.recorder.record(
-            self.rid, UploadState.UPLOADED, source=STATE_SOURCE, detail=detail, set_fields=fields
+            self.rid, Change(UploadState.UPLOADED, source=STATE_SOURCE, detail=detail, set_fields=fields)
         )
         current = moved or await self._reload()
         if current.state is UploadState.UPLOADED:
@@ -518,7 +522,9 @@ class _Job:
         full = dict(detail)
         if self.publish_id is not None:
             full.setdefault("publish_id", self.publish_id)
-        await self.deps.recorder.record(self.rid, UploadState.FAILED, source=STATE_SOURCE, detail=full)
+        await self.deps.recorder.record(
+            self.rid, Change(UploadState.FAILED, source=STATE_SOURCE, detail=full)
+        )
         log.warning("upload_failed", **{k: v for k, v in full.items() if k != "message"})
 
     async def _expire_url(self) -> None:

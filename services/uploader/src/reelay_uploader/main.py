@@ -14,6 +14,7 @@ from reelay_common.adapters.url_reader import UrlVideoReader
 from reelay_common.domain.messages import BlobSource, DeadLetter, UploadRequested, UrlSource
 from reelay_common.logging import get_logger
 from reelay_common.ports import BlobStore, VideoReader
+from reelay_common.readiness import instant_check
 from reelay_common.runtime import Infrastructure, instrument_http_client, ops_server, run_service, supervise
 
 from reelay_uploader.handlers import ReaderFactory, UploaderDeps, handle_dead_letter, handle_upload_requested
@@ -91,22 +92,15 @@ async def run(
             await handle_dead_letter(letter, deps)
 
         consumer = ConsumerLoop[UploadRequested](
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            group_id=settings.consumer_group,
             topic=settings.topic_upload_requested,
             decode=UploadRequested.model_validate_json,
             handle=on_upload_requested,
-            publisher=infra.publisher,
             on_dead_letter=on_dead_letter,
-            shutdown_grace_seconds=settings.shutdown_grace_seconds,
-            client_id=APP_NAME,
+            **infra.consumer_options(settings, app_name=APP_NAME),
         )
 
         async def kafka_ready() -> bool:
             return consumer.is_healthy() and await infra.publisher.healthy()
-
-        async def partitions_assigned() -> bool:
-            return consumer.has_assignment()
 
         log.info(
             "uploader_starting",
@@ -124,7 +118,7 @@ async def run(
                     checks={
                         "mongo": infra.mongo_ready,
                         "kafka": kafka_ready,
-                        "assigned": partitions_assigned,
+                        "assigned": instant_check(consumer.has_assignment),
                     },
                     on_bound=on_ops_bound,
                 ),

@@ -17,6 +17,16 @@ ReelayError
 
 from __future__ import annotations
 
+from typing import TypedDict, Unpack
+
+
+class ErrorInfo(TypedDict, total=False):
+    """What a ReelayError carries besides its message (the keywords of `ReelayError.__init__`)."""
+
+    code: str | None
+    log_id: str | None
+    http_status: int | None
+
 
 class ReelayError(Exception):
     """Root of every error Reelay raises on purpose."""
@@ -54,16 +64,8 @@ class RetryableError(ReelayError):
 class RateLimitedError(RetryableError):
     """TikTok (or our own pacing) says: not now. Wait `retry_after` seconds if known."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        retry_after: float | None = None,
-        code: str | None = None,
-        log_id: str | None = None,
-        http_status: int | None = None,
-    ) -> None:
-        super().__init__(message, code=code, log_id=log_id, http_status=http_status)
+    def __init__(self, message: str, *, retry_after: float | None = None, **info: Unpack[ErrorInfo]) -> None:
+        super().__init__(message, **info)
         self.retry_after = retry_after
 
 
@@ -94,16 +96,8 @@ class UploadUrlExpiredError(ReelayError):
 class UploadOutOfSyncError(ReelayError):
     """PUT answered 416 or the response was lost: resume from `server_offset`."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        server_offset: int | None,
-        code: str | None = None,
-        log_id: str | None = None,
-        http_status: int | None = None,
-    ) -> None:
-        super().__init__(message, code=code, log_id=log_id, http_status=http_status)
+    def __init__(self, message: str, *, server_offset: int | None, **info: Unpack[ErrorInfo]) -> None:
+        super().__init__(message, **info)
         self.server_offset = server_offset
 
 

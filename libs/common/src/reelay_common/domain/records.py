@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -26,6 +27,30 @@ STORE_MANAGED = _FieldRole("store_managed")
 LEARNT_LATER = _FieldRole("learnt_later")
 
 
+@dataclass(frozen=True)
+class Change:
+    """One state change asked of an upload: the state to move to, who says so, its history detail
+    (TikTok's fail_reason, log_id...) and the fields set in the same guarded update."""
+
+    target: UploadState
+    source: StateSource
+    detail: Mapping[str, Any] | None = None
+    set_fields: Mapping[str, Any] | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """A copy of the fields to set with the move (empty when none)."""
+        return dict(self.set_fields or {})
+
+    def history_entry(self, at: datetime) -> dict[str, Any]:
+        """The history entry the change appends, made `at` (a store converts it as it stores it)."""
+        return {
+            "state": self.target.value,
+            "at": at,
+            "source": self.source,
+            "detail": dict(self.detail or {}),
+        }
+
+
 class HistoryEntry(BaseModel):
     """One transition of an upload: when, by whom, and TikTok's detail (fail_reason, log_id...)."""
 
@@ -35,6 +60,10 @@ class HistoryEntry(BaseModel):
     at: datetime
     source: StateSource
     detail: dict[str, Any] = Field(default_factory=dict)
+
+
+# The fields of UploadRequested an upload keeps under the same names (and `requested_at`).
+_KEPT_OF_REQUEST = ("request_id", "account_id", "mode", "source", "post_info")
 
 
 class UploadRecord(BaseModel):
@@ -82,16 +111,18 @@ class UploadRecord(BaseModel):
     def new(cls, cmd: UploadRequested, *, source: StateSource, now: datetime) -> UploadRecord:
         """The `accepted` upload of a new request, its first history entry by `source` at `now`."""
         return cls(
-            request_id=cmd.request_id,
-            account_id=cmd.account_id,
-            mode=cmd.mode,
-            source=cmd.source,
-            post_info=cmd.post_info,
+            **{name: getattr(cmd, name) for name in _KEPT_OF_REQUEST},
             requested_at=cmd.requested_at,
             state=UploadState.ACCEPTED,
             history=[HistoryEntry(state=UploadState.ACCEPTED, at=now, source=source)],
             created_at=now,
             updated_at=now,
+        )
+
+    def request(self) -> UploadRequested:
+        """The request this upload was accepted from, as of its creation (ingest sends it again)."""
+        return UploadRequested(
+            **{name: getattr(self, name) for name in _KEPT_OF_REQUEST}, requested_at=self.created_at
         )
 
     def new_document(self) -> dict[str, Any]:
@@ -109,6 +140,17 @@ class UploadRecord(BaseModel):
     def settable_fields(cls) -> frozenset[str]:
         """Names of the fields a caller may set through a transition or a checkpoint."""
         return frozenset(cls.model_fields) - cls.store_managed_fields()
+
+
+def check_settable(fields: Mapping[str, Any]) -> None:
+    """Refuse fields the store owns or does not know, with a clear error (every store, before it
+    writes anything): which fields are whose is the record's word, through its field roles."""
+    protected = sorted(set(fields) & UploadRecord.store_managed_fields())
+    if protected:
+        raise ValueError(f"these upload fields are managed by the store and cannot be set: {protected}")
+    unknown = sorted(set(fields) - UploadRecord.settable_fields())
+    if unknown:
+        raise ValueError(f"unknown upload fields: {unknown} (add them to UploadRecord first)")
 
 
 def _fields_with(role: _FieldRole) -> set[str]:

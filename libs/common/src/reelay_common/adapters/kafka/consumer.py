@@ -31,6 +31,7 @@ from aiokafka.errors import (
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
+from reelay_common.adapters.kafka.clients import start_client
 from reelay_common.domain.errors import (
     PermanentError,
     RateLimitedError,
@@ -234,11 +235,7 @@ class ConsumerLoop(Generic[T]):
             auto_offset_reset="earliest",
             **self._consumer_overrides,
         )
-        try:
-            await consumer.start()
-        except KafkaError as exc:
-            await consumer.stop()
-            raise RetryableError(f"could not connect the Kafka consumer: {exc!r}") from exc
+        await start_client(consumer, what="consumer")
         self._consumer = consumer
         consumer.subscribe([self._topic], listener=_RebalanceListener(self))
         self._running = True

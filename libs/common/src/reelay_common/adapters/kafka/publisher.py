@@ -13,6 +13,7 @@ from aiokafka.errors import (
 from prometheus_client import Counter
 from pydantic import BaseModel
 
+from reelay_common.adapters.kafka.clients import start_client
 from reelay_common.domain.errors import (
     RetryableError,
 )
@@ -37,11 +38,7 @@ class KafkaPublisher:
             acks="all",
             enable_idempotence=True,
         )
-        try:
-            await producer.start()
-        except KafkaError as exc:
-            await producer.stop()
-            raise RetryableError(f"could not connect the Kafka producer: {exc!r}") from exc
+        await start_client(producer, what="producer")
         self._producer = producer
 
     async def stop(self) -> None:

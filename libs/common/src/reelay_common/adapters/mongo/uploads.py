@@ -20,7 +20,7 @@ from reelay_common.domain.messages import (
     StateSource,
     UploadRequested,
 )
-from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.records import Change, UploadRecord, check_settable
 from reelay_common.domain.states import TERMINAL_STATES, UploadState, states_before
 
 Document = dict[str, Any]
@@ -33,16 +33,6 @@ UPLOADS = "uploads"
 def in_flight_name(collection: str) -> str:
     """The collection holding the in-flight work of the uploads collection `collection`."""
     return f"{collection}_in_flight"
-
-
-def check_settable(fields: Mapping[str, Any]) -> None:
-    """Refuse fields the store owns or does not know, with a clear error (nothing is written)."""
-    protected = sorted(set(fields) & UploadRecord.store_managed_fields())
-    if protected:
-        raise ValueError(f"these upload fields are managed by the store and cannot be set: {protected}")
-    unknown = sorted(set(fields) - UploadRecord.settable_fields())
-    if unknown:
-        raise ValueError(f"unknown upload fields: {unknown} (add them to UploadRecord first)")
 
 
 def new_upload_document(cmd: UploadRequested, *, source: StateSource, now: datetime) -> Document:
@@ -159,20 +149,12 @@ class MongoUploadStore:
         doc = await self._guard.run(self._live_name, request_id, write)
         return UploadRecord.model_validate(doc) if doc is not None else None
 
-    async def transition(
-        self,
-        request_id: str,
-        target: UploadState,
-        *,
-        source: StateSource,
-        detail: Mapping[str, Any] | None = None,
-        set_fields: Mapping[str, Any] | None = None,
-    ) -> UploadRecord | None:
-        """Move forward to `target` in one guarded atomic update; None if already there or beyond."""
-        fields = dict(set_fields or {})
+    async def transition(self, request_id: str, change: Change) -> UploadRecord | None:
+        """Move forward to `change.target` in one guarded atomic update; None if already there or beyond."""
+        target, fields = change.target, change.fields()
         check_settable(fields)
         now = bson_now()
-        entry = {"state": target.value, "at": now, "source": source, "detail": to_bson(dict(detail or {}))}
+        entry = to_bson(change.history_entry(now))
         return await self._update(
             {"_id": request_id, "state": {"$in": [s.value for s in states_before(target)]}},
             {
