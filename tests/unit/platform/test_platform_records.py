@@ -37,6 +37,7 @@ STORED_KEYS = [
     "poll_attempts",
     "poll_lease_until",
     "tracking_started_at",
+    "trace_context",
     "announced_state",
 ]
 
