@@ -218,11 +218,16 @@ class TestRoundTrip:
         async with world.running(world.loop(handle)):
             await eventually(lambda: len(seen) == 1, what="the record handled")
         assert seen == [produced_trace]
-        [consumer] = [s for s in exporter.get_finished_spans() if s.name == f"{world.topic} process"]
-        assert consumer.kind is trace.SpanKind.CONSUMER
+        spans = exporter.get_finished_spans()
+        [producer] = [s for s in spans if s.name == f"{world.topic} publish"]
+        [consumer] = [s for s in spans if s.name == f"{world.topic} process"]
+        assert (producer.kind, consumer.kind) == (trace.SpanKind.PRODUCER, trace.SpanKind.CONSUMER)
         assert format(consumer.context.trace_id, "032x") == produced_trace
+        # ingest request -> its publish (the record's traceparent) -> the consumer's handling
+        assert producer.parent is not None
+        assert producer.parent.span_id == span.get_span_context().span_id
         assert consumer.parent is not None
-        assert consumer.parent.span_id == span.get_span_context().span_id
+        assert consumer.parent.span_id == producer.context.span_id
 
     async def test_exports_the_lag_of_each_partition_it_holds(self, world: LoopWorld) -> None:
         release = asyncio.Event()

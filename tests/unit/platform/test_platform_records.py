@@ -38,6 +38,7 @@ STORED_KEYS = [
     "poll_attempts",
     "poll_lease_until",
     "tracking_started_at",
+    "trace_context",
     "outbox",
     "outbox_due_at",
     "outbox_lease_until",

@@ -137,6 +137,8 @@ class UploadRecord(BaseModel):
     poll_attempts: int = 0
     poll_lease_until: datetime | None = None
     tracking_started_at: datetime | None = None
+    # The W3C trace context tracking started in (traceparent, tracestate): each poll continues it.
+    trace_context: dict[str, str] | None = None
     # Facts learnt after the outcome (status-poller), not states: the user posted an inbox draft
     # (PUBLISH_COMPLETE of an inbox upload); TikTok withdrew the public post.
     user_posted_draft_at: Annotated[datetime | None, LEARNT_LATER] = None

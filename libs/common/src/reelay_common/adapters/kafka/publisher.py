@@ -18,7 +18,7 @@ from reelay_common.adapters.kafka.clients import start_client
 from reelay_common.domain.errors import (
     BrokerUnavailableError,
 )
-from reelay_common.tracing import inject_headers
+from reelay_common.tracing import producer_span
 
 PUBLISHED = Counter("reelay_kafka_published_total", "Messages acknowledged by Kafka.", ["topic"])
 
@@ -68,7 +68,8 @@ class KafkaPublisher:
         if self._producer is None:
             raise RuntimeError("KafkaPublisher is not started")
         try:
-            await self._producer.send_and_wait(topic, value=value, key=key, headers=inject_headers() or None)
+            with producer_span(topic) as headers:  # the record carries this span's traceparent
+                await self._producer.send_and_wait(topic, value=value, key=key, headers=headers or None)
         except KafkaError as exc:
             raise BrokerUnavailableError(f"Kafka did not acknowledge a message on {topic}: {exc!r}") from exc
         PUBLISHED.labels(topic=topic).inc()
