@@ -18,6 +18,7 @@ STORED_KEYS = [
     "mode",
     "source",
     "post_info",
+    "callback_url",
     "requested_at",
     "state",
     "history",
@@ -36,6 +37,7 @@ STORED_KEYS = [
     "poll_attempts",
     "poll_lease_until",
     "tracking_started_at",
+    "callbacks",
     "announced_state",
 ]
 

@@ -21,7 +21,7 @@ from reelay_common.domain.messages import (
     UploadMode,
     UploadRequested,
 )
-from reelay_common.domain.records import AccountRecord, Change, UploadRecord
+from reelay_common.domain.records import AccountRecord, CallbackDelivery, Change, UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import (
     CreatorInfo,
@@ -81,6 +81,11 @@ class UploadStore(Protocol):
     async def archive_settled(self, now: datetime, *, grace_seconds: float, limit: int = 100) -> int:
         """Move uploads settled (terminal, no longer watched) and quiet for `grace_seconds` out of
         the in-flight work into history, where every read still finds them; how many moved."""
+        ...
+
+    async def record_callback(self, request_id: str, delivery: CallbackDelivery) -> UploadRecord | None:
+        """Set the callback of `delivery.state` (atomic, in flight or archived) unless that one is
+        finished already (delivered or failed). The record after, or None (unknown, or finished)."""
         ...
 
 

@@ -12,7 +12,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from reelay_common.domain.messages import StateSource, UploadRequested
-from reelay_common.domain.records import AccountRecord, AccountStatus, Change, UploadRecord, check_settable
+from reelay_common.domain.records import (
+    AccountRecord,
+    AccountStatus,
+    CallbackDelivery,
+    Change,
+    UploadRecord,
+    check_settable,
+)
 from reelay_common.domain.states import TERMINAL_STATES, UploadState, can_transition
 from reelay_common.domain.tiktok import TokenGrant
 
@@ -138,6 +145,20 @@ class FakeUploadStore:
                 self.archived.add(record.request_id)
                 moved += 1
         return moved
+
+    async def record_callback(self, request_id: str, delivery: CallbackDelivery) -> UploadRecord | None:
+        """Set the callback of `delivery.state` unless it is finished; None if unknown or finished."""
+        record = self.records.get(request_id)
+        if record is None:
+            return None
+        current = record.callbacks.get(delivery.state)
+        if current is not None and current.finished:
+            return None
+        callbacks = {
+            **{s: c.model_dump() for s, c in record.callbacks.items()},
+            delivery.state: delivery.model_dump(),
+        }
+        return self._put(record, {"callbacks": callbacks})
 
 
 class FakeAccountStore:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import asdict, dataclass
 
-from reelay_common.adapters.netguard import ensure_public_url
+from reelay_common.adapters.netguard import ensure_callback_url, ensure_public_url
 from reelay_common.domain.errors import InvalidInputError, RetryableError
 from reelay_common.domain.messages import (
     BlobSource,
@@ -97,6 +97,17 @@ async def check_upload_target(target: UploadTarget, deps: IngestDeps) -> None:
             ) from exc
 
 
+async def check_callback_url(url: str | None, deps: IngestDeps) -> None:
+    """Refuse (RequestRejected, code callback_url_*) a callback URL that is not https or whose host
+    is not public (http and private hosts only where private URLs are allowed)."""
+    if url is None:
+        return
+    try:
+        await ensure_callback_url(url, allow_private=deps.policy.allow_private_urls)
+    except InvalidInputError as exc:
+        raise RequestRejected(exc.message, code=exc.code or "callback_url_refused") from exc
+
+
 def _check_account_can_post(account: AccountRecord, mode: UploadMode) -> None:
     if account.status != "connected":
         raise RequestRejected(
@@ -130,6 +141,7 @@ async def accept_upload(
     target = UploadTarget.of(cmd)
     if checked != target:
         await check_upload_target(target, deps)
+    await check_callback_url(cmd.callback_url, deps)
     record, created = await deps.uploads.create(cmd, source="ingest")
     if not created:  # a concurrent call with the same request_id won the insert
         return await _replay(record, cmd, deps)

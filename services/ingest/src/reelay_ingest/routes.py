@@ -216,6 +216,7 @@ async def _upload_from_json(request: Request, deps: IngestDeps, idempotency_key:
         mode=body.mode,
         source=source,
         post_info=body.post_info,
+        callback_url=body.callback_url,
     )
     return await accept_upload(cmd, deps)
 
@@ -276,6 +277,7 @@ async def _upload_from_form(request: Request, deps: IngestDeps, idempotency_key:
             mode=form.mode,
             source=stored.blob,
             post_info=form.post_info,
+            callback_url=form.callback_url,
         )
         accepted = await accept_upload(cmd, deps, checked=stored.checked)
     except BaseException:
