@@ -3,7 +3,11 @@ command when it is https and public; refused clearly, with nothing stored or sen
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
+from reelay_common.domain.records import CallbackDelivery
+from reelay_common.domain.states import UploadState
 
 from tests.unit.ingest.ingest_fakes import (
     IngestApp,
@@ -98,3 +102,43 @@ class TestDevelopment:
 
             assert resp.status_code == 202
             assert ingest.uploads.records["dev"].callback_url == "http://127.0.0.1:9/h"
+
+
+class TestSeenInTheApi:
+    async def test_get_lists_each_states_callback_in_order(self, ingest: IngestApp) -> None:
+        resp = await ingest.post_json(url_body(callback_url=CALLBACK, request_id="cb-view"))
+        assert resp.status_code == 202
+        first = datetime(2030, 1, 1, tzinfo=UTC)
+        later = first + timedelta(seconds=5)
+        await ingest.uploads.record_callback(
+            "cb-view",
+            CallbackDelivery(
+                state=UploadState.UPLOADING,
+                attempts=1,
+                first_attempt_at=later,
+                last_attempt_at=later,
+                last_error="timeout",
+            ),
+        )
+        await ingest.uploads.record_callback(
+            "cb-view",
+            CallbackDelivery(
+                state=UploadState.ACCEPTED,
+                outcome="delivered",
+                attempts=2,
+                first_attempt_at=first,
+                last_attempt_at=first + timedelta(seconds=1),
+                last_status=204,
+                delivered_at=first + timedelta(seconds=1),
+            ),
+        )
+
+        view = (await ingest.client.get("/v1/uploads/cb-view", headers=ingest.auth)).json()
+
+        assert [
+            (c["state"], c["outcome"], c["attempts"], c["last_status"], c["last_error"])
+            for c in view["callbacks"]
+        ] == [("accepted", "delivered", 2, 204, None), ("uploading", "pending", 1, None, "timeout")]
+        assert view["callbacks"][0]["delivered_at"] == "2030-01-01T00:00:01Z"
+        assert view["callbacks"][1]["gave_up_at"] is None
+        assert "callback_url" not in view  # a URL may carry a token: never echoed
