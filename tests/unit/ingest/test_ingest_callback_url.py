@@ -49,34 +49,24 @@ class TestAcceptedWithTheUpload:
 
 class TestRefused:
     @pytest.mark.parametrize(
-        "url",
+        ("url", "code"),
         [
-            "https://127.0.0.1/hook",
-            "https://10.1.2.3/hook",
-            "https://169.254.169.254/latest",
-            "https://[::1]/h",
+            ("https://127.0.0.1/hook", "callback_url_not_public"),
+            ("https://10.1.2.3/hook", "callback_url_not_public"),
+            ("https://169.254.169.254/latest", "callback_url_not_public"),
+            ("https://[::1]/h", "callback_url_not_public"),
+            ("http://151.101.1.2/hook", "callback_url_scheme"),
+            ("https://u:p@151.101.1.2/hook", "callback_url_credentials"),
         ],
     )
-    async def test_a_callback_into_our_own_network_is_refused(self, ingest: IngestApp, url: str) -> None:
+    async def test_a_callback_that_is_not_https_to_a_public_host_is_refused(
+        self, ingest: IngestApp, url: str, code: str
+    ) -> None:
         resp = await ingest.post_json(url_body(callback_url=url))
 
         assert resp.status_code == 422
-        assert error_of(resp)["code"] == "callback_url_not_public"
-        assert "callback URL" in resp.json()["error"]["message"]
-        ingest.assert_nothing_changed()
-
-    async def test_a_plain_http_callback_is_refused(self, ingest: IngestApp) -> None:
-        resp = await ingest.post_json(url_body(callback_url="http://151.101.1.2/hook"))
-
-        assert resp.status_code == 422
-        assert error_of(resp)["code"] == "callback_url_scheme"
-        ingest.assert_nothing_changed()
-
-    async def test_a_callback_with_credentials_is_refused(self, ingest: IngestApp) -> None:
-        resp = await ingest.post_json(url_body(callback_url="https://u:p@151.101.1.2/hook"))
-
-        assert resp.status_code == 422
-        assert error_of(resp)["code"] == "callback_url_credentials"
+        assert error_of(resp)["code"] == code
+        assert "callback URL" in error_of(resp)["message"]
         ingest.assert_nothing_changed()
 
     async def test_a_form_with_a_private_callback_keeps_no_file(self, ingest: IngestApp) -> None:
