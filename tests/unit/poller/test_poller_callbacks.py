@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 from reelay_common.adapters.callbacks import HttpCallbackSender
 from reelay_common.domain.callbacks import (
@@ -81,6 +82,10 @@ def change(state: UploadState = S.ACCEPTED, request_id: str = "req-1") -> Publis
     return PublishStatusChanged(request_id=request_id, account_id="acct-1", state=state, source="ingest")
 
 
+def attempts_counted(outcome: str) -> float:
+    return REGISTRY.get_sample_value("reelay_callback_attempts_total", {"outcome": outcome}) or 0.0
+
+
 @pytest.fixture
 def world() -> World:
     return World()
@@ -140,10 +145,13 @@ class TestOneAttemptPerCall:
         await world.upload()
         world.sender.answers = [verdict_of(404)]
 
+        before = attempts_counted("failed")
+
         await handle_status_changed(change(), world.deps)
 
         failed = world.uploads.records["req-1"].callbacks[S.ACCEPTED]
         assert (failed.outcome, failed.attempts, failed.last_status) == ("failed", 1, 404)
+        assert attempts_counted("failed") == before + 1
         assert failed.gave_up_at is not None
 
     async def test_a_finished_callback_is_not_sent_again(self, world: World) -> None:

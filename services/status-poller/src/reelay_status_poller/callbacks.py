@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from prometheus_client import Counter
 from reelay_common.domain.callbacks import CallbackAnswer
 from reelay_common.domain.errors import RateLimitedError
 from reelay_common.domain.messages import PublishStatusChanged
@@ -23,6 +24,13 @@ from reelay_common.logging import get_logger
 from reelay_common.ports import UploadStore
 
 log = get_logger(__name__)
+
+# Registered once per process; served by the ops server.
+ATTEMPTS = Counter(
+    "reelay_callback_attempts_total",
+    "Callback POSTs made, by what they came to: delivered, retry (pending), failed.",
+    ["outcome"],
+)
 
 
 class CallbackSender(Protocol):
@@ -92,6 +100,7 @@ async def handle_status_changed(msg: PublishStatusChanged, deps: CallbackDeps) -
         # Finished meanwhile by another consumer (a rebalance handed the record over twice).
         log.info("callback_finished_elsewhere", state=msg.state.value)
         return
+    ATTEMPTS.labels(outcome="retry" if wait is not None else delivery.outcome).inc()
     log.info(
         "callback_attempted",
         state=msg.state.value,
