@@ -10,7 +10,7 @@ from reelay_common.adapters.ops_server import serve_app
 from reelay_common.logging import get_logger
 from reelay_common.runtime import Infrastructure, run_service, supervise
 
-from reelay_ingest.app import create_app
+from reelay_ingest.app import create_app, instrument_app
 from reelay_ingest.deps import IngestDeps, Policy, Topics
 from reelay_ingest.settings import IngestSettings
 
@@ -68,7 +68,7 @@ async def run(
             topics=topics,
             policy=policy_of(settings),
         )
-        app = create_app(settings, deps, ready_checks=infra.ready_checks())
+        app = instrument_app(create_app(settings, deps, ready_checks=infra.ready_checks()))
 
         async def serve_api(stop: asyncio.Event) -> None:
             await serve_app(
