@@ -6,6 +6,7 @@ is not followed, and without the allow-list a loopback target is refused at deli
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +21,7 @@ from reelay_common.domain.records import CallbackDelivery, UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_testing.waiting import eventually
 
+from tests.conftest import UniqueTopic
 from tests.integration.poller.poller_world import World
 
 S = UploadState
@@ -197,3 +199,38 @@ class TestRefusedAtDelivery:
         assert {d.last_error for d in found.values()} == {"callback_url_not_public"}
         assert {d.outcome for d in found.values()} == {"failed"}
         assert hooks.received == []
+
+
+class TestNeverStalls:
+    async def test_a_receiver_that_keeps_failing_holds_up_no_other_account_on_its_partition(
+        self, world: World, unique_topic: UniqueTopic
+    ) -> None:
+        def answer(path: str, n: int) -> web.StreamResponse:
+            return web.Response(status=503 if path == "/down" else 204)
+
+        # One partition, so both accounts' changes share it; the failing account's come first.
+        world = dataclasses.replace(world, status_topic=await unique_topic("poller.status.one", partitions=1))
+        async with receiver(answer) as hooks:
+            down_account = await world.connected_account("acct-down")
+            up_account = await world.connected_account("acct-up")
+            down = await upload_with_callback(world, down_account, f"{hooks.base_url}/down")
+            up = await upload_with_callback(world, up_account, f"{hooks.base_url}/up")
+            earlier = [s for _, s, _ in EARLIER]
+            settings = callback_settings(
+                world, topic_publish_status=world.status_topic, callback_retry_seconds=600
+            )
+            async with world.running_poller(**settings):
+                await wait_for_callbacks(world, up.request_id, earlier)
+
+                async def retried_twice() -> bool:
+                    return len(hooks.at("/down")) >= 2
+
+                await eventually(retried_twice, timeout=30, what="the failing receiver tried again")
+                pending = await callbacks_of(world, down.request_id)
+
+        assert all(d.outcome == "delivered" for d in (await callbacks_of(world, up.request_id)).values())
+        # The failing account's first change is still being retried, and its later ones wait behind it.
+        assert set(pending) == {S.ACCEPTED}
+        assert pending[S.ACCEPTED].outcome == "pending"
+        assert pending[S.ACCEPTED].last_status == 503
+        assert {json.loads(body)["state"] for _, body in hooks.at("/down")} == {"accepted"}
