@@ -102,6 +102,15 @@ async def upload_with_callback(world: World, account: str, url: str) -> UploadRe
     return with_url
 
 
+async def uploads_to(world: World, hooks: Receiver, *paths: str) -> list[UploadRecord]:
+    """One account per receiver path (`acct-<path>`), each with an upload calling back there."""
+    made = []
+    for path in paths:
+        account = await world.connected_account(f"acct-{path.strip('/')}")
+        made.append(await upload_with_callback(world, account, f"{hooks.base_url}{path}"))
+    return made
+
+
 async def callbacks_of(world: World, request_id: str) -> dict[UploadState, CallbackDelivery]:
     record = await world.uploads.get(request_id)
     assert record is not None
@@ -161,10 +170,7 @@ class TestEndsWithoutRetrying:
             return web.Response(status=200)
 
         async with receiver(answer) as hooks:
-            gone_account = await world.connected_account("acct-gone")
-            moved_account = await world.connected_account("acct-moved")
-            gone = await upload_with_callback(world, gone_account, f"{hooks.base_url}/gone")
-            moved = await upload_with_callback(world, moved_account, f"{hooks.base_url}/moved")
+            gone, moved = await uploads_to(world, hooks, "/gone", "/moved")
             earlier = [s for _, s, _ in EARLIER]
             async with world.running_poller(**callback_settings(world)):
                 await wait_for_callbacks(world, gone.request_id, earlier)
@@ -211,10 +217,7 @@ class TestNeverStalls:
         # One partition, so both accounts' changes share it; the failing account's come first.
         world = dataclasses.replace(world, status_topic=await unique_topic("poller.status.one", partitions=1))
         async with receiver(answer) as hooks:
-            down_account = await world.connected_account("acct-down")
-            up_account = await world.connected_account("acct-up")
-            down = await upload_with_callback(world, down_account, f"{hooks.base_url}/down")
-            up = await upload_with_callback(world, up_account, f"{hooks.base_url}/up")
+            down, up = await uploads_to(world, hooks, "/down", "/up")
             earlier = [s for _, s, _ in EARLIER]
             settings = callback_settings(
                 world, topic_publish_status=world.status_topic, callback_retry_seconds=600
