@@ -447,7 +447,7 @@ class TestOutbox:
         self, store: UploadStore
     ) -> None:
         plain, _ = await store.create(cmd(1), source="uploader")
-        queued, _ = await store.create(cmd(2), source="ingest", enqueue=True, outbox_lease_seconds=30)
+        queued, _ = await store.create(cmd(2), source="ingest", enqueue=True, lease_seconds=30)
         assert [(e.kind, e.state, e.source) for e in plain.outbox] == [("status", S.ACCEPTED, "uploader")]
         assert [e.kind for e in queued.outbox] == ["status", "upload_requested"]
         assert plain.outbox_due_at is not None

@@ -50,17 +50,12 @@ class UploadStore(Protocol):
     """
 
     async def create(
-        self,
-        cmd: UploadRequested,
-        *,
-        source: StateSource,
-        enqueue: bool = False,
-        outbox_lease_seconds: float = 0.0,
+        self, cmd: UploadRequested, *, source: StateSource, enqueue: bool = False, lease_seconds: float = 0.0
     ) -> tuple[UploadRecord, bool]:
         """Insert the `accepted` document if the request_id was never seen. Returns (record, created).
 
         Its outbox announces `accepted` and, with `enqueue`, queues the command; with
-        `outbox_lease_seconds` the creator holds the outbox lease (it sends at once).
+        `lease_seconds` the creator holds the outbox lease (it sends at once).
         """
         ...
 
