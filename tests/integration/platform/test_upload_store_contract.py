@@ -504,6 +504,13 @@ class TestOutbox:
         assert later_claim is not None
         assert later_claim.request_id == "req-2"
 
+    async def test_counts_the_uploads_that_still_owe_kafka(self, store: UploadStore) -> None:
+        for n in range(1, 4):
+            await store.create(cmd(n), source="ingest")
+        assert await store.count_owing() == 3
+        await sent(store, "req-2")
+        assert await store.count_owing() == 2
+
     async def test_an_upload_that_still_owes_kafka_is_not_archived(self, store: UploadStore) -> None:
         await store.create(cmd(), source="ingest")
         await store.transition("req-1", Change(S.FAILED, source="uploader"))

@@ -7,6 +7,7 @@ import asyncio
 from datetime import UTC, datetime
 
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import BaseModel
 from reelay_common.domain.errors import RetryableError
 from reelay_common.domain.messages import PublishStatusChanged, UploadRequested
@@ -184,6 +185,7 @@ class TestOutboxRelay:
         current = await uploads.get("req-1")
         assert current is not None
         assert (current.outbox, current.outbox_due_at) == ([], None)
+        assert REGISTRY.get_sample_value("reelay_outbox_owing_uploads") == 0  # the depth, as counted
 
     async def test_an_outbox_another_process_is_sending_is_left_to_it(
         self, uploads: FakeUploadStore, publisher: FakePublisher, outbox: OutboxRelay

@@ -119,6 +119,10 @@ class UploadStore(Protocol):
         """Remove exactly the entries `sent`, release the lease; entries left are due at `next_try_at`."""
         ...
 
+    async def count_owing(self) -> int:
+        """How many uploads still owe Kafka a message (the outbox's depth)."""
+        ...
+
     async def record_callback(self, request_id: str, delivery: CallbackDelivery) -> UploadRecord | None:
         """Set the callback of `delivery.state` (atomic, in flight or archived) unless that one is
         finished already (delivered or failed). The record after, or None (unknown, or finished)."""

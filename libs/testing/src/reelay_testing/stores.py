@@ -180,6 +180,10 @@ class FakeUploadStore:
         owing = self._owing(record, record.state, source, now)
         return self._put(record, {"post_ids": [*record.post_ids, *new], "updated_at": now, **owing})
 
+    async def count_owing(self) -> int:
+        """How many uploads still owe Kafka a message."""
+        return sum(1 for r in self.records.values() if r.outbox_due_at is not None)
+
     def _lease_free(self, record: UploadRecord, at: datetime) -> bool:
         return record.outbox_lease_until is None or record.outbox_lease_until < at
 

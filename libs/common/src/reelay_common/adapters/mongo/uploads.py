@@ -329,6 +329,11 @@ class MongoUploadStore:
             settled_too=False,
         )
 
+    async def count_owing(self) -> int:
+        """How many uploads in flight still owe Kafka a message (only work in flight can)."""
+        with translate_errors("count owed outboxes"):
+            return await self._live.count_documents({"outbox_due_at": {"$ne": None}})
+
     async def add_post_ids(
         self, request_id: str, post_ids: Sequence[str], *, source: StateSource
     ) -> UploadRecord | None:
