@@ -14,7 +14,6 @@ order, at least once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -104,25 +103,16 @@ class OutboxRelay:
         `leased` is the record when the caller already holds its outbox lease (`create` gives the
         creator one). Otherwise the lease is taken here; when another process holds it, that one
         sends, and this returns False at once. Never raises for Kafka: what could not be sent stays
-        for the relay loop. `within_seconds` bounds the whole attempt (default: the send timeout).
+        for the relay loop. `within_seconds` bounds the time spent waiting for Kafka (default: the
+        send timeout); a send cut short may still reach Kafka, and be sent again (at least once).
         """
         record = leased or await self._uploads.lease_outbox(request_id, self._clock(), self.lease_seconds)
         if record is None:
             return False
-        try:
-            async with asyncio.timeout(within_seconds if within_seconds is not None else self._send_timeout):
-                return await self._send_leased(record)
-        except TimeoutError:
-            # Kafka did not answer in time: hand the entries back to the relay loop (a send cut short
-            # may still reach Kafka, and be sent again: at least once).
-            delay = self._note_outcome(TimeoutError(), request_id)
-            with contextlib.suppress(RetryableError):  # else the lease runs out instead
-                await self._uploads.settle_outbox(
-                    request_id, [], next_try_at=self._clock() + timedelta(seconds=delay)
-                )
-            return False
+        budget = within_seconds if within_seconds is not None else self._send_timeout
+        return await self._send_leased(record, deadline=asyncio.get_running_loop().time() + budget)
 
-    async def _send_leased(self, record: UploadRecord) -> bool:
+    async def _send_leased(self, record: UploadRecord, *, deadline: float) -> bool:
         if self._before_send is not None and record.outbox:
             self._before_send()
         while True:
@@ -143,7 +133,8 @@ class OutboxRelay:
                         continue
                 message, kind = message_for(record, entry)
                 try:
-                    await self._publisher.publish(self._topics[kind], message, key=record.account_id)
+                    async with asyncio.timeout_at(deadline):
+                        await self._publisher.publish(self._topics[kind], message, key=record.account_id)
                 except NOT_SENT as exc:
                     failed = exc
                     break
