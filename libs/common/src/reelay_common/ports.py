@@ -219,3 +219,13 @@ class TikTokApi(Protocol):
         416/lost responses. Raises UploadUrlExpiredError on 403. `on_progress(confirmed_bytes)`
         runs after each chunk the server accepted."""
         ...
+
+
+class CreatorInfoCache(Protocol):
+    """creator_info per account, kept a short while and shared by every replica: TikTok allows an
+    account 20 creator_info calls a minute, and every direct post is checked against it."""
+
+    async def get_or_fetch(self, account_id: str, fetch: Callable[[], Awaitable[CreatorInfo]]) -> CreatorInfo:
+        """The account's creator_info if one was fetched recently enough, else `fetch()`'s, kept
+        for the next callers. Errors of `fetch` pass through, and nothing is kept then."""
+        ...
