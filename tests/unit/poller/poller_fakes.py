@@ -24,6 +24,7 @@ from reelay_status_poller.handlers import PollerDeps, PollOutcome, PollPolicy, p
 from reelay_testing.clocks import FakeClock
 from reelay_testing.publisher import FakePublisher
 from reelay_testing.stores import FakeUploadStore
+from reelay_testing.webhooks import FakeWebhookLedger
 
 STATUS_TOPIC = "test.publish.status"
 ACCOUNT = "acct-1"
@@ -81,12 +82,18 @@ class PollerWorld:
     tiktok: ScriptedTikTok
     clock: FakeClock
     policy: PollPolicy
+    webhooks: FakeWebhookLedger = field(default_factory=FakeWebhookLedger)
     deps: PollerDeps = field(init=False)
 
     def __post_init__(self) -> None:
         recorder = StateRecorder(self.uploads, self.publisher, status_topic=STATUS_TOPIC)
         self.deps = PollerDeps(
-            uploads=self.uploads, recorder=recorder, tiktok=self.tiktok, policy=self.policy, clock=self.clock
+            uploads=self.uploads,
+            recorder=recorder,
+            tiktok=self.tiktok,
+            policy=self.policy,
+            clock=self.clock,
+            webhooks=self.webhooks,
         )
 
     async def uploaded(

@@ -229,3 +229,16 @@ class CreatorInfoCache(Protocol):
         """The account's creator_info if one was fetched recently enough, else `fetch()`'s, kept
         for the next callers. Errors of `fetch` pass through, and nothing is kept then."""
         ...
+
+
+class WebhookLedger(Protocol):
+    """The TikTok webhooks already applied, by their identity (`webhook_key`): TikTok delivers at
+    least once and retries for up to 72 hours, and Kafka may redeliver too."""
+
+    async def seen(self, key: str) -> bool:
+        """Whether the webhook `key` was applied already."""
+        ...
+
+    async def remember(self, key: str) -> None:
+        """Note the webhook `key` as applied (idempotent)."""
+        ...

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
+from reelay_common.adapters.mongo.webhooks import MongoWebhookLedger
 from reelay_common.domain.messages import PUBLISH_EVENT_ADAPTER, PublishEvent, utcnow
 from reelay_common.domain.records import UploadRecord
 from reelay_common.logging import get_logger
@@ -71,6 +72,7 @@ async def run(
             ),
             policy=policy,
             clock=utcnow,
+            webhooks=MongoWebhookLedger(infra.db),
         )
 
         # The consumer loop binds topic/partition/offset and the message's ids to every log line.
