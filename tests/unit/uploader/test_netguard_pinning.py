@@ -83,14 +83,8 @@ async def serving() -> AsyncIterator[Server]:
         yield server
 
 
-@dataclass
-class Internet(httpcore.AsyncNetworkBackend):
-    """The network below the guard: routes PUBLIC to the loopback server, connects anything else
-    as asked (so a connection to 127.0.0.1 that got past the guard would really arrive)."""
-
-    server: Server
-    dialled: list[tuple[str, int]] = field(default_factory=list)
-    inner: httpcore.AsyncNetworkBackend = field(default_factory=httpcore.AnyIOBackend)
+class Network(httpcore.AsyncNetworkBackend):
+    """A test network below the guard: a subclass says only how it `dial`s."""
 
     async def connect_tcp(
         self,
@@ -100,6 +94,22 @@ class Internet(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
+        return await self.dial(host, port, timeout)
+
+    async def dial(self, host: str, port: int, timeout: float | None) -> httpcore.AsyncNetworkStream:
+        raise NotImplementedError
+
+
+@dataclass
+class Internet(Network):
+    """The network below the guard: routes PUBLIC to the loopback server, connects anything else
+    as asked (so a connection to 127.0.0.1 that got past the guard would really arrive)."""
+
+    server: Server
+    dialled: list[tuple[str, int]] = field(default_factory=list)
+    inner: httpcore.AsyncNetworkBackend = field(default_factory=httpcore.AnyIOBackend)
+
+    async def dial(self, host: str, port: int, timeout: float | None) -> httpcore.AsyncNetworkStream:
         self.dialled.append((host, port))
         target = "127.0.0.1" if host == str(PUBLIC) else host
         return await self.inner.connect_tcp(target, port, timeout=timeout)
@@ -111,6 +121,19 @@ def dns(monkeypatch: pytest.MonkeyPatch) -> Dns:
     fake = rebinding_dns()
     monkeypatch.setattr(netguard, "resolve", fake)
     return fake
+
+
+async def open_refused(url: str, *, hop_to: str = "") -> tuple[Server, Internet]:
+    """Open `url` (`{port}`: the server's) with UrlVideoReader through the guard, which must
+    refuse it as not public; the server and the network below, to see what reached them."""
+    async with serving() as server:
+        server.hop_to = hop_to.format(port=server.port)
+        internet = Internet(server)
+        async with httpx.AsyncClient(transport=GuardedTransport(inner=internet)) as http:
+            with pytest.raises(InvalidInputError) as err:
+                await UrlVideoReader.open(http, url.format(port=server.port))
+    assert err.value.code == "url_not_public"
+    return server, internet
 
 
 class TestPinnedConnections:
@@ -128,26 +151,15 @@ class TestPinnedConnections:
         assert all(f"Host: video.example:{server.port}".encode() in r for r in server.requests)
 
     async def test_a_rebinding_name_reaches_nothing(self, dns: Dns) -> None:
-        async with serving() as server:
-            internet = Internet(server)
-            url = f"http://rebind.example:{server.port}/v.mp4"
-            async with httpx.AsyncClient(transport=GuardedTransport(inner=internet)) as http:
-                with pytest.raises(InvalidInputError) as err:
-                    await UrlVideoReader.open(http, url)
-        assert err.value.code == "url_not_public"
+        server, internet = await open_refused("http://rebind.example:{port}/v.mp4")
         assert dns.asked == ["rebind.example", "rebind.example"]  # checked public, then rebound
         assert internet.dialled == []
         assert server.requests == []
 
     async def test_a_redirect_to_a_rebinding_name_reaches_nothing(self, dns: Dns) -> None:
-        async with serving() as server:
-            server.hop_to = f"http://rebind.example:{server.port}/v.mp4"
-            internet = Internet(server)
-            url = f"http://video.example:{server.port}/hop"
-            async with httpx.AsyncClient(transport=GuardedTransport(inner=internet)) as http:
-                with pytest.raises(InvalidInputError) as err:
-                    await UrlVideoReader.open(http, url)
-        assert err.value.code == "url_not_public"
+        server, internet = await open_refused(
+            "http://video.example:{port}/hop", hop_to="http://rebind.example:{port}/v.mp4"
+        )
         assert [r.split(b"\r\n", 1)[0] for r in server.requests] == [b"HEAD /hop HTTP/1.1"]
         assert internet.dialled == [(str(PUBLIC), server.port)]
 
@@ -178,7 +190,7 @@ class TestPinnedConnections:
 
 
 @dataclass
-class TlsRecorder(httpcore.AsyncNetworkBackend):
+class TlsRecorder(Network):
     """A network that records what a TLS client sends: where it dials, the server name it starts
     TLS with, and the bytes of the request; it answers with a canned response."""
 
@@ -186,14 +198,7 @@ class TlsRecorder(httpcore.AsyncNetworkBackend):
     server_names: list[str | None] = field(default_factory=list)
     sent: list[bytes] = field(default_factory=list)
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
+    async def dial(self, host: str, port: int, timeout: float | None) -> httpcore.AsyncNetworkStream:
         self.dialled.append(host)
         return _RecordingStream(self, [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
 
