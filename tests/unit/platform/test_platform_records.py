@@ -31,11 +31,13 @@ STORED_KEYS = [
     "total_chunk_count",
     "uploaded_bytes",
     "init_attempts",
+    "retrying_since",
     "post_ids",
     "poll_next_at",
     "poll_attempts",
     "poll_lease_until",
     "tracking_started_at",
+    "trace_context",
     "announced_state",
 ]
 

@@ -19,6 +19,7 @@ import pytest
 from reelay_common.domain.chunks import chunk_ranges
 from reelay_common.domain.errors import (
     InvalidInputError,
+    RateLimitedError,
     RetryableError,
     TikTokRejectedError,
     TransientTikTokError,
@@ -240,6 +241,13 @@ class World:
         record = await self.uploads.get(request_id)
         assert record is not None
         return record.state
+
+    async def failure(self, request_id: str) -> dict[str, Any]:
+        """The detail of the upload's last history entry, which must say `failed`."""
+        record = await self.uploads.get(request_id)
+        assert record is not None
+        assert record.state is UploadState.FAILED
+        return record.history[-1].detail
 
     def uploaded_events(self) -> list[VideoUploaded]:
         return self.publisher.messages(EVENTS, VideoUploaded)
@@ -809,6 +817,95 @@ class TestRetryableFailures:
         with pytest.raises(RetryableError):
             await handle_upload_requested(cmd, world.deps)
         assert await world.state(cmd.request_id) is UploadState.UPLOADING
+
+
+class TestRetryDeadline:
+    """A source or TikTok that keeps failing ends the upload `failed` (retries_exhausted) at the
+    deadline, counted from the first failed attempt as stored in the document."""
+
+    DEADLINE = timedelta(minutes=10)
+
+    def refusing_source(self, world: World) -> UploaderDeps:
+        @asynccontextmanager
+        async def open_reader(source: UrlSource | BlobSource) -> AsyncIterator[VideoReader]:
+            raise RetryableError("the video source refused the connection", code="source_unavailable")
+            yield world.readers[VIDEO_URL]  # pragma: no cover  # makes this an async generator
+
+        return replace(world.deps, open_reader=open_reader, retry_deadline=self.DEADLINE)
+
+    async def test_a_source_failing_forever_ends_retries_exhausted_at_the_deadline(self) -> None:
+        world = make_world()
+        deps = self.refusing_source(world)
+        cmd = direct()
+        started = world.clock.now
+        for _ in range(2):
+            with pytest.raises(RetryableError):
+                await handle_upload_requested(cmd, deps)
+            world.clock.advance(self.DEADLINE.total_seconds() / 2 - 1)
+        record = await world.uploads.get(cmd.request_id)
+        assert record is not None
+        assert (record.state, record.retrying_since) == (UploadState.ACCEPTED, started)
+
+        world.clock.advance(2)  # now past the deadline
+        await handle_upload_requested(cmd, deps)  # returns: the record is committed
+
+        detail = await world.failure(cmd.request_id)
+        assert detail["code"] == "retries_exhausted"
+        assert detail["last_error_code"] == "source_unavailable"
+        assert "refused the connection" in detail["message"]
+        assert [e.state for e in world.status_events()][-1] is UploadState.FAILED
+        assert world.tiktok.inits == []
+
+    async def test_a_restart_does_not_reset_the_deadline(self) -> None:
+        world = make_world()
+        cmd = direct()
+        with pytest.raises(RetryableError):
+            await handle_upload_requested(cmd, self.refusing_source(world))
+        # Another process (a fresh clock and deps, the same store) gets the redelivery much later.
+        later = make_world(uploads=world.uploads)
+        later.clock.advance(self.DEADLINE.total_seconds())
+
+        await handle_upload_requested(cmd, self.refusing_source(later))
+
+        assert (await world.failure(cmd.request_id))["code"] == "retries_exhausted"
+
+    async def test_tiktok_down_past_the_deadline_ends_the_upload_with_its_last_error(self) -> None:
+        world = make_world()
+        deps = replace(world.deps, retry_deadline=self.DEADLINE)
+        world.tiktok.init_errors = [
+            TransientTikTokError("service unavailable", code="http_503", http_status=503) for _ in range(2)
+        ]
+        cmd = direct()
+        with pytest.raises(RetryableError):
+            await handle_upload_requested(cmd, deps)
+        world.clock.advance(self.DEADLINE.total_seconds())
+
+        await handle_upload_requested(cmd, deps)
+
+        detail = await world.failure(cmd.request_id)
+        assert (detail["code"], detail["last_error_code"], detail["http_status"]) == (
+            "retries_exhausted",
+            "http_503",
+            503,
+        )
+        assert detail["last_error"] == "TransientTikTokError"
+
+    async def test_rate_limits_never_use_up_the_deadline(self) -> None:
+        world = make_world()
+        deps = replace(world.deps, retry_deadline=self.DEADLINE)
+        world.tiktok.init_errors = [RateLimitedError("init quota used up", retry_after=60) for _ in range(2)]
+        cmd = direct()
+        for _ in range(2):
+            with pytest.raises(RateLimitedError):
+                await handle_upload_requested(cmd, deps)
+            world.clock.advance(self.DEADLINE.total_seconds() * 3)
+        record = await world.uploads.get(cmd.request_id)
+        assert record is not None
+        assert (record.state, record.retrying_since) == (UploadState.UPLOADING, None)
+
+        await handle_upload_requested(cmd, deps)  # the window opened again
+
+        assert await world.state(cmd.request_id) is UploadState.UPLOADED
 
 
 class TestPullFromUrl:

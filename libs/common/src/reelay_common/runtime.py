@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypedDict, TypeVar
 
 import httpx
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor, RequestInfo
+from opentelemetry.trace import Span
 from pydantic import ValidationError
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
@@ -38,6 +40,7 @@ from reelay_common.ports import BlobStore
 from reelay_common.readiness import Check
 from reelay_common.recorder import StateRecorder
 from reelay_common.settings import CommonSettings
+from reelay_common.tracing import current_provider, service_tracing
 
 log = get_logger("reelay_common.runtime")
 
@@ -103,8 +106,10 @@ class Infrastructure:
     ) -> AsyncIterator[Infrastructure]:
         """Connect Mongo (indexes ensured), ensure `topics` (each with its `.dlq`) and
         `topics_without_dlq`, start the Kafka publisher and the TikTok HTTP client, open the
-        configured blob store (REELAY_BLOB_STORE); on exit close them all, in reverse."""
+        configured blob store (REELAY_BLOB_STORE), with the service's tracing (OTEL_*) set up
+        first; on exit close them all, in reverse (spans flushed last)."""
         async with AsyncExitStack() as stack:
+            await stack.enter_async_context(service_tracing(app_name))  # OTEL_*: off unless configured
             mongo: AsyncMongoClient[dict[str, Any]] = connect(
                 settings.mongodb_uri.get_secret_value(), app_name=app_name
             )
@@ -125,7 +130,7 @@ class Infrastructure:
                 KafkaPublisher(settings.kafka_bootstrap_servers, client_id=app_name)
             )
             tiktok_http = await stack.enter_async_context(
-                httpx.AsyncClient(timeout=settings.tiktok_timeout_seconds)
+                instrument_http_client(httpx.AsyncClient(timeout=settings.tiktok_timeout_seconds))
             )
             tiktok = TikTokClient.from_settings(tiktok_http, settings)
             accounts = MongoAccountStore(db, TokenCipher(settings.token_encryption_key))
@@ -189,6 +194,23 @@ class Infrastructure:
     def ready_checks(self) -> dict[str, Check]:
         """The readiness checks of the shared infrastructure: Mongo answers, the producer sees Kafka."""
         return {"mongo": self.mongo_ready, "kafka": self.publisher.healthy}
+
+
+def instrument_http_client(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """Give `client` CLIENT spans (and a `traceparent` on its requests) when tracing is on; the
+    spans' URLs lose their query (TikTok's upload URL carries its upload_token there)."""
+    provider = current_provider()
+    if provider is not None:
+        HTTPXClientInstrumentor.instrument_client(
+            client, tracer_provider=provider, request_hook=_url_without_query
+        )
+    return client
+
+
+async def _url_without_query(span: Span, request: RequestInfo) -> None:
+    if span.is_recording() and isinstance(request.url, httpx.URL) and request.url.query:
+        url = str(request.url.copy_with(query=None))
+        span.set_attributes({"http.url": url, "url.full": url})  # the old and the new convention
 
 
 def ops_server(

@@ -11,7 +11,7 @@ from reelay_common.adapters.ops_server import serve_app
 from reelay_common.logging import get_logger
 from reelay_common.runtime import Infrastructure, run_service, supervise
 
-from reelay_ingest.app import create_app
+from reelay_ingest.app import create_app, instrument_app
 from reelay_ingest.deps import IngestDeps, Policy, Topics
 from reelay_ingest.settings import IngestSettings
 
@@ -72,7 +72,7 @@ async def run(
                 infra.db, max_age_seconds=settings.creator_info_cache_seconds
             ),
         )
-        app = create_app(settings, deps, ready_checks=infra.ready_checks())
+        app = instrument_app(create_app(settings, deps, ready_checks=infra.ready_checks()))
 
         async def serve_api(stop: asyncio.Event) -> None:
             await serve_app(

@@ -31,6 +31,7 @@ from reelay_common.domain.tiktok import PublishStatus, PublishStatusCode
 from reelay_common.logging import bind_learned, get_logger
 from reelay_common.metrics import STATUS_POLLS_PER_PUBLISH
 from reelay_common.ports import Recorder, TikTokApi, UploadStore, WebhookLedger
+from reelay_common.tracing import trace_carrier
 
 log = get_logger(__name__)
 
@@ -141,6 +142,7 @@ async def start_tracking(event: VideoUploaded, deps: PollerDeps) -> None:
         if record.tracking_started_at is None:
             fields["tracking_started_at"] = now
             fields["poll_attempts"] = 0
+            fields["trace_context"] = trace_carrier()  # each poll continues this trace
         updated = await deps.uploads.checkpoint(event.request_id, fields, expect_state=record.state)
         if updated is not None:
             log.info("tracking_started", state=updated.state.value)

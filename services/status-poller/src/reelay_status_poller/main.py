@@ -15,6 +15,7 @@ from reelay_common.domain.records import UploadRecord
 from reelay_common.logging import get_logger
 from reelay_common.readiness import instant_check
 from reelay_common.runtime import Infrastructure, ops_server, run_service, supervise
+from reelay_common.tracing import continued_span
 
 from reelay_status_poller.handlers import PollerDeps, PollOutcome, PollPolicy, handle_publish_event, poll_once
 from reelay_status_poller.scheduler import PollScheduler, archive_settled_uploads
@@ -89,7 +90,8 @@ async def run(
 
         # The scheduler binds each poll's ids (its unit of work) to every log line.
         async def poll(record: UploadRecord) -> PollOutcome:
-            return await poll_once(record, deps)
+            with continued_span("poll publish status", record.trace_context):  # the trace of tracking
+                return await poll_once(record, deps)
 
         scheduler = PollScheduler(
             uploads=infra.uploads,

@@ -10,7 +10,9 @@ the old publish can never become a post: its upload URL expired before TikTok ha
 
 Outcomes, as the consumer loop reads them: returning commits the record (done, failed for good, or
 nothing to do); RetryableError leaves it uncommitted to be retried; cancellation (shutdown,
-rebalance) leaves it uncommitted too, and the checkpoint makes the redelivery resume.
+rebalance) leaves it uncommitted too, and the checkpoint makes the redelivery resume. Retries end:
+past `retry_deadline` of failing source or TikTok (not rate limits, not Mongo or Kafka away), the
+upload is recorded `failed` with `retries_exhausted` and the last error, and the record committed.
 """
 
 from __future__ import annotations
@@ -50,7 +52,12 @@ from reelay_common.domain.messages import (
     utcnow,
 )
 from reelay_common.domain.records import Change, UploadRecord
-from reelay_common.domain.rules import check_privacy_level
+from reelay_common.domain.rules import (
+    RETRIES_EXHAUSTED,
+    check_privacy_level,
+    retry_deadline_passed,
+    uses_up_retry_deadline,
+)
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import FileUploadSourceInfo, PublishStatus, PullFromUrlSourceInfo
 from reelay_common.logging import bind_learned, get_logger
@@ -94,6 +101,8 @@ class UploaderDeps:
     max_video_bytes: int = MAX_VIDEO_BYTES
     max_init_attempts: int = 3
     upload_url_margin: timedelta = timedelta(minutes=5)
+    # How long an upload retries a failing source or TikTok before it ends failed (retries_exhausted).
+    retry_deadline: timedelta = timedelta(hours=6)
     clock: Callable[[], datetime] = utcnow
     # Deletes a file streamed into ingest once TikTok holds its bytes or the upload failed for good:
     # without it, stored videos would pile up forever.
@@ -140,9 +149,11 @@ class _Superseded(Exception):
 async def handle_upload_requested(cmd: UploadRequested, deps: UploaderDeps) -> None:
     """Take one upload request as far as `uploaded` (or `failed`); safe to call again at any time."""
     started = time.monotonic()
+    attempt_started = deps.clock()
     outcome: str = "error"
     # request_id / account_id are bound by the consumer loop for the whole record.
     job: _Job | None = None
+    record: UploadRecord | None = None
     try:
         record, _created = await deps.uploads.create(cmd, source=STATE_SOURCE)
         if record.state is UploadState.ACCEPTED and record.announced_state is not UploadState.ACCEPTED:
@@ -165,6 +176,12 @@ async def handle_upload_requested(cmd: UploadRequested, deps: UploaderDeps) -> N
         if outcome in _BYTES_NO_LONGER_NEEDED and isinstance(record.source, BlobSource):
             await _discard_blob(record.source, deps)
     except RetryableError as exc:
+        current = job.rec if job is not None else record
+        if current is not None and await _give_up_past_deadline(current, exc, attempt_started, deps):
+            outcome = RETRIES_EXHAUSTED
+            if isinstance(current.source, BlobSource):
+                await _discard_blob(current.source, deps)
+            return
         outcome = "retry"
         log.info("upload_will_retry", error=type(exc).__name__, **_detail_fields(exc))
         raise
@@ -198,6 +215,36 @@ async def _discard_blob(source: BlobSource, deps: UploaderDeps) -> None:
         log.warning("blob_discard_failed", blob_id=source.blob_id, error=type(exc).__name__)
     else:
         log.info("blob_discarded", blob_id=source.blob_id)
+
+
+async def _give_up_past_deadline(
+    rec: UploadRecord, exc: RetryableError, attempt_started: datetime, deps: UploaderDeps
+) -> bool:
+    """Past the upload's retry deadline, record it `failed` (retries_exhausted, the last error in the
+    history) and say True; before it, remember when retrying began (once) and say False."""
+    if not uses_up_retry_deadline(exc) or rec.state not in (UploadState.ACCEPTED, UploadState.UPLOADING):
+        return False
+    since = rec.retrying_since
+    if since is None:
+        # The first failure: the deadline counts from the start of this attempt, stored so that a
+        # restart or a redelivery to another replica does not start it again.
+        since = attempt_started
+        await deps.uploads.checkpoint(rec.request_id, {"retrying_since": since}, expect_state=rec.state)
+    if not retry_deadline_passed(since, deps.clock(), deps.retry_deadline):
+        return False
+    detail: dict[str, Any] = {
+        "code": RETRIES_EXHAUSTED,
+        "message": f"gave up after {deps.retry_deadline.total_seconds():g} s of retries: {exc.message}"[:500],
+        "last_error": type(exc).__name__,
+        "retrying_since": since.isoformat(),
+    }
+    for key, value in _detail_fields(exc).items():
+        detail["last_error_code" if key == "code" else key] = value
+    if rec.publish_id is not None:
+        detail["publish_id"] = rec.publish_id
+    await deps.recorder.record(rec.request_id, Change(UploadState.FAILED, source=STATE_SOURCE, detail=detail))
+    log.warning("upload_retries_exhausted", **{k: v for k, v in detail.items() if k != "message"})
+    return True
 
 
 def _detail_fields(exc: RetryableError) -> dict[str, Any]:

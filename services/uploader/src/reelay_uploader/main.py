@@ -16,7 +16,7 @@ from reelay_common.domain.messages import BlobSource, DeadLetter, UploadRequeste
 from reelay_common.logging import get_logger
 from reelay_common.ports import BlobStore, VideoReader
 from reelay_common.readiness import instant_check
-from reelay_common.runtime import Infrastructure, ops_server, run_service, supervise
+from reelay_common.runtime import Infrastructure, instrument_http_client, ops_server, run_service, supervise
 
 from reelay_uploader.handlers import ReaderFactory, UploaderDeps, handle_dead_letter, handle_upload_requested
 from reelay_uploader.settings import UploaderSettings
@@ -71,6 +71,7 @@ async def run(
             follow_redirects=False,  # UrlVideoReader follows them itself, checking every hop
         ) as source_http,
     ):
+        instrument_http_client(source_http)  # CLIENT spans when tracing is on (OTEL_*)
         blobs = infra.blobs  # REELAY_BLOB_STORE: local, s3 or gridfs
         deps = UploaderDeps(
             uploads=infra.uploads,
@@ -84,6 +85,7 @@ async def run(
             max_video_bytes=settings.max_video_bytes,
             max_init_attempts=settings.max_init_attempts,
             upload_url_margin=timedelta(seconds=settings.upload_url_margin_seconds),
+            retry_deadline=timedelta(seconds=settings.retry_deadline_seconds),
         )
 
         # The consumer loop binds topic/partition/offset and the message's ids to every log line.
@@ -98,6 +100,7 @@ async def run(
             decode=UploadRequested.model_validate_json,
             handle=on_upload_requested,
             on_dead_letter=on_dead_letter,
+            max_in_flight_per_partition=settings.max_in_flight_per_partition,
             **infra.consumer_options(settings, app_name=APP_NAME),
         )
 

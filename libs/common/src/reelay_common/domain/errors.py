@@ -5,6 +5,7 @@ ReelayError
 │   ├── RateLimitedError    TikTok said 429 / rate_limit_exceeded; `retry_after` if known
 │   ├── TransientTikTokError
 │   ├── DatabaseUnavailableError  MongoDB did not answer (adapters.mongo.client.translate_errors)
+│   ├── BrokerUnavailableError    Kafka did not connect or acknowledge (adapters.kafka.publisher)
 │   └── StorageFullError    the blob store's budget (or disk) is full: try again once uploads drain
 ├── PermanentError          retrying cannot help: dead-letter, mark the upload failed
 │   ├── InvalidInputError   bad request or record (validation, unknown account, SSRF, size)
@@ -118,3 +119,10 @@ class StorageFullError(RetryableError):
 
     Retryable: the budget frees as the uploader sends and deletes stored files. Ingest answers 507.
     """
+
+
+class BrokerUnavailableError(RetryableError):
+    """Kafka did not connect or did not acknowledge a message; the caller may try again later.
+
+    Its own name, like DatabaseUnavailableError's, says that Reelay's own infrastructure, not the
+    upload's source or TikTok, was the trouble: such waits never use up an upload's retry deadline."""

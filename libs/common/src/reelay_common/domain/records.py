@@ -91,12 +91,17 @@ class UploadRecord(BaseModel):
     total_chunk_count: int | None = None
     uploaded_bytes: int = 0
     init_attempts: int = 0
+    # When the first attempt that failed retryably began (the uploader's retry deadline counts from
+    # it; stored, so a restart or redelivery does not reset it).
+    retrying_since: datetime | None = None
     post_ids: list[str] = Field(default_factory=list)
     # Status tracking, owned by the status-poller.
     poll_next_at: datetime | None = None
     poll_attempts: int = 0
     poll_lease_until: datetime | None = None
     tracking_started_at: datetime | None = None
+    # The W3C trace context tracking started in (traceparent, tracestate): each poll continues it.
+    trace_context: dict[str, str] | None = None
     # Facts learnt after the outcome (status-poller), not states: the user posted an inbox draft
     # (PUBLISH_COMPLETE of an inbox upload); TikTok withdrew the public post.
     user_posted_draft_at: Annotated[datetime | None, LEARNT_LATER] = None

@@ -6,7 +6,7 @@ from typing import Protocol
 
 from aiokafka.errors import KafkaError
 
-from reelay_common.domain.errors import RetryableError
+from reelay_common.domain.errors import BrokerUnavailableError
 
 
 class _Client(Protocol):
@@ -16,9 +16,10 @@ class _Client(Protocol):
 
 
 async def start_client(client: _Client, *, what: str) -> None:
-    """Start `client` (connect to Kafka); when that fails, stop it and raise RetryableError."""
+    """Start `client` (connect to Kafka); when that fails, stop it and raise BrokerUnavailableError
+    (a RetryableError)."""
     try:
         await client.start()
     except KafkaError as exc:
         await client.stop()
-        raise RetryableError(f"could not connect the Kafka {what}: {exc!r}") from exc
+        raise BrokerUnavailableError(f"could not connect the Kafka {what}: {exc!r}") from exc
