@@ -62,7 +62,6 @@ from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import FileUploadSourceInfo, PullFromUrlSourceInfo, TokenGrant
 from reelay_common.ports import ChunkedUpload, RateLimiter, TokenProvider, VideoReader
-from reelay_common.recorder import StateRecorder
 from reelay_common.settings import DEV_TOKEN_KEY
 from reelay_ingest.deps import IngestDeps, Topics
 from reelay_ingest.errors import RequestRejected
@@ -79,6 +78,8 @@ from reelay_uploader.handlers import UploaderDeps, handle_upload_requested
 from tiktok_sandbox.media import iter_sample_mp4
 from tiktok_sandbox.plan import validate_plan
 from tiktok_sandbox.testing import SandboxHandle, running_sandbox
+
+from tests.recording import recording
 
 CLIENT_KEY = "dev-client-key"
 CLIENT_SECRET = "dev-client-secret"  # the sandbox's documented dev secret
@@ -622,7 +623,8 @@ def uploader(w: World, reader: VideoReader | None = None, *, token: str | None =
     publisher = FakePublisher()
     deps = UploaderDeps(
         uploads=uploads,
-        recorder=StateRecorder(uploads, publisher, status_topic="conformance.status"),
+        recorder=(rec := recording(uploads, publisher, status_topic="conformance.status")).recorder,
+        outbox=rec.outbox,
         publisher=publisher,
         tiktok=w.gateway(token=token),
         open_reader=opens(reader or BytesVideoReader(video_bytes(100_000))),
@@ -666,7 +668,8 @@ def ingest_deps(w: World, accounts: FakeAccountStore) -> IngestDeps:
         uploads=uploads,
         accounts=accounts,
         publisher=publisher,
-        recorder=StateRecorder(uploads, publisher, status_topic="conformance.status"),
+        recorder=(rec := recording(uploads, publisher, status_topic="conformance.status")).recorder,
+        outbox=rec.outbox,
         blobs=FakeBlobStore(),
         tiktok=w.gateway(),
         topics=Topics("conformance.requested", "conformance.events", "conformance.status"),

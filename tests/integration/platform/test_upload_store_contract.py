@@ -362,6 +362,15 @@ async def settle_some(store: UploadStore) -> None:
     )
     await store.transition("req-3", Change(S.UPLOADING, source="uploader"))
     await store.transition("req-4", Change(S.PUBLISHED, source="poller", set_fields={"poll_next_at": at(0)}))
+    for n in range(1, 5):
+        await sent(store, f"req-{n}")
+
+
+async def sent(store: UploadStore, request_id: str) -> None:
+    """What the upload owed Kafka was sent (as the relay settles it)."""
+    record = await store.get(request_id)
+    assert record is not None
+    await store.settle_outbox(request_id, record.outbox, next_try_at=datetime.now(UTC))
 
 
 class TestArchive:
@@ -412,6 +421,7 @@ class TestArchive:
         for n in range(10):
             await store.create(cmd(n), source="ingest")
             await store.transition(f"req-{n}", Change(S.FAILED, source="uploader"))
+            await sent(store, f"req-{n}")
         moved = await asyncio.gather(*(store.archive_settled(later(), grace_seconds=0) for _ in range(4)))
         assert sum(moved) == 10
         assert len(await store.list()) == 10
@@ -420,6 +430,7 @@ class TestArchive:
         for n in range(10):
             await store.create(cmd(n), source="ingest")
             await store.transition(f"req-{n}", Change(S.PUBLISHED, source="poller"))
+            await sent(store, f"req-{n}")
         await asyncio.gather(
             store.archive_settled(later(), grace_seconds=0),
             *(store.checkpoint(f"req-{n}", {"post_ids": [str(7300000000000000000 + n)]}) for n in range(10)),
@@ -429,6 +440,113 @@ class TestArchive:
             record = await store.get(f"req-{n}")
             assert record is not None
             assert record.post_ids == [str(7300000000000000000 + n)]
+
+
+class TestOutbox:
+    async def test_a_new_upload_owes_its_accepted_announcement_and_with_enqueue_its_command(
+        self, store: UploadStore
+    ) -> None:
+        plain, _ = await store.create(cmd(1), source="uploader")
+        queued, _ = await store.create(cmd(2), source="ingest", enqueue=True, outbox_lease_seconds=30)
+        assert [(e.kind, e.state, e.source) for e in plain.outbox] == [("status", S.ACCEPTED, "uploader")]
+        assert [e.kind for e in queued.outbox] == ["status", "upload_requested"]
+        assert plain.outbox_due_at is not None
+        assert plain.outbox_lease_until is None
+        assert queued.outbox_lease_until is not None  # its creator sends it
+        assert await store.get("req-2") == queued
+
+    async def test_each_transition_appends_its_announcement_in_order(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        for target in (S.UPLOADING, S.UPLOADED):
+            await store.transition("req-1", Change(target, source="uploader"))
+        await store.transition("req-1", Change(S.UPLOADING, source="uploader"))  # refused: nothing owed
+        record = await store.get("req-1")
+        assert record is not None
+        assert [e.state for e in record.outbox] == [S.ACCEPTED, S.UPLOADING, S.UPLOADED]
+        assert len({e.id for e in record.outbox}) == 3
+
+    async def test_one_process_at_a_time_holds_an_outbox(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        now = datetime.now(UTC)
+        leased = await store.lease_outbox("req-1", now, 30)
+        assert leased is not None
+        assert [e.state for e in leased.outbox] == [S.ACCEPTED]
+        assert await store.lease_outbox("req-1", now, 30) is None
+        assert await store.claim_due_outbox(now + timedelta(seconds=1), 30) is None
+        # Once the holder's lease runs out, another may take over.
+        assert await store.lease_outbox("req-1", now + timedelta(seconds=31), 30) is not None
+        assert await store.lease_outbox("nope", now, 30) is None
+
+    async def test_settling_removes_exactly_what_was_sent(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        leased = await store.lease_outbox("req-1", datetime.now(UTC), 30)
+        assert leased is not None
+        # Appended while the holder sends: kept, and due when the holder says.
+        await store.transition("req-1", Change(S.UPLOADING, source="uploader"))
+        retry = at(60)
+        after = await store.settle_outbox("req-1", leased.outbox, next_try_at=retry)
+        assert after is not None
+        assert [e.state for e in after.outbox] == [S.UPLOADING]
+        assert (after.outbox_due_at, after.outbox_lease_until) == (retry, None)
+        done = await store.settle_outbox("req-1", after.outbox, next_try_at=retry)
+        assert done is not None
+        assert (done.outbox, done.outbox_due_at, done.outbox_lease_until) == ([], None, None)
+        assert await store.lease_outbox("req-1", datetime.now(UTC), 30) is None  # nothing owed
+
+    async def test_claims_only_due_outboxes_earliest_first_and_each_once(self, store: UploadStore) -> None:
+        for n in range(1, 4):
+            await store.create(cmd(n), source="ingest")
+        await store.settle_outbox("req-2", [], next_try_at=at(100))  # backed off
+        await sent(store, "req-3")  # owes nothing
+        claims = await asyncio.gather(*(store.claim_due_outbox(at(10), 3600) for _ in range(4)))
+        assert sorted(c.request_id for c in claims if c is not None) == ["req-1"]
+        later_claim = await store.claim_due_outbox(at(101), 30)
+        assert later_claim is not None
+        assert later_claim.request_id == "req-2"
+
+    async def test_an_upload_that_still_owes_kafka_is_not_archived(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        await store.transition("req-1", Change(S.FAILED, source="uploader"))
+        assert await store.archive_settled(later(), grace_seconds=0) == 0
+        await sent(store, "req-1")
+        assert await store.archive_settled(later(), grace_seconds=0) == 1
+
+
+class TestPostIds:
+    async def test_merges_new_ids_once_and_announces_them(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        await store.transition("req-1", Change(S.PUBLISHED, source="poller"))
+        await sent(store, "req-1")
+        first = await store.add_post_ids("req-1", ["p1", "p2"], source="webhook")
+        assert first is not None
+        assert first.post_ids == ["p1", "p2"]
+        assert [(e.state, e.source) for e in first.outbox] == [(S.PUBLISHED, "webhook")]
+        assert await store.add_post_ids("req-1", ["p2", "p1"], source="poller") is None
+        again = await store.add_post_ids("req-1", ["p2", "p3"], source="poller")
+        assert again is not None
+        assert again.post_ids == ["p1", "p2", "p3"]
+        assert await store.add_post_ids("nope", ["p1"], source="poller") is None
+
+    async def test_concurrent_writers_lose_no_id(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        await store.transition("req-1", Change(S.PUBLISHED, source="poller"))
+        await asyncio.gather(*(store.add_post_ids("req-1", [f"p{n}"], source="webhook") for n in range(8)))
+        record = await store.get("req-1")
+        assert record is not None
+        assert sorted(record.post_ids) == [f"p{n}" for n in range(8)]
+
+    async def test_an_archived_upload_learns_its_ids_and_owes_their_announcement(
+        self, store: UploadStore
+    ) -> None:
+        await settle_some(store)
+        await store.archive_settled(later(), grace_seconds=0)
+        updated = await store.add_post_ids("req-2", ["p1"], source="webhook")
+        assert updated is not None
+        assert updated.post_ids == ["p1"]
+        claimed = await store.claim_due_outbox(later(), 30)
+        assert claimed is not None
+        assert claimed.request_id == "req-2"
+        assert (await store.find_in_flight("req-2")) is not None
 
 
 class TestInFlightCollection:
@@ -445,3 +563,30 @@ class TestInFlightCollection:
         assert await indexed_db["uploads_in_flight"].count_documents({}) == 2
         archived = {d["_id"] async for d in indexed_db["uploads"].find({}, {"_id": 1})}
         assert archived == {"req-1", "req-2"}
+        assert await store.find_in_flight("req-1") is None
+        assert await store.find_in_flight("req-3") is not None
+
+    async def test_a_request_id_claimed_by_a_writer_that_died_before_its_insert_is_usable(
+        self, indexed_db: AsyncDatabase[dict[str, Any]]
+    ) -> None:
+        store = MongoUploadStore(indexed_db)
+        await indexed_db["uploads_ids"].insert_one({"_id": "req-1"})  # claimed, then the process died
+        record, created = await store.create(cmd(), source="ingest")
+        assert created
+        assert record.state is S.ACCEPTED
+        again, created_again = await store.create(cmd(), source="ingest")
+        assert (again.request_id, created_again) == ("req-1", False)
+
+    async def test_request_ids_stored_before_the_claims_existed_are_claimed_at_start(
+        self, indexed_db: AsyncDatabase[dict[str, Any]]
+    ) -> None:
+        store = MongoUploadStore(indexed_db)
+        await settle_some(store)
+        await store.archive_settled(later(), grace_seconds=0)
+        await indexed_db["uploads_ids"].delete_many({})  # as an older Reelay left the database
+        await ensure_indexes(indexed_db)
+        ids = {d["_id"] async for d in indexed_db["uploads_ids"].find({})}
+        assert ids == {"req-1", "req-2", "req-3", "req-4"}
+        again, created = await store.create(cmd(1), source="ingest")  # archived: a replay
+        assert not created
+        assert again.state is S.FAILED

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -160,15 +161,19 @@ class World:
             init = await client.init_direct_post(self._tokens[account_id], post_info, plan)
             assert init.upload_url is not None
             uploads = self.uploads
-            await uploads.create(cmd, source="ingest")
+            # Holding the outbox as the uploader would while sending it (a running poller's relay
+            # would otherwise send it), then settling it below as sent.
+            await uploads.create(cmd, source="ingest", outbox_lease_seconds=3600)
             await uploads.transition(
                 request_id,
                 Change(UploadState.UPLOADING, source="uploader", set_fields={"publish_id": init.publish_id}),
             )
             await upload_chunks(client, init.upload_url, plan, BytesVideoReader(data))
         await uploads.transition(request_id, Change(UploadState.UPLOADED, source="uploader"))
-        # The uploader's recorder would have announced it; this test announces nothing itself.
-        record = await uploads.checkpoint(request_id, {"announced_state": UploadState.UPLOADED})
+        # The uploader's relay would have sent what it owed; this test announces nothing itself.
+        owed = await uploads.get(request_id)
+        assert owed is not None
+        record = await uploads.settle_outbox(request_id, owed.outbox, next_try_at=datetime.now(UTC))
         assert record is not None
         return record
 

@@ -7,6 +7,7 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from reelay_common.domain.messages import (
@@ -19,12 +20,13 @@ from reelay_common.domain.messages import (
 from reelay_common.domain.records import Change, UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import PublishStatus
-from reelay_common.recorder import StateRecorder
 from reelay_status_poller.handlers import PollerDeps, PollOutcome, PollPolicy, poll_once
 from reelay_testing.clocks import FakeClock
 from reelay_testing.publisher import FakePublisher
 from reelay_testing.stores import FakeUploadStore
 from reelay_testing.webhooks import FakeWebhookLedger
+
+from tests.recording import recording
 
 STATUS_TOPIC = "test.publish.status"
 ACCOUNT = "acct-1"
@@ -86,10 +88,11 @@ class PollerWorld:
     deps: PollerDeps = field(init=False)
 
     def __post_init__(self) -> None:
-        recorder = StateRecorder(self.uploads, self.publisher, status_topic=STATUS_TOPIC)
+        rec = recording(self.uploads, self.publisher, status_topic=STATUS_TOPIC)
         self.deps = PollerDeps(
             uploads=self.uploads,
-            recorder=recorder,
+            recorder=rec.recorder,
+            outbox=rec.outbox,
             tiktok=self.tiktok,
             policy=self.policy,
             clock=self.clock,
@@ -123,10 +126,19 @@ class PollerWorld:
             Change(UploadState.UPLOADING, source="uploader", set_fields={"publish_id": publish_id}),
         )
         await self.uploads.transition(request_id, Change(UploadState.UPLOADED, source="uploader"))
-        # The uploader announced it (through its own recorder, not this test's publisher).
-        record = await self.uploads.checkpoint(request_id, {"announced_state": UploadState.UPLOADED})
+        # The uploader announced it (through its own relay, not this test's publisher).
+        owed = await self.uploads.get(request_id)
+        assert owed is not None
+        record = await self.uploads.settle_outbox(request_id, owed.outbox, next_try_at=self.clock())
         assert record is not None
+        assert record.outbox == []
         return record
+
+    async def relay_round(self) -> None:
+        """One round of the outbox relay loop: send every due outbox."""
+        # The store stamps entries with the wall clock (as Mongo would), not the poller's fake one.
+        while (due := await self.uploads.claim_due_outbox(datetime.now(UTC), 30)) is not None:
+            await self.deps.outbox.drain(due.request_id, leased=due)
 
     async def get(self, request_id: str = "req-1") -> UploadRecord:
         record = await self.uploads.get(request_id)

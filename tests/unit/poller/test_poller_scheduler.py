@@ -270,7 +270,9 @@ class TestArchiveSettledUploads:
         uploads = FakeUploadStore()
         ids = await due_uploads(uploads, 3)
         for rid in ids:
-            await uploads.transition(rid, Change(UploadState.INBOX_DELIVERED, source="poller"))
+            moved = await uploads.transition(rid, Change(UploadState.INBOX_DELIVERED, source="poller"))
+            assert moved is not None  # and its announcements were sent (nothing owed keeps it in flight)
+            await uploads.settle_outbox(rid, moved.outbox, next_try_at=now())
         calls = 0
         real = uploads.archive_settled
 

@@ -3,12 +3,17 @@ announces nothing; one that failed half-way is applied by its redelivery; a new 
 
 from __future__ import annotations
 
-from reelay_common.domain.errors import RetryableError
+import pytest
+from reelay_common.domain.errors import DatabaseUnavailableError
 from reelay_common.domain.messages import TikTokWebhookReceived
+from reelay_common.domain.records import Change, UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_status_poller.handlers import handle_publish_event, webhook_key
+from reelay_testing.clocks import FakeClock
+from reelay_testing.publisher import FakePublisher
+from reelay_testing.stores import FakeUploadStore
 
-from tests.unit.poller.poller_fakes import PollerWorld
+from tests.unit.poller.poller_fakes import POLICY, PollerWorld, ScriptedTikTok
 
 PUB = "v_pub_file~v2-1.1"
 POST = "7300000000000000002"
@@ -60,22 +65,37 @@ async def test_the_same_event_at_a_new_create_time_is_applied(poller: PollerWorl
     assert first != poller.clock()
 
 
-async def test_a_webhook_that_failed_half_way_is_applied_by_its_redelivery(poller: PollerWorld) -> None:
+class StoreDownOnce(FakeUploadStore):
+    """An upload store whose next transition fails as Mongo away would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    async def transition(self, request_id: str, change: Change) -> UploadRecord | None:
+        if self.down:
+            self.down = False
+            raise DatabaseUnavailableError("MongoDB could not update an upload: AutoReconnect")
+        return await super().transition(request_id, change)
+
+
+async def test_a_webhook_that_failed_half_way_is_applied_by_its_redelivery() -> None:
+    store = StoreDownOnce()
+    poller = PollerWorld(
+        uploads=store, publisher=FakePublisher(), tiktok=ScriptedTikTok(), clock=FakeClock(), policy=POLICY
+    )
     await poller.uploaded()
     complete = webhook("post.publish.complete")
-    poller.publisher.fail_with.append(RetryableError("Kafka away", code="kafka_unavailable"))
+    store.down = True
 
-    try:
+    with pytest.raises(DatabaseUnavailableError):  # the consumer loop retries the record
         await handle_publish_event(complete, poller.deps)
-    except RetryableError:
-        pass  # the consumer loop retries the record
-    else:
-        raise AssertionError("the announcement's failure must reach the consumer loop")
     assert poller.webhooks.keys == set()  # not noted: its redelivery must not be skipped
-    assert poller.announced() == []
+    assert (await poller.get()).state is S.UPLOADED
 
     await handle_publish_event(complete, poller.deps)
 
+    assert (await poller.get()).state is S.PUBLISHED
     assert poller.announced_states() == [S.PUBLISHED]
     assert poller.webhooks.keys == {webhook_key(complete)}
 

@@ -45,12 +45,13 @@ from reelay_common.domain.tiktok import (
     SourceInfo,
 )
 from reelay_common.ports import ChunkedUpload, ProgressCallback, VideoReader
-from reelay_common.recorder import StateRecorder
 from reelay_testing.clocks import FakeClock
 from reelay_testing.publisher import FakePublisher
 from reelay_testing.readers import BytesVideoReader
 from reelay_testing.stores import FakeUploadStore
 from reelay_uploader.handlers import PROGRESS_CHECKPOINT_INTERVAL, UploaderDeps, handle_upload_requested
+
+from tests.recording import recording
 
 EVENTS = "test.publish.events"
 STATUS = "test.publish.status"
@@ -279,9 +280,11 @@ def make_world(
             raise InvalidInputError("the video source answered 404", code="source_not_found", http_status=404)
         yield found
 
+    rec = recording(uploads, publisher, status_topic=STATUS)
     deps = UploaderDeps(
         uploads=uploads,
-        recorder=StateRecorder(uploads, publisher, status_topic=STATUS),
+        recorder=rec.recorder,
+        outbox=rec.outbox,
         publisher=publisher,
         tiktok=fake,
         open_reader=open_reader,
@@ -406,11 +409,38 @@ class TestUploadingAVideo:
         assert world.status_events()[0].state is UploadState.ACCEPTED
         assert world.status_events()[0].source == "uploader"
 
+    async def test_a_command_with_a_publish_at_to_come_is_held_until_then(self) -> None:
+        world = make_world()
+        later = datetime.now(UTC) + timedelta(hours=1)
+        cmd = direct().model_copy(update={"publish_at": later})
+
+        await handle_upload_requested(cmd, world.deps)
+
+        assert world.tiktok.inits == []
+        assert world.opened == []
+        record = await world.uploads.get("req-1")
+        assert record is not None
+        assert record.state is UploadState.SCHEDULED
+        assert [e.state for e in world.status_events()] == [UploadState.SCHEDULED]
+        [waiting] = record.outbox  # queued again by the relay at its time
+        assert (waiting.kind, waiting.due_at) == ("upload_requested", record.publish_at)
+
+    async def test_a_command_for_a_cancelled_upload_does_nothing(self) -> None:
+        world = make_world()
+        cmd = direct()
+        await world.uploads.create(cmd, source="ingest")
+        await world.uploads.transition("req-1", Change(UploadState.CANCELLED, source="ingest"))
+
+        await handle_upload_requested(cmd, world.deps)
+
+        assert world.tiktok.inits == []
+        assert await world.state("req-1") is UploadState.CANCELLED
+
     async def test_does_not_reannounce_accepted_when_ingest_did(self) -> None:
         world = make_world()
         cmd = direct()
-        record, _ = await world.uploads.create(cmd, source="ingest")
-        await world.deps.recorder.announce(record, source="ingest")
+        record, _ = await world.uploads.create(cmd, source="ingest", outbox_lease_seconds=30)
+        assert await world.deps.outbox.drain(record.request_id, leased=record)  # ingest sent it
         await handle_upload_requested(cmd, world.deps)
         assert [e.state for e in world.status_events()].count(UploadState.ACCEPTED) == 1
 

@@ -6,7 +6,7 @@ live in the dev-only `reelay_testing`, checked against the real ones by the same
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -21,7 +21,7 @@ from reelay_common.domain.messages import (
     UploadMode,
     UploadRequested,
 )
-from reelay_common.domain.records import AccountRecord, Change, UploadRecord
+from reelay_common.domain.records import AccountRecord, Change, OutboxEntry, UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import (
     CreatorInfo,
@@ -43,13 +43,32 @@ class Publisher(Protocol):
 
 
 class UploadStore(Protocol):
-    """The `uploads` collection, with guarded forward-only transitions."""
+    """The `uploads` collection, with guarded forward-only transitions and each upload's outbox.
 
-    async def create(self, cmd: UploadRequested, *, source: StateSource) -> tuple[UploadRecord, bool]:
-        """Insert the `accepted` document if absent. Returns (record, created)."""
+    Every change that is to be announced (creation, each transition, new post ids) appends its
+    outbox entry in the same single-document update; the OutboxRelay sends and settles them.
+    """
+
+    async def create(
+        self,
+        cmd: UploadRequested,
+        *,
+        source: StateSource,
+        enqueue: bool = False,
+        outbox_lease_seconds: float = 0.0,
+    ) -> tuple[UploadRecord, bool]:
+        """Insert the `accepted` document if the request_id was never seen. Returns (record, created).
+
+        Its outbox announces `accepted` and, with `enqueue`, queues the command; with
+        `outbox_lease_seconds` the creator holds the outbox lease (it sends at once).
+        """
         ...
 
     async def get(self, request_id: str) -> UploadRecord | None: ...
+
+    async def find_in_flight(self, request_id: str) -> UploadRecord | None:
+        """The upload if it is still in flight; None if unknown or settled into history."""
+        ...
 
     async def transition(self, request_id: str, change: Change) -> UploadRecord | None:
         """Move to `change.target` if that is forward from the current state (atomic, guarded),
@@ -79,20 +98,53 @@ class UploadStore(Protocol):
         ...
 
     async def archive_settled(self, now: datetime, *, grace_seconds: float, limit: int = 100) -> int:
-        """Move uploads settled (terminal, no longer watched) and quiet for `grace_seconds` out of
-        the in-flight work into history, where every read still finds them; how many moved."""
+        """Move uploads settled (terminal, no longer watched, nothing left to send) and quiet for
+        `grace_seconds` out of the in-flight work into history, where every read still finds them;
+        how many moved."""
+        ...
+
+    async def add_post_ids(
+        self, request_id: str, post_ids: Sequence[str], *, source: StateSource
+    ) -> UploadRecord | None:
+        """Merge `post_ids` into the upload atomically (no id lost to a racing writer) and append
+        their announcement; the record after, or None when none was new."""
+        ...
+
+    async def claim_due_outbox(self, now: datetime, lease_seconds: float) -> UploadRecord | None:
+        """Lease one upload whose outbox is due (entries waiting) and not leased by another process."""
+        ...
+
+    async def lease_outbox(self, request_id: str, now: datetime, lease_seconds: float) -> UploadRecord | None:
+        """Lease this upload's outbox if it has entries and is not leased by another; else None."""
+        ...
+
+    async def settle_outbox(
+        self, request_id: str, sent: Sequence[OutboxEntry], *, next_try_at: datetime
+    ) -> UploadRecord | None:
+        """Remove exactly the entries `sent`, release the lease; entries left are due at `next_try_at`."""
+        ...
+
+
+class Outbox(Protocol):
+    """Sends what an upload owes Kafka (OutboxRelay)."""
+
+    # How long a writer that creates an upload holds its outbox lease while it sends it.
+    lease_seconds: float
+
+    async def drain(
+        self, request_id: str, *, leased: UploadRecord | None = None, within_seconds: float | None = None
+    ) -> bool:
+        """Send the upload's outbox now (taking its lease unless `leased`); True when nothing is
+        left. Never raises for Kafka: what could not be sent waits for the relay loop."""
         ...
 
 
 class Recorder(Protocol):
-    """Records state changes and announces them on `reelay.publish.status` (StateRecorder)."""
+    """Records state changes, each announced on `reelay.publish.status` through the outbox (StateRecorder)."""
 
     async def record(self, request_id: str, change: Change) -> UploadRecord | None:
-        """A guarded transition; when it moved, announce it. None when the guard refused."""
-        ...
-
-    async def announce(self, record: UploadRecord, *, source: StateSource) -> None:
-        """Announce the record's current state (e.g. `accepted`, or facts such as post ids)."""
+        """A guarded transition (its announcement written with it), then sent. None when the
+        guard refused."""
         ...
 
 

@@ -35,7 +35,9 @@ from reelay_common.adapters.ops_server import serve_ops
 from reelay_common.adapters.tiktok.client import TikTokClient
 from reelay_common.adapters.tiktok.gateway import TikTokGateway
 from reelay_common.adapters.tiktok.tokens import MongoTokenProvider
+from reelay_common.faults import crash_once
 from reelay_common.logging import configure_logging, get_logger
+from reelay_common.outbox import OutboxRelay
 from reelay_common.ports import BlobStore
 from reelay_common.readiness import Check
 from reelay_common.recorder import StateRecorder
@@ -91,6 +93,7 @@ class Infrastructure:
     accounts: MongoAccountStore
     tokens: MongoTokenProvider
     uploads: MongoUploadStore
+    outbox: OutboxRelay
     recorder: StateRecorder
     blobs: BlobStore
 
@@ -135,6 +138,16 @@ class Infrastructure:
             tiktok = TikTokClient.from_settings(tiktok_http, settings)
             accounts = MongoAccountStore(db, TokenCipher(settings.token_encryption_key))
             uploads = MongoUploadStore(db)
+            outbox = OutboxRelay(
+                uploads,
+                publisher,
+                requested_topic=settings.topic_upload_requested,
+                status_topic=settings.topic_publish_status,
+                send_timeout_seconds=settings.outbox_send_timeout_seconds,
+                lease_seconds=settings.outbox_lease_seconds,
+                interval_seconds=settings.outbox_interval_seconds,
+                before_send=crash_once(settings.crash_before_send),
+            )
             blobs = await open_blob_store(settings, stack, db=db)  # local, s3 or gridfs
             log.info(
                 "infrastructure_connected",
@@ -152,7 +165,8 @@ class Infrastructure:
                 accounts=accounts,
                 tokens=MongoTokenProvider(accounts, tiktok),
                 uploads=uploads,
-                recorder=StateRecorder(uploads, publisher, status_topic=settings.topic_publish_status),
+                outbox=outbox,
+                recorder=StateRecorder(uploads, outbox),
                 blobs=blobs,
             )
 

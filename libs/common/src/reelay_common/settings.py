@@ -50,6 +50,16 @@ class CommonSettings(TopicSettings):
 
     environment: Literal["dev", "prod"] = Field("dev", validation_alias="REELAY_ENV")
 
+    # The outbox relay (reelay_common.outbox): how long one send may wait for Kafka, how long a
+    # process holds an upload's outbox while sending it, and how often it looks for what is due.
+    outbox_send_timeout_seconds: float = Field(
+        5.0, gt=0, validation_alias="REELAY_OUTBOX_SEND_TIMEOUT_SECONDS"
+    )
+    outbox_lease_seconds: float = Field(30.0, gt=0, validation_alias="REELAY_OUTBOX_LEASE_SECONDS")
+    outbox_interval_seconds: float = Field(1.0, gt=0, validation_alias="REELAY_OUTBOX_INTERVAL_SECONDS")
+    # Fault injection for the crash tests (reelay_common.faults): never set in a deployment.
+    crash_before_send: Path | None = Field(None, validation_alias="REELAY_CRASH_BEFORE_SEND")
+
     mongodb_uri: SecretStr = Field(SecretStr("mongodb://127.0.0.1:27017"), validation_alias="MONGODB_URI")
     mongodb_database: str = Field("reelay", validation_alias="MONGODB_DATABASE")
 

@@ -9,6 +9,7 @@ from reelay_common.ports import (
     AccountStore,
     BlobStore,
     CreatorInfoCache,
+    Outbox,
     Publisher,
     Recorder,
     TikTokApi,
@@ -32,6 +33,8 @@ class Policy:
     allow_private_urls: bool = False
     check_creator_info: bool = True
     max_upload_bytes: int = MAX_VIDEO_BYTES
+    accept_wait_seconds: float = 0.5
+    schedule_horizon_seconds: float = 30 * 24 * 3600.0
     enqueue_timeout_seconds: float = 15.0
     webhook_tolerance_seconds: float = 300.0
 
@@ -44,6 +47,7 @@ class IngestDeps:
     accounts: AccountStore
     publisher: Publisher
     recorder: Recorder
+    outbox: Outbox
     blobs: BlobStore
     tiktok: TikTokApi
     topics: Topics

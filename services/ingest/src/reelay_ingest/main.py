@@ -37,6 +37,8 @@ def policy_of(settings: IngestSettings) -> Policy:
         allow_private_urls=settings.allow_private_urls,
         check_creator_info=settings.check_creator_info,
         max_upload_bytes=settings.max_upload_bytes,
+        accept_wait_seconds=settings.accept_wait_seconds,
+        schedule_horizon_seconds=settings.schedule_horizon_seconds,
         enqueue_timeout_seconds=settings.enqueue_timeout_seconds,
         webhook_tolerance_seconds=settings.webhook_tolerance_seconds,
     )
@@ -60,6 +62,7 @@ async def run(
             accounts=infra.accounts,
             publisher=infra.publisher,
             recorder=infra.recorder,
+            outbox=infra.outbox,
             blobs=infra.blobs,
             tiktok=infra.tiktok_gateway(
                 max_wait_seconds=CREATOR_INFO_MAX_WAIT_SECONDS,
@@ -96,7 +99,7 @@ async def run(
             blob_store=infra.blobs.kind,
         )
         try:
-            await supervise({"api": serve_api}, stop)
+            await supervise({"api": serve_api, "outbox": infra.outbox.run}, stop)
         finally:
             log.info("ingest_stopping")
     log.info("ingest_stopped")  # Kafka flushed and closed, Mongo and the TikTok client closed

@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Json, SecretStr, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Json,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from reelay_common.domain.messages import AccountId, BlobSource, PostInfo, RequestId, StateSource, UploadMode
 from reelay_common.domain.records import AccountRecord, UploadRecord
 from reelay_common.domain.states import UploadState
@@ -58,6 +67,11 @@ class UploadByUrl(BaseModel):
         default=None,
         description="Identifies the upload end to end; else the Idempotency-Key header; else generated.",
     )
+    publish_at: AwareDatetime | None = Field(
+        default=None,
+        description="Publish later: a timezone-aware time in the future, within the configured "
+        "horizon. The upload is held (state `scheduled`) and sent to TikTok then.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> UploadByUrl:
@@ -88,6 +102,7 @@ class UploadForm(UploadTargetFields):
     model_config = ConfigDict(extra="forbid")
 
     request_id: RequestId | None = None
+    publish_at: AwareDatetime | None = None
 
 
 # The multipart body as OpenAPI shows it; the route parses it as a stream, not through a model.
@@ -103,6 +118,11 @@ UPLOAD_FORM_SCHEMA: dict[str, Any] = {
             "examples": ['{"privacy_level": "SELF_ONLY", "title": "Launch day"}'],
         },
         "request_id": {"type": "string", "description": "Else the Idempotency-Key header; else generated."},
+        "publish_at": {
+            "type": "string",
+            "format": "date-time",
+            "description": "Publish later (ISO 8601 with a UTC offset); the file is kept until then.",
+        },
         "file": {
             "type": "string",
             "format": "binary",
@@ -149,6 +169,7 @@ class UploadView(BaseModel):
     state: UploadState
     source: SourceView
     post_info: PostInfo | None = None
+    publish_at: datetime | None = None
     publish_id: str | None = None
     post_ids: list[str] = Field(default_factory=list)
     video_size: int | None = None
@@ -173,6 +194,7 @@ class UploadView(BaseModel):
             state=record.state,
             source=source,
             post_info=record.post_info,
+            publish_at=record.publish_at,
             publish_id=record.publish_id,
             post_ids=list(record.post_ids),
             video_size=record.video_size,

@@ -33,7 +33,12 @@ class IngestSettings(CommonSettings):
     # How long one creator_info answer serves an account's direct posts, shared by every replica
     # (TikTok allows 20 creator_info calls a minute per account); 0 asks TikTok every time.
     creator_info_cache_seconds: float = Field(60.0, ge=0)
-    # How long to wait for Kafka's acknowledgement of an UploadRequested before answering 503.
+    # How long an accept waits for Kafka to take its UploadRequested before answering 202 anyway
+    # (the command waits in the upload's outbox and the relay sends it once Kafka is back).
+    accept_wait_seconds: float = Field(0.5, gt=0)
+    # How far ahead publish_at may be (a scheduled upload is held in Mongo, its file in the blob store).
+    schedule_horizon_seconds: float = Field(30 * 24 * 3600.0, gt=0)
+    # How long a webhook waits for Kafka before answering 503 (TikTok then retries it).
     enqueue_timeout_seconds: float = Field(15.0, gt=0)
     shutdown_grace_seconds: float = Field(20.0, ge=0)
 

@@ -30,7 +30,7 @@ from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import PublishStatus, PublishStatusCode
 from reelay_common.logging import bind_learned, get_logger
 from reelay_common.metrics import STATUS_POLLS_PER_PUBLISH
-from reelay_common.ports import Recorder, TikTokApi, UploadStore, WebhookLedger
+from reelay_common.ports import Outbox, Recorder, TikTokApi, UploadStore, WebhookLedger
 from reelay_common.tracing import trace_carrier
 
 log = get_logger(__name__)
@@ -77,6 +77,7 @@ class PollerDeps:
 
     uploads: UploadStore
     recorder: Recorder
+    outbox: Outbox
     tiktok: TikTokApi
     policy: PollPolicy
     clock: Callable[[], datetime]
@@ -221,12 +222,6 @@ async def poll_once(record: UploadRecord, deps: PollerDeps) -> PollOutcome:
     """Poll TikTok once for a leased upload, record what changed and schedule (or end) tracking."""
     # Its request_id / account_id / publish_id are bound by the scheduler, for every line of the poll.
     now = deps.clock()
-
-    if record.announced_state is not record.state and record.history:
-        # Whoever moved it here died before announcing it (the Mongo write and the Kafka
-        # publish are two steps): announce it now, so upstream still hears of every state.
-        await deps.recorder.announce(record, source=record.history[-1].source)
-        log.info("unannounced_state_announced", state=record.state.value)
 
     if record.state.is_terminal and not _wants_post_ids(record, now, deps.policy):
         await _stop_tracking(record, deps)
@@ -403,22 +398,18 @@ async def _add_post_ids(
     record: UploadRecord, post_ids: Sequence[str], source: StateSource, deps: PollerDeps
 ) -> UploadRecord | None:
     """Merge new post ids into the document and announce them; returns None if none were new."""
-    # The store has no add-to-set: re-read and write the merged list. Two writers racing here
-    # (a webhook and a poll) could drop one id; the next poll or webhook redelivery restores it.
-    current = await deps.uploads.get(record.request_id) or record
-    merged = _merge(current.post_ids, post_ids)
-    if merged == current.post_ids:
-        return None
-    updated = await deps.uploads.checkpoint(record.request_id, {"post_ids": merged})
+    # One atomic add-to-set that also writes the announcement: a webhook and a poll racing here
+    # cannot drop each other's ids.
+    updated = await deps.uploads.add_post_ids(record.request_id, post_ids, source=source)
     if updated is None:
         return None
-    await deps.recorder.announce(updated, source=source)
+    await deps.outbox.drain(record.request_id)
     log.info(
         "post_ids_collected",
         request_id=record.request_id,
         account_id=record.account_id,
         publish_id=record.publish_id,
-        post_ids=merged,
+        post_ids=updated.post_ids,
     )
     return updated
 

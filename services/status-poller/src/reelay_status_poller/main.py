@@ -64,6 +64,7 @@ async def run(
         deps = PollerDeps(
             uploads=infra.uploads,
             recorder=infra.recorder,
+            outbox=infra.outbox,
             tiktok=infra.tiktok_gateway(
                 # A poll that would wait long for a status slot is rescheduled instead
                 # (RateLimitedError with retry_after), so it never sits on its lease.
@@ -113,6 +114,7 @@ async def run(
             await supervise(
                 {
                     "consumer": consumer.run,
+                    "outbox": infra.outbox.run,
                     "scheduler": scheduler.run,
                     "archiver": functools.partial(
                         archive_settled_uploads,

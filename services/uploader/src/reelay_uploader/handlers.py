@@ -61,7 +61,15 @@ from reelay_common.domain.rules import (
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import FileUploadSourceInfo, PublishStatus, PullFromUrlSourceInfo
 from reelay_common.logging import bind_learned, get_logger
-from reelay_common.ports import ChunkedUpload, Publisher, Recorder, TikTokApi, UploadStore, VideoReader
+from reelay_common.ports import (
+    ChunkedUpload,
+    Outbox,
+    Publisher,
+    Recorder,
+    TikTokApi,
+    UploadStore,
+    VideoReader,
+)
 
 log = get_logger(__name__)
 
@@ -83,6 +91,7 @@ Outcome = Literal[
     "already_done",
     "failed",
     "superseded",
+    "scheduled",
     "request_id_conflict",
 ]
 
@@ -93,6 +102,7 @@ class UploaderDeps:
 
     uploads: UploadStore
     recorder: Recorder
+    outbox: Outbox
     publisher: Publisher
     tiktok: TikTokApi
     open_reader: ReaderFactory
@@ -155,10 +165,12 @@ async def handle_upload_requested(cmd: UploadRequested, deps: UploaderDeps) -> N
     job: _Job | None = None
     record: UploadRecord | None = None
     try:
-        record, _created = await deps.uploads.create(cmd, source=STATE_SOURCE)
-        if record.state is UploadState.ACCEPTED and record.announced_state is not UploadState.ACCEPTED:
+        record, created = await deps.uploads.create(
+            cmd, source=STATE_SOURCE, outbox_lease_seconds=deps.outbox.lease_seconds
+        )
+        if created:
             # Upstream producers may skip ingest: then this is the first anyone hears of it.
-            await deps.recorder.announce(record, source=STATE_SOURCE)
+            await deps.outbox.drain(record.request_id, leased=record)
         if record.account_id != cmd.account_id or record.mode != cmd.mode:
             log.warning(
                 "request_id_conflict",
@@ -302,6 +314,11 @@ class _Job:
         if state is UploadState.UPLOADED:
             await self._announce_uploaded(self.rec)
             return "already_uploaded"
+        if state is UploadState.SCHEDULED:
+            # Produced straight to the topic with a publish_at to come: held in Mongo, and queued
+            # again by the outbox relay when its time comes. Its file is kept until then.
+            log.info("upload_scheduled", publish_at=str(self.rec.publish_at))
+            return "scheduled"
         if state not in (UploadState.ACCEPTED, UploadState.UPLOADING):
             log.info("upload_already_done", state=state.value)
             return "already_done"

@@ -76,6 +76,7 @@ async def run(
         deps = UploaderDeps(
             uploads=infra.uploads,
             recorder=infra.recorder,
+            outbox=infra.outbox,
             publisher=infra.publisher,
             tiktok=infra.tiktok_gateway(),
             open_reader=reader_factory(source_http, blobs, settings),
@@ -117,6 +118,7 @@ async def run(
         await supervise(
             {
                 "consumer": consumer.run,
+                "outbox": infra.outbox.run,
                 "ops": ops_server(
                     host=settings.ops_host,
                     port=settings.ops_port,

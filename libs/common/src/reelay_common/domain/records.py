@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -62,8 +63,42 @@ class HistoryEntry(BaseModel):
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
+OutboxKind = Literal["status", "upload_requested"]
+
+
+class OutboxEntry(BaseModel):
+    """A message an upload still owes Kafka, written in the same update as the change it announces.
+
+    `status`: announce the upload's `state` on `reelay.publish.status` (built from the document
+    when it is sent, so it carries the history entry's detail and the post ids known then).
+    `upload_requested`: queue the upload on `reelay.upload.requested` (ingest's accept).
+    The relay sends a document's entries in order and removes exactly those it sent
+    (docs/architecture.md, promise 9).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    kind: OutboxKind
+    state: UploadState | None = None
+    source: StateSource | None = None
+    at: datetime
+    # Not to be sent before this (a scheduled upload's command waits for its publish_at).
+    due_at: datetime | None = None
+
+    @classmethod
+    def status(cls, state: UploadState, *, source: StateSource, at: datetime) -> OutboxEntry:
+        """Announce `state` (reached by `source` at `at`)."""
+        return cls(id=uuid.uuid4().hex, kind="status", state=state, source=source, at=at)
+
+    @classmethod
+    def upload_requested(cls, *, at: datetime, due_at: datetime | None = None) -> OutboxEntry:
+        """Queue the upload's command for the uploader (not before `due_at`, when given)."""
+        return cls(id=uuid.uuid4().hex, kind="upload_requested", at=at, due_at=due_at)
+
+
 # The fields of UploadRequested an upload keeps under the same names (and `requested_at`).
-_KEPT_OF_REQUEST = ("request_id", "account_id", "mode", "source", "post_info")
+_KEPT_OF_REQUEST = ("request_id", "account_id", "mode", "source", "post_info", "publish_at")
 
 
 class UploadRecord(BaseModel):
@@ -76,6 +111,8 @@ class UploadRecord(BaseModel):
     mode: UploadMode
     source: VideoSource
     post_info: PostInfo | None = None
+    # When to start it (UploadRequested.publish_at): held in `scheduled` until then.
+    publish_at: datetime | None = None
     # When the client asked (UploadRequested.requested_at); absent only from hand-made documents.
     requested_at: Annotated[datetime | None, STORE_MANAGED] = None
     state: Annotated[UploadState, STORE_MANAGED]
@@ -106,20 +143,38 @@ class UploadRecord(BaseModel):
     # (PUBLISH_COMPLETE of an inbox upload); TikTok withdrew the public post.
     user_posted_draft_at: Annotated[datetime | None, LEARNT_LATER] = None
     no_longer_public_at: Annotated[datetime | None, LEARNT_LATER] = None
-    # The last state announced on reelay.publish.status (StateRecorder): lets a retry re-announce a
-    # transition whose announcement failed after the guarded update had already applied it.
-    announced_state: UploadState | None = None
+    # What the upload still owes Kafka (the outbox): appended by the same update as the change,
+    # removed by the relay once Kafka took it. `outbox_due_at` is set while entries wait (when the
+    # relay should try next); `outbox_lease_until` while one process is sending them.
+    outbox: Annotated[list[OutboxEntry], STORE_MANAGED] = Field(default_factory=list)
+    outbox_due_at: Annotated[datetime | None, STORE_MANAGED] = None
+    outbox_lease_until: Annotated[datetime | None, STORE_MANAGED] = None
 
     @classmethod
-    def new(cls, cmd: UploadRequested, *, source: StateSource, now: datetime) -> UploadRecord:
-        """The `accepted` upload of a new request, its first history entry by `source` at `now`."""
+    def new(
+        cls, cmd: UploadRequested, *, source: StateSource, now: datetime, enqueue: bool = False
+    ) -> UploadRecord:
+        """A new upload, its first history entry by `source` at `now`: `accepted`, or `scheduled`
+        when its publish_at is still to come.
+
+        Its outbox announces that state, and queues the command: with `enqueue` (ingest's accept;
+        an uploader that creates the record has the command from Kafka already), and for a scheduled
+        upload always, due at its publish_at.
+        """
+        scheduled = cmd.publish_at is not None and cmd.publish_at > now
+        state = UploadState.SCHEDULED if scheduled else UploadState.ACCEPTED
+        outbox = [OutboxEntry.status(state, source=source, at=now)]
+        if scheduled or enqueue:
+            outbox.append(OutboxEntry.upload_requested(at=now, due_at=cmd.publish_at if scheduled else None))
         return cls(
             **{name: getattr(cmd, name) for name in _KEPT_OF_REQUEST},
             requested_at=cmd.requested_at,
-            state=UploadState.ACCEPTED,
-            history=[HistoryEntry(state=UploadState.ACCEPTED, at=now, source=source)],
+            state=state,
+            history=[HistoryEntry(state=state, at=now, source=source)],
             created_at=now,
             updated_at=now,
+            outbox=outbox,
+            outbox_due_at=now,
         )
 
     def request(self) -> UploadRequested:
