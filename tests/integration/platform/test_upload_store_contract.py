@@ -11,7 +11,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from reelay_common.adapters.mongo.client import ensure_indexes
 from reelay_common.adapters.mongo.uploads import MongoUploadStore
 from reelay_common.domain.messages import UploadRequested
-from reelay_common.domain.records import Change
+from reelay_common.domain.records import CallbackDelivery, Change
 from reelay_common.domain.states import UploadState
 from reelay_common.ports import UploadStore
 from reelay_testing.stores import FakeUploadStore
@@ -590,3 +590,50 @@ class TestInFlightCollection:
         again, created = await store.create(cmd(1), source="ingest")  # archived: a replay
         assert not created
         assert again.state is S.FAILED
+
+
+def delivery(state: UploadState, seconds: float, **fields: Any) -> CallbackDelivery:
+    """A callback of `state`, last tried `seconds` after the first attempt."""
+    return CallbackDelivery(state=state, first_attempt_at=at(0), last_attempt_at=at(seconds), **fields)
+
+
+class TestRecordCallback:
+    async def test_keeps_each_states_callback_from_its_first_attempt_to_its_end(
+        self, store: UploadStore
+    ) -> None:
+        await store.create(cmd(), source="ingest")
+        await store.record_callback("req-1", delivery(S.ACCEPTED, 0, attempts=1, last_status=500))
+        await store.record_callback("req-1", delivery(S.ACCEPTED, 2, attempts=2, last_error="timeout"))
+        done = delivery(S.ACCEPTED, 5, attempts=3, last_status=204, outcome="delivered", delivered_at=at(5))
+        after = await store.record_callback("req-1", done)
+        assert after is not None
+        assert after.callbacks == {S.ACCEPTED: done}
+        assert after.state is S.ACCEPTED  # no state change, no history entry
+        assert len(after.history) == 1
+        again = await store.get("req-1")
+        assert again is not None
+        assert again.callbacks == {S.ACCEPTED: done}
+
+    async def test_a_finished_callback_is_never_overwritten(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        failed = delivery(S.ACCEPTED, 0, attempts=1, last_status=404, outcome="failed", gave_up_at=at(0))
+        assert await store.record_callback("req-1", failed) is not None
+        assert await store.record_callback("req-1", delivery(S.ACCEPTED, 1, attempts=2)) is None
+        # Another state's callback is its own.
+        other = await store.record_callback("req-1", delivery(S.UPLOADING, 1, attempts=1))
+        assert other is not None
+        assert other.callbacks == {S.ACCEPTED: failed, S.UPLOADING: delivery(S.UPLOADING, 1, attempts=1)}
+
+    async def test_an_unknown_upload_records_nothing(self, store: UploadStore) -> None:
+        assert await store.record_callback("nope", delivery(S.ACCEPTED, 0)) is None
+
+    async def test_an_archived_uploads_callback_is_recorded_where_it_now_lives(
+        self, store: UploadStore
+    ) -> None:
+        await settle_some(store)
+        await store.archive_settled(later(), grace_seconds=0)
+        done = delivery(S.FAILED, 1, attempts=1, last_status=200, outcome="delivered", delivered_at=at(1))
+        assert await store.record_callback("req-1", done) is not None
+        record = await store.get("req-1")
+        assert record is not None
+        assert record.callbacks == {S.FAILED: done}

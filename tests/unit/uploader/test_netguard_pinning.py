@@ -18,9 +18,11 @@ import httpcore
 import httpx
 import pytest
 from reelay_common.adapters import netguard
+from reelay_common.adapters.callbacks import HttpCallbackSender, callback_sender
 from reelay_common.adapters.guarded_http import GuardedTransport, guarded_transport
 from reelay_common.adapters.netguard import IPAddress
 from reelay_common.adapters.url_reader import UrlVideoReader
+from reelay_common.domain.callbacks import CallbackAnswer
 from reelay_common.domain.errors import InvalidInputError
 
 VIDEO = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41" + bytes(range(256)) * 64
@@ -162,6 +164,24 @@ class TestPinnedConnections:
         )
         assert [r.split(b"\r\n", 1)[0] for r in server.requests] == [b"HEAD /hop HTTP/1.1"]
         assert internet.dialled == [(str(PUBLIC), server.port)]
+
+    async def test_a_callback_to_a_rebinding_name_reaches_nothing(self, dns: Dns) -> None:
+        async with serving() as server:
+            internet = Internet(server)
+            url = f"https://rebind.example:{server.port}/hook"
+            async with httpx.AsyncClient(transport=GuardedTransport(inner=internet)) as http:
+                answer = await HttpCallbackSender(http, "s3cret").send(url, b"{}", delivery_id="d")
+        assert answer == CallbackAnswer("refused", error="callback_url_not_public")
+        assert dns.asked == ["rebind.example", "rebind.example"]  # checked public, then rebound
+        assert internet.dialled == []
+        assert server.requests == []
+
+    async def test_the_callback_senders_own_client_is_pinned(self, dns: Dns) -> None:
+        # Unpinned, httpx would resolve the name itself (and fail here: a retry, not a refusal).
+        async with callback_sender("s3cret", timeout_seconds=5) as sender:
+            answer = await sender.send("https://rebind.example/hook", b"{}", delivery_id="d")
+        assert answer == CallbackAnswer("refused", error="callback_url_not_public")
+        assert dns.asked == ["rebind.example", "rebind.example"]
 
     async def test_the_guarded_transport_refuses_private_literals_and_names(self) -> None:
         async with serving() as server:

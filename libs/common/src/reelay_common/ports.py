@@ -21,7 +21,7 @@ from reelay_common.domain.messages import (
     UploadMode,
     UploadRequested,
 )
-from reelay_common.domain.records import AccountRecord, Change, OutboxEntry, UploadRecord
+from reelay_common.domain.records import AccountRecord, CallbackDelivery, Change, OutboxEntry, UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import (
     CreatorInfo,
@@ -122,6 +122,11 @@ class UploadStore(Protocol):
         self, request_id: str, sent: Sequence[OutboxEntry], *, next_try_at: datetime
     ) -> UploadRecord | None:
         """Remove exactly the entries `sent`, release the lease; entries left are due at `next_try_at`."""
+        ...
+
+    async def record_callback(self, request_id: str, delivery: CallbackDelivery) -> UploadRecord | None:
+        """Set the callback of `delivery.state` (atomic, in flight or archived) unless that one is
+        finished already (delivered or failed). The record after, or None (unknown, or finished)."""
         ...
 
 

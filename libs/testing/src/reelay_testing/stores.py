@@ -15,6 +15,7 @@ from reelay_common.domain.messages import StateSource, UploadRequested
 from reelay_common.domain.records import (
     AccountRecord,
     AccountStatus,
+    CallbackDelivery,
     Change,
     OutboxEntry,
     UploadRecord,
@@ -222,6 +223,20 @@ class FakeUploadStore:
         left = [e.model_dump() for e in record.outbox if e.id not in sent_ids]
         due = next_try_at if left else None
         return self._put(record, {"outbox": left, "outbox_due_at": due, "outbox_lease_until": None})
+
+    async def record_callback(self, request_id: str, delivery: CallbackDelivery) -> UploadRecord | None:
+        """Set the callback of `delivery.state` unless it is finished; None if unknown or finished."""
+        record = self.records.get(request_id)
+        if record is None:
+            return None
+        current = record.callbacks.get(delivery.state)
+        if current is not None and current.finished:
+            return None
+        callbacks = {
+            **{s: c.model_dump() for s, c in record.callbacks.items()},
+            delivery.state: delivery.model_dump(),
+        }
+        return self._put(record, {"callbacks": callbacks})
 
 
 class FakeAccountStore:

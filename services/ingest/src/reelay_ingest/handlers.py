@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
-from reelay_common.adapters.netguard import ensure_public_url
+from reelay_common.adapters.netguard import ensure_callback_url, ensure_public_url
 from reelay_common.domain.errors import InvalidInputError, RateLimitedError, RetryableError
 from reelay_common.domain.messages import (
     BlobSource,
@@ -122,6 +122,17 @@ async def _creator_info(account_id: str, deps: IngestDeps) -> CreatorInfo | None
         return None
 
 
+async def check_callback_url(url: str | None, deps: IngestDeps) -> None:
+    """Refuse (RequestRejected, code callback_url_*) a callback URL that is not https or whose host
+    is not public (http and private hosts only where private URLs are allowed)."""
+    if url is None:
+        return
+    try:
+        await ensure_callback_url(url, allow_private=deps.policy.allow_private_urls)
+    except InvalidInputError as exc:
+        raise RequestRejected(exc.message, code=exc.code or "callback_url_refused") from exc
+
+
 def _check_account_can_post(account: AccountRecord, mode: UploadMode) -> None:
     if account.status != "connected":
         raise RequestRejected(
@@ -166,6 +177,7 @@ async def accept_upload(
             if settled is None:
                 raise
             return _replay(settled, cmd)
+    await check_callback_url(cmd.callback_url, deps)
     _check_publish_at(cmd, deps)
     record, created = await deps.uploads.create(
         cmd, source="ingest", enqueue=True, outbox_lease_seconds=deps.outbox.lease_seconds

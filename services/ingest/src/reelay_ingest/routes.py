@@ -218,6 +218,7 @@ async def _upload_from_json(request: Request, deps: IngestDeps, idempotency_key:
         source=source,
         post_info=body.post_info,
         publish_at=body.publish_at,
+        callback_url=body.callback_url,
     )
     return await accept_upload(cmd, deps)
 
@@ -279,6 +280,7 @@ async def _upload_from_form(request: Request, deps: IngestDeps, idempotency_key:
             source=stored.blob,
             post_info=form.post_info,
             publish_at=form.publish_at,
+            callback_url=form.callback_url,
         )
         accepted = await accept_upload(cmd, deps, checked=stored.checked)
     except BaseException:

@@ -15,8 +15,16 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from reelay_common.domain.messages import AccountId, BlobSource, PostInfo, RequestId, StateSource, UploadMode
-from reelay_common.domain.records import AccountRecord, UploadRecord
+from reelay_common.domain.messages import (
+    AccountId,
+    BlobSource,
+    CallbackUrl,
+    PostInfo,
+    RequestId,
+    StateSource,
+    UploadMode,
+)
+from reelay_common.domain.records import AccountRecord, CallbackDelivery, CallbackOutcome, UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import TokenGrant
 
@@ -25,6 +33,12 @@ HttpUrl = Annotated[
     Field(min_length=8, max_length=2048, pattern=r"^https?://", examples=["https://cdn.example.com/v.mp4"]),
 ]
 HttpsUrl = Annotated[str, Field(min_length=9, max_length=2048, pattern=r"^https://")]
+
+
+CALLBACK_URL_TEXT = (
+    "https URL to POST every state change of the upload to, signed with Reelay-Signature "
+    "(docs/architecture.md, Callbacks); its host must be public."
+)
 
 
 def _check_mode(mode: UploadMode, post_info: PostInfo | None) -> None:
@@ -72,6 +86,7 @@ class UploadByUrl(BaseModel):
         description="Publish later: a timezone-aware time in the future, within the configured "
         "horizon. The upload is held (state `scheduled`) and sent to TikTok then.",
     )
+    callback_url: CallbackUrl | None = Field(default=None, description=CALLBACK_URL_TEXT)
 
     @model_validator(mode="after")
     def _consistent(self) -> UploadByUrl:
@@ -103,6 +118,7 @@ class UploadForm(UploadTargetFields):
 
     request_id: RequestId | None = None
     publish_at: AwareDatetime | None = None
+    callback_url: CallbackUrl | None = None
 
 
 # The multipart body as OpenAPI shows it; the route parses it as a stream, not through a model.
@@ -123,6 +139,7 @@ UPLOAD_FORM_SCHEMA: dict[str, Any] = {
             "format": "date-time",
             "description": "Publish later (ISO 8601 with a UTC offset); the file is kept until then.",
         },
+        "callback_url": {"type": "string", "description": CALLBACK_URL_TEXT},
         "file": {
             "type": "string",
             "format": "binary",
@@ -160,6 +177,26 @@ class SourceView(BaseModel):
     filename: str | None = None
 
 
+class CallbackView(BaseModel):
+    """The callback of one state change: attempts so far and how they ended (`last_status` is the
+    receiver's HTTP status, `last_error` what went wrong without one, such as a timeout)."""
+
+    state: UploadState
+    outcome: CallbackOutcome
+    attempts: int
+    last_status: int | None = None
+    last_error: str | None = None
+    first_attempt_at: datetime
+    last_attempt_at: datetime
+    delivered_at: datetime | None = None
+    gave_up_at: datetime | None = None
+
+    @classmethod
+    def of(cls, delivery: CallbackDelivery) -> CallbackView:
+        """The view of a recorded callback."""
+        return cls.model_validate(delivery.model_dump())
+
+
 class UploadView(BaseModel):
     """The state of one upload."""
 
@@ -175,6 +212,9 @@ class UploadView(BaseModel):
     video_size: int | None = None
     uploaded_bytes: int = 0
     history: list[HistoryView]
+    callbacks: list[CallbackView] = Field(
+        default_factory=list, description="Deliveries to the callback URL, one per state, in order."
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -201,6 +241,10 @@ class UploadView(BaseModel):
             uploaded_bytes=record.uploaded_bytes,
             history=[
                 HistoryView(state=h.state, at=h.at, source=h.source, detail=h.detail) for h in record.history
+            ],
+            callbacks=[
+                CallbackView.of(c)
+                for c in sorted(record.callbacks.values(), key=lambda c: c.first_attempt_at)
             ],
             created_at=record.created_at,
             updated_at=record.updated_at,

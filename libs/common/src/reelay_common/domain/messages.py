@@ -47,6 +47,11 @@ RequestId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-
 AccountId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
 
 
+# Where the state changes of an upload are POSTed (signed). https, or http only where the deployment
+# allows private URLs (development); its host is checked to be public when given and at each delivery.
+CallbackUrl = Annotated[str, Field(min_length=8, max_length=2048, pattern=r"^https?://[^/?#\s]+")]
+
+
 PrivacyLevel = Literal["PUBLIC_TO_EVERYONE", "MUTUAL_FOLLOW_FRIENDS", "FOLLOWER_OF_CREATOR", "SELF_ONLY"]
 
 
@@ -160,6 +165,9 @@ class UploadRequested(Message):
         None,
         description="When to start the upload (timezone-aware). Until then it is held in state "
         "`scheduled`; a time already past starts it at once.",
+    )
+    callback_url: CallbackUrl | None = Field(
+        None, description="Every state change of the upload is POSTed here, signed (Reelay-Signature)."
     )
 
     @model_validator(mode="after")

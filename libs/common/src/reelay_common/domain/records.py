@@ -97,8 +97,36 @@ class OutboxEntry(BaseModel):
         return cls(id=uuid.uuid4().hex, kind="upload_requested", at=at, due_at=due_at)
 
 
+CallbackOutcome = Literal["pending", "delivered", "failed"]
+
+
+class CallbackDelivery(BaseModel):
+    """The callback of one state of an upload: its attempts so far and how they ended.
+
+    `pending` while it is being tried (a retry is due); `delivered` once the receiver answered 2xx;
+    `failed` when it refused (a 4xx other than 408/429, a redirect, a URL that is not public) or the
+    retries ran out (`gave_up_at`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    state: UploadState
+    outcome: CallbackOutcome = "pending"
+    attempts: int = 0
+    first_attempt_at: datetime
+    last_attempt_at: datetime
+    last_status: int | None = None
+    last_error: str | None = None
+    delivered_at: datetime | None = None
+    gave_up_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether nothing more will be tried (delivered or failed)."""
+        return self.outcome != "pending"
+
+
 # The fields of UploadRequested an upload keeps under the same names (and `requested_at`).
-_KEPT_OF_REQUEST = ("request_id", "account_id", "mode", "source", "post_info", "publish_at")
+_KEPT_OF_REQUEST = ("request_id", "account_id", "mode", "source", "post_info", "publish_at", "callback_url")
 
 
 class UploadRecord(BaseModel):
@@ -113,6 +141,7 @@ class UploadRecord(BaseModel):
     post_info: PostInfo | None = None
     # When to start it (UploadRequested.publish_at): held in `scheduled` until then.
     publish_at: datetime | None = None
+    callback_url: str | None = None
     # When the client asked (UploadRequested.requested_at); absent only from hand-made documents.
     requested_at: Annotated[datetime | None, STORE_MANAGED] = None
     state: Annotated[UploadState, STORE_MANAGED]
@@ -139,6 +168,8 @@ class UploadRecord(BaseModel):
     tracking_started_at: datetime | None = None
     # The W3C trace context tracking started in (traceparent, tracestate): each poll continues it.
     trace_context: dict[str, str] | None = None
+    # The callbacks of its states, by state (UploadStore.record_callback, the callbacks consumer).
+    callbacks: Annotated[dict[UploadState, CallbackDelivery], STORE_MANAGED] = Field(default_factory=dict)
     # Facts learnt after the outcome (status-poller), not states: the user posted an inbox draft
     # (PUBLISH_COMPLETE of an inbox upload); TikTok withdrew the public post.
     user_posted_draft_at: Annotated[datetime | None, LEARNT_LATER] = None

@@ -20,7 +20,7 @@ from reelay_common.domain.messages import (
     StateSource,
     UploadRequested,
 )
-from reelay_common.domain.records import Change, OutboxEntry, UploadRecord, check_settable
+from reelay_common.domain.records import CallbackDelivery, Change, OutboxEntry, UploadRecord, check_settable
 from reelay_common.domain.states import TERMINAL_STATES, UploadState, states_before
 
 Document = dict[str, Any]
@@ -418,3 +418,15 @@ class MongoUploadStore:
                 await self._archive.replace_one({"_id": request_id}, doc)
         # A write since the read bumped rev: the delete misses, and the next sweep copies again.
         return await self._delete_live(request_id, rev=int(doc.get(_REV, 0)))
+
+    async def record_callback(self, request_id: str, delivery: CallbackDelivery) -> UploadRecord | None:
+        """Set `callbacks.<state>` in one guarded update unless that callback is finished already.
+
+        No `updated_at`: a delivery attempt is no change of the upload (and must not hold back its
+        archiving); an archived upload is updated in `uploads`."""
+        key = f"callbacks.{delivery.state.value}"
+        return await self._update(
+            {"_id": request_id, f"{key}.outcome": {"$nin": ["delivered", "failed"]}},
+            {"$set": {key: to_bson(delivery.model_dump())}},
+            what="record a callback",
+        )
