@@ -59,7 +59,10 @@ def finished(n: int, account_id: str) -> dict[str, Any]:
 
 async def fill(db: Any, collection: str, have: int, want: int, account_id: str) -> None:
     for lo in range(have, want, 1000):
-        await db[collection].insert_many([finished(n, account_id) for n in range(lo, min(want, lo + 1000))])
+        docs = [finished(n, account_id) for n in range(lo, min(want, lo + 1000))]
+        await db[collection].insert_many(docs)
+        # Every request_id ever accepted is claimed in `uploads_ids` too (what a real history holds).
+        await db["uploads_ids"].insert_many([{"_id": d["_id"], "at": d["created_at"]} for d in docs])
 
 
 async def connect_account(http: httpx.AsyncClient, sandbox: Any) -> str:

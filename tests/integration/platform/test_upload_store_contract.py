@@ -447,7 +447,7 @@ class TestOutbox:
         self, store: UploadStore
     ) -> None:
         plain, _ = await store.create(cmd(1), source="uploader")
-        queued, _ = await store.create(cmd(2), source="ingest", enqueue=True, outbox_lease_seconds=30)
+        queued, _ = await store.create(cmd(2), source="ingest", enqueue=True, lease_seconds=30)
         assert [(e.kind, e.state, e.source) for e in plain.outbox] == [("status", S.ACCEPTED, "uploader")]
         assert [e.kind for e in queued.outbox] == ["status", "upload_requested"]
         assert plain.outbox_due_at is not None
@@ -503,6 +503,13 @@ class TestOutbox:
         later_claim = await store.claim_due_outbox(at(101), 30)
         assert later_claim is not None
         assert later_claim.request_id == "req-2"
+
+    async def test_counts_the_uploads_that_still_owe_kafka(self, store: UploadStore) -> None:
+        for n in range(1, 4):
+            await store.create(cmd(n), source="ingest")
+        assert await store.count_owing() == 3
+        await sent(store, "req-2")
+        assert await store.count_owing() == 2
 
     async def test_an_upload_that_still_owes_kafka_is_not_archived(self, store: UploadStore) -> None:
         await store.create(cmd(), source="ingest")

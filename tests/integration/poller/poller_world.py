@@ -163,7 +163,7 @@ class World:
             uploads = self.uploads
             # Holding the outbox as the uploader would while sending it (a running poller's relay
             # would otherwise send it), then settling it below as sent.
-            await uploads.create(cmd, source="ingest", outbox_lease_seconds=3600)
+            await uploads.create(cmd, source="ingest", lease_seconds=3600)
             await uploads.transition(
                 request_id,
                 Change(UploadState.UPLOADING, source="uploader", set_fields={"publish_id": init.publish_id}),

@@ -7,6 +7,7 @@ import asyncio
 from datetime import UTC, datetime
 
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import BaseModel
 from reelay_common.domain.errors import RetryableError
 from reelay_common.domain.messages import PublishStatusChanged, UploadRequested
@@ -155,7 +156,7 @@ class TestOutboxRelay:
     async def test_accept_sends_the_announcement_then_the_command(
         self, uploads: FakeUploadStore, publisher: FakePublisher, outbox: OutboxRelay
     ) -> None:
-        record, created = await uploads.create(CMD, source="ingest", enqueue=True, outbox_lease_seconds=30)
+        record, created = await uploads.create(CMD, source="ingest", enqueue=True, lease_seconds=30)
         assert created
         assert await outbox.drain("req-1", leased=record)
         assert [t for t, _, _ in publisher.sent] == [TOPIC, REQUESTED]
@@ -184,11 +185,12 @@ class TestOutboxRelay:
         current = await uploads.get("req-1")
         assert current is not None
         assert (current.outbox, current.outbox_due_at) == ([], None)
+        assert REGISTRY.get_sample_value("reelay_outbox_owing_uploads") == 0  # the depth, as counted
 
     async def test_an_outbox_another_process_is_sending_is_left_to_it(
         self, uploads: FakeUploadStore, publisher: FakePublisher, outbox: OutboxRelay
     ) -> None:
-        await uploads.create(CMD, source="ingest", outbox_lease_seconds=30)  # held by its creator
+        await uploads.create(CMD, source="ingest", lease_seconds=30)  # held by its creator
         assert not await outbox.drain("req-1")
         assert publisher.sent == []
 
@@ -199,7 +201,7 @@ class TestOutboxRelay:
             async def publish(self, topic: str, message: BaseModel, *, key: str) -> None:
                 await asyncio.sleep(3600)
 
-        record, _ = await uploads.create(CMD, source="ingest", enqueue=True, outbox_lease_seconds=30)
+        record, _ = await uploads.create(CMD, source="ingest", enqueue=True, lease_seconds=30)
         hanging = relay_over(uploads, HangingPublisher())
         async with asyncio.timeout(5):
             assert not await hanging.drain("req-1", leased=record, within_seconds=0.05)
@@ -211,7 +213,7 @@ class TestOutboxRelay:
     async def test_a_failed_send_keeps_the_unsent_rest_and_drops_what_was_sent(
         self, uploads: FakeUploadStore, publisher: FakePublisher, outbox: OutboxRelay
     ) -> None:
-        record, _ = await uploads.create(CMD, source="ingest", enqueue=True, outbox_lease_seconds=30)
+        record, _ = await uploads.create(CMD, source="ingest", enqueue=True, lease_seconds=30)
 
         class SecondFails:
             calls = 0

@@ -439,7 +439,7 @@ class TestUploadingAVideo:
     async def test_does_not_reannounce_accepted_when_ingest_did(self) -> None:
         world = make_world()
         cmd = direct()
-        record, _ = await world.uploads.create(cmd, source="ingest", outbox_lease_seconds=30)
+        record, _ = await world.uploads.create(cmd, source="ingest", lease_seconds=30)
         assert await world.deps.outbox.drain(record.request_id, leased=record)  # ingest sent it
         await handle_upload_requested(cmd, world.deps)
         assert [e.state for e in world.status_events()].count(UploadState.ACCEPTED) == 1

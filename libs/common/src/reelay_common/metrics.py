@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from reelay_common.domain.errors import ReelayError
 
@@ -43,6 +43,10 @@ OUTBOX_SENT = Counter(
 OUTBOX_SEND_FAILURES = Counter(
     "reelay_outbox_send_failures_total",
     "Outbox send attempts Kafka did not take in time (the entries wait in Mongo for the relay).",
+)
+OUTBOX_OWING_UPLOADS = Gauge(
+    "reelay_outbox_owing_uploads",
+    "Uploads whose outbox still holds messages for Kafka (the outbox's depth), as the relay last counted.",
 )
 OUTBOX_PENDING_AGE_SECONDS = Histogram(
     "reelay_outbox_entry_age_seconds",

@@ -28,6 +28,7 @@ from reelay_common.domain.states import UploadState
 from reelay_common.domain.timing import sleep_unless_stopped
 from reelay_common.logging import get_logger
 from reelay_common.metrics import (
+    OUTBOX_OWING_UPLOADS,
     OUTBOX_PENDING_AGE_SECONDS,
     OUTBOX_SEND_FAILURES,
     OUTBOX_SENT,
@@ -203,6 +204,7 @@ class OutboxRelay:
                     if record is None:
                         break
                     await self._drain_guarded(record)
+                OUTBOX_OWING_UPLOADS.set(await self._uploads.count_owing())
             except RetryableError as exc:  # Mongo unavailable: try again next round
                 log.warning("outbox_relay_round_failed", error=type(exc).__name__)
             if await sleep_unless_stopped(stop, self._interval):

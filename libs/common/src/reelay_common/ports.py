@@ -50,17 +50,12 @@ class UploadStore(Protocol):
     """
 
     async def create(
-        self,
-        cmd: UploadRequested,
-        *,
-        source: StateSource,
-        enqueue: bool = False,
-        outbox_lease_seconds: float = 0.0,
+        self, cmd: UploadRequested, *, source: StateSource, enqueue: bool = False, lease_seconds: float = 0.0
     ) -> tuple[UploadRecord, bool]:
         """Insert the `accepted` document if the request_id was never seen. Returns (record, created).
 
         Its outbox announces `accepted` and, with `enqueue`, queues the command; with
-        `outbox_lease_seconds` the creator holds the outbox lease (it sends at once).
+        `lease_seconds` the creator holds the outbox lease (it sends at once).
         """
         ...
 
@@ -122,6 +117,10 @@ class UploadStore(Protocol):
         self, request_id: str, sent: Sequence[OutboxEntry], *, next_try_at: datetime
     ) -> UploadRecord | None:
         """Remove exactly the entries `sent`, release the lease; entries left are due at `next_try_at`."""
+        ...
+
+    async def count_owing(self) -> int:
+        """How many uploads still owe Kafka a message (the outbox's depth)."""
         ...
 
     async def record_callback(self, request_id: str, delivery: CallbackDelivery) -> UploadRecord | None:

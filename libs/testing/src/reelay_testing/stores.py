@@ -50,12 +50,7 @@ class FakeUploadStore:
         return stored.model_copy(deep=True)
 
     async def create(
-        self,
-        cmd: UploadRequested,
-        *,
-        source: StateSource,
-        enqueue: bool = False,
-        outbox_lease_seconds: float = 0.0,
+        self, cmd: UploadRequested, *, source: StateSource, enqueue: bool = False, lease_seconds: float = 0.0
     ) -> tuple[UploadRecord, bool]:
         """Keep a new `accepted` upload unless the request_id is known; (record, created)."""
         existing = self.records.get(cmd.request_id)
@@ -63,11 +58,7 @@ class FakeUploadStore:
             return existing.model_copy(deep=True), False
         now = stored_now()
         new = UploadRecord.new(cmd, source=source, now=now, enqueue=enqueue)
-        lease = (
-            {"outbox_lease_until": now + timedelta(seconds=outbox_lease_seconds)}
-            if outbox_lease_seconds
-            else {}
-        )
+        lease = {"outbox_lease_until": now + timedelta(seconds=lease_seconds)} if lease_seconds else {}
         # Every field as a document keeps it (requested_at, the client's, loses its microseconds).
         return self._put(new, {**new.model_dump(by_alias=True), **lease}), True
 
@@ -188,6 +179,10 @@ class FakeUploadStore:
         now = stored_now()
         owing = self._owing(record, record.state, source, now)
         return self._put(record, {"post_ids": [*record.post_ids, *new], "updated_at": now, **owing})
+
+    async def count_owing(self) -> int:
+        """How many uploads still owe Kafka a message."""
+        return sum(1 for r in self.records.values() if r.outbox_due_at is not None)
 
     def _lease_free(self, record: UploadRecord, at: datetime) -> bool:
         return record.outbox_lease_until is None or record.outbox_lease_until < at

@@ -180,7 +180,7 @@ async def accept_upload(
     await check_callback_url(cmd.callback_url, deps)
     _check_publish_at(cmd, deps)
     record, created = await deps.uploads.create(
-        cmd, source="ingest", enqueue=True, outbox_lease_seconds=deps.outbox.lease_seconds
+        cmd, source="ingest", enqueue=True, lease_seconds=deps.outbox.lease_seconds
     )
     if not created:  # a concurrent or earlier call with the same request_id
         return _replay(record, cmd)

@@ -166,7 +166,7 @@ async def handle_upload_requested(cmd: UploadRequested, deps: UploaderDeps) -> N
     record: UploadRecord | None = None
     try:
         record, created = await deps.uploads.create(
-            cmd, source=STATE_SOURCE, outbox_lease_seconds=deps.outbox.lease_seconds
+            cmd, source=STATE_SOURCE, lease_seconds=deps.outbox.lease_seconds
         )
         if created:
             # Upstream producers may skip ingest: then this is the first anyone hears of it.

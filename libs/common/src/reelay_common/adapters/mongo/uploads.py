@@ -98,22 +98,17 @@ class MongoUploadStore:
         self._guard = guard if guard is not None else WriteGuard(db)
 
     async def create(
-        self,
-        cmd: UploadRequested,
-        *,
-        source: StateSource,
-        enqueue: bool = False,
-        outbox_lease_seconds: float = 0.0,
+        self, cmd: UploadRequested, *, source: StateSource, enqueue: bool = False, lease_seconds: float = 0.0
     ) -> tuple[UploadRecord, bool]:
         """Insert the `accepted` document unless the request_id is known; (record, created).
 
         The document carries its outbox (the `accepted` announcement, and with `enqueue` the command),
-        leased for `outbox_lease_seconds` to the caller, who sends it at once (OutboxRelay.drain).
+        leased for `lease_seconds` to the caller, who sends it at once (OutboxRelay.drain).
         """
         now = bson_now()
         doc = new_upload_document(cmd, source=source, now=now, enqueue=enqueue)
-        if outbox_lease_seconds > 0:
-            doc["outbox_lease_until"] = now + timedelta(seconds=outbox_lease_seconds)
+        if lease_seconds > 0:
+            doc["outbox_lease_until"] = now + timedelta(seconds=lease_seconds)
         try:
             with translate_errors("claim a request_id"):
                 await self._ids.insert_one({"_id": cmd.request_id, "at": now})
@@ -333,6 +328,11 @@ class MongoUploadStore:
             what="settle an outbox",
             settled_too=False,
         )
+
+    async def count_owing(self) -> int:
+        """How many uploads in flight still owe Kafka a message (only work in flight can)."""
+        with translate_errors("count owed outboxes"):
+            return await self._live.count_documents({"outbox_due_at": {"$ne": None}})
 
     async def add_post_ids(
         self, request_id: str, post_ids: Sequence[str], *, source: StateSource
