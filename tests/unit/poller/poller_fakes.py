@@ -24,6 +24,7 @@ from reelay_status_poller.handlers import PollerDeps, PollOutcome, PollPolicy, p
 from reelay_testing.clocks import FakeClock
 from reelay_testing.publisher import FakePublisher
 from reelay_testing.stores import FakeUploadStore
+from reelay_testing.webhooks import FakeWebhookLedger
 
 from tests.recording import recording
 
@@ -83,6 +84,7 @@ class PollerWorld:
     tiktok: ScriptedTikTok
     clock: FakeClock
     policy: PollPolicy
+    webhooks: FakeWebhookLedger = field(default_factory=FakeWebhookLedger)
     deps: PollerDeps = field(init=False)
 
     def __post_init__(self) -> None:
@@ -94,6 +96,7 @@ class PollerWorld:
             tiktok=self.tiktok,
             policy=self.policy,
             clock=self.clock,
+            webhooks=self.webhooks,
         )
 
     async def uploaded(

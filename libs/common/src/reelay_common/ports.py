@@ -275,3 +275,26 @@ class TikTokApi(Protocol):
         416/lost responses. Raises UploadUrlExpiredError on 403. `on_progress(confirmed_bytes)`
         runs after each chunk the server accepted."""
         ...
+
+
+class CreatorInfoCache(Protocol):
+    """creator_info per account, kept a short while and shared by every replica: TikTok allows an
+    account 20 creator_info calls a minute, and every direct post is checked against it."""
+
+    async def get_or_fetch(self, account_id: str, fetch: Callable[[], Awaitable[CreatorInfo]]) -> CreatorInfo:
+        """The account's creator_info if one was fetched recently enough, else `fetch()`'s, kept
+        for the next callers. Errors of `fetch` pass through, and nothing is kept then."""
+        ...
+
+
+class WebhookLedger(Protocol):
+    """The TikTok webhooks already applied, by their identity (`webhook_key`): TikTok delivers at
+    least once and retries for up to 72 hours, and Kafka may redeliver too."""
+
+    async def seen(self, key: str) -> bool:
+        """Whether the webhook `key` was applied already."""
+        ...
+
+    async def remember(self, key: str) -> None:
+        """Note the webhook `key` as applied (idempotent)."""
+        ...

@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from reelay_common.domain.messages import MAX_VIDEO_BYTES
-from reelay_common.ports import AccountStore, BlobStore, Outbox, Publisher, Recorder, TikTokApi, UploadStore
+from reelay_common.ports import (
+    AccountStore,
+    BlobStore,
+    CreatorInfoCache,
+    Outbox,
+    Publisher,
+    Recorder,
+    TikTokApi,
+    UploadStore,
+)
 
 
 @dataclass(frozen=True)
@@ -43,3 +52,5 @@ class IngestDeps:
     tiktok: TikTokApi
     topics: Topics
     policy: Policy = field(default_factory=Policy)
+    # creator_info kept a short while across replicas; None asks TikTok on every direct post.
+    creator_infos: CreatorInfoCache | None = None

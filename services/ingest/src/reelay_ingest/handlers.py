@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
 from reelay_common.adapters.netguard import ensure_callback_url, ensure_public_url
-from reelay_common.domain.errors import InvalidInputError, RetryableError
+from reelay_common.domain.errors import InvalidInputError, RateLimitedError, RetryableError
 from reelay_common.domain.messages import (
     BlobSource,
     PostInfo,
@@ -24,7 +24,7 @@ from reelay_common.domain.messages import (
 from reelay_common.domain.records import AccountRecord, Change, UploadRecord
 from reelay_common.domain.rules import PRIVACY_LEVEL_NOT_OFFERED, check_privacy_level
 from reelay_common.domain.states import CANCELLABLE_STATES, UploadState
-from reelay_common.domain.tiktok import TokenGrant
+from reelay_common.domain.tiktok import CreatorInfo, TokenGrant
 from reelay_common.logging import get_logger
 
 from reelay_ingest.deps import IngestDeps
@@ -86,9 +86,9 @@ async def check_upload_target(target: UploadTarget, deps: IngestDeps) -> None:
         except InvalidInputError as exc:
             raise RequestRejected(exc.message, code=exc.code or "url_refused") from exc
     if target.mode == "direct" and target.post_info is not None and policy.check_creator_info:
-        # Errors of the TikTok gateway (auth expired, rate limited, rejected) pass through: the
-        # route maps them. The gateway paces this call per account (20/min).
-        info = await deps.tiktok.creator_info(target.account_id)
+        info = await _creator_info(target.account_id, deps)
+        if info is None:
+            return
         offered = list(info.privacy_level_options)
         try:
             check_privacy_level(target.post_info.privacy_level, offered)
@@ -99,6 +99,27 @@ async def check_upload_target(target: UploadTarget, deps: IngestDeps) -> None:
                 code=PRIVACY_LEVEL_NOT_OFFERED,
                 extra={"privacy_level": target.post_info.privacy_level, "offered": offered},
             ) from exc
+
+
+async def _creator_info(account_id: str, deps: IngestDeps) -> CreatorInfo | None:
+    """The account's creator_info (kept a short while for every replica), or None when TikTok's
+    quota for it is spent: then the privacy level is not checked here, TikTok checks it at init
+    (the uploader's refusal, privacy_level_option_mismatch), and the client is not refused.
+
+    The gateway's other errors (auth expired, rejected, TikTok down) pass through: the route maps them.
+    """
+
+    async def fetch() -> CreatorInfo:
+        # The gateway paces this call per account (20/min) and waits only briefly for a slot.
+        return await deps.tiktok.creator_info(account_id)
+
+    try:
+        if deps.creator_infos is None:
+            return await fetch()
+        return await deps.creator_infos.get_or_fetch(account_id, fetch)
+    except RateLimitedError as exc:
+        log.warning("privacy_level_check_deferred", account_id=account_id, **exc.detail())
+        return None
 
 
 async def check_callback_url(url: str | None, deps: IngestDeps) -> None:

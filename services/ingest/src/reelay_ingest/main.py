@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from reelay_common.adapters.mongo.creator_info import MongoCreatorInfoCache
 from reelay_common.adapters.ops_server import serve_app
 from reelay_common.logging import get_logger
 from reelay_common.runtime import Infrastructure, run_service, supervise
@@ -70,6 +71,9 @@ async def run(
             ),
             topics=topics,
             policy=policy_of(settings),
+            creator_infos=MongoCreatorInfoCache(
+                infra.db, max_age_seconds=settings.creator_info_cache_seconds
+            ),
         )
         app = instrument_app(create_app(settings, deps, ready_checks=infra.ready_checks()))
 

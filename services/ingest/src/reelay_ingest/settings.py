@@ -30,6 +30,9 @@ class IngestSettings(CommonSettings):
     # For direct posts, ask TikTok's creator_info which privacy levels the creator offers and
     # refuse the others up front (TikTok would refuse them at init with privacy_level_option_mismatch).
     check_creator_info: bool = True
+    # How long one creator_info answer serves an account's direct posts, shared by every replica
+    # (TikTok allows 20 creator_info calls a minute per account); 0 asks TikTok every time.
+    creator_info_cache_seconds: float = Field(60.0, ge=0)
     # How long an accept waits for Kafka to take its UploadRequested before answering 202 anyway
     # (the command waits in the upload's outbox and the relay sends it once Kafka is back).
     accept_wait_seconds: float = Field(0.5, gt=0)

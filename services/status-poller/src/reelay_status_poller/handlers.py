@@ -30,7 +30,7 @@ from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import PublishStatus, PublishStatusCode
 from reelay_common.logging import bind_learned, get_logger
 from reelay_common.metrics import STATUS_POLLS_PER_PUBLISH
-from reelay_common.ports import Outbox, Recorder, TikTokApi, UploadStore
+from reelay_common.ports import Outbox, Recorder, TikTokApi, UploadStore, WebhookLedger
 from reelay_common.tracing import trace_carrier
 
 log = get_logger(__name__)
@@ -81,6 +81,7 @@ class PollerDeps:
     tiktok: TikTokApi
     policy: PollPolicy
     clock: Callable[[], datetime]
+    webhooks: WebhookLedger  # the webhooks already applied: a redelivery changes nothing
 
 
 class PollOutcome(enum.StrEnum):
@@ -161,11 +162,27 @@ async def apply_webhook(event: TikTokWebhookReceived, deps: PollerDeps) -> None:
     if event.publish_id is None:
         log.warning("webhook_without_publish_id_skipped")
         return
+    key = webhook_key(event)
+    if await deps.webhooks.seen(key):
+        # TikTok delivers at least once (and Kafka may redeliver): applied already, announced already.
+        log.info("webhook_redelivery_skipped", create_time=event.create_time)
+        return
     record = await deps.uploads.find_by_publish_id(event.publish_id)
     if record is None:
         # Another system may post through the same TikTok app; its publishes are not ours.
         log.info("webhook_for_unknown_publish_skipped")
         return
+    await _apply_webhook_to(record, event, deps)
+    # Noted only once applied: a failure before this point lets the redelivery apply it.
+    await deps.webhooks.remember(key)
+
+
+def webhook_key(event: TikTokWebhookReceived) -> str:
+    """A webhook's identity: a redelivery repeats its publish_id, event and create_time."""
+    return f"{event.publish_id}|{event.event}|{event.create_time}"
+
+
+async def _apply_webhook_to(record: UploadRecord, event: TikTokWebhookReceived, deps: PollerDeps) -> None:
     # Learnt from the upload the webhook names (the event itself carries no request_id).
     learned = {"request_id": record.request_id}
     if event.account_id != record.account_id:

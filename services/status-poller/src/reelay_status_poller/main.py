@@ -10,6 +10,7 @@ from typing import Any
 
 from reelay_common.adapters.callbacks import callback_sender
 from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
+from reelay_common.adapters.mongo.webhooks import MongoWebhookLedger
 from reelay_common.domain.messages import PUBLISH_EVENT_ADAPTER, PublishEvent, PublishStatusChanged, utcnow
 from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.rules import Backoff
@@ -93,6 +94,7 @@ async def run(
             ),
             policy=policy,
             clock=utcnow,
+            webhooks=MongoWebhookLedger(infra.db),
         )
 
         # The consumer loop binds topic/partition/offset and the message's ids to every log line.

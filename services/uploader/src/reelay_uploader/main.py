@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import httpx
+from reelay_common.adapters.guarded_http import guarded_transport
 from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
 from reelay_common.adapters.url_reader import UrlVideoReader
 from reelay_common.domain.messages import BlobSource, DeadLetter, UploadRequested, UrlSource
@@ -64,6 +65,8 @@ async def run(
         ) as infra,
         # Video sources may be slow and far, unlike TikTok's API: a client of their own.
         httpx.AsyncClient(
+            # Connects only to the addresses the SSRF guard checked (no DNS rebinding), every hop.
+            transport=guarded_transport(allow_private=settings.allow_private_urls),
             timeout=httpx.Timeout(settings.download_timeout_seconds, connect=10.0),
             follow_redirects=False,  # UrlVideoReader follows them itself, checking every hop
         ) as source_http,

@@ -1,5 +1,6 @@
 """POSTs one signed callback to a team's URL over httpx and says how it went (never raises for
-the receiver's sake): the URL checked public first, no redirects followed."""
+the receiver's sake): the URL checked public first, the connection pinned to the addresses checked
+(`guarded_http`: no DNS rebinding), no redirects followed."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 
+from reelay_common.adapters.guarded_http import guarded_transport
 from reelay_common.adapters.netguard import ensure_callback_url
 from reelay_common.domain.callbacks import (
     DELIVERY_HEADER,
@@ -52,6 +54,8 @@ class HttpCallbackSender:
         }
         try:
             response = await self._http.post(url, content=body, headers=headers, follow_redirects=False)
+        except InvalidInputError as exc:  # the guarded transport's refusal at connect time
+            return CallbackAnswer("refused", error=f"callback_{exc.code or 'url_not_public'}")
         except httpx.TimeoutException:
             return CallbackAnswer("retry", error="timeout")
         except httpx.TransportError as exc:
@@ -64,5 +68,9 @@ async def callback_sender(
     secret: str, *, timeout_seconds: float, allow_private: bool = False
 ) -> AsyncIterator[HttpCallbackSender]:
     """A sender with its own HTTP client (no redirects, `timeout_seconds` per attempt), closed on exit."""
-    async with httpx.AsyncClient(timeout=timeout_seconds, follow_redirects=False) as http:
+    async with httpx.AsyncClient(
+        transport=guarded_transport(allow_private=allow_private),
+        timeout=timeout_seconds,
+        follow_redirects=False,
+    ) as http:
         yield HttpCallbackSender(http, secret, allow_private=allow_private)

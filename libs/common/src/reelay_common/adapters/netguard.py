@@ -1,18 +1,29 @@
 """Refuses URLs that point into our own network (SSRF): loopback, link-local, private, reserved.
 
 Checked after DNS resolution (a public name can resolve to 127.0.0.1) and again on every redirect
-by whoever follows it. `allow_private=True` exists for local development and tests only."""
+by whoever follows it. `allow_private=True` exists for local development and tests only.
+
+A check alone is not enough: httpx would resolve the name a second time to connect, and a name
+whose answer changes in between (DNS rebinding) would pass the check with a public address and
+connect to 127.0.0.1. `adapters.guarded_http` closes that gap: it connects only to addresses that
+passed `public_addresses`, the very ones it checked."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from reelay_common.domain.errors import InvalidInputError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# host, port -> every address the host resolves to (raises InvalidInputError when it does not).
+Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
+
+URL_NOT_PUBLIC = "url_not_public"
 
 
 def is_public_address(ip: IPAddress) -> bool:
@@ -46,12 +57,23 @@ async def ensure_public_url(url: str, *, allow_private: bool = False) -> None:
     if allow_private:
         return
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    for ip in await resolve(parts.hostname, port):
-        if not is_public_address(ip):
-            raise InvalidInputError(
-                "the video URL points at a loopback, link-local, private or reserved address",
-                code="url_not_public",
-            )
+    await public_addresses(parts.hostname, port)
+
+
+async def public_addresses(host: str, port: int, *, resolver: Resolver | None = None) -> list[IPAddress]:
+    """The addresses of `host` (an IP literal is its own); InvalidInputError unless all are public.
+
+    `resolver` defaults to this module's `resolve`, looked up at each call."""
+    try:
+        addresses = [ipaddress.ip_address(host.strip("[]"))]
+    except ValueError:
+        addresses = await (resolver or resolve)(host, port)
+    if not addresses or not all(is_public_address(ip) for ip in addresses):
+        raise InvalidInputError(
+            "the video URL points at a loopback, link-local, private or reserved address",
+            code=URL_NOT_PUBLIC,
+        )
+    return addresses
 
 
 # What ensure_public_url's refusals say of a callback URL (same checks, the callback's own codes).
@@ -60,7 +82,7 @@ _CALLBACK_REFUSALS = {
     "url_host": "the callback URL has no host",
     "url_credentials": "the callback URL must not carry credentials",
     "url_unresolvable": "the callback URL's host does not resolve",
-    "url_not_public": "the callback URL points at a loopback, link-local, private or reserved address",
+    URL_NOT_PUBLIC: "the callback URL points at a loopback, link-local, private or reserved address",
 }
 
 
@@ -75,7 +97,7 @@ async def ensure_callback_url(url: str, *, allow_private: bool = False) -> None:
         try:
             await ensure_public_url(url, allow_private=allow_private)
         except InvalidInputError as exc:
-            reason = exc.code or "url_not_public"
+            reason = exc.code or URL_NOT_PUBLIC
     if reason is not None:
         raise InvalidInputError(
             _CALLBACK_REFUSALS.get(reason, "the callback URL is refused"), code=f"callback_{reason}"
