@@ -54,6 +54,7 @@ def finished(n: int, account_id: str) -> dict[str, Any]:
     doc = new_upload_document(cmd, source="ingest", now=cmd.requested_at)
     doc["state"] = UploadState.INBOX_DELIVERED.value
     doc["publish_id"] = f"v_inbox_url~v2.{n}"
+    doc["outbox"], doc["outbox_due_at"] = [], None  # a finished upload owes Kafka nothing
     return doc
 
 
