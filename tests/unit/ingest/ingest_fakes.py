@@ -60,6 +60,8 @@ class FakeTikTok:
         self.levels: dict[str, list[PrivacyLevel]] = {}
         self.errors: dict[str, ReelayError] = {}
         self.calls: list[str] = []
+        self.cancels: list[str] = []
+        self.cancel_errors: dict[str, ReelayError] = {}
 
     async def creator_info(self, account_id: str) -> CreatorInfo:
         self.calls.append(account_id)
@@ -74,6 +76,11 @@ class FakeTikTok:
 
     async def fetch_status(self, *args: Any, **kwargs: Any) -> Any:
         raise AssertionError("ingest never fetches status")
+
+    async def cancel_publish(self, account_id: str, publish_id: str) -> None:
+        self.cancels.append(publish_id)
+        if publish_id in self.cancel_errors:
+            raise self.cancel_errors[publish_id]
 
     async def upload_chunks(self, *args: Any, **kwargs: Any) -> None:
         raise AssertionError("ingest never uploads chunks")

@@ -6,6 +6,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from reelay_common.domain.errors import TikTokRejectedError
 from reelay_common.domain.messages import BlobSource
 from reelay_common.domain.records import Change
 from reelay_common.domain.states import UploadState
@@ -156,6 +157,41 @@ class TestCancel:
             "not_cancellable",
             {"request_id": "c-5", "state": "uploading"},
         )
+
+    async def test_a_pull_tiktok_is_downloading_is_cancelled_at_tiktok(self, ingest: IngestApp) -> None:
+        body = url_body(request_id="c-6")
+        body["pull_from_url"] = body.pop("video_url").replace("http://", "https://")
+        assert (await ingest.post_json(body)).status_code == 202
+        for target, fields in ((S.UPLOADING, {"publish_id": "p_pull_1"}), (S.UPLOADED, {})):
+            await ingest.uploads.transition("c-6", Change(target, source="uploader", set_fields=fields))
+
+        resp = await ingest.client.delete("/v1/uploads/c-6", headers=ingest.auth)
+
+        assert resp.status_code == 202, resp.text
+        assert resp.json()["state"] == "uploaded"  # until TikTok's failure webhook (publish_cancelled)
+        assert ingest.tiktok.cancels == ["p_pull_1"]
+
+    async def test_tiktoks_refusal_to_cancel_is_a_409_with_its_code(self, ingest: IngestApp) -> None:
+        body = url_body(request_id="c-7")
+        body["pull_from_url"] = body.pop("video_url").replace("http://", "https://")
+        await ingest.post_json(body)
+        for target, fields in ((S.UPLOADING, {"publish_id": "p_pull_2"}), (S.PROCESSING, {})):
+            await ingest.uploads.transition("c-7", Change(target, source="uploader", set_fields=fields))
+        ingest.tiktok.cancel_errors["p_pull_2"] = TikTokRejectedError(
+            "The publish can no longer be cancelled", code="publish_not_cancellable"
+        )
+
+        status, body_out = await self.cancel(ingest, "c-7")
+
+        assert status == 409
+        error = body_out["error"]
+        assert isinstance(error, dict)
+        assert error["code"] == "not_cancellable"
+        assert error["detail"] == {
+            "request_id": "c-7",
+            "state": "processing",
+            "tiktok_error": "publish_not_cancellable",
+        }
 
     async def test_an_unknown_upload_is_404(self, ingest: IngestApp) -> None:
         status, body = await self.cancel(ingest, "nope")

@@ -1,4 +1,4 @@
-"""Fault injection for the project's own crash tests (docs/architecture.md, promise 9).
+"""Fault injection for the project's own crash tests (docs/architecture.md, promise 1).
 
 `REELAY_CRASH_BEFORE_SEND=<marker file>` makes a process SIGKILL itself right after a Mongo write
 that owes Kafka a message, before that message is sent: the moment a crash could lose an

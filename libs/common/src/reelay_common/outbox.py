@@ -1,7 +1,7 @@
 """The outbox relay: what an upload owes Kafka is written into its document, then sent from there.
 
 Every state change (and ingest's accepted command) is appended to the upload's `outbox` by the same
-single-document update that makes the change (docs/architecture.md, promise 9), so a process that
+single-document update that makes the change (docs/architecture.md, promise 1), so a process that
 dies between its Mongo write and its Kafka publish loses nothing: the entry waits in Mongo. The
 writer sends its entries at once (`drain`); whatever it could not send (Kafka down, the process
 killed) is sent by `run`, the relay loop every service runs, which leases due documents so several

@@ -268,6 +268,11 @@ class TikTokApi(Protocol):
 
     async def fetch_status(self, account_id: str, publish_id: str) -> PublishStatus: ...
 
+    async def cancel_publish(self, account_id: str, publish_id: str) -> None:
+        """Ask TikTok to cancel a PULL_FROM_URL download in progress (best effort: TikTok answers
+        `publish_not_cancellable` when it is too late, raised as TikTokRejectedError)."""
+        ...
+
     async def upload_chunks(
         self, upload: ChunkedUpload, *, on_progress: ProgressCallback | None = None
     ) -> None:

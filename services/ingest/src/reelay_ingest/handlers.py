@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
 from reelay_common.adapters.netguard import ensure_callback_url, ensure_public_url
-from reelay_common.domain.errors import InvalidInputError, RateLimitedError, RetryableError
+from reelay_common.domain.errors import InvalidInputError, PermanentError, RateLimitedError, RetryableError
 from reelay_common.domain.messages import (
     BlobSource,
     PostInfo,
@@ -219,12 +219,21 @@ def _check_publish_at(cmd: UploadRequested, deps: IngestDeps) -> None:
         )
 
 
-async def cancel_upload(request_id: str, deps: IngestDeps) -> UploadRecord:
-    """Cancel an upload TikTok has nothing of yet (scheduled, or queued before its init).
+@dataclass(frozen=True)
+class Cancelling:
+    """What a cancel did: the upload as it is now, and whether TikTok was asked to stop a download
+    (its answer comes as a webhook: the upload then ends `failed` with `publish_cancelled`)."""
 
-    Idempotent: an upload already cancelled is answered as it is. Once TikTok has it (the init
-    made), ConflictError names its state: TikTok's own cancel covers only PULL_FROM_URL downloads in
-    progress, and ends them as failed (`publish_cancelled`), which Reelay then records.
+    record: UploadRecord
+    asked_tiktok: bool
+
+
+async def cancel_upload(request_id: str, deps: IngestDeps) -> Cancelling:
+    """Cancel an upload: ours while TikTok has nothing of it (scheduled, or queued before its init),
+    TikTok's for a PULL_FROM_URL download in progress.
+
+    Idempotent: an upload already cancelled is answered as it is. Otherwise, once TikTok has it,
+    ConflictError names its state (or TikTok's `publish_not_cancellable`).
     """
     record = await deps.uploads.get(request_id)
     if record is None:
@@ -245,15 +254,36 @@ async def cancel_upload(request_id: str, deps: IngestDeps) -> UploadRecord:
             log.info("upload_cancelled", request_id=request_id, was=record.state.value)
             if isinstance(cancelled.source, BlobSource):
                 await deps.blobs.delete(cancelled.source.blob_id)
-            return cancelled
+            return Cancelling(cancelled, asked_tiktok=False)
         record = await deps.uploads.get(request_id) or record  # it moved on meanwhile
     if record.state is UploadState.CANCELLED:
-        return record
+        return Cancelling(record, asked_tiktok=False)
+    if _tiktok_may_cancel(record):
+        assert record.publish_id is not None
+        try:
+            await deps.tiktok.cancel_publish(record.account_id, record.publish_id)
+        except PermanentError as exc:
+            raise ConflictError(
+                f"TikTok refused to cancel upload {request_id!r}: {exc.message}",
+                code="not_cancellable",
+                extra={"request_id": request_id, "state": record.state.value, "tiktok_error": exc.code},
+            ) from exc
+        log.info("upload_cancel_asked", request_id=request_id, publish_id=record.publish_id)
+        return Cancelling(record, asked_tiktok=True)
     raise ConflictError(
         f"upload {request_id!r} is {record.state.value}: TikTok has it already, so it can no longer "
-        "be cancelled here",
+        "be cancelled",
         code="not_cancellable",
         extra={"request_id": request_id, "state": record.state.value},
+    )
+
+
+def _tiktok_may_cancel(record: UploadRecord) -> bool:
+    """TikTok's cancel covers PULL_FROM_URL downloads in progress only (docs/architecture.md, TikTok §2)."""
+    return (
+        isinstance(record.source, PullFromUrlSource)
+        and record.publish_id is not None
+        and record.state in (UploadState.UPLOADED, UploadState.PROCESSING)
     )
 
 

@@ -357,18 +357,27 @@ async def get_upload(
     "/uploads/{request_id}",
     response_model=UploadView,
     tags=["uploads"],
-    summary="Cancel an upload TikTok has nothing of yet",
-    responses=_errors(404, 409, 422),
+    summary="Cancel an upload TikTok has nothing of yet, or a PULL_FROM_URL download in progress",
+    responses={
+        202: {"model": UploadView, "description": "TikTok was asked to cancel its download"},
+        **_errors(404, 409, 422),
+    },
 )
 async def delete_upload(
     context: ContextDep,
+    response: Response,
     request_id: Annotated[str, Path(max_length=128, pattern=ID_PATTERN)],
 ) -> UploadView:
-    """Cancel a scheduled upload, or one still waiting in the queue before its init: it ends
-    `cancelled` (announced like every change, and its stored file deleted). Once TikTok has it,
-    409 `not_cancellable` with its state. Cancelling a cancelled upload answers it again."""
+    """Cancel a scheduled upload, or one still waiting in the queue before its init: 200, it ends
+    `cancelled` (announced like every change, and its stored file deleted). A PULL_FROM_URL upload
+    TikTok is still downloading: 202, TikTok is asked to cancel and the upload ends `failed` with
+    `publish_cancelled` when it confirms. Otherwise 409 `not_cancellable` with its state.
+    Cancelling a cancelled upload answers it again."""
     bind_learned(request_id=request_id)
-    return UploadView.of(await cancel_upload(request_id, context.deps))
+    done = await cancel_upload(request_id, context.deps)
+    if done.asked_tiktok:
+        response.status_code = 202
+    return UploadView.of(done.record)
 
 
 @api.get(

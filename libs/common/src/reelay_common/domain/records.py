@@ -73,7 +73,7 @@ class OutboxEntry(BaseModel):
     when it is sent, so it carries the history entry's detail and the post ids known then).
     `upload_requested`: queue the upload on `reelay.upload.requested` (ingest's accept).
     The relay sends a document's entries in order and removes exactly those it sent
-    (docs/architecture.md, promise 9).
+    (docs/architecture.md, promise 1).
     """
 
     model_config = ConfigDict(extra="ignore")

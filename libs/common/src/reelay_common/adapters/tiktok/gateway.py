@@ -101,6 +101,14 @@ class TikTokGateway:
 
         return await self._call(account_id, "status", fetch)
 
+    async def cancel_publish(self, account_id: str, publish_id: str) -> None:
+        """cancel for one publish. TikTok documents no limit of its own: paced with status/fetch's."""
+
+        async def cancel(token: str) -> None:
+            await self._client.cancel(token, publish_id)
+
+        await self._call(account_id, "status", cancel)
+
     async def upload_chunks(
         self, upload: ChunkedUpload, *, on_progress: ProgressCallback | None = None
     ) -> None:
