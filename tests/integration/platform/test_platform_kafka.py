@@ -25,6 +25,7 @@ from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
 from reelay_common.adapters.kafka.publisher import KafkaPublisher
 from reelay_common.adapters.kafka.topics import ensure_topics
 from reelay_common.domain.errors import (
+    BrokerUnavailableError,
     InvalidInputError,
     PermanentError,
     RateLimitedError,
@@ -228,6 +229,49 @@ class TestRoundTrip:
         assert producer.parent.span_id == span.get_span_context().span_id
         assert consumer.parent is not None
         assert consumer.parent.span_id == producer.context.span_id
+
+    async def test_handlers_of_different_keys_at_once_each_run_in_their_own_records_trace(
+        self, world: LoopWorld
+    ) -> None:
+        # Why the consumer spans are ours (docs/design.md, "Tracing across Kafka"): the records of
+        # one poll are handled later, concurrently, in tasks of their own; each must be inside the
+        # span continued from its own record's traceparent.
+        exporter = in_memory_spans()
+        both_started = asyncio.Barrier(2)
+        current: dict[str, trace.SpanContext] = {}
+
+        async def handle(msg: UploadRequested, ctx: RecordContext) -> None:
+            await asyncio.wait_for(both_started.wait(), timeout=10)  # both in flight together
+            current[msg.request_id] = trace.get_current_span().get_span_context()
+
+        requests: dict[str, trace.SpanContext] = {}
+        for n, account in ((1, "acct-a"), (2, "acct-b")):
+            with trace.get_tracer("test").start_as_current_span(f"request {n}") as span:
+                requests[f"req-{n}"] = span.get_span_context()
+                await world.publisher.publish(world.topic, request(n, account=account), key=account)
+        async with world.running(world.loop(handle)):
+            await eventually(lambda: len(current) == 2, what="both records handled together")
+        spans = {s.context.span_id: s for s in exporter.get_finished_spans()}
+        for request_id, origin in requests.items():
+            process = spans[current[request_id].span_id]
+            assert (process.name, process.kind) == (f"{world.topic} process", trace.SpanKind.CONSUMER)
+            assert process.context.trace_id == origin.trace_id
+            assert process.parent is not None
+            publish = spans[process.parent.span_id]
+            assert (publish.kind, publish.parent) == (trace.SpanKind.PRODUCER, origin)
+        assert requests["req-1"].trace_id != requests["req-2"].trace_id
+
+    async def test_a_publish_kafka_refuses_is_an_error_on_its_producer_span(self, world: LoopWorld) -> None:
+        # The PRODUCER span is around send_and_wait up to the broker's ack, so what fails there is on it.
+        exporter = in_memory_spans()
+        with pytest.raises(BrokerUnavailableError, match="did not acknowledge"):
+            await world.publisher.publish_raw(world.topic, b"x" * 2_000_000, key=b"acct-1")  # > 1 MB
+        [span] = [s for s in exporter.get_finished_spans() if s.name == f"{world.topic} publish"]
+        assert span.kind is trace.SpanKind.PRODUCER
+        assert span.status.status_code is trace.StatusCode.ERROR
+        assert [e.attributes.get("exception.type") for e in span.events if e.attributes] == [
+            "aiokafka.errors.MessageSizeTooLargeError"
+        ]
 
     async def test_exports_the_lag_of_each_partition_it_holds(self, world: LoopWorld) -> None:
         release = asyncio.Event()

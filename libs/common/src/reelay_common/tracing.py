@@ -179,6 +179,12 @@ def _off() -> bool:
 
 
 # -- Kafka -------------------------------------------------------------------------------------
+#
+# Hand-made on purpose, not opentelemetry-instrumentation-aiokafka (docs/design.md, "Tracing across
+# Kafka"): its PRODUCER span ends before the send is awaited (no ack, no failure on it), and its
+# per-record CONSUMER span is zero-length and current only inside getmany, while our loop handles
+# records later in concurrent per-key tasks; `consumer_span` is opened in that task, from the
+# record's own headers, around decode, every attempt and the dead letter.
 
 
 def inject_headers() -> KafkaHeaders:
