@@ -211,16 +211,17 @@ async def _upload_from_json(request: Request, deps: IngestDeps, idempotency_key:
         if body.video_url is not None
         else PullFromUrlSource(url=str(body.pull_from_url))
     )
-    cmd = UploadRequested(
-        request_id=request_id,
-        account_id=body.account_id,
-        mode=body.mode,
-        source=source,
-        post_info=body.post_info,
-        publish_at=body.publish_at,
-        callback_url=body.callback_url,
-    )
-    return await accept_upload(cmd, deps)
+    return await accept_upload(_command(request_id, body, source), deps)
+
+
+# What a JSON body and a form both say of an upload, under the command's own names.
+_REQUEST_FIELDS = frozenset({"account_id", "mode", "post_info", "publish_at", "callback_url"})
+
+
+def _command(request_id: str, request: UploadByUrl | UploadForm, source: VideoSource) -> UploadRequested:
+    """The command a JSON body or a form asks for, with its video's `source`."""
+    said = {name: getattr(request, name) for name in _REQUEST_FIELDS}
+    return UploadRequested(request_id=request_id, source=source, **said)
 
 
 def _form_model(model: type[BaseModel], fields: dict[str, str]) -> Any:
@@ -273,16 +274,7 @@ async def _upload_from_form(request: Request, deps: IngestDeps, idempotency_key:
         if stored.checked is None:  # else account_id was learnt already, from the fields before the file
             learned["account_id"] = form.account_id
         bind_learned(**learned)
-        cmd = UploadRequested(
-            request_id=request_id,
-            account_id=form.account_id,
-            mode=form.mode,
-            source=stored.blob,
-            post_info=form.post_info,
-            publish_at=form.publish_at,
-            callback_url=form.callback_url,
-        )
-        accepted = await accept_upload(cmd, deps, checked=stored.checked)
+        accepted = await accept_upload(_command(request_id, form, stored.blob), deps, checked=stored.checked)
     except BaseException:
         if stored is not None:
             await _discard(stored.blob, deps)
