@@ -4,6 +4,7 @@ until SIGTERM (in-flight requests get INGEST_SHUTDOWN_GRACE_SECONDS, then everyt
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 
 from reelay_common.adapters.mongo.creator_info import MongoCreatorInfoCache
@@ -32,16 +33,8 @@ def topics_of(settings: IngestSettings) -> Topics:
 
 
 def policy_of(settings: IngestSettings) -> Policy:
-    """The decisions `settings` make for the handlers."""
-    return Policy(
-        allow_private_urls=settings.allow_private_urls,
-        check_creator_info=settings.check_creator_info,
-        max_upload_bytes=settings.max_upload_bytes,
-        accept_wait_seconds=settings.accept_wait_seconds,
-        schedule_horizon_seconds=settings.schedule_horizon_seconds,
-        enqueue_timeout_seconds=settings.enqueue_timeout_seconds,
-        webhook_tolerance_seconds=settings.webhook_tolerance_seconds,
-    )
+    """The decisions `settings` make for the handlers (each Policy field is the setting of its name)."""
+    return Policy(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(Policy)})
 
 
 async def run(
