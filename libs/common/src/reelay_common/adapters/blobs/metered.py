@@ -49,11 +49,14 @@ def check_store(source: BlobSource, kind: BlobStoreKind) -> None:
 class MeteredStream:
     """An upload stream that counts and hashes what passes, refusing past the cap before it is stored."""
 
-    def __init__(self, chunks: AsyncIterable[bytes], *, max_bytes: int) -> None:
+    def __init__(self, chunks: AsyncIterable[bytes], *, max_bytes: int, hash_here: bool = True) -> None:
         self._chunks = chunks
         self.limit = min(max_bytes, MAX_VIDEO_BYTES)
         self.size = 0
-        self._sha256 = hashlib.sha256()
+        # hash_here=False: the store feeds `sha256` itself, in the worker thread that writes each
+        # piece (hashlib lets go of the GIL, so the event loop keeps receiving meanwhile).
+        self.sha256 = hashlib.sha256()
+        self._hash_here = hash_here
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for piece in self._chunks:
@@ -64,26 +67,38 @@ class MeteredStream:
                 raise InvalidInputError(
                     f"the video is larger than the limit of {self.limit} bytes", code="too_large"
                 )
-            self._sha256.update(piece)
+            if self._hash_here:
+                self.sha256.update(piece)
             yield piece
 
     def finish(self) -> str:
         """After the stream ended: its sha256 (hex); an empty stream is refused."""
         if self.size == 0:
             raise InvalidInputError("the video is empty", code="empty")
-        return self._sha256.hexdigest()
+        return self.sha256.hexdigest()
 
 
 async def pieces_of(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
-    """Re-cut a stream into pieces of exactly `size` bytes (the last one may be shorter)."""
-    buffer = bytearray()
+    """Re-cut a stream into pieces of exactly `size` bytes (the last one may be shorter).
+
+    Each byte is copied once (one join per piece), not appended, sliced and trimmed.
+    """
+    held: list[bytes] = []
+    held_bytes = 0
     async for piece in chunks:
-        buffer += piece
-        while len(buffer) >= size:
-            yield bytes(buffer[:size])
-            del buffer[:size]
-    if buffer:
-        yield bytes(buffer)
+        held.append(piece)
+        held_bytes += len(piece)
+        if held_bytes < size:
+            continue
+        data = b"".join(held)
+        start = 0
+        while held_bytes - start >= size:
+            yield data[start : start + size]  # the whole of `data` when it is exactly one piece
+            start += size
+        rest = data[start:]
+        held, held_bytes = ([rest] if rest else []), len(rest)
+    if held:
+        yield b"".join(held)
 
 
 class StoredVideo:
