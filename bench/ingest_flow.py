@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 from tiktok_sandbox.media import write_sample_mp4
+from upload_speed import peak_rss_mb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: tests.e2e
 from tests.e2e.flows import connect_account
@@ -38,14 +39,6 @@ from tests.e2e.stack import Stack, running_stack, wait_for_upload_state
 
 MB = 1000 * 1000
 MEASURED = ("ingest", "uploader")
-
-
-def peak_rss_mb(pid: int) -> float:
-    """The process's peak resident set (VmHWM), in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM for pid {pid}")
 
 
 def pid_of(stack: Stack, name: str) -> int:

@@ -12,31 +12,9 @@ TEST_INFRA_DIR="${TEST_INFRA_DIR:-$ROOT/.cache/test-infra}"
 quick=()
 [ -z "${QUICK:-}" ] || [ "${QUICK}" = 0 ] || quick=(--quick)
 
-stop_infra() {
-  local rc=$?
-  "${RUN[@]}" python scripts/stack.py test-infra down --dir "$TEST_INFRA_DIR" || true
-  exit "$rc"
-}
-
-want=()
-[ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ] || want+=(--kafka)
-[ -n "${MONGODB_URI:-}" ] || want+=(--mongo)
-if [ -z "${S3_ENDPOINT_URL:-}" ]; then
-  "$ROOT/scripts/infra/install-seaweedfs.sh"
-  want+=(--s3)
-fi
-if [ "${#want[@]}" -gt 0 ]; then
-  mkdir -p "$(dirname "$TEST_INFRA_DIR")"
-  if command -v flock >/dev/null; then
-    exec 9>"$TEST_INFRA_DIR.lock"
-    flock 9  # a `make test` (or another bench) in this checkout uses the same servers: wait for it
-  fi
-  trap stop_infra EXIT
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
-  exports="$("${RUN[@]}" python scripts/stack.py test-infra up --dir "$TEST_INFRA_DIR" "${want[@]}")"
-  eval "$exports"
-fi
+# shellcheck source=scripts/test_infra.sh
+. "$ROOT/scripts/test_infra.sh"
+start_test_infra
 echo "bench: upload speed (Mongo $MONGODB_URI, S3 $S3_ENDPOINT_URL)" >&2
 timeout 3600 "${RUN[@]}" python bench/upload_speed.py "${quick[@]}"
 echo "bench: a big file through ingest (Kafka $KAFKA_BOOTSTRAP_SERVERS)" >&2

@@ -224,6 +224,17 @@ def serve_source(directory: Path, port_file: Path) -> None:
 # -- child: the uploader --------------------------------------------------------------------------
 
 
+def peak_rss_mb(pid: int | None = None) -> float:
+    """A process's peak RSS (VmHWM; this one's by default), in MiB. Not ru_maxrss: Linux carries
+    that across fork and exec, so a child of a parent that grew (botocore's models) would report
+    the parent's peak."""
+    status = Path(f"/proc/{pid or 'self'}/status")
+    for line in status.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM in {status}")
+
+
 class StaticTokens:
     """ports.TokenProvider with the sandbox user's token (OAuth is not on the path of the bytes)."""
 
@@ -289,12 +300,12 @@ async def run_uploader(cfg: dict[str, Any]) -> dict[str, Any]:
                 "source": cfg["source"],
             }
         )
-        baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        baseline = peak_rss_mb()
         started = time.perf_counter()
         await handle_upload_requested(cmd, deps)
         handler_seconds = time.perf_counter() - started
         record = await store.get(cmd.request_id)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     assert record is not None
     assert record.state is UploadState.UPLOADED, (record.state, record.history[-1].detail)
     at = {h.state: h.at for h in record.history}
@@ -321,78 +332,77 @@ async def file_pieces(path: Path, offset: int, length: int) -> AsyncIterator[byt
             yield piece
 
 
-async def run_bare(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Init a publish (untimed), then PUT every chunk of the file with plain httpx streaming."""
-    path = Path(cfg["path"])
+async def put_all_chunks(
+    cfg: dict[str, Any], body: Callable[[int, int], AsyncIterator[bytes]], http: httpx.AsyncClient
+) -> float:
+    """Init a publish (untimed), then PUT every planned chunk from `body(first, length)` with plain
+    httpx streaming; the seconds from before the first PUT's body is opened to the last answer."""
     size = int(cfg["size"])
-    async with httpx.AsyncClient(timeout=httpx.Timeout(120.0)) as http:
-        client = TikTokClient(
-            http, base_url=cfg["base_url"], client_key=CLIENT_KEY, client_secret=SecretStr(CLIENT_SECRET)
+    client = TikTokClient(
+        http, base_url=cfg["base_url"], client_key=CLIENT_KEY, client_secret=SecretStr(CLIENT_SECRET)
+    )
+    plan = plan_chunks(size)
+    init = await client.init_inbox(cfg["token"], plan)
+    assert init.upload_url is not None
+    started = time.perf_counter()
+    for first, last in chunk_ranges(plan):
+        response = await http.put(
+            init.upload_url,
+            content=body(first, last - first + 1),
+            headers={
+                "Content-Type": "video/mp4",
+                "Content-Length": str(last - first + 1),
+                "Content-Range": f"bytes {first}-{last}/{size}",
+            },
         )
-        plan = plan_chunks(size)
-        init = await client.init_inbox(cfg["token"], plan)
-        assert init.upload_url is not None
-        total = plan.video_size
-        started = time.perf_counter()
-        for first, last in chunk_ranges(plan):
-            response = await http.put(
-                init.upload_url,
-                content=file_pieces(path, first, last - first + 1),
-                headers={
-                    "Content-Type": "video/mp4",
-                    "Content-Length": str(last - first + 1),
-                    "Content-Range": f"bytes {first}-{last}/{total}",
-                },
-            )
-            assert response.status_code in (201, 206), response.status_code
-        seconds = time.perf_counter() - started
-    return {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        assert response.status_code in (201, 206), response.status_code
+    return time.perf_counter() - started
+
+
+def child_result(seconds: float) -> dict[str, Any]:
+    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+async def run_bare(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Every chunk of the file from local disk (the page cache), PUT with plain httpx streaming."""
+    path = Path(cfg["path"])
+    async with httpx.AsyncClient(timeout=httpx.Timeout(120.0)) as http:
+        seconds = await put_all_chunks(cfg, lambda first, length: file_pieces(path, first, length), http)
+    return child_result(seconds)
 
 
 # -- child: the bare pipe (URL sources) -------------------------------------------------------------
 
 
 async def run_pipe(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Init (untimed), then ONE streaming httpx GET of the source piped into the chunk PUTs.
+    """ONE streaming httpx GET of the source, piped into the chunk PUTs (the GET is timed too).
 
     The least any URL upload can cost on this machine: the same two transfers as the uploader
     (source server -> us -> sandbox), with nothing of Reelay in between.
     """
-    size = int(cfg["size"])
     async with httpx.AsyncClient(timeout=httpx.Timeout(120.0)) as http:
-        client = TikTokClient(
-            http, base_url=cfg["base_url"], client_key=CLIENT_KEY, client_secret=SecretStr(CLIENT_SECRET)
-        )
-        plan = plan_chunks(size)
-        init = await client.init_inbox(cfg["token"], plan)
-        assert init.upload_url is not None
-        started = time.perf_counter()
-        async with http.stream("GET", cfg["source"]["url"]) as source:
-            pieces = source.aiter_raw(BARE_PIECE)
-            held = b""
+        source: httpx.Response | None = None
+        pieces: AsyncIterator[bytes] | None = None
+        held = b""
 
-            async def take(length: int) -> AsyncIterator[bytes]:
-                nonlocal held
-                while length:
-                    if not held:
-                        held = await anext(pieces)
-                    piece, held = held[:length], held[length:]
-                    length -= len(piece)
-                    yield piece
+        async def take(first: int, length: int) -> AsyncIterator[bytes]:
+            nonlocal held, source, pieces
+            if pieces is None:  # opened with the first chunk: inside the timed part
+                source = await http.send(http.build_request("GET", cfg["source"]["url"]), stream=True)
+                pieces = source.aiter_raw(BARE_PIECE)
+            while length:
+                if not held:
+                    held = await anext(pieces)
+                piece, held = held[:length], held[length:]
+                length -= len(piece)
+                yield piece
 
-            for first, last in chunk_ranges(plan):
-                response = await http.put(
-                    init.upload_url,
-                    content=take(last - first + 1),
-                    headers={
-                        "Content-Type": "video/mp4",
-                        "Content-Length": str(last - first + 1),
-                        "Content-Range": f"bytes {first}-{last}/{size}",
-                    },
-                )
-                assert response.status_code in (201, 206), response.status_code
-        seconds = time.perf_counter() - started
-    return {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        try:
+            seconds = await put_all_chunks(cfg, take, http)
+        finally:
+            if source is not None:
+                await source.aclose()
+    return child_result(seconds)
 
 
 CHILDREN = {"uploader": run_uploader, "bare": run_bare, "pipe": run_pipe}

@@ -20,23 +20,23 @@ import errno
 import os
 import secrets
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from reelay_common.adapters.blobs.metered import (
     MeteredStream,
-    StoredVideo,
     check_content_type,
     check_store,
+    check_stored_size,
     checked_blob_id,
     new_blob_id,
     pieces_of,
 )
-from reelay_common.domain.errors import InvalidInputError, RetryableError, StorageFullError
+from reelay_common.domain.errors import RetryableError, StorageFullError
 from reelay_common.domain.messages import BlobSource
 from reelay_common.logging import get_logger
-from reelay_common.ports import BlobInfo, check_read_range
+from reelay_common.ports import BlobInfo, SizedVideo
 
 log = get_logger("reelay_common.adapters.blobs.local")
 
@@ -56,7 +56,7 @@ def _translate_os_errors(what: str) -> Iterator[None]:
         raise RetryableError(f"could not {what}: {exc.strerror or exc}", code="disk_error") from exc
 
 
-class LocalVideoReader(StoredVideo):
+class LocalVideoReader(SizedVideo):
     """A stored file read as a VideoReader: any offset, 1 MiB pieces.
 
     A piece the page cache holds (the usual case: the file was just written) is copied out on the
@@ -72,11 +72,8 @@ class LocalVideoReader(StoredVideo):
         self._path = path
         self._piece_bytes = piece_bytes
 
-    async def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
-        """Yield exactly `length` bytes from `offset`, at most one piece at a time."""
-        check_read_range(offset, length, self._size)
-        if length == 0:
-            return
+    async def _pieces(self, offset: int, length: int) -> AsyncGenerator[bytes, None]:
+        """Exactly `length` bytes from `offset`, at most one piece at a time."""
         with _translate_os_errors("open a stored video"):
             fd = await asyncio.to_thread(os.open, self._path, os.O_RDONLY)
         try:
@@ -218,16 +215,10 @@ class LocalBlobStore:
         """A reader of the stored file (checks it exists and has the recorded size)."""
         check_store(source, self.kind)
         info = await self.stat(source.blob_id)
-        if info is None:
-            raise InvalidInputError(f"blob {source.blob_id} does not exist", code="blob_not_found")
-        if info.size != source.size:
-            raise InvalidInputError(
-                f"blob {source.blob_id} has {info.size} bytes, the request said {source.size}",
-                code="blob_size_mismatch",
-            )
+        size = check_stored_size(source, None if info is None else info.size)
         return LocalVideoReader(
             self._path(source.blob_id),
-            size=info.size,
+            size=size,
             content_type=source.content_type,
             piece_bytes=self._piece_bytes,
         )

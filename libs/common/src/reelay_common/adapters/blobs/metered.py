@@ -1,5 +1,5 @@
 """What every blob store shares: the checks while a file streams in (media type, size cap, sha256)
-and what a reader of a stored blob knows up front (its size and media type)."""
+and the checks of a stored blob before it is read (it exists, with the size the request said)."""
 
 from __future__ import annotations
 
@@ -101,20 +101,14 @@ async def pieces_of(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[by
         yield b"".join(held)
 
 
-class StoredVideo:
-    """The part of ports.VideoReader every stored-blob reader shares: size and media type, known
-    from the BlobSource before the first byte is read. Each store adds its own `stream`."""
-
-    def __init__(self, *, size: int, content_type: str) -> None:
-        self._size = size
-        self._content_type = content_type
-
-    @property
-    def size(self) -> int:
-        """Bytes in the stored video."""
-        return self._size
-
-    @property
-    def content_type(self) -> str:
-        """The media type recorded in the BlobSource."""
-        return self._content_type
+def check_stored_size(source: BlobSource, stored_size: int | None) -> int:
+    """The stored blob's size, once it is known to exist (`stored_size` not None) and to have the
+    size the request said: else InvalidInputError "blob_not_found" or "blob_size_mismatch"."""
+    if stored_size is None:
+        raise InvalidInputError(f"blob {source.blob_id} does not exist", code="blob_not_found")
+    if stored_size != source.size:
+        raise InvalidInputError(
+            f"blob {source.blob_id} has {stored_size} bytes, the request said {source.size}",
+            code="blob_size_mismatch",
+        )
+    return stored_size

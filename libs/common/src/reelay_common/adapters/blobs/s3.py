@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, Iterator
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Literal
 
@@ -28,17 +28,17 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from reelay_common.adapters.blobs.metered import (
     MeteredStream,
-    StoredVideo,
     check_content_type,
     check_store,
+    check_stored_size,
     checked_blob_id,
     new_blob_id,
     pieces_of,
 )
-from reelay_common.domain.errors import InvalidInputError, RetryableError
+from reelay_common.domain.errors import RetryableError
 from reelay_common.domain.messages import BlobSource
 from reelay_common.logging import get_logger
-from reelay_common.ports import BlobInfo, check_read_range
+from reelay_common.ports import BlobInfo, SizedVideo
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -101,7 +101,7 @@ async def connect_s3(
     return client
 
 
-class S3VideoReader(StoredVideo):
+class S3VideoReader(SizedVideo):
     """An S3 object read as a VideoReader: each stream() is one ranged GET, streamed."""
 
     def __init__(self, client: S3Client, *, bucket: str, key: str, size: int, content_type: str) -> None:
@@ -110,11 +110,8 @@ class S3VideoReader(StoredVideo):
         self._bucket = bucket
         self._key = key
 
-    async def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
-        """Yield exactly `length` bytes from `offset`, at most 1 MiB at a time."""
-        check_read_range(offset, length, self._size)
-        if length == 0:
-            return
+    async def _pieces(self, offset: int, length: int) -> AsyncGenerator[bytes, None]:
+        """Exactly `length` bytes from `offset`, at most 1 MiB at a time."""
         remaining = length
         with _translate_errors("read a stored video"):
             response = await self._client.get_object(
@@ -240,18 +237,12 @@ class S3BlobStore:
         """A reader of the stored object (checks it exists and has the recorded size)."""
         check_store(source, self.kind)
         info = await self.stat(source.blob_id)
-        if info is None:
-            raise InvalidInputError(f"blob {source.blob_id} does not exist", code="blob_not_found")
-        if info.size != source.size:
-            raise InvalidInputError(
-                f"blob {source.blob_id} has {info.size} bytes, the request said {source.size}",
-                code="blob_size_mismatch",
-            )
+        size = check_stored_size(source, None if info is None else info.size)
         return S3VideoReader(
             self._client,
             bucket=self._bucket,
             key=self.key(source.blob_id),
-            size=info.size,
+            size=size,
             content_type=source.content_type,
         )
 
