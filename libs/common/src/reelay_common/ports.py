@@ -184,6 +184,10 @@ class SizedVideo:
         """The reader's own reading of a checked, non-empty range."""
         raise NotImplementedError
 
+    async def aclose(self) -> None:
+        """Release what the reader keeps open between streams (nothing, unless a reader says so)."""
+        return None
+
 
 class VideoReader(Protocol):
     """A video's bytes, readable as a stream from any offset (to resume after a failure)."""

@@ -13,7 +13,7 @@ from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
 from reelay_common.adapters.url_reader import UrlVideoReader
 from reelay_common.domain.messages import BlobSource, DeadLetter, UploadRequested, UrlSource
 from reelay_common.logging import get_logger
-from reelay_common.ports import BlobStore, VideoReader
+from reelay_common.ports import BlobStore, SizedVideo, VideoReader
 from reelay_common.runtime import Infrastructure, ops_server, run_service, supervise
 
 from reelay_uploader.handlers import ReaderFactory, UploaderDeps, handle_dead_letter, handle_upload_requested
@@ -30,7 +30,12 @@ def reader_factory(http: httpx.AsyncClient, blobs: BlobStore, settings: Uploader
     @asynccontextmanager
     async def open_reader(source: UrlSource | BlobSource) -> AsyncIterator[VideoReader]:
         if isinstance(source, BlobSource):
-            yield await blobs.open(source)
+            stored = await blobs.open(source)
+            try:
+                yield stored
+            finally:
+                if isinstance(stored, SizedVideo):  # the S3 reader keeps its GET open across chunks
+                    await stored.aclose()
             return
         reader = await UrlVideoReader.open(
             http,

@@ -4,8 +4,8 @@ A file streaming in is cut into parts of `part_bytes` (8 MiB by default) and sen
 upload, up to two parts at once while the next is read, so memory holds a few parts (about
 4 x 8 MiB per upload), never the file; a file smaller than one part is a single PUT.
 Any failure (the source raising, the size cap, cancellation) aborts the multipart upload, so S3
-keeps no parts. Reads are ranged GETs streamed in 1 MiB pieces. Objects live under
-`<prefix><blob id>`, the id generated here.
+keeps no parts. A read is one ranged GET kept open across chunks, streamed in 1 MiB pieces.
+Objects live under `<prefix><blob id>`, the id generated here.
 
 Why aiobotocore: it is botocore (the AWS SDK's own request signing, retries, credential chain:
 AWS_* variables, shared config, web identity in Kubernetes, instance roles) on asyncio, kept in
@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterable, Iterator
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 from aiobotocore.config import AioConfig
@@ -102,29 +102,53 @@ async def connect_s3(
 
 
 class S3VideoReader(SizedVideo):
-    """An S3 object read as a VideoReader: each stream() is one ranged GET, streamed."""
+    """An S3 object read as a VideoReader, with ONE ranged GET kept open across chunks.
+
+    A stream() that starts where the previous one stopped reads on from the same response, so a
+    chunk costs no request and no wait for its first byte (a GET per 10 MB chunk did); any other
+    offset (a resumed upload, a retried chunk) drops it and opens a GET from there to the end.
+    The GET is closed once read to the end or when a read breaks off; one left at a chunk boundary
+    by an upload that stopped there is released with the reader.
+    """
 
     def __init__(self, client: S3Client, *, bucket: str, key: str, size: int, content_type: str) -> None:
         super().__init__(size=size, content_type=content_type)
         self._client = client
         self._bucket = bucket
         self._key = key
+        self._body: Any = None  # the open GET's StreamingBody
+        self._position = 0  # the next byte it hands out
 
     async def _pieces(self, offset: int, length: int) -> AsyncGenerator[bytes, None]:
         """Exactly `length` bytes from `offset`, at most 1 MiB at a time."""
+        if self._body is None or self._position != offset:
+            await self.aclose()
+            with _translate_errors("read a stored video"):
+                response = await self._client.get_object(
+                    Bucket=self._bucket, Key=self._key, Range=f"bytes={offset}-{self._size - 1}"
+                )
+            self._body, self._position = response["Body"], offset
         remaining = length
-        with _translate_errors("read a stored video"):
-            response = await self._client.get_object(
-                Bucket=self._bucket, Key=self._key, Range=f"bytes={offset}-{offset + length - 1}"
-            )
-        async with response["Body"] as body:
+        try:
             while remaining > 0:
                 with _translate_errors("read a stored video"):
-                    piece = await body.read(min(S3_READ_PIECE_BYTES, remaining))
+                    piece = await self._body.read(min(S3_READ_PIECE_BYTES, remaining))
                 if not piece:
                     raise RetryableError(f"S3 object {self._key} ended {remaining} bytes early")
                 remaining -= len(piece)
+                self._position += len(piece)
                 yield piece
+        except BaseException:
+            await self.aclose()  # a read that did not finish leaves the body at an unknown place
+            raise
+        if self._position >= self._size:
+            await self.aclose()  # read to the end: the connection goes back to the pool
+
+    async def aclose(self) -> None:
+        """Close the open GET, if any (the next stream() opens a new one)."""
+        body, self._body = self._body, None
+        if body is not None:
+            await body.aclose()
 
 
 class S3BlobStore:
