@@ -64,7 +64,7 @@ from reelay_common.domain.chunks import chunk_ranges, plan_chunks
 from reelay_common.domain.messages import BlobSource, UploadRequested, UrlSource
 from reelay_common.domain.states import UploadState
 from reelay_common.logging import configure_logging
-from reelay_common.ports import SizedVideo, VideoReader
+from reelay_common.ports import VideoReader
 from reelay_common.recorder import StateRecorder
 from reelay_testing.publisher import FakePublisher
 from reelay_uploader.handlers import UploaderDeps, handle_upload_requested
@@ -276,8 +276,9 @@ async def run_uploader(cfg: dict[str, Any]) -> dict[str, Any]:
                 try:
                     yield stored
                 finally:
-                    if isinstance(stored, SizedVideo):  # as main.reader_factory does
-                        await stored.aclose()
+                    close = getattr(stored, "aclose", None)  # as main.reader_factory does
+                    if close is not None:
+                        await close()
                 return
             async with await UrlVideoReader.open(source_http, source.url, allow_private=True) as reader:
                 yield reader
