@@ -2,9 +2,11 @@
 #
 #   make up       install what is missing, start Kafka, FerretDB, the TikTok sandbox and the three
 #                 services in the background (.run/<name>.pid, .run/<name>.log), wait until healthy,
-#                 then upload a sample video and follow it to `published`
-#   make down     stop what `make up` started
-#   make status   what runs, and whether it is healthy
+#                 then upload a sample video and follow it to `published`. With KAFKA_BOOTSTRAP_SERVERS
+#                 / MONGODB_URI (/ S3_ENDPOINT_URL for REELAY_BLOB_STORE=s3) set, it uses those servers
+#                 and neither installs nor starts its own
+#   make down     stop what `make up` started (never a server named by those variables)
+#   make status   what runs, and whether it is healthy; which servers are external
 #   make bench    the benchmarks of bench/ (upload speed at 10 MB, 200 MB, 1 GB per source kind;
 #                 a 2 GB file through ingest); QUICK=1 for 10 MB and 200 MB. Stops by itself.
 #   make test     lint (ruff, import contracts, deptry), type check, each package synced and imported
@@ -59,7 +61,11 @@ ferretdb: ## build FerretDB from the Go module proxy into .cache/ferretdb
 seaweedfs: ## build SeaweedFS (the S3 server of `make test`) from the Go module proxy into .cache/seaweedfs
 	@$(ROOT)/scripts/infra/install-seaweedfs.sh
 
-up: install ## start the whole stack in the background and run the demo
+# Only what this stack will run is installed: no Kafka, FerretDB or SeaweedFS where the environment
+# names a server to use instead (KAFKA_BOOTSTRAP_SERVERS, MONGODB_URI, S3_ENDPOINT_URL).
+up: venv ## start what is missing of the stack in the background and run the demo
+	@if [ -z "$${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then $(ROOT)/scripts/infra/install-kafka.sh; fi
+	@if [ -z "$${MONGODB_URI:-}" ]; then $(ROOT)/scripts/infra/install-ferretdb.sh; fi
 	@if [ "$${REELAY_BLOB_STORE:-local}" = s3 ] && [ -z "$${S3_ENDPOINT_URL:-}" ]; then \
 	  $(ROOT)/scripts/infra/install-seaweedfs.sh; fi
 	@$(RUN) python $(ROOT)/scripts/stack.py up

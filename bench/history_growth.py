@@ -31,6 +31,7 @@ import httpx
 from pymongo import AsyncMongoClient
 from reelay_common.adapters.mongo.uploads import MongoUploadStore, new_upload_document
 from reelay_common.domain.messages import UploadRequested
+from reelay_common.domain.records import Change
 from reelay_common.domain.states import UploadState
 from reelay_ingest.main import run
 from reelay_ingest.settings import IngestSettings
@@ -58,7 +59,10 @@ def finished(n: int, account_id: str) -> dict[str, Any]:
 
 async def fill(db: Any, collection: str, have: int, want: int, account_id: str) -> None:
     for lo in range(have, want, 1000):
-        await db[collection].insert_many([finished(n, account_id) for n in range(lo, min(want, lo + 1000))])
+        docs = [finished(n, account_id) for n in range(lo, min(want, lo + 1000))]
+        await db[collection].insert_many(docs)
+        # Every request_id ever accepted is claimed in `uploads_ids` too (what a real history holds).
+        await db["uploads_ids"].insert_many([{"_id": d["_id"], "at": d["created_at"]} for d in docs])
 
 
 async def connect_account(http: httpx.AsyncClient, sandbox: Any) -> str:
@@ -137,7 +141,7 @@ async def measure_layout(
                     transitions = []
                     for rid in ids[:moves]:
                         t0 = time.perf_counter()
-                        moved = await store.transition(rid, UploadState.UPLOADING, source="uploader")
+                        moved = await store.transition(rid, Change(UploadState.UPLOADING, source="uploader"))
                         transitions.append(time.perf_counter() - t0)
                         assert moved is not None
                     # What this round accepted is work in flight; clear it so each round starts alike.

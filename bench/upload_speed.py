@@ -64,6 +64,7 @@ from reelay_common.domain.chunks import chunk_ranges, plan_chunks
 from reelay_common.domain.messages import BlobSource, UploadRequested, UrlSource
 from reelay_common.domain.states import UploadState
 from reelay_common.logging import configure_logging
+from reelay_common.outbox import OutboxRelay
 from reelay_common.ports import VideoReader
 from reelay_common.recorder import StateRecorder
 from reelay_testing.publisher import FakePublisher
@@ -290,9 +291,13 @@ async def run_uploader(cfg: dict[str, Any]) -> dict[str, Any]:
             client_secret=SecretStr(CLIENT_SECRET),
         )
         gateway = TikTokGateway(client, StaticTokens(cfg["token"]), MongoRateLimiter(db))
+        outbox = OutboxRelay(
+            store, publisher, requested_topic="bench.upload.requested", status_topic="bench.publish.status"
+        )
         deps = UploaderDeps(
             uploads=store,
-            recorder=StateRecorder(store, publisher, status_topic="bench.publish.status"),
+            recorder=StateRecorder(store, outbox),
+            outbox=outbox,
             publisher=publisher,
             tiktok=gateway,
             open_reader=open_reader,

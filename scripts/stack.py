@@ -1,8 +1,10 @@
 """The local stack's command line: `make up` / `down` / `status` / `demo`, and `make test`'s infra.
 
     python scripts/stack.py up [--no-demo]     start what is not running, wait until healthy, demo
+                                               (KAFKA_BOOTSTRAP_SERVERS, MONGODB_URI, S3_ENDPOINT_URL:
+                                               use those servers, start no Kafka/FerretDB/SeaweedFS)
     python scripts/stack.py down               stop what `up` started (SIGTERM, then SIGKILL)
-    python scripts/stack.py status             one line per process
+    python scripts/stack.py status             one line per process and per external server
     python scripts/stack.py demo               upload a sample video and follow it to `published`
     python scripts/stack.py test-infra up --dir D [--kafka] [--mongo] [--s3]
     python scripts/stack.py test-infra down --dir D
@@ -24,8 +26,11 @@ from reelay_dev.orchestrate import (
     all_stages,
     bring_down,
     bring_up,
+    check_externals,
     env_flag,
     exports_for_tests,
+    externals_file,
+    record_externals,
     say_stderr,
     status_lines,
     summary_block,
@@ -49,19 +54,23 @@ async def _demo(cfg: c.StackConfig) -> str | None:
     except ValueError as exc:
         raise StackError(f"DEMO_TIMEOUT_SECONDS / DEMO_VIDEO_BYTES must be numbers: {exc}") from exc
     try:
-        result = await run_demo(cfg, os.environ, say_stderr, video_size=size, wait_seconds=timeout)
+        return await run_demo(cfg, os.environ, say_stderr, video_size=size, wait_seconds=timeout)
     except DemoError as exc:
         raise StackError(f"demo failed: {exc}") from exc
-    return result.account_id if result is not None else None
 
 
 async def cmd_up(args: argparse.Namespace) -> int:
     cfg = _config()
     table = SystemProcessTable()
-    target = cfg.tiktok_api_base_url
-    say_stderr(f"up: Kafka {cfg.kafka_bootstrap_servers}, FerretDB {cfg.mongodb_uri}, TikTok API {target}")
+    found = c.externals(cfg)
+    kafka, mongo = cfg.kafka_bootstrap_servers, c.redact(cfg.mongodb_uri)
+    kafka += " (external)" if not cfg.runs_kafka else ""
+    mongo += " (external)" if not cfg.runs_ferretdb else ""
+    say_stderr(f"up: Kafka {kafka}, Mongo {mongo}, TikTok API {cfg.tiktok_api_base_url}")
     blobs = cfg.s3_endpoint_url if cfg.blob_store == "s3" else cfg.data_dir / "blobs"
     say_stderr(f"up: blob store {cfg.blob_store} ({'MongoDB' if cfg.blob_store == 'gridfs' else blobs})")
+    await check_externals(found, say_stderr)
+    record_externals(cfg, found)
     await bring_up(cfg, c.stack_stages(cfg), table, say_stderr)
     account_id = None
     if not args.no_demo and env_flag(os.environ, "DEMO", True):
@@ -81,6 +90,8 @@ async def cmd_down(_: argparse.Namespace) -> int:
     cfg = _config()
     say_stderr("down: stopping the stack")
     ok = bring_down(cfg, all_stages(cfg), SystemProcessTable(), say_stderr)
+    if ok:
+        externals_file(cfg).unlink(missing_ok=True)  # external servers are left alone, and forgotten
     return 0 if ok else 1
 
 

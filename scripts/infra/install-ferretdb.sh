@@ -8,16 +8,12 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 FERRETDB_VERSION="${FERRETDB_VERSION:-v1.24.2}"
-DEST="$ROOT/.cache/ferretdb/$FERRETDB_VERSION"
-BIN="$DEST/bin/ferretdb"
-[ -x "$BIN" ] && exit 0
-mkdir -p "$DEST/module" "$DEST/bin"
-cd "$DEST/module"
-[ -f go.mod ] || go mod init local/ferretdb-tool >/dev/null 2>&1
+# shellcheck source=scripts/infra/go-tool.sh
+. "$ROOT/scripts/infra/go-tool.sh"
+go_tool_module ferretdb "$FERRETDB_VERSION" ferretdb local/ferretdb-tool
 echo "install-ferretdb: building FerretDB $FERRETDB_VERSION (the first build takes a few minutes)" >&2
 go get -tool "github.com/FerretDB/FerretDB/cmd/ferretdb@$FERRETDB_VERSION"
 go mod vendor
 echo "$FERRETDB_VERSION" > vendor/github.com/FerretDB/FerretDB/build/version/version.txt
 go build -mod=vendor -o "$BIN.tmp" github.com/FerretDB/FerretDB/cmd/ferretdb
-"$BIN.tmp" --version >/dev/null
-mv "$BIN.tmp" "$BIN"
+go_tool_install --version

@@ -7,15 +7,11 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 SEAWEEDFS_VERSION="${SEAWEEDFS_VERSION:-v0.0.0-20261109003541-7506e5f91cd6}"
-DEST="$ROOT/.cache/seaweedfs/$SEAWEEDFS_VERSION"
-BIN="$DEST/bin/weed"
-[ -x "$BIN" ] && exit 0
-mkdir -p "$DEST/module" "$DEST/bin"
-cd "$DEST/module"
-[ -f go.mod ] || go mod init local/weedtool >/dev/null 2>&1
+# shellcheck source=scripts/infra/go-tool.sh
+. "$ROOT/scripts/infra/go-tool.sh"
+go_tool_module seaweedfs "$SEAWEEDFS_VERSION" weed local/weedtool
 echo "install-seaweedfs: building SeaweedFS $SEAWEEDFS_VERSION (the first build takes several minutes)" >&2
 go mod edit -replace github.com/tyler-smith/go-bip39=github.com/cosmos/go-bip39@v1.0.0
 go get -tool "github.com/seaweedfs/seaweedfs/weed@$SEAWEEDFS_VERSION"
 go build -o "$BIN.tmp" github.com/seaweedfs/seaweedfs/weed
-"$BIN.tmp" version >/dev/null
-mv "$BIN.tmp" "$BIN"
+go_tool_install version

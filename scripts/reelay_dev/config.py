@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict, cast
 
 DEV_API_KEY = "dev-api-key"
 DEV_CLIENT_KEY = "dev-client-key"
@@ -46,13 +46,14 @@ class ConfigError(ValueError):
     """The environment asks for something the stack cannot do (bad port, clashing ports, ...)."""
 
 
-HealthKind = Literal["kafka", "mongo", "http", "s3"]
+HealthKind = Literal["kafka", "mongo", "http", "s3", "tcp"]
 
 
 @dataclass(frozen=True)
 class Health:
-    """How to tell the process is ready: a Kafka metadata call, a Mongo ping, an HTTP 200, or an S3
-    endpoint that lets the dev identity create the bucket and write to it."""
+    """How to tell the process is ready: a Kafka metadata call, a Mongo ping, an HTTP 200, an S3
+    endpoint that lets the dev identity create the bucket and write to it, or (for a server the
+    stack does not run, whose keys it does not hold) a port that accepts connections."""
 
     kind: HealthKind
     target: str
@@ -101,6 +102,66 @@ def parse_base_url(env: Mapping[str, str], name: str) -> str | None:
     return raw.rstrip("/")
 
 
+class Tooling(TypedDict):
+    """What both stacks read alike from the environment: versions, the JVM, Kafka's heap."""
+
+    kafka_version: str
+    kafka_heap: tuple[str, ...]
+    ferretdb_version: str
+    seaweedfs_version: str
+    java: str
+
+
+def tooling_from(env: Mapping[str, str]) -> Tooling:
+    """KAFKA_VERSION, KAFKA_HEAP_OPTS, FERRETDB_VERSION, SEAWEEDFS_VERSION and JAVA, or their defaults."""
+    return Tooling(
+        kafka_version=env.get("KAFKA_VERSION") or "4.1.1",
+        kafka_heap=tuple((env.get("KAFKA_HEAP_OPTS") or "-Xms256m -Xmx512m").split()),
+        ferretdb_version=env.get("FERRETDB_VERSION") or "v1.24.2",
+        seaweedfs_version=env.get("SEAWEEDFS_VERSION") or SEAWEEDFS_VERSION,
+        java=env.get("JAVA") or "java",
+    )
+
+
+class InfraPorts(TypedDict):
+    """The ports of Kafka, FerretDB and SeaweedFS."""
+
+    kafka_port: int
+    kafka_controller_port: int
+    ferretdb_port: int
+    s3_port: int
+    seaweedfs_master_port: int
+    seaweedfs_volume_port: int
+    seaweedfs_filer_port: int
+
+
+# Each infrastructure port: (`make up`'s variable, its default, `make test`'s variable, its default).
+INFRA_PORT_VARS: dict[str, tuple[str, int, str, int]] = {
+    "kafka_port": ("KAFKA_PORT", 9092, "TEST_KAFKA_PORT", 29092),
+    "kafka_controller_port": ("KAFKA_CONTROLLER_PORT", 9093, "TEST_KAFKA_CONTROLLER_PORT", 29093),
+    "ferretdb_port": ("FERRETDB_PORT", 27017, "TEST_FERRETDB_PORT", 27217),
+    "s3_port": ("SEAWEEDFS_S3_PORT", 8333, "TEST_S3_PORT", 28333),
+    "seaweedfs_master_port": ("SEAWEEDFS_MASTER_PORT", 9333, "TEST_SEAWEEDFS_MASTER_PORT", 29333),
+    "seaweedfs_volume_port": ("SEAWEEDFS_VOLUME_PORT", 8080, "TEST_SEAWEEDFS_VOLUME_PORT", 28080),
+    "seaweedfs_filer_port": ("SEAWEEDFS_FILER_PORT", 8888, "TEST_SEAWEEDFS_FILER_PORT", 28888),
+}
+
+
+def infra_ports(env: Mapping[str, str], *, for_tests: bool) -> InfraPorts:
+    """The infrastructure's ports for `make up` or (with `for_tests`) for `make test`."""
+    ports = {}
+    for field_name, (up_var, up_default, test_var, test_default) in INFRA_PORT_VARS.items():
+        var, default = (test_var, test_default) if for_tests else (up_var, up_default)
+        ports[field_name] = parse_port(env, var, default)
+    return cast(InfraPorts, ports)  # INFRA_PORT_VARS names every key of InfraPorts
+
+
+def parse_servers(env: Mapping[str, str], name: str) -> str | None:
+    """A server address the stack is told to use instead of starting its own, or None when unset."""
+    raw = env.get(name, "").strip()
+    return raw or None
+
+
 @dataclass(frozen=True)
 class StackConfig:
     """Paths and ports of one local stack (`make up`) or of the test infrastructure (`make test`)."""
@@ -122,6 +183,10 @@ class StackConfig:
     seaweedfs_volume_port: int = 8080
     seaweedfs_filer_port: int = 8888
     blob_store: str = "local"
+    # Servers named by KAFKA_BOOTSTRAP_SERVERS / MONGODB_URI / S3_ENDPOINT_URL: used, never started
+    # or stopped by this stack.
+    external_kafka: str | None = None
+    external_mongo: str | None = None
     external_s3_url: str | None = None
     s3_bucket: str = DEV_S3_BUCKET
     external_tiktok_url: str | None = None
@@ -136,62 +201,46 @@ class StackConfig:
 
     @classmethod
     def from_env(cls, root: Path, env: Mapping[str, str], *, python: str) -> StackConfig:
-        """The `make up` stack, with every port and version overridable by env var."""
+        """The `make up` stack, with every port and version overridable by env var; the servers
+        KAFKA_BOOTSTRAP_SERVERS, MONGODB_URI and S3_ENDPOINT_URL name are used instead of our own."""
         run_dir = Path(env.get("REELAY_RUN_DIR") or root / ".run")
         cfg = cls(
             root=root,
             run_dir=run_dir,
             data_dir=run_dir / "data",
             python=python,
-            kafka_port=parse_port(env, "KAFKA_PORT", 9092),
-            kafka_controller_port=parse_port(env, "KAFKA_CONTROLLER_PORT", 9093),
-            ferretdb_port=parse_port(env, "FERRETDB_PORT", 27017),
             sandbox_port=parse_port(env, "SANDBOX_PORT", 8100),
             ingest_port=parse_port(env, "INGEST_PORT", 8000),
             uploader_ops_port=parse_port(env, "UPLOADER_OPS_PORT", 9101),
             poller_ops_port=parse_port(env, "POLLER_OPS_PORT", 9102),
-            s3_port=parse_port(env, "SEAWEEDFS_S3_PORT", 8333),
-            seaweedfs_master_port=parse_port(env, "SEAWEEDFS_MASTER_PORT", 9333),
-            seaweedfs_volume_port=parse_port(env, "SEAWEEDFS_VOLUME_PORT", 8080),
-            seaweedfs_filer_port=parse_port(env, "SEAWEEDFS_FILER_PORT", 8888),
             blob_store=parse_blob_store(env),
+            external_kafka=parse_servers(env, "KAFKA_BOOTSTRAP_SERVERS"),
+            external_mongo=parse_mongo_uri(env),
             external_s3_url=parse_base_url(env, "S3_ENDPOINT_URL"),
             s3_bucket=env.get("REELAY_S3_BUCKET") or DEV_S3_BUCKET,
-            seaweedfs_version=env.get("SEAWEEDFS_VERSION") or SEAWEEDFS_VERSION,
             external_tiktok_url=parse_base_url(env, "TIKTOK_API_BASE_URL"),
-            kafka_version=env.get("KAFKA_VERSION") or "4.1.1",
-            kafka_heap=tuple((env.get("KAFKA_HEAP_OPTS") or "-Xms256m -Xmx512m").split()),
-            ferretdb_version=env.get("FERRETDB_VERSION") or "v1.24.2",
-            java=env.get("JAVA") or "java",
             client_key=env.get("TIKTOK_CLIENT_KEY") or DEV_CLIENT_KEY,
             client_secret=env.get("TIKTOK_CLIENT_SECRET") or DEV_CLIENT_SECRET,
             api_key=first_api_key(env.get("INGEST_API_KEYS")) or DEV_API_KEY,
+            **infra_ports(env, for_tests=False),
+            **tooling_from(env),
         )
         cfg.check_ports()
         return cfg
 
     @classmethod
     def for_tests(cls, root: Path, base_dir: Path, env: Mapping[str, str], *, python: str) -> StackConfig:
-        """The Kafka and FerretDB that `make test` runs beside any `make up` stack."""
+        """The Kafka, FerretDB and SeaweedFS that `make test` runs beside any `make up` stack
+        (blob store s3: SeaweedFS is part of it, started with --s3)."""
         cfg = cls(
             root=root,
             run_dir=base_dir / "run",
             data_dir=base_dir / "data",
             python=python,
-            kafka_port=parse_port(env, "TEST_KAFKA_PORT", 29092),
-            kafka_controller_port=parse_port(env, "TEST_KAFKA_CONTROLLER_PORT", 29093),
-            ferretdb_port=parse_port(env, "TEST_FERRETDB_PORT", 27217),
-            s3_port=parse_port(env, "TEST_S3_PORT", 28333),
-            seaweedfs_master_port=parse_port(env, "TEST_SEAWEEDFS_MASTER_PORT", 29333),
-            seaweedfs_volume_port=parse_port(env, "TEST_SEAWEEDFS_VOLUME_PORT", 28080),
-            seaweedfs_filer_port=parse_port(env, "TEST_SEAWEEDFS_FILER_PORT", 28888),
-            blob_store="s3",  # SeaweedFS is part of the test infrastructure (started with --s3)
+            blob_store="s3",
             s3_bucket="reelay-test",
-            seaweedfs_version=env.get("SEAWEEDFS_VERSION") or SEAWEEDFS_VERSION,
-            kafka_version=env.get("KAFKA_VERSION") or "4.1.1",
-            kafka_heap=tuple((env.get("KAFKA_HEAP_OPTS") or "-Xms256m -Xmx512m").split()),
-            ferretdb_version=env.get("FERRETDB_VERSION") or "v1.24.2",
-            java=env.get("JAVA") or "java",
+            **infra_ports(env, for_tests=True),
+            **tooling_from(env),
         )
         cfg.check_ports(names=INFRA_NAMES)
         return cfg
@@ -204,13 +253,23 @@ class StackConfig:
 
     @property
     def kafka_bootstrap_servers(self) -> str:
-        """Where clients reach the broker."""
-        return f"{self.host}:{self.kafka_port}"
+        """Where clients reach the broker: KAFKA_BOOTSTRAP_SERVERS if set, else our own Kafka."""
+        return self.external_kafka or f"{self.host}:{self.kafka_port}"
 
     @property
     def mongodb_uri(self) -> str:
-        """Where clients reach FerretDB."""
-        return f"mongodb://{self.host}:{self.ferretdb_port}"
+        """Where clients reach the Mongo-wire server: MONGODB_URI if set, else our own FerretDB."""
+        return self.external_mongo or f"mongodb://{self.host}:{self.ferretdb_port}"
+
+    @property
+    def runs_kafka(self) -> bool:
+        """`make up` starts Kafka unless KAFKA_BOOTSTRAP_SERVERS names one."""
+        return self.external_kafka is None
+
+    @property
+    def runs_ferretdb(self) -> bool:
+        """`make up` starts FerretDB unless MONGODB_URI names a server."""
+        return self.external_mongo is None
 
     @property
     def s3_endpoint_url(self) -> str:
@@ -277,15 +336,19 @@ class StackConfig:
         return self.root / ".cache" / "seaweedfs" / self.seaweedfs_version / "bin" / "weed"
 
     def ports_by_name(self) -> dict[str, tuple[int, ...]]:
-        """Every port each process listens on (SeaweedFS's only when this stack runs it)."""
-        return {
-            KAFKA: (self.kafka_port, self.kafka_controller_port),
-            FERRETDB: (self.ferretdb_port,),
+        """Every port each process listens on (Kafka's, FerretDB's and SeaweedFS's only when this
+        stack runs them)."""
+        infra = {
+            KAFKA: ((self.kafka_port, self.kafka_controller_port), self.runs_kafka),
+            FERRETDB: ((self.ferretdb_port,), self.runs_ferretdb),
+            SEAWEEDFS: (self.seaweedfs_ports, self.runs_seaweedfs),
+        }
+        return {name: ports for name, (ports, runs) in infra.items() if runs} | {
             SANDBOX: (self.sandbox_port,),
             INGEST: (self.ingest_port,),
             UPLOADER: (self.uploader_ops_port,),
             STATUS_POLLER: (self.poller_ops_port,),
-        } | ({SEAWEEDFS: self.seaweedfs_ports} if self.runs_seaweedfs else {})
+        }
 
     def check_ports(self, names: tuple[str, ...] = ALL_NAMES) -> None:
         """Refuse two processes configured on one port."""
@@ -297,6 +360,23 @@ class StackConfig:
                 if port in seen:
                     raise ConfigError(f"{name} and {seen[port]} are both configured on port {port}")
                 seen[port] = name
+
+
+def parse_mongo_uri(env: Mapping[str, str]) -> str | None:
+    """MONGODB_URI as the stack's Mongo-wire server, or None when unset; a clear error for a non-URI."""
+    uri = parse_servers(env, "MONGODB_URI")
+    if uri is not None and not uri.startswith(("mongodb://", "mongodb+srv://")):
+        raise ConfigError(f"MONGODB_URI must be a mongodb:// or mongodb+srv:// URI, got {redact(uri)!r}")
+    return uri
+
+
+def redact(address: str) -> str:
+    """An address fit to print: the password of a `scheme://user:password@host` URI is replaced."""
+    scheme, sep, rest = address.partition("://")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return address
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hostpart}"
 
 
 def parse_blob_store(env: Mapping[str, str]) -> str:
@@ -478,12 +558,15 @@ def seaweedfs_spec(cfg: StackConfig) -> ProcessSpec:
 
 
 def blob_env(cfg: StackConfig) -> dict[str, str]:
-    """What the services are told about the blob store `make up` runs with (REELAY_BLOB_STORE)."""
+    """What the services are told about the blob store `make up` runs with (REELAY_BLOB_STORE).
+
+    An external S3's keys and region (REELAY_S3_*) reach the services from the environment as given.
+    """
     env = {"REELAY_BLOB_STORE": cfg.blob_store, "REELAY_BLOB_DIR": str(cfg.data_dir / "blobs")}
+    if cfg.blob_store == "s3":
+        env |= {"S3_ENDPOINT_URL": cfg.s3_endpoint_url, "REELAY_S3_BUCKET": cfg.s3_bucket}
     if cfg.runs_seaweedfs:
         env |= {
-            "S3_ENDPOINT_URL": cfg.s3_endpoint_url,
-            "REELAY_S3_BUCKET": cfg.s3_bucket,
             "REELAY_S3_ACCESS_KEY_ID": DEV_S3_ACCESS_KEY,
             "REELAY_S3_SECRET_ACCESS_KEY": DEV_S3_SECRET_KEY,
         }
@@ -575,13 +658,70 @@ def service_specs(cfg: StackConfig) -> list[ProcessSpec]:
 
 
 def stack_stages(cfg: StackConfig) -> list[list[ProcessSpec]]:
-    """`make up` in stages: each stage starts together and must be healthy before the next."""
-    first = [kafka_spec(cfg), ferretdb_spec(cfg)]
-    if cfg.runs_seaweedfs:
-        first.append(seaweedfs_spec(cfg))
-    if cfg.runs_sandbox:
-        first.append(sandbox_spec(cfg))
-    return [first, service_specs(cfg)]
+    """`make up` in stages: each stage starts together and must be healthy before the next.
+
+    Only what is missing: no Kafka, FerretDB or SeaweedFS where the environment names a server
+    (see `externals`), no sandbox where TIKTOK_API_BASE_URL names another TikTok.
+    """
+    wanted = (
+        (cfg.runs_kafka, kafka_spec),
+        (cfg.runs_ferretdb, ferretdb_spec),
+        (cfg.runs_seaweedfs, seaweedfs_spec),
+        (cfg.runs_sandbox, sandbox_spec),
+    )
+    return [[make(cfg) for runs, make in wanted if runs], service_specs(cfg)]
+
+
+@dataclass(frozen=True)
+class External:
+    """A server the stack uses but did not start (so `make down` never stops it)."""
+
+    name: str  # kafka, mongodb or s3: what it serves, whichever program it is
+    env_var: str  # the variable that named it
+    address: str
+    health: Health
+
+    @property
+    def shown(self) -> str:
+        """The address without its password."""
+        return redact(self.address)
+
+
+def externals_json(found: list[External]) -> str:
+    """What `make up` records in .run/externals.json, so `make status` can say what the stack uses."""
+    rows = [
+        {"name": e.name, "env_var": e.env_var, "address": e.address, "health": e.health.kind} for e in found
+    ]
+    return json.dumps(rows, indent=2) + "\n"
+
+
+def externals_from_json(text: str) -> list[External] | None:
+    """The servers recorded by `externals_json`, or None when the text is not such a record."""
+    try:
+        rows = json.loads(text)
+        return [
+            External(row["name"], row["env_var"], row["address"], Health(row["health"], row["address"], 30.0))
+            for row in rows
+        ]
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def externals(cfg: StackConfig) -> list[External]:
+    """The servers KAFKA_BOOTSTRAP_SERVERS, MONGODB_URI and (with REELAY_BLOB_STORE=s3)
+    S3_ENDPOINT_URL name, each with how to tell that it answers."""
+    found = []
+    if cfg.external_kafka is not None:
+        kafka = cfg.external_kafka
+        found.append(External("kafka", "KAFKA_BOOTSTRAP_SERVERS", kafka, Health("kafka", kafka, 30.0)))
+    if cfg.external_mongo is not None:
+        mongo = cfg.external_mongo
+        found.append(External("mongodb", "MONGODB_URI", mongo, Health("mongo", mongo, 30.0)))
+    if cfg.blob_store == "s3" and cfg.external_s3_url is not None:
+        # Its keys are the operator's (REELAY_S3_*), not the dev identity: check it answers, no more.
+        s3 = cfg.external_s3_url
+        found.append(External("s3", "S3_ENDPOINT_URL", s3, Health("tcp", s3, 30.0)))
+    return found
 
 
 def infra_specs_for_tests(

@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +30,6 @@ class DemoError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class DemoResult:
-    """What the demo did."""
-
-    account_id: str
-    request_id: str
-    final_state: str
-
-
-@dataclass(frozen=True)
 class ExternalTokens:
     """Tokens of a real (or other) TikTok account, passed in by DEMO_* env vars."""
 
@@ -48,6 +39,10 @@ class ExternalTokens:
     expires_in: int
     refresh_expires_in: int
     scope: str
+
+    def token_json(self) -> dict[str, Any]:
+        """The tokens as the sandbox's token endpoint would give them."""
+        return {k: v for k, v in asdict(self).items() if k != "open_id"}
 
 
 def external_tokens(env: Mapping[str, str]) -> ExternalTokens | None:
@@ -211,20 +206,14 @@ async def run_demo(
     *,
     video_size: int = 8_000_000,
     wait_seconds: float = 180.0,
-) -> DemoResult | None:
-    """Run the demo; None when there is no account to post with (TikTok is not the sandbox)."""
+) -> str | None:
+    """Run the demo; the account id it posted with, or None when there is none to post with (TikTok
+    is not the sandbox and no DEMO_* tokens were given)."""
     external = external_tokens(env)
     async with httpx.AsyncClient(timeout=httpx.Timeout(60.0)) as http:
         demo = Demo(cfg, http, say)
         if external is not None:
-            tokens: dict[str, Any] = {
-                "access_token": external.access_token,
-                "refresh_token": external.refresh_token,
-                "expires_in": external.expires_in,
-                "refresh_expires_in": external.refresh_expires_in,
-                "scope": external.scope,
-            }
-            open_id = external.open_id
+            open_id, tokens = external.open_id, external.token_json()
         elif cfg.runs_sandbox:
             open_id, tokens = await demo.sandbox_tokens()
         else:
@@ -240,4 +229,4 @@ async def run_demo(
         final = await demo.follow(request_id, wait_seconds=wait_seconds)
     if final != "published":
         raise DemoError(f"upload {request_id} ended {final!r}, not 'published' (see .run/*.log)")
-    return DemoResult(account_id=account_id, request_id=request_id, final_state=final)
+    return account_id

@@ -1,4 +1,5 @@
-"""Readiness checks: a Kafka metadata call, a Mongo ping, an HTTP 200 on /healthz, a writable S3 bucket.
+"""Readiness checks: a Kafka metadata call, a Mongo ping, an HTTP 200 on /healthz, a writable S3 bucket,
+an open port.
 
 Third-party clients are imported inside the checks so that `make down` and `make status` run on a
 bare Python (before the workspace venv exists) without them.
@@ -83,7 +84,7 @@ async def s3_bucket_ready(bucket_url: str) -> bool:
     Every request is signed with the dev keys its `-s3.config` names.
     """
     endpoint, _, bucket = bucket_url.rpartition("/")
-    host, port = _host_port(endpoint.split("://", 1)[1])
+    host, port = url_host_port(endpoint)
     if not await asyncio.to_thread(port_open, host, port):
         return False
     from aiobotocore.config import AioConfig  # lazy: not needed by down/status
@@ -124,8 +125,20 @@ async def s3_bucket_ready(bucket_url: str) -> bool:
         return False
 
 
+def url_host_port(url: str) -> tuple[str, int]:
+    """(host, port) of an http(s) URL, its scheme's default port when it names none."""
+    scheme, _, rest = url.partition("://")
+    hostport = rest.split("/", 1)[0]
+    host, sep, port = hostport.rpartition(":")
+    if sep and port.isdigit():
+        return host.strip("[]"), int(port)
+    return hostport.strip("[]"), 443 if scheme == "https" else 80
+
+
 async def check(health: Health) -> bool:
     """Run one readiness check."""
+    if health.kind == "tcp":
+        return await asyncio.to_thread(port_open, *url_host_port(health.target), 2.0)
     if health.kind == "kafka":
         return await kafka_ready(health.target)
     if health.kind == "mongo":

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import config as c
 from .config import ProcessSpec, StackConfig
@@ -20,6 +24,7 @@ from .procs import (
     read_pid,
     remove_pid,
     running_pid,
+    signal_process,
     start,
     stop_all,
 )
@@ -156,12 +161,17 @@ async def bring_up(
 
 
 def bring_down(
-    cfg: StackConfig, stages: Sequence[Sequence[ProcessSpec]], table: ProcessTable, say: Say
+    cfg: StackConfig,
+    stages: Sequence[Sequence[ProcessSpec]],
+    table: ProcessTable,
+    say: Say,
+    *,
+    send: Callable[[int, signal.Signals], None] = signal_process,
 ) -> bool:
     """Stop the stages in reverse order (services before the infrastructure they use)."""
     ok = True
     for stage in reversed(stages):
-        for outcome in stop_all(cfg, stage, table):
+        for outcome in stop_all(cfg, stage, table, send=send):
             if outcome.result == "not running":
                 continue
             pid = f" (pid {outcome.pid})" if outcome.pid is not None else ""
@@ -171,26 +181,86 @@ def bring_down(
 
 
 def all_stages(cfg: StackConfig) -> list[list[ProcessSpec]]:
-    """Every process `make up` may have started, whatever TIKTOK_API_BASE_URL says now."""
-    stages = c.stack_stages(cfg)
-    if not cfg.runs_sandbox:
-        # The sandbox may be left from an earlier `make up` without the override: stop it too.
-        stages[0].append(c.sandbox_spec(cfg))
-    if not cfg.runs_seaweedfs:
-        # Likewise SeaweedFS, from an earlier `make up` with REELAY_BLOB_STORE=s3.
-        stages[0].append(c.seaweedfs_spec(cfg))
-    return stages
+    """Every process `make up` may have started, whatever the environment says now.
+
+    A Kafka, FerretDB, SeaweedFS or sandbox left by an earlier `make up` that started its own is
+    ours to stop even when this environment names an external server instead. An external server
+    never is: it has no pid file in this stack's run dir, and a pid is signalled only when the
+    process carries this stack's marker and id (procs.is_ours).
+    """
+    first, services = c.stack_stages(cfg)
+    started = {spec.name for spec in first}
+    every = [c.kafka_spec(cfg), c.ferretdb_spec(cfg), c.seaweedfs_spec(cfg), c.sandbox_spec(cfg)]
+    return [first + [spec for spec in every if spec.name not in started], services]
+
+
+# What each process of the stack serves, as `externals` names the server used instead of it.
+SERVES = {c.KAFKA: "kafka", c.FERRETDB: "mongodb", c.SEAWEEDFS: "s3"}
+
+
+def externals_file(cfg: StackConfig) -> Path:
+    """`.run/externals.json`: the servers the last `make up` used without starting them."""
+    return cfg.run_dir / "externals.json"
+
+
+def record_externals(cfg: StackConfig, found: list[c.External]) -> None:
+    """Remember what `up` used (owner-only: a MONGODB_URI may carry a password)."""
+    path = externals_file(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(c.externals_json(found))
+
+
+def recorded_externals(cfg: StackConfig) -> list[c.External]:
+    """What the last `up` recorded, or what this environment names when there is no record."""
+    with contextlib.suppress(OSError):
+        found = c.externals_from_json(externals_file(cfg).read_text(encoding="utf-8"))
+        if found is not None:
+            return found
+    return c.externals(cfg)
+
+
+async def check_externals(found: Sequence[c.External], say: Say) -> None:
+    """Wait (bounded) until every external server answers; a clear error naming its variable if not."""
+    from .health import check
+
+    async def answers(ext: c.External) -> str | None:
+        deadline = time.monotonic() + ext.health.timeout_seconds
+        while not await check(ext.health):
+            if time.monotonic() >= deadline:
+                return (
+                    f"{ext.env_var}={ext.shown} does not answer ({ext.health.kind} check, "
+                    f"{ext.health.timeout_seconds:.0f}s): start it, or unset {ext.env_var} so that "
+                    "`make up` starts its own"
+                )
+            await asyncio.sleep(0.5)
+        say(f"  {ext.name:<14} external {ext.shown} ({ext.env_var}), answers")
+        return None
+
+    errors = [e for e in await asyncio.gather(*(answers(ext) for ext in found)) if e is not None]
+    if errors:
+        raise StackError("\n".join(errors))
 
 
 async def status_lines(cfg: StackConfig, table: ProcessTable) -> list[str]:
-    """One line per process: running or not, pid, healthy or not."""
+    """One line per process: running or not, pid, healthy or not; one per external server used."""
     from .health import check
 
+    found = recorded_externals(cfg)
     lines = []
+    for ext in found:
+        answers = await check(ext.health)
+        lines.append(
+            f"  {ext.name:<14} external {ext.shown} ({ext.env_var}, not started by this stack), "
+            f"{'answers' if answers else 'NOT answering'}"
+        )
+    served = {ext.name for ext in found}
     for spec in [s for stage in all_stages(cfg) for s in stage]:
         pid = running_pid(cfg, spec, table)
         if pid is None:
-            lines.append(f"  {spec.name:<14} stopped")
+            if SERVES.get(spec.name) not in served:
+                lines.append(f"  {spec.name:<14} stopped")
             continue
         healthy = await check(spec.health)
         lines.append(f"  {spec.name:<14} running (pid {pid}), {'healthy' if healthy else 'NOT healthy'}")

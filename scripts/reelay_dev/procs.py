@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from .config import STACK_ID_ENV, ProcessSpec, StackConfig
 
@@ -163,32 +163,37 @@ def start(cfg: StackConfig, spec: ProcessSpec) -> subprocess.Popen[bytes]:
         log.write(f"--- {spec.name} starting at {stamp} ---\n".encode())
         log.flush()
         if spec.prepare and not (spec.prepare_unless_exists and spec.prepare_unless_exists.exists()):
-            done = subprocess.run(  # noqa: S603  # argv built by config.py, no shell
-                spec.prepare,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                check=False,
-            )
-            if done.returncode != 0:
-                raise StartError(
-                    f"{spec.name}: preparing failed (exit {done.returncode}):\n{log_tail(log_path)}"
-                )
-        try:
-            proc = subprocess.Popen(  # noqa: S603  # argv built by config.py, no shell
-                spec.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=cfg.root,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise StartError(f"{spec.name}: cannot run {spec.argv[0]}: {exc}") from exc
+            code = _spawn(spec, spec.prepare, log, env).wait()
+            if code != 0:
+                raise StartError(f"{spec.name}: preparing failed (exit {code}):\n{log_tail(log_path)}")
+        # Its own session: a terminal's Ctrl-C does not reach it, and `stop` signals its whole group.
+        proc = _spawn(spec, spec.argv, log, env, cwd=cfg.root, new_session=True)
     write_pid(cfg.pid_file(spec.name), proc.pid)
     return proc
+
+
+def _spawn(
+    spec: ProcessSpec,
+    argv: Sequence[str],
+    log: BinaryIO,
+    env: Mapping[str, str],
+    *,
+    cwd: Path | None = None,
+    new_session: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Run `argv` (one of `spec`'s, no shell) with no stdin and both outputs into `log`."""
+    try:
+        return subprocess.Popen(  # noqa: S603  # argv built by config.py, no shell
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=new_session,
+        )
+    except OSError as exc:
+        raise StartError(f"{spec.name}: cannot run {argv[0]}: {exc}") from exc
 
 
 def signal_process(pid: int, sig: signal.Signals) -> None:

@@ -8,16 +8,35 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.stack import Stack, running_stack
+from tests.e2e.stack import DEFAULT_BLOB_STORE, Stack, running_stack, stack_on
 
 
 @pytest.fixture(scope="module")
 def stack(
     kafka_bootstrap_servers: str, mongodb_uri: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
+    """The module's stack, on the default blob store."""
     workdir = tmp_path_factory.mktemp("stack")
     with running_stack(
         kafka_bootstrap_servers=kafka_bootstrap_servers, mongodb_uri=mongodb_uri, workdir=workdir
+    ) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def store_stack(
+    request: pytest.FixtureRequest,
+    blob_store: str,
+    kafka_bootstrap_servers: str,
+    mongodb_uri: str,
+) -> Iterator[Stack]:
+    """The module's stack on `blob_store`, which a test parametrizes with scope="module" (so pytest
+    runs the tests of one store together, on one stack); the default store's is `stack` itself."""
+    if blob_store == DEFAULT_BLOB_STORE:
+        yield request.getfixturevalue("stack")
+        return
+    with stack_on(
+        request, blob_store, kafka_bootstrap_servers=kafka_bootstrap_servers, mongodb_uri=mongodb_uri
     ) as s:
         yield s
 

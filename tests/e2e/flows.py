@@ -12,6 +12,10 @@ from reelay_testing.waiting import eventually
 from tests.e2e.stack import Stack, wait_for_upload_state
 from tests.support import sha256_of
 
+# What the crash and restart tests upload: > 64 MB, so TikTok takes it in seven 10 MB chunks and a
+# kill once the first is stored lands mid-upload.
+MID_UPLOAD_VIDEO_BYTES = 70 * 1000 * 1000
+
 
 async def connect_account(http: httpx.AsyncClient, stack: Stack, *, private: bool = False) -> tuple[str, str]:
     """Create a sandbox user, take its tokens and register them with ingest: (account_id, open_id)."""
@@ -79,7 +83,8 @@ async def first_chunk_stored(http: httpx.AsyncClient, stack: Stack, open_id: str
 async def assert_published_once(
     http: httpx.AsyncClient, stack: Stack, request_id: str, open_id: str, video: Path
 ) -> None:
-    """The upload ends `published`, as exactly one TikTok publish holding exactly the video's bytes."""
+    """The upload ends `published`, as exactly one TikTok publish holding exactly the video's bytes:
+    by the sandbox's record, each stored chunk is the next range of the video, none stored twice."""
     final = await wait_for_upload_state(
         http,
         f"{stack.ingest_url}/v1/uploads/{request_id}",
@@ -92,6 +97,11 @@ async def assert_published_once(
     assert listing["count"] == 1, "one request, one TikTok publish"
     [done] = listing["publishes"]
     assert done["complete"] is True
-    assert done["sha256"] == sha256_of(video)
-    stored_firsts = [c["first"] for c in done["chunks"] if c["stored"]]
-    assert len(stored_firsts) == len(set(stored_firsts)), "no chunk was stored twice"
+    assert done["sha256"] == sha256_of(video), "TikTok holds other bytes than the source video"
+    stored = [(c["first"], c["last"]) for c in done["chunks"] if c["stored"]]
+    assert len(stored) == len(set(stored)), f"a chunk was stored twice: {stored}"
+    starts = [0] + [last + 1 for _, last in stored]
+    assert [first for first, _ in stored] == starts[:-1], (
+        f"stored chunks out of order or overlapping: {stored}"
+    )
+    assert starts[-1] == video.stat().st_size, f"the stored chunks do not cover the video: {stored}"

@@ -1,7 +1,7 @@
 """Runs the whole Reelay stack (sandbox, ingest, uploader, status-poller) as real processes.
 
-Kafka and the Mongo-wire server come from the session fixtures (real ones, never fakes); each
-stack gets its own topics and database so stacks and tests never see each other's records.
+Kafka, the Mongo-wire server and S3 come from the session fixtures (real ones, never fakes); each
+stack gets its own topics, database and S3 prefix so stacks and tests never see each other's records.
 """
 
 from __future__ import annotations
@@ -14,12 +14,18 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 from reelay_testing.waiting import eventually
+
+# Where files streamed into ingest wait for the uploader (REELAY_BLOB_STORE); gridfs is the services'
+# own default, and so the default of an e2e stack.
+BLOB_STORES = ("local", "s3", "gridfs")
+DEFAULT_BLOB_STORE = "gridfs"
 
 API_KEY = "e2e-api-key"
 CLIENT_KEY = "e2e-client-key"
@@ -104,15 +110,45 @@ class Stack:
         return "\n".join(f"--- {n} ---\n{s.tail()}" for n, s in self.services.items())
 
 
+def blob_store_env(
+    store: str, *, workdir: Path, suffix: str, s3: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """What ingest and the uploader are told about the blob store: `local`, a directory both see;
+    `s3`, the session's S3 server (`s3`: the s3_settings fixture) under a prefix of this stack's own;
+    `gridfs`, the stack's own database."""
+    if store == "local":
+        return {"REELAY_BLOB_STORE": "local", "REELAY_BLOB_DIR": str(workdir / "blobs")}
+    if store == "s3":
+        if s3 is None:
+            raise ValueError("the s3 blob store needs the S3 server's settings (the s3_settings fixture)")
+        keys = {
+            "REELAY_S3_ACCESS_KEY_ID": s3["access_key_id"],
+            "REELAY_S3_SECRET_ACCESS_KEY": s3["secret_access_key"],
+        }
+        return {
+            "REELAY_BLOB_STORE": "s3",
+            "S3_ENDPOINT_URL": s3["endpoint_url"],
+            "REELAY_S3_BUCKET": s3["bucket"],
+            "REELAY_S3_REGION": s3["region"],
+            "REELAY_S3_PREFIX": f"e2e/{suffix}/",
+            **({k: v for k, v in keys.items() if v}),
+        }
+    if store == "gridfs":
+        return {"REELAY_BLOB_STORE": "gridfs"}
+    raise ValueError(f"no such blob store: {store!r} (one of {', '.join(BLOB_STORES)})")
+
+
 @contextmanager
 def running_stack(
     *,
     kafka_bootstrap_servers: str,
     mongodb_uri: str,
     workdir: Path,
+    blob_store: str = DEFAULT_BLOB_STORE,
+    s3: Mapping[str, str] | None = None,
     extra_env: Mapping[str, str] | None = None,
 ) -> Iterator[Stack]:
-    """Start sandbox, ingest, uploader and status-poller; stop them all afterwards."""
+    """Start sandbox, ingest, uploader and status-poller on `blob_store`; stop them all afterwards."""
     suffix = uuid.uuid4().hex[:10]
     ports = {n: free_port() for n in ("sandbox", "ingest", "uploader", "status-poller")}
     sandbox_url = f"http://127.0.0.1:{ports['sandbox']}"
@@ -164,6 +200,7 @@ def running_stack(
         # Archive settled uploads almost at once, so every e2e flow also reads uploads from history.
         "POLLER_ARCHIVE_GRACE_SECONDS": "1",
         "POLLER_ARCHIVE_INTERVAL_SECONDS": "0.5",
+        **blob_store_env(blob_store, workdir=workdir, suffix=suffix, s3=s3),
         **(extra_env or {}),
     }
     (workdir / "sandbox-data").mkdir(parents=True, exist_ok=True)
@@ -186,6 +223,22 @@ def running_stack(
         yield stack
     finally:
         stack.stop_all()
+
+
+def stack_on(
+    request: pytest.FixtureRequest, blob_store: str, *, kafka_bootstrap_servers: str, mongodb_uri: str
+) -> AbstractContextManager[Stack]:
+    """`running_stack` on `blob_store` in a fresh directory, with the session's S3 (the s3_settings
+    fixture: a clear failure when there is none) when the store is s3."""
+    s3 = dict(request.getfixturevalue("s3_settings")) if blob_store == "s3" else None
+    factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+    return running_stack(
+        kafka_bootstrap_servers=kafka_bootstrap_servers,
+        mongodb_uri=mongodb_uri,
+        workdir=factory.mktemp(f"stack-{blob_store}"),
+        blob_store=blob_store,
+        s3=s3,
+    )
 
 
 async def wait_for_upload_state(

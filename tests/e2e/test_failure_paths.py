@@ -23,8 +23,14 @@ from reelay_common.domain.states import UploadState
 from reelay_testing.kafka import TopicRecord, read_topic
 from tiktok_sandbox.media import write_sample_mp4
 
-from tests.e2e.flows import assert_published_once, connect_account, first_chunk_stored, post_video
-from tests.e2e.stack import Stack, free_port, wait_for_upload_state
+from tests.e2e.flows import (
+    MID_UPLOAD_VIDEO_BYTES,
+    assert_published_once,
+    connect_account,
+    first_chunk_stored,
+    post_video,
+)
+from tests.e2e.stack import BLOB_STORES, Stack, free_port, wait_for_upload_state
 
 pytestmark = pytest.mark.e2e
 
@@ -63,12 +69,15 @@ def file_server(video_dir: Path) -> Iterator[str]:
 
 
 class TestCrashes:
+    @pytest.mark.parametrize("blob_store", BLOB_STORES, scope="module")
     async def test_an_uploader_killed_mid_upload_resumes_and_posts_once(
-        self, stack: Stack, http: httpx.AsyncClient, video_dir: Path
+        self, store_stack: Stack, http: httpx.AsyncClient, video_dir: Path
     ) -> None:
+        # The restarted uploader reads the rest of the video from the store ingest wrote it to.
+        stack = store_stack
         account_id, open_id = await connect_account(http, stack)
         video = video_dir / "crash.mp4"
-        write_sample_mp4(video, 100 * 1000 * 1000)
+        write_sample_mp4(video, MID_UPLOAD_VIDEO_BYTES)
         request_id = await post_video(http, stack, account_id, video)
 
         # Kill the uploader (SIGKILL: no clean-up) once TikTok holds some but not all of the bytes.

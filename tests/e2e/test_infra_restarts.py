@@ -1,7 +1,9 @@
-"""Promise 1 under an infrastructure failure: the Mongo-wire server dies mid-upload and comes back.
+"""Promise 1 under an infrastructure failure: the Mongo-wire server, or the broker, dies mid-upload
+and comes back; on every blob store (with gridfs the video itself lives in the database that dies).
 
-This test runs its own FerretDB (the binary `make test` installs), so it can kill and restart it
-without disturbing the other tests; Kafka is the session's.
+This module runs its own FerretDB and its own Kafka (what `make test` installs), so it can kill and
+restart them without disturbing the other tests; one stack per blob store over them serves both
+tests of that store.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -23,10 +26,17 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 from tiktok_sandbox.media import write_sample_mp4
 
-from tests.e2e.flows import assert_published_once, connect_account, first_chunk_stored, post_video
-from tests.e2e.stack import free_port, running_stack
+from tests.e2e.flows import (
+    MID_UPLOAD_VIDEO_BYTES,
+    assert_published_once,
+    connect_account,
+    first_chunk_stored,
+    post_video,
+)
+from tests.e2e.stack import BLOB_STORES, Stack, free_port, stack_on
 
-pytestmark = pytest.mark.e2e
+# One module-scoped stack per store: pytest runs the tests of one store together.
+pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("blob_store", BLOB_STORES, scope="module")]
 
 ROOT = Path(__file__).resolve().parents[2]
 FERRETDB_BIN = Path(
@@ -37,10 +47,31 @@ FERRETDB_BIN = Path(
 )
 
 
-OUTAGE_SECONDS = 40
+# Longer than the services' server selection (10 s, reelay_common.adapters.mongo.client.connect), so
+# the failures reach the services (RetryableError): the consumer loops must hold their records and
+# retry them.
+MONGO_OUTAGE_SECONDS = 15
+KAFKA_OUTAGE_SECONDS = 10
 
 
-class OwnFerretDB:
+class OwnServer:
+    """A server process this module starts, SIGKILLs and starts again."""
+
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+    def ensure_running(self) -> None:
+        """Start it again if an earlier test failed before bringing it back."""
+        if self.process is None or self.process.poll() is not None:
+            self.start()
+
+
+class OwnFerretDB(OwnServer):
     """A FerretDB process over a data directory that outlives the process."""
 
     def __init__(self, data_dir: Path) -> None:
@@ -81,46 +112,7 @@ class OwnFerretDB:
             self.process.wait(timeout=30)
 
 
-@pytest.fixture
-def ferretdb(tmp_path: Path) -> Iterator[OwnFerretDB]:
-    if not FERRETDB_BIN.exists():
-        pytest.fail(f"{FERRETDB_BIN} is missing: run `make ferretdb` (make test installs it)")
-    db = OwnFerretDB(tmp_path / "ferretdb")
-    db.start()
-    try:
-        yield db
-    finally:
-        db.kill()
-
-
-class TestMongoRestart:
-    async def test_an_upload_survives_the_database_dying_mid_upload_and_posts_once(
-        self, ferretdb: OwnFerretDB, kafka_bootstrap_servers: str, tmp_path: Path
-    ) -> None:
-        with running_stack(
-            kafka_bootstrap_servers=kafka_bootstrap_servers,
-            mongodb_uri=ferretdb.uri,
-            workdir=tmp_path / "stack",
-        ) as stack:
-            async with httpx.AsyncClient(timeout=httpx.Timeout(60.0)) as http:
-                account_id, open_id = await connect_account(http, stack)
-                video = tmp_path / "restart.mp4"
-                write_sample_mp4(video, 100 * 1000 * 1000)
-                request_id = await post_video(http, stack, account_id, video)
-
-                # Once TikTok holds part of the video, the database dies without warning.
-                publish = await first_chunk_stored(http, stack, open_id)
-                await asyncio.to_thread(ferretdb.kill)
-                assert publish["complete"] is False, "the upload finished before the kill: nothing was tested"
-                # Longer than the driver's server selection (30 s), so the failures reach the services
-                # (RetryableError): the consumer loops must hold their records and retry them.
-                await asyncio.sleep(OUTAGE_SECONDS)
-                await asyncio.to_thread(ferretdb.start)
-
-                await assert_published_once(http, stack, request_id, open_id, video)
-
-
-class OwnKafka:
+class OwnKafka(OwnServer):
     """A one-node KRaft broker (the jars `make test` installs) whose data outlives the process."""
 
     def __init__(self, base_dir: Path) -> None:
@@ -160,37 +152,68 @@ class OwnKafka:
             self.process.wait(timeout=30)
 
 
-@pytest.fixture
-def kafka(tmp_path: Path) -> Iterator[OwnKafka]:
-    broker = OwnKafka(tmp_path / "kafka")
+@contextmanager
+def own(server: OwnServer) -> Iterator[None]:
+    """Run `server` for the module; kill it at the end."""
+    server.start()
+    try:
+        yield
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="module")
+def ferretdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnFerretDB]:
+    if not FERRETDB_BIN.exists():
+        pytest.fail(f"{FERRETDB_BIN} is missing: run `make ferretdb` (make test installs it)")
+    db = OwnFerretDB(tmp_path_factory.mktemp("own-ferretdb"))
+    with own(db):
+        yield db
+
+
+@pytest.fixture(scope="module")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnKafka]:
+    broker = OwnKafka(tmp_path_factory.mktemp("own-kafka"))
     if not Path(broker.cfg.kafka_libs).exists():
         pytest.fail(f"{broker.cfg.kafka_libs} is missing: run `make kafka` (make test installs it)")
-    broker.start()
-    try:
+    with own(broker):
         yield broker
-    finally:
-        broker.kill()
 
 
-class TestKafkaRestart:
-    async def test_an_upload_survives_the_broker_dying_mid_upload_and_posts_once(
-        self, kafka: OwnKafka, mongodb_uri: str, tmp_path: Path
+@pytest.fixture(scope="module")
+def restart_stack(
+    request: pytest.FixtureRequest, blob_store: str, kafka: OwnKafka, ferretdb: OwnFerretDB
+) -> Iterator[Stack]:
+    """The whole stack on `blob_store`, over this module's own broker and database."""
+    with stack_on(
+        request, blob_store, kafka_bootstrap_servers=kafka.bootstrap, mongodb_uri=ferretdb.uri
+    ) as s:
+        yield s
+
+
+class TestInfraRestarts:
+    # What dies, and for how long. The database: with gridfs the rest of the video is in it too.
+    # The broker: VideoUploaded and the commit must wait for it.
+    @pytest.mark.parametrize("dying", ["database", "broker"])
+    async def test_an_upload_survives_the_database_or_broker_dying_mid_upload_and_posts_once(
+        self, dying: str, restart_stack: Stack, kafka: OwnKafka, ferretdb: OwnFerretDB, tmp_path: Path
     ) -> None:
-        with running_stack(
-            kafka_bootstrap_servers=kafka.bootstrap, mongodb_uri=mongodb_uri, workdir=tmp_path / "stack"
-        ) as stack:
-            async with httpx.AsyncClient(timeout=httpx.Timeout(60.0)) as http:
-                account_id, open_id = await connect_account(http, stack)
-                video = tmp_path / "restart.mp4"
-                write_sample_mp4(video, 100 * 1000 * 1000)
-                request_id = await post_video(http, stack, account_id, video)
+        server: OwnServer = ferretdb if dying == "database" else kafka
+        outage = MONGO_OUTAGE_SECONDS if dying == "database" else KAFKA_OUTAGE_SECONDS
+        await asyncio.to_thread(ferretdb.ensure_running)  # an earlier test may have failed mid-outage
+        await asyncio.to_thread(kafka.ensure_running)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(60.0)) as http:
+            account_id, open_id = await connect_account(http, restart_stack)
+            video = tmp_path / "restart.mp4"
+            write_sample_mp4(video, MID_UPLOAD_VIDEO_BYTES)
+            request_id = await post_video(http, restart_stack, account_id, video)
 
-                publish = await first_chunk_stored(http, stack, open_id)
-                # The broker dies while the upload is on its way; VideoUploaded and the commit
-                # must wait for it, nothing may be lost or done twice.
-                await asyncio.to_thread(kafka.kill)
-                assert publish["complete"] is False, "the upload finished before the kill: nothing was tested"
-                await asyncio.sleep(OUTAGE_SECONDS / 4)
-                await asyncio.to_thread(kafka.start)
+            # Once TikTok holds part of the video, the server dies without warning; nothing may be
+            # lost or done twice.
+            publish = await first_chunk_stored(http, restart_stack, open_id)
+            await asyncio.to_thread(server.kill)
+            assert publish["complete"] is False, "the upload finished before the kill: nothing was tested"
+            await asyncio.sleep(outage)
+            await asyncio.to_thread(server.start)
 
-                await assert_published_once(http, stack, request_id, open_id, video)
+            await assert_published_once(http, restart_stack, request_id, open_id, video)

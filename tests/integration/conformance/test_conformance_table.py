@@ -60,9 +60,8 @@ from reelay_common.domain.messages import (
 )
 from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.states import UploadState
-from reelay_common.domain.tiktok import FileUploadSourceInfo, PullFromUrlSourceInfo
-from reelay_common.ports import RateLimiter, TokenProvider, VideoReader
-from reelay_common.recorder import StateRecorder
+from reelay_common.domain.tiktok import FileUploadSourceInfo, PullFromUrlSourceInfo, TokenGrant
+from reelay_common.ports import ChunkedUpload, RateLimiter, TokenProvider, VideoReader
 from reelay_common.settings import DEV_TOKEN_KEY
 from reelay_ingest.deps import IngestDeps, Topics
 from reelay_ingest.errors import RequestRejected
@@ -79,6 +78,8 @@ from reelay_uploader.handlers import UploaderDeps, handle_upload_requested
 from tiktok_sandbox.media import iter_sample_mp4
 from tiktok_sandbox.plan import validate_plan
 from tiktok_sandbox.testing import SandboxHandle, running_sandbox
+
+from tests.recording import recording
 
 CLIENT_KEY = "dev-client-key"
 CLIENT_SECRET = "dev-client-secret"  # the sandbox's documented dev secret
@@ -574,7 +575,9 @@ class World:
         init = await gw.init_upload(ACCOUNT, mode="direct", post_info=SELF_ONLY, source_info=plan)
         assert init.upload_url is not None
         reader = BytesVideoReader(data, content_type, piece_size=1 << 20)
-        await gw.upload_chunks(init.upload_url, plan, reader, account_id=ACCOUNT, publish_id=init.publish_id)
+        await gw.upload_chunks(
+            ChunkedUpload(init.upload_url, plan, reader, account_id=ACCOUNT, publish_id=init.publish_id)
+        )
         return init.publish_id, init.upload_url, plan
 
     async def assert_stored_whole(self, publish_id: str, data: bytes) -> dict[str, Any]:
@@ -620,7 +623,8 @@ def uploader(w: World, reader: VideoReader | None = None, *, token: str | None =
     publisher = FakePublisher()
     deps = UploaderDeps(
         uploads=uploads,
-        recorder=StateRecorder(uploads, publisher, status_topic="conformance.status"),
+        recorder=(rec := recording(uploads, publisher, status_topic="conformance.status")).recorder,
+        outbox=rec.outbox,
         publisher=publisher,
         tiktok=w.gateway(token=token),
         open_reader=opens(reader or BytesVideoReader(video_bytes(100_000))),
@@ -664,7 +668,8 @@ def ingest_deps(w: World, accounts: FakeAccountStore) -> IngestDeps:
         uploads=uploads,
         accounts=accounts,
         publisher=publisher,
-        recorder=StateRecorder(uploads, publisher, status_topic="conformance.status"),
+        recorder=(rec := recording(uploads, publisher, status_topic="conformance.status")).recorder,
+        outbox=rec.outbox,
         blobs=FakeBlobStore(),
         tiktok=w.gateway(),
         topics=Topics("conformance.requested", "conformance.events", "conformance.status"),
@@ -837,7 +842,7 @@ async def comply_content_length(w: World) -> None:
     init = await gw.init_upload(ACCOUNT, mode="direct", post_info=SELF_ONLY, source_info=plan)
     assert init.upload_url is not None
     with pytest.raises(InvalidInputError) as refused:
-        await gw.upload_chunks(init.upload_url, plan, ShortReader(data, short_at=MIB5))
+        await gw.upload_chunks(ChunkedUpload(init.upload_url, plan, ShortReader(data, short_at=MIB5)))
     assert refused.value.code == "source_size_mismatch"
     await eventually(lambda: _counted(w, "upload_incomplete_body"), timeout=10, interval=0.01)
     assert (await w.publish(init.publish_id))["uploaded_bytes"] == MIB5, "the short chunk was not stored"
@@ -921,7 +926,7 @@ async def comply_expired_url(w: World) -> None:
     init = await gw.init_upload(ACCOUNT, mode="direct", post_info=SELF_ONLY, source_info=plan)
     assert init.upload_url is not None
     with pytest.raises(UploadUrlExpiredError) as expired:
-        await gw.upload_chunks(init.upload_url, plan, BytesVideoReader(data))
+        await gw.upload_chunks(ChunkedUpload(init.upload_url, plan, BytesVideoReader(data)))
     assert not isinstance(expired.value, RetryableError), "the consumer loop must not back off and retry"
     assert expired.value.http_status == 403
     assert len(w.wire.puts()) == 1, "the dead URL got exactly one PUT"
@@ -970,12 +975,8 @@ async def comply_bearer_token(w: World) -> None:
     grant = await grant_for(w.admin, open_id)
     await store.upsert_tokens(
         "acct-stale",
-        open_id=open_id,
-        access_token="act.no-longer-accepted",  # a dead token: the point of the test
-        expires_in=7200,
-        refresh_token=grant["refresh_token"],
-        refresh_expires_in=grant["refresh_expires_in"],
-        scopes=grant["scope"].split(","),
+        # A dead token: the point of the test.
+        TokenGrant.model_validate({**grant, "access_token": "act.no-longer-accepted", "expires_in": 7200}),
     )
     provider = MongoTokenProvider(store, w.client, poll_interval_seconds=0.02)
     info = await w.gateway(tokens=provider).creator_info("acct-stale")
@@ -1146,12 +1147,7 @@ async def comply_refresh_rotation(w: World) -> None:
     grant = await grant_for(w.admin, open_id)
     await store.upsert_tokens(
         ACCOUNT,
-        open_id=open_id,
-        access_token=grant["access_token"],
-        expires_in=grant["expires_in"],
-        refresh_token=grant["refresh_token"],
-        refresh_expires_in=grant["refresh_expires_in"],
-        scopes=grant["scope"].split(","),
+        TokenGrant.model_validate(grant),
     )
     provider = MongoTokenProvider(store, w.client, poll_interval_seconds=0.02)
     issued = [await provider.access_token(ACCOUNT) for _ in range(3)]

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterable
 
 import httpx
 from reelay_common.domain.messages import BlobSource
-from reelay_common.recorder import StateRecorder
 from reelay_ingest.app import create_app
 from reelay_ingest.deps import IngestDeps, Topics
 from reelay_testing.publisher import FakePublisher
@@ -16,6 +15,7 @@ from reelay_testing.stores import FakeAccountStore, FakeUploadStore
 from tiktok_sandbox.media import iter_sample_mp4
 
 from tests.integration.ingest.ingest_world import API_KEY, served, unique_settings
+from tests.recording import recording
 from tests.unit.ingest.ingest_fakes import FakeTikTok
 
 MB = 1_000_000
@@ -66,11 +66,15 @@ class TestIngestStreams:
         accounts.add_connected("acct")
         uploads, publisher, blobs = FakeUploadStore(), FakePublisher(), DiscardingBlobStore()
         topics = Topics("t.req", "t.events", "t.status")
+        rec = recording(
+            uploads, publisher, status_topic=topics.publish_status, requested_topic=topics.upload_requested
+        )
         deps = IngestDeps(
             uploads=uploads,
             accounts=accounts,
             publisher=publisher,
-            recorder=StateRecorder(uploads, publisher, status_topic=topics.publish_status),
+            recorder=rec.recorder,
+            outbox=rec.outbox,
             blobs=blobs,
             tiktok=FakeTikTok(),
             topics=topics,

@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
+from reelay_common.adapters.kafka.availability import KafkaAvailability
 from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
 from reelay_common.adapters.kafka.publisher import KafkaPublisher
 from reelay_common.adapters.kafka.topics import ensure_topics
@@ -217,11 +218,16 @@ class TestRoundTrip:
         async with world.running(world.loop(handle)):
             await eventually(lambda: len(seen) == 1, what="the record handled")
         assert seen == [produced_trace]
-        [consumer] = [s for s in exporter.get_finished_spans() if s.name == f"{world.topic} process"]
-        assert consumer.kind is trace.SpanKind.CONSUMER
+        spans = exporter.get_finished_spans()
+        [producer] = [s for s in spans if s.name == f"{world.topic} publish"]
+        [consumer] = [s for s in spans if s.name == f"{world.topic} process"]
+        assert (producer.kind, consumer.kind) == (trace.SpanKind.PRODUCER, trace.SpanKind.CONSUMER)
         assert format(consumer.context.trace_id, "032x") == produced_trace
+        # ingest request -> its publish (the record's traceparent) -> the consumer's handling
+        assert producer.parent is not None
+        assert producer.parent.span_id == span.get_span_context().span_id
         assert consumer.parent is not None
-        assert consumer.parent.span_id == span.get_span_context().span_id
+        assert consumer.parent.span_id == producer.context.span_id
 
     async def test_exports_the_lag_of_each_partition_it_holds(self, world: LoopWorld) -> None:
         release = asyncio.Event()
@@ -303,6 +309,21 @@ class TestLogging:
         assert good["duration_ms"] >= 0
         assert (bad["outcome"], bad["offset"]) == ("dead_lettered", 1)
         assert "request_id" not in bad  # context of one record never leaks into the next
+
+
+class TestKafkaAvailability:
+    async def test_an_idle_loop_probes_kafka_and_says_once_that_it_is_back(self, world: LoopWorld) -> None:
+        availability = KafkaAvailability()  # this test's own, fed by hand: the shared broker stays up
+        loop = world.loop(recording(world.seen), availability=availability, availability_probe_seconds=0.1)
+        with structlog.testing.capture_logs() as captured:
+            async with world.running(loop):
+                await eventually(loop.has_assignment, what="the partition assigned", timeout=30)
+                availability.unavailable("KafkaConnectionError: the broker went away")
+                availability.unavailable("KafkaConnectionError: and is still away")
+                # No record arrives: only the loop's metadata probe can tell that Kafka answers.
+                await eventually(lambda: not availability.down, what="the probe finding Kafka back")
+        said = [e["event"] for e in captured if e["event"] in ("kafka_unavailable", "kafka_available_again")]
+        assert said == ["kafka_unavailable", "kafka_available_again"]
 
 
 class TestCommitsOnlyAfterHandling:
@@ -568,6 +589,81 @@ class TestPartitions:
             await world.committed_reaches({0: 3, 1: 3}, partitions=2)
         assert by_partition == {0: ["req-0", "req-1", "req-2"], 1: ["req-10", "req-11", "req-12"]}
 
+    async def test_one_account_waiting_out_its_rate_limit_does_not_hold_up_another_on_its_partition(
+        self, world: LoopWorld
+    ) -> None:
+        # One partition (as two accounts share one in production): acct-a's upload comes first and
+        # waits out its rate-limit window; acct-b's, behind it on the same partition, goes ahead.
+        b_done = asyncio.Event()
+        a_attempts: list[bool] = []  # per attempt of acct-a: had acct-b finished by then?
+        order: list[str] = []
+
+        async def handle(msg: UploadRequested, ctx: RecordContext) -> None:
+            if msg.account_id == "acct-a":
+                a_attempts.append(b_done.is_set())
+                if not b_done.is_set():
+                    raise RateLimitedError("init quota used up", retry_after=0.2)
+            order.append(msg.request_id)
+            if msg.account_id == "acct-b":
+                b_done.set()
+
+        await world.publisher.publish(world.topic, request(1, account="acct-a"), key="acct-a")
+        await world.publisher.publish(world.topic, request(2, account="acct-b"), key="acct-b")
+        async with world.running(world.loop(handle)):
+            await eventually(lambda: order == ["req-2", "req-1"], what="acct-b first, then acct-a")
+            await world.committed_reaches({0: 2})
+        # acct-a was still waiting (retrying) when acct-b's upload finished; its wait did not delay b.
+        assert a_attempts[0] is False
+        assert a_attempts[-1] is True
+
+    async def test_a_finished_record_behind_an_unfinished_one_is_not_committed_and_is_redelivered(
+        self, world: LoopWorld
+    ) -> None:
+        never = asyncio.Event()
+        finished: list[str] = []
+
+        async def handle(msg: UploadRequested, ctx: RecordContext) -> None:
+            if msg.account_id == "acct-a":
+                await never.wait()  # stuck: the process will die with it in flight
+            finished.append(msg.request_id)
+
+        await world.publisher.publish(world.topic, request(1, account="acct-a"), key="acct-a")
+        await world.publisher.publish(world.topic, request(2, account="acct-b"), key="acct-b")
+        stop = asyncio.Event()
+        task = asyncio.create_task(world.loop(handle).run(stop))
+        await eventually(lambda: finished == ["req-2"], what="acct-b handled past the stuck acct-a")
+        task.cancel()  # the process dies
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await world.committed() == {0: -1}  # never past the unfinished offset 0
+
+        never.set()
+        async with world.running(world.loop(handle)):
+            await world.committed_reaches({0: 2})
+        assert sorted(finished) == ["req-1", "req-2", "req-2"]  # both redelivered
+
+    async def test_records_of_one_key_run_one_at_a_time_in_order(self, world: LoopWorld) -> None:
+        running: set[str] = set()
+        overlaps: list[str] = []
+        order: list[str] = []
+
+        async def handle(msg: UploadRequested, ctx: RecordContext) -> None:
+            if msg.account_id in running:
+                overlaps.append(msg.request_id)
+            running.add(msg.account_id)
+            await asyncio.sleep(0.05)
+            running.discard(msg.account_id)
+            order.append(msg.request_id)
+
+        for n in range(6):
+            account = "acct-a" if n % 2 == 0 else "acct-b"
+            await world.publisher.publish(world.topic, request(n, account=account), key=account)
+        async with world.running(world.loop(handle)):
+            await world.committed_reaches({0: 6})
+        assert overlaps == []
+        assert [r for r in order if r in ("req-0", "req-2", "req-4")] == ["req-0", "req-2", "req-4"]
+        assert [r for r in order if r in ("req-1", "req-3", "req-5")] == ["req-1", "req-3", "req-5"]
+
     async def test_a_handler_longer_than_max_poll_interval_causes_no_rebalance(
         self, world: LoopWorld
     ) -> None:
@@ -615,6 +711,33 @@ class TestPartitions:
                 gate.set()
                 await eventually(lambda: world.seen.ids() == ["req-1"], what="redone once")
                 await world.committed_reaches({0: 1})
+
+    async def test_a_revoke_cancels_in_flight_work_and_commits_only_up_to_it(self, world: LoopWorld) -> None:
+        gate = asyncio.Event()
+        cancelled: list[str] = []
+        finished: list[str] = []
+
+        async def handle(msg: UploadRequested, ctx: RecordContext) -> None:
+            if msg.account_id == "acct-b" and not gate.is_set():
+                try:
+                    await gate.wait()
+                except asyncio.CancelledError:
+                    cancelled.append(msg.request_id)
+                    raise
+            finished.append(msg.request_id)
+
+        # offset 0 (acct-a) finishes, 1 (acct-b) is in flight, 2 (acct-c) finishes behind it.
+        for n, account in enumerate(["acct-a", "acct-b", "acct-c"]):
+            await world.publisher.publish(world.topic, request(n, account=account), key=account)
+        async with world.running(world.loop(handle)):
+            await eventually(lambda: sorted(finished) == ["req-0", "req-2"], what="0 and 2 handled")
+            await world.committed_reaches({0: 1})
+            async with world.running(world.loop(handle)):  # a second member: a rebalance
+                await eventually(lambda: cancelled == ["req-1"], what="in-flight work cancelled on revoke")
+                assert await world.committed() == {0: 1}  # never past the unfinished offset 1
+                gate.set()
+                await world.committed_reaches({0: 3})
+        assert finished.count("req-1") == 1
 
 
 async def send_to_partition(bootstrap: str, topic: str, partition: int, message: UploadRequested) -> None:

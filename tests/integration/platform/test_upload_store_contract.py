@@ -11,6 +11,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from reelay_common.adapters.mongo.client import ensure_indexes
 from reelay_common.adapters.mongo.uploads import MongoUploadStore
 from reelay_common.domain.messages import UploadRequested
+from reelay_common.domain.records import CallbackDelivery, Change
 from reelay_common.domain.states import UploadState
 from reelay_common.ports import UploadStore
 from reelay_testing.stores import FakeUploadStore
@@ -73,7 +74,7 @@ class TestCreate:
 
     async def test_is_idempotent_on_request_id(self, store: UploadStore) -> None:
         first, _ = await store.create(cmd(), source="ingest")
-        await store.transition("req-1", S.UPLOADING, source="uploader")
+        await store.transition("req-1", Change(S.UPLOADING, source="uploader"))
         again, created = await store.create(cmd(), source="uploader")
         assert not created
         assert again.state is S.UPLOADING
@@ -89,7 +90,7 @@ class TestCreate:
         await store.create(cmd(), source="ingest")
         expires = datetime(2030, 5, 6, 7, 8, 9, 123000, tzinfo=UTC)
         moved = await store.transition(
-            "req-1", S.UPLOADING, source="uploader", set_fields={"upload_url_expires_at": expires}
+            "req-1", Change(S.UPLOADING, source="uploader", set_fields={"upload_url_expires_at": expires})
         )
         assert moved is not None
         fetched = await store.get("req-1")
@@ -103,10 +104,12 @@ class TestTransition:
         await store.create(cmd(), source="ingest")
         moved = await store.transition(
             "req-1",
-            S.UPLOADING,
-            source="uploader",
-            detail={"log_id": "L1"},
-            set_fields={"publish_id": "p-1", "video_size": 10},
+            Change(
+                S.UPLOADING,
+                source="uploader",
+                detail={"log_id": "L1"},
+                set_fields={"publish_id": "p-1", "video_size": 10},
+            ),
         )
         assert moved is not None
         assert (moved.state, moved.publish_id, moved.video_size) == (S.UPLOADING, "p-1", 10)
@@ -118,12 +121,12 @@ class TestTransition:
 
     async def test_may_skip_intermediate_states(self, store: UploadStore) -> None:
         await store.create(cmd(), source="ingest")
-        assert await store.transition("req-1", S.PROCESSING, source="webhook") is not None
+        assert await store.transition("req-1", Change(S.PROCESSING, source="webhook")) is not None
 
     async def test_never_moves_back(self, store: UploadStore) -> None:
         await store.create(cmd(), source="ingest")
-        await store.transition("req-1", S.PROCESSING, source="poller")
-        assert await store.transition("req-1", S.UPLOADED, source="uploader") is None
+        await store.transition("req-1", Change(S.PROCESSING, source="poller"))
+        assert await store.transition("req-1", Change(S.UPLOADED, source="uploader")) is None
         record = await store.get("req-1")
         assert record is not None
         assert record.state is S.PROCESSING
@@ -131,31 +134,33 @@ class TestTransition:
 
     async def test_a_duplicate_event_changes_nothing(self, store: UploadStore) -> None:
         await store.create(cmd(), source="ingest")
-        await store.transition("req-1", S.PUBLISHED, source="webhook", set_fields={"post_ids": ["a"]})
+        await store.transition("req-1", Change(S.PUBLISHED, source="webhook", set_fields={"post_ids": ["a"]}))
         before = await store.get("req-1")
         assert (
-            await store.transition("req-1", S.PUBLISHED, source="poller", set_fields={"post_ids": ["b"]})
+            await store.transition(
+                "req-1", Change(S.PUBLISHED, source="poller", set_fields={"post_ids": ["b"]})
+            )
             is None
         )
         assert await store.get("req-1") == before
 
     async def test_a_late_failure_never_overrides_a_publish(self, store: UploadStore) -> None:
         await store.create(cmd(), source="ingest")
-        await store.transition("req-1", S.PUBLISHED, source="webhook")
-        assert await store.transition("req-1", S.FAILED, source="poller") is None
+        await store.transition("req-1", Change(S.PUBLISHED, source="webhook"))
+        assert await store.transition("req-1", Change(S.FAILED, source="poller")) is None
         record = await store.get("req-1")
         assert record is not None
         assert record.state is S.PUBLISHED
 
     async def test_unconfirmed_may_still_learn_the_real_outcome(self, store: UploadStore) -> None:
         await store.create(cmd(), source="ingest")
-        await store.transition("req-1", S.UNCONFIRMED, source="poller")
-        moved = await store.transition("req-1", S.PUBLISHED, source="webhook")
+        await store.transition("req-1", Change(S.UNCONFIRMED, source="poller"))
+        moved = await store.transition("req-1", Change(S.PUBLISHED, source="webhook"))
         assert moved is not None
         assert moved.state is S.PUBLISHED
 
     async def test_of_an_unknown_upload_is_refused(self, store: UploadStore) -> None:
-        assert await store.transition("nope", S.UPLOADING, source="uploader") is None
+        assert await store.transition("nope", Change(S.UPLOADING, source="uploader")) is None
         assert await store.get("nope") is None
 
     async def test_many_concurrent_transitions_to_one_target_have_exactly_one_winner(
@@ -164,7 +169,7 @@ class TestTransition:
         await store.create(cmd(), source="ingest")
         results = await asyncio.gather(
             *(
-                store.transition("req-1", S.UPLOADING, source="uploader", detail={"worker": i})
+                store.transition("req-1", Change(S.UPLOADING, source="uploader", detail={"worker": i}))
                 for i in range(20)
             )
         )
@@ -177,7 +182,9 @@ class TestTransition:
     async def test_racing_terminal_outcomes_leave_exactly_one(self, store: UploadStore) -> None:
         await store.create(cmd(), source="ingest")
         targets = [S.PUBLISHED, S.FAILED, S.INBOX_DELIVERED] * 5
-        results = await asyncio.gather(*(store.transition("req-1", t, source="webhook") for t in targets))
+        results = await asyncio.gather(
+            *(store.transition("req-1", Change(t, source="webhook")) for t in targets)
+        )
         assert sum(r is not None for r in results) == 1
         record = await store.get("req-1")
         assert record is not None
@@ -190,21 +197,23 @@ class TestTransition:
         await store.create(cmd(), source="ingest")
         before = await store.get("req-1")
         with pytest.raises(ValueError, match="managed by the store"):
-            await store.transition("req-1", S.UPLOADING, source="uploader", set_fields={field: "x"})
+            await store.transition("req-1", Change(S.UPLOADING, source="uploader", set_fields={field: "x"}))
         assert await store.get("req-1") == before
 
     async def test_refuses_unknown_fields_and_writes_nothing(self, store: UploadStore) -> None:
         await store.create(cmd(), source="ingest")
         before = await store.get("req-1")
         with pytest.raises(ValueError, match="unknown upload fields"):
-            await store.transition("req-1", S.UPLOADING, source="uploader", set_fields={"publishid": "typo"})
+            await store.transition(
+                "req-1", Change(S.UPLOADING, source="uploader", set_fields={"publishid": "typo"})
+            )
         assert await store.get("req-1") == before
 
 
 class TestCheckpoint:
     async def test_sets_fields_without_a_state_change(self, store: UploadStore) -> None:
         await store.create(cmd(), source="ingest")
-        await store.transition("req-1", S.UPLOADING, source="uploader")
+        await store.transition("req-1", Change(S.UPLOADING, source="uploader"))
         record = await store.checkpoint(
             "req-1", {"publish_id": "p-1", "upload_url": "https://u", "uploaded_bytes": 5}
         )
@@ -219,7 +228,7 @@ class TestCheckpoint:
 
     async def test_with_expect_state_only_applies_in_that_state(self, store: UploadStore) -> None:
         await store.create(cmd(), source="ingest")
-        await store.transition("req-1", S.UPLOADED, source="uploader")
+        await store.transition("req-1", Change(S.UPLOADED, source="uploader"))
         assert await store.checkpoint("req-1", {"uploaded_bytes": 1}, expect_state=S.UPLOADING) is None
         record = await store.get("req-1")
         assert record is not None
@@ -239,7 +248,7 @@ class TestQueries:
         for n, account in [(1, "a"), (2, "b"), (3, "a"), (4, "a")]:
             await store.create(cmd(n, account=account), source="ingest")
             await asyncio.sleep(0.005)  # distinct created_at at millisecond precision
-        await store.transition("req-3", S.UPLOADING, source="uploader")
+        await store.transition("req-3", Change(S.UPLOADING, source="uploader"))
         assert [r.request_id for r in await store.list(account_id="a")] == ["req-4", "req-3", "req-1"]
         assert [r.request_id for r in await store.list(account_id="a", state=S.ACCEPTED)] == [
             "req-4",
@@ -298,14 +307,16 @@ class TestPolling:
     async def test_never_claims_finished_uploads(self, store: UploadStore, terminal: S) -> None:
         await store.create(cmd(1), source="ingest")
         await store.schedule_poll("req-1", at(0), attempts=0)
-        await store.transition("req-1", terminal, source="webhook")
+        await store.transition("req-1", Change(terminal, source="webhook"))
         assert await store.claim_due_poll(at(1), 30) is None
 
     async def test_claims_a_published_upload_only_while_it_is_watched_for_post_ids(
         self, store: UploadStore
     ) -> None:
         await store.create(cmd(1), source="ingest")
-        await store.transition("req-1", S.PUBLISHED, source="poller", set_fields={"poll_next_at": at(0)})
+        await store.transition(
+            "req-1", Change(S.PUBLISHED, source="poller", set_fields={"poll_next_at": at(0)})
+        )
         claimed = await store.claim_due_poll(at(1), 30)
         assert claimed is not None
         assert claimed.state is S.PUBLISHED
@@ -326,7 +337,7 @@ class TestPolling:
             await store.schedule_poll(f"req-{n}", at(0), attempts=0)
         await asyncio.gather(
             *(store.claim_due_poll(at(1), 60) for _ in range(10)),
-            *(store.transition(f"req-{n}", S.PROCESSING, source="webhook") for n in range(10)),
+            *(store.transition(f"req-{n}", Change(S.PROCESSING, source="webhook")) for n in range(10)),
         )
         for n in range(10):
             record = await store.get(f"req-{n}")
@@ -345,10 +356,21 @@ async def settle_some(store: UploadStore) -> None:
     published and still watched for its post ids (in flight)."""
     for n in range(1, 5):
         await store.create(cmd(n), source="ingest")
-    await store.transition("req-1", S.FAILED, source="uploader", detail={"code": "x"})
-    await store.transition("req-2", S.PUBLISHED, source="poller", set_fields={"publish_id": "v_pub_2"})
-    await store.transition("req-3", S.UPLOADING, source="uploader")
-    await store.transition("req-4", S.PUBLISHED, source="poller", set_fields={"poll_next_at": at(0)})
+    await store.transition("req-1", Change(S.FAILED, source="uploader", detail={"code": "x"}))
+    await store.transition(
+        "req-2", Change(S.PUBLISHED, source="poller", set_fields={"publish_id": "v_pub_2"})
+    )
+    await store.transition("req-3", Change(S.UPLOADING, source="uploader"))
+    await store.transition("req-4", Change(S.PUBLISHED, source="poller", set_fields={"poll_next_at": at(0)}))
+    for n in range(1, 5):
+        await sent(store, f"req-{n}")
+
+
+async def sent(store: UploadStore, request_id: str) -> None:
+    """What the upload owed Kafka was sent (as the relay settles it)."""
+    record = await store.get(request_id)
+    assert record is not None
+    await store.settle_outbox(request_id, record.outbox, next_try_at=datetime.now(UTC))
 
 
 class TestArchive:
@@ -384,7 +406,7 @@ class TestArchive:
         assert record is not None
         assert record.post_ids == ["7300000000000000001"]
         # Terminal is terminal, archived or not.
-        assert await store.transition("req-1", S.PUBLISHED, source="webhook") is None
+        assert await store.transition("req-1", Change(S.PUBLISHED, source="webhook")) is None
 
     async def test_a_replayed_create_of_an_archived_upload_returns_it(self, store: UploadStore) -> None:
         await settle_some(store)
@@ -398,7 +420,8 @@ class TestArchive:
     async def test_concurrent_archive_runs_move_each_upload_once(self, store: UploadStore) -> None:
         for n in range(10):
             await store.create(cmd(n), source="ingest")
-            await store.transition(f"req-{n}", S.FAILED, source="uploader")
+            await store.transition(f"req-{n}", Change(S.FAILED, source="uploader"))
+            await sent(store, f"req-{n}")
         moved = await asyncio.gather(*(store.archive_settled(later(), grace_seconds=0) for _ in range(4)))
         assert sum(moved) == 10
         assert len(await store.list()) == 10
@@ -406,7 +429,8 @@ class TestArchive:
     async def test_a_write_racing_the_archive_move_is_not_lost(self, store: UploadStore) -> None:
         for n in range(10):
             await store.create(cmd(n), source="ingest")
-            await store.transition(f"req-{n}", S.PUBLISHED, source="poller")
+            await store.transition(f"req-{n}", Change(S.PUBLISHED, source="poller"))
+            await sent(store, f"req-{n}")
         await asyncio.gather(
             store.archive_settled(later(), grace_seconds=0),
             *(store.checkpoint(f"req-{n}", {"post_ids": [str(7300000000000000000 + n)]}) for n in range(10)),
@@ -416,6 +440,113 @@ class TestArchive:
             record = await store.get(f"req-{n}")
             assert record is not None
             assert record.post_ids == [str(7300000000000000000 + n)]
+
+
+class TestOutbox:
+    async def test_a_new_upload_owes_its_accepted_announcement_and_with_enqueue_its_command(
+        self, store: UploadStore
+    ) -> None:
+        plain, _ = await store.create(cmd(1), source="uploader")
+        queued, _ = await store.create(cmd(2), source="ingest", enqueue=True, lease_seconds=30)
+        assert [(e.kind, e.state, e.source) for e in plain.outbox] == [("status", S.ACCEPTED, "uploader")]
+        assert [e.kind for e in queued.outbox] == ["status", "upload_requested"]
+        assert plain.outbox_due_at is not None
+        assert plain.outbox_lease_until is None
+        assert queued.outbox_lease_until is not None  # its creator sends it
+        assert await store.get("req-2") == queued
+
+    async def test_each_transition_appends_its_announcement_in_order(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        for target in (S.UPLOADING, S.UPLOADED):
+            await store.transition("req-1", Change(target, source="uploader"))
+        await store.transition("req-1", Change(S.UPLOADING, source="uploader"))  # refused: nothing owed
+        record = await store.get("req-1")
+        assert record is not None
+        assert [e.state for e in record.outbox] == [S.ACCEPTED, S.UPLOADING, S.UPLOADED]
+        assert len({e.id for e in record.outbox}) == 3
+
+    async def test_one_process_at_a_time_holds_an_outbox(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        now = datetime.now(UTC)
+        leased = await store.lease_outbox("req-1", now, 30)
+        assert leased is not None
+        assert [e.state for e in leased.outbox] == [S.ACCEPTED]
+        assert await store.lease_outbox("req-1", now, 30) is None
+        assert await store.claim_due_outbox(now + timedelta(seconds=1), 30) is None
+        # Once the holder's lease runs out, another may take over.
+        assert await store.lease_outbox("req-1", now + timedelta(seconds=31), 30) is not None
+        assert await store.lease_outbox("nope", now, 30) is None
+
+    async def test_settling_removes_exactly_what_was_sent(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        leased = await store.lease_outbox("req-1", datetime.now(UTC), 30)
+        assert leased is not None
+        # Appended while the holder sends: kept, and due when the holder says.
+        await store.transition("req-1", Change(S.UPLOADING, source="uploader"))
+        retry = at(60)
+        after = await store.settle_outbox("req-1", leased.outbox, next_try_at=retry)
+        assert after is not None
+        assert [e.state for e in after.outbox] == [S.UPLOADING]
+        assert (after.outbox_due_at, after.outbox_lease_until) == (retry, None)
+        done = await store.settle_outbox("req-1", after.outbox, next_try_at=retry)
+        assert done is not None
+        assert (done.outbox, done.outbox_due_at, done.outbox_lease_until) == ([], None, None)
+        assert await store.lease_outbox("req-1", datetime.now(UTC), 30) is None  # nothing owed
+
+    async def test_claims_only_due_outboxes_earliest_first_and_each_once(self, store: UploadStore) -> None:
+        for n in range(1, 4):
+            await store.create(cmd(n), source="ingest")
+        await store.settle_outbox("req-2", [], next_try_at=at(100))  # backed off
+        await sent(store, "req-3")  # owes nothing
+        claims = await asyncio.gather(*(store.claim_due_outbox(at(10), 3600) for _ in range(4)))
+        assert sorted(c.request_id for c in claims if c is not None) == ["req-1"]
+        later_claim = await store.claim_due_outbox(at(101), 30)
+        assert later_claim is not None
+        assert later_claim.request_id == "req-2"
+
+    async def test_an_upload_that_still_owes_kafka_is_not_archived(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        await store.transition("req-1", Change(S.FAILED, source="uploader"))
+        assert await store.archive_settled(later(), grace_seconds=0) == 0
+        await sent(store, "req-1")
+        assert await store.archive_settled(later(), grace_seconds=0) == 1
+
+
+class TestPostIds:
+    async def test_merges_new_ids_once_and_announces_them(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        await store.transition("req-1", Change(S.PUBLISHED, source="poller"))
+        await sent(store, "req-1")
+        first = await store.add_post_ids("req-1", ["p1", "p2"], source="webhook")
+        assert first is not None
+        assert first.post_ids == ["p1", "p2"]
+        assert [(e.state, e.source) for e in first.outbox] == [(S.PUBLISHED, "webhook")]
+        assert await store.add_post_ids("req-1", ["p2", "p1"], source="poller") is None
+        again = await store.add_post_ids("req-1", ["p2", "p3"], source="poller")
+        assert again is not None
+        assert again.post_ids == ["p1", "p2", "p3"]
+        assert await store.add_post_ids("nope", ["p1"], source="poller") is None
+
+    async def test_concurrent_writers_lose_no_id(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        await store.transition("req-1", Change(S.PUBLISHED, source="poller"))
+        await asyncio.gather(*(store.add_post_ids("req-1", [f"p{n}"], source="webhook") for n in range(8)))
+        record = await store.get("req-1")
+        assert record is not None
+        assert sorted(record.post_ids) == [f"p{n}" for n in range(8)]
+
+    async def test_an_archived_upload_learns_its_ids_and_owes_their_announcement(
+        self, store: UploadStore
+    ) -> None:
+        await settle_some(store)
+        await store.archive_settled(later(), grace_seconds=0)
+        updated = await store.add_post_ids("req-2", ["p1"], source="webhook")
+        assert updated is not None
+        assert updated.post_ids == ["p1"]
+        claimed = await store.claim_due_outbox(later(), 30)
+        assert claimed is not None
+        assert claimed.request_id == "req-2"
+        assert (await store.find_in_flight("req-2")) is not None
 
 
 class TestInFlightCollection:
@@ -432,3 +563,77 @@ class TestInFlightCollection:
         assert await indexed_db["uploads_in_flight"].count_documents({}) == 2
         archived = {d["_id"] async for d in indexed_db["uploads"].find({}, {"_id": 1})}
         assert archived == {"req-1", "req-2"}
+        assert await store.find_in_flight("req-1") is None
+        assert await store.find_in_flight("req-3") is not None
+
+    async def test_a_request_id_claimed_by_a_writer_that_died_before_its_insert_is_usable(
+        self, indexed_db: AsyncDatabase[dict[str, Any]]
+    ) -> None:
+        store = MongoUploadStore(indexed_db)
+        await indexed_db["uploads_ids"].insert_one({"_id": "req-1"})  # claimed, then the process died
+        record, created = await store.create(cmd(), source="ingest")
+        assert created
+        assert record.state is S.ACCEPTED
+        again, created_again = await store.create(cmd(), source="ingest")
+        assert (again.request_id, created_again) == ("req-1", False)
+
+    async def test_request_ids_stored_before_the_claims_existed_are_claimed_at_start(
+        self, indexed_db: AsyncDatabase[dict[str, Any]]
+    ) -> None:
+        store = MongoUploadStore(indexed_db)
+        await settle_some(store)
+        await store.archive_settled(later(), grace_seconds=0)
+        await indexed_db["uploads_ids"].delete_many({})  # as an older Reelay left the database
+        await ensure_indexes(indexed_db)
+        ids = {d["_id"] async for d in indexed_db["uploads_ids"].find({})}
+        assert ids == {"req-1", "req-2", "req-3", "req-4"}
+        again, created = await store.create(cmd(1), source="ingest")  # archived: a replay
+        assert not created
+        assert again.state is S.FAILED
+
+
+def delivery(state: UploadState, seconds: float, **fields: Any) -> CallbackDelivery:
+    """A callback of `state`, last tried `seconds` after the first attempt."""
+    return CallbackDelivery(state=state, first_attempt_at=at(0), last_attempt_at=at(seconds), **fields)
+
+
+class TestRecordCallback:
+    async def test_keeps_each_states_callback_from_its_first_attempt_to_its_end(
+        self, store: UploadStore
+    ) -> None:
+        await store.create(cmd(), source="ingest")
+        await store.record_callback("req-1", delivery(S.ACCEPTED, 0, attempts=1, last_status=500))
+        await store.record_callback("req-1", delivery(S.ACCEPTED, 2, attempts=2, last_error="timeout"))
+        done = delivery(S.ACCEPTED, 5, attempts=3, last_status=204, outcome="delivered", delivered_at=at(5))
+        after = await store.record_callback("req-1", done)
+        assert after is not None
+        assert after.callbacks == {S.ACCEPTED: done}
+        assert after.state is S.ACCEPTED  # no state change, no history entry
+        assert len(after.history) == 1
+        again = await store.get("req-1")
+        assert again is not None
+        assert again.callbacks == {S.ACCEPTED: done}
+
+    async def test_a_finished_callback_is_never_overwritten(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        failed = delivery(S.ACCEPTED, 0, attempts=1, last_status=404, outcome="failed", gave_up_at=at(0))
+        assert await store.record_callback("req-1", failed) is not None
+        assert await store.record_callback("req-1", delivery(S.ACCEPTED, 1, attempts=2)) is None
+        # Another state's callback is its own.
+        other = await store.record_callback("req-1", delivery(S.UPLOADING, 1, attempts=1))
+        assert other is not None
+        assert other.callbacks == {S.ACCEPTED: failed, S.UPLOADING: delivery(S.UPLOADING, 1, attempts=1)}
+
+    async def test_an_unknown_upload_records_nothing(self, store: UploadStore) -> None:
+        assert await store.record_callback("nope", delivery(S.ACCEPTED, 0)) is None
+
+    async def test_an_archived_uploads_callback_is_recorded_where_it_now_lives(
+        self, store: UploadStore
+    ) -> None:
+        await settle_some(store)
+        await store.archive_settled(later(), grace_seconds=0)
+        done = delivery(S.FAILED, 1, attempts=1, last_status=200, outcome="delivered", delivered_at=at(1))
+        assert await store.record_callback("req-1", done) is not None
+        record = await store.get("req-1")
+        assert record is not None
+        assert record.callbacks == {S.FAILED: done}

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -27,8 +28,9 @@ from reelay_common.domain.messages import (
     UrlSource,
     VideoUploaded,
 )
-from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.records import Change, UploadRecord
 from reelay_common.domain.states import UploadState
+from reelay_common.domain.tiktok import TokenGrant
 from reelay_status_poller.main import run
 from reelay_status_poller.settings import PollerSettings
 from reelay_testing.kafka import read_topic
@@ -130,12 +132,7 @@ class World:
         accounts = MongoAccountStore(self.db, TokenCipher(self.settings().token_encryption_key))
         await accounts.upsert_tokens(
             name,
-            open_id=grant["open_id"],
-            access_token=grant["access_token"],
-            expires_in=int(grant["expires_in"]),
-            refresh_token=grant["refresh_token"],
-            refresh_expires_in=int(grant["refresh_expires_in"]),
-            scopes=[s for s in str(grant["scope"]).split(",") if s],
+            TokenGrant.model_validate(grant),
         )
         self._tokens[name] = grant["access_token"]
         return name
@@ -164,17 +161,19 @@ class World:
             init = await client.init_direct_post(self._tokens[account_id], post_info, plan)
             assert init.upload_url is not None
             uploads = self.uploads
-            await uploads.create(cmd, source="ingest")
+            # Holding the outbox as the uploader would while sending it (a running poller's relay
+            # would otherwise send it), then settling it below as sent.
+            await uploads.create(cmd, source="ingest", lease_seconds=3600)
             await uploads.transition(
                 request_id,
-                UploadState.UPLOADING,
-                source="uploader",
-                set_fields={"publish_id": init.publish_id},
+                Change(UploadState.UPLOADING, source="uploader", set_fields={"publish_id": init.publish_id}),
             )
             await upload_chunks(client, init.upload_url, plan, BytesVideoReader(data))
-        await uploads.transition(request_id, UploadState.UPLOADED, source="uploader")
-        # The uploader's recorder would have announced it; this test announces nothing itself.
-        record = await uploads.checkpoint(request_id, {"announced_state": UploadState.UPLOADED})
+        await uploads.transition(request_id, Change(UploadState.UPLOADED, source="uploader"))
+        # The uploader's relay would have sent what it owed; this test announces nothing itself.
+        owed = await uploads.get(request_id)
+        assert owed is not None
+        record = await uploads.settle_outbox(request_id, owed.outbox, next_try_at=datetime.now(UTC))
         assert record is not None
         return record
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from reelay_common.domain.chunks import plan_chunks
 from reelay_common.domain.messages import PostInfo
+from reelay_common.ports import ChunkedUpload
 from reelay_testing.readers import FileVideoReader
 from tiktok_sandbox.media import write_sample_mp4
 from tiktok_sandbox.testing import SandboxHandle
@@ -58,12 +59,8 @@ async def publish_file(layer: TikTokLayer, account_id: str, path: Path) -> tuple
         progress.append(confirmed)
 
     await layer.gateway.upload_chunks(
-        init.upload_url,
-        plan,
-        reader,
+        ChunkedUpload(init.upload_url, plan, reader, account_id=account_id, publish_id=init.publish_id),
         on_progress=on_progress,
-        account_id=account_id,
-        publish_id=init.publish_id,
     )
     return init.publish_id, progress
 

@@ -16,6 +16,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from reelay_common.adapters.tiktok.tokens import MongoTokenProvider
 from reelay_common.domain.errors import AuthExpiredError, InvalidInputError, TransientTikTokError
 from reelay_common.domain.messages import utcnow
+from reelay_common.domain.tiktok import TokenGrant
 from tiktok_sandbox.testing import SandboxHandle, running_sandbox
 
 from tests.integration.tiktok.tiktok_it import TikTokLayer, build_layer, connect_account, sandbox_stats
@@ -230,16 +231,11 @@ class TestGatewayRefresh:
     async def test_a_refused_token_is_refreshed_once_and_the_call_retried(
         self, layer: TikTokLayer, sandbox: SandboxHandle
     ) -> None:
-        open_id, grant = await connect_account(layer, sandbox.base_url, "acct", username="refused")
+        _, grant = await connect_account(layer, sandbox.base_url, "acct", username="refused")
         # The store believes in a token TikTok does not know (revoked elsewhere, say).
         await layer.store.upsert_tokens(
             "acct",
-            open_id=open_id,
-            access_token="act.not-a-live-token",
-            expires_in=7200,
-            refresh_token=grant["refresh_token"],
-            refresh_expires_in=grant["refresh_expires_in"],
-            scopes=grant["scope"].split(","),
+            TokenGrant.model_validate({**grant, "access_token": "act.not-a-live-token", "expires_in": 7200}),
         )
         info = await layer.gateway.creator_info("acct")
         assert info.creator_username == "refused"

@@ -14,6 +14,7 @@ from reelay_common.adapters.mongo.rate_limits import MongoRateLimiter
 from reelay_common.adapters.tiktok.client import TikTokClient
 from reelay_common.adapters.tiktok.gateway import TikTokGateway
 from reelay_common.adapters.tiktok.tokens import MongoTokenProvider
+from reelay_common.domain.tiktok import TokenGrant
 from reelay_common.settings import DEV_TOKEN_KEY
 
 SANDBOX_CLIENT_KEY = "dev-client-key"
@@ -75,12 +76,7 @@ async def connect_account(
     grant = (await layer.http.post(f"{sandbox_base_url}/sandbox/users/{open_id}/tokens")).json()
     await layer.store.upsert_tokens(
         account_id,
-        open_id=open_id,
-        access_token=grant["access_token"],
-        expires_in=grant["expires_in"] if expires_in is None else expires_in,
-        refresh_token=grant["refresh_token"],
-        refresh_expires_in=grant["refresh_expires_in"],
-        scopes=grant["scope"].split(","),
+        TokenGrant.model_validate(grant if expires_in is None else {**grant, "expires_in": expires_in}),
     )
     return open_id, grant
 

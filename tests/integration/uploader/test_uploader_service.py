@@ -26,6 +26,7 @@ from reelay_common.adapters.tiktok.client import PATH_VIDEO_INIT
 from reelay_common.domain.messages import DeadLetter, UploadRequested, VideoUploaded, dlq_topic
 from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.states import UploadState
+from reelay_common.domain.tiktok import TokenGrant
 from reelay_testing.kafka import read_topic
 from reelay_testing.readers import aiter_bytes
 from reelay_testing.waiting import eventually
@@ -105,16 +106,23 @@ class Env:
     account_id: str
     open_id: str
     tmp: Path
+    accounts: MongoAccountStore
+
+    async def connect_account(self, name: str) -> str:
+        """Another creator in the sandbox, connected in Reelay: its account_id."""
+        return (await _connect(self.sandbox, self.accounts, name))[0]
 
     def video(self, size: int, *, seed: int = 0) -> tuple[str, Path]:
         path = write_sample_mp4(self.tmp / f"sample-{size}-{seed}.mp4", size, seed=seed)
         return f"{self.videos.base_url}/{path.name}", path
 
-    def request(self, url: str, *, request_id: str | None = None) -> UploadRequested:
+    def request(
+        self, url: str, *, request_id: str | None = None, account_id: str | None = None
+    ) -> UploadRequested:
         return UploadRequested.model_validate(
             {
                 "request_id": request_id or f"req-{uuid.uuid4().hex[:12]}",
-                "account_id": self.account_id,
+                "account_id": account_id or self.account_id,
                 "mode": "direct",
                 "source": {"kind": "url", "url": url},
                 "post_info": {"privacy_level": "SELF_ONLY", "title": "integration #reelay"},
@@ -172,19 +180,8 @@ async def env(
     try:
         async with running_sandbox(processing_delay_seconds=0.2) as sandbox:
             settings = settings.model_copy(update={"tiktok_api_base_url": sandbox.base_url})
-            user = sandbox.add_user(f"creator-{uuid.uuid4().hex[:6]}")
-            grant = sandbox.issue_tokens(user.open_id)
-            account_id = f"acct-{uuid.uuid4().hex[:10]}"
             accounts = MongoAccountStore(mongo_db, TokenCipher(settings.token_encryption_key))
-            await accounts.upsert_tokens(
-                account_id,
-                open_id=grant["open_id"],
-                access_token=grant["access_token"],
-                expires_in=grant["expires_in"],
-                refresh_token=grant["refresh_token"],
-                refresh_expires_in=grant["refresh_expires_in"],
-                scopes=grant["scope"].split(","),
-            )
+            account_id, open_id = await _connect(sandbox, accounts, "creator")
             yield Env(
                 settings=settings,
                 sandbox=sandbox,
@@ -192,11 +189,21 @@ async def env(
                 uploads=MongoUploadStore(mongo_db),
                 publisher=kafka_publisher,
                 account_id=account_id,
-                open_id=user.open_id,
+                open_id=open_id,
                 tmp=tmp_path,
+                accounts=accounts,
             )
     finally:
         await videos.stop()
+
+
+async def _connect(sandbox: SandboxHandle, accounts: MongoAccountStore, name: str) -> tuple[str, str]:
+    """A sandbox creator whose tokens Reelay stores: (account_id, open_id)."""
+    user = sandbox.add_user(f"{name}-{uuid.uuid4().hex[:6]}")
+    grant = sandbox.issue_tokens(user.open_id)
+    account_id = f"acct-{uuid.uuid4().hex[:10]}"
+    await accounts.upsert_tokens(account_id, TokenGrant.model_validate(grant))
+    return account_id, user.open_id
 
 
 @dataclass
@@ -292,6 +299,47 @@ class TestUploaderService:
         accepted = [c for c in publish.chunks if c.status_code in (201, 206)]
         assert len(accepted) == 7  # each chunk landed once
         assert record.init_attempts == 1
+
+    async def test_an_account_waiting_for_its_init_quota_holds_up_no_other_account_on_its_partition(
+        self, env: Env
+    ) -> None:
+        # One partition for both accounts. TikTok allows 6 inits a minute per token (API reference
+        # §7): the busy account's 7th upload waits for its window while the other's goes through.
+        other = await env.connect_account("other")
+        url, _ = env.video(1 * MB)
+        busy = [env.request(url) for _ in range(7)]
+        theirs = env.request(url, account_id=other)
+        async with uploader(env.settings):
+            for cmd in busy:
+                await env.send(cmd)
+            await env.send(theirs)
+            await env.wait_state(theirs.request_id, UploadState.UPLOADED)
+            seventh = await env.record(busy[-1].request_id)
+            inits_so_far = len(env.publishes())
+        # The other account's upload, behind all seven on the partition, finished while the busy
+        # account's 7th had not reached TikTok yet (its window still closed): one at a time, it would
+        # have waited for all seven.
+        assert seventh is None or seventh.publish_id is None
+        assert inits_so_far <= 6
+
+    async def test_a_source_refusing_connections_fails_at_the_retry_deadline_and_the_next_goes_on(
+        self, env: Env
+    ) -> None:
+        # Nothing listens on port 1: every attempt is refused. The account's next upload, behind it
+        # in order, would wait forever if retries had no end.
+        refused = env.request("http://127.0.0.1:1/gone.mp4")
+        url, _ = env.video(2 * MB)
+        after = env.request(url)
+        settings = env.settings.model_copy(update={"retry_deadline_seconds": 1.0})
+        async with uploader(settings):
+            await env.send(refused)
+            await env.send(after)
+            failed = await env.wait_state(refused.request_id, UploadState.FAILED)
+            await env.wait_state(after.request_id, UploadState.UPLOADED)
+        detail = failed.history[-1].detail
+        assert (detail["code"], detail["last_error_code"]) == ("retries_exhausted", "source_unavailable")
+        assert failed.retrying_since is not None
+        assert len(env.publishes()) == 1  # only the second upload reached TikTok
 
     async def test_dead_letters_a_malformed_record_and_keeps_going(self, env: Env) -> None:
         # An upload that ingest accepted, whose record on Kafka turns out malformed.

@@ -8,15 +8,21 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from asgi_lifespan import LifespanManager
 from pydantic import BaseModel
 from reelay_common.domain.errors import ReelayError, RetryableError
-from reelay_common.domain.messages import PrivacyLevel, TikTokWebhookReceived, UploadRequested
+from reelay_common.domain.messages import (
+    PrivacyLevel,
+    PublishStatusChanged,
+    TikTokWebhookReceived,
+    UploadRequested,
+)
 from reelay_common.domain.tiktok import CreatorInfo
-from reelay_common.recorder import StateRecorder
+from reelay_common.outbox import OutboxRelay
 from reelay_ingest.app import create_app
 from reelay_ingest.deps import IngestDeps, Topics
 from reelay_ingest.main import policy_of
@@ -25,6 +31,8 @@ from reelay_ingest.webhooks import sign
 from reelay_testing.blobs import FakeBlobStore
 from reelay_testing.publisher import FakePublisher
 from reelay_testing.stores import FakeAccountStore, FakeUploadStore
+
+from tests.recording import recording
 
 API_KEY = "unit-test-key"
 ACCOUNT = "acme-main"
@@ -109,6 +117,7 @@ class IngestApp:
     tiktok: FakeTikTok
     settings: IngestSettings
     ready: dict[str, bool] = field(default_factory=dict)
+    outbox: OutboxRelay | None = None
 
     @property
     def auth(self) -> dict[str, str]:
@@ -121,6 +130,19 @@ class IngestApp:
             for t, m, k in self.publisher.sent
             if t == TOPICS.upload_requested and isinstance(m, UploadRequested)
         ]
+
+    def announced(self) -> list[PublishStatusChanged]:
+        """Every PublishStatusChanged published."""
+        return self.publisher.messages(TOPICS.publish_status, PublishStatusChanged)
+
+    async def relay_round(self) -> None:
+        """One round of the outbox relay loop, with every backoff run out."""
+        for record in self.uploads.records.values():
+            if record.outbox:
+                await self.uploads.settle_outbox(record.request_id, [], next_try_at=datetime.now(UTC))
+        while (due := await self.uploads.claim_due_outbox(datetime.now(UTC), 30)) is not None:
+            assert self.outbox is not None
+            await self.outbox.drain(due.request_id, leased=due)
 
     def webhooks(self) -> list[tuple[TikTokWebhookReceived, str]]:
         return [
@@ -228,11 +250,15 @@ async def running(
 
         return probe
 
+    rec = recording(
+        uploads, publisher, status_topic=TOPICS.publish_status, requested_topic=TOPICS.upload_requested
+    )
     deps = IngestDeps(
         uploads=uploads,
         accounts=accounts,
         publisher=publisher,
-        recorder=StateRecorder(uploads, publisher, status_topic=TOPICS.publish_status),
+        recorder=rec.recorder,
+        outbox=rec.outbox,
         blobs=blobs,
         tiktok=tiktok,
         topics=TOPICS,
@@ -242,4 +268,4 @@ async def running(
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=raise_app_exceptions)
         async with httpx.AsyncClient(transport=transport, base_url="http://ingest.test") as client:
-            yield IngestApp(client, uploads, accounts, publisher, blobs, tiktok, settings, ready)
+            yield IngestApp(client, uploads, accounts, publisher, blobs, tiktok, settings, ready, rec.outbox)

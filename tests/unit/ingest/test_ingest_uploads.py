@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from reelay_common.domain.messages import BlobSource, PublishStatusChanged, UrlSource
+from reelay_common.domain.records import Change
 from reelay_common.domain.states import UploadState
 
 from tests.unit.ingest.ingest_fakes import (
@@ -103,7 +104,7 @@ class TestAcceptUploadByUrl:
 class TestIdempotentReplay:
     async def test_same_request_again_answers_202_with_the_existing_state(self, ingest: IngestApp) -> None:
         await ingest.post_json(url_body(request_id="r-1"))
-        await ingest.uploads.transition("r-1", UploadState.UPLOADING, source="uploader")
+        await ingest.uploads.transition("r-1", Change(UploadState.UPLOADING, source="uploader"))
         sent_before = len(ingest.publisher.sent)
 
         resp = await ingest.post_json(url_body(request_id="r-1"))
@@ -114,8 +115,10 @@ class TestIdempotentReplay:
         assert len(ingest.publisher.sent) == sent_before, "an upload already under way is not queued again"
         assert len(ingest.uploads.records) == 1
 
-    async def test_replay_of_a_still_accepted_upload_queues_it_again(self, ingest: IngestApp) -> None:
-        # The first call may have died between the insert and Kafka's ack: the replay makes sure.
+    async def test_replay_of_a_still_accepted_upload_answers_without_queueing_it_again(
+        self, ingest: IngestApp
+    ) -> None:
+        # Whatever the first call still owed Kafka waits in the outbox: the replay need not send it.
         await ingest.post_json(url_body(request_id="r-1"))
 
         resp = await ingest.post_json(url_body(request_id="r-1"))
@@ -127,7 +130,7 @@ class TestIdempotentReplay:
             "status_url": None,
             "replayed": True,
         }
-        assert [m.request_id for m, _ in ingest.requested()] == ["r-1", "r-1"]
+        assert [m.request_id for m, _ in ingest.requested()] == ["r-1"]
         assert len(ingest.uploads.records) == 1
 
     async def test_replay_through_the_header_is_the_same_request(self, ingest: IngestApp) -> None:
@@ -178,56 +181,62 @@ class TestIdempotentReplay:
         assert len(ingest.blobs.blobs) == 1
 
 
-class TestKafkaDoesNotAcknowledge:
-    async def test_answers_503_and_marks_the_upload_failed(self, ingest: IngestApp) -> None:
+class TestKafkaDown:
+    async def test_answers_202_and_the_command_waits_in_the_outbox(self, ingest: IngestApp) -> None:
         ingest.publisher.failing_topics.add(TOPICS.upload_requested)
 
         resp = await ingest.post_json(url_body(request_id="k-1"))
 
-        assert resp.status_code == 503
-        error = resp.json()["error"]
-        assert error["code"] == "enqueue_failed"
-        assert error["detail"] == {"request_id": "k-1", "state": "failed"}
-        assert "Retry-After" in resp.headers
+        assert resp.status_code == 202
+        assert resp.json()["state"] == "accepted"
         record = await ingest.uploads.get("k-1")
         assert record is not None
-        assert record.state is UploadState.FAILED
-        assert record.history[-1].detail["code"] == "enqueue_failed"
+        assert record.state is UploadState.ACCEPTED
+        assert [e.kind for e in record.outbox] == ["upload_requested"]  # `accepted` was announced
         assert ingest.requested() == []
 
-    async def test_marks_failed_even_when_the_status_topic_is_down_too(self, ingest: IngestApp) -> None:
+    async def test_the_relay_queues_it_once_kafka_is_back(self, ingest: IngestApp) -> None:
         ingest.publisher.failing_topics.update({TOPICS.upload_requested, TOPICS.publish_status})
-
-        resp = await ingest.post_json(url_body(request_id="k-2"))
-
-        assert resp.status_code == 503
-        record = await ingest.uploads.get("k-2")
-        assert record is not None
-        assert record.state is UploadState.FAILED
-
-    async def test_the_spent_request_id_says_to_use_a_new_one(self, ingest: IngestApp) -> None:
-        ingest.publisher.failing_topics.add(TOPICS.upload_requested)
-        await ingest.post_json(url_body(request_id="k-1"))
+        await ingest.post_json(url_body(request_id="k-2"))
         ingest.publisher.failing_topics.clear()
 
-        again = await ingest.post_json(url_body(request_id="k-1"))
-        fresh = await ingest.post_json(url_body(request_id="k-1b"))
+        await ingest.relay_round()
+
+        assert [m.request_id for m, _ in ingest.requested()] == ["k-2"]
+        assert [m.state for m in ingest.announced()] == [UploadState.ACCEPTED]
+        record = await ingest.uploads.get("k-2")
+        assert record is not None
+        assert (record.outbox, record.outbox_due_at) == ([], None)
+
+    async def test_an_upload_an_earlier_reelay_refused_says_to_use_a_new_request_id(
+        self, ingest: IngestApp
+    ) -> None:
+        # Before the outbox, Reelay answered 503 and marked the upload failed with enqueue_failed.
+        body = url_body(request_id="k-old")
+        await ingest.post_json(body)
+        await ingest.uploads.transition(
+            "k-old", Change(UploadState.FAILED, source="ingest", detail={"code": "enqueue_failed"})
+        )
+
+        again = await ingest.post_json(body)
 
         assert again.status_code == 409
         assert again.json()["error"]["code"] == "request_id_spent"
-        assert fresh.status_code == 202
 
-    async def test_a_file_that_could_not_be_queued_is_not_kept(self, ingest: IngestApp) -> None:
+    async def test_a_file_accepted_while_kafka_is_down_is_kept(self, ingest: IngestApp) -> None:
         ingest.publisher.failing_topics.add(TOPICS.upload_requested)
 
         resp = await ingest.post_file(mp4_bytes(100_000), fields=inbox_fields(request_id="k-3"))
 
-        assert resp.status_code == 503
-        assert ingest.blobs.blobs == {}
+        assert resp.status_code == 202
+        record = await ingest.uploads.get("k-3")
+        assert record is not None
+        assert isinstance(record.source, BlobSource)
+        assert record.source.blob_id in ingest.blobs.blobs
 
 
 class TestABugIsNotKafka:
-    async def test_a_bug_while_queueing_is_a_500_not_an_enqueue_failure(self) -> None:
+    async def test_a_bug_while_queueing_is_a_500_and_the_command_is_not_lost(self) -> None:
         async with running(raise_app_exceptions=False) as ingest:
             ingest.publisher.fail_with.append(TypeError("a bug, not a broker"))
 
@@ -237,12 +246,12 @@ class TestABugIsNotKafka:
             assert resp.json()["error"]["code"] == "internal_error"
             record = await ingest.uploads.get("bug-1")
             assert record is not None
-            # Not marked failed as if Kafka had refused it: the same request again queues it.
+            # Not marked failed as if Kafka had refused it, and what it owes Kafka is still owed.
             assert record.state is UploadState.ACCEPTED
-            assert not [e for e in record.history if e.detail.get("code") == "enqueue_failed"]
+            assert [e.kind for e in record.outbox] == ["status", "upload_requested"]
             again = await ingest.post_json(url_body(request_id="bug-1"))
             assert again.status_code == 202
-            assert [m.request_id for m, _ in ingest.requested()] == ["bug-1"]
+            assert again.json()["replayed"] is True
 
 
 class TestAcceptUploadAsFile:
@@ -332,10 +341,12 @@ class TestReadUploads:
     async def test_status_shows_state_history_and_tiktok_ids(self, ingest: IngestApp) -> None:
         await ingest.post_json(url_body(request_id="s-1"))
         await ingest.uploads.transition(
-            "s-1", UploadState.UPLOADING, source="uploader", set_fields={"publish_id": "v_pub_file~v2-1.1"}
+            "s-1",
+            Change(UploadState.UPLOADING, source="uploader", set_fields={"publish_id": "v_pub_file~v2-1.1"}),
         )
         await ingest.uploads.transition(
-            "s-1", UploadState.PUBLISHED, source="poller", set_fields={"post_ids": ["7300000000000000001"]}
+            "s-1",
+            Change(UploadState.PUBLISHED, source="poller", set_fields={"post_ids": ["7300000000000000001"]}),
         )
 
         resp = await ingest.client.get("/v1/uploads/s-1", headers=ingest.auth)
@@ -364,7 +375,7 @@ class TestReadUploads:
         await ingest.post_json(url_body(request_id="a-1"))
         await ingest.post_json(url_body(request_id="a-2"))
         await ingest.post_json(url_body(request_id="o-1", account_id="other"))
-        await ingest.uploads.transition("a-2", UploadState.UPLOADING, source="uploader")
+        await ingest.uploads.transition("a-2", Change(UploadState.UPLOADING, source="uploader"))
 
         mine = await ingest.client.get("/v1/uploads", params={"account_id": ACCOUNT}, headers=ingest.auth)
         accepted = await ingest.client.get(

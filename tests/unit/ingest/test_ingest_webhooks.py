@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from reelay_common.domain.messages import TikTokWebhookReceived
+from reelay_common.domain.records import Change
 from reelay_common.domain.states import UploadState
 from reelay_ingest.errors import SignatureError
 from reelay_ingest.webhooks import parse_webhook, sign, verify_signature
@@ -30,7 +31,7 @@ def event(name: str = "post.publish.complete", **content: Any) -> dict[str, Any]
 async def with_tracked_upload(ingest: IngestApp) -> None:
     await ingest.post_json(url_body(request_id="w-1"))
     await ingest.uploads.transition(
-        "w-1", UploadState.UPLOADING, source="uploader", set_fields={"publish_id": PUBLISH_ID}
+        "w-1", Change(UploadState.UPLOADING, source="uploader", set_fields={"publish_id": PUBLISH_ID})
     )
     ingest.publisher.sent.clear()
 

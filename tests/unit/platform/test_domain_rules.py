@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from reelay_common.domain.errors import InvalidInputError
+from reelay_common.domain.errors import (
+    BrokerUnavailableError,
+    DatabaseUnavailableError,
+    InvalidInputError,
+    RateLimitedError,
+    RetryableError,
+    TransientTikTokError,
+)
 from reelay_common.domain.messages import UploadMode
 from reelay_common.domain.rules import (
     SNIFF_BYTES,
@@ -13,8 +21,10 @@ from reelay_common.domain.rules import (
     StatusMeaning,
     check_privacy_level,
     parse_content_range,
+    retry_deadline_passed,
     sniff_video_type,
     upload_state_for,
+    uses_up_retry_deadline,
 )
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import PublishStatusCode
@@ -174,6 +184,29 @@ class TestBackoff:
     ) -> None:
         with pytest.raises(ValueError, match="backoff"):
             Backoff(initial, maximum, multiplier, jitter)
+
+
+class TestRetryDeadline:
+    @pytest.mark.parametrize(
+        ("error", "counts"),
+        [
+            (RetryableError("the source answered 503"), True),
+            (TransientTikTokError("TikTok answered 502"), True),
+            (RateLimitedError("rate_limit_exceeded", retry_after=30), False),
+            (DatabaseUnavailableError("Mongo is electing"), False),
+            (BrokerUnavailableError("Kafka did not acknowledge"), False),
+        ],
+    )
+    def test_only_failures_of_the_source_or_tiktok_use_up_the_deadline(
+        self, error: RetryableError, counts: bool
+    ) -> None:
+        assert uses_up_retry_deadline(error) is counts
+
+    def test_the_deadline_passes_once_retrying_lasted_as_long_as_it(self) -> None:
+        since = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+        deadline = timedelta(hours=6)
+        assert not retry_deadline_passed(since, since + deadline - timedelta(seconds=1), deadline)
+        assert retry_deadline_passed(since, since + deadline, deadline)
 
 
 class TestSleepUnlessStopped:

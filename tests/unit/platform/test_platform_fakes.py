@@ -7,6 +7,7 @@ import pytest
 from reelay_common.domain.errors import AuthExpiredError, InvalidInputError, RetryableError
 from reelay_common.domain.messages import UploadRequested
 from reelay_common.domain.states import UploadState
+from reelay_common.domain.tiktok import TokenGrant
 from reelay_testing.blobs import FakeBlobStore
 from reelay_testing.publisher import FakePublisher
 from reelay_testing.readers import BytesVideoReader, aiter_bytes
@@ -94,12 +95,14 @@ class TestFakeAccountStore:
         accounts = FakeAccountStore()
         record = await accounts.upsert_tokens(
             "a",
-            open_id="o",
-            access_token="act.secret",
-            expires_in=86400,
-            refresh_token="rft.secret",
-            refresh_expires_in=31536000,
-            scopes=["video.publish"],
+            TokenGrant(
+                open_id="o",
+                access_token="act.secret",
+                expires_in=86400,
+                refresh_token="rft.secret",
+                refresh_expires_in=31536000,
+                scope="video.publish",
+            ),
         )
         assert (record.account_id, record.open_id, record.scopes, record.token_version) == (
             "a",
@@ -111,12 +114,9 @@ class TestFakeAccountStore:
         assert accounts.tokens["a"] == ("act.secret", "rft.secret")
         again = await accounts.upsert_tokens(
             "a",
-            open_id="o",
-            access_token="2",
-            expires_in=1,
-            refresh_token="3",
-            refresh_expires_in=1,
-            scopes=[],
+            TokenGrant(
+                open_id="o", access_token="2", expires_in=1, refresh_token="3", refresh_expires_in=1, scope=""
+            ),
         )
         assert again.token_version == 2
         assert again.created_at == record.created_at

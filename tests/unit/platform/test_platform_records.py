@@ -18,6 +18,8 @@ STORED_KEYS = [
     "mode",
     "source",
     "post_info",
+    "publish_at",
+    "callback_url",
     "requested_at",
     "state",
     "history",
@@ -31,12 +33,17 @@ STORED_KEYS = [
     "total_chunk_count",
     "uploaded_bytes",
     "init_attempts",
+    "retrying_since",
     "post_ids",
     "poll_next_at",
     "poll_attempts",
     "poll_lease_until",
     "tracking_started_at",
-    "announced_state",
+    "trace_context",
+    "callbacks",
+    "outbox",
+    "outbox_due_at",
+    "outbox_lease_until",
 ]
 
 
@@ -85,11 +92,22 @@ class TestNewDocument:
 
 class TestSettableFields:
     def test_the_store_keeps_its_own_bookkeeping(self) -> None:
-        for field in ("_id", "request_id", "state", "history", "created_at", "updated_at", "requested_at"):
+        for field in (
+            "_id",
+            "request_id",
+            "state",
+            "history",
+            "created_at",
+            "updated_at",
+            "requested_at",
+            "outbox",
+            "outbox_due_at",
+            "outbox_lease_until",
+        ):
             with pytest.raises(ValueError, match="managed by the store"):
                 check_settable({field: None})
 
     def test_every_other_field_of_the_record_may_be_set(self) -> None:
-        check_settable({"publish_id": "p", "user_posted_draft_at": NOW, "announced_state": "uploaded"})
+        check_settable({"publish_id": "p", "user_posted_draft_at": NOW, "poll_attempts": 2})
         with pytest.raises(ValueError, match="unknown upload fields"):
             check_settable({"publish_idd": "p"})

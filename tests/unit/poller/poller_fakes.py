@@ -7,6 +7,7 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from reelay_common.domain.messages import (
@@ -16,14 +17,15 @@ from reelay_common.domain.messages import (
     UploadRequested,
     UrlSource,
 )
-from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.records import Change, UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import PublishStatus
-from reelay_common.recorder import StateRecorder
 from reelay_status_poller.handlers import PollerDeps, PollOutcome, PollPolicy, poll_once
 from reelay_testing.clocks import FakeClock
 from reelay_testing.publisher import FakePublisher
 from reelay_testing.stores import FakeUploadStore
+
+from tests.recording import recording
 
 STATUS_TOPIC = "test.publish.status"
 ACCOUNT = "acct-1"
@@ -55,7 +57,7 @@ class ScriptedTikTok:
     async def init_upload(self, account_id: str, **kwargs: Any) -> Any:
         raise AssertionError("the poller never initialises uploads")
 
-    async def upload_chunks(self, upload_url: str, plan: Any, reader: Any, **kwargs: Any) -> None:
+    async def upload_chunks(self, upload: Any, **kwargs: Any) -> None:
         raise AssertionError("the poller never uploads")
 
 
@@ -84,9 +86,14 @@ class PollerWorld:
     deps: PollerDeps = field(init=False)
 
     def __post_init__(self) -> None:
-        recorder = StateRecorder(self.uploads, self.publisher, status_topic=STATUS_TOPIC)
+        rec = recording(self.uploads, self.publisher, status_topic=STATUS_TOPIC)
         self.deps = PollerDeps(
-            uploads=self.uploads, recorder=recorder, tiktok=self.tiktok, policy=self.policy, clock=self.clock
+            uploads=self.uploads,
+            recorder=rec.recorder,
+            outbox=rec.outbox,
+            tiktok=self.tiktok,
+            policy=self.policy,
+            clock=self.clock,
         )
 
     async def uploaded(
@@ -112,13 +119,23 @@ class PollerWorld:
         )
         await self.uploads.create(cmd, source="ingest")
         await self.uploads.transition(
-            request_id, UploadState.UPLOADING, source="uploader", set_fields={"publish_id": publish_id}
+            request_id,
+            Change(UploadState.UPLOADING, source="uploader", set_fields={"publish_id": publish_id}),
         )
-        await self.uploads.transition(request_id, UploadState.UPLOADED, source="uploader")
-        # The uploader announced it (through its own recorder, not this test's publisher).
-        record = await self.uploads.checkpoint(request_id, {"announced_state": UploadState.UPLOADED})
+        await self.uploads.transition(request_id, Change(UploadState.UPLOADED, source="uploader"))
+        # The uploader announced it (through its own relay, not this test's publisher).
+        owed = await self.uploads.get(request_id)
+        assert owed is not None
+        record = await self.uploads.settle_outbox(request_id, owed.outbox, next_try_at=self.clock())
         assert record is not None
+        assert record.outbox == []
         return record
+
+    async def relay_round(self) -> None:
+        """One round of the outbox relay loop: send every due outbox."""
+        # The store stamps entries with the wall clock (as Mongo would), not the poller's fake one.
+        while (due := await self.uploads.claim_due_outbox(datetime.now(UTC), 30)) is not None:
+            await self.deps.outbox.drain(due.request_id, leased=due)
 
     async def get(self, request_id: str = "req-1") -> UploadRecord:
         record = await self.uploads.get(request_id)

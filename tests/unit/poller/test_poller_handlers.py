@@ -17,6 +17,7 @@ from reelay_common.domain.errors import (
     TransientTikTokError,
 )
 from reelay_common.domain.messages import TikTokWebhookReceived, VideoUploaded
+from reelay_common.domain.records import Change
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import PublishStatus
 from reelay_status_poller.handlers import PollOutcome, PollPolicy, handle_publish_event, poll_once
@@ -211,21 +212,23 @@ class TestPollMapsTikTokStatus:
 
 
 class TestLostAnnouncements:
-    async def test_a_state_recorded_but_never_announced_is_announced_by_the_next_poll(
+    async def test_a_state_recorded_but_never_announced_is_announced_by_the_outbox_relay(
         self, poller: PollerWorld
     ) -> None:
         await tracked(poller, status("PROCESSING_UPLOAD"))
-        # A poller moved it and died before its Kafka publish.
-        await poller.uploads.transition("req-1", S.PROCESSING, source="poller", detail={"tiktok_status": "x"})
+        # A poller moved it and died before its Kafka publish: the announcement waits in the outbox.
+        await poller.uploads.transition(
+            "req-1", Change(S.PROCESSING, source="poller", detail={"tiktok_status": "x"})
+        )
+        assert poller.announced() == []
 
-        await poller.poll_due()
-        poller.clock.advance(60)
-        await poller.poll_due()
+        await poller.relay_round()
 
         [change] = poller.announced()
         assert change.state is S.PROCESSING
         assert change.previous_state is S.UPLOADED
-        assert (await poller.get()).announced_state is S.PROCESSING
+        assert change.detail == {"tiktok_status": "x"}
+        assert (await poller.get()).outbox == []
 
 
 class TestAdaptiveSchedule:

@@ -14,7 +14,7 @@ import pytest
 import structlog
 from reelay_common.domain.errors import DatabaseUnavailableError
 from reelay_common.domain.messages import UploadRequested, UrlSource
-from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.records import Change, UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_status_poller.handlers import PollOutcome
 from reelay_status_poller.scheduler import PollScheduler, archive_settled_uploads
@@ -270,7 +270,9 @@ class TestArchiveSettledUploads:
         uploads = FakeUploadStore()
         ids = await due_uploads(uploads, 3)
         for rid in ids:
-            await uploads.transition(rid, UploadState.INBOX_DELIVERED, source="poller")
+            moved = await uploads.transition(rid, Change(UploadState.INBOX_DELIVERED, source="poller"))
+            assert moved is not None  # and its announcements were sent (nothing owed keeps it in flight)
+            await uploads.settle_outbox(rid, moved.outbox, next_try_at=now())
         calls = 0
         real = uploads.archive_settled
 

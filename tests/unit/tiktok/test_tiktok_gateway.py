@@ -12,6 +12,7 @@ from reelay_common.adapters.tiktok.gateway import TikTokGateway
 from reelay_common.domain.errors import AuthExpiredError, InvalidInputError, RateLimitedError
 from reelay_common.domain.messages import PostInfo
 from reelay_common.domain.tiktok import FileUploadSourceInfo, PullFromUrlSourceInfo
+from reelay_common.ports import ChunkedUpload
 from reelay_testing.tokens import FakeRateLimiter
 
 from tests.unit.tiktok.tiktok_fakes import (
@@ -199,7 +200,9 @@ class TestUploadChunks:
         gateway = TikTokGateway(client, RotatingTokens(), limiter)
         async with http:
             await gateway.upload_chunks(
-                UPLOAD_URL, plan, MemoryReader(video_bytes(size)), account_id="acct", publish_id="p1"
+                ChunkedUpload(
+                    UPLOAD_URL, plan, MemoryReader(video_bytes(size)), account_id="acct", publish_id="p1"
+                )
             )
         assert bytes(server.received) == video_bytes(size)
         assert api_calls == ["/v2/post/publish/status/fetch/"]

@@ -19,6 +19,7 @@ import pytest
 from reelay_common.domain.chunks import chunk_ranges
 from reelay_common.domain.errors import (
     InvalidInputError,
+    RateLimitedError,
     RetryableError,
     TikTokRejectedError,
     TransientTikTokError,
@@ -33,7 +34,7 @@ from reelay_common.domain.messages import (
     UrlSource,
     VideoUploaded,
 )
-from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.records import Change, UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import (
     CreatorInfo,
@@ -43,13 +44,14 @@ from reelay_common.domain.tiktok import (
     PullFromUrlSourceInfo,
     SourceInfo,
 )
-from reelay_common.ports import ProgressCallback, SizedVideo, VideoReader
-from reelay_common.recorder import StateRecorder
+from reelay_common.ports import ChunkedUpload, ProgressCallback, SizedVideo, VideoReader
 from reelay_testing.clocks import FakeClock
 from reelay_testing.publisher import FakePublisher
 from reelay_testing.readers import BytesVideoReader
 from reelay_testing.stores import FakeUploadStore
 from reelay_uploader.handlers import PROGRESS_CHECKPOINT_INTERVAL, UploaderDeps, handle_upload_requested
+
+from tests.recording import recording
 
 EVENTS = "test.publish.events"
 STATUS = "test.publish.status"
@@ -180,17 +182,10 @@ class FakeTikTok:
         )
 
     async def upload_chunks(
-        self,
-        upload_url: str,
-        plan: FileUploadSourceInfo,
-        reader: VideoReader,
-        *,
-        start_offset: int = 0,
-        on_progress: ProgressCallback | None = None,
-        account_id: str | None = None,
-        publish_id: str | None = None,
+        self, upload: ChunkedUpload, *, on_progress: ProgressCallback | None = None
     ) -> None:
-        pub = next(p for p in self.publishes.values() if p.upload_url == upload_url)
+        plan, reader, start_offset = upload.plan, upload.reader, upload.start_offset
+        pub = next(p for p in self.publishes.values() if p.upload_url == upload.upload_url)
         assert pub.source_info == plan, "the plan must be the one given at init"
         for first, last in chunk_ranges(plan):
             if last < max(start_offset, pub.received):
@@ -239,6 +234,13 @@ class World:
         assert record is not None
         return record.state
 
+    async def failure(self, request_id: str) -> dict[str, Any]:
+        """The detail of the upload's last history entry, which must say `failed`."""
+        record = await self.uploads.get(request_id)
+        assert record is not None
+        assert record.state is UploadState.FAILED
+        return record.history[-1].detail
+
     def uploaded_events(self) -> list[VideoUploaded]:
         return self.publisher.messages(EVENTS, VideoUploaded)
 
@@ -269,9 +271,11 @@ def make_world(
             raise InvalidInputError("the video source answered 404", code="source_not_found", http_status=404)
         yield found
 
+    rec = recording(uploads, publisher, status_topic=STATUS)
     deps = UploaderDeps(
         uploads=uploads,
-        recorder=StateRecorder(uploads, publisher, status_topic=STATUS),
+        recorder=rec.recorder,
+        outbox=rec.outbox,
         publisher=publisher,
         tiktok=fake,
         open_reader=open_reader,
@@ -396,11 +400,38 @@ class TestUploadingAVideo:
         assert world.status_events()[0].state is UploadState.ACCEPTED
         assert world.status_events()[0].source == "uploader"
 
+    async def test_a_command_with_a_publish_at_to_come_is_held_until_then(self) -> None:
+        world = make_world()
+        later = datetime.now(UTC) + timedelta(hours=1)
+        cmd = direct().model_copy(update={"publish_at": later})
+
+        await handle_upload_requested(cmd, world.deps)
+
+        assert world.tiktok.inits == []
+        assert world.opened == []
+        record = await world.uploads.get("req-1")
+        assert record is not None
+        assert record.state is UploadState.SCHEDULED
+        assert [e.state for e in world.status_events()] == [UploadState.SCHEDULED]
+        [waiting] = record.outbox  # queued again by the relay at its time
+        assert (waiting.kind, waiting.due_at) == ("upload_requested", record.publish_at)
+
+    async def test_a_command_for_a_cancelled_upload_does_nothing(self) -> None:
+        world = make_world()
+        cmd = direct()
+        await world.uploads.create(cmd, source="ingest")
+        await world.uploads.transition("req-1", Change(UploadState.CANCELLED, source="ingest"))
+
+        await handle_upload_requested(cmd, world.deps)
+
+        assert world.tiktok.inits == []
+        assert await world.state("req-1") is UploadState.CANCELLED
+
     async def test_does_not_reannounce_accepted_when_ingest_did(self) -> None:
         world = make_world()
         cmd = direct()
-        record, _ = await world.uploads.create(cmd, source="ingest")
-        await world.deps.recorder.announce(record, source="ingest")
+        record, _ = await world.uploads.create(cmd, source="ingest", lease_seconds=30)
+        assert await world.deps.outbox.drain(record.request_id, leased=record)  # ingest sent it
         await handle_upload_requested(cmd, world.deps)
         assert [e.state for e in world.status_events()].count(UploadState.ACCEPTED) == 1
 
@@ -577,7 +608,7 @@ class TestNeverTwoPosts:
         world = make_world()
         cmd = direct()
         await world.uploads.create(cmd, source="ingest")
-        await world.uploads.transition(cmd.request_id, UploadState.FAILED, source="poller")
+        await world.uploads.transition(cmd.request_id, Change(UploadState.FAILED, source="poller"))
 
         await handle_upload_requested(cmd, world.deps)
 
@@ -810,6 +841,95 @@ class TestRetryableFailures:
         with pytest.raises(RetryableError):
             await handle_upload_requested(cmd, world.deps)
         assert await world.state(cmd.request_id) is UploadState.UPLOADING
+
+
+class TestRetryDeadline:
+    """A source or TikTok that keeps failing ends the upload `failed` (retries_exhausted) at the
+    deadline, counted from the first failed attempt as stored in the document."""
+
+    DEADLINE = timedelta(minutes=10)
+
+    def refusing_source(self, world: World) -> UploaderDeps:
+        @asynccontextmanager
+        async def open_reader(source: UrlSource | BlobSource) -> AsyncIterator[VideoReader]:
+            raise RetryableError("the video source refused the connection", code="source_unavailable")
+            yield world.readers[VIDEO_URL]  # pragma: no cover  # makes this an async generator
+
+        return replace(world.deps, open_reader=open_reader, retry_deadline=self.DEADLINE)
+
+    async def test_a_source_failing_forever_ends_retries_exhausted_at_the_deadline(self) -> None:
+        world = make_world()
+        deps = self.refusing_source(world)
+        cmd = direct()
+        started = world.clock.now
+        for _ in range(2):
+            with pytest.raises(RetryableError):
+                await handle_upload_requested(cmd, deps)
+            world.clock.advance(self.DEADLINE.total_seconds() / 2 - 1)
+        record = await world.uploads.get(cmd.request_id)
+        assert record is not None
+        assert (record.state, record.retrying_since) == (UploadState.ACCEPTED, started)
+
+        world.clock.advance(2)  # now past the deadline
+        await handle_upload_requested(cmd, deps)  # returns: the record is committed
+
+        detail = await world.failure(cmd.request_id)
+        assert detail["code"] == "retries_exhausted"
+        assert detail["last_error_code"] == "source_unavailable"
+        assert "refused the connection" in detail["message"]
+        assert [e.state for e in world.status_events()][-1] is UploadState.FAILED
+        assert world.tiktok.inits == []
+
+    async def test_a_restart_does_not_reset_the_deadline(self) -> None:
+        world = make_world()
+        cmd = direct()
+        with pytest.raises(RetryableError):
+            await handle_upload_requested(cmd, self.refusing_source(world))
+        # Another process (a fresh clock and deps, the same store) gets the redelivery much later.
+        later = make_world(uploads=world.uploads)
+        later.clock.advance(self.DEADLINE.total_seconds())
+
+        await handle_upload_requested(cmd, self.refusing_source(later))
+
+        assert (await world.failure(cmd.request_id))["code"] == "retries_exhausted"
+
+    async def test_tiktok_down_past_the_deadline_ends_the_upload_with_its_last_error(self) -> None:
+        world = make_world()
+        deps = replace(world.deps, retry_deadline=self.DEADLINE)
+        world.tiktok.init_errors = [
+            TransientTikTokError("service unavailable", code="http_503", http_status=503) for _ in range(2)
+        ]
+        cmd = direct()
+        with pytest.raises(RetryableError):
+            await handle_upload_requested(cmd, deps)
+        world.clock.advance(self.DEADLINE.total_seconds())
+
+        await handle_upload_requested(cmd, deps)
+
+        detail = await world.failure(cmd.request_id)
+        assert (detail["code"], detail["last_error_code"], detail["http_status"]) == (
+            "retries_exhausted",
+            "http_503",
+            503,
+        )
+        assert detail["last_error"] == "TransientTikTokError"
+
+    async def test_rate_limits_never_use_up_the_deadline(self) -> None:
+        world = make_world()
+        deps = replace(world.deps, retry_deadline=self.DEADLINE)
+        world.tiktok.init_errors = [RateLimitedError("init quota used up", retry_after=60) for _ in range(2)]
+        cmd = direct()
+        for _ in range(2):
+            with pytest.raises(RateLimitedError):
+                await handle_upload_requested(cmd, deps)
+            world.clock.advance(self.DEADLINE.total_seconds() * 3)
+        record = await world.uploads.get(cmd.request_id)
+        assert record is not None
+        assert (record.state, record.retrying_since) == (UploadState.UPLOADING, None)
+
+        await handle_upload_requested(cmd, deps)  # the window opened again
+
+        assert await world.state(cmd.request_id) is UploadState.UPLOADED
 
 
 class TestPullFromUrl:

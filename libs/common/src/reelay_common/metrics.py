@@ -35,6 +35,20 @@ UPLOAD_STATE_TRANSITIONS = Counter(
     "Uploads entering each state, by the source that moved them (ingest, uploader, poller, webhook).",
     ["state", "source"],
 )
+OUTBOX_SENT = Counter(
+    "reelay_outbox_sent_total",
+    "Outbox entries Kafka took, by kind (`status` announcements, `upload_requested` commands).",
+    ["kind"],
+)
+OUTBOX_SEND_FAILURES = Counter(
+    "reelay_outbox_send_failures_total",
+    "Outbox send attempts Kafka did not take in time (the entries wait in Mongo for the relay).",
+)
+OUTBOX_PENDING_AGE_SECONDS = Histogram(
+    "reelay_outbox_entry_age_seconds",
+    "From an outbox entry's write to Kafka taking it: near 0 while Kafka is up, the outage when not.",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800),
+)
 UPLOAD_DETECTION_DELAY_SECONDS = Histogram(
     "reelay_upload_detection_delay_seconds",
     "From `uploaded` (TikTok has every byte) to the recorded outcome, by outcome state and by who "

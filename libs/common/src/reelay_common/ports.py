@@ -6,7 +6,15 @@ live in the dev-only `reelay_testing`, checked against the real ones by the same
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    Sequence,
+)
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,7 +30,7 @@ from reelay_common.domain.messages import (
     UploadMode,
     UploadRequested,
 )
-from reelay_common.domain.records import AccountRecord, UploadRecord
+from reelay_common.domain.records import AccountRecord, CallbackDelivery, Change, OutboxEntry, UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import (
     CreatorInfo,
@@ -30,6 +38,7 @@ from reelay_common.domain.tiktok import (
     InitResult,
     PublishStatus,
     SourceInfo,
+    TokenGrant,
 )
 
 RateBucket = Literal["init", "status", "creator_info"]
@@ -43,26 +52,32 @@ class Publisher(Protocol):
 
 
 class UploadStore(Protocol):
-    """The `uploads` collection, with guarded forward-only transitions."""
+    """The `uploads` collection, with guarded forward-only transitions and each upload's outbox.
 
-    async def create(self, cmd: UploadRequested, *, source: StateSource) -> tuple[UploadRecord, bool]:
-        """Insert the `accepted` document if absent. Returns (record, created)."""
+    Every change that is to be announced (creation, each transition, new post ids) appends its
+    outbox entry in the same single-document update; the OutboxRelay sends and settles them.
+    """
+
+    async def create(
+        self, cmd: UploadRequested, *, source: StateSource, enqueue: bool = False, lease_seconds: float = 0.0
+    ) -> tuple[UploadRecord, bool]:
+        """Insert the `accepted` document if the request_id was never seen. Returns (record, created).
+
+        Its outbox announces `accepted` and, with `enqueue`, queues the command; with
+        `lease_seconds` the creator holds the outbox lease (it sends at once).
+        """
         ...
 
     async def get(self, request_id: str) -> UploadRecord | None: ...
 
-    async def transition(
-        self,
-        request_id: str,
-        target: UploadState,
-        *,
-        source: StateSource,
-        detail: Mapping[str, Any] | None = None,
-        set_fields: Mapping[str, Any] | None = None,
-    ) -> UploadRecord | None:
-        """Move to `target` if that is forward from the current state (atomic, guarded), append
-        the history entry and apply `set_fields`. Returns the new record, or None if the guard
-        refused (already there or beyond)."""
+    async def find_in_flight(self, request_id: str) -> UploadRecord | None:
+        """The upload if it is still in flight; None if unknown or settled into history."""
+        ...
+
+    async def transition(self, request_id: str, change: Change) -> UploadRecord | None:
+        """Move to `change.target` if that is forward from the current state (atomic, guarded),
+        append the history entry and apply `change.set_fields`. Returns the new record, or None if
+        the guard refused (already there or beyond)."""
         ...
 
     async def checkpoint(
@@ -87,45 +102,67 @@ class UploadStore(Protocol):
         ...
 
     async def archive_settled(self, now: datetime, *, grace_seconds: float, limit: int = 100) -> int:
-        """Move uploads settled (terminal, no longer watched) and quiet for `grace_seconds` out of
-        the in-flight work into history, where every read still finds them; how many moved."""
+        """Move uploads settled (terminal, no longer watched, nothing left to send) and quiet for
+        `grace_seconds` out of the in-flight work into history, where every read still finds them;
+        how many moved."""
+        ...
+
+    async def add_post_ids(
+        self, request_id: str, post_ids: Sequence[str], *, source: StateSource
+    ) -> UploadRecord | None:
+        """Merge `post_ids` into the upload atomically (no id lost to a racing writer) and append
+        their announcement; the record after, or None when none was new."""
+        ...
+
+    async def claim_due_outbox(self, now: datetime, lease_seconds: float) -> UploadRecord | None:
+        """Lease one upload whose outbox is due (entries waiting) and not leased by another process."""
+        ...
+
+    async def lease_outbox(self, request_id: str, now: datetime, lease_seconds: float) -> UploadRecord | None:
+        """Lease this upload's outbox if it has entries and is not leased by another; else None."""
+        ...
+
+    async def settle_outbox(
+        self, request_id: str, sent: Sequence[OutboxEntry], *, next_try_at: datetime
+    ) -> UploadRecord | None:
+        """Remove exactly the entries `sent`, release the lease; entries left are due at `next_try_at`."""
+        ...
+
+    async def record_callback(self, request_id: str, delivery: CallbackDelivery) -> UploadRecord | None:
+        """Set the callback of `delivery.state` (atomic, in flight or archived) unless that one is
+        finished already (delivered or failed). The record after, or None (unknown, or finished)."""
+        ...
+
+
+class Outbox(Protocol):
+    """Sends what an upload owes Kafka (OutboxRelay)."""
+
+    # How long a writer that creates an upload holds its outbox lease while it sends it.
+    lease_seconds: float
+
+    async def drain(
+        self, request_id: str, *, leased: UploadRecord | None = None, within_seconds: float | None = None
+    ) -> bool:
+        """Send the upload's outbox now (taking its lease unless `leased`); True when nothing is
+        left. Never raises for Kafka: what could not be sent waits for the relay loop."""
         ...
 
 
 class Recorder(Protocol):
-    """Records state changes and announces them on `reelay.publish.status` (StateRecorder)."""
+    """Records state changes, each announced on `reelay.publish.status` through the outbox (StateRecorder)."""
 
-    async def record(
-        self,
-        request_id: str,
-        target: UploadState,
-        *,
-        source: StateSource,
-        detail: Mapping[str, Any] | None = None,
-        set_fields: Mapping[str, Any] | None = None,
-    ) -> UploadRecord | None:
-        """A guarded transition; when it moved, announce it. None when the guard refused."""
-        ...
-
-    async def announce(self, record: UploadRecord, *, source: StateSource) -> None:
-        """Announce the record's current state (e.g. `accepted`, or facts such as post ids)."""
+    async def record(self, request_id: str, change: Change) -> UploadRecord | None:
+        """A guarded transition (its announcement written with it), then sent. None when the
+        guard refused."""
         ...
 
 
 class AccountStore(Protocol):
     """The `accounts` collection. Tokens go in and out in clear; at rest they are encrypted."""
 
-    async def upsert_tokens(
-        self,
-        account_id: str,
-        *,
-        open_id: str,
-        access_token: str,
-        expires_in: int,
-        refresh_token: str,
-        refresh_expires_in: int,
-        scopes: list[str],
-    ) -> AccountRecord: ...
+    async def upsert_tokens(self, account_id: str, grant: TokenGrant) -> AccountRecord:
+        """Store a fresh grant (OAuth connect), creating the account if needed; bumps token_version."""
+        ...
 
     async def get(self, account_id: str) -> AccountRecord | None: ...
 
@@ -246,18 +283,27 @@ class BlobStore(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ChunkedUpload:
+    """One FILE_UPLOAD to send: the upload_url and chunk plan init gave, the video's bytes, and the
+    offset to start from (a resumed upload). With `account_id` and `publish_id`, a lost response
+    is resynchronised from status/fetch `uploaded_bytes`."""
+
+    upload_url: str
+    plan: FileUploadSourceInfo
+    reader: VideoReader
+    start_offset: int = 0
+    account_id: str | None = None
+    publish_id: str | None = None
+
+
 class TikTokApi(Protocol):
     """TikTok, per account: tokens, pacing, 401-refresh and 429 backoff are handled inside."""
 
     async def creator_info(self, account_id: str) -> CreatorInfo: ...
 
     async def init_upload(
-        self,
-        account_id: str,
-        *,
-        mode: UploadMode,
-        post_info: PostInfo | None,
-        source_info: SourceInfo,
+        self, account_id: str, *, mode: UploadMode, post_info: PostInfo | None, source_info: SourceInfo
     ) -> InitResult:
         """video/init (mode 'direct', with post_info) or inbox/video/init (mode 'inbox')."""
         ...
@@ -265,17 +311,9 @@ class TikTokApi(Protocol):
     async def fetch_status(self, account_id: str, publish_id: str) -> PublishStatus: ...
 
     async def upload_chunks(
-        self,
-        upload_url: str,
-        plan: FileUploadSourceInfo,
-        reader: VideoReader,
-        *,
-        start_offset: int = 0,
-        on_progress: ProgressCallback | None = None,
-        account_id: str | None = None,
-        publish_id: str | None = None,
+        self, upload: ChunkedUpload, *, on_progress: ProgressCallback | None = None
     ) -> None:
-        """PUT every chunk from `start_offset` on, sequentially, streaming, resuming after
-        416/lost responses. Raises UploadUrlExpiredError on 403. With `account_id` and
-        `publish_id`, a lost response is resynchronised from status/fetch `uploaded_bytes`."""
+        """PUT every chunk from `upload.start_offset` on, sequentially, streaming, resuming after
+        416/lost responses. Raises UploadUrlExpiredError on 403. `on_progress(confirmed_bytes)`
+        runs after each chunk the server accepted."""
         ...

@@ -5,37 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Literal
-
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from reelay_common.adapters.kafka.topics import ensure_topics
 from reelay_common.domain.errors import RetryableError
-from reelay_common.domain.messages import TOPIC_PUBLISH_EVENTS, TOPIC_PUBLISH_STATUS, TOPIC_UPLOAD_REQUESTED
 from reelay_common.logging import configure_logging, get_logger
+from reelay_common.settings import TopicSettings
 
 log = get_logger("reelay_common.provision")
 
-
-class TopicSettings(BaseSettings):
-    """The subset of `CommonSettings` that topic creation needs, under the same env names and
-    defaults (a unit test holds them equal), so that no secret has to reach the Job."""
-
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
-
-    log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", validation_alias="REELAY_LOG_LEVEL"
-    )
-    log_format: Literal["auto", "json", "console"] = Field("auto", validation_alias="REELAY_LOG_FORMAT")
-    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS")
-    topic_partitions: int = Field(6, ge=1, validation_alias="REELAY_TOPIC_PARTITIONS")
-    topic_replication_factor: int = Field(1, ge=1, validation_alias="REELAY_TOPIC_REPLICATION_FACTOR")
-    topic_upload_requested: str = Field(
-        TOPIC_UPLOAD_REQUESTED, validation_alias="REELAY_TOPIC_UPLOAD_REQUESTED"
-    )
-    topic_publish_events: str = Field(TOPIC_PUBLISH_EVENTS, validation_alias="REELAY_TOPIC_PUBLISH_EVENTS")
-    topic_publish_status: str = Field(TOPIC_PUBLISH_STATUS, validation_alias="REELAY_TOPIC_PUBLISH_STATUS")
+__all__ = ["TopicSettings", "create_topics", "main", "topic_configs"]
 
 
 def topic_configs(replication_factor: int) -> dict[str, str]:

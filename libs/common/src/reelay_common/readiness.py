@@ -17,6 +17,15 @@ Check = Callable[[], Awaitable[bool]]
 CHECK_TIMEOUT_SECONDS = 2.5
 
 
+def instant_check(predicate: Callable[[], bool]) -> Check:
+    """A check of a predicate that answers at once (a loop's own health or assignment flag)."""
+
+    async def check() -> bool:
+        return predicate()
+
+    return check
+
+
 @dataclass(frozen=True)
 class Readiness:
     """The outcome of each named check; ready only when every one passed."""

@@ -14,9 +14,11 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypedDict, TypeVar
 
 import httpx
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor, RequestInfo
+from opentelemetry.trace import Span
 from pydantic import ValidationError
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
@@ -33,11 +35,14 @@ from reelay_common.adapters.ops_server import serve_ops
 from reelay_common.adapters.tiktok.client import TikTokClient
 from reelay_common.adapters.tiktok.gateway import TikTokGateway
 from reelay_common.adapters.tiktok.tokens import MongoTokenProvider
+from reelay_common.faults import crash_once
 from reelay_common.logging import configure_logging, get_logger
+from reelay_common.outbox import OutboxRelay
 from reelay_common.ports import BlobStore
 from reelay_common.readiness import Check
 from reelay_common.recorder import StateRecorder
 from reelay_common.settings import CommonSettings
+from reelay_common.tracing import current_provider, service_tracing
 
 log = get_logger("reelay_common.runtime")
 
@@ -48,6 +53,29 @@ Worker = Callable[[asyncio.Event], Awaitable[None]]
 
 # On a hard stop (the supervisor cancelled), how long the cancelled workers get to unwind.
 HARD_STOP_SECONDS = 10.0
+
+
+class ConsumerSettings(Protocol):
+    """What the settings of a service that consumes a topic say of its consumer."""
+
+    @property
+    def kafka_bootstrap_servers(self) -> str: ...
+
+    @property
+    def consumer_group(self) -> str: ...
+
+    @property
+    def shutdown_grace_seconds(self) -> float: ...
+
+
+class ServiceConsumer(TypedDict):
+    """ConsumerLoop keywords a service takes from its settings and infrastructure (`**` them in)."""
+
+    bootstrap_servers: str
+    group_id: str
+    publisher: KafkaPublisher
+    shutdown_grace_seconds: float
+    client_id: str
 
 
 class WorkerStopped(RuntimeError):
@@ -65,6 +93,7 @@ class Infrastructure:
     accounts: MongoAccountStore
     tokens: MongoTokenProvider
     uploads: MongoUploadStore
+    outbox: OutboxRelay
     recorder: StateRecorder
     blobs: BlobStore
 
@@ -80,8 +109,10 @@ class Infrastructure:
     ) -> AsyncIterator[Infrastructure]:
         """Connect Mongo (indexes ensured), ensure `topics` (each with its `.dlq`) and
         `topics_without_dlq`, start the Kafka publisher and the TikTok HTTP client, open the
-        configured blob store (REELAY_BLOB_STORE); on exit close them all, in reverse."""
+        configured blob store (REELAY_BLOB_STORE), with the service's tracing (OTEL_*) set up
+        first; on exit close them all, in reverse (spans flushed last)."""
         async with AsyncExitStack() as stack:
+            await stack.enter_async_context(service_tracing(app_name))  # OTEL_*: off unless configured
             mongo: AsyncMongoClient[dict[str, Any]] = connect(
                 settings.mongodb_uri.get_secret_value(), app_name=app_name
             )
@@ -102,11 +133,21 @@ class Infrastructure:
                 KafkaPublisher(settings.kafka_bootstrap_servers, client_id=app_name)
             )
             tiktok_http = await stack.enter_async_context(
-                httpx.AsyncClient(timeout=settings.tiktok_timeout_seconds)
+                instrument_http_client(httpx.AsyncClient(timeout=settings.tiktok_timeout_seconds))
             )
             tiktok = TikTokClient.from_settings(tiktok_http, settings)
             accounts = MongoAccountStore(db, TokenCipher(settings.token_encryption_key))
             uploads = MongoUploadStore(db)
+            outbox = OutboxRelay(
+                uploads,
+                publisher,
+                requested_topic=settings.topic_upload_requested,
+                status_topic=settings.topic_publish_status,
+                send_timeout_seconds=settings.outbox_send_timeout_seconds,
+                lease_seconds=settings.outbox_lease_seconds,
+                interval_seconds=settings.outbox_interval_seconds,
+                before_send=crash_once(settings.crash_before_send),
+            )
             blobs = await open_blob_store(settings, stack, db=db)  # local, s3 or gridfs
             log.info(
                 "infrastructure_connected",
@@ -124,7 +165,8 @@ class Infrastructure:
                 accounts=accounts,
                 tokens=MongoTokenProvider(accounts, tiktok),
                 uploads=uploads,
-                recorder=StateRecorder(uploads, publisher, status_topic=settings.topic_publish_status),
+                outbox=outbox,
+                recorder=StateRecorder(uploads, outbox),
                 blobs=blobs,
             )
 
@@ -148,6 +190,17 @@ class Infrastructure:
             backoff_max=backoff_max,
         )
 
+    def consumer_options(self, settings: ConsumerSettings, *, app_name: str) -> ServiceConsumer:
+        """The arguments of a service's ConsumerLoop that come from its settings and this
+        infrastructure: its group, dead letters sent by this publisher, its shutdown grace."""
+        return ServiceConsumer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=settings.consumer_group,
+            publisher=self.publisher,
+            shutdown_grace_seconds=settings.shutdown_grace_seconds,
+            client_id=app_name,
+        )
+
     async def mongo_ready(self) -> bool:
         """Whether MongoDB answers a ping."""
         return await ping(self.mongo)
@@ -155,6 +208,23 @@ class Infrastructure:
     def ready_checks(self) -> dict[str, Check]:
         """The readiness checks of the shared infrastructure: Mongo answers, the producer sees Kafka."""
         return {"mongo": self.mongo_ready, "kafka": self.publisher.healthy}
+
+
+def instrument_http_client(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """Give `client` CLIENT spans (and a `traceparent` on its requests) when tracing is on; the
+    spans' URLs lose their query (TikTok's upload URL carries its upload_token there)."""
+    provider = current_provider()
+    if provider is not None:
+        HTTPXClientInstrumentor.instrument_client(
+            client, tracer_provider=provider, request_hook=_url_without_query
+        )
+    return client
+
+
+async def _url_without_query(span: Span, request: RequestInfo) -> None:
+    if span.is_recording() and isinstance(request.url, httpx.URL) and request.url.query:
+        url = str(request.url.copy_with(query=None))
+        span.set_attributes({"http.url": url, "url.full": url})  # the old and the new convention
 
 
 def ops_server(

@@ -24,12 +24,12 @@ MIB = 1024 * 1024
 S3_MIN_PART_BYTES = 5 * MIB  # S3's smallest part (every part but the last)
 
 
-class CommonSettings(BaseSettings):
-    """Settings every service reads. Env var names are given by each field's alias."""
+class TopicSettings(BaseSettings):
+    """Logging, Kafka and the topics: all that topic creation (`reelay-create-topics`, a Kubernetes
+    Job) reads, so that no secret has to reach it. Env var names are given by each field's alias."""
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
-    environment: Literal["dev", "prod"] = Field("dev", validation_alias="REELAY_ENV")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", validation_alias="REELAY_LOG_LEVEL"
     )
@@ -43,6 +43,22 @@ class CommonSettings(BaseSettings):
     )
     topic_publish_events: str = Field(TOPIC_PUBLISH_EVENTS, validation_alias="REELAY_TOPIC_PUBLISH_EVENTS")
     topic_publish_status: str = Field(TOPIC_PUBLISH_STATUS, validation_alias="REELAY_TOPIC_PUBLISH_STATUS")
+
+
+class CommonSettings(TopicSettings):
+    """Settings every service reads: the topic settings, and the rest of what they share."""
+
+    environment: Literal["dev", "prod"] = Field("dev", validation_alias="REELAY_ENV")
+
+    # The outbox relay (reelay_common.outbox): how long one send may wait for Kafka, how long a
+    # process holds an upload's outbox while sending it, and how often it looks for what is due.
+    outbox_send_timeout_seconds: float = Field(
+        5.0, gt=0, validation_alias="REELAY_OUTBOX_SEND_TIMEOUT_SECONDS"
+    )
+    outbox_lease_seconds: float = Field(30.0, gt=0, validation_alias="REELAY_OUTBOX_LEASE_SECONDS")
+    outbox_interval_seconds: float = Field(1.0, gt=0, validation_alias="REELAY_OUTBOX_INTERVAL_SECONDS")
+    # Fault injection for the crash tests (reelay_common.faults): never set in a deployment.
+    crash_before_send: Path | None = Field(None, validation_alias="REELAY_CRASH_BEFORE_SEND")
 
     mongodb_uri: SecretStr = Field(SecretStr("mongodb://127.0.0.1:27017"), validation_alias="MONGODB_URI")
     mongodb_database: str = Field("reelay", validation_alias="MONGODB_DATABASE")

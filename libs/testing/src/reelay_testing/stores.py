@@ -7,13 +7,22 @@ tests/integration/platform run the same assertions on these and on the real stor
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from reelay_common.domain.messages import StateSource, UploadRequested
-from reelay_common.domain.records import AccountRecord, AccountStatus, UploadRecord
+from reelay_common.domain.records import (
+    AccountRecord,
+    AccountStatus,
+    CallbackDelivery,
+    Change,
+    OutboxEntry,
+    UploadRecord,
+    check_settable,
+)
 from reelay_common.domain.states import TERMINAL_STATES, UploadState, can_transition
+from reelay_common.domain.tiktok import TokenGrant
 
 from reelay_testing.roundtrip import as_stored, stored_now, to_millis
 
@@ -22,16 +31,6 @@ from reelay_testing.roundtrip import as_stored, stored_now, to_millis
 _NEVER_POLLED = frozenset(TERMINAL_STATES - {UploadState.PUBLISHED})
 
 _FAKE_CIPHERTEXT = "fake-ciphertext"  # stands in for ciphertext, not a secret
-
-
-def _refuse_unsettable(fields: Mapping[str, Any]) -> None:
-    # Which fields are whose is the domain's word (the record's field roles), not the adapter's.
-    managed = sorted(set(fields) & UploadRecord.store_managed_fields())
-    if managed:
-        raise ValueError(f"these upload fields are managed by the store and cannot be set: {managed}")
-    unknown = sorted(set(fields) - UploadRecord.settable_fields())
-    if unknown:
-        raise ValueError(f"unknown upload fields: {unknown} (add them to UploadRecord first)")
 
 
 class FakeUploadStore:
@@ -50,45 +49,56 @@ class FakeUploadStore:
         self.records[stored.request_id] = stored
         return stored.model_copy(deep=True)
 
-    async def create(self, cmd: UploadRequested, *, source: StateSource) -> tuple[UploadRecord, bool]:
+    async def create(
+        self, cmd: UploadRequested, *, source: StateSource, enqueue: bool = False, lease_seconds: float = 0.0
+    ) -> tuple[UploadRecord, bool]:
         """Keep a new `accepted` upload unless the request_id is known; (record, created)."""
         existing = self.records.get(cmd.request_id)
         if existing is not None:
             return existing.model_copy(deep=True), False
-        new = UploadRecord.new(cmd, source=source, now=stored_now())
+        now = stored_now()
+        new = UploadRecord.new(cmd, source=source, now=now, enqueue=enqueue)
+        lease = {"outbox_lease_until": now + timedelta(seconds=lease_seconds)} if lease_seconds else {}
         # Every field as a document keeps it (requested_at, the client's, loses its microseconds).
-        return self._put(new, new.model_dump(by_alias=True)), True
+        return self._put(new, {**new.model_dump(by_alias=True), **lease}), True
 
     async def get(self, request_id: str) -> UploadRecord | None:
         """The upload, or None."""
         record = self.records.get(request_id)
         return record.model_copy(deep=True) if record is not None else None
 
-    async def transition(
-        self,
-        request_id: str,
-        target: UploadState,
-        *,
-        source: StateSource,
-        detail: Mapping[str, Any] | None = None,
-        set_fields: Mapping[str, Any] | None = None,
-    ) -> UploadRecord | None:
-        """Move forward to `target` with `set_fields`; None if unknown, or already there or beyond."""
-        fields = dict(set_fields or {})
-        _refuse_unsettable(fields)
+    async def find_in_flight(self, request_id: str) -> UploadRecord | None:
+        """The upload unless archive_settled counted it out of the work in flight."""
+        return None if request_id in self.archived else await self.get(request_id)
+
+    def _owing(
+        self, record: UploadRecord, state: UploadState, source: StateSource, now: datetime
+    ) -> dict[str, Any]:
+        """The outbox fields after appending the announcement of `state`."""
+        entry = OutboxEntry.status(state, source=source, at=now)
+        outbox = [*(e.model_dump() for e in record.outbox), entry.model_dump()]
+        return {"outbox": outbox, "outbox_due_at": now}
+
+    async def transition(self, request_id: str, change: Change) -> UploadRecord | None:
+        """Move forward to `change.target` with its fields; None if unknown, or already there or beyond."""
+        target, fields = change.target, change.fields()
+        check_settable(fields)
         record = self.records.get(request_id)
         if record is None or not can_transition(record.state, target):
             return None
         now = stored_now()
-        entry = {"state": target.value, "at": now, "source": source, "detail": as_stored(dict(detail or {}))}
+        entry = as_stored(change.history_entry(now))
         history = [*as_stored([h.model_dump() for h in record.history]), entry]
-        return self._put(record, {**fields, "state": target.value, "updated_at": now, "history": history})
+        owing = self._owing(record, target, change.source, now)
+        return self._put(
+            record, {**fields, "state": target.value, "updated_at": now, "history": history, **owing}
+        )
 
     async def checkpoint(
         self, request_id: str, fields: Mapping[str, Any], *, expect_state: UploadState | None = None
     ) -> UploadRecord | None:
         """Set `fields` without a state change (only while in `expect_state`, when given)."""
-        _refuse_unsettable(fields)
+        check_settable(fields)
         record = self.records.get(request_id)
         if record is None or (expect_state is not None and record.state is not expect_state):
             return None
@@ -149,12 +159,75 @@ class FakeUploadStore:
             if (
                 moved < limit
                 and settled
+                and record.outbox_due_at is None
                 and record.updated_at < cutoff
                 and record.request_id not in self.archived
             ):
                 self.archived.add(record.request_id)
                 moved += 1
         return moved
+
+    async def add_post_ids(
+        self, request_id: str, post_ids: Sequence[str], *, source: StateSource
+    ) -> UploadRecord | None:
+        """Merge `post_ids` in and append their announcement; None when none was new."""
+        record = self.records.get(request_id)
+        new = [p for p in dict.fromkeys(post_ids) if record is not None and p not in record.post_ids]
+        if record is None or not new:
+            return None
+        self.archived.discard(request_id)  # a late fact brings it back in flight
+        now = stored_now()
+        owing = self._owing(record, record.state, source, now)
+        return self._put(record, {"post_ids": [*record.post_ids, *new], "updated_at": now, **owing})
+
+    def _lease_free(self, record: UploadRecord, at: datetime) -> bool:
+        return record.outbox_lease_until is None or record.outbox_lease_until < at
+
+    async def claim_due_outbox(self, now: datetime, lease_seconds: float) -> UploadRecord | None:
+        """Lease the earliest due outbox whose lease is free or expired."""
+        at = to_millis(now)
+        due = [
+            r
+            for r in self.records.values()
+            if r.outbox_due_at is not None and r.outbox_due_at <= at and self._lease_free(r, at)
+        ]
+        if not due:
+            return None
+        record = min(due, key=lambda r: r.outbox_due_at or at)
+        return self._put(record, {"outbox_lease_until": now + timedelta(seconds=lease_seconds)})
+
+    async def lease_outbox(self, request_id: str, now: datetime, lease_seconds: float) -> UploadRecord | None:
+        """Lease this upload's outbox if entries wait and no other holds it."""
+        record = self.records.get(request_id)
+        if record is None or record.outbox_due_at is None or not self._lease_free(record, to_millis(now)):
+            return None
+        return self._put(record, {"outbox_lease_until": now + timedelta(seconds=lease_seconds)})
+
+    async def settle_outbox(
+        self, request_id: str, sent: Sequence[OutboxEntry], *, next_try_at: datetime
+    ) -> UploadRecord | None:
+        """Drop the entries `sent` (by id), release the lease; the rest is due at `next_try_at`."""
+        record = self.records.get(request_id)
+        if record is None:
+            return None
+        sent_ids = {e.id for e in sent}
+        left = [e.model_dump() for e in record.outbox if e.id not in sent_ids]
+        due = next_try_at if left else None
+        return self._put(record, {"outbox": left, "outbox_due_at": due, "outbox_lease_until": None})
+
+    async def record_callback(self, request_id: str, delivery: CallbackDelivery) -> UploadRecord | None:
+        """Set the callback of `delivery.state` unless it is finished; None if unknown or finished."""
+        record = self.records.get(request_id)
+        if record is None:
+            return None
+        current = record.callbacks.get(delivery.state)
+        if current is not None and current.finished:
+            return None
+        callbacks = {
+            **{s: c.model_dump() for s, c in record.callbacks.items()},
+            delivery.state: delivery.model_dump(),
+        }
+        return self._put(record, {"callbacks": callbacks})
 
 
 class FakeAccountStore:
@@ -164,27 +237,17 @@ class FakeAccountStore:
         self.records: dict[str, AccountRecord] = {}
         self.tokens: dict[str, tuple[str, str]] = {}
 
-    async def upsert_tokens(
-        self,
-        account_id: str,
-        *,
-        open_id: str,
-        access_token: str,
-        expires_in: int,
-        refresh_token: str,
-        refresh_expires_in: int,
-        scopes: list[str],
-    ) -> AccountRecord:
+    async def upsert_tokens(self, account_id: str, grant: TokenGrant) -> AccountRecord:
         """Keep a fresh grant (the account is created if new) and bump token_version."""
         now = stored_now()
         previous = self.records.get(account_id)
         fresh = {
-            "open_id": open_id,
-            "scopes": list(scopes),
+            "open_id": grant.open_id,
+            "scopes": grant.scopes,
             "access_token_enc": _FAKE_CIPHERTEXT,
-            "access_expires_at": now + timedelta(seconds=expires_in),
+            "access_expires_at": now + timedelta(seconds=grant.expires_in),
             "refresh_token_enc": _FAKE_CIPHERTEXT,
-            "refresh_expires_at": now + timedelta(seconds=refresh_expires_in),
+            "refresh_expires_at": now + timedelta(seconds=grant.refresh_expires_in),
             "status": AccountStatus.CONNECTED,
             "updated_at": now,
         }
@@ -195,7 +258,7 @@ class FakeAccountStore:
         else:
             record = previous.model_copy(update={**fresh, "token_version": previous.token_version + 1})
         self.records[account_id] = record
-        self.tokens[account_id] = (access_token, refresh_token)
+        self.tokens[account_id] = (grant.access_token, grant.refresh_token)
         return record.model_copy(deep=True)
 
     async def get(self, account_id: str) -> AccountRecord | None:

@@ -8,7 +8,9 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from reelay_common.readiness import Check
+from reelay_common.tracing import current_provider
 
 from reelay_ingest.context import AppContext
 from reelay_ingest.deps import IngestDeps
@@ -42,6 +44,24 @@ def create_app(
     app.include_router(ops)
     _document_upload_body(app)
     return app
+
+
+def instrument_app(app: FastAPI) -> FastAPI:
+    """Give `app` a SERVER span per request (continuing a caller's `traceparent`) when the
+    service's tracing is on (OTEL_*); probes and scrapes get none."""
+    provider = current_provider()
+    if provider is not None:
+        FastAPIInstrumentor.instrument_app(
+            app,
+            tracer_provider=provider,
+            excluded_urls=_UNTRACED_URLS,
+            exclude_spans=["receive", "send"],  # one span per request, not one per ASGI message
+        )
+    return app
+
+
+# Regular expressions of OpenTelemetry's excluded_urls (searched in the full URL).
+_UNTRACED_URLS = "/healthz$,/readyz$,/metrics$"
 
 
 def _document_upload_body(app: FastAPI) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from reelay_common.domain.messages import MAX_VIDEO_BYTES
-from reelay_common.ports import AccountStore, BlobStore, Publisher, Recorder, TikTokApi, UploadStore
+from reelay_common.ports import AccountStore, BlobStore, Outbox, Publisher, Recorder, TikTokApi, UploadStore
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,8 @@ class Policy:
     allow_private_urls: bool = False
     check_creator_info: bool = True
     max_upload_bytes: int = MAX_VIDEO_BYTES
+    accept_wait_seconds: float = 0.5
+    schedule_horizon_seconds: float = 30 * 24 * 3600.0
     enqueue_timeout_seconds: float = 15.0
     webhook_tolerance_seconds: float = 300.0
 
@@ -36,6 +38,7 @@ class IngestDeps:
     accounts: AccountStore
     publisher: Publisher
     recorder: Recorder
+    outbox: Outbox
     blobs: BlobStore
     tiktok: TikTokApi
     topics: Topics

@@ -7,9 +7,10 @@ their outcomes, and the errors of `reelay_ingest.errors`, back into HTTP.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
 
-from reelay_common.adapters.netguard import ensure_public_url
+from reelay_common.adapters.netguard import ensure_callback_url, ensure_public_url
 from reelay_common.domain.errors import InvalidInputError, RetryableError
 from reelay_common.domain.messages import (
     BlobSource,
@@ -20,9 +21,10 @@ from reelay_common.domain.messages import (
     UploadRequested,
     UrlSource,
 )
-from reelay_common.domain.records import AccountRecord, UploadRecord
+from reelay_common.domain.records import AccountRecord, Change, UploadRecord
 from reelay_common.domain.rules import PRIVACY_LEVEL_NOT_OFFERED, check_privacy_level
-from reelay_common.domain.states import UploadState
+from reelay_common.domain.states import CANCELLABLE_STATES, UploadState
+from reelay_common.domain.tiktok import TokenGrant
 from reelay_common.logging import get_logger
 
 from reelay_ingest.deps import IngestDeps
@@ -33,11 +35,14 @@ log = get_logger(__name__)
 
 # The TikTok scope each mode needs (API reference §1).
 REQUIRED_SCOPE: dict[UploadMode, str] = {"direct": "video.publish", "inbox": "video.upload"}
+# The code of uploads an earlier Reelay refused when Kafka did not acknowledge (before the outbox).
 ENQUEUE_FAILED = "enqueue_failed"
 # What a publish raises when Kafka does not acknowledge in time (the publisher translates the
 # broker's errors into RetryableError; the enqueue timeout raises TimeoutError). Anything else is
 # a bug, and surfaces as one (a 500), not as "Kafka did not acknowledge".
 NOT_ACKNOWLEDGED = (RetryableError, TimeoutError)
+# What check_upload_target refuses with (then a settled upload may still be a replay).
+REFUSALS = (RequestRejected, NotFoundError)
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,17 @@ async def check_upload_target(target: UploadTarget, deps: IngestDeps) -> None:
             ) from exc
 
 
+async def check_callback_url(url: str | None, deps: IngestDeps) -> None:
+    """Refuse (RequestRejected, code callback_url_*) a callback URL that is not https or whose host
+    is not public (http and private hosts only where private URLs are allowed)."""
+    if url is None:
+        return
+    try:
+        await ensure_callback_url(url, allow_private=deps.policy.allow_private_urls)
+    except InvalidInputError as exc:
+        raise RequestRejected(exc.message, code=exc.code or "callback_url_refused") from exc
+
+
 def _check_account_can_post(account: AccountRecord, mode: UploadMode) -> None:
     if account.status != "connected":
         raise RequestRejected(
@@ -116,78 +132,108 @@ def _check_account_can_post(account: AccountRecord, mode: UploadMode) -> None:
 async def accept_upload(
     cmd: UploadRequested, deps: IngestDeps, *, checked: UploadTarget | None = None
 ) -> Accepted:
-    """Store `cmd` as `accepted`, announce it and enqueue it, or replay an earlier identical call.
+    """Store `cmd` as `accepted` with its command in the upload's outbox, then send it; or replay an
+    earlier identical call.
 
-    Only once Kafka has acknowledged the UploadRequested is the upload accepted. If it does not,
-    the document is marked failed (`enqueue_failed`) and UnavailableError is raised: nothing is
-    left half-accepted. `checked` is the target `check_upload_target` already passed for (a
-    form's fields before its file); the check is made unless that is `cmd`'s own target.
+    Accepted means stored: the command and the `accepted` announcement are written into the upload
+    document with it (the outbox), so a Kafka outage or a crash right after the insert delays the
+    upload but never loses it (the relay sends it once Kafka is back). The call waits up to
+    `accept_wait_seconds` for Kafka to take it, then answers either way. `checked` is the target
+    `check_upload_target` already passed for (a form's fields before its file); the check is made
+    unless that is `cmd`'s own target.
     """
-    existing = await deps.uploads.get(cmd.request_id)
+    existing = await deps.uploads.find_in_flight(cmd.request_id)
     if existing is not None:
-        return await _replay(existing, cmd, deps)
+        return _replay(existing, cmd)
     target = UploadTarget.of(cmd)
     if checked != target:
-        await check_upload_target(target, deps)
-    record, created = await deps.uploads.create(cmd, source="ingest")
-    if not created:  # a concurrent call with the same request_id won the insert
-        return await _replay(record, cmd, deps)
-    try:
-        await deps.recorder.announce(record, source="ingest")
-        await _enqueue(cmd, deps)
-    except NOT_ACKNOWLEDGED as exc:
-        # Kafka did not acknowledge: the client must not think it accepted.
-        await _mark_enqueue_failed(record, exc, deps)
-        raise UnavailableError(
-            "the upload could not be queued (Kafka did not acknowledge); it was not accepted. "
-            "Send it again with a new request_id",
-            code=ENQUEUE_FAILED,
-            retry_after=5.0,
-            extra={"request_id": cmd.request_id, "state": UploadState.FAILED.value},
-        ) from exc
+        try:
+            await check_upload_target(target, deps)
+        except REFUSALS:
+            # A replay of an upload already settled into history answers as it did, even if its
+            # target would be refused today (the account disconnected since, say).
+            settled = await deps.uploads.get(cmd.request_id)
+            if settled is None:
+                raise
+            return _replay(settled, cmd)
+    await check_callback_url(cmd.callback_url, deps)
+    _check_publish_at(cmd, deps)
+    record, created = await deps.uploads.create(
+        cmd, source="ingest", enqueue=True, lease_seconds=deps.outbox.lease_seconds
+    )
+    if not created:  # a concurrent or earlier call with the same request_id
+        return _replay(record, cmd)
+    sent = await deps.outbox.drain(
+        record.request_id, leased=record, within_seconds=deps.policy.accept_wait_seconds
+    )
     log.info(
         "upload_accepted",
         request_id=cmd.request_id,
         account_id=cmd.account_id,
         mode=cmd.mode,
         source_kind=cmd.source.kind,
+        queued=sent,  # False: Kafka did not take it in time; the relay sends it
     )
     return Accepted(record=record, replayed=False)
 
 
-async def _enqueue(cmd: UploadRequested, deps: IngestDeps) -> None:
-    async with asyncio.timeout(deps.policy.enqueue_timeout_seconds):
-        await deps.publisher.publish(deps.topics.upload_requested, cmd, key=cmd.account_id)
-
-
-async def _mark_enqueue_failed(record: UploadRecord, exc: Exception, deps: IngestDeps) -> None:
-    detail = {
-        "code": ENQUEUE_FAILED,
-        "error": type(exc).__name__,
-        "message": "Kafka did not acknowledge the UploadRequested",
-    }
-    log.error("upload_enqueue_failed", request_id=record.request_id, error=type(exc).__name__)
-    try:
-        # Mongo first, so the state is right even when Kafka (and so the announcement) is down.
-        moved = await deps.uploads.transition(
-            record.request_id, UploadState.FAILED, source="ingest", detail=detail
-        )
-    except RetryableError as store_exc:
-        log.error(
-            "upload_enqueue_failure_not_recorded",
-            request_id=record.request_id,
-            error=type(store_exc).__name__,
-        )
+def _check_publish_at(cmd: UploadRequested, deps: IngestDeps) -> None:
+    """A scheduled upload's time must be to come, and within the horizon (TikTok has no scheduling
+    for API posts: Reelay holds the upload and starts it then)."""
+    if cmd.publish_at is None:
         return
-    if moved is not None:
-        try:
-            await deps.recorder.announce(moved, source="ingest")
-        except NOT_ACKNOWLEDGED as announce_exc:
-            log.warning(
-                "upload_failure_not_announced",
-                request_id=record.request_id,
-                error=type(announce_exc).__name__,
-            )
+    now = datetime.now(UTC)
+    horizon = timedelta(seconds=deps.policy.schedule_horizon_seconds)
+    if cmd.publish_at <= now:
+        raise RequestRejected(
+            f"publish_at {cmd.publish_at.isoformat()} is not in the future; leave it out to publish now",
+            code="invalid_publish_at",
+            extra={"publish_at": cmd.publish_at.isoformat()},
+        )
+    if cmd.publish_at > now + horizon:
+        raise RequestRejected(
+            f"publish_at may be at most {horizon.days} days ahead",
+            code="invalid_publish_at",
+            extra={"publish_at": cmd.publish_at.isoformat(), "horizon_seconds": horizon.total_seconds()},
+        )
+
+
+async def cancel_upload(request_id: str, deps: IngestDeps) -> UploadRecord:
+    """Cancel an upload TikTok has nothing of yet (scheduled, or queued before its init).
+
+    Idempotent: an upload already cancelled is answered as it is. Once TikTok has it (the init
+    made), ConflictError names its state: TikTok's own cancel covers only PULL_FROM_URL downloads in
+    progress, and ends them as failed (`publish_cancelled`), which Reelay then records.
+    """
+    record = await deps.uploads.get(request_id)
+    if record is None:
+        raise NotFoundError(f"no upload with request_id {request_id!r}", code="unknown_upload")
+    if record.state in CANCELLABLE_STATES:
+        cancelled = await deps.recorder.record(
+            request_id,
+            Change(
+                UploadState.CANCELLED,
+                source="ingest",
+                detail={
+                    "code": "cancelled",
+                    "message": f"cancelled by the client while {record.state.value}",
+                },
+            ),
+        )
+        if cancelled is not None:
+            log.info("upload_cancelled", request_id=request_id, was=record.state.value)
+            if isinstance(cancelled.source, BlobSource):
+                await deps.blobs.delete(cancelled.source.blob_id)
+            return cancelled
+        record = await deps.uploads.get(request_id) or record  # it moved on meanwhile
+    if record.state is UploadState.CANCELLED:
+        return record
+    raise ConflictError(
+        f"upload {request_id!r} is {record.state.value}: TikTok has it already, so it can no longer "
+        "be cancelled here",
+        code="not_cancellable",
+        extra={"request_id": request_id, "state": record.state.value},
+    )
 
 
 def same_request(record: UploadRecord, cmd: UploadRequested) -> bool:
@@ -212,7 +258,7 @@ def _enqueue_failed(record: UploadRecord) -> bool:
     )
 
 
-async def _replay(record: UploadRecord, cmd: UploadRequested, deps: IngestDeps) -> Accepted:
+def _replay(record: UploadRecord, cmd: UploadRequested) -> Accepted:
     if not same_request(record, cmd):
         raise ConflictError(
             f"request_id {cmd.request_id!r} was already used for a different upload",
@@ -220,32 +266,14 @@ async def _replay(record: UploadRecord, cmd: UploadRequested, deps: IngestDeps) 
             extra={"request_id": cmd.request_id},
         )
     if _enqueue_failed(record):
+        # Refused by an earlier Reelay, which answered 503 when Kafka did not acknowledge.
         raise ConflictError(
             f"request_id {cmd.request_id!r} was refused earlier because it could not be queued; "
             "send the upload again with a new request_id",
             code="request_id_spent",
             extra={"request_id": cmd.request_id, "state": record.state.value},
         )
-    if record.state is UploadState.ACCEPTED:
-        # The first call may have died between the insert and Kafka's ack. Publishing again is
-        # safe (the uploader is idempotent on request_id) and makes this 202 true.
-        again = UploadRequested(
-            request_id=record.request_id,
-            account_id=record.account_id,
-            mode=record.mode,
-            source=record.source,
-            post_info=record.post_info,
-            requested_at=record.created_at,
-        )
-        try:
-            await _enqueue(again, deps)
-        except NOT_ACKNOWLEDGED as exc:
-            raise UnavailableError(
-                "the upload could not be queued (Kafka did not acknowledge); try again",
-                code=ENQUEUE_FAILED,
-                retry_after=5.0,
-                extra={"request_id": record.request_id, "state": record.state.value},
-            ) from exc
+    # Whatever the first call still owed Kafka waits in the upload's outbox: the relay sends it.
     log.info("upload_replayed", request_id=record.request_id, state=record.state.value)
     return Accepted(record=record, replayed=True)
 
@@ -255,34 +283,23 @@ class RegisterAccount:
     """Register (or refresh) an account with tokens obtained from TikTok elsewhere."""
 
     account_id: str
-    open_id: str
-    access_token: str
-    refresh_token: str
-    expires_in: int
-    refresh_expires_in: int
-    scopes: list[str]
+    grant: TokenGrant
 
 
 async def register_account(cmd: RegisterAccount, deps: IngestDeps) -> tuple[AccountRecord, bool]:
     """Store the account's tokens (encrypted by the store). Returns (account, created)."""
     existing = await deps.accounts.get(cmd.account_id)
-    if existing is not None and existing.open_id is not None and existing.open_id != cmd.open_id:
+    if existing is not None and existing.open_id is not None and existing.open_id != cmd.grant.open_id:
         # Re-pointing an account at another TikTok user would post to the wrong profile.
         raise ConflictError(
             f"account {cmd.account_id!r} is registered for another TikTok user (open_id)",
             code="account_open_id_mismatch",
             extra={"account_id": cmd.account_id},
         )
-    record = await deps.accounts.upsert_tokens(
-        cmd.account_id,
-        open_id=cmd.open_id,
-        access_token=cmd.access_token,
-        expires_in=cmd.expires_in,
-        refresh_token=cmd.refresh_token,
-        refresh_expires_in=cmd.refresh_expires_in,
-        scopes=cmd.scopes,
+    record = await deps.accounts.upsert_tokens(cmd.account_id, cmd.grant)
+    log.info(
+        "account_registered", account_id=cmd.account_id, created=existing is None, scopes=cmd.grant.scopes
     )
-    log.info("account_registered", account_id=cmd.account_id, created=existing is None, scopes=cmd.scopes)
     return record, existing is None
 
 
@@ -297,15 +314,9 @@ async def pass_on_webhook(event: WebhookEvent, deps: IngestDeps) -> TikTokWebhoo
         log.info("webhook_ignored", tiktok_event=event.event)
         return None
     record = await deps.uploads.find_by_publish_id(event.publish_id) if event.publish_id else None
+    # The event as received, with the account it belongs to.
     message = TikTokWebhookReceived(
-        event=event.event,
-        user_openid=event.user_openid,
-        create_time=event.create_time,
-        publish_id=event.publish_id,
-        publish_type=event.publish_type,
-        reason=event.reason,
-        post_id=event.post_id,
-        account_id=record.account_id if record is not None else None,
+        **asdict(event), account_id=record.account_id if record is not None else None
     )
     key = message.account_id or event.user_openid or event.publish_id or "unknown"
     try:

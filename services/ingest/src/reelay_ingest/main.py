@@ -10,7 +10,7 @@ from reelay_common.adapters.ops_server import serve_app
 from reelay_common.logging import get_logger
 from reelay_common.runtime import Infrastructure, run_service, supervise
 
-from reelay_ingest.app import create_app
+from reelay_ingest.app import create_app, instrument_app
 from reelay_ingest.deps import IngestDeps, Policy, Topics
 from reelay_ingest.settings import IngestSettings
 
@@ -36,6 +36,8 @@ def policy_of(settings: IngestSettings) -> Policy:
         allow_private_urls=settings.allow_private_urls,
         check_creator_info=settings.check_creator_info,
         max_upload_bytes=settings.max_upload_bytes,
+        accept_wait_seconds=settings.accept_wait_seconds,
+        schedule_horizon_seconds=settings.schedule_horizon_seconds,
         enqueue_timeout_seconds=settings.enqueue_timeout_seconds,
         webhook_tolerance_seconds=settings.webhook_tolerance_seconds,
     )
@@ -59,6 +61,7 @@ async def run(
             accounts=infra.accounts,
             publisher=infra.publisher,
             recorder=infra.recorder,
+            outbox=infra.outbox,
             blobs=infra.blobs,
             tiktok=infra.tiktok_gateway(
                 max_wait_seconds=CREATOR_INFO_MAX_WAIT_SECONDS,
@@ -68,7 +71,7 @@ async def run(
             topics=topics,
             policy=policy_of(settings),
         )
-        app = create_app(settings, deps, ready_checks=infra.ready_checks())
+        app = instrument_app(create_app(settings, deps, ready_checks=infra.ready_checks()))
 
         async def serve_api(stop: asyncio.Event) -> None:
             await serve_app(
@@ -92,7 +95,7 @@ async def run(
             blob_store=infra.blobs.kind,
         )
         try:
-            await supervise({"api": serve_api}, stop)
+            await supervise({"api": serve_api, "outbox": infra.outbox.run}, stop)
         finally:
             log.info("ingest_stopping")
     log.info("ingest_stopped")  # Kafka flushed and closed, Mongo and the TikTok client closed

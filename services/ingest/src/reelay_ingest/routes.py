@@ -37,6 +37,7 @@ from reelay_ingest.handlers import (
     RegisterAccount,
     UploadTarget,
     accept_upload,
+    cancel_upload,
     check_upload_target,
     pass_on_webhook,
     register_account,
@@ -216,6 +217,8 @@ async def _upload_from_json(request: Request, deps: IngestDeps, idempotency_key:
         mode=body.mode,
         source=source,
         post_info=body.post_info,
+        publish_at=body.publish_at,
+        callback_url=body.callback_url,
     )
     return await accept_upload(cmd, deps)
 
@@ -276,6 +279,8 @@ async def _upload_from_form(request: Request, deps: IngestDeps, idempotency_key:
             mode=form.mode,
             source=stored.blob,
             post_info=form.post_info,
+            publish_at=form.publish_at,
+            callback_url=form.callback_url,
         )
         accepted = await accept_upload(cmd, deps, checked=stored.checked)
     except BaseException:
@@ -348,6 +353,24 @@ async def get_upload(
     return UploadView.of(record)
 
 
+@api.delete(
+    "/uploads/{request_id}",
+    response_model=UploadView,
+    tags=["uploads"],
+    summary="Cancel an upload TikTok has nothing of yet",
+    responses=_errors(404, 409, 422),
+)
+async def delete_upload(
+    context: ContextDep,
+    request_id: Annotated[str, Path(max_length=128, pattern=ID_PATTERN)],
+) -> UploadView:
+    """Cancel a scheduled upload, or one still waiting in the queue before its init: it ends
+    `cancelled` (announced like every change, and its stored file deleted). Once TikTok has it,
+    409 `not_cancellable` with its state. Cancelling a cancelled upload answers it again."""
+    bind_learned(request_id=request_id)
+    return UploadView.of(await cancel_upload(request_id, context.deps))
+
+
 @api.get(
     "/uploads", response_model=UploadList, tags=["uploads"], summary="List uploads", responses=_errors(422)
 )
@@ -383,15 +406,7 @@ async def create_account(body: AccountRegistration, response: Response, context:
     bound to another TikTok user (open_id) answers 409."""
     bind_learned(account_id=body.account_id)
     record, created = await register_account(
-        RegisterAccount(
-            account_id=body.account_id,
-            open_id=body.open_id,
-            access_token=body.access_token.get_secret_value(),
-            refresh_token=body.refresh_token.get_secret_value(),
-            expires_in=body.expires_in,
-            refresh_expires_in=body.refresh_expires_in,
-            scopes=body.scopes,
-        ),
+        RegisterAccount(account_id=body.account_id, grant=body.grant()),
         context.deps,
     )
     if not created:

@@ -5,16 +5,40 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Json, SecretStr, field_validator, model_validator
-from reelay_common.domain.messages import AccountId, BlobSource, PostInfo, RequestId, StateSource, UploadMode
-from reelay_common.domain.records import AccountRecord, UploadRecord
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Json,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from reelay_common.domain.messages import (
+    AccountId,
+    BlobSource,
+    CallbackUrl,
+    PostInfo,
+    RequestId,
+    StateSource,
+    UploadMode,
+)
+from reelay_common.domain.records import AccountRecord, CallbackDelivery, CallbackOutcome, UploadRecord
 from reelay_common.domain.states import UploadState
+from reelay_common.domain.tiktok import TokenGrant
 
 HttpUrl = Annotated[
     str,
     Field(min_length=8, max_length=2048, pattern=r"^https?://", examples=["https://cdn.example.com/v.mp4"]),
 ]
 HttpsUrl = Annotated[str, Field(min_length=9, max_length=2048, pattern=r"^https://")]
+
+
+CALLBACK_URL_TEXT = (
+    "https URL to POST every state change of the upload to, signed with Reelay-Signature "
+    "(docs/architecture.md, Callbacks); its host must be public."
+)
 
 
 def _check_mode(mode: UploadMode, post_info: PostInfo | None) -> None:
@@ -57,6 +81,12 @@ class UploadByUrl(BaseModel):
         default=None,
         description="Identifies the upload end to end; else the Idempotency-Key header; else generated.",
     )
+    publish_at: AwareDatetime | None = Field(
+        default=None,
+        description="Publish later: a timezone-aware time in the future, within the configured "
+        "horizon. The upload is held (state `scheduled`) and sent to TikTok then.",
+    )
+    callback_url: CallbackUrl | None = Field(default=None, description=CALLBACK_URL_TEXT)
 
     @model_validator(mode="after")
     def _consistent(self) -> UploadByUrl:
@@ -87,6 +117,8 @@ class UploadForm(UploadTargetFields):
     model_config = ConfigDict(extra="forbid")
 
     request_id: RequestId | None = None
+    publish_at: AwareDatetime | None = None
+    callback_url: CallbackUrl | None = None
 
 
 # The multipart body as OpenAPI shows it; the route parses it as a stream, not through a model.
@@ -102,6 +134,12 @@ UPLOAD_FORM_SCHEMA: dict[str, Any] = {
             "examples": ['{"privacy_level": "SELF_ONLY", "title": "Launch day"}'],
         },
         "request_id": {"type": "string", "description": "Else the Idempotency-Key header; else generated."},
+        "publish_at": {
+            "type": "string",
+            "format": "date-time",
+            "description": "Publish later (ISO 8601 with a UTC offset); the file is kept until then.",
+        },
+        "callback_url": {"type": "string", "description": CALLBACK_URL_TEXT},
         "file": {
             "type": "string",
             "format": "binary",
@@ -139,6 +177,26 @@ class SourceView(BaseModel):
     filename: str | None = None
 
 
+class CallbackView(BaseModel):
+    """The callback of one state change: attempts so far and how they ended (`last_status` is the
+    receiver's HTTP status, `last_error` what went wrong without one, such as a timeout)."""
+
+    state: UploadState
+    outcome: CallbackOutcome
+    attempts: int
+    last_status: int | None = None
+    last_error: str | None = None
+    first_attempt_at: datetime
+    last_attempt_at: datetime
+    delivered_at: datetime | None = None
+    gave_up_at: datetime | None = None
+
+    @classmethod
+    def of(cls, delivery: CallbackDelivery) -> CallbackView:
+        """The view of a recorded callback."""
+        return cls.model_validate(delivery.model_dump())
+
+
 class UploadView(BaseModel):
     """The state of one upload."""
 
@@ -148,11 +206,15 @@ class UploadView(BaseModel):
     state: UploadState
     source: SourceView
     post_info: PostInfo | None = None
+    publish_at: datetime | None = None
     publish_id: str | None = None
     post_ids: list[str] = Field(default_factory=list)
     video_size: int | None = None
     uploaded_bytes: int = 0
     history: list[HistoryView]
+    callbacks: list[CallbackView] = Field(
+        default_factory=list, description="Deliveries to the callback URL, one per state, in order."
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -172,12 +234,17 @@ class UploadView(BaseModel):
             state=record.state,
             source=source,
             post_info=record.post_info,
+            publish_at=record.publish_at,
             publish_id=record.publish_id,
             post_ids=list(record.post_ids),
             video_size=record.video_size,
             uploaded_bytes=record.uploaded_bytes,
             history=[
                 HistoryView(state=h.state, at=h.at, source=h.source, detail=h.detail) for h in record.history
+            ],
+            callbacks=[
+                CallbackView.of(c)
+                for c in sorted(record.callbacks.values(), key=lambda c: c.first_attempt_at)
             ],
             created_at=record.created_at,
             updated_at=record.updated_at,
@@ -221,6 +288,17 @@ class AccountRegistration(BaseModel):
     def scopes(self) -> list[str]:
         """The granted scopes as a list."""
         return _split_scopes(self.scope)
+
+    def grant(self) -> TokenGrant:
+        """The tokens as the grant TikTok's oauth/token answered (scopes comma-separated)."""
+        return TokenGrant(
+            open_id=self.open_id,
+            access_token=self.access_token.get_secret_value(),
+            refresh_token=self.refresh_token.get_secret_value(),
+            expires_in=self.expires_in,
+            refresh_expires_in=self.refresh_expires_in,
+            scope=",".join(self.scopes),
+        )
 
 
 def _split_scopes(scope: str | list[str]) -> list[str]:

@@ -30,7 +30,12 @@ class IngestSettings(CommonSettings):
     # For direct posts, ask TikTok's creator_info which privacy levels the creator offers and
     # refuse the others up front (TikTok would refuse them at init with privacy_level_option_mismatch).
     check_creator_info: bool = True
-    # How long to wait for Kafka's acknowledgement of an UploadRequested before answering 503.
+    # How long an accept waits for Kafka to take its UploadRequested before answering 202 anyway
+    # (the command waits in the upload's outbox and the relay sends it once Kafka is back).
+    accept_wait_seconds: float = Field(0.5, gt=0)
+    # How far ahead publish_at may be (a scheduled upload is held in Mongo, its file in the blob store).
+    schedule_horizon_seconds: float = Field(30 * 24 * 3600.0, gt=0)
+    # How long a webhook waits for Kafka before answering 503 (TikTok then retries it).
     enqueue_timeout_seconds: float = Field(15.0, gt=0)
     shutdown_grace_seconds: float = Field(20.0, ge=0)
 

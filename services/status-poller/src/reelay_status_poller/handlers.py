@@ -24,13 +24,14 @@ from reelay_common.domain.errors import (
     TransientTikTokError,
 )
 from reelay_common.domain.messages import PublishEvent, StateSource, TikTokWebhookReceived, VideoUploaded
-from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.records import Change, UploadRecord
 from reelay_common.domain.rules import Backoff, upload_state_for
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import PublishStatus, PublishStatusCode
 from reelay_common.logging import bind_learned, get_logger
 from reelay_common.metrics import STATUS_POLLS_PER_PUBLISH
-from reelay_common.ports import Recorder, TikTokApi, UploadStore
+from reelay_common.ports import Outbox, Recorder, TikTokApi, UploadStore
+from reelay_common.tracing import trace_carrier
 
 log = get_logger(__name__)
 
@@ -76,6 +77,7 @@ class PollerDeps:
 
     uploads: UploadStore
     recorder: Recorder
+    outbox: Outbox
     tiktok: TikTokApi
     policy: PollPolicy
     clock: Callable[[], datetime]
@@ -140,6 +142,7 @@ async def start_tracking(event: VideoUploaded, deps: PollerDeps) -> None:
         if record.tracking_started_at is None:
             fields["tracking_started_at"] = now
             fields["poll_attempts"] = 0
+            fields["trace_context"] = trace_carrier()  # each poll continues this trace
         updated = await deps.uploads.checkpoint(event.request_id, fields, expect_state=record.state)
         if updated is not None:
             log.info("tracking_started", state=updated.state.value)
@@ -203,19 +206,13 @@ async def poll_once(record: UploadRecord, deps: PollerDeps) -> PollOutcome:
     # Its request_id / account_id / publish_id are bound by the scheduler, for every line of the poll.
     now = deps.clock()
 
-    if record.announced_state is not record.state and record.history:
-        # Whoever moved it here died before announcing it (the Mongo write and the Kafka
-        # publish are two steps): announce it now, so upstream still hears of every state.
-        await deps.recorder.announce(record, source=record.history[-1].source)
-        log.info("unannounced_state_announced", state=record.state.value)
-
     if record.state.is_terminal and not _wants_post_ids(record, now, deps.policy):
-        await _stop_tracking(record.request_id, deps)
+        await _stop_tracking(record, deps)
         log.info("tracking_stopped", state=record.state.value)
         return PollOutcome.STOPPED
     if record.publish_id is None:
         # Tracking is only started with a publish_id; a document without one cannot be polled.
-        await _stop_tracking(record.request_id, deps)
+        await _stop_tracking(record, deps)
         log.error("tracking_without_publish_id_stopped", state=record.state.value)
         return PollOutcome.STOPPED
 
@@ -243,10 +240,7 @@ async def poll_once(record: UploadRecord, deps: PollerDeps) -> PollOutcome:
         current = await _add_post_ids(current, status.publicaly_available_post_id, "poller", deps) or current
     now = deps.clock()
     if current.state.is_terminal:
-        if _wants_post_ids(current, now, deps.policy):
-            await _schedule(current, now + timedelta(seconds=deps.policy.max_interval), deps)
-        else:
-            await _stop_tracking(current.request_id, deps, attempts=current.poll_attempts + 1)
+        await _watch_post_ids_or_stop(current, now, deps)
         log.info("publish_settled", state=current.state.value, tiktok_status=status.status)
         return PollOutcome.SETTLED
     if _give_up_due(current, now, deps.policy):
@@ -274,7 +268,7 @@ async def _apply_status(record: UploadRecord, status: PublishStatus, deps: Polle
     elif meaning.state is UploadState.FAILED and status.fail_reason is not None:
         detail["fail_reason"] = status.fail_reason
     moved = await deps.recorder.record(
-        record.request_id, meaning.state, source="poller", detail=detail, set_fields=set_fields
+        record.request_id, Change(meaning.state, source="poller", detail=detail, set_fields=set_fields)
     )
     if meaning.user_posted_draft and record.user_posted_draft_at is None:
         await _note_fact(record, {"user_posted_draft_at": deps.clock()}, deps)
@@ -285,11 +279,7 @@ async def _collect_post_ids(record: UploadRecord, status: PublishStatus, deps: P
     current = record
     if status.publicaly_available_post_id:
         current = await _add_post_ids(record, status.publicaly_available_post_id, "poller", deps) or record
-    now = deps.clock()
-    if _wants_post_ids(current, now, deps.policy):
-        await _schedule(current, now + timedelta(seconds=deps.policy.max_interval), deps)
-    else:
-        await _stop_tracking(current.request_id, deps, attempts=current.poll_attempts + 1)
+    if not await _watch_post_ids_or_stop(current, deps.clock(), deps):
         log.info(
             "post_id_watch_ended",
             request_id=record.request_id,
@@ -314,7 +304,7 @@ async def _after_retryable(record: UploadRecord, exc: RetryableError, deps: Poll
 async def _after_permanent(record: UploadRecord, exc: PermanentError, deps: PollerDeps) -> PollOutcome:
     if record.state.is_terminal:
         # Only the post-id watch was left; it cannot go on.
-        await _stop_tracking(record.request_id, deps, attempts=record.poll_attempts + 1)
+        await _stop_tracking(record, deps, polled=True)
         log.warning("post_id_watch_aborted", **exc.detail())
         return PollOutcome.STOPPED
     detail: dict[str, Any] = {"reason": "status_fetch_refused", **exc.detail()}
@@ -324,8 +314,8 @@ async def _after_permanent(record: UploadRecord, exc: PermanentError, deps: Poll
     else:
         # Auth gone, or the token may not see this publish: the post may exist, we cannot tell.
         target = UploadState.UNCONFIRMED
-    await deps.recorder.record(record.request_id, target, source="poller", detail=detail)
-    await _stop_tracking(record.request_id, deps, attempts=record.poll_attempts + 1)
+    await deps.recorder.record(record.request_id, Change(target, source="poller", detail=detail))
+    await _stop_tracking(record, deps, polled=True)
     log.warning("status_poll_refused", state=target.value, **exc.detail())
     return PollOutcome.SETTLED
 
@@ -340,8 +330,10 @@ async def _give_up(record: UploadRecord, extra: Mapping[str, Any], deps: PollerD
         "give_up_after_seconds": deps.policy.give_up_after,
         **extra,
     }
-    await deps.recorder.record(record.request_id, UploadState.UNCONFIRMED, source="poller", detail=detail)
-    await _stop_tracking(record.request_id, deps, attempts=record.poll_attempts + 1)
+    await deps.recorder.record(
+        record.request_id, Change(UploadState.UNCONFIRMED, source="poller", detail=detail)
+    )
+    await _stop_tracking(record, deps, polled=True)
     log.warning(
         "publish_unconfirmed",
         request_id=record.request_id,
@@ -373,7 +365,7 @@ async def _record_terminal(
         # Not tracked any more (e.g. it was unconfirmed): track again to collect the post ids.
         set_fields = {"poll_next_at": deps.clock()}
     moved = await deps.recorder.record(
-        record.request_id, target, source=source, detail=detail, set_fields=set_fields
+        record.request_id, Change(target, source=source, detail=detail, set_fields=set_fields)
     )
     log.info(
         "webhook_applied" if moved is not None else "webhook_changed_nothing",
@@ -389,22 +381,18 @@ async def _add_post_ids(
     record: UploadRecord, post_ids: Sequence[str], source: StateSource, deps: PollerDeps
 ) -> UploadRecord | None:
     """Merge new post ids into the document and announce them; returns None if none were new."""
-    # The store has no add-to-set: re-read and write the merged list. Two writers racing here
-    # (a webhook and a poll) could drop one id; the next poll or webhook redelivery restores it.
-    current = await deps.uploads.get(record.request_id) or record
-    merged = _merge(current.post_ids, post_ids)
-    if merged == current.post_ids:
-        return None
-    updated = await deps.uploads.checkpoint(record.request_id, {"post_ids": merged})
+    # One atomic add-to-set that also writes the announcement: a webhook and a poll racing here
+    # cannot drop each other's ids.
+    updated = await deps.uploads.add_post_ids(record.request_id, post_ids, source=source)
     if updated is None:
         return None
-    await deps.recorder.announce(updated, source=source)
+    await deps.outbox.drain(record.request_id)
     log.info(
         "post_ids_collected",
         request_id=record.request_id,
         account_id=record.account_id,
         publish_id=record.publish_id,
-        post_ids=merged,
+        post_ids=updated.post_ids,
     )
     return updated
 
@@ -419,13 +407,24 @@ async def _schedule(record: UploadRecord, next_at: datetime, deps: PollerDeps) -
     await deps.uploads.schedule_poll(record.request_id, next_at, attempts=record.poll_attempts + 1)
 
 
-async def _stop_tracking(request_id: str, deps: PollerDeps, *, attempts: int | None = None) -> None:
-    """End tracking; `attempts` counts the status/fetch calls made, when this poll made one."""
+async def _watch_post_ids_or_stop(record: UploadRecord, now: datetime, deps: PollerDeps) -> bool:
+    """After a poll of a settled upload: poll again later while its post ids are still wanted
+    (True), else end tracking (False)."""
+    if _wants_post_ids(record, now, deps.policy):
+        await _schedule(record, now + timedelta(seconds=deps.policy.max_interval), deps)
+        return True
+    await _stop_tracking(record, deps, polled=True)
+    return False
+
+
+async def _stop_tracking(record: UploadRecord, deps: PollerDeps, *, polled: bool = False) -> None:
+    """End tracking; when this poll made a status/fetch call (`polled`), count it."""
     fields: dict[str, Any] = {"poll_next_at": None, "poll_lease_until": None}
-    if attempts is not None:
+    if polled:
+        attempts = record.poll_attempts + 1
         fields["poll_attempts"] = attempts
         STATUS_POLLS_PER_PUBLISH.observe(attempts)
-    await deps.uploads.checkpoint(request_id, fields)
+    await deps.uploads.checkpoint(record.request_id, fields)
 
 
 def _merge(existing: Sequence[str], new: Sequence[str]) -> list[str]:

@@ -8,12 +8,17 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from reelay_common.adapters.callbacks import callback_sender
 from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
-from reelay_common.domain.messages import PUBLISH_EVENT_ADAPTER, PublishEvent, utcnow
+from reelay_common.domain.messages import PUBLISH_EVENT_ADAPTER, PublishEvent, PublishStatusChanged, utcnow
 from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.rules import Backoff
 from reelay_common.logging import get_logger
+from reelay_common.readiness import instant_check
 from reelay_common.runtime import Infrastructure, ops_server, run_service, supervise
+from reelay_common.tracing import continued_span
 
+from reelay_status_poller.callbacks import CallbackDeps, CallbackPolicy, handle_status_changed
 from reelay_status_poller.handlers import PollerDeps, PollOutcome, PollPolicy, handle_publish_event, poll_once
 from reelay_status_poller.scheduler import PollScheduler, archive_settled_uploads
 from reelay_status_poller.settings import PollerSettings
@@ -40,6 +45,17 @@ def policy_of(settings: PollerSettings) -> PollPolicy:
     )
 
 
+def callback_policy_of(settings: PollerSettings) -> CallbackPolicy:
+    """Where callbacks go by default and how they are retried, as the settings say."""
+    return CallbackPolicy(
+        default_url=settings.callback_default_url,
+        retry_seconds=settings.callback_retry_seconds,
+        backoff=Backoff(
+            settings.callback_backoff_initial_seconds, settings.callback_backoff_max_seconds, jitter=0.2
+        ),
+    )
+
+
 async def run(
     settings: PollerSettings,
     stop: asyncio.Event,
@@ -50,17 +66,24 @@ async def run(
     """Consume publish events, poll due uploads and serve ops until `stop` is set; in-flight polls
     and records finish (bounded), then everything is closed. `consumer_overrides` reach the Kafka
     consumer (tests shorten its session timeouts)."""
-    async with Infrastructure.connect(
-        settings,
-        app_name=APP_NAME,
-        topics=[settings.topic_publish_events],
-        # The status topic is outbound only: nobody here consumes it, so it has no dead letters.
-        topics_without_dlq=[settings.topic_publish_status],
-    ) as infra:
+    async with (
+        Infrastructure.connect(
+            settings,
+            app_name=APP_NAME,
+            # The status topic is read here too (callbacks), so a bad record of it has a dead letter.
+            topics=[settings.topic_publish_events, settings.topic_publish_status],
+        ) as infra,
+        callback_sender(
+            settings.callback_secret.get_secret_value(),
+            timeout_seconds=settings.callback_timeout_seconds,
+            allow_private=settings.callback_allow_private_urls,
+        ) as sender,
+    ):
         policy = policy_of(settings)
         deps = PollerDeps(
             uploads=infra.uploads,
             recorder=infra.recorder,
+            outbox=infra.outbox,
             tiktok=infra.tiktok_gateway(
                 # A poll that would wait long for a status slot is rescheduled instead
                 # (RateLimitedError with retry_after), so it never sits on its lease.
@@ -77,20 +100,34 @@ async def run(
             await handle_publish_event(event, deps)
 
         consumer: ConsumerLoop[PublishEvent] = ConsumerLoop(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            group_id=settings.consumer_group,
             topic=settings.topic_publish_events,
             decode=PUBLISH_EVENT_ADAPTER.validate_json,
             handle=on_publish_event,
-            publisher=infra.publisher,
-            shutdown_grace_seconds=settings.shutdown_grace_seconds,
-            client_id=APP_NAME,
+            **infra.consumer_options(settings, app_name=APP_NAME),
+            **(consumer_overrides or {}),
+        )
+
+        callback_deps = CallbackDeps(
+            uploads=infra.uploads, sender=sender, policy=callback_policy_of(settings), clock=utcnow
+        )
+
+        async def on_status_changed(msg: PublishStatusChanged, _ctx: RecordContext) -> None:
+            await handle_status_changed(msg, callback_deps)
+
+        callback_options = infra.consumer_options(settings, app_name=APP_NAME)
+        callback_options["group_id"] = settings.callback_consumer_group
+        callbacks: ConsumerLoop[PublishStatusChanged] = ConsumerLoop(
+            topic=settings.topic_publish_status,
+            decode=PublishStatusChanged.model_validate_json,
+            handle=on_status_changed,
+            **callback_options,
             **(consumer_overrides or {}),
         )
 
         # The scheduler binds each poll's ids (its unit of work) to every log line.
         async def poll(record: UploadRecord) -> PollOutcome:
-            return await poll_once(record, deps)
+            with continued_span("poll publish status", record.trace_context):  # the trace of tracking
+                return await poll_once(record, deps)
 
         scheduler = PollScheduler(
             uploads=infra.uploads,
@@ -103,15 +140,6 @@ async def run(
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
         )
 
-        async def consumer_ready() -> bool:
-            return consumer.is_healthy()
-
-        async def partitions_assigned() -> bool:
-            return consumer.has_assignment()
-
-        async def scheduler_ready() -> bool:
-            return scheduler.is_healthy()
-
         log.info(
             "status_poller_started",
             topic=settings.topic_publish_events,
@@ -121,7 +149,9 @@ async def run(
             await supervise(
                 {
                     "consumer": consumer.run,
+                    "outbox": infra.outbox.run,
                     "scheduler": scheduler.run,
+                    "callbacks": callbacks.run,
                     "archiver": functools.partial(
                         archive_settled_uploads,
                         infra.uploads,
@@ -134,9 +164,10 @@ async def run(
                         port=settings.ops_port,
                         checks={
                             **infra.ready_checks(),
-                            "consumer": consumer_ready,
-                            "assigned": partitions_assigned,
-                            "scheduler": scheduler_ready,
+                            "consumer": instant_check(consumer.is_healthy),
+                            "assigned": instant_check(consumer.has_assignment),
+                            "scheduler": instant_check(scheduler.is_healthy),
+                            "callbacks": instant_check(callbacks.is_healthy),
                         },
                         on_bound=on_ops_bound,
                     ),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 from reelay_common.settings import CommonSettings
+
+# A placeholder that works for a laptop and is refused when REELAY_ENV=prod.
+DEV_CALLBACK_SECRET = "dev-callback-secret"  # noqa: S105  # a documented placeholder, refused in prod
 
 
 class PollerSettings(CommonSettings):
@@ -35,9 +38,31 @@ class PollerSettings(CommonSettings):
     ops_host: str = "127.0.0.1"
     ops_port: int = Field(9102, ge=0, le=65535)
     shutdown_grace_seconds: float = Field(20.0, ge=0)
+    # Callbacks (docs/architecture.md, "Callbacks"): the consumer of reelay.publish.status that POSTs
+    # each state change, signed with callback_secret, to the upload's callback_url (else the default).
+    callback_consumer_group: str = Field("reelay-callbacks", min_length=1)
+    callback_secret: SecretStr = SecretStr(DEV_CALLBACK_SECRET)
+    callback_default_url: str | None = Field(None, max_length=2048)
+    # Lets callback URLs be http and point at loopback/private addresses: for development and tests only.
+    callback_allow_private_urls: bool = False
+    callback_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    # Retries (timeouts, connection errors, 408, 429, 5xx) go on this long after the first attempt.
+    callback_retry_seconds: float = Field(3600.0, ge=0)
+    callback_backoff_initial_seconds: float = Field(1.0, gt=0)
+    callback_backoff_max_seconds: float = Field(300.0, gt=0)
 
     @model_validator(mode="after")
     def _intervals_ordered(self) -> PollerSettings:
         if self.min_interval_seconds > self.max_interval_seconds:
             raise ValueError("POLLER_MIN_INTERVAL_SECONDS must not exceed POLLER_MAX_INTERVAL_SECONDS")
+        return self
+
+    @model_validator(mode="after")
+    def _callbacks_usable(self) -> PollerSettings:
+        if self.environment == "prod" and self.callback_secret.get_secret_value() == DEV_CALLBACK_SECRET:
+            raise ValueError("POLLER_CALLBACK_SECRET must be set in prod (the dev placeholder is refused)")
+        url = self.callback_default_url
+        schemes = ("https://", "http://") if self.callback_allow_private_urls else ("https://",)
+        if url is not None and not url.startswith(schemes):
+            raise ValueError("POLLER_CALLBACK_DEFAULT_URL must be an https URL")
         return self

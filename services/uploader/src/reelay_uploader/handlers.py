@@ -10,7 +10,9 @@ the old publish can never become a post: its upload URL expired before TikTok ha
 
 Outcomes, as the consumer loop reads them: returning commits the record (done, failed for good, or
 nothing to do); RetryableError leaves it uncommitted to be retried; cancellation (shutdown,
-rebalance) leaves it uncommitted too, and the checkpoint makes the redelivery resume.
+rebalance) leaves it uncommitted too, and the checkpoint makes the redelivery resume. Retries end:
+past `retry_deadline` of failing source or TikTok (not rate limits, not Mongo or Kafka away), the
+upload is recorded `failed` with `retries_exhausted` and the last error, and the record committed.
 """
 
 from __future__ import annotations
@@ -49,12 +51,25 @@ from reelay_common.domain.messages import (
     dlq_topic,
     utcnow,
 )
-from reelay_common.domain.records import UploadRecord
-from reelay_common.domain.rules import check_privacy_level
+from reelay_common.domain.records import Change, UploadRecord
+from reelay_common.domain.rules import (
+    RETRIES_EXHAUSTED,
+    check_privacy_level,
+    retry_deadline_passed,
+    uses_up_retry_deadline,
+)
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import FileUploadSourceInfo, PublishStatus, PullFromUrlSourceInfo
 from reelay_common.logging import bind_learned, get_logger
-from reelay_common.ports import Publisher, Recorder, TikTokApi, UploadStore, VideoReader
+from reelay_common.ports import (
+    ChunkedUpload,
+    Outbox,
+    Publisher,
+    Recorder,
+    TikTokApi,
+    UploadStore,
+    VideoReader,
+)
 
 log = get_logger(__name__)
 
@@ -76,6 +91,7 @@ Outcome = Literal[
     "already_done",
     "failed",
     "superseded",
+    "scheduled",
     "request_id_conflict",
 ]
 
@@ -86,6 +102,7 @@ class UploaderDeps:
 
     uploads: UploadStore
     recorder: Recorder
+    outbox: Outbox
     publisher: Publisher
     tiktok: TikTokApi
     open_reader: ReaderFactory
@@ -94,6 +111,8 @@ class UploaderDeps:
     max_video_bytes: int = MAX_VIDEO_BYTES
     max_init_attempts: int = 3
     upload_url_margin: timedelta = timedelta(minutes=5)
+    # How long an upload retries a failing source or TikTok before it ends failed (retries_exhausted).
+    retry_deadline: timedelta = timedelta(hours=6)
     clock: Callable[[], datetime] = utcnow
     # Deletes a file streamed into ingest once TikTok holds its bytes or the upload failed for good:
     # without it, stored videos would pile up forever.
@@ -140,14 +159,18 @@ class _Superseded(Exception):
 async def handle_upload_requested(cmd: UploadRequested, deps: UploaderDeps) -> None:
     """Take one upload request as far as `uploaded` (or `failed`); safe to call again at any time."""
     started = time.monotonic()
+    attempt_started = deps.clock()
     outcome: str = "error"
     # request_id / account_id are bound by the consumer loop for the whole record.
     job: _Job | None = None
+    record: UploadRecord | None = None
     try:
-        record, _created = await deps.uploads.create(cmd, source=STATE_SOURCE)
-        if record.state is UploadState.ACCEPTED and record.announced_state is not UploadState.ACCEPTED:
+        record, created = await deps.uploads.create(
+            cmd, source=STATE_SOURCE, lease_seconds=deps.outbox.lease_seconds
+        )
+        if created:
             # Upstream producers may skip ingest: then this is the first anyone hears of it.
-            await deps.recorder.announce(record, source=STATE_SOURCE)
+            await deps.outbox.drain(record.request_id, leased=record)
         if record.account_id != cmd.account_id or record.mode != cmd.mode:
             log.warning(
                 "request_id_conflict",
@@ -165,6 +188,12 @@ async def handle_upload_requested(cmd: UploadRequested, deps: UploaderDeps) -> N
         if outcome in _BYTES_NO_LONGER_NEEDED and isinstance(record.source, BlobSource):
             await _discard_blob(record.source, deps)
     except RetryableError as exc:
+        current = job.rec if job is not None else record
+        if current is not None and await _give_up_past_deadline(current, exc, attempt_started, deps):
+            outcome = RETRIES_EXHAUSTED
+            if isinstance(current.source, BlobSource):
+                await _discard_blob(current.source, deps)
+            return
         outcome = "retry"
         log.info("upload_will_retry", error=type(exc).__name__, **_detail_fields(exc))
         raise
@@ -200,6 +229,36 @@ async def _discard_blob(source: BlobSource, deps: UploaderDeps) -> None:
         log.info("blob_discarded", blob_id=source.blob_id)
 
 
+async def _give_up_past_deadline(
+    rec: UploadRecord, exc: RetryableError, attempt_started: datetime, deps: UploaderDeps
+) -> bool:
+    """Past the upload's retry deadline, record it `failed` (retries_exhausted, the last error in the
+    history) and say True; before it, remember when retrying began (once) and say False."""
+    if not uses_up_retry_deadline(exc) or rec.state not in (UploadState.ACCEPTED, UploadState.UPLOADING):
+        return False
+    since = rec.retrying_since
+    if since is None:
+        # The first failure: the deadline counts from the start of this attempt, stored so that a
+        # restart or a redelivery to another replica does not start it again.
+        since = attempt_started
+        await deps.uploads.checkpoint(rec.request_id, {"retrying_since": since}, expect_state=rec.state)
+    if not retry_deadline_passed(since, deps.clock(), deps.retry_deadline):
+        return False
+    detail: dict[str, Any] = {
+        "code": RETRIES_EXHAUSTED,
+        "message": f"gave up after {deps.retry_deadline.total_seconds():g} s of retries: {exc.message}"[:500],
+        "last_error": type(exc).__name__,
+        "retrying_since": since.isoformat(),
+    }
+    for key, value in _detail_fields(exc).items():
+        detail["last_error_code" if key == "code" else key] = value
+    if rec.publish_id is not None:
+        detail["publish_id"] = rec.publish_id
+    await deps.recorder.record(rec.request_id, Change(UploadState.FAILED, source=STATE_SOURCE, detail=detail))
+    log.warning("upload_retries_exhausted", **{k: v for k, v in detail.items() if k != "message"})
+    return True
+
+
 def _detail_fields(exc: RetryableError) -> dict[str, Any]:
     return {k: v for k, v in exc.detail().items() if k in ("code", "log_id", "http_status")}
 
@@ -225,7 +284,9 @@ async def handle_dead_letter(letter: DeadLetter, deps: UploaderDeps) -> None:
         "partition": letter.partition,
         "offset": letter.offset,
     }
-    await deps.recorder.record(letter.request_id, UploadState.FAILED, source=STATE_SOURCE, detail=detail)
+    await deps.recorder.record(
+        letter.request_id, Change(UploadState.FAILED, source=STATE_SOURCE, detail=detail)
+    )
 
 
 Verdict = Literal["complete", "partial", "dead"]
@@ -253,13 +314,20 @@ class _Job:
         if state is UploadState.UPLOADED:
             await self._announce_uploaded(self.rec)
             return "already_uploaded"
+        if state is UploadState.SCHEDULED:
+            # Produced straight to the topic with a publish_at to come: held in Mongo, and queued
+            # again by the outbox relay when its time comes. Its file is kept until then.
+            log.info("upload_scheduled", publish_at=str(self.rec.publish_at))
+            return "scheduled"
         if state not in (UploadState.ACCEPTED, UploadState.UPLOADING):
             log.info("upload_already_done", state=state.value)
             return "already_done"
         try:
             if state is UploadState.ACCEPTED:
                 await self._validate()
-                moved = await self.deps.recorder.record(self.rid, UploadState.UPLOADING, source=STATE_SOURCE)
+                moved = await self.deps.recorder.record(
+                    self.rid, Change(UploadState.UPLOADING, source=STATE_SOURCE)
+                )
                 self.rec = moved or await self._reload()
                 if self.rec.state is not UploadState.UPLOADING:
                     raise _Superseded
@@ -451,15 +519,15 @@ class _Job:
                 await asyncio.sleep(0)  # let it go out on the wire before the next PUT starts
 
         try:
-            await self.deps.tiktok.upload_chunks(
+            upload = ChunkedUpload(
                 pub.upload_url,
                 pub.plan,
                 reader,
                 start_offset=start_offset,
-                on_progress=progress,
                 account_id=self.rec.account_id,
                 publish_id=pub.publish_id,
             )
+            await self.deps.tiktok.upload_chunks(upload, on_progress=progress)
             await settle()
         except asyncio.CancelledError:
             if writing is not None:
@@ -503,7 +571,7 @@ class _Job:
             detail["video_size"] = plan.video_size
             self.bytes_confirmed = plan.video_size
         moved = await self.deps.recorder.record(
-            self.rid, UploadState.UPLOADED, source=STATE_SOURCE, detail=detail, set_fields=fields
+            self.rid, Change(UploadState.UPLOADED, source=STATE_SOURCE, detail=detail, set_fields=fields)
         )
         current = moved or await self._reload()
         if current.state is UploadState.UPLOADED:
@@ -535,7 +603,9 @@ class _Job:
         full = dict(detail)
         if self.publish_id is not None:
             full.setdefault("publish_id", self.publish_id)
-        await self.deps.recorder.record(self.rid, UploadState.FAILED, source=STATE_SOURCE, detail=full)
+        await self.deps.recorder.record(
+            self.rid, Change(UploadState.FAILED, source=STATE_SOURCE, detail=full)
+        )
         log.warning("upload_failed", **{k: v for k, v in full.items() if k != "message"})
 
     async def _expire_url(self) -> None:

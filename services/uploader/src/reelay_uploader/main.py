@@ -14,7 +14,8 @@ from reelay_common.adapters.url_reader import UrlVideoReader
 from reelay_common.domain.messages import BlobSource, DeadLetter, UploadRequested, UrlSource
 from reelay_common.logging import get_logger
 from reelay_common.ports import BlobStore, SizedVideo, VideoReader
-from reelay_common.runtime import Infrastructure, ops_server, run_service, supervise
+from reelay_common.readiness import instant_check
+from reelay_common.runtime import Infrastructure, instrument_http_client, ops_server, run_service, supervise
 
 from reelay_uploader.handlers import ReaderFactory, UploaderDeps, handle_dead_letter, handle_upload_requested
 from reelay_uploader.settings import UploaderSettings
@@ -72,10 +73,12 @@ async def run(
             follow_redirects=False,  # UrlVideoReader follows them itself, checking every hop
         ) as source_http,
     ):
+        instrument_http_client(source_http)  # CLIENT spans when tracing is on (OTEL_*)
         blobs = infra.blobs  # REELAY_BLOB_STORE: local, s3 or gridfs
         deps = UploaderDeps(
             uploads=infra.uploads,
             recorder=infra.recorder,
+            outbox=infra.outbox,
             publisher=infra.publisher,
             tiktok=infra.tiktok_gateway(),
             open_reader=reader_factory(source_http, blobs, settings),
@@ -85,6 +88,7 @@ async def run(
             max_video_bytes=settings.max_video_bytes,
             max_init_attempts=settings.max_init_attempts,
             upload_url_margin=timedelta(seconds=settings.upload_url_margin_seconds),
+            retry_deadline=timedelta(seconds=settings.retry_deadline_seconds),
         )
 
         # The consumer loop binds topic/partition/offset and the message's ids to every log line.
@@ -95,22 +99,16 @@ async def run(
             await handle_dead_letter(letter, deps)
 
         consumer = ConsumerLoop[UploadRequested](
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            group_id=settings.consumer_group,
             topic=settings.topic_upload_requested,
             decode=UploadRequested.model_validate_json,
             handle=on_upload_requested,
-            publisher=infra.publisher,
             on_dead_letter=on_dead_letter,
-            shutdown_grace_seconds=settings.shutdown_grace_seconds,
-            client_id=APP_NAME,
+            max_in_flight_per_partition=settings.max_in_flight_per_partition,
+            **infra.consumer_options(settings, app_name=APP_NAME),
         )
 
         async def kafka_ready() -> bool:
             return consumer.is_healthy() and await infra.publisher.healthy()
-
-        async def partitions_assigned() -> bool:
-            return consumer.has_assignment()
 
         log.info(
             "uploader_starting",
@@ -122,13 +120,14 @@ async def run(
         await supervise(
             {
                 "consumer": consumer.run,
+                "outbox": infra.outbox.run,
                 "ops": ops_server(
                     host=settings.ops_host,
                     port=settings.ops_port,
                     checks={
                         "mongo": infra.mongo_ready,
                         "kafka": kafka_ready,
-                        "assigned": partitions_assigned,
+                        "assigned": instant_check(consumer.has_assignment),
                     },
                     on_bound=on_ops_bound,
                 ),

@@ -32,3 +32,10 @@ class UploaderSettings(CommonSettings):
     ops_host: str = "127.0.0.1"
     ops_port: int = Field(9101, ge=0, le=65535)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
+    # Uploads of different accounts sharing a partition handled at once (each account one at a
+    # time), so one account waiting out its rate-limit window holds up no other.
+    max_in_flight_per_partition: int = Field(16, ge=1, le=256)
+    # An upload whose source or TikTok keeps failing (5xx, refused connections) ends `failed` with
+    # `retries_exhausted` this long after its first failed attempt. TikTok's rate limits and Mongo
+    # or Kafka being away never count.
+    retry_deadline_seconds: float = Field(21_600.0, gt=0)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+from typing import Any, Literal, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -10,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tiktok_sandbox.core import Sandbox
 from tiktok_sandbox.faults import FaultRequest
 from tiktok_sandbox.state import DEFAULT_SCOPES, KNOWN_SCOPES, Publish
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def _scopes(v: list[str] | None) -> list[str] | None:
@@ -93,6 +96,17 @@ async def _json(request: web.Request, *, optional: bool = False) -> Any:
         ) from exc
 
 
+async def _parsed(request: web.Request, model: type[M], what: str, *, optional: bool = False) -> M:
+    """The JSON body as `model`, or HTTP 400 `{"error": what, "details": [...]}`."""
+    try:
+        return model.model_validate(await _json(request, optional=optional))
+    except ValidationError as exc:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": what, "details": exc.errors(include_url=False, include_context=False)}),
+            content_type="application/json",
+        ) from exc
+
+
 class AdminApi:
     """Inspection and control; not part of TikTok, unauthenticated (bind it to a private address)."""
 
@@ -129,10 +143,7 @@ class AdminApi:
 
     async def create_user(self, request: web.Request) -> web.Response:
         """Create a creator account; 409 when the open_id is taken."""
-        try:
-            spec = UserSpec.model_validate(await _json(request))
-        except ValidationError as exc:
-            return _problem(400, "invalid user", exc.errors(include_url=False, include_context=False))
+        spec = await _parsed(request, UserSpec, "invalid user")
         state = self.sb.state
         if spec.open_id is not None and spec.open_id in state.users:
             return _problem(409, f"open_id {spec.open_id} exists")
@@ -163,10 +174,7 @@ class AdminApi:
     async def patch_user(self, request: web.Request) -> web.Response:
         """Change a user (e.g. make the account private, ban it, drop a scope)."""
         user = self._user(request)
-        try:
-            patch = UserPatch.model_validate(await _json(request))
-        except ValidationError as exc:
-            return _problem(400, "invalid patch", exc.errors(include_url=False, include_context=False))
+        patch = await _parsed(request, UserPatch, "invalid patch")
         for name, value in patch.model_dump(exclude_none=True).items():
             setattr(user, name, frozenset(value) if name == "scopes" else value)
         return web.json_response(user.to_json())
@@ -202,12 +210,7 @@ class AdminApi:
     async def issue_tokens(self, request: web.Request) -> web.Response:
         """Shortcut past the OAuth dance: a token pair for the user, as oauth/token returns it."""
         user = self._user(request)
-        try:
-            spec = TokenSpec.model_validate(await _json(request, optional=True))
-        except ValidationError as exc:
-            return _problem(
-                400, "invalid token request", exc.errors(include_url=False, include_context=False)
-            )
+        spec = await _parsed(request, TokenSpec, "invalid token request", optional=True)
         scopes = frozenset(spec.scopes) if spec.scopes is not None else user.scopes
         return web.json_response(self.sb.state.issue_tokens(user.open_id, scopes))
 
@@ -241,10 +244,7 @@ class AdminApi:
         pub = self.sb.state.publishes.get(request.match_info["publish_id"])
         if pub is None:
             return _problem(404, "unknown publish_id")
-        try:
-            action = DraftAction.model_validate(await _json(request)).action
-        except ValidationError as exc:
-            return _problem(400, "invalid draft action", exc.errors(include_url=False, include_context=False))
+        action = (await _parsed(request, DraftAction, "invalid draft action")).action
         if pub.mode != "inbox" or pub.status != "SEND_TO_USER_INBOX" or pub.handled:
             return _problem(409, "only an unhandled draft in the creator's inbox can be acted on")
         self.sb.handle_draft(pub, action)
@@ -292,10 +292,7 @@ class AdminApi:
 
     async def put_faults(self, request: web.Request) -> web.Response:
         """Replace the fault configuration; `revoke_tokens` acts once, now."""
-        try:
-            req = FaultRequest.model_validate(await _json(request))
-        except ValidationError as exc:
-            return _problem(400, "invalid faults", exc.errors(include_url=False, include_context=False))
+        req = await _parsed(request, FaultRequest, "invalid faults")
         state = self.sb.state
         unknown = [o for o in req.revoke_tokens if o not in state.users]
         if unknown:

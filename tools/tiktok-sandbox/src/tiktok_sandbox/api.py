@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 from collections.abc import Awaitable, Callable
@@ -160,10 +159,7 @@ class TikTokApi:
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def wrapped(request: web.Request) -> web.StreamResponse:
             sb = self.sb
-            sb.state.stats.call(name)
-            delay = sb.state.faults.delay(name)
-            if delay:
-                await asyncio.sleep(delay)
+            await sb.state.arrive(name)
             try:
                 call = await self._admit(request, name, scopes, any_scope, limit, bucket or name, needs_body)
                 data = await handler(call)

@@ -8,7 +8,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, TypedDict, Unpack
 
 _PIECE = 1 << 20  # bytes yielded at a time: memory stays flat whatever the total size
 _U32_MAX = 0xFFFFFFFF
@@ -119,22 +119,21 @@ def iter_sample_mp4(
         left -= n
 
 
-def write_sample_mp4(
-    path: Path | str,
-    total_size: int,
-    *,
-    duration_s: float = 5.0,
-    width: int = 1080,
-    height: int = 1920,
-    fps: int = 30,
-    seed: int = 0,
-) -> Path:
-    """Write `iter_sample_mp4(...)` to `path` and return the path."""
+class SampleShape(TypedDict, total=False):
+    """The optional keywords of `iter_sample_mp4`, which `write_sample_mp4` passes on."""
+
+    duration_s: float
+    width: int
+    height: int
+    fps: int
+    seed: int
+
+
+def write_sample_mp4(path: Path | str, total_size: int, **shape: Unpack[SampleShape]) -> Path:
+    """Write `iter_sample_mp4(total_size, **shape)` to `path` and return the path."""
     out = Path(path)
     with out.open("wb") as f:
-        for piece in iter_sample_mp4(
-            total_size, duration_s=duration_s, width=width, height=height, fps=fps, seed=seed
-        ):
+        for piece in iter_sample_mp4(total_size, **shape):
             f.write(piece)
     return out
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -135,10 +134,7 @@ class OAuthApi:
     async def token(self, request: web.Request) -> web.StreamResponse:
         """`POST /v2/oauth/token/`: authorization_code and refresh_token grants."""
         state = self.sb.state
-        state.stats.call("oauth_token")
-        delay = state.faults.delay("oauth_token")
-        if delay:
-            await asyncio.sleep(delay)
+        await state.arrive("oauth_token")
         try:
             if state.faults.take_error("oauth_token"):
                 raise OAuthError("server_error", "Injected fault")
@@ -164,20 +160,16 @@ class OAuthApi:
 
     def _grant_code(self, form: MultiDictProxy[Any]) -> dict[str, Any]:
         state = self.sb.state
-        code = str(form.get("code", ""))
-        if not code:
-            raise OAuthError("invalid_request", "code is required")
+        code = _required(form, "code")
         auth = state.codes.get(code)
         if auth is None or auth.used or state.now() >= auth.expires_at:
             raise OAuthError("invalid_grant", "Authorization code is expired or invalid")
         if form.get("redirect_uri") != auth.redirect_uri:
             raise OAuthError("invalid_grant", "redirect_uri differs from the authorization request")
-        if auth.code_challenge is not None:
-            verifier = str(form.get("code_verifier", ""))
-            if not verifier:
-                raise OAuthError("invalid_request", "code_verifier is required")
-            if not _pkce_matches(verifier, auth.code_challenge):
-                raise OAuthError("invalid_grant", "code_verifier does not match the code_challenge")
+        if auth.code_challenge is not None and not _pkce_matches(
+            _required(form, "code_verifier"), auth.code_challenge
+        ):
+            raise OAuthError("invalid_grant", "code_verifier does not match the code_challenge")
         auth.used = True
         if auth.open_id not in state.users:
             raise OAuthError("invalid_grant", "The user no longer exists")
@@ -185,10 +177,7 @@ class OAuthApi:
 
     def _grant_refresh(self, form: MultiDictProxy[Any]) -> dict[str, Any]:
         state = self.sb.state
-        raw = str(form.get("refresh_token", ""))
-        if not raw:
-            raise OAuthError("invalid_request", "refresh_token is required")
-        rt = state.refresh_tokens.get(raw)
+        rt = state.refresh_tokens.get(_required(form, "refresh_token"))
         if (
             rt is None
             or rt.used
@@ -223,6 +212,14 @@ class OAuthApi:
         state.stats.respond("oauth_revoke", 200, "ok")
         log.info("tokens_revoked", open_id=at.open_id)
         return web.json_response({})
+
+
+def _required(form: MultiDictProxy[Any], name: str) -> str:
+    """The form field `name`, or invalid_request when it is missing or empty."""
+    value = str(form.get(name, ""))
+    if not value:
+        raise OAuthError("invalid_request", f"{name} is required")
+    return value
 
 
 def _pkce_matches(verifier: str, challenge: str) -> bool:

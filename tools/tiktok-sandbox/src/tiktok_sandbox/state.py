@@ -9,11 +9,11 @@ import tempfile
 import time
 import uuid
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tiktok_sandbox.faults import FaultInjector
+from tiktok_sandbox.faults import Endpoint, FaultInjector
 from tiktok_sandbox.media import MediaInfo
 from tiktok_sandbox.plan import ChunkPlan
 from tiktok_sandbox.settings import SandboxSettings
@@ -79,19 +79,8 @@ class User:
         }
 
     def to_json(self) -> dict[str, Any]:
-        """Inspection view."""
-        return {
-            "open_id": self.open_id,
-            "username": self.username,
-            "nickname": self.nickname,
-            "private_account": self.private_account,
-            "scopes": sorted(self.scopes),
-            "max_video_post_duration_sec": self.max_video_post_duration_sec,
-            "comment_disabled": self.comment_disabled,
-            "duet_disabled": self.duet_disabled,
-            "stitch_disabled": self.stitch_disabled,
-            "banned": self.banned,
-        }
+        """Inspection view: every field, the scopes sorted."""
+        return {**asdict(self), "scopes": sorted(self.scopes)}
 
 
 @dataclass
@@ -143,16 +132,8 @@ class ChunkAttempt:
     fault: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """Inspection view."""
-        return {
-            "order": self.order,
-            "first": self.first,
-            "last": self.last,
-            "size": self.size,
-            "status_code": self.status_code,
-            "stored": self.stored,
-            "fault": self.fault,
-        }
+        """Inspection view: every field."""
+        return asdict(self)
 
 
 @dataclass
@@ -291,6 +272,13 @@ class SandboxState:
         self.faults = FaultInjector(settings.faults)
         self.tasks: set[asyncio.Task[None]] = set()
         self._init_world()
+
+    async def arrive(self, endpoint: Endpoint) -> None:
+        """Count a call of `endpoint`, then wait out the delay the faults inject into it, if any."""
+        self.stats.call(endpoint)
+        delay = self.faults.delay(endpoint)
+        if delay:
+            await asyncio.sleep(delay)
 
     def _init_world(self) -> None:
         self.users: dict[str, User] = {}

@@ -73,10 +73,7 @@ class UploadApi:
     async def put(self, request: web.Request) -> web.StreamResponse:
         """Accept the next chunk of the plan, or say why not."""
         state = self.sb.state
-        state.stats.call("upload")
-        delay = state.faults.delay("upload")
-        if delay:
-            await asyncio.sleep(delay)
+        await state.arrive("upload")
         upload_id = request.query.get("upload_id", "")
         pub = state.uploads.get(upload_id)
         token = request.query.get("upload_token", "")

@@ -52,3 +52,31 @@ async def ensure_public_url(url: str, *, allow_private: bool = False) -> None:
                 "the video URL points at a loopback, link-local, private or reserved address",
                 code="url_not_public",
             )
+
+
+# What ensure_public_url's refusals say of a callback URL (same checks, the callback's own codes).
+_CALLBACK_REFUSALS = {
+    "url_scheme": "the callback URL must be https",
+    "url_host": "the callback URL has no host",
+    "url_credentials": "the callback URL must not carry credentials",
+    "url_unresolvable": "the callback URL's host does not resolve",
+    "url_not_public": "the callback URL points at a loopback, link-local, private or reserved address",
+}
+
+
+async def ensure_callback_url(url: str, *, allow_private: bool = False) -> None:
+    """Raise InvalidInputError (code `callback_<reason>`) unless `url` is https (http only with
+    `allow_private`, for development and tests) and every address of its host is public."""
+    allowed = ("https", "http") if allow_private else ("https",)
+    reason: str | None = None
+    if urlsplit(url).scheme not in allowed:
+        reason = "url_scheme"
+    else:
+        try:
+            await ensure_public_url(url, allow_private=allow_private)
+        except InvalidInputError as exc:
+            reason = exc.code or "url_not_public"
+    if reason is not None:
+        raise InvalidInputError(
+            _CALLBACK_REFUSALS.get(reason, "the callback URL is refused"), code=f"callback_{reason}"
+        )

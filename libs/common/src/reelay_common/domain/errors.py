@@ -5,6 +5,7 @@ ReelayError
 │   ├── RateLimitedError    TikTok said 429 / rate_limit_exceeded; `retry_after` if known
 │   ├── TransientTikTokError
 │   ├── DatabaseUnavailableError  MongoDB did not answer (adapters.mongo.client.translate_errors)
+│   ├── BrokerUnavailableError    Kafka did not connect or acknowledge (adapters.kafka.publisher)
 │   └── StorageFullError    the blob store's budget (or disk) is full: try again once uploads drain
 ├── PermanentError          retrying cannot help: dead-letter, mark the upload failed
 │   ├── InvalidInputError   bad request or record (validation, unknown account, SSRF, size)
@@ -16,6 +17,16 @@ ReelayError
 └── SkipError               nothing to do: a duplicate or stale message"""
 
 from __future__ import annotations
+
+from typing import TypedDict, Unpack
+
+
+class ErrorInfo(TypedDict, total=False):
+    """What a ReelayError carries besides its message (the keywords of `ReelayError.__init__`)."""
+
+    code: str | None
+    log_id: str | None
+    http_status: int | None
 
 
 class ReelayError(Exception):
@@ -54,16 +65,8 @@ class RetryableError(ReelayError):
 class RateLimitedError(RetryableError):
     """TikTok (or our own pacing) says: not now. Wait `retry_after` seconds if known."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        retry_after: float | None = None,
-        code: str | None = None,
-        log_id: str | None = None,
-        http_status: int | None = None,
-    ) -> None:
-        super().__init__(message, code=code, log_id=log_id, http_status=http_status)
+    def __init__(self, message: str, *, retry_after: float | None = None, **info: Unpack[ErrorInfo]) -> None:
+        super().__init__(message, **info)
         self.retry_after = retry_after
 
 
@@ -94,16 +97,8 @@ class UploadUrlExpiredError(ReelayError):
 class UploadOutOfSyncError(ReelayError):
     """PUT answered 416 or the response was lost: resume from `server_offset`."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        server_offset: int | None,
-        code: str | None = None,
-        log_id: str | None = None,
-        http_status: int | None = None,
-    ) -> None:
-        super().__init__(message, code=code, log_id=log_id, http_status=http_status)
+    def __init__(self, message: str, *, server_offset: int | None, **info: Unpack[ErrorInfo]) -> None:
+        super().__init__(message, **info)
         self.server_offset = server_offset
 
 
@@ -124,3 +119,10 @@ class StorageFullError(RetryableError):
 
     Retryable: the budget frees as the uploader sends and deletes stored files. Ingest answers 507.
     """
+
+
+class BrokerUnavailableError(RetryableError):
+    """Kafka did not connect or did not acknowledge a message; the caller may try again later.
+
+    Its own name, like DatabaseUnavailableError's, says that Reelay's own infrastructure, not the
+    upload's source or TikTok, was the trouble: such waits never use up an upload's retry deadline."""

@@ -9,7 +9,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
 from reelay_common.domain.states import UploadState
 
@@ -39,6 +47,11 @@ RequestId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-
 AccountId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
 
 
+# Where the state changes of an upload are POSTed (signed). https, or http only where the deployment
+# allows private URLs (development); its host is checked to be public when given and at each delivery.
+CallbackUrl = Annotated[str, Field(min_length=8, max_length=2048, pattern=r"^https?://[^/?#\s]+")]
+
+
 PrivacyLevel = Literal["PUBLIC_TO_EVERYONE", "MUTUAL_FOLLOW_FRIENDS", "FOLLOWER_OF_CREATOR", "SELF_ONLY"]
 
 
@@ -47,7 +60,8 @@ UploadMode = Literal["direct", "inbox"]
 
 # Which service made a state change: `source` of a history entry and of PublishStatusChanged. Not to
 # be confused with VideoSource (where the bytes come from), which a ports.VideoReader reads.
-StateSource = Literal["ingest", "uploader", "poller", "webhook"]
+# "scheduler": the outbox relay, queueing a scheduled upload when its publish_at comes.
+StateSource = Literal["ingest", "uploader", "poller", "webhook", "scheduler"]
 
 
 # TikTok: "max file size 4 GB". Like "MB" in the chunk rules, "GB" has two readings (10^9 and 2^30);
@@ -147,6 +161,14 @@ class UploadRequested(Message):
     source: VideoSource
     post_info: PostInfo | None = None
     requested_at: datetime = Field(default_factory=utcnow)
+    publish_at: AwareDatetime | None = Field(
+        None,
+        description="When to start the upload (timezone-aware). Until then it is held in state "
+        "`scheduled`; a time already past starts it at once.",
+    )
+    callback_url: CallbackUrl | None = Field(
+        None, description="Every state change of the upload is POSTed here, signed (Reelay-Signature)."
+    )
 
     @model_validator(mode="after")
     def _post_info_matches_mode(self) -> UploadRequested:

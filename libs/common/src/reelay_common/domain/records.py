@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,6 +28,30 @@ STORE_MANAGED = _FieldRole("store_managed")
 LEARNT_LATER = _FieldRole("learnt_later")
 
 
+@dataclass(frozen=True)
+class Change:
+    """One state change asked of an upload: the state to move to, who says so, its history detail
+    (TikTok's fail_reason, log_id...) and the fields set in the same guarded update."""
+
+    target: UploadState
+    source: StateSource
+    detail: Mapping[str, Any] | None = None
+    set_fields: Mapping[str, Any] | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """A copy of the fields to set with the move (empty when none)."""
+        return dict(self.set_fields or {})
+
+    def history_entry(self, at: datetime) -> dict[str, Any]:
+        """The history entry the change appends, made `at` (a store converts it as it stores it)."""
+        return {
+            "state": self.target.value,
+            "at": at,
+            "source": self.source,
+            "detail": dict(self.detail or {}),
+        }
+
+
 class HistoryEntry(BaseModel):
     """One transition of an upload: when, by whom, and TikTok's detail (fail_reason, log_id...)."""
 
@@ -35,6 +61,72 @@ class HistoryEntry(BaseModel):
     at: datetime
     source: StateSource
     detail: dict[str, Any] = Field(default_factory=dict)
+
+
+OutboxKind = Literal["status", "upload_requested"]
+
+
+class OutboxEntry(BaseModel):
+    """A message an upload still owes Kafka, written in the same update as the change it announces.
+
+    `status`: announce the upload's `state` on `reelay.publish.status` (built from the document
+    when it is sent, so it carries the history entry's detail and the post ids known then).
+    `upload_requested`: queue the upload on `reelay.upload.requested` (ingest's accept).
+    The relay sends a document's entries in order and removes exactly those it sent
+    (docs/architecture.md, promise 9).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    kind: OutboxKind
+    state: UploadState | None = None
+    source: StateSource | None = None
+    at: datetime
+    # Not to be sent before this (a scheduled upload's command waits for its publish_at).
+    due_at: datetime | None = None
+
+    @classmethod
+    def status(cls, state: UploadState, *, source: StateSource, at: datetime) -> OutboxEntry:
+        """Announce `state` (reached by `source` at `at`)."""
+        return cls(id=uuid.uuid4().hex, kind="status", state=state, source=source, at=at)
+
+    @classmethod
+    def upload_requested(cls, *, at: datetime, due_at: datetime | None = None) -> OutboxEntry:
+        """Queue the upload's command for the uploader (not before `due_at`, when given)."""
+        return cls(id=uuid.uuid4().hex, kind="upload_requested", at=at, due_at=due_at)
+
+
+CallbackOutcome = Literal["pending", "delivered", "failed"]
+
+
+class CallbackDelivery(BaseModel):
+    """The callback of one state of an upload: its attempts so far and how they ended.
+
+    `pending` while it is being tried (a retry is due); `delivered` once the receiver answered 2xx;
+    `failed` when it refused (a 4xx other than 408/429, a redirect, a URL that is not public) or the
+    retries ran out (`gave_up_at`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    state: UploadState
+    outcome: CallbackOutcome = "pending"
+    attempts: int = 0
+    first_attempt_at: datetime
+    last_attempt_at: datetime
+    last_status: int | None = None
+    last_error: str | None = None
+    delivered_at: datetime | None = None
+    gave_up_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether nothing more will be tried (delivered or failed)."""
+        return self.outcome != "pending"
+
+
+# The fields of UploadRequested an upload keeps under the same names (and `requested_at`).
+_KEPT_OF_REQUEST = ("request_id", "account_id", "mode", "source", "post_info", "publish_at", "callback_url")
 
 
 class UploadRecord(BaseModel):
@@ -47,6 +139,9 @@ class UploadRecord(BaseModel):
     mode: UploadMode
     source: VideoSource
     post_info: PostInfo | None = None
+    # When to start it (UploadRequested.publish_at): held in `scheduled` until then.
+    publish_at: datetime | None = None
+    callback_url: str | None = None
     # When the client asked (UploadRequested.requested_at); absent only from hand-made documents.
     requested_at: Annotated[datetime | None, STORE_MANAGED] = None
     state: Annotated[UploadState, STORE_MANAGED]
@@ -62,34 +157,61 @@ class UploadRecord(BaseModel):
     total_chunk_count: int | None = None
     uploaded_bytes: int = 0
     init_attempts: int = 0
+    # When the first attempt that failed retryably began (the uploader's retry deadline counts from
+    # it; stored, so a restart or redelivery does not reset it).
+    retrying_since: datetime | None = None
     post_ids: list[str] = Field(default_factory=list)
     # Status tracking, owned by the status-poller.
     poll_next_at: datetime | None = None
     poll_attempts: int = 0
     poll_lease_until: datetime | None = None
     tracking_started_at: datetime | None = None
+    # The W3C trace context tracking started in (traceparent, tracestate): each poll continues it.
+    trace_context: dict[str, str] | None = None
+    # The callbacks of its states, by state (UploadStore.record_callback, the callbacks consumer).
+    callbacks: Annotated[dict[UploadState, CallbackDelivery], STORE_MANAGED] = Field(default_factory=dict)
     # Facts learnt after the outcome (status-poller), not states: the user posted an inbox draft
     # (PUBLISH_COMPLETE of an inbox upload); TikTok withdrew the public post.
     user_posted_draft_at: Annotated[datetime | None, LEARNT_LATER] = None
     no_longer_public_at: Annotated[datetime | None, LEARNT_LATER] = None
-    # The last state announced on reelay.publish.status (StateRecorder): lets a retry re-announce a
-    # transition whose announcement failed after the guarded update had already applied it.
-    announced_state: UploadState | None = None
+    # What the upload still owes Kafka (the outbox): appended by the same update as the change,
+    # removed by the relay once Kafka took it. `outbox_due_at` is set while entries wait (when the
+    # relay should try next); `outbox_lease_until` while one process is sending them.
+    outbox: Annotated[list[OutboxEntry], STORE_MANAGED] = Field(default_factory=list)
+    outbox_due_at: Annotated[datetime | None, STORE_MANAGED] = None
+    outbox_lease_until: Annotated[datetime | None, STORE_MANAGED] = None
 
     @classmethod
-    def new(cls, cmd: UploadRequested, *, source: StateSource, now: datetime) -> UploadRecord:
-        """The `accepted` upload of a new request, its first history entry by `source` at `now`."""
+    def new(
+        cls, cmd: UploadRequested, *, source: StateSource, now: datetime, enqueue: bool = False
+    ) -> UploadRecord:
+        """A new upload, its first history entry by `source` at `now`: `accepted`, or `scheduled`
+        when its publish_at is still to come.
+
+        Its outbox announces that state, and queues the command: with `enqueue` (ingest's accept;
+        an uploader that creates the record has the command from Kafka already), and for a scheduled
+        upload always, due at its publish_at.
+        """
+        scheduled = cmd.publish_at is not None and cmd.publish_at > now
+        state = UploadState.SCHEDULED if scheduled else UploadState.ACCEPTED
+        outbox = [OutboxEntry.status(state, source=source, at=now)]
+        if scheduled or enqueue:
+            outbox.append(OutboxEntry.upload_requested(at=now, due_at=cmd.publish_at if scheduled else None))
         return cls(
-            request_id=cmd.request_id,
-            account_id=cmd.account_id,
-            mode=cmd.mode,
-            source=cmd.source,
-            post_info=cmd.post_info,
+            **{name: getattr(cmd, name) for name in _KEPT_OF_REQUEST},
             requested_at=cmd.requested_at,
-            state=UploadState.ACCEPTED,
-            history=[HistoryEntry(state=UploadState.ACCEPTED, at=now, source=source)],
+            state=state,
+            history=[HistoryEntry(state=state, at=now, source=source)],
             created_at=now,
             updated_at=now,
+            outbox=outbox,
+            outbox_due_at=now,
+        )
+
+    def request(self) -> UploadRequested:
+        """The request this upload was accepted from, as of its creation (ingest sends it again)."""
+        return UploadRequested(
+            **{name: getattr(self, name) for name in _KEPT_OF_REQUEST}, requested_at=self.created_at
         )
 
     def new_document(self) -> dict[str, Any]:
@@ -107,6 +229,17 @@ class UploadRecord(BaseModel):
     def settable_fields(cls) -> frozenset[str]:
         """Names of the fields a caller may set through a transition or a checkpoint."""
         return frozenset(cls.model_fields) - cls.store_managed_fields()
+
+
+def check_settable(fields: Mapping[str, Any]) -> None:
+    """Refuse fields the store owns or does not know, with a clear error (every store, before it
+    writes anything): which fields are whose is the record's word, through its field roles."""
+    protected = sorted(set(fields) & UploadRecord.store_managed_fields())
+    if protected:
+        raise ValueError(f"these upload fields are managed by the store and cannot be set: {protected}")
+    unknown = sorted(set(fields) - UploadRecord.settable_fields())
+    if unknown:
+        raise ValueError(f"unknown upload fields: {unknown} (add them to UploadRecord first)")
 
 
 def _fields_with(role: _FieldRole) -> set[str]:

@@ -1,6 +1,6 @@
 """Rules more than one part of Reelay applies, each written once: which bytes make a video, what a
 Content-Range says, whether a creator offers a privacy level, what TikTok's publish status means for
-an upload, and how long to back off before trying again.
+an upload, how long to back off before trying again, and when to stop.
 
 Pure functions and values: no I/O, no clock, no event loop (waiting on one lives in `timing`)."""
 
@@ -10,9 +10,16 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Final
 
-from reelay_common.domain.errors import InvalidInputError
+from reelay_common.domain.errors import (
+    BrokerUnavailableError,
+    DatabaseUnavailableError,
+    InvalidInputError,
+    RateLimitedError,
+    RetryableError,
+)
 from reelay_common.domain.messages import UploadMode
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import PublishStatusCode
@@ -150,3 +157,26 @@ class Backoff:
     def sample(self, attempt: int) -> float:
         """The jittered wait before retry `attempt`: `jittered(delay(attempt))`."""
         return self.jittered(self.delay(attempt))
+
+
+# ---------------------------------------------------------------------------------------------
+# Retry deadline
+
+
+RETRIES_EXHAUSTED: Final = "retries_exhausted"  # the error code of an upload that stopped retrying
+
+
+def uses_up_retry_deadline(exc: RetryableError) -> bool:
+    """Whether a retryable failure counts against an upload's retry deadline.
+
+    Failures of what the upload depends on (its source answering 5xx or refusing connections,
+    TikTok down) do: retried without end, one upload would block its account forever. TikTok's rate
+    limits do not (waiting them out is the normal course, docs/architecture.md "Promises" 4), nor do
+    Reelay's own Mongo and Kafka being away (nothing about this upload is wrong; it must survive them).
+    """
+    return not isinstance(exc, RateLimitedError | DatabaseUnavailableError | BrokerUnavailableError)
+
+
+def retry_deadline_passed(retrying_since: datetime, now: datetime, deadline: timedelta) -> bool:
+    """True once an upload has been retrying for `deadline` or longer."""
+    return now - retrying_since >= deadline

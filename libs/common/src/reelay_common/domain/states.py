@@ -8,6 +8,7 @@ from enum import StrEnum
 class UploadState(StrEnum):
     """States of one upload (MongoDB `uploads`, one document per request_id)."""
 
+    SCHEDULED = "scheduled"  # held until its publish_at (TikTok has no scheduling for API posts)
     ACCEPTED = "accepted"
     UPLOADING = "uploading"
     UPLOADED = "uploaded"
@@ -16,6 +17,7 @@ class UploadState(StrEnum):
     INBOX_DELIVERED = "inbox_delivered"
     FAILED = "failed"
     UNCONFIRMED = "unconfirmed"
+    CANCELLED = "cancelled"  # by its client, before TikTok had it
 
     @property
     def rank(self) -> int:
@@ -29,6 +31,7 @@ class UploadState(StrEnum):
 
 
 _RANK: dict[UploadState, int] = {
+    UploadState.SCHEDULED: -1,
     UploadState.ACCEPTED: 0,
     UploadState.UPLOADING: 1,
     UploadState.UPLOADED: 2,
@@ -37,6 +40,7 @@ _RANK: dict[UploadState, int] = {
     UploadState.INBOX_DELIVERED: 4,
     UploadState.FAILED: 4,
     UploadState.UNCONFIRMED: 4,
+    UploadState.CANCELLED: 4,
 }
 
 
@@ -46,8 +50,12 @@ TERMINAL_STATES: frozenset[UploadState] = frozenset(
         UploadState.INBOX_DELIVERED,
         UploadState.FAILED,
         UploadState.UNCONFIRMED,
+        UploadState.CANCELLED,
     }
 )
+
+# An upload may be cancelled only while TikTok has nothing of it: held, or queued before its init.
+CANCELLABLE_STATES: frozenset[UploadState] = frozenset({UploadState.SCHEDULED, UploadState.ACCEPTED})
 
 
 def can_transition(current: UploadState, target: UploadState) -> bool:
@@ -60,6 +68,8 @@ def can_transition(current: UploadState, target: UploadState) -> bool:
         return target in {UploadState.PUBLISHED, UploadState.INBOX_DELIVERED, UploadState.FAILED}
     if current.is_terminal:
         return False
+    if target is UploadState.CANCELLED:
+        return current in CANCELLABLE_STATES
     return target.rank > current.rank
 
 

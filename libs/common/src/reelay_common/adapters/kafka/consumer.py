@@ -6,8 +6,11 @@ Outcomes of one record (the only place they are decided: docs/architecture.md, "
 - undecodable record, or PermanentError       -> DeadLetter on `<topic>.dlq`, on_dead_letter, commit
 - RetryableError                              -> back off (retry_after when given), retry, no commit
 - any other exception                         -> retried up to max_unexpected_failures, then dead letter
-Records of one partition are handled in order, partitions concurrently; a partition is paused while
-its records are handled and polling continues, so long uploads never exceed max_poll_interval_ms."""
+Records of one key are handled in order, one at a time; different keys of a partition concurrently, up
+to `max_in_flight_per_partition` (`keyed.KeyedPartition`), and partitions concurrently. A commit never
+passes an unfinished record: it covers the finished prefix of each partition (`keyed.OffsetLedger`).
+A partition is paused while `max_buffered_per_partition` of its records are held and polling goes on,
+so long uploads never exceed max_poll_interval_ms."""
 
 from __future__ import annotations
 
@@ -16,7 +19,6 @@ import contextlib
 import json
 import re
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
@@ -31,6 +33,9 @@ from aiokafka.errors import (
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
+from reelay_common.adapters.kafka.availability import KafkaAvailability, kafka_availability
+from reelay_common.adapters.kafka.clients import start_client
+from reelay_common.adapters.kafka.keyed import Abandoned, KeyedPartition
 from reelay_common.domain.errors import (
     PermanentError,
     RateLimitedError,
@@ -115,10 +120,6 @@ class _Progress:
     attempts: int = 0
 
 
-class _Abandoned(Exception):
-    """The loop is stopping: leave the record uncommitted so it is redelivered."""
-
-
 def _error_kind(exc: BaseException) -> str:
     # InvalidInputError -> invalid_input: a stable reason when an error carries no code.
     name = type(exc).__name__.removesuffix("Error") or type(exc).__name__
@@ -190,12 +191,20 @@ class ConsumerLoop(Generic[T]):
         retry_backoff_initial: float = 0.5,
         retry_backoff_max: float = 30.0,
         shutdown_grace_seconds: float = 30.0,
+        max_in_flight_per_partition: int = 16,
+        max_buffered_per_partition: int = 1000,
         client_id: str | None = None,
         poll_timeout_ms: int = 500,
+        availability: KafkaAvailability | None = None,
+        availability_probe_seconds: float = 2.0,
         **consumer_overrides: Any,
     ) -> None:
         if max_unexpected_failures < 1:
             raise ValueError("max_unexpected_failures must be at least 1")
+        if max_in_flight_per_partition < 1 or max_buffered_per_partition < max_in_flight_per_partition:
+            raise ValueError(
+                "a partition needs 1 <= max_in_flight_per_partition <= max_buffered_per_partition"
+            )
         self._bootstrap_servers = bootstrap_servers
         self._group_id = group_id
         self._topic = topic
@@ -207,12 +216,21 @@ class ConsumerLoop(Generic[T]):
         # A little jitter, so consumers that failed together do not retry in lockstep.
         self._retry = Backoff(retry_backoff_initial, retry_backoff_max, jitter=0.1)
         self._grace = shutdown_grace_seconds
+        # Different keys (accounts) of one partition at once, each key one record at a time.
+        self._max_in_flight = max_in_flight_per_partition
+        # Records held per partition (running, waiting for their key, finished after a gap) before
+        # the partition is paused: bounds memory while one key waits and the others flow.
+        self._max_buffered = max_buffered_per_partition
         self._client_id = client_id or f"reelay-{group_id}"
         self._poll_timeout_ms = poll_timeout_ms
+        # Kafka away is logged once, and back once (not per aiokafka reconnect attempt); while it is
+        # away the loop probes it every `availability_probe_seconds` to see it back.
+        self._availability = availability or kafka_availability()
+        self._probe_every = availability_probe_seconds
         # Tests pass small session/heartbeat/max_poll_interval values through here.
         self._consumer_overrides = consumer_overrides
         self._consumer: AIOKafkaConsumer | None = None
-        self._workers: dict[TopicPartition, tuple[asyncio.Task[None], deque[ConsumerRecord]]] = {}
+        self._partitions: dict[TopicPartition, KeyedPartition[ConsumerRecord]] = {}
         self._stopping = asyncio.Event()
         self._running = False
         self._failure: BaseException | None = None
@@ -234,11 +252,7 @@ class ConsumerLoop(Generic[T]):
             auto_offset_reset="earliest",
             **self._consumer_overrides,
         )
-        try:
-            await consumer.start()
-        except KafkaError as exc:
-            await consumer.stop()
-            raise RetryableError(f"could not connect the Kafka consumer: {exc!r}") from exc
+        await start_client(consumer, what="consumer")
         self._consumer = consumer
         consumer.subscribe([self._topic], listener=_RebalanceListener(self))
         self._running = True
@@ -249,7 +263,7 @@ class ConsumerLoop(Generic[T]):
             await self._drain(consumer)
         finally:
             self._stopping.set()
-            await self._cancel_workers(list(self._workers), reason="shutdown")
+            await self._cancel_partitions(consumer, list(self._partitions), reason="shutdown")
             self._running = False
             self._consumer = None
             await consumer.stop()
@@ -280,6 +294,7 @@ class ConsumerLoop(Generic[T]):
 
     async def _poll_until(self, stop: asyncio.Event, consumer: AIOKafkaConsumer) -> None:
         failures = 0
+        last_probe = 0.0
         while not stop.is_set():
             if self._failure is not None:
                 raise RuntimeError("a partition worker crashed") from self._failure
@@ -287,41 +302,69 @@ class ConsumerLoop(Generic[T]):
                 batch = await consumer.getmany(timeout_ms=self._poll_timeout_ms)
             except KafkaError as exc:
                 failures += 1
-                log.warning("kafka_poll_failed", error=repr(exc), failures=failures)
+                self._availability.unavailable(f"poll: {exc!r}")
                 await sleep_unless_stopped(stop, self._retry.delay(failures))
                 continue
             failures = 0
             self._last_poll = time.monotonic()
+            if any(batch.values()):
+                self._availability.available()
+            elif self._availability.down and self._last_poll - last_probe >= self._probe_every:
+                last_probe = self._last_poll
+                await self._probe(consumer)
             for tp, records in batch.items():
                 if records:
                     self._dispatch(consumer, tp, records)
 
+    async def _probe(self, consumer: AIOKafkaConsumer) -> None:
+        """One metadata round trip (bounded): Kafka is back when it succeeds."""
+        try:
+            await asyncio.wait_for(consumer.topics(), timeout=5.0)
+        except (KafkaError, TimeoutError):
+            return  # still away; aiokafka's own errors about it are held back
+        self._availability.available()
+
     def _dispatch(
         self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[ConsumerRecord]
     ) -> None:
-        # Paused until its worker has finished these records; the rest of the topic keeps flowing.
-        try:
-            consumer.pause(tp)
-        except IllegalStateError:
+        if tp not in consumer.assignment():
             return  # revoked between fetch and dispatch: the new owner will read these records
-        current = self._workers.get(tp)
-        if current is not None and not current[0].done():
-            current[1].extend(records)
-            _set_lag(consumer, tp, current[1][0].offset if current[1] else records[0].offset)
-            return
-        _set_lag(consumer, tp, records[0].offset)
-        pending: deque[ConsumerRecord] = deque(records)
-        task = asyncio.create_task(
-            self._work(consumer, tp, pending), name=f"kafka-worker-{tp.topic}-{tp.partition}"
-        )
-        task.add_done_callback(self._worker_done)
-        self._workers[tp] = (task, pending)
+        work = self._partitions.get(tp)
+        if work is None:
+            work = KeyedPartition[ConsumerRecord](
+                name=f"{tp.topic}-{tp.partition}",
+                limit=self._max_in_flight,
+                offset_of=lambda record: int(record.offset),
+                # The key orders: one account's uploads one at a time (docs/architecture.md, "Topics").
+                key_of=lambda record: record.key,
+                process=lambda record: self._process(consumer, record),
+                commit=lambda offset: self._commit(consumer, tp, offset),
+                on_crash=self._worker_crashed,
+                on_progress=lambda: self._progress(consumer, tp),
+            )
+            self._partitions[tp] = work
+        work.add(records)
+        self._progress(consumer, tp)
 
-    def _worker_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
+    def _progress(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+        """After records arrived or finished: the lag, and whether the partition may fetch more."""
+        work = self._partitions.get(tp)
+        if work is None:
             return
-        exc = task.exception()
-        if exc is not None and self._failure is None:
+        next_offset = work.ledger.first_unfinished()
+        if next_offset is None:
+            next_offset = work.ledger.committable()
+        if next_offset is not None:
+            _set_lag(consumer, tp, next_offset)
+        # Paused while it holds enough; polling goes on, so the member is not evicted meanwhile.
+        with contextlib.suppress(IllegalStateError):
+            if work.held >= self._max_buffered or self._stopping.is_set():
+                consumer.pause(tp)
+            else:
+                consumer.resume(tp)
+
+    def _worker_crashed(self, exc: BaseException) -> None:
+        if self._failure is None:
             # A bug in the loop itself, not a handler error: stop polling and surface it from run().
             self._failure = exc
             log.error("kafka_worker_crashed", error=repr(exc), exc_info=exc)
@@ -329,12 +372,14 @@ class ConsumerLoop(Generic[T]):
     async def _drain(self, consumer: AIOKafkaConsumer) -> None:
         """Stop taking records; give in-flight ones `shutdown_grace_seconds`, keep the membership alive."""
         self._stopping.set()
+        for work in self._partitions.values():
+            work.stop_starting()
         with contextlib.suppress(IllegalStateError):
             consumer.pause(*consumer.assignment())
         deadline = time.monotonic() + self._grace
         while True:
-            tasks = [t for t, _ in self._workers.values() if not t.done()]
             remaining = deadline - time.monotonic()
+            tasks = [task for work in self._partitions.values() for task in work.tasks()]
             if not tasks or remaining <= 0:
                 break
             await asyncio.wait(tasks, timeout=min(1.0, remaining))
@@ -342,54 +387,53 @@ class ConsumerLoop(Generic[T]):
             with contextlib.suppress(KafkaError):
                 await consumer.getmany(timeout_ms=0)
 
-    async def _cancel_workers(self, tps: list[TopicPartition], *, reason: str) -> None:
-        tasks: list[asyncio.Task[None]] = []
-        for tp in tps:
-            entry = self._workers.pop(tp, None)
-            if entry is not None and not entry[0].done():
-                entry[0].cancel()
-                tasks.append(entry[0])
-        if tasks:
-            log.warning("kafka_work_cancelled", reason=reason, partitions=[str(tp) for tp in tps])
-            # Bounded: a handler that swallows cancellation must not block a rebalance forever.
-            await asyncio.wait(tasks, timeout=10.0)
+    async def _cancel_partitions(
+        self, consumer: AIOKafkaConsumer, tps: list[TopicPartition], *, reason: str
+    ) -> None:
+        """Cancel the work in flight on `tps`, then commit once what finished before it (never more)."""
+        works = {tp: work for tp in tps if (work := self._partitions.pop(tp, None)) is not None}
+        # All at once: each wait is bounded, and a rebalance must not wait for them one by one.
+        counts = await asyncio.gather(*(work.cancel() for work in works.values()))
+        cancelled = [str(tp) for tp, n in zip(works, counts, strict=True) if n]
+        owed = {
+            tp: target for tp, work in works.items() if (target := work.uncommitted_finished()) is not None
+        }
+        if owed:
+            try:
+                await consumer.commit(owed)
+            except KafkaError as exc:  # one try: the records after the last commit are redelivered
+                log.warning(
+                    "final_commit_failed", offsets={str(tp): o for tp, o in owed.items()}, error=repr(exc)
+                )
+            else:
+                for tp, target in owed.items():
+                    works[tp].mark_committed(target)
+                    _set_lag(consumer, tp, target)
+        if cancelled:
+            log.warning("kafka_work_cancelled", reason=reason, partitions=cancelled)
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         # Whatever is in flight for these partitions now belongs to another consumer: never commit it.
         if revoked:
             log.info("kafka_partitions_revoked", partitions=sorted(str(tp) for tp in revoked))
-        await self._cancel_workers([tp for tp in self._workers if tp in revoked], reason="revoked")
+        consumer = self._consumer
+        if consumer is not None:
+            await self._cancel_partitions(
+                consumer, [tp for tp in self._partitions if tp in revoked], reason="revoked"
+            )
         for tp in revoked:
             # Another member reports these partitions now.
             with contextlib.suppress(KeyError):
                 CONSUMER_LAG.remove(tp.topic, str(tp.partition))
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._availability.available()  # the group coordinator answered
         log.info("kafka_partitions_assigned", partitions=sorted(str(tp) for tp in assigned))
 
     # ------------------------------------------------------------------------------------- one record
 
-    async def _work(
-        self, consumer: AIOKafkaConsumer, tp: TopicPartition, pending: deque[ConsumerRecord]
-    ) -> None:
-        while pending:
-            if self._stopping.is_set():
-                return
-            try:
-                await self._process(consumer, pending[0])
-            except _Abandoned:
-                # Stopping, or the partition moved: the records left are someone else's (or redelivered).
-                if self._workers.get(tp, (None,))[0] is asyncio.current_task():
-                    del self._workers[tp]
-                return
-            pending.popleft()
-        # No await between the emptiness check and these lines, so _dispatch cannot race us.
-        self._workers.pop(tp, None)
-        if not self._stopping.is_set():
-            with contextlib.suppress(IllegalStateError):
-                consumer.resume(tp)
-
-    async def _process(self, consumer: AIOKafkaConsumer, record: ConsumerRecord) -> None:
+    async def _process(self, consumer: AIOKafkaConsumer, record: ConsumerRecord) -> bool:
+        """Decode and handle one record to its outcome; True once finished (raises Abandoned if not)."""
         ctx = RecordContext(
             topic=record.topic,
             partition=record.partition,
@@ -416,8 +460,8 @@ class ConsumerLoop(Generic[T]):
                 else:
                     bind_learned(**_ids_from_message(message))
                     progress.outcome = await self._handle_with_retries(record, message, ctx, progress)
-                await self._commit(consumer, record)
-            except _Abandoned:
+                return True  # finished: KeyedPartition commits it once every record before it is
+            except Abandoned:
                 progress.outcome = "abandoned"
                 raise
             except asyncio.CancelledError:
@@ -437,7 +481,7 @@ class ConsumerLoop(Generic[T]):
     async def _handle_with_retries(
         self, record: ConsumerRecord, message: T, ctx: RecordContext, progress: _Progress
     ) -> Outcome:
-        """Call the handler until its outcome is final (or raise _Abandoned); counts attempts."""
+        """Call the handler until its outcome is final (or raise Abandoned); counts attempts."""
         unexpected = 0
         retries = 0
         ids = {k: v for k, v in _ids_from_message(message).items() if k in ("request_id", "account_id")}
@@ -548,25 +592,26 @@ class ConsumerLoop(Generic[T]):
             await self._backoff(self._retry.delay(retries))
             retries += 1
 
-    async def _commit(self, consumer: AIOKafkaConsumer, record: ConsumerRecord) -> None:
-        tp = TopicPartition(record.topic, record.partition)
+    async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
+        """Commit `offset` (the finished prefix) for `tp`, retrying while Kafka is away."""
         retries = 0
         while True:
             try:
-                await consumer.commit({tp: record.offset + 1})
-                _set_lag(consumer, tp, record.offset + 1)
+                await consumer.commit({tp: offset})
+                self._availability.available()
                 return
             except (CommitFailedError, IllegalStateError) as exc:
-                # The partition moved to another member: it will redo this record. Nothing to do here.
+                # The partition moved to another member: it will redo these records. Nothing to do here.
                 log.warning("commit_refused_partition_moved", error=repr(exc))
-                raise _Abandoned from exc
+                raise Abandoned from exc
             except KafkaError as exc:
                 delay = self._retry.delay(retries)
                 retries += 1
-                log.warning("commit_failed", error=repr(exc), delay_s=delay)
+                self._availability.unavailable(f"commit: {exc!r}")  # logged once per outage
+                log.debug("commit_failed", error=repr(exc), delay_s=delay)
                 await self._backoff(delay)
 
     async def _backoff(self, delay: float) -> None:
-        """Sleep `delay` (with a little jitter); raise _Abandoned if the loop starts stopping."""
+        """Sleep `delay` (with a little jitter); raise Abandoned if the loop starts stopping."""
         if await sleep_unless_stopped(self._stopping, self._retry.jittered(delay)):
-            raise _Abandoned
+            raise Abandoned

@@ -13,10 +13,12 @@ from aiokafka.errors import (
 from prometheus_client import Counter
 from pydantic import BaseModel
 
+from reelay_common.adapters.kafka.availability import kafka_availability
+from reelay_common.adapters.kafka.clients import start_client
 from reelay_common.domain.errors import (
-    RetryableError,
+    BrokerUnavailableError,
 )
-from reelay_common.tracing import inject_headers
+from reelay_common.tracing import producer_span
 
 PUBLISHED = Counter("reelay_kafka_published_total", "Messages acknowledged by Kafka.", ["topic"])
 
@@ -28,6 +30,8 @@ class KafkaPublisher:
         self._bootstrap_servers = bootstrap_servers
         self._client_id = client_id
         self._producer: AIOKafkaProducer | None = None
+        # aiokafka's repeated connection errors are held back; an acknowledged send says Kafka is back.
+        self._availability = kafka_availability()
 
     async def start(self) -> None:
         """Connect to Kafka."""
@@ -37,11 +41,7 @@ class KafkaPublisher:
             acks="all",
             enable_idempotence=True,
         )
-        try:
-            await producer.start()
-        except KafkaError as exc:
-            await producer.stop()
-            raise RetryableError(f"could not connect the Kafka producer: {exc!r}") from exc
+        await start_client(producer, what="producer")
         self._producer = producer
 
     async def stop(self) -> None:
@@ -68,10 +68,12 @@ class KafkaPublisher:
         if self._producer is None:
             raise RuntimeError("KafkaPublisher is not started")
         try:
-            await self._producer.send_and_wait(topic, value=value, key=key, headers=inject_headers() or None)
+            with producer_span(topic) as headers:  # the record carries this span's traceparent
+                await self._producer.send_and_wait(topic, value=value, key=key, headers=headers or None)
         except KafkaError as exc:
-            raise RetryableError(f"Kafka did not acknowledge a message on {topic}: {exc!r}") from exc
+            raise BrokerUnavailableError(f"Kafka did not acknowledge a message on {topic}: {exc!r}") from exc
         PUBLISHED.labels(topic=topic).inc()
+        self._availability.available()
 
     async def healthy(self) -> bool:
         """True when the producer is started and can see the cluster."""
@@ -84,4 +86,7 @@ class KafkaPublisher:
             metadata = await asyncio.wait_for(self._producer.client.fetch_all_metadata(), 5)
         except (KafkaError, TimeoutError):
             return False
-        return bool(metadata.brokers())
+        if metadata.brokers():
+            self._availability.available()
+            return True
+        return False

@@ -76,17 +76,7 @@ class MongoAccountStore:
         self._clock = clock
         self._write_guard = guard if guard is not None else WriteGuard(db)
 
-    async def upsert_tokens(
-        self,
-        account_id: str,
-        *,
-        open_id: str,
-        access_token: str,
-        expires_in: int,
-        refresh_token: str,
-        refresh_expires_in: int,
-        scopes: list[str],
-    ) -> AccountRecord:
+    async def upsert_tokens(self, account_id: str, grant: TokenGrant) -> AccountRecord:
         """Store a fresh grant (OAuth connect), creating the account if needed; bumps token_version."""
         now = self._clock()
         doc = await self._write(
@@ -95,15 +85,9 @@ class MongoAccountStore:
                 {"_id": account_id},
                 {
                     "$set": {
-                        **self._token_fields(
-                            now,
-                            access_token=access_token,
-                            expires_in=expires_in,
-                            refresh_token=refresh_token,
-                            refresh_expires_in=refresh_expires_in,
-                        ),
-                        "open_id": open_id,
-                        "scopes": list(scopes),
+                        **self._token_fields(now, grant),
+                        "open_id": grant.open_id,
+                        "scopes": grant.scopes,
                         "status": AccountStatus.CONNECTED,
                     },
                     "$inc": {"token_version": 1},
@@ -113,7 +97,7 @@ class MongoAccountStore:
                 return_document=ReturnDocument.AFTER,
             ),
         )
-        log.info("account_tokens_stored", account_id=account_id, open_id=open_id)
+        log.info("account_tokens_stored", account_id=account_id, open_id=grant.open_id)
         return AccountRecord.model_validate(doc)
 
     async def get(self, account_id: str) -> AccountRecord | None:
@@ -171,13 +155,7 @@ class MongoAccountStore:
         """Persist a refreshed grant (always the new, rotated refresh token), release our lock;
         returns the new token_version."""
         now = self._clock()
-        fields = self._token_fields(
-            now,
-            access_token=grant.access_token,
-            expires_in=grant.expires_in,
-            refresh_token=grant.refresh_token,
-            refresh_expires_in=grant.refresh_expires_in,
-        )
+        fields = self._token_fields(now, grant)
         if grant.scopes:
             fields["scopes"] = grant.scopes
         doc = await self._write(
@@ -220,21 +198,13 @@ class MongoAccountStore:
 
     # ---- helpers ----------------------------------------------------------------------------------
 
-    def _token_fields(
-        self,
-        now: datetime,
-        *,
-        access_token: str,
-        expires_in: int,
-        refresh_token: str,
-        refresh_expires_in: int,
-    ) -> dict[str, Any]:
+    def _token_fields(self, now: datetime, grant: TokenGrant) -> dict[str, Any]:
         # Lifetimes come from each response, never constants: TikTok has changed them before.
         return {
-            "access_token_enc": self._cipher.encrypt(access_token),
-            "access_expires_at": now + timedelta(seconds=expires_in),
-            "refresh_token_enc": self._cipher.encrypt(refresh_token),
-            "refresh_expires_at": now + timedelta(seconds=refresh_expires_in),
+            "access_token_enc": self._cipher.encrypt(grant.access_token),
+            "access_expires_at": now + timedelta(seconds=grant.expires_in),
+            "refresh_token_enc": self._cipher.encrypt(grant.refresh_token),
+            "refresh_expires_at": now + timedelta(seconds=grant.refresh_expires_in),
             "updated_at": now,
         }
 

@@ -16,7 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 from pydantic import BaseModel
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from reelay_common.domain.errors import DatabaseUnavailableError
 
@@ -46,9 +46,40 @@ async def ensure_indexes(db: AsyncDatabase[dict[str, Any]]) -> None:
             )
             await coll.create_index([("state", ASCENDING), ("created_at", DESCENDING)], name="state_created")
             await coll.create_index([("publish_id", ASCENDING)], name="publish_id")
-        # Only work in flight is ever due for a poll or waiting to be archived.
+        # Only work in flight is ever due for a poll, owes Kafka a message or waits to be archived.
         await db["uploads_in_flight"].create_index([("poll_next_at", ASCENDING)], name="poll_next_at")
+        await db["uploads_in_flight"].create_index([("outbox_due_at", ASCENDING)], name="outbox_due_at")
         await db["uploads_in_flight"].create_index([("updated_at", ASCENDING)], name="updated_at")
+    await _backfill_request_ids(db)
+
+
+async def _backfill_request_ids(db: AsyncDatabase[dict[str, Any]]) -> None:
+    """Claim the request_id of every upload stored before `uploads_ids` existed (once: when it is empty).
+
+    A request_id is "new" when its insert into `uploads_ids` succeeds; an upgraded deployment's
+    older uploads must be in there first, or a late replay of one would be accepted a second time.
+    """
+    with translate_errors("backfill request ids"):
+        if await db["uploads_ids"].find_one({}, {"_id": 1}) is not None:
+            return
+        for name in ("uploads", "uploads_in_flight"):
+            batch: list[dict[str, Any]] = []
+            async for doc in db[name].find({}, {"_id": 1, "created_at": 1}):
+                batch.append({"_id": doc["_id"], "at": doc.get("created_at")})
+                if len(batch) == 1000:
+                    await _insert_ignoring_duplicates(db, batch)
+                    batch = []
+            if batch:
+                await _insert_ignoring_duplicates(db, batch)
+
+
+async def _insert_ignoring_duplicates(db: AsyncDatabase[dict[str, Any]], docs: list[dict[str, Any]]) -> None:
+    try:
+        await db["uploads_ids"].insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        # Another replica backfilling at the same time, or a request claimed meanwhile.
+        if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+            raise
 
 
 async def ping(client: AsyncMongoClient[dict[str, Any]]) -> bool:

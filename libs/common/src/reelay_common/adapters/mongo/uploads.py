@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,12 +20,12 @@ from reelay_common.domain.messages import (
     StateSource,
     UploadRequested,
 )
-from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.records import CallbackDelivery, Change, OutboxEntry, UploadRecord, check_settable
 from reelay_common.domain.states import TERMINAL_STATES, UploadState, states_before
 
 Document = dict[str, Any]
 
-_CLAIM_BATCH = 20  # due candidates looked at per claim_due_poll
+_CLAIM_BATCH = 20  # due candidates looked at per claim
 _REV = "rev"  # bumped by every in-flight write; the archive move deletes only the version it copied
 UPLOADS = "uploads"
 
@@ -35,23 +35,30 @@ def in_flight_name(collection: str) -> str:
     return f"{collection}_in_flight"
 
 
-def check_settable(fields: Mapping[str, Any]) -> None:
-    """Refuse fields the store owns or does not know, with a clear error (nothing is written)."""
-    protected = sorted(set(fields) & UploadRecord.store_managed_fields())
-    if protected:
-        raise ValueError(f"these upload fields are managed by the store and cannot be set: {protected}")
-    unknown = sorted(set(fields) - UploadRecord.settable_fields())
-    if unknown:
-        raise ValueError(f"unknown upload fields: {unknown} (add them to UploadRecord first)")
+def ids_name(collection: str) -> str:
+    """The collection of every request_id ever accepted into `collection` (one tiny doc each).
+
+    A new request_id is claimed by an insert there: its unique index answers "seen before?" at the
+    cost of an insert on every server, where a lookup of a missing `_id` in `uploads` scans all
+    history on FerretDB (docs/design.md, "The state store").
+    """
+    return f"{collection}_ids"
 
 
-def new_upload_document(cmd: UploadRequested, *, source: StateSource, now: datetime) -> Document:
-    """The `accepted` document of a new upload (built from `UploadRecord`, the one definition)."""
-    record = UploadRecord.new(cmd, source=source, now=now)
-    # requested_at is the client's, with microseconds: cut as BSON stores it (the same bytes), so the
-    # record `create` returns equals the one read back.
-    if record.requested_at is not None:
-        record = record.model_copy(update={"requested_at": bson_time(record.requested_at)})
+def _lease_free(field: str, now: datetime) -> Document:
+    return {"$or": [{field: None}, {field: {"$lt": now}}]}
+
+
+def new_upload_document(
+    cmd: UploadRequested, *, source: StateSource, now: datetime, enqueue: bool = False
+) -> Document:
+    """The first document of a new upload (built from `UploadRecord`, the one definition)."""
+    # The client's times carry microseconds: cut as BSON stores them (the same bytes), so the record
+    # `create` returns equals the one read back.
+    cut = {"requested_at": bson_time(cmd.requested_at)}
+    if cmd.publish_at is not None:
+        cut["publish_at"] = bson_time(cmd.publish_at)
+    record = UploadRecord.new(cmd.model_copy(update=cut), source=source, now=now, enqueue=enqueue)
     doc: Document = to_bson(record.new_document())
     return doc
 
@@ -87,11 +94,30 @@ class MongoUploadStore:
         self._archive = db[collection]
         self._live_name = in_flight_name(collection)
         self._live = db[self._live_name]
+        self._ids = db[ids_name(collection)]
         self._guard = guard if guard is not None else WriteGuard(db)
 
-    async def create(self, cmd: UploadRequested, *, source: StateSource) -> tuple[UploadRecord, bool]:
-        """Insert the `accepted` document unless one exists for this request_id; (record, created)."""
-        doc = new_upload_document(cmd, source=source, now=bson_now())
+    async def create(
+        self, cmd: UploadRequested, *, source: StateSource, enqueue: bool = False, lease_seconds: float = 0.0
+    ) -> tuple[UploadRecord, bool]:
+        """Insert the `accepted` document unless the request_id is known; (record, created).
+
+        The document carries its outbox (the `accepted` announcement, and with `enqueue` the command),
+        leased for `lease_seconds` to the caller, who sends it at once (OutboxRelay.drain).
+        """
+        now = bson_now()
+        doc = new_upload_document(cmd, source=source, now=now, enqueue=enqueue)
+        if lease_seconds > 0:
+            doc["outbox_lease_until"] = now + timedelta(seconds=lease_seconds)
+        try:
+            with translate_errors("claim a request_id"):
+                await self._ids.insert_one({"_id": cmd.request_id, "at": now})
+        except DuplicateKeyError:
+            existing = await self.get(cmd.request_id)
+            if existing is not None:
+                return existing, False
+            # Claimed, but no upload stored: the claimant died between its two inserts, or is
+            # between them now. The in-flight insert below settles which of us creates it.
         try:
             # An insert is atomic everywhere (unique _id): no write lock needed.
             with translate_errors("insert an upload"):
@@ -101,18 +127,11 @@ class MongoUploadStore:
             if existing is None:  # archived in between: get() looks in flight first, then history
                 raise RetryableError(f"upload {cmd.request_id} moved during create; try again") from None
             return existing, False
-        # The request_id may belong to an upload that already left flight (a late replay): the
-        # archived one is the upload, so withdraw the copy just inserted. The order (insert, then
-        # look) is what makes this safe: an archive move copies before it deletes.
-        archived = await self._find_one(self._archive, {"_id": cmd.request_id}, what="read an upload")
-        if archived is not None:
-            await self._guard.run(
-                self._live_name,
-                cmd.request_id,
-                lambda: self._delete_live(cmd.request_id, rev=0),
-            )
-            return archived, False
         return UploadRecord.model_validate(doc), True
+
+    async def find_in_flight(self, request_id: str) -> UploadRecord | None:
+        """The upload if it is still in flight (a read that costs what the work in flight costs)."""
+        return await self._find_one(self._live, {"_id": request_id}, what="read an upload")
 
     async def get(self, request_id: str) -> UploadRecord | None:
         """The upload, or None (in flight first: an archived copy is never newer)."""
@@ -159,25 +178,18 @@ class MongoUploadStore:
         doc = await self._guard.run(self._live_name, request_id, write)
         return UploadRecord.model_validate(doc) if doc is not None else None
 
-    async def transition(
-        self,
-        request_id: str,
-        target: UploadState,
-        *,
-        source: StateSource,
-        detail: Mapping[str, Any] | None = None,
-        set_fields: Mapping[str, Any] | None = None,
-    ) -> UploadRecord | None:
-        """Move forward to `target` in one guarded atomic update; None if already there or beyond."""
-        fields = dict(set_fields or {})
+    async def transition(self, request_id: str, change: Change) -> UploadRecord | None:
+        """Move forward to `change.target` in one guarded atomic update; None if already there or beyond."""
+        target, fields = change.target, change.fields()
         check_settable(fields)
         now = bson_now()
-        entry = {"state": target.value, "at": now, "source": source, "detail": to_bson(dict(detail or {}))}
+        entry = to_bson(change.history_entry(now))
+        announce = OutboxEntry.status(target, source=change.source, at=now)
         return await self._update(
             {"_id": request_id, "state": {"$in": [s.value for s in states_before(target)]}},
             {
-                "$set": {**to_bson(fields), "state": target.value, "updated_at": now},
-                "$push": {"history": entry},
+                "$set": {**to_bson(fields), "state": target.value, "updated_at": now, "outbox_due_at": now},
+                "$push": {"history": entry, "outbox": to_bson(announce.model_dump())},
             },
             what="transition an upload",
             # A settled upload is terminal: no state lies beyond it, so history need not be read.
@@ -235,24 +247,129 @@ class MongoUploadStore:
         due: Document = {
             "poll_next_at": {"$lte": now},
             "state": {"$nin": [s.value for s in UNPOLLED_STATES]},
-            "$or": [{"poll_lease_until": None}, {"poll_lease_until": {"$lt": now}}],
+            **_lease_free("poll_lease_until", now),
         }
         lease = {"$set": {"poll_lease_until": now + timedelta(seconds=lease_seconds)}}
-        # Candidates first, then a guarded per-document claim that re-checks the whole condition:
-        # a replica that loses the race for one candidate moves on to the next.
-        with translate_errors("find due polls"):
+        return await self._claim_one(due, lease, order="poll_next_at", what="claim a due poll")
+
+    async def _claim_one(
+        self, due: Document, lease: Document, *, order: str, what: str
+    ) -> UploadRecord | None:
+        """Lease one in-flight document matching `due`, earliest `order` first.
+
+        Candidates first, then a guarded per-document claim that re-checks the whole condition:
+        a replica that loses the race for one candidate moves on to the next.
+        """
+        with translate_errors(what):
             candidates = (
-                await self._live.find(due, {"_id": 1})
-                .sort([("poll_next_at", ASCENDING)])
-                .to_list(_CLAIM_BATCH)
+                await self._live.find(due, {"_id": 1}).sort([(order, ASCENDING)]).to_list(_CLAIM_BATCH)
             )
         for candidate in candidates:
             claimed = await self._update(
-                {"_id": candidate["_id"], **due}, lease, what="claim a due poll", settled_too=False
+                {"_id": candidate["_id"], **due}, lease, what=what, settled_too=False
             )
             if claimed is not None:
                 return claimed
         return None
+
+    async def claim_due_outbox(self, now: datetime, lease_seconds: float) -> UploadRecord | None:
+        """Lease one upload whose outbox is due and not being sent by another process."""
+        now = to_bson(now)
+        due: Document = {"outbox_due_at": {"$lte": now}, **_lease_free("outbox_lease_until", now)}
+        lease = {"$set": {"outbox_lease_until": now + timedelta(seconds=lease_seconds)}}
+        return await self._claim_one(due, lease, order="outbox_due_at", what="claim a due outbox")
+
+    async def lease_outbox(self, request_id: str, now: datetime, lease_seconds: float) -> UploadRecord | None:
+        """Lease this upload's outbox if it has entries and no other process holds it; else None."""
+        now = to_bson(now)
+        query: Document = {
+            "_id": request_id,
+            "outbox_due_at": {"$ne": None},
+            **_lease_free("outbox_lease_until", now),
+        }
+        lease = {"$set": {"outbox_lease_until": now + timedelta(seconds=lease_seconds)}}
+        return await self._update(query, lease, what="lease an outbox", settled_too=False)
+
+    async def settle_outbox(
+        self, request_id: str, sent: Sequence[OutboxEntry], *, next_try_at: datetime
+    ) -> UploadRecord | None:
+        """Remove the entries `sent` and release the lease; what is left is due at `next_try_at`.
+
+        Entries are only ever appended by others, so an outbox as long as `sent` is exactly `sent`:
+        then one update empties it. Otherwise the sent ones are pulled by value and the rest waits.
+        """
+        released = {"outbox_lease_until": None}
+        if sent:
+            emptied = await self._update(
+                {"_id": request_id, "outbox": {"$size": len(sent)}},
+                {"$set": {"outbox": [], "outbox_due_at": None, **released}},
+                what="settle an outbox",
+                settled_too=False,
+            )
+            if emptied is not None:
+                return emptied
+            await self._update(
+                {"_id": request_id},
+                {"$pullAll": {"outbox": [to_bson(e.model_dump()) for e in sent]}},
+                what="settle an outbox",
+                settled_too=False,
+            )
+        emptied = await self._update(
+            {"_id": request_id, "outbox": {"$size": 0}},
+            {"$set": {"outbox_due_at": None, **released}},
+            what="settle an outbox",
+            settled_too=False,
+        )
+        if emptied is not None:
+            return emptied
+        return await self._update(
+            {"_id": request_id},
+            {"$set": {"outbox_due_at": to_bson(next_try_at), **released}},
+            what="settle an outbox",
+            settled_too=False,
+        )
+
+    async def add_post_ids(
+        self, request_id: str, post_ids: Sequence[str], *, source: StateSource
+    ) -> UploadRecord | None:
+        """Merge `post_ids` into the upload atomically and announce them; None if none was new."""
+        ids = list(post_ids)
+        if not ids:
+            return None
+        current = await self.get(request_id)
+        if current is None:
+            return None
+        if await self.find_in_flight(request_id) is None:
+            await self._revive(request_id)
+        now = bson_now()
+        announce = OutboxEntry.status(current.state, source=source, at=now)
+        return await self._update(
+            # Only while some id is missing, and in the state the announcement names.
+            {"_id": request_id, "state": current.state.value, "post_ids": {"$not": {"$all": ids}}},
+            {
+                "$addToSet": {"post_ids": {"$each": ids}},
+                "$set": {"updated_at": now, "outbox_due_at": now},
+                "$push": {"outbox": to_bson(announce.model_dump())},
+            },
+            what="add post ids",
+            # In flight (revived above): only there does the relay look for what to send.
+            settled_too=False,
+        )
+
+    async def _revive(self, request_id: str) -> None:
+        """Put an archived upload back in flight (a late fact to announce); the archive move returns it."""
+        doc = await self._archive_doc(request_id)
+        if doc is None:
+            return
+        try:
+            with translate_errors("revive an upload"):
+                await self._live.insert_one({**doc, _REV: 0})
+        except DuplicateKeyError:
+            pass  # revived by another writer meanwhile
+
+    async def _archive_doc(self, request_id: str) -> Document | None:
+        with translate_errors("read an upload"):
+            return await self._archive.find_one({"_id": request_id})
 
     async def schedule_poll(self, request_id: str, next_at: datetime, *, attempts: int) -> None:
         """Set when to poll next and release the lease."""
@@ -268,6 +385,7 @@ class MongoUploadStore:
         cutoff = to_bson(now) - timedelta(seconds=grace_seconds)
         settled: Document = {
             "updated_at": {"$lt": cutoff},
+            "outbox_due_at": None,  # nothing left to send
             "$or": [
                 {"state": {"$in": [s.value for s in UNPOLLED_STATES]}},
                 {"state": UploadState.PUBLISHED.value, "poll_next_at": None},
@@ -295,3 +413,15 @@ class MongoUploadStore:
                 await self._archive.replace_one({"_id": request_id}, doc)
         # A write since the read bumped rev: the delete misses, and the next sweep copies again.
         return await self._delete_live(request_id, rev=int(doc.get(_REV, 0)))
+
+    async def record_callback(self, request_id: str, delivery: CallbackDelivery) -> UploadRecord | None:
+        """Set `callbacks.<state>` in one guarded update unless that callback is finished already.
+
+        No `updated_at`: a delivery attempt is no change of the upload (and must not hold back its
+        archiving); an archived upload is updated in `uploads`."""
+        key = f"callbacks.{delivery.state.value}"
+        return await self._update(
+            {"_id": request_id, f"{key}.outcome": {"$nin": ["delivered", "failed"]}},
+            {"$set": {key: to_bson(delivery.model_dump())}},
+            what="record a callback",
+        )

@@ -208,37 +208,32 @@ class TikTokClient:
         self, code: str, *, redirect_uri: str, code_verifier: str | None = None
     ) -> TokenGrant:
         """POST oauth/token with grant_type=authorization_code."""
-        form = {
-            "client_key": self._client_key,
-            "client_secret": self._client_secret.get_secret_value(),
-            "code": code,
-            "grant_type": "authorization_code",
-            "redirect_uri": redirect_uri,
-        }
+        fields = {"code": code, "redirect_uri": redirect_uri}
         if code_verifier is not None:
-            form["code_verifier"] = code_verifier
-        body = await self._post_oauth(PATH_OAUTH_TOKEN, form, grant_type="authorization_code")
-        return _parse(TokenGrant, body, PATH_OAUTH_TOKEN)
+            fields["code_verifier"] = code_verifier
+        return await self._token("authorization_code", fields)
 
     async def refresh_token(self, refresh_token: str) -> TokenGrant:
         """POST oauth/token with grant_type=refresh_token (TikTok rotates the refresh token)."""
-        form = {
-            "client_key": self._client_key,
-            "client_secret": self._client_secret.get_secret_value(),
-            "grant_type": "refresh_token",
-            "refresh_token": refresh_token,
-        }
-        body = await self._post_oauth(PATH_OAUTH_TOKEN, form, grant_type="refresh_token")
-        return _parse(TokenGrant, body, PATH_OAUTH_TOKEN)
+        return await self._token("refresh_token", {"refresh_token": refresh_token})
 
     async def revoke(self, access_token: str) -> None:
         """POST oauth/revoke: end the user's authorisation of this app."""
-        form = {
+        await self._post_oauth(PATH_OAUTH_REVOKE, self._client_form(token=access_token), grant_type=None)
+
+    async def _token(self, grant_type: str, fields: Mapping[str, str]) -> TokenGrant:
+        """POST oauth/token for `grant_type` with the grant's own `fields`."""
+        form = self._client_form(grant_type=grant_type, **fields)
+        body = await self._post_oauth(PATH_OAUTH_TOKEN, form, grant_type=grant_type)
+        return _parse(TokenGrant, body, PATH_OAUTH_TOKEN)
+
+    def _client_form(self, **fields: str) -> dict[str, str]:
+        """An OAuth form: this app's credentials (`client_key`, not `client_id`) and `fields`."""
+        return {
             "client_key": self._client_key,
             "client_secret": self._client_secret.get_secret_value(),
-            "token": access_token,
+            **fields,
         }
-        await self._post_oauth(PATH_OAUTH_REVOKE, form, grant_type=None)
 
     # ---- the chunk PUT --------------------------------------------------------------------------
 
@@ -252,40 +247,34 @@ class TikTokClient:
         content_type: str,
         body: AsyncIterable[bytes],
     ) -> PutResult:
-        """PUT one chunk (see `_put_chunk`), counted and timed as the endpoint `video_upload`; the
-        bytes count as uploaded once TikTok acknowledged them (201 or 206)."""
-        with observe_tiktok_call(ENDPOINT_VIDEO_UPLOAD):
-            result = await self._put_chunk(
-                upload_url, first=first, last=last, total=total, content_type=content_type, body=body
-            )
-        TIKTOK_UPLOADED_BYTES.inc(last - first + 1)
-        return result
-
-    async def _put_chunk(
-        self,
-        upload_url: str,
-        *,
-        first: int,
-        last: int,
-        total: int,
-        content_type: str,
-        body: AsyncIterable[bytes],
-    ) -> PutResult:
         """PUT one chunk (bytes first..last inclusive of total), streaming `body`; no Authorization.
+        Counted and timed as the endpoint `video_upload`; the bytes count as uploaded once TikTok
+        acknowledged them (201 or 206).
 
         201/206 return a PutResult; 403 raises UploadUrlExpiredError, 416 UploadOutOfSyncError with
         the server's progress, 5xx and lost connections TransientTikTokError, 400/404 TikTokRejectedError.
         """
-        if not 0 <= first <= last < total:
-            raise InvalidInputError(f"invalid chunk range {first}-{last}/{total}", code="invalid_chunk_range")
-        length = last - first + 1
-        headers = {
-            "Content-Type": content_type,
-            "Content-Length": str(length),
-            "Content-Range": f"bytes {first}-{last}/{total}",
-        }
+        with observe_tiktok_call(ENDPOINT_VIDEO_UPLOAD):
+            if not 0 <= first <= last < total:
+                raise InvalidInputError(
+                    f"invalid chunk range {first}-{last}/{total}", code="invalid_chunk_range"
+                )
+            length = last - first + 1
+            headers = {
+                "Content-Type": content_type,
+                "Content-Length": str(length),
+                "Content-Range": f"bytes {first}-{last}/{total}",
+            }
+            response = await self._send_chunk(upload_url, _exactly(body, length), headers)
+            result = _chunk_result(response, sent_last=last)
+        TIKTOK_UPLOADED_BYTES.inc(last - first + 1)
+        return result
+
+    async def _send_chunk(
+        self, upload_url: str, content: AsyncIterator[bytes], headers: Mapping[str, str]
+    ) -> httpx.Response:
         try:
-            response = await self._http.put(upload_url, content=_exactly(body, length), headers=headers)
+            return await self._http.put(upload_url, content=content, headers=headers)
         except _BodyLengthError as exc:
             raise InvalidInputError(str(exc), code="source_size_mismatch") from exc
         except httpx.TimeoutException as exc:
@@ -295,52 +284,6 @@ class TikTokClient:
             raise TransientTikTokError(
                 f"connection failed during chunk upload: {type(exc).__name__}", code="connection_error"
             ) from exc
-        status = response.status_code
-        progress = progress_from_content_range(response.headers.get("Content-Range"), sent_last=last)
-        log_id = _log_id_from(response)
-        if status in (201, 206):
-            return PutResult(status_code=status, server_progress=progress)
-        if status == 416:
-            raise UploadOutOfSyncError(
-                "chunk range does not match the server's progress",
-                server_offset=progress,
-                code="range_not_satisfiable",
-                log_id=log_id,
-                http_status=status,
-            )
-        if status == 403:
-            raise UploadUrlExpiredError(
-                "upload_url expired (1 h after init)",
-                code="upload_url_expired",
-                log_id=log_id,
-                http_status=403,
-            )
-        if status == 429:
-            raise RateLimitedError(
-                "chunk upload rate limited",
-                retry_after=parse_retry_after(response.headers.get("Retry-After")),
-                code="rate_limit_exceeded",
-                log_id=log_id,
-                http_status=status,
-            )
-        if status >= 500:
-            raise TransientTikTokError(
-                f"chunk upload failed with HTTP {status}",
-                code="server_error",
-                log_id=log_id,
-                http_status=status,
-            )
-        if status == 404:
-            raise TikTokRejectedError(
-                "no upload task for this upload_url", code="upload_not_found", log_id=log_id, http_status=404
-            )
-        # 400 means our headers or Content-Length were wrong: a bug, not something a retry fixes.
-        raise TikTokRejectedError(
-            f"chunk upload refused with HTTP {status}",
-            code="bad_chunk_request",
-            log_id=log_id,
-            http_status=status,
-        )
 
     # ---- plumbing -------------------------------------------------------------------------------
 
@@ -378,6 +321,56 @@ class TikTokClient:
             raise TransientTikTokError(
                 f"connection failed calling {path}: {type(exc).__name__}", code="connection_error"
             ) from exc
+
+
+def _chunk_result(response: httpx.Response, *, sent_last: int) -> PutResult:
+    """What TikTok answered a chunk PUT whose last byte was `sent_last`, or the error it means."""
+    status = response.status_code
+    progress = progress_from_content_range(response.headers.get("Content-Range"), sent_last=sent_last)
+    log_id = _log_id_from(response)
+    if status in (201, 206):
+        return PutResult(status_code=status, server_progress=progress)
+    if status == 416:
+        raise UploadOutOfSyncError(
+            "chunk range does not match the server's progress",
+            server_offset=progress,
+            code="range_not_satisfiable",
+            log_id=log_id,
+            http_status=status,
+        )
+    if status == 403:
+        raise UploadUrlExpiredError(
+            "upload_url expired (1 h after init)",
+            code="upload_url_expired",
+            log_id=log_id,
+            http_status=403,
+        )
+    if status == 429:
+        raise RateLimitedError(
+            "chunk upload rate limited",
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            code="rate_limit_exceeded",
+            log_id=log_id,
+            http_status=status,
+        )
+    if status >= 500:
+        raise TransientTikTokError(
+            f"chunk upload failed with HTTP {status}",
+            code="server_error",
+            log_id=log_id,
+            http_status=status,
+        )
+    if status == 404:
+        raise TikTokRejectedError(
+            "no upload task for this upload_url", code="upload_not_found", log_id=log_id, http_status=404
+        )
+    # 400 means our headers or Content-Length were wrong: a bug, not something a retry fixes.
+    raise TikTokRejectedError(
+        f"chunk upload refused with HTTP {status}",
+        code="bad_chunk_request",
+        log_id=log_id,
+        http_status=status,
+    )
 
 
 async def _exactly(body: AsyncIterable[bytes], length: int) -> AsyncIterator[bytes]:

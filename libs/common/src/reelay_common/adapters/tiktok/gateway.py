@@ -19,18 +19,17 @@ from reelay_common.domain.messages import PostInfo, UploadMode
 from reelay_common.domain.rules import Backoff
 from reelay_common.domain.tiktok import (
     CreatorInfo,
-    FileUploadSourceInfo,
     InitResult,
     PublishStatus,
     SourceInfo,
 )
 from reelay_common.logging import get_logger
 from reelay_common.ports import (
+    ChunkedUpload,
     ProgressCallback,
     RateBucket,
     RateLimiter,
     TokenProvider,
-    VideoReader,
 )
 
 log = get_logger("reelay_common.adapters.tiktok.gateway")
@@ -70,12 +69,7 @@ class TikTokGateway:
         return await self._call(account_id, "creator_info", self._client.creator_info)
 
     async def init_upload(
-        self,
-        account_id: str,
-        *,
-        mode: UploadMode,
-        post_info: PostInfo | None,
-        source_info: SourceInfo,
+        self, account_id: str, *, mode: UploadMode, post_info: PostInfo | None, source_info: SourceInfo
     ) -> InitResult:
         """video/init (mode 'direct', with post_info) or inbox/video/init (mode 'inbox'), paced 6/min."""
         if mode == "direct":
@@ -108,21 +102,13 @@ class TikTokGateway:
         return await self._call(account_id, "status", fetch)
 
     async def upload_chunks(
-        self,
-        upload_url: str,
-        plan: FileUploadSourceInfo,
-        reader: VideoReader,
-        *,
-        start_offset: int = 0,
-        on_progress: ProgressCallback | None = None,
-        account_id: str | None = None,
-        publish_id: str | None = None,
+        self, upload: ChunkedUpload, *, on_progress: ProgressCallback | None = None
     ) -> None:
-        """PUT the chunks (see upload.upload_chunks); with account_id and publish_id, a lost
-        response is resynchronised from status/fetch `uploaded_bytes`."""
+        """PUT the chunks (see upload.upload_chunks); with the upload's account_id and publish_id, a
+        lost response is resynchronised from status/fetch `uploaded_bytes`."""
         probe = None
-        if account_id is not None and publish_id is not None:
-            probe_account, probe_publish = account_id, publish_id
+        if upload.account_id is not None and upload.publish_id is not None:
+            probe_account, probe_publish = upload.account_id, upload.publish_id
 
             async def probe_uploaded_bytes() -> int | None:
                 status = await self.fetch_status(probe_account, probe_publish)
@@ -131,10 +117,10 @@ class TikTokGateway:
             probe = probe_uploaded_bytes
         await upload_chunks(
             self._client,
-            upload_url,
-            plan,
-            reader,
-            start_offset=start_offset,
+            upload.upload_url,
+            upload.plan,
+            upload.reader,
+            start_offset=upload.start_offset,
             on_progress=on_progress,
             status_probe=probe,
             max_attempts=self._upload_max_attempts,
