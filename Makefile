@@ -7,6 +7,8 @@
 #                 and neither installs nor starts its own
 #   make down     stop what `make up` started (never a server named by those variables)
 #   make status   what runs, and whether it is healthy; which servers are external
+#   make bench    the benchmarks of bench/ (upload speed at 10 MB, 200 MB, 1 GB per source kind;
+#                 a 2 GB file through ingest); QUICK=1 for 10 MB and 200 MB. Stops by itself.
 #   make test     lint (ruff, import contracts, deptry), type check, each package synced and imported
 #                 alone, unit + integration + e2e tests (starts and stops its own Kafka on 29092,
 #                 FerretDB on 27217 and SeaweedFS's S3 on 28333 unless
@@ -40,7 +42,7 @@ MYPY_PATHS := libs/common/src libs/testing/src services/ingest/src services/uplo
               tools/tiktok-sandbox/src scripts
 
 .PHONY: help install venv kafka ferretdb seaweedfs up down status demo logs test lint format typecheck \
-        test-python packages schemas k8s deploy-check clean
+        test-python packages schemas k8s deploy-check clean bench
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -103,6 +105,9 @@ typecheck: venv ## mypy --strict on libs/, services/, tools/ and scripts/
 
 test-python: install ## pytest: unit, then integration + e2e against real Kafka and FerretDB
 	@$(ROOT)/scripts/test.sh
+
+bench: install ## benchmarks (bench/RESULTS.md): upload speed per source kind, a 2 GB file through ingest; QUICK=1
+	@QUICK=$(QUICK) $(ROOT)/bench/run.sh
 
 schemas: venv ## regenerate schemas/ (JSON Schema of every message + AsyncAPI document)
 	$(RUN) python $(ROOT)/scripts/export_schemas.py

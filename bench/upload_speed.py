@@ -49,8 +49,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+from botocore.exceptions import ClientError
 from pydantic import SecretStr
 from reelay_common.adapters.blobs.gridfs import GridFSBlobStore
+from reelay_common.adapters.blobs.local import LocalBlobStore
+from reelay_common.adapters.blobs.s3 import S3BlobStore, connect_s3
 from reelay_common.adapters.mongo.client import connect, ensure_indexes
 from reelay_common.adapters.mongo.rate_limits import MongoRateLimiter
 from reelay_common.adapters.mongo.uploads import MongoUploadStore
@@ -70,6 +73,8 @@ from tiktok_sandbox.media import write_sample_mp4
 
 CLIENT_KEY, CLIENT_SECRET = "bench-key", "bench-secret"
 BARE_PIECE = 256 * 1024  # what the bare PUT streams per write
+INGEST_PIECE = 64 * 1024  # what the bench feeds a blob store's save, piece by piece
+S3_PART_BYTES = 8 * 1024 * 1024  # REELAY_S3_PART_BYTES' default
 MB = 1000 * 1000
 
 
@@ -98,8 +103,53 @@ async def gridfs_store() -> AsyncIterator[BlobStoreLike]:
         await mongo.close()
 
 
+@asynccontextmanager
+async def local_store() -> AsyncIterator[BlobStoreLike]:
+    """The local store in the run's own directory (BENCH_BLOB_DIR), as `make up` runs it."""
+    yield LocalBlobStore(Path(os.environ["BENCH_BLOB_DIR"]), max_bytes=2**40)
+
+
+@asynccontextmanager
+async def s3_client() -> AsyncIterator[Any]:
+    """An S3 client as the services build it (S3_ENDPOINT_URL, REELAY_S3_*), the bucket made if missing."""
+    async with contextlib.AsyncExitStack() as stack:
+        client = await connect_s3(
+            stack,
+            endpoint_url=os.environ.get("S3_ENDPOINT_URL"),
+            region=os.environ.get("REELAY_S3_REGION"),
+            access_key_id=os.environ.get("REELAY_S3_ACCESS_KEY_ID"),
+            secret_access_key=os.environ.get("REELAY_S3_SECRET_ACCESS_KEY"),
+        )
+        try:
+            await client.create_bucket(Bucket=s3_bucket())
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in (
+                "BucketAlreadyOwnedByYou",
+                "BucketAlreadyExists",
+            ):
+                raise
+        yield client
+
+
+@asynccontextmanager
+async def s3_store() -> AsyncIterator[BlobStoreLike]:
+    """The S3 store on S3_ENDPOINT_URL (SeaweedFS here), under the run's own prefix."""
+    async with s3_client() as client:
+        yield S3BlobStore(client, bucket=s3_bucket(), prefix=s3_prefix(), part_bytes=S3_PART_BYTES)
+
+
+def s3_bucket() -> str:
+    return os.environ.get("REELAY_S3_BUCKET", "reelay-bench")
+
+
+def s3_prefix() -> str:
+    return f"bench/{bench_db()}/"
+
+
 # name -> an async context manager giving the store, configured from the environment.
 BLOB_STORES: dict[str, Callable[[], AbstractAsyncContextManager[BlobStoreLike]]] = {
+    "local": local_store,
+    "s3": s3_store,
     "gridfs": gridfs_store,
 }
 
@@ -175,6 +225,17 @@ def serve_source(directory: Path, port_file: Path) -> None:
 # -- child: the uploader --------------------------------------------------------------------------
 
 
+def peak_rss_mb(pid: int | None = None) -> float:
+    """A process's peak RSS (VmHWM; this one's by default), in MiB. Not ru_maxrss: Linux carries
+    that across fork and exec, so a child of a parent that grew (botocore's models) would report
+    the parent's peak."""
+    status = Path(f"/proc/{pid or 'self'}/status")
+    for line in status.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM in {status}")
+
+
 class StaticTokens:
     """ports.TokenProvider with the sandbox user's token (OAuth is not on the path of the bytes)."""
 
@@ -212,7 +273,13 @@ async def run_uploader(cfg: dict[str, Any]) -> dict[str, Any]:
         async def open_reader(source: UrlSource | BlobSource) -> AsyncIterator[VideoReader]:
             if isinstance(source, BlobSource):
                 assert blobs is not None
-                yield await blobs.open(source)
+                stored = await blobs.open(source)
+                try:
+                    yield stored
+                finally:
+                    close = getattr(stored, "aclose", None)  # as main.reader_factory does
+                    if close is not None:
+                        await close()
                 return
             async with await UrlVideoReader.open(source_http, source.url, allow_private=True) as reader:
                 yield reader
@@ -244,12 +311,12 @@ async def run_uploader(cfg: dict[str, Any]) -> dict[str, Any]:
                 "source": cfg["source"],
             }
         )
-        baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        baseline = peak_rss_mb()
         started = time.perf_counter()
         await handle_upload_requested(cmd, deps)
         handler_seconds = time.perf_counter() - started
         record = await store.get(cmd.request_id)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     assert record is not None
     assert record.state is UploadState.UPLOADED, (record.state, record.history[-1].detail)
     at = {h.state: h.at for h in record.history}
@@ -276,32 +343,155 @@ async def file_pieces(path: Path, offset: int, length: int) -> AsyncIterator[byt
             yield piece
 
 
-async def run_bare(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Init a publish (untimed), then PUT every chunk of the file with plain httpx streaming."""
-    path = Path(cfg["path"])
+async def put_all_chunks(
+    cfg: dict[str, Any], body: Callable[[int, int], AsyncIterator[bytes]], http: httpx.AsyncClient
+) -> float:
+    """Init a publish (untimed), then PUT every planned chunk from `body(first, length)` with plain
+    httpx streaming; the seconds from before the first PUT's body is opened to the last answer."""
     size = int(cfg["size"])
-    async with httpx.AsyncClient(timeout=httpx.Timeout(120.0)) as http:
-        client = TikTokClient(
-            http, base_url=cfg["base_url"], client_key=CLIENT_KEY, client_secret=SecretStr(CLIENT_SECRET)
+    client = TikTokClient(
+        http, base_url=cfg["base_url"], client_key=CLIENT_KEY, client_secret=SecretStr(CLIENT_SECRET)
+    )
+    plan = plan_chunks(size)
+    init = await client.init_inbox(cfg["token"], plan)
+    assert init.upload_url is not None
+    started = time.perf_counter()
+    for first, last in chunk_ranges(plan):
+        response = await http.put(
+            init.upload_url,
+            content=body(first, last - first + 1),
+            headers={
+                "Content-Type": "video/mp4",
+                "Content-Length": str(last - first + 1),
+                "Content-Range": f"bytes {first}-{last}/{size}",
+            },
         )
-        plan = plan_chunks(size)
-        init = await client.init_inbox(cfg["token"], plan)
-        assert init.upload_url is not None
-        total = plan.video_size
-        started = time.perf_counter()
-        for first, last in chunk_ranges(plan):
-            response = await http.put(
-                init.upload_url,
-                content=file_pieces(path, first, last - first + 1),
-                headers={
-                    "Content-Type": "video/mp4",
-                    "Content-Length": str(last - first + 1),
-                    "Content-Range": f"bytes {first}-{last}/{total}",
-                },
+        assert response.status_code in (201, 206), response.status_code
+    return time.perf_counter() - started
+
+
+def child_result(seconds: float) -> dict[str, Any]:
+    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+async def run_bare(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Every chunk of the file from local disk (the page cache), PUT with plain httpx streaming."""
+    path = Path(cfg["path"])
+    async with httpx.AsyncClient(timeout=httpx.Timeout(120.0)) as http:
+        seconds = await put_all_chunks(cfg, lambda first, length: file_pieces(path, first, length), http)
+    return child_result(seconds)
+
+
+# -- child: the bare pipe (URL sources) -------------------------------------------------------------
+
+
+async def run_pipe(cfg: dict[str, Any]) -> dict[str, Any]:
+    """ONE streaming httpx GET of the source, piped into the chunk PUTs (the GET is timed too).
+
+    The least any URL upload can cost on this machine: the same two transfers as the uploader
+    (source server -> us -> sandbox), with nothing of Reelay in between.
+    """
+    async with httpx.AsyncClient(timeout=httpx.Timeout(120.0)) as http:
+        source: httpx.Response | None = None
+        pieces: AsyncIterator[bytes] | None = None
+        held = b""
+
+        async def take(first: int, length: int) -> AsyncIterator[bytes]:
+            nonlocal held, source, pieces
+            if pieces is None:  # opened with the first chunk: inside the timed part
+                source = await http.send(http.build_request("GET", cfg["source"]["url"]), stream=True)
+                pieces = source.aiter_raw(BARE_PIECE)
+            while length:
+                if not held:
+                    held = await anext(pieces)
+                piece, held = held[:length], held[length:]
+                length -= len(piece)
+                yield piece
+
+        try:
+            seconds = await put_all_chunks(cfg, take, http)
+        finally:
+            if source is not None:
+                await source.aclose()
+    return child_result(seconds)
+
+
+CHILDREN = {"uploader": run_uploader, "bare": run_bare, "pipe": run_pipe}
+
+
+def run_child_main(mode: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """A child's whole run; under cProfile when the config names a profile file."""
+    runner = CHILDREN[mode]
+    if not cfg.get("profile"):
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        result = asyncio.run(runner(cfg))
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        # CPU of the whole run (startup excluded): on shared cores, CPU is most of the wall time.
+        result["cpu_seconds"] = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        return result
+    import cProfile  # only for --profile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        return asyncio.run(runner(cfg))
+    finally:
+        profiler.disable()
+        profiler.dump_stats(cfg["profile"])
+
+
+# -- ingest's write: BlobStore.save vs a bare write to the same store -------------------------------
+
+
+async def file_pieces_async(path: Path) -> AsyncIterator[bytes]:
+    """The file in INGEST_PIECE pieces, read in a worker thread (what a request body hands ingest)."""
+    with path.open("rb") as f:
+        while piece := await asyncio.to_thread(f.read, INGEST_PIECE):
+            yield piece
+
+
+async def bare_write(store_name: str, path: Path) -> float | None:
+    """Seconds to write the same pieces to the same store with nothing of Reelay: None if no bare."""
+    started = time.perf_counter()
+    if store_name == "local":
+        target = Path(os.environ["BENCH_BLOB_DIR"]) / f"bare-{uuid.uuid4().hex}"
+        try:
+            with target.open("wb") as out:
+                async for piece in file_pieces_async(path):
+                    out.write(piece)
+                out.flush()
+                os.fsync(out.fileno())
+            return time.perf_counter() - started
+        finally:
+            target.unlink(missing_ok=True)
+    if store_name == "s3":
+        async with s3_client() as client:
+            key = f"{s3_prefix()}bare-{uuid.uuid4().hex}"
+            started = time.perf_counter()
+            upload_id = (await client.create_multipart_upload(Bucket=s3_bucket(), Key=key))["UploadId"]
+            parts: list[Any] = []
+            part = bytearray()
+
+            async def send(data: bytes) -> None:
+                sent = await client.upload_part(
+                    Bucket=s3_bucket(), Key=key, UploadId=upload_id, PartNumber=len(parts) + 1, Body=data
+                )
+                parts.append({"ETag": sent["ETag"], "PartNumber": len(parts) + 1})
+
+            async for piece in file_pieces_async(path):
+                part += piece
+                if len(part) >= S3_PART_BYTES:
+                    await send(bytes(part))
+                    part.clear()
+            if part:
+                await send(bytes(part))
+            await client.complete_multipart_upload(
+                Bucket=s3_bucket(), Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
-            assert response.status_code in (201, 206), response.status_code
-        seconds = time.perf_counter() - started
-    return {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            seconds = time.perf_counter() - started
+            await client.delete_object(Bucket=s3_bucket(), Key=key)
+            return seconds
+    return None
 
 
 # -- parent ---------------------------------------------------------------------------------------
@@ -331,7 +521,14 @@ class Child:
     error: str | None = None
 
 
+CHILD_LOGS: Path | None = None
+
+
 def run_child(mode: str, cfg: dict[str, Any], env: dict[str, str], timeout: float) -> Child:
+    # Every side starts with no dirty pages on the disk: the blob just written (fsynced) and the
+    # sandbox's copies of earlier runs would otherwise hold up FerretDB's own fsyncs (SQLite) during
+    # the uploader's init and checkpoints (measured: +0.2-0.5 s on the `uploading` -> init step).
+    os.sync()
     try:
         out = subprocess.run(
             [sys.executable, __file__, "--child", mode, json.dumps(cfg)],
@@ -343,6 +540,9 @@ def run_child(mode: str, cfg: dict[str, Any], env: dict[str, str], timeout: floa
         )
     except subprocess.TimeoutExpired:
         return Child(None, f"stopped after {timeout:.0f} s")
+    if CHILD_LOGS is not None:  # --child-logs: each child's log lines (the service's JSON logs)
+        with CHILD_LOGS.open("a") as f:
+            f.write(f"=== {mode} {cfg['kind']} {cfg['size']}\n{out.stdout}{out.stderr}")
     if out.returncode != 0:
         return Child(None, (out.stderr.strip().splitlines() or ["failed"])[-1][:200])
     return Child(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -359,15 +559,11 @@ def new_token(base_url: str) -> str:
 
 async def save_blob(store_name: str, path: Path) -> tuple[BlobSource, float]:
     """Write the file into the store as ingest does (64 KiB pieces); return the source and seconds."""
-
-    async def pieces() -> AsyncIterator[bytes]:
-        with path.open("rb") as f:
-            while piece := await asyncio.to_thread(f.read, 64 * 1024):
-                yield piece
-
     async with BLOB_STORES[store_name]() as store:
         started = time.perf_counter()
-        source = await store.save(pieces(), filename=path.name, content_type="video/mp4", max_bytes=2**32)
+        source = await store.save(
+            file_pieces_async(path), filename=path.name, content_type="video/mp4", max_bytes=2**32
+        )
         return source, time.perf_counter() - started
 
 
@@ -395,7 +591,16 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="10 MB and 200 MB only")
     parser.add_argument("--sizes-mb", type=int, nargs="+", help="override the sizes (MB of 10^6 bytes)")
-    parser.add_argument("--stores", nargs="*", default=["gridfs"], choices=sorted(BLOB_STORES))
+    parser.add_argument("--stores", nargs="*", default=list(BLOB_STORES), choices=sorted(BLOB_STORES))
+    parser.add_argument(
+        "--gridfs-max-mb",
+        type=int,
+        help="largest video sent through GridFS (FerretDB reads it at ~2 MB/s); default: 200, --quick: 10",
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="write a cProfile of each uploader child into this folder"
+    )
+    parser.add_argument("--child-logs", type=Path, help="append every child's log lines to this file")
     parser.add_argument("--url-kinds", nargs="*", default=list(URL_KINDS), choices=URL_KINDS)
     parser.add_argument("--repeat", type=int, default=2, help="runs of each side per row; the best counts")
     parser.add_argument("--row-timeout", type=float, default=300.0, help="seconds before a child is stopped")
@@ -408,18 +613,24 @@ def main() -> None:
     if args.child:
         mode, cfg = args.child
         configure_logging("info", "json")  # as the service logs (one line per chunk, among others)
-        runner = run_uploader if mode == "uploader" else run_bare
-        print(json.dumps(asyncio.run(runner(json.loads(cfg)))))
+        print(json.dumps(run_child_main(mode, json.loads(cfg))))
         return
 
     configure_logging("warning")
+    global CHILD_LOGS
+    CHILD_LOGS = args.child_logs
     sizes = args.sizes_mb or ([10, 200] if args.quick else [10, 200, 1000])
     kinds = [*args.url_kinds, *args.stores]
+    gridfs_max_mb = args.gridfs_max_mb or (10 if args.quick else 200)
     os.environ.setdefault("BENCH_MONGODB_DATABASE", f"reelay_bench_speed_{os.getpid()}")
     workdir = Path(tempfile.mkdtemp(prefix="reelay-bench-speed-"))
     videos, sandbox_dir = workdir / "videos", workdir / "sandbox"
     videos.mkdir()
     sandbox_dir.mkdir()
+    os.environ["BENCH_BLOB_DIR"] = str(workdir / "blobs")
+    (workdir / "blobs").mkdir()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {
         **os.environ,
@@ -428,6 +639,9 @@ def main() -> None:
         "SANDBOX_CLIENT_SECRET": CLIENT_SECRET,
         "SANDBOX_DATA_DIR": str(sandbox_dir),
         "SANDBOX_RATE_LIMIT_INIT": "1000",
+        # No media check during the run: 2 s after each upload (the default) it reads the whole
+        # file, and landed on the next child's init (+0.1-0.5 s measured on the blob rows).
+        "SANDBOX_PROCESSING_DELAY_SECONDS": "86400",
         "SANDBOX_LOG_LEVEL": "warning",
         "LOG_LEVEL": "warning",
     }
@@ -452,9 +666,12 @@ def main() -> None:
             path = videos / f"video-{size_mb}.mp4"
             write_sample_mp4(path, size_mb * MB)
             for kind in kinds:
+                if kind == "gridfs" and size_mb > gridfs_max_mb:
+                    continue
                 row: dict[str, Any] = {"kind": kind, "size_mb": size_mb, "note": ""}
                 blob: BlobSource | None = None
                 if kind in BLOB_STORES:
+                    row["bare_write_seconds"] = asyncio.run(bare_write(kind, path))
                     blob, row["write_seconds"] = asyncio.run(save_blob(kind, path))
                     source: dict[str, Any] = blob.model_dump(mode="json")
                 else:
@@ -467,19 +684,28 @@ def main() -> None:
                     "path": str(path),
                     "size": size_mb * MB,
                 }
-                bare_runs, uploader_runs = [], []
-                for _ in range(args.repeat):
+                bare_runs, pipe_runs, uploader_runs = [], [], []
+                for attempt in range(args.repeat):
                     # A new sandbox user each time: TikTok caps the pending inbox shares per user.
                     bare = cfg | {"token": new_token(base_url)}
                     bare_runs.append(run_child("bare", bare, env, args.row_timeout))
+                    if kind in URL_KINDS:
+                        pipe = cfg | {"token": new_token(base_url)}
+                        pipe_runs.append(run_child("pipe", pipe, env, args.row_timeout))
                     uploader = cfg | {"token": new_token(base_url)}
+                    if args.profile:
+                        uploader["profile"] = str(args.profile / f"{kind}-{size_mb}mb-{attempt}.prof")
                     uploader_runs.append(run_child("uploader", uploader, env, args.row_timeout))
                     for part in sandbox_dir.iterdir():  # the sandbox keeps every upload on disk
                         part.unlink(missing_ok=True)
                     if uploader_runs[-1].result is None:
                         break  # a failed or stopped row is not worth another try
-                row["bare"], row["uploader"] = best(bare_runs), best(uploader_runs)
-                errors = [r.error for r in bare_runs + uploader_runs if r.error]
+                row["bare"], row["pipe"], row["uploader"] = (
+                    best(bare_runs),
+                    best(pipe_runs),
+                    best(uploader_runs),
+                )
+                errors = [r.error for r in bare_runs + pipe_runs + uploader_runs if r.error]
                 row["note"] = "; ".join(sorted(set(e for e in errors if e)))
                 if blob is not None:
                     asyncio.run(delete_blob(kind, blob.blob_id))
@@ -505,35 +731,46 @@ def report(
     rows: list[dict[str, Any]],
     started: datetime,
 ) -> None:
-    command = (
-        "MONGODB_URI=" + mongodb_uri() + " uv run python bench/upload_speed.py " + " ".join(sys.argv[1:])
-    )
+    command = "uv run python bench/upload_speed.py " + " ".join(sys.argv[1:])
     print(
         f"date: {started:%Y-%m-%d %H:%M} UTC; machine: {platform.node()} ({os.cpu_count()} cores, "
         f"{platform.python_implementation()} {platform.python_version()}, load {os.getloadavg()[0]:.1f})"
     )
-    print(f"command: {command.strip()}")
+    print(f"command: {command.strip()} (MONGODB_URI={mongodb_uri()})")
     print()
     print(
-        "| source | video | bare PUT s | uploader s (uploading → uploaded) | ratio bare/uploader "
-        "| uploader peak RSS | note |"
+        "| source | video | bare PUT s | bare GET→PUT pipe s | uploader s (uploading → uploaded) "
+        "| ratio bare PUT/uploader | ratio pipe/uploader | uploader peak RSS | note |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        bare, up = row["bare"], row["uploader"]
-        ratio = f"{bare['seconds'] / up['seconds']:.2f}" if bare and up else "—"
+        bare, pipe, up = row["bare"], row["pipe"], row["uploader"]
         note = row["note"]
         if "write_seconds" in row:
             note = f"blob written in {row['write_seconds']:.1f} s" + (f"; {note}" if note else "")
-        print(
-            f"| {row['kind']} | {row['size_mb']} MB | {bare['seconds']:.2f} |"
-            if bare
-            else f"| {row['kind']} | {row['size_mb']} MB | — |",
-            f"{up['seconds']:.2f} (handler {up['handler_seconds']:.2f}) |" if up else "— |",
-            f"{ratio} |",
-            f"{up['peak_rss_mb']:.0f} MB |" if up else "— |",
-            f"{note} |",
-        )
+        cells = [
+            row["kind"],
+            f"{row['size_mb']} MB",
+            _seconds(bare),
+            _seconds(pipe),
+            f"{up['seconds']:.2f} (handler {up['handler_seconds']:.2f})" if up else "—",
+            _ratio(bare, up),
+            _ratio(pipe, up),
+            f"{up['peak_rss_mb']:.0f} MB" if up else "—",
+            note,
+        ]
+        print("| " + " | ".join(cells) + " |")
+    writes = [r for r in rows if r.get("bare_write_seconds") is not None]
+    if writes:
+        print()
+        print("| store | video | bare write s | BlobStore.save s (ingest) | save MB/s | ratio bare/save |")
+        print("|---|---|---|---|---|---|")
+        for row in writes:
+            bare_s, save_s = row["bare_write_seconds"], row["write_seconds"]
+            print(
+                f"| {row['kind']} | {row['size_mb']} MB | {bare_s:.2f} | {save_s:.2f} "
+                f"| {row['size_mb'] / save_s:.0f} | {bare_s / save_s:.2f} |"
+            )
     if len(sizes) > 1:
         print()
         print(f"| source | uploader peak RSS {sizes[0]} MB | {sizes[-1]} MB | ratio |")
@@ -546,6 +783,16 @@ def report(
                 print(f"| {kind} | {low:.0f} MB | {high:.0f} MB | {high / low:.2f}x |")
             else:
                 print(f"| {kind} | — | — | — |")
+
+
+def _seconds(result: dict[str, Any] | None) -> str:
+    return f"{result['seconds']:.2f}" if result else "—"
+
+
+def _ratio(baseline: dict[str, Any] | None, uploader: dict[str, Any] | None) -> str:
+    if not baseline or not uploader:
+        return "—"
+    return f"{baseline['seconds'] / uploader['seconds']:.2f}"
 
 
 if __name__ == "__main__":

@@ -23,37 +23,8 @@ run_pytest() {
 echo "test: unit tests" >&2
 run_pytest tests/unit -q
 
-stop_infra() {
-  local rc=$?
-  echo "test: stopping the test infrastructure" >&2
-  "${RUN[@]}" python scripts/stack.py test-infra down --dir "$TEST_INFRA_DIR" || true
-  exit "$rc"
-}
-
-want=()
-[ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ] || want+=(--kafka)
-[ -n "${MONGODB_URI:-}" ] || want+=(--mongo)
-if [ -z "${S3_ENDPOINT_URL:-}" ]; then
-  "$ROOT/scripts/infra/install-seaweedfs.sh"  # cached after the first build
-  want+=(--s3)
-fi
-if [ "${#want[@]}" -gt 0 ]; then
-  # Two `make test` runs in one checkout would share the ports and data dir and wipe each other's
-  # servers: the second waits for the first.
-  mkdir -p "$(dirname "$TEST_INFRA_DIR")"
-  if command -v flock >/dev/null; then
-    exec 9>"$TEST_INFRA_DIR.lock"
-    if ! flock -n 9; then
-      echo "test: another make test in this checkout holds the test infrastructure; waiting for it" >&2
-      flock 9
-    fi
-  fi
-  trap stop_infra EXIT
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
-  # An assignment keeps the command's status, so a failed start stops the run (set -e).
-  exports="$("${RUN[@]}" python scripts/stack.py test-infra up --dir "$TEST_INFRA_DIR" "${want[@]}")"
-  eval "$exports"
-fi
+# shellcheck source=scripts/test_infra.sh
+. "$ROOT/scripts/test_infra.sh"
+start_test_infra
 echo "test: integration and e2e tests (Kafka $KAFKA_BOOTSTRAP_SERVERS, Mongo $MONGODB_URI, S3 $S3_ENDPOINT_URL)" >&2
 run_pytest tests/integration tests/e2e -q

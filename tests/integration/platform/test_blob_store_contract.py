@@ -22,7 +22,7 @@ from reelay_common.adapters.blobs.metered import new_blob_id
 from reelay_common.adapters.blobs.s3 import S3_READ_PIECE_BYTES, S3BlobStore, connect_s3
 from reelay_common.domain.errors import InvalidInputError
 from reelay_common.domain.messages import BlobSource, BlobStoreKind
-from reelay_common.ports import BlobStore
+from reelay_common.ports import BlobStore, SizedVideo
 from reelay_common.settings import S3_MIN_PART_BYTES
 from reelay_testing.readers import aiter_bytes
 
@@ -146,6 +146,27 @@ class TestBlobStoreContract:
             assert got == DATA[offset : offset + length], (offset, length)
         with pytest.raises(ValueError, match="outside a file"):
             await collect(reader.stream(len(DATA) - 1, 2))
+
+    async def test_chunk_after_chunk_a_stop_midway_and_going_back_read_the_right_bytes(
+        self, harness: Harness
+    ) -> None:
+        # What an upload asks of one reader: chunk after chunk (S3 reads on from one open GET),
+        # a chunk abandoned midway (a failed PUT), its retry, and a resume from an earlier offset.
+        source = await save(harness.store, DATA)
+        reader = await harness.store.open(source)
+        chunk = PART + 3
+        assert await collect(reader.stream(0, chunk)) == DATA[:chunk]
+        assert await collect(reader.stream(chunk, chunk)) == DATA[chunk : 2 * chunk]
+        rest = len(DATA) - 2 * chunk
+        stream = reader.stream(2 * chunk, rest)
+        first = await anext(stream)
+        assert first == DATA[2 * chunk : 2 * chunk + len(first)]
+        await stream.aclose()  # abandoned after one piece
+        assert await collect(reader.stream(2 * chunk, rest)) == DATA[2 * chunk :]  # its retry
+        assert await collect(reader.stream(MIB, 10)) == DATA[MIB : MIB + 10]  # back: a resume
+        assert await collect(reader.stream(MIB + 10, chunk)) == DATA[MIB + 10 : MIB + 10 + chunk]
+        assert isinstance(reader, SizedVideo)
+        await reader.aclose()  # S3's GET stopped midway stays open until the reader is closed
 
     async def test_a_file_over_the_cap_is_refused_and_leaves_nothing(self, harness: Harness) -> None:
         with pytest.raises(InvalidInputError) as exc:

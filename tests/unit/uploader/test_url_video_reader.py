@@ -324,7 +324,7 @@ class TestStreamingARange:
             client(Origin()) as http,
             await UrlVideoReader.open(http, URL, allow_private=True) as reader,
         ):
-            with pytest.raises(ValueError, match="outside the video"):
+            with pytest.raises(ValueError, match="outside a file"):
                 await read_all(reader, len(VIDEO) - 10, 11)
 
 

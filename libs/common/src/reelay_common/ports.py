@@ -6,7 +6,16 @@ live in the dev-only `reelay_testing`, checked against the real ones by the same
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    Sequence,
+)
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -182,6 +191,43 @@ def check_read_range(offset: int, length: int, size: int) -> None:
     """The VideoReader contract for `stream(offset, length)`: a range inside the video, or ValueError."""
     if offset < 0 or length < 0 or offset + length > size:
         raise ValueError(f"range [{offset}, {offset + length}) is outside a file of {size} bytes")
+
+
+class SizedVideo:
+    """What every VideoReader shares, as a base: the video's size and media type (known before
+    the first byte, or learnt late as a URL's are) and `stream`'s contract (the range checked,
+    nothing read for an empty one). Each reader adds its own `_pieces`."""
+
+    def __init__(self, *, size: int, content_type: str) -> None:
+        self._size = size
+        self._content_type = content_type
+
+    @property
+    def size(self) -> int:
+        """Bytes in the video."""
+        return self._size
+
+    @property
+    def content_type(self) -> str:
+        """Its media type (video/mp4, video/quicktime or video/webm for a real source)."""
+        return self._content_type
+
+    async def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
+        """Yield exactly `length` bytes from `offset` in bounded pieces; ValueError outside the video."""
+        check_read_range(offset, length, self._size)
+        if length == 0:
+            return
+        async with aclosing(self._pieces(offset, length)) as pieces:
+            async for piece in pieces:
+                yield piece
+
+    def _pieces(self, offset: int, length: int) -> AsyncGenerator[bytes, None]:
+        """The reader's own reading of a checked, non-empty range."""
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Release what the reader keeps open between streams (nothing, unless a reader says so)."""
+        return None
 
 
 class VideoReader(Protocol):

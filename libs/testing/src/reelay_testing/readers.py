@@ -7,36 +7,24 @@ contract (bounded pieces from any offset), so tests and bench/ use them as sourc
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
-from reelay_common.ports import check_read_range
+from reelay_common.ports import SizedVideo, check_read_range
 
 
-class FileVideoReader:
+class FileVideoReader(SizedVideo):
     """ports.VideoReader over a file on disk: bounded pieces from any offset, nothing kept."""
 
     def __init__(self, path: Path, *, piece_size: int = 256 * 1024, content_type: str = "video/mp4") -> None:
         if piece_size < 1:
             raise ValueError("piece_size must be positive")
+        super().__init__(size=path.stat().st_size, content_type=content_type)
         self.path = path
         self.piece_size = piece_size
-        self._content_type = content_type
-        self._size = path.stat().st_size
 
-    @property
-    def size(self) -> int:
-        """Bytes in the file."""
-        return self._size
-
-    @property
-    def content_type(self) -> str:
-        """The media type given at construction."""
-        return self._content_type
-
-    async def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
-        """Yield exactly `length` bytes from `offset`, at most `piece_size` at a time."""
-        check_read_range(offset, length, self._size)
+    async def _pieces(self, offset: int, length: int) -> AsyncGenerator[bytes, None]:
+        """Exactly `length` bytes from `offset`, at most `piece_size` at a time."""
         with self.path.open("rb") as f:
             f.seek(offset)
             left = length

@@ -14,7 +14,7 @@ from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
 from reelay_common.adapters.url_reader import UrlVideoReader
 from reelay_common.domain.messages import BlobSource, DeadLetter, UploadRequested, UrlSource
 from reelay_common.logging import get_logger
-from reelay_common.ports import BlobStore, VideoReader
+from reelay_common.ports import BlobStore, SizedVideo, VideoReader
 from reelay_common.readiness import instant_check
 from reelay_common.runtime import Infrastructure, instrument_http_client, ops_server, run_service, supervise
 
@@ -32,7 +32,12 @@ def reader_factory(http: httpx.AsyncClient, blobs: BlobStore, settings: Uploader
     @asynccontextmanager
     async def open_reader(source: UrlSource | BlobSource) -> AsyncIterator[VideoReader]:
         if isinstance(source, BlobSource):
-            yield await blobs.open(source)
+            stored = await blobs.open(source)
+            try:
+                yield stored
+            finally:
+                if isinstance(stored, SizedVideo):  # the S3 reader keeps its GET open across chunks
+                    await stored.aclose()
             return
         reader = await UrlVideoReader.open(
             http,

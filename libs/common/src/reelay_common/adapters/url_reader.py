@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
@@ -30,6 +30,7 @@ from reelay_common.domain.errors import InvalidInputError, RetryableError
 from reelay_common.domain.messages import ALLOWED_CONTENT_TYPES, MAX_VIDEO_BYTES
 from reelay_common.domain.rules import SNIFF_BYTES, parse_content_range, sniff_video_type
 from reelay_common.logging import get_logger
+from reelay_common.ports import SizedVideo
 
 log = get_logger("reelay_common.adapters.url_reader")
 
@@ -122,7 +123,7 @@ class _Body:
         await self.response.aclose()
 
 
-class UrlVideoReader:
+class UrlVideoReader(SizedVideo):
     """`ports.VideoReader` over an http(s) URL. Open with `UrlVideoReader.open(...)`, close with
     `aclose()` (or use it as an async context manager)."""
 
@@ -138,10 +139,9 @@ class UrlVideoReader:
         max_redirects: int = 5,
         piece_size: int = 256 * 1024,
     ) -> None:
+        super().__init__(size=size, content_type=content_type)  # both learnt by the probe in `open`
         self._http = http
         self._url = url
-        self._size = size
-        self._content_type = content_type
         self._spool_path = spool_path
         self._allow_private = allow_private
         self._max_redirects = max_redirects
@@ -178,16 +178,6 @@ class UrlVideoReader:
         return reader
 
     @property
-    def size(self) -> int:
-        """Total bytes of the video."""
-        return self._size
-
-    @property
-    def content_type(self) -> str:
-        """One of video/mp4, video/quicktime, video/webm."""
-        return self._content_type
-
-    @property
     def spooled(self) -> bool:
         """True when the source gave no length and its bytes were spooled to a temp file."""
         return self._spool_path is not None
@@ -207,12 +197,8 @@ class UrlVideoReader:
     ) -> None:
         await self.aclose()
 
-    async def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
-        """Yield exactly `length` bytes starting at `offset`, in pieces of bounded size."""
-        if offset < 0 or length < 0 or offset + length > self._size:
-            raise ValueError(f"range {offset}+{length} is outside the video (size {self._size})")
-        if length == 0:
-            return
+    async def _pieces(self, offset: int, length: int) -> AsyncGenerator[bytes, None]:
+        """Exactly `length` bytes starting at `offset` (from the spool file, or over HTTP)."""
         if self._spool_path is not None:
             async for piece in self._stream_file(self._spool_path, offset, length):
                 yield piece

@@ -8,7 +8,7 @@ collection (about 6 s per 10 MB chunk with a few hundred MB stored). Use `local`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable
 from typing import Any, Literal
 
 from bson import ObjectId
@@ -21,16 +21,16 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from reelay_common.adapters.blobs.metered import (
     MeteredStream,
-    StoredVideo,
     check_content_type,
     check_store,
+    check_stored_size,
     pieces_of,
 )
 from reelay_common.adapters.mongo.client import bson_now, translate_errors
 from reelay_common.domain.errors import DatabaseUnavailableError, InvalidInputError, RetryableError
 from reelay_common.domain.messages import BlobSource
 from reelay_common.logging import get_logger
-from reelay_common.ports import BlobInfo, check_read_range
+from reelay_common.ports import BlobInfo, SizedVideo
 
 log = get_logger("reelay_common.adapters.blobs.gridfs")
 
@@ -38,7 +38,7 @@ log = get_logger("reelay_common.adapters.blobs.gridfs")
 GRIDFS_CHUNK_BYTES = 1024 * 1024  # one GridFS chunk; also the largest piece a reader yields
 
 
-class GridFSVideoReader(StoredVideo):
+class GridFSVideoReader(SizedVideo):
     """A GridFS file read as a VideoReader: any offset, bounded pieces, nothing held in memory.
 
     Chunks are read with our own cursor in small batches: FerretDB v1 does not cap a cursor batch
@@ -62,11 +62,8 @@ class GridFSVideoReader(StoredVideo):
         self._file_id = file_id
         self._chunk_size = chunk_size
 
-    async def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
-        """Yield exactly `length` bytes from `offset`, at most one GridFS chunk at a time."""
-        check_read_range(offset, length, self._size)
-        if length == 0:
-            return
+    async def _pieces(self, offset: int, length: int) -> AsyncGenerator[bytes, None]:
+        """Exactly `length` bytes from `offset`, at most one GridFS chunk at a time."""
         n = offset // self._chunk_size
         skip = offset - n * self._chunk_size
         remaining = length
@@ -185,14 +182,8 @@ class GridFSBlobStore:
         file_id = _object_id(source.blob_id)
         with translate_errors("open a GridFS file"):
             meta = await self._files.find_one({"_id": file_id})
-        if meta is None:
-            raise InvalidInputError(f"blob {source.blob_id} does not exist", code="blob_not_found")
-        size = int(meta["length"])
-        if size != source.size:
-            raise InvalidInputError(
-                f"blob {source.blob_id} has {size} bytes, the request said {source.size}",
-                code="blob_size_mismatch",
-            )
+        size = check_stored_size(source, None if meta is None else int(meta["length"]))
+        assert meta is not None  # check_stored_size refused a missing file
         return GridFSVideoReader(
             self._chunks,
             file_id,

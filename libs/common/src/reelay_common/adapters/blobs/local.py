@@ -20,23 +20,23 @@ import errno
 import os
 import secrets
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 from reelay_common.adapters.blobs.metered import (
     MeteredStream,
-    StoredVideo,
     check_content_type,
     check_store,
+    check_stored_size,
     checked_blob_id,
     new_blob_id,
     pieces_of,
 )
-from reelay_common.domain.errors import InvalidInputError, RetryableError, StorageFullError
+from reelay_common.domain.errors import RetryableError, StorageFullError
 from reelay_common.domain.messages import BlobSource
 from reelay_common.logging import get_logger
-from reelay_common.ports import BlobInfo, check_read_range
+from reelay_common.ports import BlobInfo, SizedVideo
 
 log = get_logger("reelay_common.adapters.blobs.local")
 
@@ -56,8 +56,14 @@ def _translate_os_errors(what: str) -> Iterator[None]:
         raise RetryableError(f"could not {what}: {exc.strerror or exc}", code="disk_error") from exc
 
 
-class LocalVideoReader(StoredVideo):
-    """A stored file read as a VideoReader: any offset, 1 MiB pieces, reads in a worker thread."""
+class LocalVideoReader(SizedVideo):
+    """A stored file read as a VideoReader: any offset, 1 MiB pieces.
+
+    A piece the page cache holds (the usual case: the file was just written) is copied out on the
+    event loop with one non-blocking read (preadv RWF_NOWAIT); only a piece that needs the disk
+    goes to a worker thread. A thread hop per piece costs more than the copy, and it makes the
+    event loop and the worker take turns on the GIL while the PUT is sending.
+    """
 
     def __init__(
         self, path: Path, *, size: int, content_type: str, piece_bytes: int = LOCAL_PIECE_BYTES
@@ -66,26 +72,47 @@ class LocalVideoReader(StoredVideo):
         self._path = path
         self._piece_bytes = piece_bytes
 
-    async def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
-        """Yield exactly `length` bytes from `offset`, at most one piece at a time."""
-        check_read_range(offset, length, self._size)
-        if length == 0:
-            return
+    async def _pieces(self, offset: int, length: int) -> AsyncGenerator[bytes, None]:
+        """Exactly `length` bytes from `offset`, at most one piece at a time."""
         with _translate_os_errors("open a stored video"):
-            handle = await asyncio.to_thread(self._path.open, "rb")
+            fd = await asyncio.to_thread(os.open, self._path, os.O_RDONLY)
         try:
-            with _translate_os_errors("read a stored video"):
-                await asyncio.to_thread(handle.seek, offset)
-            remaining = length
-            while remaining > 0:
+            position, end = offset, offset + length
+            while position < end:
+                wanted = min(self._piece_bytes, end - position)
                 with _translate_os_errors("read a stored video"):
-                    piece = await asyncio.to_thread(handle.read, min(self._piece_bytes, remaining))
+                    piece = _read_cached(fd, position, wanted)
+                    if piece is None:
+                        piece = await asyncio.to_thread(os.pread, fd, wanted, position)
                 if not piece:
-                    raise RetryableError(f"stored video {self._path.name} ended {remaining} bytes early")
-                remaining -= len(piece)
+                    raise RetryableError(f"stored video {self._path.name} ended {end - position} bytes early")
+                position += len(piece)
                 yield piece
         finally:
-            handle.close()
+            os.close(fd)
+
+
+_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)  # Linux 4.14+; elsewhere every read is threaded
+
+
+def _read_cached(fd: int, offset: int, size: int) -> bytes | None:
+    """Up to `size` bytes at `offset` if the page cache holds them (never waits), else None."""
+    global _NOWAIT
+    if _NOWAIT is None:
+        return None
+    buffer = bytearray(size)
+    try:
+        got = os.preadv(fd, [buffer], offset, _NOWAIT)
+    except BlockingIOError:
+        return None  # not cached: the caller reads it in a thread
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            _NOWAIT = None  # this kernel or filesystem cannot: stop asking
+            return None
+        raise
+    if got == 0:
+        return None  # the end of the file (or nothing cached yet): the threaded read decides
+    return bytes(buffer) if got == size else bytes(memoryview(buffer)[:got])
 
 
 class LocalBlobStore:
@@ -144,7 +171,7 @@ class LocalBlobStore:
         with _translate_os_errors("prepare the blob directory"):
             await asyncio.to_thread(self._root.mkdir, parents=True, exist_ok=True)
             others = await asyncio.to_thread(self._used_bytes, frozenset({part_name}))
-        metered = MeteredStream(chunks, max_bytes=max_bytes)
+        metered = MeteredStream(chunks, max_bytes=max_bytes, hash_here=False)
         handle: BinaryIO | None = None
         self._in_flight[part_name] = 0
         try:
@@ -159,7 +186,7 @@ class LocalBlobStore:
                         code="storage_full",
                     )
                 with _translate_os_errors("write a blob file"):
-                    await asyncio.to_thread(handle.write, piece)
+                    await asyncio.to_thread(_write_hashed, handle, metered.sha256, piece)
             sha256 = metered.finish()
             with _translate_os_errors("finish a blob file"):
                 await asyncio.to_thread(_commit, handle, part, final)
@@ -188,16 +215,10 @@ class LocalBlobStore:
         """A reader of the stored file (checks it exists and has the recorded size)."""
         check_store(source, self.kind)
         info = await self.stat(source.blob_id)
-        if info is None:
-            raise InvalidInputError(f"blob {source.blob_id} does not exist", code="blob_not_found")
-        if info.size != source.size:
-            raise InvalidInputError(
-                f"blob {source.blob_id} has {info.size} bytes, the request said {source.size}",
-                code="blob_size_mismatch",
-            )
+        size = check_stored_size(source, None if info is None else info.size)
         return LocalVideoReader(
             self._path(source.blob_id),
-            size=info.size,
+            size=size,
             content_type=source.content_type,
             piece_bytes=self._piece_bytes,
         )
@@ -220,6 +241,12 @@ class LocalBlobStore:
                 await asyncio.to_thread(path.unlink)
             except FileNotFoundError:
                 return
+
+
+def _write_hashed(handle: BinaryIO, sha256: Any, piece: bytes) -> None:
+    """In the worker thread: hash and write one piece (both let go of the GIL)."""
+    sha256.update(piece)
+    handle.write(piece)
 
 
 def _create_exclusive(path: Path) -> BinaryIO:

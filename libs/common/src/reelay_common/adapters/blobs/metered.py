@@ -1,5 +1,5 @@
 """What every blob store shares: the checks while a file streams in (media type, size cap, sha256)
-and what a reader of a stored blob knows up front (its size and media type)."""
+and the checks of a stored blob before it is read (it exists, with the size the request said)."""
 
 from __future__ import annotations
 
@@ -49,11 +49,14 @@ def check_store(source: BlobSource, kind: BlobStoreKind) -> None:
 class MeteredStream:
     """An upload stream that counts and hashes what passes, refusing past the cap before it is stored."""
 
-    def __init__(self, chunks: AsyncIterable[bytes], *, max_bytes: int) -> None:
+    def __init__(self, chunks: AsyncIterable[bytes], *, max_bytes: int, hash_here: bool = True) -> None:
         self._chunks = chunks
         self.limit = min(max_bytes, MAX_VIDEO_BYTES)
         self.size = 0
-        self._sha256 = hashlib.sha256()
+        # hash_here=False: the store feeds `sha256` itself, in the worker thread that writes each
+        # piece (hashlib lets go of the GIL, so the event loop keeps receiving meanwhile).
+        self.sha256 = hashlib.sha256()
+        self._hash_here = hash_here
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for piece in self._chunks:
@@ -64,42 +67,48 @@ class MeteredStream:
                 raise InvalidInputError(
                     f"the video is larger than the limit of {self.limit} bytes", code="too_large"
                 )
-            self._sha256.update(piece)
+            if self._hash_here:
+                self.sha256.update(piece)
             yield piece
 
     def finish(self) -> str:
         """After the stream ended: its sha256 (hex); an empty stream is refused."""
         if self.size == 0:
             raise InvalidInputError("the video is empty", code="empty")
-        return self._sha256.hexdigest()
+        return self.sha256.hexdigest()
 
 
 async def pieces_of(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
-    """Re-cut a stream into pieces of exactly `size` bytes (the last one may be shorter)."""
-    buffer = bytearray()
+    """Re-cut a stream into pieces of exactly `size` bytes (the last one may be shorter).
+
+    Each byte is copied once (one join per piece), not appended, sliced and trimmed.
+    """
+    held: list[bytes] = []
+    held_bytes = 0
     async for piece in chunks:
-        buffer += piece
-        while len(buffer) >= size:
-            yield bytes(buffer[:size])
-            del buffer[:size]
-    if buffer:
-        yield bytes(buffer)
+        held.append(piece)
+        held_bytes += len(piece)
+        if held_bytes < size:
+            continue
+        data = b"".join(held)
+        start = 0
+        while held_bytes - start >= size:
+            yield data[start : start + size]  # the whole of `data` when it is exactly one piece
+            start += size
+        rest = data[start:]
+        held, held_bytes = ([rest] if rest else []), len(rest)
+    if held:
+        yield b"".join(held)
 
 
-class StoredVideo:
-    """The part of ports.VideoReader every stored-blob reader shares: size and media type, known
-    from the BlobSource before the first byte is read. Each store adds its own `stream`."""
-
-    def __init__(self, *, size: int, content_type: str) -> None:
-        self._size = size
-        self._content_type = content_type
-
-    @property
-    def size(self) -> int:
-        """Bytes in the stored video."""
-        return self._size
-
-    @property
-    def content_type(self) -> str:
-        """The media type recorded in the BlobSource."""
-        return self._content_type
+def check_stored_size(source: BlobSource, stored_size: int | None) -> int:
+    """The stored blob's size, once it is known to exist (`stored_size` not None) and to have the
+    size the request said: else InvalidInputError "blob_not_found" or "blob_size_mismatch"."""
+    if stored_size is None:
+        raise InvalidInputError(f"blob {source.blob_id} does not exist", code="blob_not_found")
+    if stored_size != source.size:
+        raise InvalidInputError(
+            f"blob {source.blob_id} has {stored_size} bytes, the request said {source.size}",
+            code="blob_size_mismatch",
+        )
+    return stored_size

@@ -4,8 +4,8 @@ A file streaming in is cut into parts of `part_bytes` (8 MiB by default) and sen
 upload, up to two parts at once while the next is read, so memory holds a few parts (about
 4 x 8 MiB per upload), never the file; a file smaller than one part is a single PUT.
 Any failure (the source raising, the size cap, cancellation) aborts the multipart upload, so S3
-keeps no parts. Reads are ranged GETs streamed in 1 MiB pieces. Objects live under
-`<prefix><blob id>`, the id generated here.
+keeps no parts. A read is one ranged GET kept open across chunks, streamed in 1 MiB pieces.
+Objects live under `<prefix><blob id>`, the id generated here.
 
 Why aiobotocore: it is botocore (the AWS SDK's own request signing, retries, credential chain:
 AWS_* variables, shared config, web identity in Kubernetes, instance roles) on asyncio, kept in
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, Iterator
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 from aiobotocore.config import AioConfig
@@ -28,17 +28,17 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from reelay_common.adapters.blobs.metered import (
     MeteredStream,
-    StoredVideo,
     check_content_type,
     check_store,
+    check_stored_size,
     checked_blob_id,
     new_blob_id,
     pieces_of,
 )
-from reelay_common.domain.errors import InvalidInputError, RetryableError
+from reelay_common.domain.errors import RetryableError
 from reelay_common.domain.messages import BlobSource
 from reelay_common.logging import get_logger
-from reelay_common.ports import BlobInfo, check_read_range
+from reelay_common.ports import BlobInfo, SizedVideo
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -101,33 +101,54 @@ async def connect_s3(
     return client
 
 
-class S3VideoReader(StoredVideo):
-    """An S3 object read as a VideoReader: each stream() is one ranged GET, streamed."""
+class S3VideoReader(SizedVideo):
+    """An S3 object read as a VideoReader, with ONE ranged GET kept open across chunks.
+
+    A stream() that starts where the previous one stopped reads on from the same response, so a
+    chunk costs no request and no wait for its first byte (a GET per 10 MB chunk did); any other
+    offset (a resumed upload, a retried chunk) drops it and opens a GET from there to the end.
+    The GET is closed once read to the end or when a read breaks off; one left at a chunk boundary
+    by an upload that stopped there is released with the reader.
+    """
 
     def __init__(self, client: S3Client, *, bucket: str, key: str, size: int, content_type: str) -> None:
         super().__init__(size=size, content_type=content_type)
         self._client = client
         self._bucket = bucket
         self._key = key
+        self._body: Any = None  # the open GET's StreamingBody
+        self._position = 0  # the next byte it hands out
 
-    async def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
-        """Yield exactly `length` bytes from `offset`, at most 1 MiB at a time."""
-        check_read_range(offset, length, self._size)
-        if length == 0:
-            return
+    async def _pieces(self, offset: int, length: int) -> AsyncGenerator[bytes, None]:
+        """Exactly `length` bytes from `offset`, at most 1 MiB at a time."""
+        if self._body is None or self._position != offset:
+            await self.aclose()
+            with _translate_errors("read a stored video"):
+                response = await self._client.get_object(
+                    Bucket=self._bucket, Key=self._key, Range=f"bytes={offset}-{self._size - 1}"
+                )
+            self._body, self._position = response["Body"], offset
         remaining = length
-        with _translate_errors("read a stored video"):
-            response = await self._client.get_object(
-                Bucket=self._bucket, Key=self._key, Range=f"bytes={offset}-{offset + length - 1}"
-            )
-        async with response["Body"] as body:
+        try:
             while remaining > 0:
                 with _translate_errors("read a stored video"):
-                    piece = await body.read(min(S3_READ_PIECE_BYTES, remaining))
+                    piece = await self._body.read(min(S3_READ_PIECE_BYTES, remaining))
                 if not piece:
                     raise RetryableError(f"S3 object {self._key} ended {remaining} bytes early")
                 remaining -= len(piece)
+                self._position += len(piece)
                 yield piece
+        except BaseException:
+            await self.aclose()  # a read that did not finish leaves the body at an unknown place
+            raise
+        if self._position >= self._size:
+            await self.aclose()  # read to the end: the connection goes back to the pool
+
+    async def aclose(self) -> None:
+        """Close the open GET, if any (the next stream() opens a new one)."""
+        body, self._body = self._body, None
+        if body is not None:
+            await body.aclose()
 
 
 class S3BlobStore:
@@ -240,18 +261,12 @@ class S3BlobStore:
         """A reader of the stored object (checks it exists and has the recorded size)."""
         check_store(source, self.kind)
         info = await self.stat(source.blob_id)
-        if info is None:
-            raise InvalidInputError(f"blob {source.blob_id} does not exist", code="blob_not_found")
-        if info.size != source.size:
-            raise InvalidInputError(
-                f"blob {source.blob_id} has {info.size} bytes, the request said {source.size}",
-                code="blob_size_mismatch",
-            )
+        size = check_stored_size(source, None if info is None else info.size)
         return S3VideoReader(
             self._client,
             bucket=self._bucket,
             key=self.key(source.blob_id),
-            size=info.size,
+            size=size,
             content_type=source.content_type,
         )
 
