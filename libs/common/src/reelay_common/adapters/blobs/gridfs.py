@@ -25,6 +25,7 @@ from reelay_common.adapters.blobs.metered import (
     check_store,
     check_stored_size,
     pieces_of,
+    saved,
 )
 from reelay_common.adapters.mongo.client import bson_now, translate_errors
 from reelay_common.domain.errors import DatabaseUnavailableError, InvalidInputError, RetryableError
@@ -158,16 +159,8 @@ class GridFSBlobStore:
             ) as abort_exc:  # pragma: no cover - the database went away mid-abort
                 log.warning("gridfs_abort_failed", error=type(abort_exc).__name__)
             raise
-        log.info(
-            "blob_saved", store="gridfs", blob_id=str(file_id), bytes=metered.size, content_type=content_type
-        )
-        return BlobSource(
-            blob_id=str(file_id),
-            size=metered.size,
-            content_type=content_type,
-            filename=filename,
-            store="gridfs",
-            sha256=sha256,
+        return saved(
+            "gridfs", str(file_id), metered, content_type=content_type, filename=filename, sha256=sha256
         )
 
     async def stat(self, blob_id: str) -> BlobInfo | None:

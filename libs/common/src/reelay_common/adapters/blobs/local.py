@@ -32,6 +32,7 @@ from reelay_common.adapters.blobs.metered import (
     checked_blob_id,
     new_blob_id,
     pieces_of,
+    saved,
 )
 from reelay_common.domain.errors import RetryableError, StorageFullError
 from reelay_common.domain.messages import BlobSource
@@ -201,15 +202,7 @@ class LocalBlobStore:
             raise
         finally:
             del self._in_flight[part_name]
-        log.info("blob_saved", store="local", blob_id=blob_id, bytes=metered.size, content_type=content_type)
-        return BlobSource(
-            blob_id=blob_id,
-            size=metered.size,
-            content_type=content_type,
-            filename=filename,
-            store="local",
-            sha256=sha256,
-        )
+        return saved("local", blob_id, metered, content_type=content_type, filename=filename, sha256=sha256)
 
     async def open(self, source: BlobSource) -> LocalVideoReader:
         """A reader of the stored file (checks it exists and has the recorded size)."""

@@ -10,6 +10,9 @@ from collections.abc import AsyncIterable, AsyncIterator
 
 from reelay_common.domain.errors import InvalidInputError
 from reelay_common.domain.messages import ALLOWED_CONTENT_TYPES, MAX_VIDEO_BYTES, BlobSource, BlobStoreKind
+from reelay_common.logging import get_logger
+
+log = get_logger("reelay_common.blobs")
 
 
 def check_content_type(content_type: str) -> None:
@@ -99,6 +102,27 @@ async def pieces_of(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[by
         held, held_bytes = ([rest] if rest else []), len(rest)
     if held:
         yield b"".join(held)
+
+
+def saved(
+    store: BlobStoreKind,
+    blob_id: str,
+    metered: MeteredStream,
+    *,
+    content_type: str,
+    filename: str | None,
+    sha256: str | None,
+) -> BlobSource:
+    """The source of a video a store has just saved whole (and the log line that says so)."""
+    log.info("blob_saved", store=store, blob_id=blob_id, bytes=metered.size, content_type=content_type)
+    return BlobSource(
+        blob_id=blob_id,
+        size=metered.size,
+        content_type=content_type,
+        filename=filename,
+        store=store,
+        sha256=sha256,
+    )
 
 
 def check_stored_size(source: BlobSource, stored_size: int | None) -> int:

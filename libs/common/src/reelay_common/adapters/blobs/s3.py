@@ -34,6 +34,7 @@ from reelay_common.adapters.blobs.metered import (
     checked_blob_id,
     new_blob_id,
     pieces_of,
+    saved,
 )
 from reelay_common.domain.errors import RetryableError
 from reelay_common.domain.messages import BlobSource
@@ -232,15 +233,7 @@ class S3BlobStore:
                 # Shielded: a cancelled request must not leave its parts billed in the bucket.
                 await asyncio.shield(self._abort(key, upload_id))
             raise
-        log.info("blob_saved", store="s3", blob_id=blob_id, bytes=metered.size, content_type=content_type)
-        return BlobSource(
-            blob_id=blob_id,
-            size=metered.size,
-            content_type=content_type,
-            filename=filename,
-            store="s3",
-            sha256=sha256,
-        )
+        return saved("s3", blob_id, metered, content_type=content_type, filename=filename, sha256=sha256)
 
     async def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> CompletedPartTypeDef:
         with _translate_errors("upload a part"):
