@@ -46,8 +46,10 @@ async def connect_account(http: httpx.AsyncClient, stack: Stack, *, private: boo
     return account_id, open_id
 
 
-async def post_video(http: httpx.AsyncClient, stack: Stack, account_id: str, video: Path) -> str:
-    """Upload `video` as a direct post through ingest; returns the request_id."""
+async def post_video(
+    http: httpx.AsyncClient, stack: Stack, account_id: str, video: Path, **fields: str
+) -> str:
+    """Upload `video` as a direct post through ingest (with more form `fields`); returns the request_id."""
     with video.open("rb") as f:
         resp = await http.post(
             f"{stack.ingest_url}/v1/uploads",
@@ -56,6 +58,7 @@ async def post_video(http: httpx.AsyncClient, stack: Stack, account_id: str, vid
                 "account_id": account_id,
                 "mode": "direct",
                 "post_info": json.dumps({"privacy_level": "SELF_ONLY"}),
+                **fields,
             },
             files={"file": (video.name, f, "video/mp4")},
         )

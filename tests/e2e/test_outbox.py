@@ -167,21 +167,9 @@ class TestScheduled:
         video = tmp_path / "later.mp4"
         write_sample_mp4(video, 300_000)
         publish_at = datetime.now(UTC) + timedelta(seconds=12)
-        with video.open("rb") as f:
-            resp = await http.post(
-                f"{stack.ingest_url}/v1/uploads",
-                headers=stack.headers,
-                data={
-                    "account_id": account_id,
-                    "mode": "direct",
-                    "post_info": '{"privacy_level": "SELF_ONLY"}',
-                    "publish_at": publish_at.isoformat(),
-                },
-                files={"file": (video.name, f, "video/mp4")},
-            )
-        assert resp.status_code == 202, resp.text
-        assert resp.json()["state"] == "scheduled"
-        request_id = resp.json()["request_id"]
+        request_id = await post_video(http, stack, account_id, video, publish_at=publish_at.isoformat())
+        held = (await http.get(f"{stack.ingest_url}/v1/uploads/{request_id}", headers=stack.headers)).json()
+        assert held["state"] == "scheduled"
         stack.kill("ingest")
         await asyncio.sleep(3)
         stack.start("ingest")

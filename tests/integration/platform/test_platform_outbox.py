@@ -4,9 +4,11 @@ owed message once in the normal case, in order, and a scheduled upload goes out 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 from reelay_common.adapters.kafka.publisher import KafkaPublisher
 from reelay_common.adapters.mongo.client import ensure_indexes
@@ -35,37 +37,56 @@ def command(n: int, *, publish_at: datetime | None = None) -> UploadRequested:
     )
 
 
-async def relays(
-    uploads: MongoUploadStore, publisher: KafkaPublisher, requested: str, status: str, count: int
-) -> list[OutboxRelay]:
-    return [
-        OutboxRelay(uploads, publisher, requested_topic=requested, status_topic=status, interval_seconds=0.1)
-        for _ in range(count)
-    ]
+@dataclass
+class World:
+    """A Mongo store, a publisher and two fresh topics (2 partitions) on the session's servers."""
+
+    uploads: MongoUploadStore
+    publisher: KafkaPublisher
+    bootstrap: str
+    requested: str
+    status: str
+
+    def relays(self, count: int) -> list[OutboxRelay]:
+        """`count` relays over the same store: what `count` replicas run."""
+        return [
+            OutboxRelay(
+                self.uploads,
+                self.publisher,
+                requested_topic=self.requested,
+                status_topic=self.status,
+                interval_seconds=0.1,
+            )
+            for _ in range(count)
+        ]
+
+
+@pytest.fixture
+async def world(
+    mongo_db: AsyncDatabase[dict[str, Any]],
+    kafka_publisher: KafkaPublisher,
+    kafka_bootstrap_servers: str,
+    unique_topic: UniqueTopic,
+) -> World:
+    await ensure_indexes(mongo_db)
+    requested = await unique_topic("outbox.req", partitions=2)
+    status = await unique_topic("outbox.status", partitions=2)
+    return World(MongoUploadStore(mongo_db), kafka_publisher, kafka_bootstrap_servers, requested, status)
 
 
 class TestReplicas:
-    async def test_two_relays_send_what_dead_writers_left_once_each_and_in_order(
-        self,
-        mongo_db: AsyncDatabase[dict[str, Any]],
-        kafka_publisher: KafkaPublisher,
-        kafka_bootstrap_servers: str,
-        unique_topic: UniqueTopic,
-    ) -> None:
-        requested, status = (
-            await unique_topic("outbox.req", partitions=2),
-            await unique_topic("outbox.status", partitions=2),
+    async def test_two_relays_send_what_dead_writers_left_once_each_and_in_order(self, world: World) -> None:
+        uploads, requested, status, kafka_bootstrap_servers = (
+            world.uploads,
+            world.requested,
+            world.status,
+            world.bootstrap,
         )
-        await ensure_indexes(mongo_db)
-        uploads = MongoUploadStore(mongo_db)
         for n in range(12):
             await uploads.create(command(n), source="ingest", enqueue=True)
             await uploads.transition(f"req-{n}", Change(S.UPLOADING, source="uploader"))
         stop = asyncio.Event()
-        workers = [
-            asyncio.create_task(r.run(stop))
-            for r in await relays(uploads, kafka_publisher, requested, status, 2)
-        ]
+        workers = [asyncio.create_task(r.run(stop)) for r in world.relays(2)]
         try:
             commands = await read_topic(kafka_bootstrap_servers, requested, until=12, linger=1.0)
             changes = await read_topic(kafka_bootstrap_servers, status, until=24, linger=1.0)
@@ -88,25 +109,16 @@ class TestReplicas:
 
 class TestScheduled:
     async def test_goes_out_once_when_due_with_two_relays_and_a_cancelled_one_never(
-        self,
-        mongo_db: AsyncDatabase[dict[str, Any]],
-        kafka_publisher: KafkaPublisher,
-        kafka_bootstrap_servers: str,
-        unique_topic: UniqueTopic,
+        self, world: World
     ) -> None:
-        requested, status = await unique_topic("sched.req"), await unique_topic("sched.status")
-        await ensure_indexes(mongo_db)
-        uploads = MongoUploadStore(mongo_db)
+        uploads, requested, kafka_bootstrap_servers = world.uploads, world.requested, world.bootstrap
         due = datetime.now(UTC) + timedelta(seconds=3)
         for n in range(5):
             await uploads.create(command(n, publish_at=due), source="ingest", enqueue=True)
         cancelled = await uploads.transition("req-4", Change(S.CANCELLED, source="ingest"))
         assert cancelled is not None
         stop = asyncio.Event()
-        workers = [
-            asyncio.create_task(r.run(stop))
-            for r in await relays(uploads, kafka_publisher, requested, status, 2)
-        ]
+        workers = [asyncio.create_task(r.run(stop)) for r in world.relays(2)]
         try:
             commands = await read_topic(kafka_bootstrap_servers, requested, until=4, timeout=60, linger=2.0)
             sent_at = datetime.now(UTC)
