@@ -6,6 +6,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 from reelay_common.domain.errors import TikTokRejectedError
 from reelay_common.domain.messages import BlobSource
 from reelay_common.domain.records import Change
@@ -199,3 +200,19 @@ class TestCancel:
         error = body["error"]
         assert isinstance(error, dict)
         assert error["code"] == "unknown_upload"
+
+
+class TestCounted:
+    @pytest.mark.parametrize(("publish_at", "state"), [(None, "accepted"), (3600.0, "scheduled")])
+    async def test_a_new_upload_counts_its_first_state(
+        self, ingest: IngestApp, publish_at: float | None, state: str
+    ) -> None:
+        labels = {"state": state, "source": "ingest"}
+        before = REGISTRY.get_sample_value("reelay_upload_state_transitions_total", labels) or 0.0
+        extra = {"publish_at": soon(publish_at)} if publish_at is not None else {}
+
+        await ingest.post_json(url_body(request_id=f"n-{state}", **extra))
+        await ingest.post_json(url_body(request_id=f"n-{state}", **extra))  # a replay counts nothing
+
+        after = REGISTRY.get_sample_value("reelay_upload_state_transitions_total", labels)
+        assert after == before + 1

@@ -155,6 +155,10 @@ class Outbox(Protocol):
 class Recorder(Protocol):
     """Records state changes, each announced on `reelay.publish.status` through the outbox (StateRecorder)."""
 
+    def created(self, record: UploadRecord) -> None:
+        """Count a new upload's first state (`accepted` or `scheduled`), as `record` counts a change."""
+        ...
+
     async def record(self, request_id: str, change: Change) -> UploadRecord | None:
         """A guarded transition (its announcement written with it), then sent. None when the
         guard refused."""

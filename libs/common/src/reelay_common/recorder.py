@@ -21,6 +21,11 @@ class StateRecorder:
         self._uploads = uploads
         self._outbox = outbox
 
+    def created(self, record: UploadRecord) -> None:
+        """Count a new upload's first state, by who created it (its first history entry)."""
+        source = record.history[0].source if record.history else "ingest"
+        UPLOAD_STATE_TRANSITIONS.labels(state=record.state.value, source=source).inc()
+
     async def record(self, request_id: str, change: Change) -> UploadRecord | None:
         """Move the upload to `change.target` if that is forward, then send its announcement; None
         if the guard refused.

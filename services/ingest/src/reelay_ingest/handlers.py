@@ -184,6 +184,7 @@ async def accept_upload(
     )
     if not created:  # a concurrent or earlier call with the same request_id
         return _replay(record, cmd)
+    deps.recorder.created(record)
     sent = await deps.outbox.drain(
         record.request_id, leased=record, within_seconds=deps.policy.accept_wait_seconds
     )

@@ -170,6 +170,7 @@ async def handle_upload_requested(cmd: UploadRequested, deps: UploaderDeps) -> N
         )
         if created:
             # Upstream producers may skip ingest: then this is the first anyone hears of it.
+            deps.recorder.created(record)
             await deps.outbox.drain(record.request_id, leased=record)
         if record.account_id != cmd.account_id or record.mode != cmd.mode:
             log.warning(
