@@ -175,88 +175,81 @@ async def running(service: Callable[[asyncio.Event], Awaitable[None]]) -> AsyncI
         await asyncio.wait_for(task, timeout=60)
 
 
-@pytest.fixture
-async def uploader_topic(
-    kafka_bootstrap_servers: str,
-    mongodb_uri: str,
-    mongo_db: AsyncDatabase[dict[str, Any]],
-    unique_topic: UniqueTopic,
-    kafka_publisher: KafkaPublisher,
-) -> Consumed:
-    requested = await unique_topic("reelay.test.upload.requested")
-    events = await unique_topic("reelay.test.publish.events")
-    status = await unique_topic("reelay.test.publish.status")
-    group = f"test-uploader-fuzz-{uuid.uuid4().hex[:10]}"
-    uploader = UploaderSettings.model_validate(
-        {
-            "kafka_bootstrap_servers": kafka_bootstrap_servers,
-            "mongodb_uri": mongodb_uri,
-            "mongodb_database": mongo_db.name,
-            "topic_upload_requested": requested,
-            "topic_publish_events": events,
-            "topic_publish_status": status,
+@dataclass
+class World:
+    """Real Kafka and a fresh database: the settings both services share, on topics of their own."""
+
+    kafka: str
+    mongodb_uri: str
+    db: AsyncDatabase[dict[str, Any]]
+    publisher: KafkaPublisher
+    events: str
+    status: str
+
+    def shared(self, group: str) -> dict[str, Any]:
+        return {
+            "kafka_bootstrap_servers": self.kafka,
+            "mongodb_uri": SecretStr(self.mongodb_uri),
+            "mongodb_database": self.db.name,
+            "topic_publish_events": self.events,
+            "topic_publish_status": self.status,
             "topic_partitions": 1,
             "consumer_group": group,
             "ops_port": 0,
             "shutdown_grace_seconds": 2.0,
         }
-    )
-    return Consumed(
-        kafka_bootstrap_servers,
-        requested,
-        group,
-        [events, status],
-        mongo_db,
-        kafka_publisher,
-        lambda stop: run_uploader(uploader, stop),
-    )
+
+    def consumed(self, topic: str, group: str, quiet: list[str], service: Service) -> Consumed:
+        return Consumed(self.kafka, topic, group, quiet, self.db, self.publisher, service)
+
+
+Service = Callable[[asyncio.Event], Awaitable[None]]
 
 
 @pytest.fixture
-async def poller_topic(
+async def world(
     kafka_bootstrap_servers: str,
     mongodb_uri: str,
     mongo_db: AsyncDatabase[dict[str, Any]],
     unique_topic: UniqueTopic,
     kafka_publisher: KafkaPublisher,
-) -> Consumed:
+) -> World:
     events = await unique_topic("reelay.test.publish.events")
     status = await unique_topic("reelay.test.publish.status")
+    return World(kafka_bootstrap_servers, mongodb_uri, mongo_db, kafka_publisher, events, status)
+
+
+@pytest.fixture
+async def uploader_topic(world: World, unique_topic: UniqueTopic) -> Consumed:
+    requested = await unique_topic("reelay.test.upload.requested")
+    group = f"test-uploader-fuzz-{uuid.uuid4().hex[:10]}"
+    uploader = UploaderSettings.model_validate({**world.shared(group), "topic_upload_requested": requested})
+    return world.consumed(
+        requested, group, [world.events, world.status], lambda stop: run_uploader(uploader, stop)
+    )
+
+
+@pytest.fixture
+async def poller_topic(world: World) -> Consumed:
     group = f"test-poller-fuzz-{uuid.uuid4().hex[:10]}"
     poller = PollerSettings.model_validate(
-        {
-            "kafka_bootstrap_servers": kafka_bootstrap_servers,
-            "mongodb_uri": SecretStr(mongodb_uri),
-            "mongodb_database": mongo_db.name,
-            "topic_publish_events": events,
-            "topic_publish_status": status,
-            "topic_partitions": 1,
-            "consumer_group": group,
-            "callback_consumer_group": f"{group}-callbacks",
-            "idle_sleep_seconds": 0.05,
-            "ops_port": 0,
-            "shutdown_grace_seconds": 2.0,
-        }
+        {**world.shared(group), "callback_consumer_group": f"{group}-callbacks", "idle_sleep_seconds": 0.05}
     )
-    return Consumed(
-        kafka_bootstrap_servers,
-        events,
+    return world.consumed(
+        world.events,
         group,
-        [status],
-        mongo_db,
-        kafka_publisher,
+        [world.status],
         lambda stop: run_poller(poller, stop, consumer_overrides=FAST_KAFKA),
     )
 
 
+def batches(good: dict[str, Any], decode: Callable[[bytes], object]) -> st.SearchStrategy[list[bytes]]:
+    """Batches of 1 to 6 records that `decode` (the consumer's own) refuses."""
+    return st.lists(bad_records(good).filter(refused_by(decode)), min_size=1, max_size=6)
+
+
 @FUZZ
-@given(
-    batch=st.lists(
-        bad_records(GOOD_REQUEST).filter(refused_by(UploadRequested.model_validate_json)),
-        min_size=1,
-        max_size=6,
-    )
-)
+@given(batch=batches(GOOD_REQUEST, UploadRequested.model_validate_json))
 async def test_the_uploader_dead_letters_every_bad_record_and_changes_nothing(
     uploader_topic: Consumed, batch: list[bytes]
 ) -> None:
@@ -264,13 +257,7 @@ async def test_the_uploader_dead_letters_every_bad_record_and_changes_nothing(
 
 
 @FUZZ
-@given(
-    batch=st.lists(
-        bad_records(GOOD_UPLOADED).filter(refused_by(PUBLISH_EVENT_ADAPTER.validate_json)),
-        min_size=1,
-        max_size=6,
-    )
-)
+@given(batch=batches(GOOD_UPLOADED, PUBLISH_EVENT_ADAPTER.validate_json))
 async def test_the_poller_dead_letters_every_bad_record_and_changes_nothing(
     poller_topic: Consumed, batch: list[bytes]
 ) -> None:
