@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from reelay_ingest.schemas import MAX_TOKEN_LIFETIME_SECONDS
 
+from tests.unit.ingest import ingest_fakes
 from tests.unit.ingest.ingest_fakes import IngestApp
 
 
@@ -45,3 +46,19 @@ async def test_a_405_names_every_method_of_the_resource(ingest: IngestApp, path:
     assert response.status_code == 405
     assert response.headers["Allow"] == allowed
     assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("field", ["video_url", "pull_from_url"])
+@pytest.mark.parametrize("url", ["https://\x85", "https:///v.mp4", "https:// space.example/v.mp4"])
+async def test_a_url_without_a_host_is_refused_with_422_not_a_500(
+    ingest: IngestApp, field: str, url: str
+) -> None:
+    # Found by schemathesis: pull_from_url "https://\x85" passed the body's pattern but not the
+    # message's (no host after the scheme), a 500.
+    body = {"account_id": ingest_fakes.ACCOUNT, "mode": "inbox", field: url}
+    response = await ingest.post_json(body)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "validation_failed"
+    assert [d["field"] for d in error["detail"]] == [f"body.{field}"]
+    ingest.assert_nothing_changed()

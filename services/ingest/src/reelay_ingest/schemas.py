@@ -28,11 +28,18 @@ from reelay_common.domain.records import AccountRecord, CallbackDelivery, Callba
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import TokenGrant
 
+# The patterns of UrlSource and PullFromUrlSource (a host right after the scheme): a URL the edge
+# accepts must make a valid message, else the request would be a 500 instead of a 422.
 HttpUrl = Annotated[
     str,
-    Field(min_length=8, max_length=2048, pattern=r"^https?://", examples=["https://cdn.example.com/v.mp4"]),
+    Field(
+        min_length=8,
+        max_length=2048,
+        pattern=r"^https?://[^/?#\s]+",
+        examples=["https://cdn.example.com/v.mp4"],
+    ),
 ]
-HttpsUrl = Annotated[str, Field(min_length=9, max_length=2048, pattern=r"^https://")]
+HttpsUrl = Annotated[str, Field(min_length=9, max_length=2048, pattern=r"^https://[^/?#\s]+")]
 
 
 CALLBACK_URL_TEXT = (
