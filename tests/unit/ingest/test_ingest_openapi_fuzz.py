@@ -46,22 +46,42 @@ FUZZ_SETTINGS = settings(
 )
 
 
+class Fakes:
+    """The fakes behind the app under test; `reset` gives each stateful scenario a fresh world."""
+
+    def __init__(self) -> None:
+        self.uploads, self.accounts = FakeUploadStore(), FakeAccountStore()
+        self.publisher, self.blobs = TopicFailingPublisher(), CountingBlobStore()
+        self.reset()
+
+    def reset(self) -> None:
+        self.uploads.records.clear()
+        self.uploads.archived.clear()
+        self.accounts.records.clear()
+        self.accounts.tokens.clear()
+        self.accounts.add_connected(ACCOUNT)
+        self.publisher.sent.clear()
+        self.blobs.blobs.clear()
+
+
+FAKES = Fakes()
+
+
 def build_app() -> FastAPI:
-    """The ingest app over fresh fakes, one connected account (ACCOUNT); video and callback URLs
-    are not resolved (allow_private_urls), so nothing leaves the process."""
+    """The ingest app over FAKES, one connected account (ACCOUNT); video and callback URLs are not
+    resolved (allow_private_urls), so nothing leaves the process."""
     ingest_settings = make_settings(allow_private_urls=True)
-    uploads, accounts, publisher = FakeUploadStore(), FakeAccountStore(), TopicFailingPublisher()
-    accounts.add_connected(ACCOUNT)
+    uploads, publisher = FAKES.uploads, FAKES.publisher
     rec = recording(
         uploads, publisher, status_topic=TOPICS.publish_status, requested_topic=TOPICS.upload_requested
     )
     deps = IngestDeps(
         uploads=uploads,
-        accounts=accounts,
+        accounts=FAKES.accounts,
         publisher=publisher,
         recorder=rec.recorder,
         outbox=rec.outbox,
-        blobs=CountingBlobStore(),
+        blobs=FAKES.blobs,
         tiktok=FakeTikTok(),
         topics=TOPICS,
         policy=policy_of(ingest_settings),
@@ -81,6 +101,9 @@ def test_every_operation_answers_as_documented(case: schemathesis.Case) -> None:
 class IngestScenarios(schema.as_state_machine()):
     """Chains of calls: an upload submitted, then read, listed and cancelled through the links
     schemathesis infers (request_id of the 202 into /v1/uploads/{request_id}, ...)."""
+
+    def setup(self) -> None:
+        FAKES.reset()  # what one scenario did must not change what the next one draws
 
     def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, object]:
         return {"headers": AUTH}
