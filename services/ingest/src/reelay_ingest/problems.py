@@ -21,6 +21,7 @@ from reelay_common.domain.errors import (
 from reelay_common.logging import get_logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from reelay_ingest.errors import (
     ConflictError,
@@ -178,11 +179,28 @@ def problem_of(exc: Exception) -> Problem:
     return Problem(500, "internal_error", "an unexpected error occurred")
 
 
+def _allowed_methods(request: Request) -> str:
+    # Starlette's 405 names the methods of the first route on the path only; RFC 9110 wants all of
+    # the resource's (GET and POST /v1/uploads are two routes). Each method is asked of the router.
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(r.matches({**request.scope, "method": method})[0] is Match.FULL for r in routes)
+    ]
+    return ", ".join(allowed)
+
+
+_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+
 def install_error_handlers(app: FastAPI, metrics: IngestMetrics) -> None:
     """Answer every exception with its Problem, counting each answer's code."""
 
-    async def handle(_request: Request, exc: Exception) -> JSONResponse:
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
         problem = problem_of(exc)
+        if problem.status == 405:
+            problem.headers["Allow"] = _allowed_methods(request)
         metrics.rejections.labels(problem.code).inc()
         if problem.status >= 500:
             log.error(

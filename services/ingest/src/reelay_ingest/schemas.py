@@ -28,11 +28,18 @@ from reelay_common.domain.records import AccountRecord, CallbackDelivery, Callba
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import TokenGrant
 
+# The patterns of UrlSource and PullFromUrlSource (a host right after the scheme): a URL the edge
+# accepts must make a valid message, else the request would be a 500 instead of a 422.
 HttpUrl = Annotated[
     str,
-    Field(min_length=8, max_length=2048, pattern=r"^https?://", examples=["https://cdn.example.com/v.mp4"]),
+    Field(
+        min_length=8,
+        max_length=2048,
+        pattern=r"^https?://[^/?#\s]+",
+        examples=["https://cdn.example.com/v.mp4"],
+    ),
 ]
-HttpsUrl = Annotated[str, Field(min_length=9, max_length=2048, pattern=r"^https://")]
+HttpsUrl = Annotated[str, Field(min_length=9, max_length=2048, pattern=r"^https://[^/?#\s]+")]
 
 
 CALLBACK_URL_TEXT = (
@@ -258,6 +265,10 @@ class UploadList(BaseModel):
     count: int
 
 
+# Ten years: far beyond any lifetime TikTok has issued (2 h / 24 h access, 180 / 365 days refresh).
+MAX_TOKEN_LIFETIME_SECONDS = 10 * 365 * 24 * 3600
+
+
 class AccountRegistration(BaseModel):
     """Register an account with tokens obtained from TikTok's OAuth (the oauth/token response).
 
@@ -270,8 +281,15 @@ class AccountRegistration(BaseModel):
     open_id: Annotated[str, Field(min_length=1, max_length=256)]
     access_token: SecretStr = Field(min_length=1)
     refresh_token: SecretStr = Field(min_length=1)
-    expires_in: int = Field(gt=0, description="Seconds the access token lives, from TikTok's response.")
-    refresh_expires_in: int = Field(gt=0, description="Seconds the refresh token lives.")
+    # Bounded so that "now + lifetime" stays a date a store can keep (TikTok's are hours and days).
+    expires_in: int = Field(
+        gt=0,
+        le=MAX_TOKEN_LIFETIME_SECONDS,
+        description="Seconds the access token lives, from TikTok's response.",
+    )
+    refresh_expires_in: int = Field(
+        gt=0, le=MAX_TOKEN_LIFETIME_SECONDS, description="Seconds the refresh token lives."
+    )
     scope: str | list[str] = Field(
         description="Granted scopes, comma-separated as TikTok sends them, or a list.",
         examples=["user.info.basic,video.publish,video.upload"],
