@@ -26,16 +26,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
-from reelay_common.adapters.blobs.metered import (
-    MeteredStream,
-    check_content_type,
-    check_store,
-    check_stored_size,
-    checked_blob_id,
-    new_blob_id,
-    pieces_of,
-    saved,
-)
+from reelay_common.adapters.blobs import metered as blob_checks
 from reelay_common.domain.errors import RetryableError
 from reelay_common.domain.messages import BlobSource
 from reelay_common.logging import get_logger
@@ -177,17 +168,17 @@ class S3BlobStore:
         self, chunks: AsyncIterable[bytes], *, filename: str | None, content_type: str, max_bytes: int
     ) -> BlobSource:
         """Stream `chunks` into a new object; past `max_bytes`: InvalidInputError "too_large"."""
-        check_content_type(content_type)
-        blob_id = new_blob_id()
+        blob_checks.check_content_type(content_type)
+        blob_id = blob_checks.new_blob_id()
         key = self.key(blob_id)
-        metered = MeteredStream(chunks, max_bytes=max_bytes)
+        metered = blob_checks.MeteredStream(chunks, max_bytes=max_bytes)
         upload_id: str | None = None
         # Parts being sent while the next one is read: the client's bytes keep arriving meanwhile.
         sending: list[asyncio.Task[CompletedPartTypeDef]] = []
         parts: list[CompletedPartTypeDef] = []
         pending: bytes | None = None  # one part held back: the last may be sent with a plain PUT
         try:
-            async for part in pieces_of(metered, self._part_bytes):
+            async for part in blob_checks.pieces_of(metered, self._part_bytes):
                 if pending is not None:
                     if upload_id is None:
                         with _translate_errors("start a multipart upload"):
@@ -233,7 +224,9 @@ class S3BlobStore:
                 # Shielded: a cancelled request must not leave its parts billed in the bucket.
                 await asyncio.shield(self._abort(key, upload_id))
             raise
-        return saved("s3", blob_id, metered, content_type=content_type, filename=filename, sha256=sha256)
+        return blob_checks.saved(
+            "s3", blob_id, metered, content_type=content_type, filename=filename, sha256=sha256
+        )
 
     async def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> CompletedPartTypeDef:
         with _translate_errors("upload a part"):
@@ -252,9 +245,9 @@ class S3BlobStore:
 
     async def open(self, source: BlobSource) -> S3VideoReader:
         """A reader of the stored object (checks it exists and has the recorded size)."""
-        check_store(source, self.kind)
+        blob_checks.check_store(source, self.kind)
         info = await self.stat(source.blob_id)
-        size = check_stored_size(source, None if info is None else info.size)
+        size = blob_checks.check_stored_size(source, None if info is None else info.size)
         return S3VideoReader(
             self._client,
             bucket=self._bucket,
@@ -265,7 +258,7 @@ class S3BlobStore:
 
     async def stat(self, blob_id: str) -> BlobInfo | None:
         """The stored object's size, or None when there is no such object."""
-        checked_blob_id(blob_id)
+        blob_checks.checked_blob_id(blob_id)
         with _translate_errors("look up a stored video"):
             try:
                 head = await self._client.head_object(Bucket=self._bucket, Key=self.key(blob_id))
@@ -277,6 +270,6 @@ class S3BlobStore:
 
     async def delete(self, blob_id: str) -> None:
         """Delete a stored object; deleting one that is already gone is fine (S3 says 204 either way)."""
-        checked_blob_id(blob_id)
+        blob_checks.checked_blob_id(blob_id)
         with _translate_errors("delete a stored video"):
             await self._client.delete_object(Bucket=self._bucket, Key=self.key(blob_id))
