@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
@@ -131,10 +132,14 @@ class Consumed:
     produced: int = 0
 
     async def committed(self) -> int:
+        """The group's committed offsets on the topic; -1 while the broker has no coordinator for the
+        group yet (a fresh broker loads its offsets topic first), so the caller asks again."""
         admin = AIOKafkaAdminClient(bootstrap_servers=self.kafka)
         await admin.start()
         try:
             offsets = await admin.list_consumer_group_offsets(self.group)
+        except GroupCoordinatorNotAvailableError:
+            return -1
         finally:
             await admin.close()
         return sum(o.offset for tp, o in offsets.items() if tp.topic == self.topic and o.offset >= 0)
