@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,42 @@ async def connect_account(http: httpx.AsyncClient, sandbox: Any) -> str:
     return account_id
 
 
+@contextlib.asynccontextmanager
+async def running_ingest(
+    uri: str, bootstrap: str, sandbox: Any, database: str, topic_prefix: str
+) -> AsyncIterator[tuple[IngestSettings, int]]:
+    """The real ingest service in-process (fresh database and topics, one partition), with its port;
+    stopped at exit."""
+    settings = IngestSettings(
+        kafka_bootstrap_servers=bootstrap,
+        mongodb_uri=uri,
+        mongodb_database=database,
+        topic_upload_requested=f"{topic_prefix}.requested.{database}",
+        topic_publish_events=f"{topic_prefix}.events.{database}",
+        topic_publish_status=f"{topic_prefix}.status.{database}",
+        topic_partitions=1,
+        tiktok_api_base_url=sandbox.base_url,
+        api_keys=API_KEY,
+        allow_private_urls=True,
+        host="127.0.0.1",
+        port=0,
+    )
+    stop = asyncio.Event()
+    ports: list[int] = []
+    service = asyncio.create_task(run(settings, stop, on_bound=ports.append))
+    try:
+        deadline = time.monotonic() + 60
+        while not ports:
+            if service.done() or time.monotonic() > deadline:
+                service.result()
+                raise RuntimeError("ingest did not start")
+            await asyncio.sleep(0.1)
+        yield settings, ports[0]
+    finally:
+        stop.set()
+        await asyncio.wait_for(service, timeout=60)
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
@@ -87,37 +125,17 @@ async def measure_layout(
     collection = LAYOUTS[layout]
     suffix = uuid.uuid4().hex[:8]
     rows = []
-    async with running_sandbox() as sandbox:
-        settings = IngestSettings(
-            kafka_bootstrap_servers=bootstrap,
-            mongodb_uri=uri,
-            mongodb_database=f"bench_{suffix}",
-            topic_upload_requested=f"bench.requested.{suffix}",
-            topic_publish_events=f"bench.events.{suffix}",
-            topic_publish_status=f"bench.status.{suffix}",
-            topic_partitions=1,
-            tiktok_api_base_url=sandbox.base_url,
-            api_keys=API_KEY,
-            allow_private_urls=True,
-            host="127.0.0.1",
-            port=0,
-        )
-        stop = asyncio.Event()
-        ports: list[int] = []
-        service = asyncio.create_task(run(settings, stop, on_bound=ports.append))
+    async with (
+        running_sandbox() as sandbox,
+        running_ingest(uri, bootstrap, sandbox, f"bench_{suffix}", "bench") as (settings, port),
+    ):
         mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, tz_aware=True)
         try:
-            deadline = time.monotonic() + 60
-            while not ports:
-                if service.done() or time.monotonic() > deadline:
-                    service.result()
-                    raise RuntimeError("ingest did not start")
-                await asyncio.sleep(0.1)
             db = mongo[settings.mongodb_database]
             store = MongoUploadStore(db)
             headers = {"Authorization": f"Bearer {API_KEY}"}
             async with httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{ports[0]}", headers=headers, timeout=120
+                base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=120
             ) as http:
                 account_id = await connect_account(http, sandbox)
                 have = 0
@@ -161,8 +179,6 @@ async def measure_layout(
                         flush=True,
                     )
         finally:
-            stop.set()
-            await asyncio.wait_for(service, timeout=60)
             await mongo.close()
     return rows
 

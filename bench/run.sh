@@ -19,3 +19,4 @@ echo "bench: upload speed (Mongo $MONGODB_URI, S3 $S3_ENDPOINT_URL)" >&2
 timeout 3600 "${RUN[@]}" python bench/upload_speed.py "${quick[@]}"
 echo "bench: a big file through ingest (Kafka $KAFKA_BOOTSTRAP_SERVERS)" >&2
 timeout 1800 "${RUN[@]}" python bench/ingest_flow.py "${quick[@]}"
+timeout 900 "${RUN[@]}" python bench/ingest_load.py "${quick[@]}"  # ingest under load vs a bare producer
