@@ -341,11 +341,13 @@ class MongoUploadStore:
         ids = list(post_ids)
         if not ids:
             return None
-        current = await self.get(request_id)
+        current = await self.find_in_flight(request_id)
         if current is None:
-            return None
-        if await self.find_in_flight(request_id) is None:
-            await self._revive(request_id)
+            archived = await self._archive_doc(request_id)
+            if archived is None:
+                return None
+            current = UploadRecord.model_validate(archived)
+            await self._revive(archived)
         now = bson_now()
         announce = OutboxEntry.status(current.state, source=source, at=now)
         return await self._update(
@@ -361,11 +363,8 @@ class MongoUploadStore:
             settled_too=False,
         )
 
-    async def _revive(self, request_id: str) -> None:
+    async def _revive(self, doc: Document) -> None:
         """Put an archived upload back in flight (a late fact to announce); the archive move returns it."""
-        doc = await self._archive_doc(request_id)
-        if doc is None:
-            return
         try:
             with translate_errors("revive an upload"):
                 await self._live.insert_one({**doc, _REV: 0})
