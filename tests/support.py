@@ -6,6 +6,8 @@ import hashlib
 from pathlib import Path
 from typing import TypeVar
 
+from reelay_common.ports import SizedVideo
+
 T = TypeVar("T")
 
 
@@ -15,4 +17,12 @@ def sha256_of(path: Path) -> str:
     with path.open("rb") as f:
         while block := f.read(1 << 20):
             digest.update(block)
+    return digest.hexdigest()
+
+
+async def reader_sha256(reader: SizedVideo) -> str:
+    """The hex SHA-256 of everything a stored video's reader serves."""
+    digest = hashlib.sha256()
+    async for piece in reader.stream(0, reader.size):
+        digest.update(piece)
     return digest.hexdigest()

@@ -3,7 +3,6 @@ or S3 (a real SeaweedFS), byte-identical, named in the request; a full local bud
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from reelay_testing.kafka import read_topic
 
 from tests.integration.ingest.ingest_world import ingest_world
 from tests.integration.ingest.test_ingest_service import MB, _Video, stored_uploads
+from tests.support import reader_sha256
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -35,11 +35,7 @@ def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, 
 async def stored_sha256(settings: Any, db: Any, source: BlobSource) -> str:
     async with AsyncExitStack() as stack:
         store = await open_blob_store(settings, stack, db=db)
-        reader = await store.open(source)
-        digest = hashlib.sha256()
-        async for piece in reader.stream(0, reader.size):
-            digest.update(piece)
-        return digest.hexdigest()
+        return await reader_sha256(await store.open(source))
 
 
 class TestConfiguredStore:

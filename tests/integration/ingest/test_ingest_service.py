@@ -23,6 +23,7 @@ from tiktok_sandbox.media import iter_sample_mp4
 from tiktok_sandbox.webhooks import event_body, signature_header
 
 from tests.integration.ingest.ingest_world import IngestWorld
+from tests.support import reader_sha256
 
 MB = 1_000_000
 
@@ -52,11 +53,7 @@ async def stored_uploads(db: Any) -> int:
 
 
 async def blob_sha256(world: IngestWorld, source: BlobSource) -> str:
-    reader = await GridFSBlobStore(world.db).open(source)
-    digest = hashlib.sha256()
-    async for piece in reader.stream(0, reader.size):
-        digest.update(piece)
-    return digest.hexdigest()
+    return await reader_sha256(await GridFSBlobStore(world.db).open(source))
 
 
 class TestStreamedUpload:
