@@ -8,9 +8,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, Security
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 from reelay_common.domain.messages import (
     BlobSource,
@@ -43,7 +42,6 @@ from reelay_ingest.handlers import (
     register_account,
 )
 from reelay_ingest.media import checked_stream, video_content_type
-from reelay_ingest.problems import Unauthorized
 from reelay_ingest.schemas import (
     UPLOAD_FORM_SCHEMA,
     AccountRegistration,
@@ -59,6 +57,7 @@ from reelay_ingest.schemas import (
     UploadView,
     WebhookAck,
 )
+from reelay_ingest.tenancy import context_of, current_tenant
 from reelay_ingest.webhooks import parse_webhook, verify_signature
 
 log = get_logger(__name__)
@@ -75,27 +74,10 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorBody} for s in statuses}
 
 
-def context_of(request: Request) -> AppContext:
-    """The app's AppContext (set by create_app)."""
-    return cast(AppContext, request.app.state.context)
-
-
 ContextDep = Annotated[AppContext, Depends(context_of)]
-_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <API key>`")
 
 
-async def require_api_key(
-    context: ContextDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-) -> None:
-    """Let the request in only with a configured API key (compared in constant time)."""
-    if credentials is None:
-        raise Unauthorized("an API key is required: send Authorization: Bearer <key>")
-    if not context.api_key_valid(credentials.credentials):
-        raise Unauthorized("the API key is not valid")
-
-
-api = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_errors(401))
+api = APIRouter(prefix="/v1", dependencies=[Depends(current_tenant)], responses=_errors(401))
 hooks = APIRouter(prefix="/v1", tags=["webhooks"])
 ops = APIRouter(tags=["operations"])
 
