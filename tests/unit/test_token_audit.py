@@ -4,6 +4,7 @@ document, in a key, in bytes, in a log line; and not in its Fernet ciphertext.""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from bson import Binary
 from cryptography.fernet import Fernet
@@ -24,7 +25,7 @@ class TestFindInDocuments:
         assert TOKEN not in str(found), "the report must not repeat the token"
 
     def test_finds_a_token_in_bytes_and_in_keys(self) -> None:
-        docs = [
+        docs: list[tuple[str, dict[str, Any]]] = [
             ("fs.chunks", {"_id": "c1", "data": Binary(b"\x00" + TOKEN.encode() + b"\x00")}),
             ("ledger", {"_id": "l1", "seen": {OTHER: True}}),
         ]
