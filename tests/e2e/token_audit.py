@@ -26,7 +26,8 @@ REELAY_SERVICES = ("ingest", "uploader", "status-poller")
 class TokenLedger:
     """Every access and refresh token the sandbox issued to the users of a test, old and new."""
 
-    tokens: set[str] = field(default_factory=set)
+    # Out of the repr: a failing assertion prints its operands, and these are the secrets searched for.
+    tokens: set[str] = field(default_factory=set, repr=False)
 
     async def collect(self, http: httpx.AsyncClient, stack: Stack, open_id: str) -> set[str]:
         """Add every token the sandbox holds for `open_id` (live, used, expired or revoked alike);
