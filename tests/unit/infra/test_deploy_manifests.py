@@ -32,7 +32,13 @@ SETTINGS_BY_COMMAND: dict[str, type[BaseSettings]] = {
     "tiktok-sandbox": SandboxSettings,
 }
 SECRET_NAME = "reelay-secrets"  # created by the operator, documented in base/configmap.yaml
-SECRET_KEYS = {"MONGODB_URI", "TIKTOK_CLIENT_SECRET", "REELAY_TOKEN_ENCRYPTION_KEY", "INGEST_API_KEYS"}
+SECRET_KEYS = {
+    "MONGODB_URI",
+    "TIKTOK_CLIENT_SECRET",
+    "REELAY_TOKEN_ENCRYPTION_KEY",
+    "REELAY_TOKEN_ENCRYPTION_KEYS",
+    "INGEST_API_KEYS",
+}
 
 
 def env_names(settings: type[BaseSettings]) -> set[str]:

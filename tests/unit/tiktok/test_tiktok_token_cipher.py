@@ -1,4 +1,5 @@
-"""TokenCipher: tokens at rest are Fernet ciphertexts, unreadable without the key."""
+"""TokenCipher: tokens at rest are Fernet ciphertexts, unreadable without the key; with several keys
+the first encrypts and every one decrypts (a key rotation)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,65 @@ class TestTokenCipher:
             TokenCipher(SecretStr(bad_key))
         if bad_key:
             assert bad_key not in str(info.value)
+
+
+def new_key() -> SecretStr:
+    return SecretStr(Fernet.generate_key().decode())
+
+
+class TestTokenCipherWithSeveralKeys:
+    def test_an_older_key_still_decrypts(self) -> None:
+        old = new_key()
+        sealed = TokenCipher(old).encrypt(TOKEN)
+
+        assert TokenCipher([new_key(), old]).decrypt(sealed) == TOKEN
+
+    def test_the_first_key_encrypts(self) -> None:
+        new, old = new_key(), new_key()
+        sealed = TokenCipher([new, old]).encrypt(TOKEN)
+
+        assert TokenCipher(new).decrypt(sealed) == TOKEN
+        with pytest.raises(AuthExpiredError):
+            TokenCipher(old).decrypt(sealed)
+
+    def test_a_token_under_none_of_the_keys_is_refused_clearly(self) -> None:
+        sealed = TokenCipher(new_key()).encrypt(TOKEN)
+        cipher = TokenCipher([new_key(), new_key()])
+
+        with pytest.raises(AuthExpiredError, match="any configured key") as info:
+            cipher.decrypt(sealed)
+        assert info.value.code == "token_undecryptable"
+        assert cipher.key_index(sealed) is None
+        with pytest.raises(AuthExpiredError, match="any configured key"):
+            cipher.rotate(sealed)
+
+    def test_key_index_names_the_key_that_made_a_token(self) -> None:
+        new, old, older = new_key(), new_key(), new_key()
+        cipher = TokenCipher([new, old, older])
+
+        assert cipher.key_count == 3
+        assert cipher.key_index(TokenCipher(new).encrypt(TOKEN)) == 0
+        assert cipher.key_index(TokenCipher(older).encrypt(TOKEN)) == 2
+        assert cipher.key_index("not a fernet token") is None
+
+    def test_rotate_re_encrypts_under_the_first_key_keeping_the_plaintext(self) -> None:
+        new, old = new_key(), new_key()
+        sealed = TokenCipher(old).encrypt(TOKEN)
+
+        rotated = TokenCipher([new, old]).rotate(sealed)
+
+        assert rotated != sealed
+        assert TokenCipher(new).decrypt(rotated) == TOKEN
+
+    def test_refuses_an_empty_key_list(self) -> None:
+        with pytest.raises(ValueError, match="at least one"):
+            TokenCipher([])
+
+    def test_names_the_malformed_key_by_position_never_by_value(self) -> None:
+        bad = "not base64 at all, but long enough to be 32 bytes!!"
+        with pytest.raises(ValueError, match="key 2 of 2 must be 32 bytes") as info:
+            TokenCipher([new_key(), SecretStr(bad)])
+        assert bad not in str(info.value)
 
 
 class TestAccountTokens:

@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
-from typing import Any, Literal, cast
+from typing import Any, Literal, TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -82,8 +82,9 @@ def _use_json(fmt: LogFormat) -> bool:
     return not sys.stdout.isatty()
 
 
-def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
-    """Configure structlog and stdlib logging once: JSON when not a TTY (or fmt=json), context merged."""
+def configure_logging(level: str = "info", fmt: LogFormat = "auto", *, stream: TextIO | None = None) -> None:
+    """Configure structlog and stdlib logging once: JSON when not a TTY (or fmt=json), context merged;
+    to stdout unless `stream` says otherwise (a command whose stdout is its report logs to stderr)."""
     numeric_level = logging.getLevelNamesMapping().get(level.upper())
     if numeric_level is None:
         raise ValueError(f"unknown log level {level!r}; use debug, info, warning or error")
@@ -128,7 +129,7 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
         foreign_pre_chain=[*shared, *shared_tail],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):

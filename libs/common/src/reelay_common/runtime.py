@@ -136,7 +136,7 @@ class Infrastructure:
                 instrument_http_client(httpx.AsyncClient(timeout=settings.tiktok_timeout_seconds))
             )
             tiktok = TikTokClient.from_settings(tiktok_http, settings)
-            accounts = MongoAccountStore(db, TokenCipher(settings.token_encryption_key))
+            accounts = MongoAccountStore(db, TokenCipher(settings.token_keys()))
             uploads = MongoUploadStore(db)
             outbox = OutboxRelay(
                 uploads,

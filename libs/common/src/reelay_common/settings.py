@@ -4,10 +4,11 @@ env prefix (INGEST_, UPLOADER_, POLLER_); the shared fields keep their unprefixe
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from cryptography.fernet import Fernet
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from reelay_common.domain.messages import (
     TOPIC_PUBLISH_EVENTS,
@@ -47,6 +48,10 @@ class TopicSettings(BaseSettings):
 
 class CommonSettings(TopicSettings):
     """Settings every service reads: the topic settings, and the rest of what they share."""
+
+    # A refused value is not echoed in the error (pydantic shows the input by default): many of
+    # these values are secrets (the token keys, the client secret, the Mongo URI's password).
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, hide_input_in_errors=True)
 
     environment: Literal["dev", "prod"] = Field("dev", validation_alias="REELAY_ENV")
 
@@ -93,14 +98,68 @@ class CommonSettings(TopicSettings):
     token_encryption_key: SecretStr = Field(
         SecretStr(DEV_TOKEN_KEY), validation_alias="REELAY_TOKEN_ENCRYPTION_KEY"
     )
+    # Several keys, comma-separated, for a rotation (README "Rotating the token key"): the first
+    # encrypts, every one decrypts. Unset: REELAY_TOKEN_ENCRYPTION_KEY is the only key.
+    token_encryption_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, validation_alias="REELAY_TOKEN_ENCRYPTION_KEYS"
+    )
+
+    @field_validator("token_encryption_keys", mode="before")
+    @classmethod
+    def _split_token_keys(cls, v: Any) -> Any:
+        # Empty is unset (what a compose file's `${VAR:-}` passes); commas alone are a mistake.
+        if isinstance(v, str):
+            keys = [k.strip() for k in v.split(",") if k.strip()]
+            if v.strip() and not keys:
+                raise ValueError("REELAY_TOKEN_ENCRYPTION_KEYS names no key (unset it, or list keys)")
+            return keys
+        return v
+
+    def token_keys(self) -> list[SecretStr]:
+        """The token keys in order, the one that encrypts first (validated when the settings load)."""
+        return list(self.token_encryption_keys) or [self.token_encryption_key]
+
+    def _token_keys_setting(self) -> str:
+        """The variable the token keys come from, for error messages."""
+        if self.token_encryption_keys:
+            return "REELAY_TOKEN_ENCRYPTION_KEYS"
+        return "REELAY_TOKEN_ENCRYPTION_KEY"
+
+    @model_validator(mode="after")
+    def _token_keys_well_formed(self) -> CommonSettings:
+        # Every message names a key by its position, never by its value.
+        keys = [k.get_secret_value() for k in self.token_keys()]
+        name = self._token_keys_setting()
+        for i, key in enumerate(keys):
+            where = f"{name} entry {i + 1} of {len(keys)}" if len(keys) > 1 else name
+            try:
+                Fernet(key.encode())
+            except (ValueError, TypeError):
+                raise ValueError(
+                    f"{where} must be 32 bytes, urlsafe base64-encoded (Fernet.generate_key())"
+                ) from None
+            if key in keys[:i]:
+                raise ValueError(f"{where} repeats entry {keys.index(key) + 1}: list each key once")
+        if (
+            self.token_encryption_keys
+            and "token_encryption_key" in self.model_fields_set
+            and self.token_encryption_key.get_secret_value() not in keys
+        ):
+            # Two settings that disagree: refuse rather than guess which keys the operator meant.
+            raise ValueError(
+                "REELAY_TOKEN_ENCRYPTION_KEY is set but is not one of REELAY_TOKEN_ENCRYPTION_KEYS: "
+                "list it there (or unset it)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _no_placeholders_in_prod(self) -> CommonSettings:
         if self.environment == "prod":
             if self.tiktok_client_secret.get_secret_value() == DEV_CLIENT_SECRET:
                 raise ValueError("TIKTOK_CLIENT_SECRET must be set in prod (the dev placeholder is refused)")
-            if self.token_encryption_key.get_secret_value() == DEV_TOKEN_KEY:
-                raise ValueError("REELAY_TOKEN_ENCRYPTION_KEY must be set in prod (the dev key is refused)")
+            if any(k.get_secret_value() == DEV_TOKEN_KEY for k in self.token_keys()):
+                name = self._token_keys_setting()
+                raise ValueError(f"{name} must be set in prod (the dev key is refused, in any position)")
         return self
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ import typer
 from pymongo.asynchronous.database import AsyncDatabase
 from reelay_common.adapters.mongo.client import connect, ensure_indexes
 
+from reelay_ingest.admin import tokens
 from reelay_ingest.settings import IngestSettings
 
 APP_NAME = "reelay-admin"
@@ -48,6 +49,9 @@ def indexes() -> None:
 
     asyncio.run(run())
     typer.echo("indexes: ok")
+
+
+app.add_typer(tokens.app, name="tokens")
 
 
 def main() -> None:
