@@ -22,6 +22,11 @@ status/fetch alone; with it, the sandbox also sends TikTok's webhooks to ingest.
     set -a; . infra.env; set +a; uv run python bench/pipeline.py            # 1,000 uploads over 100 accounts
     set -a; . infra.env; set +a; uv run python bench/pipeline.py --quick    # 100 over 10
 
+`--store ferretdb-postgresql` runs on a private FerretDB started here instead of MONGODB_URI's;
+`--webhooks` has the sandbox send TikTok's webhooks; `--profile` counts each service's Mongo
+commands and their round-trip time (bench/profile_hook); `--uploader-replicas 2` adds a replica.
+Results and what limits them: bench/RESULTS.md, "The pipeline against TikTok's limits".
+
 Everything is bounded by `--timeout` seconds, so the run stops by itself.
 """
 
@@ -355,7 +360,10 @@ def analyse(
     lasts = sorted(max(v) for v in inits.values())
     account_done = sorted(max(r["terminal"] for r in rows) for rows in per_account.values())
     wall = last_terminal - t0
-    starved = [a for a, rows in per_account.items() if max(r["terminal"] for r in rows) > 1.2 * bound.seconds]
+    # Held up by the others: done later than the median account by more than a fifth of the bound
+    # (every account has the same work and the same limits, so fairness means a narrow spread).
+    slack = pct(account_done, 0.5) + 0.2 * bound.seconds if account_done else math.inf
+    starved = [a for a, rows in per_account.items() if max(r["terminal"] for r in rows) > slack]
     return {
         "wall": wall,
         "states": dict(states),
@@ -392,7 +400,9 @@ def main() -> None:  # one linear script: start, run, read, print
         default="env",
         help="the state server: MONGODB_URI's (default) or a private FerretDB started here",
     )
-    parser.add_argument("--timeout", type=float, help="seconds the run may take after the first POST")
+    parser.add_argument(
+        "--timeout", type=float, help="seconds the run may take after the first POST (540; quick 150)"
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -405,7 +415,8 @@ def main() -> None:  # one linear script: start, run, read, print
     if uploads % accounts:
         parser.error("--uploads must be a multiple of --accounts (the same count per account)")
     bound = bound_of(uploads // accounts, args.processing_delay)
-    timeout = args.timeout or max(120.0, 3 * bound.seconds)
+    # Inside the issue's caps with the stack's start-up: about 2 minutes quick, 10 minutes in full.
+    timeout = args.timeout or (150.0 if args.quick else 540.0)
     kafka = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
     workdir = Path(tempfile.mkdtemp(prefix="reelay-bench-pipeline-"))
     started = datetime.now(UTC)
@@ -493,7 +504,10 @@ def main() -> None:  # one linear script: start, run, read, print
     )
     print(bound.formula())
     print()
-    print("| uploads / accounts | terminal | wall s | bound s | wall / bound | target | accounts starved |")
+    print(
+        "| uploads / accounts | terminal | wall s | bound s | wall / bound | target "
+        "| accounts starved (done > median account + 0.2 x bound) |"
+    )
     print("|---|---|---|---|---|---|---|")
     verdict = "met" if ratio <= 1.2 and done >= uploads else "missed"
     print(
