@@ -48,7 +48,7 @@ from reelay_common.ports import ChunkedUpload, ProgressCallback, SizedVideo, Vid
 from reelay_testing.clocks import FakeClock
 from reelay_testing.publisher import FakePublisher
 from reelay_testing.readers import BytesVideoReader
-from reelay_testing.stores import FakeUploadStore
+from reelay_testing.stores import FakeCreatorInfoCache, FakeUploadStore
 from reelay_uploader.handlers import PROGRESS_CHECKPOINT_INTERVAL, UploaderDeps, handle_upload_requested
 
 from tests.recording import recording
@@ -697,6 +697,52 @@ class TestExpiredUploadUrls:
         assert record.state is UploadState.FAILED
         assert record.history[-1].detail["code"] == "file_format_check_failed"
         assert len(world.tiktok.inits) == 1
+
+
+class TestCreatorInfo:
+    """A direct post is checked against creator_info; with the cache ingest shares, one answer
+    serves an account's posts for its lifetime (no TikTok call, no rate-limit slot each)."""
+
+    @staticmethod
+    def cached(world: World, max_age_seconds: float = 60.0) -> FakeCreatorInfoCache:
+        cache = FakeCreatorInfoCache(world.clock, max_age_seconds=max_age_seconds)
+        world.deps = replace(world.deps, creator_infos=cache)
+        return cache
+
+    async def test_without_a_cache_every_direct_post_asks_tiktok(self) -> None:
+        world = make_world()
+        for request_id in ("req-1", "req-2"):
+            await handle_upload_requested(direct(request_id), world.deps)
+
+        assert world.tiktok.creator_info_calls == 2
+        assert [await world.state(r) for r in ("req-1", "req-2")] == [UploadState.UPLOADED] * 2
+
+    async def test_one_answer_serves_the_accounts_posts_until_it_is_too_old(self) -> None:
+        world = make_world()
+        self.cached(world)
+        for request_id in ("req-1", "req-2"):
+            await handle_upload_requested(direct(request_id), world.deps)
+        assert world.tiktok.creator_info_calls == 1
+
+        world.clock.advance(61)
+        await handle_upload_requested(direct("req-3"), world.deps)
+
+        assert world.tiktok.creator_info_calls == 2
+        assert [await world.state(r) for r in ("req-1", "req-2", "req-3")] == [UploadState.UPLOADED] * 3
+
+    async def test_a_kept_answer_refuses_a_level_it_does_not_offer_before_any_init(self) -> None:
+        world = make_world()
+        cache = self.cached(world)
+        kept = CreatorInfo.model_validate(
+            {"creator_nickname": "Demo", "privacy_level_options": ["SELF_ONLY"]}
+        )
+        cache.kept["acct-1"] = (kept, world.clock())
+        cmd = direct(privacy="PUBLIC_TO_EVERYONE")
+        await handle_upload_requested(cmd, world.deps)
+
+        assert (await world.failure(cmd.request_id))["code"] == "privacy_level_not_offered"
+        assert world.tiktok.creator_info_calls == 0  # TikTok offers it; the kept answer did not
+        assert world.tiktok.inits == []
 
 
 class TestRefusals:

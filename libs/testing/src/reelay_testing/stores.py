@@ -1,4 +1,5 @@
-"""Fakes of the Mongo-backed stores (ports.UploadStore, ports.AccountStore), kept in dicts.
+"""Fakes of the Mongo-backed stores (ports.UploadStore, ports.AccountStore, ports.CreatorInfoCache),
+kept in dicts.
 
 Written from the ports' contract, not from the adapters: the contract suites in
 tests/integration/platform run the same assertions on these and on the real stores.
@@ -7,7 +8,7 @@ tests/integration/platform run the same assertions on these and on the real stor
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,7 +23,7 @@ from reelay_common.domain.records import (
     check_settable,
 )
 from reelay_common.domain.states import TERMINAL_STATES, UploadState, can_transition
-from reelay_common.domain.tiktok import TokenGrant
+from reelay_common.domain.tiktok import CreatorInfo, TokenGrant
 
 from reelay_testing.roundtrip import as_stored, stored_now, to_millis
 
@@ -290,3 +291,21 @@ class FakeAccountStore:
             }
         )
         self.tokens[account_id] = (f"act.{account_id}", f"rft.{account_id}")
+
+
+class FakeCreatorInfoCache:
+    """ports.CreatorInfoCache in a dict: an account's answer is kept `max_age_seconds` by `clock`
+    (a FakeClock in tests), as MongoCreatorInfoCache keeps it for every replica."""
+
+    def __init__(self, clock: Callable[[], datetime], *, max_age_seconds: float = 60.0) -> None:
+        self._clock = clock
+        self._max_age = timedelta(seconds=max_age_seconds)
+        self.kept: dict[str, tuple[CreatorInfo, datetime]] = {}
+
+    async def get_or_fetch(self, account_id: str, fetch: Callable[[], Awaitable[CreatorInfo]]) -> CreatorInfo:
+        kept = self.kept.get(account_id)
+        if kept is not None and self._clock() - kept[1] < self._max_age:
+            return kept[0]
+        info = await fetch()
+        self.kept[account_id] = (info, self._clock())
+        return info

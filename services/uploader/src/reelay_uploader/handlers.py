@@ -59,10 +59,16 @@ from reelay_common.domain.rules import (
     uses_up_retry_deadline,
 )
 from reelay_common.domain.states import UploadState
-from reelay_common.domain.tiktok import FileUploadSourceInfo, PublishStatus, PullFromUrlSourceInfo
+from reelay_common.domain.tiktok import (
+    CreatorInfo,
+    FileUploadSourceInfo,
+    PublishStatus,
+    PullFromUrlSourceInfo,
+)
 from reelay_common.logging import bind_learned, get_logger
 from reelay_common.ports import (
     ChunkedUpload,
+    CreatorInfoCache,
     Outbox,
     Publisher,
     Recorder,
@@ -117,6 +123,11 @@ class UploaderDeps:
     # Deletes a file streamed into ingest once TikTok holds its bytes or the upload failed for good:
     # without it, stored videos would pile up forever.
     discard_blob: BlobDiscarder | None = None
+    # creator_info kept a short while for every replica and ingest (the same cache): a direct post
+    # checked against an answer under a minute old, as ingest checks it, costs no TikTok call and
+    # no rate-limit slot on the upload's critical path (bench/RESULTS.md, "Pipeline"). None: ask
+    # TikTok for every direct post.
+    creator_infos: CreatorInfoCache | None = None
 
 
 @dataclass(frozen=True)
@@ -434,9 +445,19 @@ class _Job:
                     code="unsupported_media_type",
                 )
         if self.rec.mode == "direct" and self.rec.post_info is not None:
-            info = await self.deps.tiktok.creator_info(self.rec.account_id)
+            info = await self._creator_info()
             check_privacy_level(self.rec.post_info.privacy_level, info.privacy_level_options)
         self._validated = True
+
+    async def _creator_info(self) -> CreatorInfo:
+        account_id, tiktok = self.rec.account_id, self.deps.tiktok
+
+        async def fetch() -> CreatorInfo:
+            return await tiktok.creator_info(account_id)
+
+        if self.deps.creator_infos is None:
+            return await fetch()
+        return await self.deps.creator_infos.get_or_fetch(account_id, fetch)
 
     async def _init_file_upload(self) -> _FilePublish:
         """Init a FILE_UPLOAD publish and checkpoint it before a single byte is sent."""

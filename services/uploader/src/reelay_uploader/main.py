@@ -11,6 +11,7 @@ from datetime import timedelta
 import httpx
 from reelay_common.adapters.guarded_http import guarded_transport
 from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
+from reelay_common.adapters.mongo.creator_info import MongoCreatorInfoCache
 from reelay_common.adapters.url_reader import UrlVideoReader
 from reelay_common.domain.messages import BlobSource, DeadLetter, UploadRequested, UrlSource
 from reelay_common.logging import get_logger
@@ -92,6 +93,9 @@ async def run(
             max_init_attempts=settings.max_init_attempts,
             upload_url_margin=timedelta(seconds=settings.upload_url_margin_seconds),
             retry_deadline=timedelta(seconds=settings.retry_deadline_seconds),
+            creator_infos=MongoCreatorInfoCache(
+                infra.db, max_age_seconds=settings.creator_info_cache_seconds
+            ),
         )
 
         # The consumer loop binds topic/partition/offset and the message's ids to every log line.

@@ -29,6 +29,9 @@ class UploaderSettings(CommonSettings):
     max_init_attempts: int = Field(3, ge=1, le=10)
     # upload_url lives 1 h; stop trusting it this long before, so a resume never starts on a dying URL.
     upload_url_margin_seconds: float = Field(300.0, ge=0, lt=3600)
+    # How long one creator_info answer serves an account's direct posts (the cache ingest fills
+    # too, shared by every replica); 0 asks TikTok before every direct post.
+    creator_info_cache_seconds: float = Field(60.0, ge=0)
     ops_host: str = "127.0.0.1"
     ops_port: int = Field(9101, ge=0, le=65535)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
