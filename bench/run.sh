@@ -20,3 +20,4 @@ timeout 3600 "${RUN[@]}" python bench/upload_speed.py "${quick[@]}"
 echo "bench: a big file through ingest (Kafka $KAFKA_BOOTSTRAP_SERVERS)" >&2
 timeout 1800 "${RUN[@]}" python bench/ingest_flow.py "${quick[@]}"
 timeout 900 "${RUN[@]}" python bench/ingest_load.py "${quick[@]}"  # ingest under load vs a bare producer
+timeout 900 "${RUN[@]}" python bench/cli_memory.py "${quick[@]}"  # `reelay upload FILE` streams: flat RSS
