@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
+
+import pytest
+from reelay_cli.app import open_in_browser
 
 from tests.unit.cli.cli_fakes import (
     Browser,
@@ -160,3 +164,11 @@ class TestAccounts:
         result = run("accounts", "connect", "acme", "--no-wait", "--json")
         assert result.exit_code == 0
         assert [line["type"] for line in json_lines(result.stdout)] == ["authorize"]
+
+
+def test_no_console_browser_is_started_without_a_display(monkeypatch: pytest.MonkeyPatch) -> None:
+    # webbrowser would fall back to lynx or w3m in the terminal; the URL is printed instead.
+    monkeypatch.setattr(sys, "platform", "linux")
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER"):
+        monkeypatch.delenv(name, raising=False)
+    assert open_in_browser("https://tiktok.test/auth") is False

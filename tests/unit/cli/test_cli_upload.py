@@ -189,6 +189,19 @@ class TestWait:
         assert "gave up waiting after 5 s; the upload is uploading" in result.stderr
         assert sum(clock.slept) == 5
 
+    def test_ctrl_c_stops_following_only_and_exits_130(self, run: Run, ingest: FakeIngest) -> None:
+        scripted(ingest, upload_view("req-1", ["accepted", "uploading"]))
+
+        def interrupted(seconds: float) -> None:
+            raise KeyboardInterrupt
+
+        clock = FakeClock()
+        clock.sleep = interrupted  # type: ignore[method-assign]  # the user presses Ctrl-C while it waits
+        result = run("upload", "https://x.test/v.mp4", "-a", "acme", "--wait", wiring_=wiring(ingest, clock))
+        assert result.exit_code == 130
+        assert "the upload goes on (reelay status req-1 --watch)" in result.stderr
+        assert [r.method for r in ingest.requests] == ["POST", "GET"], "nothing is cancelled"
+
     def test_rides_out_an_ingest_restart(self, run: Run, ingest: FakeIngest) -> None:
         scripted(
             ingest,

@@ -6,6 +6,8 @@ follow polls (follow.py), what is printed (output.py). This module wires them to
 
 from __future__ import annotations
 
+import os
+import sys
 import webbrowser
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,6 +40,7 @@ EXIT_CODES = """\
   be reached
 - 2: usage: bad flags or missing configuration
 - 3: unconfirmed: --wait, --watch or connect timed out, or the upload ended unconfirmed or cancelled
+- 130: interrupted (Ctrl-C) while following; the upload itself goes on
 """
 
 HELP = f"""Upload videos to TikTok through Reelay's ingest API, follow them, and manage accounts.
@@ -51,6 +54,19 @@ object with a "type" per line) with --wait, --watch and accounts connect.
 DEFAULT_TIMEOUT_SECONDS = 600.0
 
 
+def open_in_browser(url: str) -> bool:
+    """Open `url` in a graphical browser, if this session has one. Without a display on Linux,
+    webbrowser would fall back to a console browser (lynx, w3m) that takes over the terminal and
+    cannot do TikTok's login; the URL is printed either way. $BROWSER, when set, is respected."""
+    graphical = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("BROWSER")
+    if sys.platform.startswith("linux") and not graphical:
+        return False
+    try:
+        return webbrowser.open(url)
+    except webbrowser.Error:
+        return False
+
+
 @dataclass
 class Wiring:
     """What a command talks to. The real ones by default; unit tests pass their own as the click
@@ -58,7 +74,7 @@ class Wiring:
 
     transport: httpx.BaseTransport | None = None
     clock: Clock = field(default_factory=Clock)
-    open_browser: Callable[[str], bool] = webbrowser.open
+    open_browser: Callable[[str], bool] = open_in_browser
     force_terminal: bool | None = None
 
 
@@ -253,9 +269,14 @@ def _follow(
         else:
             out.say(state_line(entry))
 
-    followed = follow_upload(
-        api, request_id, timeout=timeout, interval=interval, clock=clock, on_state=on_state
-    )
+    try:
+        followed = follow_upload(
+            api, request_id, timeout=timeout, interval=interval, clock=clock, on_state=on_state
+        )
+    except KeyboardInterrupt:
+        # Only the following stops: the upload is ingest's now (`reelay cancel` withdraws it).
+        out.note(f"stopped following; the upload goes on (reelay status {request_id} --watch)")
+        _exit(ExitCode.INTERRUPTED)
     _exit(_report_outcome(out, followed, timeout))
 
 

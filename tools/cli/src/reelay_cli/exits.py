@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     FAILED = 1  # the upload ended `failed`, or the API refused the request, or it could not be reached
     USAGE = 2  # bad flags or missing configuration (click's own code for usage errors)
     UNCONFIRMED = 3  # gave up waiting, or the upload ended without a confirmed outcome
+    INTERRUPTED = 130  # Ctrl-C while following: the shell's 128 + SIGINT; the upload goes on
 
 
 # A direct post ends `published`; an inbox upload ends `inbox_delivered` (the creator finishes the
