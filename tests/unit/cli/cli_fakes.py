@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from reelay_cli.app import Wiring
+from reelay_cli.commands import Wiring
 from reelay_cli.follow import Clock
 
 API_KEY = "unit-key"

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from reelay_cli.app import Wiring, app
+from reelay_cli.app import app
+from reelay_cli.commands import Wiring
 from typer.testing import CliRunner, Result
 
 from tests.unit.cli.cli_fakes import API_KEY, BASE, FakeIngest, wiring

@@ -6,7 +6,7 @@ import json
 import sys
 
 import pytest
-from reelay_cli.app import open_in_browser
+from reelay_cli.commands import open_in_browser
 
 from tests.unit.cli.cli_fakes import (
     Browser,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from reelay_cli.app import Wiring
+from reelay_cli.commands import Wiring
 
 from tests.unit.cli.cli_fakes import BASE, FakeIngest, error
 from tests.unit.cli.conftest import Run

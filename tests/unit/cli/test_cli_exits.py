@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from reelay_cli.app import State
 from reelay_cli.exits import TERMINAL_STATES as CLI_TERMINAL_STATES
 from reelay_cli.exits import ExitCode, exit_code_of_state
+from reelay_cli.uploads import State
 from reelay_common.domain.states import TERMINAL_STATES, UploadState
 
 

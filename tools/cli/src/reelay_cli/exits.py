@@ -36,3 +36,16 @@ def exit_code_of_state(state: str) -> ExitCode:
     if state in FAILURE_STATES:
         return ExitCode.FAILED
     return ExitCode.UNCONFIRMED
+
+
+# The exit codes as `reelay --help` shows them (Typer's markdown help).
+EXIT_CODES = """\
+**Exit codes**
+
+- 0: published (inbox_delivered for --inbox), or the command succeeded
+- 1: the upload failed, or the API refused the request (its error code is printed), or it could not
+  be reached
+- 2: usage: bad flags or missing configuration
+- 3: unconfirmed: --wait, --watch or connect timed out, or the upload ended unconfirmed or cancelled
+- 130: interrupted (Ctrl-C) while following; the upload itself goes on
+"""
