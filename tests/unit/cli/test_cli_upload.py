@@ -70,6 +70,12 @@ class TestFileUpload:
         assert b"\r\n\r\ninbox\r\n" in ingest.bodies[0]
         assert b'name="post_info"' not in ingest.bodies[0]
 
+    def test_a_directory_is_a_usage_error(self, run: Run, ingest: FakeIngest, tmp_path: Path) -> None:
+        result = run("upload", str(tmp_path), "--account", "acme")
+        assert result.exit_code == 2
+        assert "not a regular file" in result.stderr
+        assert ingest.requests == []
+
     def test_a_missing_file_is_a_usage_error(self, run: Run, ingest: FakeIngest, tmp_path: Path) -> None:
         result = run("upload", str(tmp_path / "nope.mp4"), "--account", "acme")
         assert result.exit_code == 2

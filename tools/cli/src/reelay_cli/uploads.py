@@ -92,8 +92,14 @@ def upload(
     if not is_url:
         if "://" in source:
             raise typer.BadParameter("only http:// and https:// URLs can be uploaded", param_hint="FILE|URL")
-        if not path.is_file():
+        if not path.exists():
             raise typer.BadParameter(f"no such file: {source}", param_hint="FILE|URL")
+        if not path.is_file():
+            raise typer.BadParameter(f"not a regular file: {source}", param_hint="FILE|URL")
+        try:
+            path.open("rb").close()  # refused here, not as a traceback halfway through the request
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read {source}: {exc.strerror}", param_hint="FILE|URL") from exc
     mode = "inbox" if inbox else "direct"
     level = (privacy or Privacy.SELF_ONLY).value
     out = Output(json_mode=json_mode, force_terminal=wiring.force_terminal)
