@@ -33,13 +33,13 @@ RUN := $(UV) run --no-sync
 BARE_PY := $(shell test -x $(ROOT)/.venv/bin/python && echo $(ROOT)/.venv/bin/python || echo python3)
 
 # Every workspace member (pyproject.toml's [tool.uv.workspace]); deptry checks each against its own pyproject.
-MEMBERS := libs/common libs/testing services/ingest services/uploader services/status-poller tools/tiktok-sandbox
+MEMBERS := libs/common libs/testing services/ingest services/uploader services/status-poller tools/tiktok-sandbox tools/cli
 # An editable install records no top-level module, so deptry would only guess a member's import name
 # from its distribution name: state it.
-DEPTRY_MAP := reelay-common=reelay_common,reelay-testing=reelay_testing
+DEPTRY_MAP := reelay-common=reelay_common,reelay-testing=reelay_testing,reelay-cli=reelay_cli
 
 MYPY_PATHS := libs/common/src libs/testing/src services/ingest/src services/uploader/src services/status-poller/src \
-              tools/tiktok-sandbox/src scripts
+              tools/tiktok-sandbox/src tools/cli/src scripts
 
 .PHONY: help install venv kafka ferretdb seaweedfs up down status demo logs test lint format typecheck \
         test-python packages schemas k8s deploy-check clean bench

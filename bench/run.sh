@@ -24,3 +24,4 @@ timeout 1800 "${RUN[@]}" python bench/ingest_flow.py "${quick[@]}"
 timeout 900 "${RUN[@]}" python bench/ingest_load.py "${quick[@]}"  # ingest under load vs a bare producer
 echo "bench: the pipeline against TikTok's per-token limits" >&2
 timeout 900 "${RUN[@]}" python bench/pipeline.py "${quick[@]}"  # its own --timeout bounds the run itself
+timeout 900 "${RUN[@]}" python bench/cli_memory.py "${quick[@]}"  # `reelay upload FILE` streams: flat RSS

@@ -19,8 +19,9 @@ declare -A ENTRY=(
   [reelay-uploader]=reelay_uploader.__main__
   [reelay-status-poller]=reelay_status_poller.__main__
   [tiktok-sandbox]=tiktok_sandbox.__main__
+  [reelay-cli]=reelay_cli.__main__
 )
-ORDER=(reelay-common reelay-testing reelay-ingest reelay-uploader reelay-status-poller tiktok-sandbox)
+ORDER=(reelay-common reelay-testing reelay-ingest reelay-uploader reelay-status-poller tiktok-sandbox reelay-cli)
 if [ "$#" -gt 0 ]; then ORDER=("$@"); fi
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/reelay-check-packages.XXXXXX")"
