@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench` (QUICK=1: `make bench QUICK=1`): the upload-speed table (bench/upload_speed.py) and
-# the big-file run through ingest (bench/ingest_flow.py). Like `make test`, unless
+# the big-file run through ingest (bench/ingest_flow.py), ingest under load (bench/ingest_load.py) and
+# status tracking (bench/status_tracking.py: calls and delay per publish by poll schedule). Like `make test`, unless
 # KAFKA_BOOTSTRAP_SERVERS / MONGODB_URI / S3_ENDPOINT_URL point at running servers it starts its own
 # (scripts/stack.py test-infra, the same servers, ports and lock as `make test`) and stops them on
 # exit. Every child of the benchmarks is bounded by a timeout, so the run stops by itself.
@@ -20,3 +21,5 @@ timeout 3600 "${RUN[@]}" python bench/upload_speed.py "${quick[@]}"
 echo "bench: a big file through ingest (Kafka $KAFKA_BOOTSTRAP_SERVERS)" >&2
 timeout 1800 "${RUN[@]}" python bench/ingest_flow.py "${quick[@]}"
 timeout 900 "${RUN[@]}" python bench/ingest_load.py "${quick[@]}"  # ingest under load vs a bare producer
+echo "bench: status tracking, learnt schedule vs backoff vs the 2-minute check (Kafka $KAFKA_BOOTSTRAP_SERVERS)" >&2
+timeout 1200 "${RUN[@]}" python bench/status_tracking.py "${quick[@]}"

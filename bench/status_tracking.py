@@ -74,7 +74,7 @@ class Scale:
     spread: float
 
 
-FULL = Scale(12, 3, 10, 10.0, base_seconds=8.0, per_mb_seconds=6.0, spread=0.35)
+FULL = Scale(8, 3, 8, 10.0, base_seconds=8.0, per_mb_seconds=6.0, spread=0.35)
 # QUICK scales the processing times down by half (and the counts further) to end in ~2 minutes.
 QUICK = Scale(4, 4, 6, 6.0, base_seconds=4.0, per_mb_seconds=3.0, spread=0.35)
 

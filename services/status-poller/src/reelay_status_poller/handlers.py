@@ -444,7 +444,9 @@ async def _schedule(
     )
 
 
-async def _learned_next_poll(record: UploadRecord, now: datetime, deps: PollerDeps) -> datetime | None:
+async def _learned_next_poll(
+    record: UploadRecord, now: datetime, deps: PollerDeps, *, polled_now: bool = False
+) -> datetime | None:
     """The next poll by the learnt schedule, or None without one (learning off or nothing trusted)."""
     if deps.profiles is None or deps.learning is None:
         return None
@@ -456,13 +458,15 @@ async def _learned_next_poll(record: UploadRecord, now: datetime, deps: PollerDe
         min_interval=deps.policy.min_interval,
         max_interval=deps.policy.max_interval,
         backoff=deps.policy.interval,
+        polled_now=polled_now,
     )
     return None if next_at is None else _before_deadline(record, now, next_at, deps.policy)
 
 
 async def _plan_next_poll(record: UploadRecord, now: datetime, deps: PollerDeps) -> datetime:
-    """The learnt next poll where there is one, else today's backoff."""
-    return await _learned_next_poll(record, now, deps) or _next_poll_at(record, now, deps.policy)
+    """After a poll: the learnt next poll where there is one, else today's backoff."""
+    learned = await _learned_next_poll(record, now, deps, polled_now=True)
+    return learned or _next_poll_at(record, now, deps.policy)
 
 
 async def _learn_from_webhook(

@@ -150,12 +150,15 @@ class LearnedSchedule:
         return profile is not None and profile.count >= self.min_observations and bool(profile.weights)
 
     def planned_offsets(self, profile: ProcessingProfile, cap: float) -> list[float]:
-        """Poll times (seconds from tracking start) covering the learned window: the first one
-        `max_gap` after its start, then every `max_gap` (never more than `cap`, the longest wait
-        allowed between polls) until its end; before the first, polls every `cap` if it is far."""
+        """Poll times (seconds from processing start) covering the learned window: the first one
+        `max_gap` after its start (or at the median, if sooner), then every `max_gap` (never more
+        than `cap`, the longest wait allowed between polls) until its end; before the first, polls
+        every `cap` if it is far."""
         gap = min(self.max_gap, cap)
         start, end = profile.quantile(self.low), profile.quantile(self.high)
-        first = start + gap
+        # Never later than the median: where most publishes are done before tracking even starts
+        # (the window starts at 0), the first poll is at once rather than a gap later.
+        first = min(start + gap, profile.quantile(0.5))
         offsets = [cap * i for i in range(1, math.ceil(first / cap))]
         t = first
         while True:
