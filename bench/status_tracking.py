@@ -50,6 +50,10 @@ from typing import Any
 
 import httpx
 from pymongo import MongoClient
+from reelay_common.domain.profiles import LearnedSchedule, ProcessingProfile, size_class
+from reelay_status_poller.learning import next_offset
+from reelay_status_poller.main import learning_of, policy_of
+from reelay_status_poller.settings import PollerSettings
 from tiktok_sandbox.media import write_sample_mp4
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: tests.e2e
@@ -199,6 +203,8 @@ def measure(mongo: MongoClient[dict[str, Any]], run: Run, ids: list[str]) -> lis
             {
                 "calls": float(pub["status_fetches"]),
                 "processing": pub["completed_at"] - pub["processing_started_at"],
+                "size": float(pub["video_size"] or 0),
+                "order": pub["processing_started_at"],
                 "delay": at - pub["completed_at"],
                 # Before the poller even tracks it (uploader -> Kafka -> poller): no schedule helps there.
                 "lag": tracked - pub["processing_started_at"],
@@ -208,6 +214,50 @@ def measure(mongo: MongoClient[dict[str, Any]], run: Run, ids: list[str]) -> lis
             }
         )
     return rows
+
+
+def simulate(rows: list[dict[str, float]], *, learn: bool) -> tuple[list[float], list[float]]:
+    """The poller's own schedule code on the drawn processing times, with no infrastructure at all
+    (tracking starts as TikTok starts, a poll answers at once): calls and delays per publish, the
+    publishes in the order TikTok started them, profiles per size class learnt as they settle."""
+    settings = PollerSettings.model_validate({"learn_schedule": learn})
+    policy, schedule = policy_of(settings), learning_of(settings) or LearnedSchedule()
+    profiles: dict[str, ProcessingProfile] = {}
+    calls, delays = [], []
+    for row in sorted(rows, key=lambda r: r["order"]):
+        klass = size_class(int(row["size"]))
+        profile = profiles.get(klass)
+        trusted = learn and schedule.trusts(profile)
+        offsets = schedule.planned_offsets(profile, cap=policy.max_interval) if trusted and profile else []
+
+        def after(t: float, n: int, offsets: list[float] = offsets, trusted: bool = trusted) -> float:
+            if not trusted:
+                return t + policy.interval(n - 1)  # after the n-th poll, as the handlers do
+            return next_offset(
+                offsets,
+                t,
+                last_polled=t,
+                min_interval=policy.min_interval,
+                max_interval=policy.max_interval,
+                backoff=policy.interval,
+            )
+
+        first = 0.0
+        if trusted:
+            first = next_offset(
+                offsets,
+                0.0,
+                min_interval=policy.min_interval,
+                max_interval=policy.max_interval,
+                backoff=policy.interval,
+            )
+        t, last, n = first, 0.0, 1
+        while t < row["processing"]:
+            last, t, n = t, after(t, n), n + 1
+        calls.append(float(n))
+        delays.append(t - row["processing"])
+        profiles[klass] = profiles.get(klass, ProcessingProfile()).observe(last, t)
+    return calls, delays
 
 
 def pct(values: list[float], p: float) -> float:
@@ -338,6 +388,18 @@ def main() -> None:
     ):
         rows = results[name]
         print(table_row(label, [r["calls"] for r in rows], [r["delay"] for r in rows], base, rows))
+    # The same drawn times through the schedules alone (warm-up first, as above): what the schedule
+    # decides when the machine adds nothing.
+    every = results["learned:warmup"] + results["learned"]
+    measured = {id(r) for r in results["learned"]}
+    for learn, label in (
+        (False, "simulated, no lag: today's backoff"),
+        (True, "simulated, no lag: learnt (after warm-up)"),
+    ):
+        sim_calls, sim_delays = simulate(every, learn=learn)
+        ordered = sorted(every, key=lambda r: r["order"])
+        keep = [i for i, r in enumerate(ordered) if id(r) in measured]
+        print(table_row(label, [sim_calls[i] for i in keep], [sim_delays[i] for i in keep], base, []))
     print()
     for name, s in stats.items():
         responses = s.get("responses", {})
