@@ -210,6 +210,18 @@ class TestPollerLearning:
             (ALL_ACCOUNTS, klass, pytest.approx(2.0, abs=0.1), pytest.approx(5.0, abs=0.1)),
         ]
 
+    async def test_a_publish_done_at_the_first_poll_teaches_since_processing_began(
+        self, poller: PollerWorld, profiles: FakePollProfiles
+    ) -> None:
+        poller.tiktok.script(PUB, status("PUBLISH_COMPLETE"))
+        await track(poller)
+        poller.clock.advance(7)  # the first poll comes late (a busy poller): TikTok is done
+        await poller.poll_when_due()
+        # Not "after tracking started": TikTok may have finished before the poller even tracked it.
+        _account, _klass, low, high = profiles.observations[0]
+        assert low == 0.0
+        assert high == pytest.approx(7.0, abs=0.1)
+
     async def test_once_learnt_the_first_poll_waits_for_the_learnt_window(
         self, poller: PollerWorld, profiles: FakePollProfiles
     ) -> None:

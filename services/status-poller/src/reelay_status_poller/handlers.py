@@ -270,9 +270,9 @@ async def poll_once(record: UploadRecord, deps: PollerDeps) -> PollOutcome:
     now = deps.clock()
     if current.state.is_terminal:
         if updated is not None and updated.state.is_terminal and deps.profiles is not None:
-            # This poll saw TikTok finish: some time after the previous poll that saw it working.
-            after = record.poll_last_at or record.tracking_started_at or asked_at
-            await observe_terminal(deps.profiles, record, after=after, by=now)
+            # This poll saw TikTok finish: some time after the previous poll that saw it working
+            # (without one, any time since processing began, tracking may have started late).
+            await observe_terminal(deps.profiles, record, after=record.poll_last_at, by=now)
         await _watch_post_ids_or_stop(current, now, deps)
         log.info("publish_settled", state=current.state.value, tiktok_status=status.status)
         return PollOutcome.SETTLED

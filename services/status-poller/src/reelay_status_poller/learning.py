@@ -115,14 +115,15 @@ async def learned_profile(
 
 
 async def observe_terminal(
-    profiles: PollProfiles, record: UploadRecord, *, after: datetime, by: datetime
+    profiles: PollProfiles, record: UploadRecord, *, after: datetime | None, by: datetime
 ) -> None:
     """Teach the profiles of `record` (its account's and every account's, for its size class) that
-    TikTok finished it at some time in [after, by]; a failure to learn is logged, not raised."""
+    TikTok finished it at some time in [after, by] (`after` None: since processing began); a
+    failure to learn is logged, not raised."""
     started = processing_since(record)
     if started is None:
         return
-    low = max(0.0, (after - started).total_seconds())
+    low = 0.0 if after is None else max(0.0, (after - started).total_seconds())
     high = max(low, (by - started).total_seconds())
     klass = size_class(record.video_size)
     try:
