@@ -39,6 +39,7 @@ STORED_KEYS = [
     "poll_attempts",
     "poll_lease_until",
     "tracking_started_at",
+    "poll_last_at",
     "trace_context",
     "callbacks",
     "outbox",

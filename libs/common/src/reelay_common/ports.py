@@ -30,6 +30,7 @@ from reelay_common.domain.messages import (
     UploadMode,
     UploadRequested,
 )
+from reelay_common.domain.profiles import ProcessingProfile
 from reelay_common.domain.records import AccountRecord, CallbackDelivery, Change, OutboxEntry, UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import (
@@ -97,8 +98,11 @@ class UploadStore(Protocol):
         """Atomically lease one tracked upload whose `poll_next_at` has come (status-poller)."""
         ...
 
-    async def schedule_poll(self, request_id: str, next_at: datetime, *, attempts: int) -> None:
-        """Set when to poll next and release the lease."""
+    async def schedule_poll(
+        self, request_id: str, next_at: datetime, *, attempts: int, polled_at: datetime | None = None
+    ) -> None:
+        """Set when to poll next and release the lease; `polled_at`: when TikTok answered this poll
+        without a terminal status (kept as `poll_last_at`)."""
         ...
 
     async def archive_settled(self, now: datetime, *, grace_seconds: float, limit: int = 100) -> int:
@@ -352,4 +356,19 @@ class WebhookLedger(Protocol):
 
     async def remember(self, key: str) -> None:
         """Note the webhook `key` as applied (idempotent)."""
+        ...
+
+
+class PollProfiles(Protocol):
+    """The processing times the status-poller has learnt, one ProcessingProfile per (account,
+    size class), shared by every replica and kept across restarts (docs/design.md, "A poll schedule
+    that learns")."""
+
+    async def get(self, account_id: str, size_class: str) -> ProcessingProfile | None:
+        """The profile of `account_id` (or `ALL_ACCOUNTS`) and `size_class`; None before any observation."""
+        ...
+
+    async def observe(self, account_id: str, size_class: str, low: float, high: float) -> ProcessingProfile:
+        """Add one processing time known to lie in [low, high] seconds, atomically (concurrent
+        observations of several replicas are all kept); returns the profile after."""
         ...

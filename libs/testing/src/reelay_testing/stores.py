@@ -1,5 +1,5 @@
-"""Fakes of the Mongo-backed stores (ports.UploadStore, ports.AccountStore, ports.CreatorInfoCache),
-kept in dicts.
+"""Fakes of the Mongo-backed stores (ports.UploadStore, AccountStore, CreatorInfoCache,
+PollProfiles), kept in dicts.
 
 Written from the ports' contract, not from the adapters: the contract suites in
 tests/integration/platform run the same assertions on these and on the real stores.
@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from reelay_common.domain.messages import StateSource, UploadRequested
+from reelay_common.domain.profiles import ProcessingProfile
 from reelay_common.domain.records import (
     AccountRecord,
     AccountStatus,
@@ -143,11 +144,20 @@ class FakeUploadStore:
         record = min(due, key=lambda r: r.poll_next_at or at)
         return self._put(record, {"poll_lease_until": now + timedelta(seconds=lease_seconds)})
 
-    async def schedule_poll(self, request_id: str, next_at: datetime, *, attempts: int) -> None:
-        """Set when to poll next and release the lease."""
+    async def schedule_poll(
+        self, request_id: str, next_at: datetime, *, attempts: int, polled_at: datetime | None = None
+    ) -> None:
+        """Set when to poll next and release the lease (and when TikTok was last asked, if it was)."""
         record = self.records.get(request_id)
         if record is not None:
-            self._put(record, {"poll_next_at": next_at, "poll_attempts": attempts, "poll_lease_until": None})
+            fields: dict[str, Any] = {
+                "poll_next_at": next_at,
+                "poll_attempts": attempts,
+                "poll_lease_until": None,
+            }
+            if polled_at is not None:
+                fields["poll_last_at"] = polled_at
+            self._put(record, fields)
 
     async def archive_settled(self, now: datetime, *, grace_seconds: float, limit: int = 100) -> int:
         """Count out uploads settled (terminal, no longer watched) and quiet for `grace_seconds`."""
@@ -309,3 +319,22 @@ class FakeCreatorInfoCache:
         info = await fetch()
         self.kept[account_id] = (info, self._clock())
         return info
+
+
+class FakePollProfiles:
+    """ports.PollProfiles in a dict; each observation atomic (no await inside)."""
+
+    def __init__(self) -> None:
+        self.profiles: dict[tuple[str, str], ProcessingProfile] = {}
+        self.observations: list[tuple[str, str, float, float]] = []
+
+    async def get(self, account_id: str, size_class: str) -> ProcessingProfile | None:
+        """The profile kept for (account_id, size_class), or None."""
+        return self.profiles.get((account_id, size_class))
+
+    async def observe(self, account_id: str, size_class: str, low: float, high: float) -> ProcessingProfile:
+        """Fold one observation into the kept profile."""
+        after = self.profiles.get((account_id, size_class), ProcessingProfile()).observe(low, high)
+        self.profiles[(account_id, size_class)] = after
+        self.observations.append((account_id, size_class, low, high))
+        return after

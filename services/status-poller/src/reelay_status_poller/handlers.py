@@ -12,7 +12,7 @@ import asyncio
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from reelay_common.domain.errors import (
@@ -24,14 +24,17 @@ from reelay_common.domain.errors import (
     TransientTikTokError,
 )
 from reelay_common.domain.messages import PublishEvent, StateSource, TikTokWebhookReceived, VideoUploaded
+from reelay_common.domain.profiles import LearnedSchedule
 from reelay_common.domain.records import Change, UploadRecord
 from reelay_common.domain.rules import Backoff, upload_state_for
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import PublishStatus, PublishStatusCode
 from reelay_common.logging import bind_learned, get_logger
 from reelay_common.metrics import STATUS_POLLS_PER_PUBLISH
-from reelay_common.ports import Outbox, Recorder, TikTokApi, UploadStore, WebhookLedger
+from reelay_common.ports import Outbox, PollProfiles, Recorder, TikTokApi, UploadStore, WebhookLedger
 from reelay_common.tracing import trace_carrier
+
+from reelay_status_poller.learning import observe_terminal, plan_next_poll
 
 log = get_logger(__name__)
 
@@ -82,6 +85,9 @@ class PollerDeps:
     policy: PollPolicy
     clock: Callable[[], datetime]
     webhooks: WebhookLedger  # the webhooks already applied: a redelivery changes nothing
+    # The learnt schedule (learning.py); without both, today's backoff alone.
+    profiles: PollProfiles | None = None
+    learning: LearnedSchedule | None = None
 
 
 class PollOutcome(enum.StrEnum):
@@ -142,6 +148,9 @@ async def start_tracking(event: VideoUploaded, deps: PollerDeps) -> None:
         }
         if record.tracking_started_at is None:
             fields["tracking_started_at"] = now
+            # The first poll where processing usually ends, if that was learnt; else at once.
+            fresh = record.model_copy(update={"tracking_started_at": now, "poll_attempts": 0})
+            fields["poll_next_at"] = await _learned_next_poll(fresh, now, deps) or now
             fields["poll_attempts"] = 0
             fields["trace_context"] = trace_carrier()  # each poll continues this trace
         updated = await deps.uploads.checkpoint(event.request_id, fields, expect_state=record.state)
@@ -199,7 +208,9 @@ async def _apply_webhook_to(record: UploadRecord, event: TikTokWebhookReceived, 
             detail["user_posted_draft"] = True
         if status == "FAILED" and event.reason is not None:
             detail["fail_reason"] = event.reason
-        await _record_terminal(record, meaning.state, "webhook", detail, deps)
+        moved = await _record_terminal(record, meaning.state, "webhook", detail, deps)
+        if moved is not None and deps.profiles is not None:
+            await _learn_from_webhook(record, event, deps.profiles, deps.clock())
         if meaning.user_posted_draft and record.user_posted_draft_at is None:  # TikTok may repeat it
             await _note_fact(record, {"user_posted_draft_at": deps.clock()}, deps)
     elif event.event == EVENT_PUBLICLY_AVAILABLE:
@@ -233,6 +244,7 @@ async def poll_once(record: UploadRecord, deps: PollerDeps) -> PollOutcome:
         log.error("tracking_without_publish_id_stopped", state=record.state.value)
         return PollOutcome.STOPPED
 
+    asked_at = now
     try:
         async with asyncio.timeout(deps.policy.fetch_timeout):
             status = await deps.tiktok.fetch_status(record.account_id, record.publish_id)
@@ -257,12 +269,16 @@ async def poll_once(record: UploadRecord, deps: PollerDeps) -> PollOutcome:
         current = await _add_post_ids(current, status.publicaly_available_post_id, "poller", deps) or current
     now = deps.clock()
     if current.state.is_terminal:
+        if updated is not None and updated.state.is_terminal and deps.profiles is not None:
+            # This poll saw TikTok finish: some time after the previous poll that saw it working
+            # (without one, any time since processing began, tracking may have started late).
+            await observe_terminal(deps.profiles, record, after=record.poll_last_at, by=now)
         await _watch_post_ids_or_stop(current, now, deps)
         log.info("publish_settled", state=current.state.value, tiktok_status=status.status)
         return PollOutcome.SETTLED
     if _give_up_due(current, now, deps.policy):
         return await _give_up(current, {"last_tiktok_status": status.status}, deps)
-    await _schedule(current, _next_poll_at(current, now, deps.policy), deps)
+    await _schedule(current, await _plan_next_poll(current, now, deps), deps, polled_at=asked_at)
     log.debug("publish_still_processing", state=current.state.value, tiktok_status=status.status)
     return PollOutcome.PROGRESSED if updated is not None else PollOutcome.WAITING
 
@@ -310,7 +326,7 @@ async def _after_retryable(record: UploadRecord, exc: RetryableError, deps: Poll
     now = deps.clock()
     if not record.state.is_terminal and _give_up_due(record, now, deps.policy):
         return await _give_up(record, {"last_error": exc.detail()}, deps)
-    next_at = _next_poll_at(record, now, deps.policy)
+    next_at = await _plan_next_poll(record, now, deps)
     if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
         next_at = max(next_at, now + timedelta(seconds=exc.retry_after))
     await _schedule(record, next_at, deps)
@@ -420,8 +436,48 @@ async def _note_fact(record: UploadRecord, fields: Mapping[str, Any], deps: Poll
     await deps.uploads.checkpoint(record.request_id, fields)
 
 
-async def _schedule(record: UploadRecord, next_at: datetime, deps: PollerDeps) -> None:
-    await deps.uploads.schedule_poll(record.request_id, next_at, attempts=record.poll_attempts + 1)
+async def _schedule(
+    record: UploadRecord, next_at: datetime, deps: PollerDeps, *, polled_at: datetime | None = None
+) -> None:
+    await deps.uploads.schedule_poll(
+        record.request_id, next_at, attempts=record.poll_attempts + 1, polled_at=polled_at
+    )
+
+
+async def _learned_next_poll(
+    record: UploadRecord, now: datetime, deps: PollerDeps, *, polled_now: bool = False
+) -> datetime | None:
+    """The next poll by the learnt schedule, or None without one (learning off or nothing trusted)."""
+    if deps.profiles is None or deps.learning is None:
+        return None
+    next_at = await plan_next_poll(
+        record,
+        now,
+        profiles=deps.profiles,
+        schedule=deps.learning,
+        min_interval=deps.policy.min_interval,
+        max_interval=deps.policy.max_interval,
+        backoff=deps.policy.interval,
+        polled_now=polled_now,
+    )
+    return None if next_at is None else _before_deadline(record, now, next_at, deps.policy)
+
+
+async def _plan_next_poll(record: UploadRecord, now: datetime, deps: PollerDeps) -> datetime:
+    """After a poll: the learnt next poll where there is one, else today's backoff."""
+    learned = await _learned_next_poll(record, now, deps, polled_now=True)
+    return learned or _next_poll_at(record, now, deps.policy)
+
+
+async def _learn_from_webhook(
+    record: UploadRecord, event: TikTokWebhookReceived, profiles: PollProfiles, now: datetime
+) -> None:
+    """A terminal webhook says when TikTok finished (its create_time, whole seconds, TikTok's clock):
+    clamped to what this side knows (not before the last poll that saw it working, not after now)."""
+    told = datetime.fromtimestamp(event.create_time, UTC)
+    by = min(now, told + timedelta(seconds=1))
+    after = min(by, max(told, record.poll_last_at or told))
+    await observe_terminal(profiles, record, after=after, by=by)
 
 
 async def _watch_post_ids_or_stop(record: UploadRecord, now: datetime, deps: PollerDeps) -> bool:
@@ -483,6 +539,10 @@ def _give_up_due(record: UploadRecord, now: datetime, policy: PollPolicy) -> boo
 def _next_poll_at(record: UploadRecord, now: datetime, policy: PollPolicy) -> datetime:
     """The adaptive next poll, never later than the give-up deadline (so giving up is on time)."""
     next_at = now + timedelta(seconds=policy.interval(record.poll_attempts))
+    return _before_deadline(record, now, next_at, policy)
+
+
+def _before_deadline(record: UploadRecord, now: datetime, next_at: datetime, policy: PollPolicy) -> datetime:
     started = record.tracking_started_at or record.created_at
     deadline = started + timedelta(seconds=policy.give_up_after)
     return min(next_at, deadline) if deadline > now else next_at

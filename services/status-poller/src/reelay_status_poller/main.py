@@ -10,8 +10,10 @@ from typing import Any
 
 from reelay_common.adapters.callbacks import callback_sender
 from reelay_common.adapters.kafka.consumer import ConsumerLoop, RecordContext
+from reelay_common.adapters.mongo.poll_profiles import MongoPollProfiles
 from reelay_common.adapters.mongo.webhooks import MongoWebhookLedger
 from reelay_common.domain.messages import PUBLISH_EVENT_ADAPTER, PublishEvent, PublishStatusChanged, utcnow
+from reelay_common.domain.profiles import LearnedSchedule
 from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.rules import Backoff
 from reelay_common.logging import get_logger
@@ -43,6 +45,15 @@ def policy_of(settings: PollerSettings) -> PollPolicy:
         give_up_after=settings.give_up_after_seconds,
         post_id_watch=settings.post_id_watch_seconds,
         fetch_timeout=settings.lease_seconds * FETCH_SHARE_OF_LEASE,
+    )
+
+
+def learning_of(settings: PollerSettings) -> LearnedSchedule | None:
+    """The learnt schedule the settings describe; None when learning is off (the backoff alone)."""
+    if not settings.learn_schedule:
+        return None
+    return LearnedSchedule(
+        max_gap=settings.learned_max_gap_seconds, min_observations=settings.learn_min_observations
     )
 
 
@@ -95,6 +106,9 @@ async def run(
             policy=policy,
             clock=utcnow,
             webhooks=MongoWebhookLedger(infra.db),
+            # Profiles are learnt even with learning off, so turning it on starts from what was seen.
+            profiles=MongoPollProfiles(infra.db),
+            learning=learning_of(settings),
         )
 
         # The consumer loop binds topic/partition/offset and the message's ids to every log line.

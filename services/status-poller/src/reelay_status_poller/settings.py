@@ -21,6 +21,12 @@ class PollerSettings(CommonSettings):
     min_interval_seconds: float = Field(2.0, gt=0)
     max_interval_seconds: float = Field(60.0, gt=0)
     backoff_factor: float = Field(1.5, ge=1.0)
+    # The learnt schedule (docs/design.md, "A poll schedule that learns"): from the processing times
+    # seen per account and size class (Mongo `poll_profiles`), polls at most learned_max_gap apart
+    # where TikTok usually finishes, the backoff above outside; off, the backoff alone.
+    learn_schedule: bool = True
+    learned_max_gap_seconds: float = Field(8.0, gt=0)
+    learn_min_observations: int = Field(5, ge=1)
     # Without a terminal TikTok status this long after tracking started, the upload is `unconfirmed`.
     give_up_after_seconds: float = Field(7200.0, gt=0)
     # A published PUBLIC_TO_EVERYONE direct post gets its post ids only after moderation

@@ -411,7 +411,9 @@ class TikTokApi:
 
     async def status_fetch(self, call: Call) -> dict[str, Any]:
         """§6 status of a publish the caller's user owns."""
-        return self._owned_publish(call).status_data(self.settings.post_id_json)
+        pub = self._owned_publish(call)
+        pub.status_fetches += 1
+        return pub.status_data(self.settings.post_id_json)
 
     async def cancel(self, call: Call) -> dict[str, Any]:
         """Best effort: only PULL_FROM_URL downloads that are not nearly done (§2)."""

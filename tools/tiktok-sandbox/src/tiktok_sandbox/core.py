@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 import ssl
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,8 @@ class Sandbox:
         self.state = state
         self.settings = state.settings
         self.webhooks = webhooks
+        # Draws the processing times; seeded, a run draws the same times in the same order.
+        self._rng = random.Random(state.settings.processing_seed)  # not for secrets
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -59,6 +63,7 @@ class Sandbox:
             return
         pub.status = "FAILED"
         pub.fail_reason = reason
+        pub.completed_at = self.state.now()
         log.info("publish_failed", publish_id=pub.publish_id, reason=reason)
         self.emit(
             "post.publish.failed",
@@ -96,7 +101,9 @@ class Sandbox:
 
     async def _process(self, pub: Publish) -> None:
         try:
-            await asyncio.sleep(self.settings.processing_delay_seconds)
+            pub.processing_seconds = self.processing_delay(pub)
+            pub.processing_started_at = self.state.now()
+            await asyncio.sleep(pub.processing_seconds)
             reason = self.state.faults.take_forced_failure()
             if reason is None and pub.file_path is not None:
                 reason = await asyncio.to_thread(self._check_media, pub)
@@ -107,6 +114,15 @@ class Sandbox:
         finally:
             if pub.file_path is not None and not self.settings.keep_files:
                 pub.file_path.unlink(missing_ok=True)
+
+    def processing_delay(self, pub: Publish) -> float:
+        """This publish's processing time: the base, a share per MB of the video, a lognormal spread."""
+        s = self.settings
+        size = pub.plan.video_size if pub.plan is not None else (pub.download_total or 0)
+        delay = s.processing_delay_seconds + s.processing_seconds_per_mb * size / 1_000_000
+        if s.processing_spread > 0:
+            delay *= math.exp(self._rng.gauss(0.0, s.processing_spread))
+        return delay
 
     def _check_media(self, pub: Publish) -> str | None:
         """§9 checks in TikTok's terms; returns a fail_reason or None."""
@@ -133,6 +149,7 @@ class Sandbox:
         publish_type = self._publish_type(pub)
         if pub.mode == "inbox":
             pub.status = "SEND_TO_USER_INBOX"
+            pub.completed_at = self.state.now()
             log.info("publish_inbox_delivered", publish_id=pub.publish_id)
             self.emit(
                 "post.publish.inbox_delivered",
@@ -141,6 +158,7 @@ class Sandbox:
             )
             return
         pub.status = "PUBLISH_COMPLETE"
+        pub.completed_at = self.state.now()
         log.info("publish_complete", publish_id=pub.publish_id)
         self.emit(
             "post.publish.complete", pub.open_id, {"publish_id": pub.publish_id, "publish_type": publish_type}

@@ -26,7 +26,14 @@ class SandboxSettings(BaseSettings):
     # Registered redirect URIs for /v2/auth/authorize/; empty accepts any.
     redirect_uris: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    processing_delay_seconds: float = 2.0
+    # How long TikTok processes a publish once every byte is in: processing_delay_seconds plus
+    # processing_seconds_per_mb for each MB (10^6 bytes) of the video, times a lognormal factor
+    # exp(N(0, processing_spread)) drawn per publish (seeded by processing_seed, if set). The
+    # defaults keep it a fixed 2 s.
+    processing_delay_seconds: float = Field(2.0, ge=0)
+    processing_seconds_per_mb: float = Field(0.0, ge=0)
+    processing_spread: float = Field(0.0, ge=0, le=3)
+    processing_seed: int | None = None
     moderation_delay_seconds: float = 1.0
     download_delay_seconds: float = 0.0
     upload_url_ttl_seconds: float = 3600.0

@@ -170,6 +170,12 @@ class Publish:
     post_ids: list[int] = field(default_factory=list)
     media: MediaInfo | None = None
     task: asyncio.Task[None] | None = None
+    # What the benchmarks read back: the processing time drawn for it, when processing began and
+    # when its status became terminal (wall clock), and how many status/fetch calls asked about it.
+    processing_seconds: float | None = None
+    processing_started_at: float | None = None
+    completed_at: float | None = None
+    status_fetches: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -217,6 +223,10 @@ class Publish:
             "handled": self.handled,
             "sha256": self.sha256,
             "post_ids": [str(i) for i in self.post_ids],
+            "processing_seconds": self.processing_seconds,
+            "processing_started_at": self.processing_started_at,
+            "completed_at": self.completed_at,
+            "status_fetches": self.status_fetches,
             "media": None
             if self.media is None
             else {

@@ -166,6 +166,9 @@ class UploadRecord(BaseModel):
     poll_attempts: int = 0
     poll_lease_until: datetime | None = None
     tracking_started_at: datetime | None = None
+    # When TikTok last answered a poll without a terminal status: a terminal status seen next is
+    # known to have come between that poll and the next (what the learnt schedule observes).
+    poll_last_at: datetime | None = None
     # The W3C trace context tracking started in (traceparent, tracestate): each poll continues it.
     trace_context: dict[str, str] | None = None
     # The callbacks of its states, by state (UploadStore.record_callback, the callbacks consumer).

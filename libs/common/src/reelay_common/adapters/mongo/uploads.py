@@ -375,11 +375,20 @@ class MongoUploadStore:
         with translate_errors("read an upload"):
             return await self._archive.find_one({"_id": request_id})
 
-    async def schedule_poll(self, request_id: str, next_at: datetime, *, attempts: int) -> None:
-        """Set when to poll next and release the lease."""
+    async def schedule_poll(
+        self, request_id: str, next_at: datetime, *, attempts: int, polled_at: datetime | None = None
+    ) -> None:
+        """Set when to poll next and release the lease (and when TikTok was last asked, if it was)."""
+        fields: Document = {
+            "poll_next_at": to_bson(next_at),
+            "poll_attempts": attempts,
+            "poll_lease_until": None,
+        }
+        if polled_at is not None:
+            fields["poll_last_at"] = to_bson(polled_at)
         await self._update(
             {"_id": request_id},
-            {"$set": {"poll_next_at": to_bson(next_at), "poll_attempts": attempts, "poll_lease_until": None}},
+            {"$set": fields},
             what="schedule a poll",
             settled_too=False,
         )
