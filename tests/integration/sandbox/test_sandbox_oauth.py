@@ -25,6 +25,7 @@ async def _authorize(http: httpx.AsyncClient, **params: str) -> dict[str, list[s
         "scope": "user.info.basic,video.publish,video.upload",
         "redirect_uri": REDIRECT,
         "state": "st-123",
+        "sandbox_consent": "auto",
         **params,
     }
     resp = await http.get("/v2/auth/authorize/", params=query, follow_redirects=False)

@@ -258,14 +258,14 @@ class TestAccountStore:
         assert second.token_version == first.token_version + 1
         assert second.status == "connected"
 
-    async def test_revoked_accounts_forget_their_tokens(
+    async def test_disconnected_accounts_forget_their_tokens(
         self, layer: TikTokLayer, sandbox: SandboxHandle
     ) -> None:
         await connect_account(layer, sandbox.base_url, "acct", username="gone")
-        await layer.store.mark_revoked("acct")
+        await layer.store.mark_disconnected("acct", reason="test")
         tokens = await layer.store.get_tokens("acct")
         assert tokens is not None
-        assert tokens.status == "revoked"
+        assert tokens.status == "disconnected"
         assert tokens.access_token is None
         assert tokens.refresh_token is None
         with pytest.raises(AuthExpiredError):
