@@ -1,7 +1,7 @@
-"""Specification of an account's life through the whole stack (docs/architecture.md, "The account
-lifecycle"): connected through TikTok's OAuth like a browser would, an upload for it published;
-and each way of losing it (a refresh TikTok refuses, TikTok's authorization.removed) stops its
-queued uploads with their code, with nothing retried."""
+"""Specification of an account's life through the whole stack
+(docs/architecture.md, "The account lifecycle"): connected through TikTok's OAuth as a browser
+would, an upload for it published; and each way of losing it (a refresh TikTok refuses, TikTok's
+authorization.removed) stops its queued uploads with their code, with nothing retried."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""Specification of connecting, keeping and losing an account (docs/architecture.md, "The account
-lifecycle"): ingest on real Kafka and FerretDB, TikTok's OAuth played by the sandbox, the browser
-by httpx (tests.browser). Two tenants come from a stand-in for the API key check (tenancy's own
-keys replace it), bound through the app's dependency overrides."""
+"""Specification of connecting, keeping and losing an account
+(docs/architecture.md, "The account lifecycle"): ingest on real Kafka and FerretDB, TikTok's
+OAuth played by the sandbox, the browser by httpx (tests.browser). Two tenants come from a
+stand-in for the API key check (tenancy's own keys replace it), bound through the app's
+dependency overrides."""
 
 from __future__ import annotations
 
