@@ -216,7 +216,10 @@ class TestDeadGrants:
         assert revoke.status_code == 200
         with pytest.raises(AuthExpiredError) as info:
             await layer.tokens.access_token("acct")
-        assert info.value.code == "invalid_grant"
+        # The upload's code says what to do; TikTok's own answer is its cause.
+        assert info.value.code == "account_reauth_required"
+        assert isinstance(info.value.__cause__, AuthExpiredError)
+        assert info.value.__cause__.code == "invalid_grant"
         record = await layer.store.get("acct")
         assert record is not None
         assert record.status == "reauth_required"
