@@ -56,7 +56,7 @@ class TestLosingAnAccount:
         video: Path,
         mongo_client: AsyncMongoClient[dict[str, Any]],
     ) -> None:
-        account_id, _ = await connect_account_via_oauth(http, stack)
+        account_id, open_id = await connect_account_via_oauth(http, stack)
         stack.kill("uploader")
         try:
             queued = [await post_video(http, stack, account_id, video) for _ in range(2)]
@@ -83,9 +83,14 @@ class TestLosingAnAccount:
         assert refused.json()["error"]["code"] == "account_reauth_required"
         assert f"/v1/accounts/{account_id}/connect" in refused.json()["error"]["message"]
         _nothing_retried(stack, queued)
+        await _no_token_in_clear(stack, http, mongo_client, open_id)
 
     async def test_authorization_removed_fails_the_queued_uploads_with_account_disconnected(
-        self, stack: Stack, http: httpx.AsyncClient, video: Path
+        self,
+        stack: Stack,
+        http: httpx.AsyncClient,
+        video: Path,
+        mongo_client: AsyncMongoClient[dict[str, Any]],
     ) -> None:
         account_id, open_id = await connect_account_via_oauth(http, stack)
         stack.kill("uploader")
@@ -118,6 +123,24 @@ class TestLosingAnAccount:
         for request_id in queued:
             await _failed_with(http, stack, request_id, "account_disconnected")
         _nothing_retried(stack, queued)
+        await _no_token_in_clear(stack, http, mongo_client, open_id)
+
+
+async def _no_token_in_clear(
+    stack: Stack, http: httpx.AsyncClient, mongo_client: AsyncMongoClient[dict[str, Any]], open_id: str
+) -> None:
+    """No token TikTok issued the creator is in any collection of the stack or any service's log."""
+    issued = (await http.get(f"{stack.sandbox_url}/sandbox/users/{open_id}/tokens")).json()
+    tokens = [t["access_token"] for t in issued["access_tokens"]]
+    tokens += [t["refresh_token"] for t in issued["refresh_tokens"]]
+    assert tokens
+    db = mongo_client[stack.database]
+    dump = "".join([str(await db[name].find().to_list(None)) for name in await db.list_collection_names()])
+    logs = "".join(
+        s.log_path.read_text(errors="replace") for n, s in stack.services.items() if n != "sandbox"
+    )
+    leaked = [t[:8] for t in tokens if t in dump or t in logs]
+    assert leaked == [], f"tokens in clear (their first characters): {leaked}"
 
 
 async def _refresh_token_dies(
