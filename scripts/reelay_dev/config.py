@@ -585,6 +585,8 @@ def service_env(cfg: StackConfig) -> dict[str, str]:
         "TIKTOK_CLIENT_SECRET": cfg.client_secret,
         "INGEST_HOST": cfg.host,
         "INGEST_PORT": str(cfg.ingest_port),
+        # Where TikTok (the sandbox) sends a connecting user back: ingest's own callback.
+        "INGEST_OAUTH_REDIRECT_URI": f"{cfg.ingest_url}/v1/oauth/callback",
         "UPLOADER_OPS_HOST": cfg.host,
         "UPLOADER_OPS_PORT": str(cfg.uploader_ops_port),
         "POLLER_OPS_HOST": cfg.host,

@@ -1,8 +1,12 @@
 """The `make up` demo: connect a sandbox user, upload a generated video through the HTTP API, and
 print each state change until TikTok (the sandbox) says `published`.
 
+With the sandbox, the account is connected as a team would connect theirs: through TikTok's OAuth
+(POST /v1/accounts/demo/connect, the sandbox's consent page approved for the demo creator, the
+redirect followed to ingest's callback). With DEMO_* tokens of another account, those are registered.
+
 Idempotent: the demo creator has a fixed open_id in the sandbox and the demo account (`demo`) is
-registered again with fresh tokens on every run.
+connected again on every run.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +102,8 @@ class Demo:
         self._say = say
         self._headers = {"Authorization": f"Bearer {cfg.api_key}"}
 
-    async def sandbox_tokens(self) -> tuple[str, dict[str, Any]]:
-        """(open_id, token JSON) of the demo's sandbox creator, made on first use.
+    async def sandbox_creator(self) -> str:
+        """The open_id of the demo's sandbox creator, made on first use.
 
         The creator has a fixed open_id, so after a sandbox restart (which forgets its users) the
         same creator is made again and the demo account in Mongo stays bound to it.
@@ -116,9 +121,37 @@ class Demo:
         if resp.status_code != 409:  # 409: the sandbox has it already
             _raise_for(resp, "creating the demo creator in the sandbox")
             self._say(f"demo: sandbox creator open_id={DEMO_OPEN_ID} created")
-        resp = await self._http.post(f"{base}/sandbox/users/{DEMO_OPEN_ID}/tokens")
-        _raise_for(resp, "taking the demo creator's tokens")
-        return DEMO_OPEN_ID, resp.json()
+        return DEMO_OPEN_ID
+
+    async def connect(self, open_id: str) -> str:
+        """Connect the demo account through OAuth, as a browser would: ask ingest for TikTok's
+        authorize URL, approve the consent page for `open_id`, follow the redirect to ingest's
+        callback. Returns the account id used (see `register` for the fallback id)."""
+        for candidate in (DEMO_ACCOUNT_ID, f"{DEMO_ACCOUNT_ID}-{open_id[-12:]}"):
+            resp = await self._http.post(
+                f"{self._cfg.ingest_url}/v1/accounts/{candidate}/connect",
+                headers=self._headers,
+                json={"scopes": DEMO_SCOPES},
+            )
+            _raise_for(resp, f"starting to connect account {candidate!r}")
+            authorize_url = str(resp.json()["authorize_url"])
+            page = await self._http.get(authorize_url)
+            _raise_for(page, "opening TikTok's consent page")
+            form = consent_fields(page.text)
+            form.update(sandbox_user=open_id, decision="approve", granted_scope=DEMO_SCOPES)
+            callback = await self._http.post(
+                httpx.URL(authorize_url).join("/v2/auth/authorize/"),
+                data=form,
+                headers={"Accept": "application/json"},
+                follow_redirects=True,
+            )
+            if callback.status_code == 409:  # "demo" is bound to another TikTok user
+                continue
+            _raise_for(callback, f"connecting account {candidate!r} through OAuth")
+            scopes = ",".join(callback.json()["scopes"])
+            self._say(f"demo: connected account {candidate!r} through OAuth (open_id {open_id}, {scopes})")
+            return candidate
+        raise DemoError("every demo account id is connected to another TikTok user")
 
     async def register(self, open_id: str, tokens: Mapping[str, Any]) -> str:
         """Register (or refresh) the demo account with ingest; returns the account id used."""
@@ -186,6 +219,26 @@ class Demo:
         raise DemoError(f"upload {request_id} was still {state!r} after {wait_seconds:.0f} s")
 
 
+class _HiddenFields(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fields: dict[str, Any] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "input" and a.get("type") == "hidden" and a.get("name"):
+            self.fields[str(a["name"])] = a.get("value") or ""
+
+
+def consent_fields(page: str) -> dict[str, Any]:
+    """The hidden fields of the sandbox's consent form (the authorize parameters, carried back)."""
+    parser = _HiddenFields()
+    parser.feed(page)
+    if "state" not in parser.fields:
+        raise DemoError("TikTok's consent page has no form carrying the state")
+    return parser.fields
+
+
 def sample_video(cfg: StackConfig, size: int) -> Path:
     """A generated, structurally valid MP4 of `size` bytes (kept in .run for the next run)."""
     from tiktok_sandbox.media import write_sample_mp4  # lazy: only the demo needs the sandbox package
@@ -213,9 +266,9 @@ async def run_demo(
     async with httpx.AsyncClient(timeout=httpx.Timeout(60.0)) as http:
         demo = Demo(cfg, http, say)
         if external is not None:
-            open_id, tokens = external.open_id, external.token_json()
+            account_id = await demo.register(external.open_id, external.token_json())
         elif cfg.runs_sandbox:
-            open_id, tokens = await demo.sandbox_tokens()
+            account_id = await demo.connect(await demo.sandbox_creator())
         else:
             say(
                 f"demo: skipped. TIKTOK_API_BASE_URL points at {cfg.tiktok_api_base_url}, where the demo "
@@ -224,7 +277,6 @@ async def run_demo(
             )
             return None
         say("demo: uploading a sample video through the ingest API")
-        account_id = await demo.register(open_id, tokens)
         request_id = await demo.upload(account_id, sample_video(cfg, video_size), video_size)
         final = await demo.follow(request_id, wait_seconds=wait_seconds)
     if final != "published":

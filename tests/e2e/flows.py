@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 from reelay_testing.waiting import eventually
 
+from tests.browser import consent
 from tests.e2e.stack import Stack, wait_for_upload_state
 from tests.support import sha256_of
 
@@ -43,6 +44,23 @@ async def connect_account(http: httpx.AsyncClient, stack: Stack, *, private: boo
         },
     )
     assert resp.status_code == 201, resp.text
+    return account_id, open_id
+
+
+async def connect_account_via_oauth(http: httpx.AsyncClient, stack: Stack) -> tuple[str, str]:
+    """Create a sandbox creator and connect it as a person would: ingest's authorize URL, the
+    sandbox's consent page approved for that creator, the redirect followed to ingest's callback.
+    (account_id, open_id)."""
+    username = f"e2e-{uuid.uuid4().hex[:8]}"
+    resp = await http.post(f"{stack.sandbox_url}/sandbox/users", json={"username": username})
+    resp.raise_for_status()
+    open_id = str(resp.json()["open_id"])
+    account_id = f"acct-{username}"
+    resp = await http.post(f"{stack.ingest_url}/v1/accounts/{account_id}/connect", headers=stack.headers)
+    assert resp.status_code == 200, resp.text
+    page = await consent(http, resp.json()["authorize_url"], creator=username)
+    assert page.status_code == 200, f"{page.text}\n{stack.logs()}"
+    assert "Account connected" in page.text
     return account_id, open_id
 
 

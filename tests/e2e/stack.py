@@ -188,6 +188,7 @@ def running_stack(
         "INGEST_PORT": str(ports["ingest"]),
         "INGEST_API_KEYS": API_KEY,
         "INGEST_ALLOW_PRIVATE_URLS": "true",
+        "INGEST_OAUTH_REDIRECT_URI": f"{ingest_url}/v1/oauth/callback",
         "UPLOADER_OPS_HOST": "127.0.0.1",
         "UPLOADER_OPS_PORT": str(ports["uploader"]),
         "UPLOADER_ALLOW_PRIVATE_URLS": "true",

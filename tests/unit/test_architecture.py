@@ -15,6 +15,7 @@ from reelay_common.domain.messages import (
     dlq_topic,
 )
 from reelay_common.domain.states import UploadState
+from reelay_ingest.account_routes import accounts, oauth_callback
 from reelay_ingest.routes import api, hooks, ops
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,7 +118,8 @@ class TestTheContractIsDocumented:
 
     def test_every_route_of_ingest(self) -> None:
         contract = section("Public contract")
-        paths = {r.path for router in (api, hooks, ops) for r in router.routes if isinstance(r, APIRoute)}
+        routers = (api, hooks, ops, accounts, oauth_callback)
+        paths = {r.path for router in routers for r in router.routes if isinstance(r, APIRoute)}
         assert paths
         missing = sorted(p for p in paths if p not in contract)
         assert not missing, f"docs/architecture.md's public contract lacks {missing}"

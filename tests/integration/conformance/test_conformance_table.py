@@ -1176,6 +1176,7 @@ async def comply_client_key(w: World) -> None:
             "response_type": "code",
             "redirect_uri": redirect_uri,
             "state": "s1",
+            "sandbox_consent": "auto",
         },
     )
     assert consent.status_code == 302, consent.text

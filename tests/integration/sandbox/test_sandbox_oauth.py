@@ -6,12 +6,13 @@ import asyncio
 import base64
 import hashlib
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
 from tiktok_sandbox.testing import SandboxHandle, running_sandbox
 
+from tests.browser import consent, forms_of
 from tests.integration.sandbox.sandbox_support import FAST, Api, code
 
 CLIENT = {"client_key": "dev-client-key", "client_secret": "dev-client-secret"}
@@ -25,6 +26,7 @@ async def _authorize(http: httpx.AsyncClient, **params: str) -> dict[str, list[s
         "scope": "user.info.basic,video.publish,video.upload",
         "redirect_uri": REDIRECT,
         "state": "st-123",
+        "sandbox_consent": "auto",
         **params,
     }
     resp = await http.get("/v2/auth/authorize/", params=query, follow_redirects=False)
@@ -280,3 +282,97 @@ class TestRevoke:
     async def test_revoke_of_an_unknown_token_is_refused(self, http: httpx.AsyncClient) -> None:
         resp = await http.post("/v2/oauth/revoke/", data={**CLIENT, "token": "act.nope"})
         assert resp.json()["error"] == "invalid_request"
+
+
+def _authorize_url(sandbox: SandboxHandle, **params: str) -> str:
+    query = {
+        "client_key": "dev-client-key",
+        "response_type": "code",
+        "scope": "user.info.basic,video.publish,video.upload",
+        "redirect_uri": REDIRECT,
+        "state": "st-page",
+        **params,
+    }
+    return f"{sandbox.base_url}/v2/auth/authorize/?{urlencode(query)}"
+
+
+class TestConsentPage:
+    """The authorize step a person (or a test driving it like a browser) goes through."""
+
+    async def test_shows_a_form_with_the_creators_the_scopes_and_approve_or_deny(
+        self, sandbox: SandboxHandle, http: httpx.AsyncClient
+    ) -> None:
+        sandbox.add_user("pagecreator")
+        page = await http.get(_authorize_url(sandbox))
+
+        assert page.status_code == 200
+        assert page.headers["Content-Type"].startswith("text/html")
+        [form] = forms_of(page.text)
+        assert (form.method, form.action) == ("post", "/v2/auth/authorize/")
+        assert dict(form.hidden)["state"] == "st-page"
+        assert {text.split(" ")[0] for _, text, _ in form.selects["sandbox_user"]} >= {"demo", "pagecreator"}
+        assert [v for _, v, checked in form.checkboxes if checked] == [
+            "user.info.basic",
+            "video.publish",
+            "video.upload",
+        ]
+        assert set(form.buttons) == {("decision", "approve"), ("decision", "deny")}
+
+    async def test_approve_redirects_with_a_code_for_the_chosen_creator_and_ticked_scopes(
+        self, sandbox: SandboxHandle, http: httpx.AsyncClient
+    ) -> None:
+        chosen = sandbox.add_user("chosen")
+        redirect = await consent(
+            http, _authorize_url(sandbox), creator="chosen", grant={"video.publish"}, follow=False
+        )
+
+        assert redirect.status_code == 302
+        q = parse_qs(urlsplit(redirect.headers["Location"]).query)
+        assert (q["state"], q["scopes"]) == (["st-page"], ["video.publish"])
+        tokens = (
+            await _token(http, grant_type="authorization_code", code=q["code"][0], redirect_uri=REDIRECT)
+        ).json()
+        assert (tokens["open_id"], tokens["scope"]) == (chosen.open_id, "video.publish")
+
+    async def test_deny_redirects_with_access_denied_and_the_state(
+        self, sandbox: SandboxHandle, http: httpx.AsyncClient
+    ) -> None:
+        redirect = await consent(http, _authorize_url(sandbox), decision="deny", follow=False)
+
+        q = parse_qs(urlsplit(redirect.headers["Location"]).query)
+        assert (q["error"], q["state"]) == (["access_denied"], ["st-page"])
+        assert "code" not in q
+
+    async def test_the_form_is_checked_again_like_the_page(
+        self, sandbox: SandboxHandle, http: httpx.AsyncClient
+    ) -> None:
+        base = {
+            "client_key": "dev-client-key",
+            "response_type": "code",
+            "scope": "video.publish",
+            "redirect_uri": REDIRECT,
+            "sandbox_user": sandbox.default_user.open_id,
+            "decision": "approve",
+        }
+        posted = [
+            {**base, "client_key": "other", "granted_scope": "video.publish"},
+            {**base, "granted_scope": "video.upload"},  # not asked for
+            {**base},  # nothing ticked
+            {**base, "decision": "maybe", "granted_scope": "video.publish"},
+            {**base, "sandbox_user": "nobody", "granted_scope": "video.publish"},
+        ]
+        for form in posted:
+            resp = await http.post("/v2/auth/authorize/", data=form, follow_redirects=False)
+            assert resp.status_code == 400, form
+        assert not sandbox.state.codes, "no code was handed out"
+
+    async def test_a_code_dies_after_its_lifetime(self) -> None:
+        async with (
+            running_sandbox(**FAST, auth_code_ttl_seconds=0.3) as sb,
+            httpx.AsyncClient(base_url=sb.base_url) as http,
+        ):
+            redirect = await consent(http, _authorize_url(sb), follow=False)
+            code_ = parse_qs(urlsplit(redirect.headers["Location"]).query)["code"][0]
+            await asyncio.sleep(0.4)  # the lifetime itself is what is under test
+            resp = await _token(http, grant_type="authorization_code", code=code_, redirect_uri=REDIRECT)
+            assert resp.json()["error"] == "invalid_grant"

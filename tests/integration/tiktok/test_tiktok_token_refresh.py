@@ -216,7 +216,10 @@ class TestDeadGrants:
         assert revoke.status_code == 200
         with pytest.raises(AuthExpiredError) as info:
             await layer.tokens.access_token("acct")
-        assert info.value.code == "invalid_grant"
+        # The upload's code says what to do; TikTok's own answer is its cause.
+        assert info.value.code == "account_reauth_required"
+        assert isinstance(info.value.__cause__, AuthExpiredError)
+        assert info.value.__cause__.code == "invalid_grant"
         record = await layer.store.get("acct")
         assert record is not None
         assert record.status == "reauth_required"
@@ -258,14 +261,14 @@ class TestAccountStore:
         assert second.token_version == first.token_version + 1
         assert second.status == "connected"
 
-    async def test_revoked_accounts_forget_their_tokens(
+    async def test_disconnected_accounts_forget_their_tokens(
         self, layer: TikTokLayer, sandbox: SandboxHandle
     ) -> None:
         await connect_account(layer, sandbox.base_url, "acct", username="gone")
-        await layer.store.mark_revoked("acct")
+        await layer.store.mark_disconnected("acct", reason="test")
         tokens = await layer.store.get_tokens("acct")
         assert tokens is not None
-        assert tokens.status == "revoked"
+        assert tokens.status == "disconnected"
         assert tokens.access_token is None
         assert tokens.refresh_token is None
         with pytest.raises(AuthExpiredError):

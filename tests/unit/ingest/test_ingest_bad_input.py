@@ -222,14 +222,22 @@ class TestAccountChecks:
         assert ingest.blobs.saves == 1, "the fields came after the file, so it was stored first..."
         ingest.assert_nothing_changed()  # ...and deleted when the account turned out unknown
 
-    async def test_an_account_that_needs_reconnecting_is_422(self, ingest: IngestApp) -> None:
+    @pytest.mark.parametrize(
+        ("status", "code"),
+        [("reauth_required", "account_reauth_required"), ("disconnected", "account_disconnected")],
+    )
+    async def test_an_account_that_needs_reconnecting_is_409_naming_the_connect_route(
+        self, ingest: IngestApp, status: str, code: str
+    ) -> None:
         record = ingest.accounts.records[ACCOUNT]
-        ingest.accounts.records[ACCOUNT] = record.model_copy(update={"status": "reauth_required"})
+        ingest.accounts.records[ACCOUNT] = record.model_copy(update={"status": status})
 
         resp = await ingest.post_json(url_body())
 
-        assert resp.status_code == 422
-        assert error_of(resp)["code"] == "account_not_connected"
+        assert resp.status_code == 409
+        error = error_of(resp)
+        assert error["code"] == code
+        assert error["detail"]["reconnect"] == f"POST /v1/accounts/{ACCOUNT}/connect"
         ingest.assert_nothing_changed()
 
     async def test_an_account_without_the_mode_s_scope_is_422(self, ingest: IngestApp) -> None:

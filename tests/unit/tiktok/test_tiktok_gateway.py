@@ -115,6 +115,21 @@ class TestRefusedToken:
         assert len(world.tokens.refreshes) == 1
         assert len(world.requests) == 2
 
+    async def test_a_refused_fresh_token_makes_the_account_reauth_required(self) -> None:
+        refused: list[str] = []
+
+        async def grant_refused(account_id: str) -> None:
+            refused.append(account_id)
+
+        world = GatewayWorld(
+            [json_response(401, envelope("access_token_invalid"))] * 2, on_grant_refused=grant_refused
+        )
+        async with world.http:
+            with pytest.raises(AuthExpiredError) as info:
+                await world.gateway.creator_info("acct")
+        assert info.value.code == "account_reauth_required"
+        assert refused == ["acct"]
+
     async def test_missing_scope_does_not_refresh(self) -> None:
         world = GatewayWorld([json_response(401, envelope("scope_not_authorized"))])
         async with world.http:

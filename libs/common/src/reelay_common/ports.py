@@ -30,6 +30,7 @@ from reelay_common.domain.messages import (
     UploadMode,
     UploadRequested,
 )
+from reelay_common.domain.oauth import PendingConnect
 from reelay_common.domain.profiles import ProcessingProfile
 from reelay_common.domain.records import AccountRecord, CallbackDelivery, Change, OutboxEntry, UploadRecord
 from reelay_common.domain.states import UploadState
@@ -177,6 +178,56 @@ class AccountStore(Protocol):
         ...
 
     async def get(self, account_id: str) -> AccountRecord | None: ...
+
+
+class AccountDirectory(Protocol):
+    """The accounts collection as the account lifecycle sees it: connect, look up, disconnect
+    (docs/architecture.md, "The account lifecycle"). Keys are tenant-scoped account ids."""
+
+    async def upsert_tokens(
+        self, account_id: str, grant: TokenGrant, *, requested_scopes: list[str] | None = None
+    ) -> AccountRecord: ...
+
+    async def get(self, account_id: str) -> AccountRecord | None: ...
+
+    async def access_token_of(self, account_id: str) -> str | None:
+        """The account's access token in clear (to revoke it), or None."""
+        ...
+
+    async def mark_disconnected(self, account_id: str, *, reason: str = "disconnected") -> None:
+        """Status `disconnected`, tokens deleted, the reason kept."""
+        ...
+
+    async def list_keys(self, *, prefix: str | None, limit: int = 500) -> list[AccountRecord]:
+        """Accounts whose key starts with `prefix`; None: the keys with no tenant prefix."""
+        ...
+
+    async def find_by_open_id(self, open_id: str) -> list[AccountRecord]: ...
+
+
+class OAuthStateStore(Protocol):
+    """Connects started and not completed, by their `state` (stored hashed, used once)."""
+
+    async def put(self, state: str, pending: PendingConnect) -> None: ...
+
+    async def take(
+        self, state: str, *, tenant_id: str | None = None, account_id: str | None = None
+    ) -> PendingConnect | None:
+        """The pending connect of `state`, consumed atomically; None if unknown, used or expired,
+        or (when given) of another tenant or account: then it is left for its owner."""
+        ...
+
+
+class TikTokOAuth(Protocol):
+    """TikTok's OAuth endpoints, and creator_info with a token just granted."""
+
+    async def exchange_code(
+        self, code: str, *, redirect_uri: str, code_verifier: str | None = None
+    ) -> TokenGrant: ...
+
+    async def revoke(self, access_token: str) -> None: ...
+
+    async def creator_info(self, access_token: str) -> CreatorInfo: ...
 
 
 class TokenProvider(Protocol):

@@ -188,6 +188,7 @@ class Infrastructure:
             self.rate_limiter(max_wait_seconds=max_wait_seconds),
             max_rate_limit_retries=max_rate_limit_retries,
             backoff_max=backoff_max,
+            on_grant_refused=self.tokens.grant_refused,
         )
 
     def consumer_options(self, settings: ConsumerSettings, *, app_name: str) -> ServiceConsumer:

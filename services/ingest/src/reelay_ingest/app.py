@@ -12,6 +12,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from reelay_common.readiness import Check
 from reelay_common.tracing import current_provider
 
+from reelay_ingest.account_routes import accounts, oauth_callback
 from reelay_ingest.context import AppContext
 from reelay_ingest.deps import IngestDeps
 from reelay_ingest.observe import ObserveRequests
@@ -40,6 +41,8 @@ def create_app(
     install_error_handlers(app, context.metrics)
     app.add_middleware(ObserveRequests, metrics=context.metrics)
     app.include_router(api)
+    app.include_router(accounts)
+    app.include_router(oauth_callback)
     app.include_router(hooks)
     app.include_router(ops)
     _document_upload_body(app)

@@ -16,6 +16,8 @@ from reelay_common.ports import (
     UploadStore,
 )
 
+from reelay_ingest.lifecycle import Lifecycle
+
 
 @dataclass(frozen=True)
 class Topics:
@@ -54,3 +56,5 @@ class IngestDeps:
     policy: Policy = field(default_factory=Policy)
     # creator_info kept a short while across replicas; None asks TikTok on every direct post.
     creator_infos: CreatorInfoCache | None = None
+    # Connecting and disconnecting accounts (OAuth, authorization.removed); None: not served.
+    lifecycle: Lifecycle | None = None

@@ -6,7 +6,8 @@ InvalidInputError (reelay_common)   422  bad input: validation, URL not public, 
 │   ├── ConflictError               409  request_id reused with another payload, or spent
 │   ├── TooLargeError               413  the video (or the JSON body) is over the limit
 │   ├── UnsupportedMediaError       415  not an MP4 / MOV / WebM video, or not JSON / multipart
-│   └── MalformedRequestError       400  the body is not JSON / multipart at all
+│   ├── MalformedRequestError       400  the body is not JSON / multipart at all
+│   └── ConnectFailed               400  an OAuth connect that did not complete (state, consent, code)
 RetryableError (reelay_common)
 └── UnavailableError                503  Kafka did not acknowledge, TikTok unreachable: try again
 SignatureError                      401  a webhook whose TikTok-Signature does not verify
@@ -46,6 +47,10 @@ class UnsupportedMediaError(RequestRejected):
 
 class MalformedRequestError(RequestRejected):
     """The body cannot be parsed at all (not JSON, broken multipart)."""
+
+
+class ConnectFailed(RequestRejected):
+    """An OAuth callback that connects nothing: a bad state, a declined consent, a refused code."""
 
 
 class UnavailableError(RetryableError):

@@ -21,14 +21,17 @@ from reelay_common.domain.messages import (
     UploadRequested,
     UrlSource,
 )
-from reelay_common.domain.records import AccountRecord, Change, UploadRecord
+from reelay_common.domain.oauth import ACCOUNT_DISCONNECTED, ACCOUNT_REAUTH_REQUIRED
+from reelay_common.domain.records import AccountRecord, AccountStatus, Change, UploadRecord, account_status
 from reelay_common.domain.rules import PRIVACY_LEVEL_NOT_OFFERED, check_privacy_level
 from reelay_common.domain.states import CANCELLABLE_STATES, UploadState
+from reelay_common.domain.tenancy import split_scoped
 from reelay_common.domain.tiktok import CreatorInfo, TokenGrant
 from reelay_common.logging import get_logger
 
 from reelay_ingest.deps import IngestDeps
 from reelay_ingest.errors import ConflictError, NotFoundError, RequestRejected, UnavailableError
+from reelay_ingest.lifecycle import account_removed
 from reelay_ingest.webhooks import WebhookEvent
 
 log = get_logger(__name__)
@@ -41,6 +44,7 @@ ENQUEUE_FAILED = "enqueue_failed"
 # broker's errors into RetryableError; the enqueue timeout raises TimeoutError). Anything else is
 # a bug, and surfaces as one (a 500), not as "Kafka did not acknowledge".
 NOT_ACKNOWLEDGED = (RetryableError, TimeoutError)
+AUTHORIZATION_REMOVED = "authorization.removed"
 # What check_upload_target refuses with (then a settled upload may still be a replay).
 REFUSALS = (RequestRejected, NotFoundError)
 
@@ -133,12 +137,25 @@ async def check_callback_url(url: str | None, deps: IngestDeps) -> None:
         raise RequestRejected(exc.message, code=exc.code or "callback_url_refused") from exc
 
 
+# The code a new upload of an account that cannot post is refused with (409).
+_REFUSED_BECAUSE = {
+    AccountStatus.REAUTH_REQUIRED: ACCOUNT_REAUTH_REQUIRED,
+    AccountStatus.DISCONNECTED: ACCOUNT_DISCONNECTED,
+}
+
+
 def _check_account_can_post(account: AccountRecord, mode: UploadMode) -> None:
-    if account.status != "connected":
-        raise RequestRejected(
-            f"account {account.account_id!r} is {account.status}; it must be connected again",
-            code="account_not_connected",
-            extra={"account_id": account.account_id, "status": account.status},
+    status = account_status(account.status)
+    if status is not AccountStatus.CONNECTED:
+        local = split_scoped(account.account_id)[1]
+        raise ConflictError(
+            f"account {local!r} is {status.value}; connect it again with POST /v1/accounts/{local}/connect",
+            code=_REFUSED_BECAUSE.get(status, ACCOUNT_REAUTH_REQUIRED),
+            extra={
+                "account_id": local,
+                "status": status.value,
+                "reconnect": f"POST /v1/accounts/{local}/connect",
+            },
         )
     scope = REQUIRED_SCOPE[mode]
     if scope not in account.scopes:
@@ -365,6 +382,9 @@ async def pass_on_webhook(event: WebhookEvent, deps: IngestDeps) -> TikTokWebhoo
     if not event.known:
         log.info("webhook_ignored", tiktok_event=event.event)
         return None
+    if event.event == AUTHORIZATION_REMOVED and event.user_openid and deps.lifecycle is not None:
+        # Disconnected before the acknowledgement: a database failure answers 503 and TikTok retries.
+        await account_removed(event.user_openid, event.reason, deps.lifecycle)
     record = await deps.uploads.find_by_publish_id(event.publish_id) if event.publish_id else None
     # The event as received, with the account it belongs to.
     message = TikTokWebhookReceived(

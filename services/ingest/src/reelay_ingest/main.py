@@ -8,12 +8,14 @@ import dataclasses
 from collections.abc import Callable
 
 from reelay_common.adapters.mongo.creator_info import MongoCreatorInfoCache
+from reelay_common.adapters.mongo.oauth_states import MongoOAuthStateStore
 from reelay_common.adapters.ops_server import serve_app
 from reelay_common.logging import get_logger
 from reelay_common.runtime import Infrastructure, run_service, supervise
 
 from reelay_ingest.app import create_app, instrument_app
 from reelay_ingest.deps import IngestDeps, Policy, Topics
+from reelay_ingest.lifecycle import Lifecycle, OAuthPolicy
 from reelay_ingest.settings import IngestSettings
 
 log = get_logger("reelay_ingest")
@@ -37,6 +39,18 @@ def policy_of(settings: IngestSettings) -> Policy:
     return Policy(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(Policy)})
 
 
+def oauth_policy_of(settings: IngestSettings) -> OAuthPolicy:
+    """What `settings` decide of an OAuth connect."""
+    return OAuthPolicy(
+        client_key=settings.tiktok_client_key,
+        authorize_base=settings.oauth_authorize_base(),
+        redirect_uri=settings.oauth_redirect(),
+        default_scopes=tuple(settings.oauth_scopes),
+        state_ttl_seconds=settings.oauth_state_ttl_seconds,
+        pkce=settings.oauth_client_type != "web",
+    )
+
+
 async def run(
     settings: IngestSettings,
     stop: asyncio.Event,
@@ -50,6 +64,12 @@ async def run(
         app_name=APP_NAME,
         topics=[topics.upload_requested, topics.publish_events, topics.publish_status],
     ) as infra:
+        creator_infos = MongoCreatorInfoCache(infra.db, max_age_seconds=settings.creator_info_cache_seconds)
+        tiktok = infra.tiktok_gateway(
+            max_wait_seconds=CREATOR_INFO_MAX_WAIT_SECONDS,
+            max_rate_limit_retries=1,
+            backoff_max=CREATOR_INFO_MAX_WAIT_SECONDS,
+        )
         deps = IngestDeps(
             uploads=infra.uploads,
             accounts=infra.accounts,
@@ -57,15 +77,19 @@ async def run(
             recorder=infra.recorder,
             outbox=infra.outbox,
             blobs=infra.blobs,
-            tiktok=infra.tiktok_gateway(
-                max_wait_seconds=CREATOR_INFO_MAX_WAIT_SECONDS,
-                max_rate_limit_retries=1,
-                backoff_max=CREATOR_INFO_MAX_WAIT_SECONDS,
-            ),
+            tiktok=tiktok,
             topics=topics,
             policy=policy_of(settings),
-            creator_infos=MongoCreatorInfoCache(
-                infra.db, max_age_seconds=settings.creator_info_cache_seconds
+            creator_infos=creator_infos,
+            lifecycle=Lifecycle(
+                accounts=infra.accounts,
+                states=MongoOAuthStateStore(infra.db, infra.accounts.cipher),
+                oauth=infra.tiktok,
+                uploads=infra.uploads,
+                recorder=infra.recorder,
+                blobs=infra.blobs,
+                policy=oauth_policy_of(settings),
+                creator_infos=creator_infos,
             ),
         )
         app = instrument_app(create_app(settings, deps, ready_checks=infra.ready_checks()))

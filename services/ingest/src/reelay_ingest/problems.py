@@ -18,6 +18,7 @@ from reelay_common.domain.errors import (
     StorageFullError,
     TikTokRejectedError,
 )
+from reelay_common.domain.oauth import ACCOUNT_DISCONNECTED, ACCOUNT_REAUTH_REQUIRED
 from reelay_common.logging import get_logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -25,6 +26,7 @@ from starlette.routing import Match
 
 from reelay_ingest.errors import (
     ConflictError,
+    ConnectFailed,
     MalformedRequestError,
     NotFoundError,
     RequestRejected,
@@ -87,7 +89,7 @@ def _status_of(exc: InvalidInputError) -> int:
         return 413
     if isinstance(exc, UnsupportedMediaError) or exc.code == "unsupported_media_type":
         return 415
-    if isinstance(exc, MalformedRequestError):
+    if isinstance(exc, MalformedRequestError | ConnectFailed):
         return 400
     return 422
 
@@ -136,6 +138,14 @@ def problem_of(exc: Exception) -> Problem:
     if isinstance(exc, StarletteHTTPException):
         code = _CODE_OF_STATUS.get(exc.status_code, "http_error")
         return Problem(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
+    if isinstance(exc, AuthExpiredError) and exc.code in (ACCOUNT_REAUTH_REQUIRED, ACCOUNT_DISCONNECTED):
+        # The account was just found unusable (a refresh refused, say): as a stored status would be.
+        return Problem(
+            409,
+            exc.code,
+            f"{exc.message}; connect it again with POST /v1/accounts/{{account_id}}/connect",
+            {"log_id": exc.log_id},
+        )
     if isinstance(exc, AuthExpiredError):
         return Problem(
             422,

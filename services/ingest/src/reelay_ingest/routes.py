@@ -397,24 +397,6 @@ async def create_account(body: AccountRegistration, response: Response, context:
     return AccountView.of(record)
 
 
-@api.get(
-    "/accounts/{account_id}",
-    response_model=AccountView,
-    tags=["accounts"],
-    summary="One account",
-    responses=_errors(404, 422),
-)
-async def get_account(
-    context: ContextDep, account_id: Annotated[str, Path(max_length=128, pattern=ID_PATTERN)]
-) -> AccountView:
-    """The account's status (connected, reauth_required, revoked), scopes and token expiry times."""
-    bind_learned(account_id=account_id)
-    record = await context.deps.accounts.get(account_id)
-    if record is None:
-        raise NotFoundError(f"account {account_id!r} is not registered", code="unknown_account")
-    return AccountView.of(record)
-
-
 # ---------------------------------------------------------------------------------------- webhooks
 
 

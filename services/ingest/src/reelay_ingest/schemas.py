@@ -26,7 +26,8 @@ from reelay_common.domain.messages import (
 )
 from reelay_common.domain.records import AccountRecord, CallbackDelivery, CallbackOutcome, UploadRecord
 from reelay_common.domain.states import UploadState
-from reelay_common.domain.tiktok import TokenGrant
+from reelay_common.domain.tenancy import split_scoped
+from reelay_common.domain.tiktok import CreatorInfo, TokenGrant
 
 # The patterns of UrlSource and PullFromUrlSource (a host right after the scheme): a URL the edge
 # accepts must make a valid message, else the request would be a 500 instead of a 422.
@@ -324,31 +325,125 @@ def _split_scopes(scope: str | list[str]) -> list[str]:
     return [s.strip() for s in items if s.strip()]
 
 
+class CreatorInfoView(BaseModel):
+    """What TikTok's creator_info says now: what the creator may post, and how."""
+
+    creator_username: str | None
+    creator_nickname: str | None
+    privacy_level_options: list[str]
+    max_video_post_duration_sec: int | None
+    comment_disabled: bool
+    duet_disabled: bool
+    stitch_disabled: bool
+    can_post: bool = Field(description="TikTok answered creator_info: the creator can post now.")
+
+    @classmethod
+    def of(cls, info: CreatorInfo) -> CreatorInfoView:
+        """The view of TikTok's creator_info."""
+        return cls(
+            creator_username=info.creator_username,
+            creator_nickname=info.creator_nickname,
+            privacy_level_options=[str(p) for p in info.privacy_level_options],
+            max_video_post_duration_sec=info.max_video_post_duration_sec,
+            comment_disabled=info.comment_disabled,
+            duet_disabled=info.duet_disabled,
+            stitch_disabled=info.stitch_disabled,
+            can_post=True,
+        )
+
+
+class CreatorInfoUnavailable(BaseModel):
+    """Why creator_info could not be read (TikTok's code, or the account's status)."""
+
+    code: str
+    message: str
+
+
 class AccountView(BaseModel):
-    """A registered account: its status, scopes and token lifetimes (never the tokens)."""
+    """An account: its status, scopes and token lifetimes (never the tokens)."""
 
     account_id: str
     open_id: str | None
-    status: str = Field(description="connected, reauth_required or revoked.")
-    scopes: list[str]
+    status: Literal["connected", "reauth_required", "disconnected"] = Field(
+        description="connected; reauth_required (a refresh was refused: connect it again); "
+        "disconnected (DELETE, or TikTok's authorization.removed; tokens deleted)."
+    )
+    scopes: list[str] = Field(description="The scopes the user granted.")
+    missing_scopes: list[str] = Field(
+        default_factory=list, description="Scopes the last connect asked for that were not granted."
+    )
     access_expires_at: datetime | None
     refresh_expires_at: datetime | None
+    disconnect_reason: str | None = Field(
+        None, description="Why it was disconnected: `disconnected` (DELETE) or `tiktok_<reason>`."
+    )
+    disconnected_at: datetime | None = None
     created_at: datetime
     updated_at: datetime
+    creator_info: CreatorInfoView | None = Field(
+        None, description="Live creator_info (single account views); null with the reason when unavailable."
+    )
+    creator_info_unavailable: CreatorInfoUnavailable | None = None
 
     @classmethod
-    def of(cls, record: AccountRecord) -> AccountView:
-        """The view of a stored account."""
+    def of(cls, record: AccountRecord, **live: Any) -> AccountView:
+        """The view of a stored account (keyed by the client's own id), with `live` creator_info."""
         return cls(
-            account_id=record.account_id,
+            account_id=split_scoped(record.account_id)[1],
             open_id=record.open_id,
-            status=record.status,
+            status=record.status.value,
             scopes=list(record.scopes),
+            missing_scopes=record.missing_scopes,
             access_expires_at=record.access_expires_at,
             refresh_expires_at=record.refresh_expires_at,
+            disconnect_reason=record.disconnect_reason,
+            disconnected_at=record.disconnected_at,
             created_at=record.created_at,
             updated_at=record.updated_at,
+            **live,
         )
+
+
+class AccountList(BaseModel):
+    """The tenant's accounts, by account_id."""
+
+    items: list[AccountView]
+    count: int
+
+
+Scope = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_.]+$")]
+
+
+class ConnectRequest(BaseModel):
+    """Start connecting an account; `scopes` default to the configured INGEST_OAUTH_SCOPES."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scopes: list[Scope] | None = Field(None, min_length=1, max_length=16)
+
+
+class ConnectStarted(BaseModel):
+    """Send the user to `authorize_url`; TikTok brings them back to the redirect_uri with the state."""
+
+    account_id: str
+    authorize_url: str
+    state_expires_at: datetime
+
+
+class ConnectCompletion(BaseModel):
+    """The `code` and `state` TikTok's redirect carried, for clients that capture it themselves."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(min_length=1, max_length=2048)
+    state: str = Field(min_length=1, max_length=512)
+
+
+class DisconnectedView(AccountView):
+    """The account as disconnected, and the uploads the disconnect failed."""
+
+    failed_uploads: list[str]
+    revoked: bool = Field(description="TikTok confirmed the revoke (a failed revoke is logged only).")
 
 
 class ErrorInfo(BaseModel):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 from reelay_common.domain.messages import MAX_VIDEO_BYTES
+from reelay_common.domain.oauth import authorize_base_for
 from reelay_common.settings import DEV_API_KEY, CommonSettings
 
 
@@ -41,13 +42,41 @@ class IngestSettings(CommonSettings):
     # How long a webhook waits for Kafka before answering 503 (TikTok then retries it).
     enqueue_timeout_seconds: float = Field(15.0, gt=0)
     shutdown_grace_seconds: float = Field(20.0, ge=0)
+    # Connecting accounts through TikTok's OAuth (docs/architecture.md, "The account lifecycle").
+    # Where TikTok sends the user back: registered with the app, sent byte-identical at oauth/token.
+    # Unset: this API's own /v1/oauth/callback under public_base_url (connect refuses without either).
+    oauth_redirect_uri: str | None = None
+    # The scopes a connect asks for when its body names none (comma-separated in the environment).
+    oauth_scopes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["user.info.basic", "video.publish", "video.upload"]
+    )
+    # How long a connect's `state` stays good (single use either way).
+    oauth_state_ttl_seconds: float = Field(600.0, gt=0, le=3600)
+    # `desktop` and `mobile` clients add PKCE (S256) as TikTok requires; `web` uses the state alone.
+    oauth_client_type: Literal["web", "desktop", "mobile"] = "web"
+    # TikTok's consent page; unset: www.tiktok.com for the real API, else TIKTOK_API_BASE_URL
+    # (the sandbox serves both).
+    oauth_authorize_base_url: str | None = None
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "oauth_scopes", mode="before")
     @classmethod
     def _split_keys(cls, v: Any) -> Any:
         if isinstance(v, str):
             return [k.strip() for k in v.split(",") if k.strip()]
         return v
+
+    def oauth_redirect(self) -> str | None:
+        """The redirect_uri of a connect: OAUTH_REDIRECT_URI, else the callback under public_base_url."""
+        if self.oauth_redirect_uri is not None:
+            return self.oauth_redirect_uri
+        base = self.status_base()
+        return f"{base}/v1/oauth/callback" if base is not None else None
+
+    def oauth_authorize_base(self) -> str:
+        """Where TikTok's consent page is (see oauth_authorize_base_url)."""
+        if self.oauth_authorize_base_url is not None:
+            return self.oauth_authorize_base_url.rstrip("/")
+        return authorize_base_for(self.tiktok_api_base_url)
 
     @model_validator(mode="after")
     def _keys_usable(self) -> IngestSettings:

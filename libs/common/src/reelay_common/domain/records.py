@@ -9,7 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from reelay_common.domain.messages import PostInfo, StateSource, UploadMode, UploadRequested, VideoSource
 from reelay_common.domain.states import UploadState
@@ -255,7 +255,19 @@ class AccountStatus(StrEnum):
 
     CONNECTED = "connected"
     REAUTH_REQUIRED = "reauth_required"  # a refresh ended in invalid_grant: the creator must reconnect
-    REVOKED = "revoked"  # TikTok revoked the grant; the tokens are deleted
+    DISCONNECTED = "disconnected"  # disconnected (DELETE, or authorization.removed); tokens deleted
+
+
+# What documents written before the account lifecycle stored for a disconnected account: read as
+# `disconnected` (nothing is rewritten; the next status change stores the new value).
+LEGACY_STATUSES: dict[str, AccountStatus] = {"revoked": AccountStatus.DISCONNECTED}
+
+
+def account_status(value: object) -> AccountStatus:
+    """The status a stored value stands for (legacy `revoked` is `disconnected`)."""
+    if isinstance(value, str) and value in LEGACY_STATUSES:
+        return LEGACY_STATUSES[value]
+    return AccountStatus(str(value) if value is not None else AccountStatus.CONNECTED)
 
 
 class AccountRecord(BaseModel):
@@ -273,6 +285,16 @@ class AccountRecord(BaseModel):
     token_version: int = 0
     refresh_lock_until: datetime | None = None
     refresh_lock_owner: str | None = None
-    status: AccountStatus = AccountStatus.CONNECTED
+    status: Annotated[AccountStatus, BeforeValidator(account_status)] = AccountStatus.CONNECTED
+    # The scopes the last connect asked for (the user may grant a subset: `scopes`).
+    requested_scopes: list[str] = Field(default_factory=list)
+    # Why and when it was disconnected (DELETE, or TikTok's authorization.removed reason).
+    disconnect_reason: str | None = None
+    disconnected_at: datetime | None = None
     created_at: datetime
     updated_at: datetime
+
+    @property
+    def missing_scopes(self) -> list[str]:
+        """The asked-for scopes the user did not grant."""
+        return [s for s in self.requested_scopes if s not in self.scopes]

@@ -5,6 +5,7 @@ every write here runs under `WriteGuard` (a no-op on MongoDB). Tokens are never 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,10 +20,8 @@ from reelay_common.adapters.mongo.client import translate_errors
 from reelay_common.adapters.mongo.write_guard import WriteGuard
 from reelay_common.domain.errors import InvalidInputError
 from reelay_common.domain.messages import utcnow
-from reelay_common.domain.records import (
-    AccountRecord,
-    AccountStatus,
-)
+from reelay_common.domain.records import AccountRecord, AccountStatus, account_status
+from reelay_common.domain.tenancy import SCOPE_SEPARATOR
 from reelay_common.domain.tiktok import TokenGrant
 from reelay_common.logging import get_logger
 
@@ -76,9 +75,20 @@ class MongoAccountStore:
         self._clock = clock
         self._write_guard = guard if guard is not None else WriteGuard(db)
 
-    async def upsert_tokens(self, account_id: str, grant: TokenGrant) -> AccountRecord:
-        """Store a fresh grant (OAuth connect), creating the account if needed; bumps token_version."""
+    @property
+    def cipher(self) -> TokenCipher:
+        """The cipher the tokens are stored under: what else keeps a secret of a connect uses it too."""
+        return self._cipher
+
+    async def upsert_tokens(
+        self, account_id: str, grant: TokenGrant, *, requested_scopes: list[str] | None = None
+    ) -> AccountRecord:
+        """Store a fresh grant (OAuth connect), creating the account if needed; bumps token_version.
+
+        `requested_scopes` (an OAuth connect's): what was asked for, so the view can say which the
+        user did not grant. A reconnect of a disconnected account clears its disconnect reason."""
         now = self._clock()
+        extra: dict[str, Any] = {} if requested_scopes is None else {"requested_scopes": requested_scopes}
         doc = await self._write(
             account_id,
             lambda: self._col.find_one_and_update(
@@ -89,6 +99,9 @@ class MongoAccountStore:
                         "open_id": grant.open_id,
                         "scopes": grant.scopes,
                         "status": AccountStatus.CONNECTED,
+                        "disconnect_reason": None,
+                        "disconnected_at": None,
+                        **extra,
                     },
                     "$inc": {"token_version": 1},
                     "$setOnInsert": {"created_at": now},
@@ -112,13 +125,38 @@ class MongoAccountStore:
             doc = await self._col.find_one({"_id": account_id})
         return self._tokens(doc) if doc is not None else None
 
+    async def access_token_of(self, account_id: str) -> str | None:
+        """The account's access token in clear (to revoke it), or None."""
+        tokens = await self.get_tokens(account_id)
+        return tokens.access_token if tokens is not None else None
+
     async def mark_reauth_required(self, account_id: str) -> None:
         """The refresh token is dead (invalid_grant): only the user reconnecting can fix it."""
         await self._set_status(account_id, AccountStatus.REAUTH_REQUIRED, clear_tokens=False)
 
-    async def mark_revoked(self, account_id: str) -> None:
-        """The authorisation was removed (revoke or webhook): forget the tokens."""
-        await self._set_status(account_id, AccountStatus.REVOKED, clear_tokens=True)
+    async def mark_disconnected(self, account_id: str, *, reason: str = "disconnected") -> None:
+        """The authorisation is gone (DELETE, or TikTok's authorization.removed): forget the
+        tokens, keep the account (its id, open_id and why it was disconnected)."""
+        await self._set_status(
+            account_id,
+            AccountStatus.DISCONNECTED,
+            clear_tokens=True,
+            extra={"disconnect_reason": reason, "disconnected_at": self._clock()},
+        )
+
+    async def list_keys(self, *, prefix: str | None, limit: int = 500) -> list[AccountRecord]:
+        """Accounts whose key starts with `prefix` (a tenant's `tenant~`), or, with None, the keys
+        without a tenant prefix (the default tenant's); ordered by key."""
+        pattern = f"^{re.escape(prefix)}" if prefix is not None else f"^[^{re.escape(SCOPE_SEPARATOR)}]*$"
+        with translate_errors("list accounts"):
+            docs = await self._col.find({"_id": {"$regex": pattern}}).sort("_id", 1).to_list(limit)
+        return [AccountRecord.model_validate(d) for d in docs]
+
+    async def find_by_open_id(self, open_id: str) -> list[AccountRecord]:
+        """Every account (of any tenant) bound to TikTok's `open_id`."""
+        with translate_errors("find accounts by open_id"):
+            docs = await self._col.find({"open_id": open_id}).to_list(100)
+        return [AccountRecord.model_validate(d) for d in docs]
 
     # ---- refresh lock: used by MongoTokenProvider ---------------------------------------------
 
@@ -213,7 +251,7 @@ class MongoAccountStore:
         refresh_enc = doc.get("refresh_token_enc")
         return AccountTokens(
             account_id=str(doc["_id"]),
-            status=AccountStatus(doc.get("status", AccountStatus.CONNECTED)),
+            status=account_status(doc.get("status")),
             access_token=self._cipher.decrypt(access_enc) if access_enc else None,
             access_expires_at=as_aware_utc(doc.get("access_expires_at")),
             refresh_token=self._cipher.decrypt(refresh_enc) if refresh_enc else None,
@@ -221,8 +259,15 @@ class MongoAccountStore:
             token_version=int(doc.get("token_version", 0)),
         )
 
-    async def _set_status(self, account_id: str, status: AccountStatus, *, clear_tokens: bool) -> None:
-        fields: dict[str, Any] = {"status": status, "updated_at": self._clock()}
+    async def _set_status(
+        self,
+        account_id: str,
+        status: AccountStatus,
+        *,
+        clear_tokens: bool,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        fields: dict[str, Any] = {"status": status, "updated_at": self._clock(), **(extra or {})}
         if clear_tokens:
             fields.update(access_token_enc=None, refresh_token_enc=None)
         result = await self._write(

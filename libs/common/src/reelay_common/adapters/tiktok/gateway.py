@@ -16,6 +16,7 @@ from reelay_common.adapters.tiktok.client import AccessTokenInvalidError, TikTok
 from reelay_common.adapters.tiktok.upload import upload_chunks
 from reelay_common.domain.errors import InvalidInputError, RateLimitedError
 from reelay_common.domain.messages import PostInfo, UploadMode
+from reelay_common.domain.oauth import ACCOUNT_REAUTH_REQUIRED
 from reelay_common.domain.rules import Backoff
 from reelay_common.domain.tiktok import (
     CreatorInfo,
@@ -37,6 +38,7 @@ log = get_logger("reelay_common.adapters.tiktok.gateway")
 T = TypeVar("T")
 
 Sleep = Callable[[float], Awaitable[None]]
+GrantRefused = Callable[[str], Awaitable[None]]
 
 
 class TikTokGateway:
@@ -54,8 +56,11 @@ class TikTokGateway:
         upload_max_attempts: int = 5,
         upload_backoff_initial: float = 0.5,
         sleep: Sleep = asyncio.sleep,
+        on_grant_refused: GrantRefused | None = None,
     ) -> None:
         self._client = client
+        # Told when TikTok refuses a token it has just refreshed: the account must reconnect.
+        self._on_grant_refused = on_grant_refused
         self._tokens = tokens
         self._limiter = limiter
         self._max_429 = max_rate_limit_retries
@@ -146,7 +151,16 @@ class TikTokGateway:
                 return await call(token)
             except AccessTokenInvalidError as exc:
                 if refreshed:
-                    raise
+                    # TikTok refuses even a fresh token: the grant is gone, only a reconnect helps.
+                    if self._on_grant_refused is not None:
+                        await self._on_grant_refused(account_id)
+                    log.warning("tiktok_fresh_token_refused", account_id=account_id, log_id=exc.log_id)
+                    raise AccessTokenInvalidError(
+                        "TikTok refused a freshly refreshed token; connect the account again",
+                        code=ACCOUNT_REAUTH_REQUIRED,
+                        log_id=exc.log_id,
+                        http_status=exc.http_status,
+                    ) from exc
                 log.info("tiktok_token_refused", account_id=account_id, bucket=bucket, log_id=exc.log_id)
                 token = await self._tokens.force_refresh(account_id, token)
                 refreshed = True

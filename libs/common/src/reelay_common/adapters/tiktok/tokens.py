@@ -17,6 +17,7 @@ from reelay_common.domain.errors import (
     TransientTikTokError,
 )
 from reelay_common.domain.messages import utcnow
+from reelay_common.domain.oauth import ACCOUNT_DISCONNECTED, ACCOUNT_REAUTH_REQUIRED
 from reelay_common.domain.records import AccountStatus
 from reelay_common.logging import get_logger
 from reelay_common.metrics import TOKEN_REFRESHES
@@ -72,6 +73,11 @@ class MongoTokenProvider:
                 return tokens.access_token
             raise
 
+    async def grant_refused(self, account_id: str) -> None:
+        """TikTok refused a token it had just refreshed: the grant is dead (reauth_required)."""
+        await self._store.mark_reauth_required(account_id)
+        TOKEN_REFRESHES.labels(outcome="fresh_token_refused").inc()
+
     async def force_refresh(self, account_id: str, stale_token: str) -> str:
         """`stale_token` was refused: refresh, unless the stored token is already a newer one."""
         tokens = await self._load(account_id)
@@ -114,7 +120,9 @@ class MongoTokenProvider:
             await self._store.release_refresh_lock(account_id, owner=self._owner)
             await self._store.mark_reauth_required(account_id)
             TOKEN_REFRESHES.labels(outcome="no_refresh_token").inc()
-            raise AuthExpiredError("the account has no refresh token", code="no_refresh_token")
+            raise AuthExpiredError(
+                "the account has no refresh token; connect it again", code=ACCOUNT_REAUTH_REQUIRED
+            )
         try:
             grant = await self._client.refresh_token(mine.refresh_token)
         except AuthExpiredError as exc:
@@ -127,7 +135,12 @@ class MongoTokenProvider:
             await self._store.mark_reauth_required(account_id)
             TOKEN_REFRESHES.labels(outcome="refused").inc()
             log.warning("token_refresh_refused", account_id=account_id, code=exc.code, log_id=exc.log_id)
-            raise
+            raise AuthExpiredError(
+                f"TikTok refused to refresh the account's tokens ({exc.code}); connect it again",
+                code=ACCOUNT_REAUTH_REQUIRED,
+                log_id=exc.log_id,
+                http_status=exc.http_status,
+            ) from exc
         except BaseException:
             await self._store.release_refresh_lock(account_id, owner=self._owner)
             TOKEN_REFRESHES.labels(outcome="error").inc()
@@ -144,8 +157,16 @@ class MongoTokenProvider:
         return grant.access_token
 
 
+# The code an account that cannot post makes its uploads fail with (terminal: only a reconnect helps).
+_UNUSABLE_CODE = {
+    AccountStatus.REAUTH_REQUIRED: ACCOUNT_REAUTH_REQUIRED,
+    AccountStatus.DISCONNECTED: ACCOUNT_DISCONNECTED,
+}
+
+
 def _ensure_connected(tokens: AccountTokens) -> None:
     if tokens.status != AccountStatus.CONNECTED:
         raise AuthExpiredError(
-            f"account {tokens.account_id} is {tokens.status}; the user must reconnect", code=tokens.status
+            f"account {tokens.account_id} is {tokens.status}; the user must connect it again",
+            code=_UNUSABLE_CODE.get(tokens.status, ACCOUNT_REAUTH_REQUIRED),
         )
