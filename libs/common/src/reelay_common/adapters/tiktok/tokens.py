@@ -18,6 +18,7 @@ from reelay_common.domain.errors import (
 )
 from reelay_common.domain.messages import utcnow
 from reelay_common.domain.records import AccountStatus
+from reelay_common.domain.tiktok import TokenGrant
 from reelay_common.logging import get_logger
 from reelay_common.metrics import TOKEN_REFRESHES
 
@@ -110,6 +111,7 @@ class MongoTokenProvider:
 
     async def _refresh_as_winner(self, mine: AccountTokens) -> str:
         account_id = mine.account_id
+        locked_at = time.monotonic()
         if mine.refresh_token is None:
             await self._store.release_refresh_lock(account_id, owner=self._owner)
             await self._store.mark_reauth_required(account_id)
@@ -132,7 +134,7 @@ class MongoTokenProvider:
             await self._store.release_refresh_lock(account_id, owner=self._owner)
             TOKEN_REFRESHES.labels(outcome="error").inc()
             raise
-        version = await self._store.store_refreshed(account_id, owner=self._owner, grant=grant)
+        version = await self._store_grant(account_id, grant, until=locked_at + self._lock_seconds)
         TOKEN_REFRESHES.labels(outcome="refreshed").inc()
         log.info(
             "token_refreshed",
@@ -142,6 +144,27 @@ class MongoTokenProvider:
             refresh_expires_in=grant.refresh_expires_in,
         )
         return grant.access_token
+
+    async def _store_grant(self, account_id: str, grant: TokenGrant, *, until: float) -> int:
+        """Store the grant TikTok just rotated to, retrying a database failure while our lock holds.
+
+        TikTok killed the old refresh token when it answered: this grant is the only live one. Given
+        up at the first Mongo hiccup, it was lost, and the next refresh (with the dead token) ended
+        the account `reauth_required` (found by `make chaos`). Until the lock expires no other
+        replica refreshes, so retrying is safe; after that one may, and the error is raised.
+        """
+        delay = 0.5
+        while True:
+            try:
+                return await self._store.store_refreshed(account_id, owner=self._owner, grant=grant)
+            except RetryableError as exc:
+                if time.monotonic() + delay >= until:
+                    TOKEN_REFRESHES.labels(outcome="error").inc()
+                    log.error("token_refresh_grant_lost", account_id=account_id, error=type(exc).__name__)
+                    raise
+                log.warning("token_refresh_store_retry", account_id=account_id, error=type(exc).__name__)
+                await self._sleep(delay)
+                delay = min(delay * 2, 5.0)
 
 
 def _ensure_connected(tokens: AccountTokens) -> None:
