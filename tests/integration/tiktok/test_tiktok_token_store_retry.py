@@ -1,19 +1,20 @@
 """A refreshed grant survives a database hiccup: TikTok rotated the refresh token when it answered,
-so the grant in hand is the only live one (found by `make chaos`: a Mongo failure right after the
-refresh lost it, and the account ended `reauth_required` at its next refresh)."""
+so the grant in hand is the only live one (found by `make chaos`: a FerretDB restart right after a
+refresh lost the grant, and the account ended `reauth_required` at its next refresh)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from reelay_common.domain.errors import DatabaseUnavailableError
+from reelay_common.adapters.tiktok.tokens import MongoTokenProvider
+from reelay_common.domain.errors import AuthExpiredError, DatabaseUnavailableError
 from tiktok_sandbox.testing import SandboxHandle
 
 from tests.integration.tiktok.tiktok_it import TikTokLayer, connect_account
 
 
-async def test_a_grant_whose_first_store_fails_is_stored_and_the_account_stays_connected(
+async def test_a_grant_whose_store_fails_past_the_lock_is_stored_and_the_account_stays_connected(
     layer: TikTokLayer, sandbox: SandboxHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, grant = await connect_account(layer, sandbox.base_url, "acct", username="store-hiccup", expires_in=1)
@@ -28,8 +29,10 @@ async def test_a_grant_whose_first_store_fails_is_stored_and_the_account_stays_c
         return await real(*args, **kwargs)
 
     monkeypatch.setattr(layer.store, "store_refreshed", flaky)
+    # A lock shorter than the retries (0.5 s + 1 s): the grant is still stored after it expired.
+    provider = MongoTokenProvider(layer.store, layer.client, lock_seconds=0.2)
 
-    token = await layer.tokens.access_token("acct")
+    token = await provider.access_token("acct")
 
     assert failures == 2
     assert token != grant["access_token"]
@@ -42,3 +45,30 @@ async def test_a_grant_whose_first_store_fails_is_stored_and_the_account_stays_c
     record = await layer.store.get("acct")
     assert record is not None
     assert record.status == "connected"
+
+
+async def test_a_late_grant_reconnects_an_account_a_racing_refresh_marked_dead(
+    layer: TikTokLayer, sandbox: SandboxHandle
+) -> None:
+    _, grant = await connect_account(layer, sandbox.base_url, "acct", username="late-grant", expires_in=1)
+    seen = await layer.store.get_tokens("acct")
+    assert seen is not None
+    mine = await layer.store.try_lock_refresh(
+        "acct", owner="slow", expect_version=seen.token_version, lock_seconds=0.01
+    )
+    assert mine is not None
+    live = await layer.client.refresh_token(grant["refresh_token"])  # TikTok rotates now
+    # Our lock expired while the store was down; another caller refreshed with the dead token.
+    racer = MongoTokenProvider(layer.store, layer.client)
+    with pytest.raises(AuthExpiredError):
+        await racer.access_token("acct")
+    marked = await layer.store.get("acct")
+    assert marked is not None
+    assert marked.status == "reauth_required"
+
+    await layer.store.store_refreshed("acct", owner="slow", grant=live)
+
+    record = await layer.store.get("acct")
+    assert record is not None
+    assert record.status == "connected", "the live grant was stored, yet the account stays dead"
+    assert await layer.tokens.access_token("acct") == live.access_token

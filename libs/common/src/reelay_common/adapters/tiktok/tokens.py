@@ -40,6 +40,7 @@ class MongoTokenProvider:
         *,
         refresh_margin_seconds: float = 300.0,
         lock_seconds: float = 60.0,
+        store_grant_seconds: float = 300.0,
         poll_interval_seconds: float = 0.1,
         wait_timeout_seconds: float | None = None,
         owner: str | None = None,
@@ -50,6 +51,7 @@ class MongoTokenProvider:
         self._client = client
         self._margin = timedelta(seconds=refresh_margin_seconds)
         self._lock_seconds = lock_seconds
+        self._store_grant_seconds = store_grant_seconds
         self._poll = poll_interval_seconds
         # Losers wait at most a lock lifetime (plus slack), after which the lock is up for grabs.
         self._wait_timeout = wait_timeout_seconds if wait_timeout_seconds is not None else lock_seconds + 5
@@ -134,7 +136,7 @@ class MongoTokenProvider:
             await self._store.release_refresh_lock(account_id, owner=self._owner)
             TOKEN_REFRESHES.labels(outcome="error").inc()
             raise
-        version = await self._store_grant(account_id, grant, until=locked_at + self._lock_seconds)
+        version = await self._store_grant(account_id, grant, until=locked_at + self._store_grant_seconds)
         TOKEN_REFRESHES.labels(outcome="refreshed").inc()
         log.info(
             "token_refreshed",
@@ -146,12 +148,14 @@ class MongoTokenProvider:
         return grant.access_token
 
     async def _store_grant(self, account_id: str, grant: TokenGrant, *, until: float) -> int:
-        """Store the grant TikTok just rotated to, retrying a database failure while our lock holds.
+        """Store the grant TikTok just rotated to, retrying a database failure (bounded).
 
         TikTok killed the old refresh token when it answered: this grant is the only live one. Given
         up at the first Mongo hiccup, it was lost, and the next refresh (with the dead token) ended
-        the account `reauth_required` (found by `make chaos`). Until the lock expires no other
-        replica refreshes, so retrying is safe; after that one may, and the error is raised.
+        the account `reauth_required` (found by `make chaos`, where a FerretDB restart under load
+        outlasted the refresh lock). So it is retried past the lock: a caller that refreshes with
+        the dead token meanwhile marks the account for reconnection, and the late store, which
+        proves the grant alive, reconnects it (MongoAccountStore.store_refreshed).
         """
         delay = 0.5
         while True:
