@@ -4,11 +4,13 @@ refresh lost the grant, and the account ended `reauth_required` at its next refr
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 from reelay_common.adapters.tiktok.tokens import MongoTokenProvider
 from reelay_common.domain.errors import AuthExpiredError, DatabaseUnavailableError
+from reelay_testing.waiting import eventually
 from tiktok_sandbox.testing import SandboxHandle
 
 from tests.integration.tiktok.tiktok_it import TikTokLayer, connect_account
@@ -72,3 +74,33 @@ async def test_a_late_grant_reconnects_an_account_a_racing_refresh_marked_dead(
     assert record is not None
     assert record.status == "connected", "the live grant was stored, yet the account stays dead"
     assert await layer.tokens.access_token("acct") == live.access_token
+
+
+async def test_a_caller_cancelled_while_the_grant_is_stored_does_not_lose_it(
+    layer: TikTokLayer, sandbox: SandboxHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The status-poller's per-poll timeout cancelled a poll whose token refresh TikTok had answered.
+    _, grant = await connect_account(layer, sandbox.base_url, "acct", username="cancelled", expires_in=1)
+    real = layer.store.store_refreshed
+    storing = asyncio.Event()
+
+    async def slow(*args: Any, **kwargs: Any) -> int:
+        storing.set()
+        await asyncio.sleep(0.3)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(layer.store, "store_refreshed", slow)
+    caller = asyncio.create_task(layer.tokens.access_token("acct"))
+    await storing.wait()  # TikTok has rotated; the new grant is on its way to Mongo
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+
+    async def stored() -> str | None:
+        tokens = await layer.store.get_tokens("acct")
+        assert tokens is not None
+        return tokens.refresh_token if tokens.refresh_token != grant["refresh_token"] else None
+
+    await eventually(stored, timeout=30, interval=0.1, what="the rotated grant to be stored")
+    token = await layer.tokens.access_token("acct")
+    assert await layer.tokens.force_refresh("acct", token) != token  # the stored one is TikTok's live one

@@ -52,6 +52,7 @@ class MongoTokenProvider:
         self._margin = timedelta(seconds=refresh_margin_seconds)
         self._lock_seconds = lock_seconds
         self._store_grant_seconds = store_grant_seconds
+        self._in_flight: set[asyncio.Future[str]] = set()  # refreshes outliving a cancelled caller
         self._poll = poll_interval_seconds
         # Losers wait at most a lock lifetime (plus slack), after which the lock is up for grabs.
         self._wait_timeout = wait_timeout_seconds if wait_timeout_seconds is not None else lock_seconds + 5
@@ -101,7 +102,14 @@ class MongoTokenProvider:
                 lock_seconds=self._lock_seconds,
             )
             if mine is not None:
-                return await self._refresh_as_winner(mine)
+                # Shielded: once the refresh token is sent, TikTok may rotate it; a caller that is
+                # cancelled then (a poll's timeout) must not drop the grant before it is stored
+                # (found by `make chaos`). The refresh finishes in the background instead.
+                task = asyncio.ensure_future(self._refresh_as_winner(mine))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+                task.add_done_callback(_observe)
+                return await asyncio.shield(task)
             current = await self._load(account_id)
             if current.token_version != seen.token_version and current.access_token is not None:
                 return current.access_token
@@ -169,6 +177,12 @@ class MongoTokenProvider:
                 log.warning("token_refresh_store_retry", account_id=account_id, error=type(exc).__name__)
                 await self._sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def _observe(task: asyncio.Future[str]) -> None:
+    """Retrieve the outcome of a refresh whose caller left: its error was logged where it arose."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _ensure_connected(tokens: AccountTokens) -> None:
