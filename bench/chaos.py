@@ -20,7 +20,8 @@ schedule, though the machine's timing still varies):
   Reelay still trusts it (the 401 path).
 
 Afterwards, from the sandbox's own record (GET /sandbox/publishes) and Mongo (`uploads_in_flight`
-+ `uploads`): every request terminal; none lost (accepted, yet no document or never terminal);
++ `uploads`): every request terminal; none lost (no document, so never accepted or lost after,
+or never terminal);
 no duplicate publish (one request title published more than once, a chunk stored twice, a
 published video whose bytes are not the source's); every history forward-only
 (reelay_common.domain.states.can_transition); every dead letter on the `.dlq` topics explained
