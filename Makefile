@@ -9,6 +9,10 @@
 #   make status   what runs, and whether it is healthy; which servers are external
 #   make bench    the benchmarks of bench/ (upload speed at 10 MB, 200 MB, 1 GB per source kind;
 #                 a 2 GB file through ingest); QUICK=1 for 10 MB and 200 MB. Stops by itself.
+#   make chaos    500 uploads over 50 accounts while the services, Kafka and FerretDB are killed and the
+#                 sandbox injects faults; ends `chaos: ... lost=0 duplicates=0 ...` (its own Kafka on 39092,
+#                 FerretDB on 37217); QUICK=1 for 50 uploads (~3 min), SEED=N to replay a run,
+#                 BUDGET=seconds for the whole run (default 1200). Stops by itself.
 #   make test     lint (ruff, import contracts, deptry), type check, each package synced and imported
 #                 alone, unit + integration + e2e tests (starts and stops its own Kafka on 29092,
 #                 FerretDB on 27217 and SeaweedFS's S3 on 28333 unless
@@ -42,7 +46,7 @@ MYPY_PATHS := libs/common/src libs/testing/src services/ingest/src services/uplo
               tools/tiktok-sandbox/src tools/cli/src scripts
 
 .PHONY: help install venv kafka ferretdb seaweedfs up down status demo logs test lint format typecheck \
-        test-python packages schemas k8s deploy-check clean bench
+        test-python packages schemas k8s deploy-check clean bench chaos
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -108,6 +112,9 @@ test-python: install ## pytest: unit, then integration + e2e against real Kafka 
 
 bench: install ## benchmarks (bench/RESULTS.md): upload speed per source kind, a 2 GB file through ingest; QUICK=1
 	@QUICK=$(QUICK) $(ROOT)/bench/run.sh
+
+chaos: install ## 500 uploads under kills, broker/Mongo restarts and TikTok faults: lost=0 duplicates=0; QUICK=1, SEED=N
+	@timeout $$(( $(or $(BUDGET),1200) + 300 )) $(RUN) python $(ROOT)/bench/chaos.py $(if $(filter-out 0,$(QUICK)),--quick) $(if $(SEED),--seed $(SEED)) $(if $(BUDGET),--budget $(BUDGET))
 
 schemas: venv ## regenerate schemas/ (JSON Schema of every message + AsyncAPI document)
 	$(RUN) python $(ROOT)/scripts/export_schemas.py

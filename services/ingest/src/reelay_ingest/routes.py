@@ -242,6 +242,7 @@ async def _upload_from_form(request: Request, deps: IngestDeps, idempotency_key:
     stream = MultipartStream(request.headers["content-type"], request.stream())
     fields: dict[str, str] = {}
     stored: _StoredFile | None = None
+    request_id: str | None = None
     try:
         async for part in stream.parts():
             if isinstance(part, FormField):
@@ -258,7 +259,7 @@ async def _upload_from_form(request: Request, deps: IngestDeps, idempotency_key:
         bind_learned(**learned)
         accepted = await accept_upload(_command(request_id, form, stored.blob), deps, checked=stored.checked)
     except BaseException:
-        if stored is not None:
+        if stored is not None and not await _may_be_kept(stored.blob, request_id, deps):
             await _discard(stored.blob, deps)
         raise
     if accepted.record.source != stored.blob:  # a replay: the earlier request's file is the one kept
@@ -297,6 +298,25 @@ async def _store_file(
         body, filename=part.filename, content_type=content_type, max_bytes=deps.policy.max_upload_bytes
     )
     return _StoredFile(blob=saved, checked=target)
+
+
+async def _may_be_kept(blob: BlobSource, request_id: str | None, deps: IngestDeps) -> bool:
+    """Whether a failed request's file may be the one its upload document names.
+
+    accept_upload can fail after the document is stored (Mongo lost after the insert, or while
+    the outbox is settled): the upload then exists, its command may already be on Kafka, and a
+    replay answers 202 for it. Deleting its file would make the uploader fail it `blob_not_found`
+    (found by `make chaos`). When the store cannot say, the file is kept: an orphan file costs
+    disk, a deleted one loses the upload.
+    """
+    if request_id is None:
+        return False  # refused before the upload had an id: nothing was stored under it
+    try:
+        record = await asyncio.shield(deps.uploads.get(request_id))
+    except Exception as exc:
+        log.warning("blob_kept_unknown_upload", blob_id=blob.blob_id, error=type(exc).__name__)
+        return True
+    return record is not None and record.source == blob
 
 
 async def _discard(blob: BlobSource, deps: IngestDeps) -> None:

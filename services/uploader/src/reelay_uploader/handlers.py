@@ -101,6 +101,9 @@ Outcome = Literal[
     "request_id_conflict",
 ]
 
+# How long the checkpoint of a new publish is retried before the upload is handed back (and re-inits).
+INIT_CHECKPOINT_RETRY_SECONDS = 60.0
+
 
 @dataclass(frozen=True)
 class UploaderDeps:
@@ -478,7 +481,7 @@ class _Job:
         if not result.upload_url:
             raise TikTokRejectedError("TikTok's init answered without an upload_url", code="no_upload_url")
         expires = self.deps.clock() + UPLOAD_URL_LIFETIME - self.deps.upload_url_margin
-        self.rec = await self._checkpoint(
+        self.rec = await self._checkpoint_init(
             {
                 "publish_id": result.publish_id,
                 "upload_url": result.upload_url,
@@ -652,6 +655,24 @@ class _Job:
             assert not isinstance(source, PullFromUrlSource)  # TikTok reads those itself
             self._reader = await self.resources.enter_async_context(self.deps.open_reader(source))
         return self._reader
+
+    async def _checkpoint_init(self, fields: Mapping[str, Any]) -> UploadRecord:
+        """Record a publish TikTok just created, retrying a database failure (bounded).
+
+        Given up at the first Mongo failure, the publish_id was forgotten and the retry made a
+        second init: an orphan publish that counts against the creator's daily post cap (found by
+        `make chaos`, FerretDB restarted right after an init). A crash here still orphans it.
+        """
+        delay, deadline = 0.5, time.monotonic() + INIT_CHECKPOINT_RETRY_SECONDS
+        while True:
+            try:
+                return await self._checkpoint(fields)
+            except RetryableError as exc:
+                if time.monotonic() + delay >= deadline:
+                    raise
+                log.warning("init_checkpoint_retry", error=type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _checkpoint(self, fields: Mapping[str, Any]) -> UploadRecord:
         updated = await self.deps.uploads.checkpoint(self.rid, fields, expect_state=UploadState.UPLOADING)

@@ -222,6 +222,22 @@ class MongoAccountStore:
             )
             if doc is None:
                 raise InvalidInputError(f"unknown account {account_id}", code="unknown_account")
+            if doc.get("status") == AccountStatus.REAUTH_REQUIRED:
+                # That other caller refreshed with the token TikTok had already rotated away, got
+                # invalid_grant and marked the account dead; the grant just stored proves it alive.
+                version = doc.get("token_version", 0)
+                await self._write(
+                    account_id,
+                    lambda: self._col.update_one(
+                        {
+                            "_id": account_id,
+                            "status": AccountStatus.REAUTH_REQUIRED,
+                            "token_version": version,
+                        },
+                        {"$set": {"status": AccountStatus.CONNECTED}},
+                    ),
+                )
+                log.warning("account_reconnected_by_late_grant", account_id=account_id)
         return int(doc.get("token_version", 0))
 
     async def release_refresh_lock(self, account_id: str, *, owner: str) -> None:

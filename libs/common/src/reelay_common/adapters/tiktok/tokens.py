@@ -19,6 +19,7 @@ from reelay_common.domain.errors import (
 from reelay_common.domain.messages import utcnow
 from reelay_common.domain.oauth import ACCOUNT_DISCONNECTED, ACCOUNT_REAUTH_REQUIRED
 from reelay_common.domain.records import AccountStatus
+from reelay_common.domain.tiktok import TokenGrant
 from reelay_common.logging import get_logger
 from reelay_common.metrics import TOKEN_REFRESHES
 
@@ -40,6 +41,7 @@ class MongoTokenProvider:
         *,
         refresh_margin_seconds: float = 300.0,
         lock_seconds: float = 60.0,
+        store_grant_seconds: float = 300.0,
         poll_interval_seconds: float = 0.1,
         wait_timeout_seconds: float | None = None,
         owner: str | None = None,
@@ -50,6 +52,8 @@ class MongoTokenProvider:
         self._client = client
         self._margin = timedelta(seconds=refresh_margin_seconds)
         self._lock_seconds = lock_seconds
+        self._store_grant_seconds = store_grant_seconds
+        self._in_flight: set[asyncio.Future[str]] = set()  # refreshes outliving a cancelled caller
         self._poll = poll_interval_seconds
         # Losers wait at most a lock lifetime (plus slack), after which the lock is up for grabs.
         self._wait_timeout = wait_timeout_seconds if wait_timeout_seconds is not None else lock_seconds + 5
@@ -104,7 +108,14 @@ class MongoTokenProvider:
                 lock_seconds=self._lock_seconds,
             )
             if mine is not None:
-                return await self._refresh_as_winner(mine)
+                # Shielded: once the refresh token is sent, TikTok may rotate it; a caller that is
+                # cancelled then (a poll's timeout) must not drop the grant before it is stored
+                # (found by `make chaos`). The refresh finishes in the background instead.
+                task = asyncio.ensure_future(self._refresh_as_winner(mine))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+                task.add_done_callback(_observe)
+                return await asyncio.shield(task)
             current = await self._load(account_id)
             if current.token_version != seen.token_version and current.access_token is not None:
                 return current.access_token
@@ -116,6 +127,7 @@ class MongoTokenProvider:
 
     async def _refresh_as_winner(self, mine: AccountTokens) -> str:
         account_id = mine.account_id
+        locked_at = time.monotonic()
         if mine.refresh_token is None:
             await self._store.release_refresh_lock(account_id, owner=self._owner)
             await self._store.mark_reauth_required(account_id)
@@ -145,7 +157,7 @@ class MongoTokenProvider:
             await self._store.release_refresh_lock(account_id, owner=self._owner)
             TOKEN_REFRESHES.labels(outcome="error").inc()
             raise
-        version = await self._store.store_refreshed(account_id, owner=self._owner, grant=grant)
+        version = await self._store_grant(account_id, grant, until=locked_at + self._store_grant_seconds)
         TOKEN_REFRESHES.labels(outcome="refreshed").inc()
         log.info(
             "token_refreshed",
@@ -155,6 +167,35 @@ class MongoTokenProvider:
             refresh_expires_in=grant.refresh_expires_in,
         )
         return grant.access_token
+
+    async def _store_grant(self, account_id: str, grant: TokenGrant, *, until: float) -> int:
+        """Store the grant TikTok just rotated to, retrying a database failure (bounded).
+
+        TikTok killed the old refresh token when it answered: this grant is the only live one. Given
+        up at the first Mongo hiccup, it was lost, and the next refresh (with the dead token) ended
+        the account `reauth_required` (found by `make chaos`, where a FerretDB restart under load
+        outlasted the refresh lock). So it is retried past the lock: a caller that refreshes with
+        the dead token meanwhile marks the account for reconnection, and the late store, which
+        proves the grant alive, reconnects it (MongoAccountStore.store_refreshed).
+        """
+        delay = 0.5
+        while True:
+            try:
+                return await self._store.store_refreshed(account_id, owner=self._owner, grant=grant)
+            except RetryableError as exc:
+                if time.monotonic() + delay >= until:
+                    TOKEN_REFRESHES.labels(outcome="error").inc()
+                    log.error("token_refresh_grant_lost", account_id=account_id, error=type(exc).__name__)
+                    raise
+                log.warning("token_refresh_store_retry", account_id=account_id, error=type(exc).__name__)
+                await self._sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+def _observe(task: asyncio.Future[str]) -> None:
+    """Retrieve the outcome of a refresh whose caller left: its error was logged where it arose."""
+    if not task.cancelled():
+        task.exception()
 
 
 # The code an account that cannot post makes its uploads fail with (terminal: only a reconnect helps).
