@@ -12,6 +12,7 @@ from reelay_common.ports import (
     Outbox,
     Publisher,
     Recorder,
+    TenantStore,
     TikTokApi,
     UploadStore,
 )
@@ -54,3 +55,5 @@ class IngestDeps:
     policy: Policy = field(default_factory=Policy)
     # creator_info kept a short while across replicas; None asks TikTok on every direct post.
     creator_infos: CreatorInfoCache | None = None
+    # Tenants' API keys (reelay-admin keys create); None lets in INGEST_API_KEYS only.
+    tenants: TenantStore | None = None

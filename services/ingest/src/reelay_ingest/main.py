@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import Callable
 
 from reelay_common.adapters.mongo.creator_info import MongoCreatorInfoCache
+from reelay_common.adapters.mongo.tenants import MongoTenantStore
 from reelay_common.adapters.ops_server import serve_app
 from reelay_common.logging import get_logger
 from reelay_common.runtime import Infrastructure, run_service, supervise
@@ -67,6 +68,7 @@ async def run(
             creator_infos=MongoCreatorInfoCache(
                 infra.db, max_age_seconds=settings.creator_info_cache_seconds
             ),
+            tenants=MongoTenantStore(infra.db),
         )
         app = instrument_app(create_app(settings, deps, ready_checks=infra.ready_checks()))
 

@@ -235,8 +235,9 @@ class UploadView(BaseModel):
             else SourceView(kind=src.kind)
         )
         return cls(
-            request_id=record.request_id,
-            account_id=record.account_id,
+            # The client's own ids: its tenant is the caller's (docs/architecture.md, "Tenants").
+            request_id=record.client_request_id,
+            account_id=record.client_account_id,
             mode=record.mode,
             state=record.state,
             source=source,
@@ -340,7 +341,7 @@ class AccountView(BaseModel):
     def of(cls, record: AccountRecord) -> AccountView:
         """The view of a stored account."""
         return cls(
-            account_id=record.account_id,
+            account_id=record.client_account_id,
             open_id=record.open_id,
             status=record.status,
             scopes=list(record.scopes),

@@ -11,6 +11,7 @@ import typer
 from pymongo.asynchronous.database import AsyncDatabase
 from reelay_common.adapters.mongo.client import connect, ensure_indexes
 
+from reelay_ingest.admin import tenants
 from reelay_ingest.settings import IngestSettings
 
 APP_NAME = "reelay-admin"
@@ -48,6 +49,10 @@ def indexes() -> None:
 
     asyncio.run(run())
     typer.echo("indexes: ok")
+
+
+app.add_typer(tenants.tenants_app)
+app.add_typer(tenants.keys_app)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from reelay_common.domain.records import (
     AccountRecord,
     AccountStatus,
 )
+from reelay_common.domain.tenancy import split_scoped
 from reelay_common.domain.tiktok import TokenGrant
 from reelay_common.logging import get_logger
 
@@ -91,7 +92,8 @@ class MongoAccountStore:
                         "status": AccountStatus.CONNECTED,
                     },
                     "$inc": {"token_version": 1},
-                    "$setOnInsert": {"created_at": now},
+                    # The tenant of the stored key (docs/architecture.md, "Tenants").
+                    "$setOnInsert": {"created_at": now, "tenant_id": split_scoped(account_id)[0]},
                 },
                 upsert=True,
                 return_document=ReturnDocument.AFTER,
