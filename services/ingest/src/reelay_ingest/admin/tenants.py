@@ -15,7 +15,6 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import BaseModel
-from reelay_common.adapters.mongo.client import ensure_indexes
 from reelay_common.adapters.mongo.tenants import MongoTenantStore
 from reelay_common.domain.api_keys import (
     ApiKeyRecord,
@@ -25,6 +24,7 @@ from reelay_common.domain.api_keys import (
     UnknownTenantError,
     check_key_id,
 )
+from reelay_common.domain.errors import RetryableError
 from reelay_common.domain.tenancy import check_tenant_id
 
 from reelay_ingest.settings import IngestSettings
@@ -46,8 +46,8 @@ def _run(work: Callable[[MongoTenantStore], Awaitable[T]]) -> T:
     from reelay_ingest.admin.cli import database
 
     async def run() -> T:
+        # No index is needed for these (every service creates them at start: `reelay-admin indexes`).
         async with database(IngestSettings()) as db:
-            await ensure_indexes(db)
             return await work(MongoTenantStore(db))
 
     try:
@@ -56,6 +56,8 @@ def _run(work: Callable[[MongoTenantStore], Awaitable[T]]) -> T:
         _fail(str(exc.args[0]) if exc.args else str(exc), code=1)
     except ValueError as exc:  # a bad name or label, refused by the store
         _fail(str(exc), code=2)
+    except RetryableError as exc:  # MongoDB did not answer
+        _fail(f"the database did not answer ({exc.message}); try again", code=1)
 
 
 def _fail(message: str, *, code: int) -> NoReturn:
