@@ -68,6 +68,7 @@ from reelay_common.outbox import OutboxRelay
 from reelay_common.ports import VideoReader
 from reelay_common.recorder import StateRecorder
 from reelay_testing.publisher import FakePublisher
+from reelay_testing.stores import FakeAccountStore
 from reelay_uploader.handlers import UploaderDeps, handle_upload_requested
 from tiktok_sandbox.media import write_sample_mp4
 
@@ -294,15 +295,6 @@ async def run_uploader(cfg: dict[str, Any]) -> dict[str, Any]:
         outbox = OutboxRelay(
             store, publisher, requested_topic="bench.upload.requested", status_topic="bench.publish.status"
         )
-        deps = UploaderDeps(
-            uploads=store,
-            recorder=StateRecorder(store, outbox),
-            outbox=outbox,
-            publisher=publisher,
-            tiktok=gateway,
-            open_reader=open_reader,
-            events_topic="bench.publish.events",
-        )
         cmd = UploadRequested.model_validate(
             {
                 "request_id": f"bench-{uuid.uuid4().hex}",
@@ -310,6 +302,18 @@ async def run_uploader(cfg: dict[str, Any]) -> dict[str, Any]:
                 "mode": "inbox",
                 "source": cfg["source"],
             }
+        )
+        accounts = FakeAccountStore()  # the gateway's tokens are static: the account is only looked up
+        accounts.add_connected(cmd.account_id)
+        deps = UploaderDeps(
+            uploads=store,
+            accounts=accounts,
+            recorder=StateRecorder(store, outbox),
+            outbox=outbox,
+            publisher=publisher,
+            tiktok=gateway,
+            open_reader=open_reader,
+            events_topic="bench.publish.events",
         )
         baseline = peak_rss_mb()
         started = time.perf_counter()

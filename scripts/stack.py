@@ -45,7 +45,19 @@ def _config() -> c.StackConfig:
     return c.StackConfig.from_env(ROOT, os.environ, python=sys.executable)
 
 
-async def _demo(cfg: c.StackConfig) -> str | None:
+async def _dev_key(cfg: c.StackConfig) -> str:
+    """The dev tenant's key (made on the first run, kept in .run for the next)."""
+    import httpx
+    from reelay_dev.dev_tenant import DevTenantError, ensure_dev_key
+
+    try:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
+            return await ensure_dev_key(cfg, os.environ, http, say_stderr)
+    except (DevTenantError, httpx.HTTPError) as exc:
+        raise StackError(f"dev tenant: {exc}") from exc
+
+
+async def _demo(cfg: c.StackConfig, api_key: str) -> str | None:
     from reelay_dev.demo import DemoError, run_demo
 
     try:
@@ -54,7 +66,9 @@ async def _demo(cfg: c.StackConfig) -> str | None:
     except ValueError as exc:
         raise StackError(f"DEMO_TIMEOUT_SECONDS / DEMO_VIDEO_BYTES must be numbers: {exc}") from exc
     try:
-        return await run_demo(cfg, os.environ, say_stderr, video_size=size, wait_seconds=timeout)
+        return await run_demo(
+            cfg, os.environ, say_stderr, api_key=api_key, video_size=size, wait_seconds=timeout
+        )
     except DemoError as exc:
         raise StackError(f"demo failed: {exc}") from exc
 
@@ -72,17 +86,19 @@ async def cmd_up(args: argparse.Namespace) -> int:
     await check_externals(found, say_stderr)
     record_externals(cfg, found)
     await bring_up(cfg, c.stack_stages(cfg), table, say_stderr)
+    tenant_key = await _dev_key(cfg)
     account_id = None
     if not args.no_demo and env_flag(os.environ, "DEMO", True):
-        account_id = await _demo(cfg)
-    print(summary_block(cfg, account_id), flush=True)
+        account_id = await _demo(cfg, tenant_key)
+    print(summary_block(cfg, account_id, tenant_key=tenant_key), flush=True)
     return 0
 
 
 async def cmd_demo(_: argparse.Namespace) -> int:
     cfg = _config()
-    account_id = await _demo(cfg)
-    print(summary_block(cfg, account_id), flush=True)
+    tenant_key = await _dev_key(cfg)
+    account_id = await _demo(cfg, tenant_key)
+    print(summary_block(cfg, account_id, tenant_key=tenant_key), flush=True)
     return 0
 
 

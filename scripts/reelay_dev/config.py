@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Literal, TypedDict, cast
 
 DEV_API_KEY = "dev-api-key"
+# The tenant `make up` makes for the demo, with a key of its own (reelay_dev.dev_tenant).
+DEV_TENANT = "dev"
 DEV_CLIENT_KEY = "dev-client-key"
 DEV_CLIENT_SECRET = "dev-client-secret"  # noqa: S105  # the documented local placeholder, as in reelay_common.settings
 

@@ -2,11 +2,12 @@
 print each state change until TikTok (the sandbox) says `published`.
 
 With the sandbox, the account is connected as a team would connect theirs: through TikTok's OAuth
-(POST /v1/accounts/demo/connect, the sandbox's consent page approved for the demo creator, the
-redirect followed to ingest's callback). With DEMO_* tokens of another account, those are registered.
+(POST /v1/accounts/demo/connect with the key of make up's dev tenant (`dev_tenant`), the sandbox's
+consent page approved for the demo creator, the redirect followed to ingest's callback). With DEMO_*
+tokens of another account, those are registered.
 
-Idempotent: the demo creator has a fixed open_id in the sandbox and the demo account (`demo`) is
-connected again on every run.
+Idempotent: the demo creator has a fixed open_id in the sandbox and the demo account (`demo`, of the
+dev tenant) is connected again on every run.
 """
 
 from __future__ import annotations
@@ -96,11 +97,13 @@ def _raise_for(resp: httpx.Response, what: str) -> None:
 class Demo:
     """Drives the stack through its public HTTP interfaces, as a client would."""
 
-    def __init__(self, cfg: StackConfig, http: httpx.AsyncClient, say: Callable[[str], None]) -> None:
+    def __init__(
+        self, cfg: StackConfig, http: httpx.AsyncClient, say: Callable[[str], None], *, api_key: str
+    ) -> None:
         self._cfg = cfg
         self._http = http
         self._say = say
-        self._headers = {"Authorization": f"Bearer {cfg.api_key}"}
+        self._headers = {"Authorization": f"Bearer {api_key}"}
 
     async def sandbox_creator(self) -> str:
         """The open_id of the demo's sandbox creator, made on first use.
@@ -257,14 +260,16 @@ async def run_demo(
     env: Mapping[str, str],
     say: Callable[[str], None],
     *,
+    api_key: str,
     video_size: int = 8_000_000,
     wait_seconds: float = 180.0,
 ) -> str | None:
-    """Run the demo; the account id it posted with, or None when there is none to post with (TikTok
-    is not the sandbox and no DEMO_* tokens were given)."""
+    """Run the demo as the tenant of `api_key` (make up's dev tenant); the account id it posted
+    with, or None when there is none to post with (TikTok is not the sandbox and no DEMO_* tokens
+    were given)."""
     external = external_tokens(env)
     async with httpx.AsyncClient(timeout=httpx.Timeout(60.0)) as http:
-        demo = Demo(cfg, http, say)
+        demo = Demo(cfg, http, say, api_key=api_key)
         if external is not None:
             account_id = await demo.register(external.open_id, external.token_json())
         elif cfg.runs_sandbox:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import config as c
-from .config import ProcessSpec, StackConfig
+from .config import DEV_TENANT, ProcessSpec, StackConfig
 from .procs import (
     ProcessTable,
     StartError,
@@ -267,9 +267,12 @@ async def status_lines(cfg: StackConfig, table: ProcessTable) -> list[str]:
     return lines
 
 
-def summary_block(cfg: StackConfig, account_id: str | None) -> str:
-    """The block `make up` ends with, for people and scripts."""
+def summary_block(cfg: StackConfig, account_id: str | None, *, tenant_key: str | None = None) -> str:
+    """The block `make up` ends with, for people and scripts: the default tenant's key, and the dev
+    tenant's (`dev_tenant`) when one was made, which the demo's account belongs to."""
     lines = [f"Ingest:     {cfg.ingest_url}", f"API key:    {cfg.api_key}"]
+    if tenant_key is not None:
+        lines += [f"Tenant:     {DEV_TENANT}", f"Tenant key: {tenant_key}"]
     if account_id is not None:
         lines.append(f"Account id: {account_id}")
     return "\n".join(lines)

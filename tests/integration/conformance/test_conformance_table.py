@@ -621,8 +621,11 @@ class Uploader:
 def uploader(w: World, reader: VideoReader | None = None, *, token: str | None = None) -> Uploader:
     uploads = FakeUploadStore()
     publisher = FakePublisher()
+    accounts = FakeAccountStore()
+    accounts.add_connected(ACCOUNT)
     deps = UploaderDeps(
         uploads=uploads,
+        accounts=accounts,
         recorder=(rec := recording(uploads, publisher, status_topic="conformance.status")).recorder,
         outbox=rec.outbox,
         publisher=publisher,

@@ -644,3 +644,47 @@ class TestRecordCallback:
         record = await store.get("req-1")
         assert record is not None
         assert record.callbacks == {S.FAILED: done}
+
+
+class TestTenants:
+    """Two tenants' equal ids are two uploads; the default tenant's keys are the ids themselves."""
+
+    async def test_the_same_request_id_of_two_tenants_is_two_uploads(self, store: UploadStore) -> None:
+        a, created_a = await store.create(cmd().model_copy(update={"tenant_id": "team-a"}), source="ingest")
+        b, created_b = await store.create(cmd().model_copy(update={"tenant_id": "team-b"}), source="ingest")
+        assert created_a
+        assert created_b
+        assert (a.request_id, a.account_id, a.tenant_id) == ("team-a~req-1", "team-a~acct-1", "team-a")
+        assert (b.client_request_id, b.client_account_id, b.tenant_id) == ("req-1", "acct-1", "team-b")
+        assert await store.get("req-1") is None  # and the default tenant has none
+        default, created = await store.create(cmd(), source="ingest")
+        assert created
+        assert (default.request_id, default.account_id, default.tenant_id) == ("req-1", "acct-1", "default")
+        request = a.request()
+        assert (request.request_id, request.account_id, request.tenant_id) == ("req-1", "acct-1", "team-a")
+
+    async def test_a_listing_of_one_tenant_holds_its_uploads_only(self, store: UploadStore) -> None:
+        await store.create(cmd(1), source="ingest")
+        await store.create(cmd(2).model_copy(update={"tenant_id": "team-a"}), source="ingest")
+        await store.create(cmd(3).model_copy(update={"tenant_id": "team-b"}), source="ingest")
+        assert [r.request_id for r in await store.list(tenant_id="team-a")] == ["team-a~req-2"]
+        assert [r.request_id for r in await store.list(tenant_id="default")] == ["req-1"]
+        assert [r.request_id for r in await store.list(tenant_id="team-a", account_id="team-a~acct-1")] == [
+            "team-a~req-2"
+        ]
+        assert await store.list(tenant_id="team-a", account_id="acct-1") == []
+        assert await store.list(tenant_id="team-c") == []
+
+
+async def test_the_default_tenants_listing_includes_documents_written_before_tenants(
+    indexed_db: AsyncDatabase[dict[str, Any]],
+) -> None:
+    store = MongoUploadStore(indexed_db)
+    await store.create(cmd(1), source="ingest")
+    await store.create(cmd(2).model_copy(update={"tenant_id": "team-a"}), source="ingest")
+    # A document as an earlier Reelay wrote it: no tenant_id at all.
+    await indexed_db["uploads_in_flight"].update_one({"_id": "req-1"}, {"$unset": {"tenant_id": ""}})
+    assert "tenant_id" not in (await indexed_db["uploads_in_flight"].find_one({"_id": "req-1"}) or {})
+    [legacy] = await store.list(tenant_id="default")
+    assert (legacy.request_id, legacy.tenant_id) == ("req-1", "default")
+    assert [r.request_id for r in await store.list(tenant_id="team-a")] == ["team-a~req-2"]

@@ -23,6 +23,17 @@ class TestSummaryBlock:
             "Account id: demo",
         ]
 
+    def test_names_the_dev_tenant_and_its_key_when_make_up_made_one(self) -> None:
+        block = summary_block(cfg_from({}), "demo", tenant_key="rly_0123456789abcdef_secret")
+        parsed = {k: v.strip() for k, v in (line.split(":", 1) for line in block.splitlines())}
+        assert parsed == {
+            "Ingest": "http://127.0.0.1:8000",
+            "API key": "dev-api-key",
+            "Tenant": "dev",
+            "Tenant key": "rly_0123456789abcdef_secret",
+            "Account id": "demo",
+        }
+
     def test_leaves_out_the_account_when_the_demo_made_none(self) -> None:
         assert "Account id" not in summary_block(cfg_from({}), None)
 

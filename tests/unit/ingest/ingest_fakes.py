@@ -31,6 +31,7 @@ from reelay_ingest.webhooks import sign
 from reelay_testing.blobs import FakeBlobStore
 from reelay_testing.publisher import FakePublisher
 from reelay_testing.stores import FakeAccountStore, FakeUploadStore
+from reelay_testing.tenants import FakeTenantStore
 
 from tests.recording import recording
 
@@ -125,6 +126,7 @@ class IngestApp:
     settings: IngestSettings
     ready: dict[str, bool] = field(default_factory=dict)
     outbox: OutboxRelay | None = None
+    tenants: FakeTenantStore = field(default_factory=FakeTenantStore)
 
     @property
     def auth(self) -> dict[str, str]:
@@ -248,6 +250,7 @@ async def running(
     settings = settings or make_settings()
     uploads, accounts = FakeUploadStore(), FakeAccountStore()
     publisher, blobs, tiktok = TopicFailingPublisher(), CountingBlobStore(), FakeTikTok()
+    tenants = FakeTenantStore()
     accounts.add_connected(ACCOUNT)
     ready = {"mongo": True, "kafka": True}
 
@@ -270,9 +273,12 @@ async def running(
         tiktok=tiktok,
         topics=TOPICS,
         policy=policy_of(settings),
+        tenants=tenants,
     )
     app = create_app(settings, deps, ready_checks={name: check(name) for name in ready})
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=raise_app_exceptions)
         async with httpx.AsyncClient(transport=transport, base_url="http://ingest.test") as client:
-            yield IngestApp(client, uploads, accounts, publisher, blobs, tiktok, settings, ready, rec.outbox)
+            yield IngestApp(
+                client, uploads, accounts, publisher, blobs, tiktok, settings, ready, rec.outbox, tenants
+            )

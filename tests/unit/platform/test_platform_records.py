@@ -15,6 +15,7 @@ NOW = datetime(2030, 1, 1, 12, 0, 0, 123000, tzinfo=UTC)
 STORED_KEYS = [
     "_id",
     "account_id",
+    "tenant_id",  # the default tenant's, stored with keys unchanged (docs/architecture.md, "Tenants")
     "mode",
     "source",
     "post_info",

@@ -200,6 +200,33 @@ class TestWhereTo:
         assert world.sender.sent == []
 
 
+class TestTenants:
+    async def test_a_tenants_change_is_the_callback_of_its_own_upload(self, world: World) -> None:
+        """Two tenants' equal request_ids: the change of one is recorded on that tenant's upload only,
+        and the body names the client's ids and the tenant."""
+        await world.upload()  # the default tenant's req-1
+        cmd = UploadRequested.model_validate(
+            {
+                "request_id": "req-1",
+                "account_id": "acct-1",
+                "tenant_id": "team-a",
+                "mode": "inbox",
+                "source": {"kind": "url", "url": "https://videos.example.com/a.mp4"},
+                "callback_url": HOOK,
+            }
+        )
+        await world.uploads.create(cmd, source="ingest")
+        world.sender.answers = [CallbackAnswer("delivered", status=204)]
+        msg = change().model_copy(update={"tenant_id": "team-a"})
+
+        await handle_status_changed(msg, world.deps)
+
+        body = json.loads(world.sender.sent[0][1])
+        assert (body["request_id"], body["account_id"], body["tenant_id"]) == ("req-1", "acct-1", "team-a")
+        assert world.uploads.records["team-a~req-1"].callbacks[S.ACCEPTED].outcome == "delivered"
+        assert world.uploads.records["req-1"].callbacks == {}
+
+
 class TestVerdicts:
     @pytest.mark.parametrize(
         ("status", "verdict"),

@@ -48,7 +48,7 @@ from reelay_common.ports import ChunkedUpload, ProgressCallback, SizedVideo, Vid
 from reelay_testing.clocks import FakeClock
 from reelay_testing.publisher import FakePublisher
 from reelay_testing.readers import BytesVideoReader
-from reelay_testing.stores import FakeCreatorInfoCache, FakeUploadStore
+from reelay_testing.stores import FakeAccountStore, FakeCreatorInfoCache, FakeUploadStore
 from reelay_uploader.handlers import PROGRESS_CHECKPOINT_INTERVAL, UploaderDeps, handle_upload_requested
 
 from tests.recording import recording
@@ -272,8 +272,12 @@ def make_world(
         yield found
 
     rec = recording(uploads, publisher, status_topic=STATUS)
+    accounts = FakeAccountStore()
+    for account_id in ("acct-1", "acct-2"):
+        accounts.add_connected(account_id)
     deps = UploaderDeps(
         uploads=uploads,
+        accounts=accounts,
         recorder=rec.recorder,
         outbox=rec.outbox,
         publisher=publisher,

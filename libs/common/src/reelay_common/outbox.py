@@ -53,8 +53,10 @@ def message_for(record: UploadRecord, entry: OutboxEntry) -> tuple[BaseModel, st
     history_entry = record.history[index] if index is not None else None
     previous = record.history[index - 1].state if index else None
     message = PublishStatusChanged(
-        request_id=record.request_id,
-        account_id=record.account_id,
+        # The client's own ids and its tenant (docs/architecture.md, "Tenants").
+        request_id=record.client_request_id,
+        account_id=record.client_account_id,
+        tenant_id=record.tenant_id,
         publish_id=record.publish_id,
         state=state,
         previous_state=previous,

@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
+from reelay_common.domain.api_keys import ApiKeyRecord, NewApiKey, TenantRecord
 from reelay_common.domain.messages import (
     BlobSource,
     BlobStoreKind,
@@ -90,8 +91,16 @@ class UploadStore(Protocol):
         ...
 
     async def list(
-        self, *, account_id: str | None = None, state: UploadState | None = None, limit: int = 100
-    ) -> list[UploadRecord]: ...
+        self,
+        *,
+        tenant_id: str | None = None,
+        account_id: str | None = None,
+        state: UploadState | None = None,
+        limit: int = 100,
+    ) -> list[UploadRecord]:
+        """Newest first; `tenant_id` keeps one tenant's (the API always gives it), `account_id` is
+        the account's stored key."""
+        ...
 
     async def find_by_publish_id(self, publish_id: str) -> UploadRecord | None: ...
 
@@ -167,6 +176,39 @@ class Recorder(Protocol):
     async def record(self, request_id: str, change: Change) -> UploadRecord | None:
         """A guarded transition (its announcement written with it), then sent. None when the
         guard refused."""
+        ...
+
+
+class TenantStore(Protocol):
+    """The `tenants` and `api_keys` collections (docs/architecture.md, "Tenants").
+
+    The default tenant always exists (it owns INGEST_API_KEYS and every id stored before tenants);
+    others are created. A key is stored as its digest only: `create_key` returns the one copy of it.
+    """
+
+    async def create_tenant(self, tenant_id: str, *, name: str | None = None) -> TenantRecord:
+        """A new tenant; ValueError for a bad id, TenantExistsError for one taken."""
+        ...
+
+    async def get_tenant(self, tenant_id: str) -> TenantRecord | None: ...
+
+    async def list_tenants(self) -> list[TenantRecord]:
+        """Every tenant, the default one first, then by id."""
+        ...
+
+    async def create_key(self, tenant_id: str, *, label: str | None = None) -> tuple[ApiKeyRecord, NewApiKey]:
+        """A new key of the tenant (UnknownTenantError if there is none): its record and the key."""
+        ...
+
+    async def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
+        """The tenant's keys, revoked ones too, oldest first (UnknownTenantError if no tenant)."""
+        ...
+
+    async def get_key(self, key_id: str) -> ApiKeyRecord | None: ...
+
+    async def revoke_key(self, key_id: str) -> ApiKeyRecord:
+        """Revoke the key (idempotent: a revoked key stays revoked at its first time);
+        UnknownApiKeyError if there is none."""
         ...
 
 

@@ -24,6 +24,7 @@ from reelay_common.domain.records import (
     check_settable,
 )
 from reelay_common.domain.states import TERMINAL_STATES, UploadState, can_transition
+from reelay_common.domain.tenancy import scoped, split_scoped
 from reelay_common.domain.tiktok import CreatorInfo, TokenGrant
 
 from reelay_testing.roundtrip import as_stored, stored_now, to_millis
@@ -55,7 +56,7 @@ class FakeUploadStore:
         self, cmd: UploadRequested, *, source: StateSource, enqueue: bool = False, lease_seconds: float = 0.0
     ) -> tuple[UploadRecord, bool]:
         """Keep a new `accepted` upload unless the request_id is known; (record, created)."""
-        existing = self.records.get(cmd.request_id)
+        existing = self.records.get(scoped(cmd.tenant_id, cmd.request_id))
         if existing is not None:
             return existing.model_copy(deep=True), False
         now = stored_now()
@@ -107,15 +108,23 @@ class FakeUploadStore:
         return self._put(record, {**fields, "updated_at": stored_now()})
 
     async def list(
-        self, *, account_id: str | None = None, state: UploadState | None = None, limit: int = 100
+        self,
+        *,
+        tenant_id: str | None = None,
+        account_id: str | None = None,
+        state: UploadState | None = None,
+        limit: int = 100,
     ) -> builtins.list[UploadRecord]:
-        """Uploads, newest first (ties by request_id), optionally for one account and/or one state."""
+        """Uploads, newest first (ties by request_id), optionally of one tenant, for one account
+        (its stored key) and/or in one state."""
         if not 1 <= limit <= 1000:
             raise ValueError("limit must be between 1 and 1000")
         found = [
             r
             for r in self.records.values()
-            if (account_id is None or r.account_id == account_id) and (state is None or r.state is state)
+            if (tenant_id is None or r.tenant_id == tenant_id)
+            and (account_id is None or r.account_id == account_id)
+            and (state is None or r.state is state)
         ]
         found.sort(key=lambda r: r.request_id)
         found.sort(key=lambda r: r.created_at, reverse=True)
@@ -268,7 +277,13 @@ class FakeAccountStore:
         }
         if previous is None:
             record = AccountRecord.model_validate(
-                {"_id": account_id, **fresh, "token_version": 1, "created_at": now}
+                {
+                    "_id": account_id,
+                    "tenant_id": split_scoped(account_id)[0],
+                    **fresh,
+                    "token_version": 1,
+                    "created_at": now,
+                }
             )
         else:
             record = previous.model_copy(update={**fresh, "token_version": previous.token_version + 1})
@@ -289,6 +304,7 @@ class FakeAccountStore:
         self.records[account_id] = AccountRecord.model_validate(
             {
                 "_id": account_id,
+                "tenant_id": split_scoped(account_id)[0],
                 "open_id": open_id or f"open-{account_id}",
                 "scopes": list(scopes) or ["user.info.basic", "video.publish", "video.upload"],
                 "access_token_enc": _FAKE_CIPHERTEXT,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from reelay_common.readiness import Check
 
 from reelay_ingest.deps import IngestDeps
+from reelay_ingest.keyring import KeyRing
 from reelay_ingest.observe import IngestMetrics
 from reelay_ingest.settings import IngestSettings
 
@@ -21,8 +21,9 @@ class AppContext:
     deps: IngestDeps
     # name -> check; /readyz answers 200 only while every one returns True.
     ready_checks: Mapping[str, Check]
+    # Which tenant an API key belongs to (INGEST_API_KEYS: the default one).
+    keys: KeyRing = field(default_factory=lambda: KeyRing((), None), repr=False)
     metrics: IngestMetrics = field(default_factory=IngestMetrics)
-    _api_keys: tuple[bytes, ...] = field(default=(), repr=False)
 
     @classmethod
     def of(cls, settings: IngestSettings, deps: IngestDeps, ready_checks: Mapping[str, Check]) -> AppContext:
@@ -31,12 +32,9 @@ class AppContext:
             settings=settings,
             deps=deps,
             ready_checks=ready_checks,
-            _api_keys=tuple(k.get_secret_value().encode() for k in settings.api_keys),
+            keys=KeyRing(
+                [k.get_secret_value() for k in settings.api_keys],
+                deps.tenants,
+                cache_seconds=settings.api_key_cache_seconds,
+            ),
         )
-
-    def api_key_valid(self, presented: str) -> bool:
-        """Whether `presented` is one of the configured keys, compared in constant time."""
-        given = presented.encode()
-        # Compare against every key, without stopping at a match, so timing says nothing.
-        matches = [hmac.compare_digest(given, key) for key in self._api_keys]
-        return any(matches)

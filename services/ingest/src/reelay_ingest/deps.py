@@ -12,6 +12,7 @@ from reelay_common.ports import (
     Outbox,
     Publisher,
     Recorder,
+    TenantStore,
     TikTokApi,
     UploadStore,
 )
@@ -58,3 +59,5 @@ class IngestDeps:
     creator_infos: CreatorInfoCache | None = None
     # Connecting and disconnecting accounts (OAuth, authorization.removed); None: not served.
     lifecycle: Lifecycle | None = None
+    # Tenants' API keys (reelay-admin keys create); None lets in INGEST_API_KEYS only.
+    tenants: TenantStore | None = None

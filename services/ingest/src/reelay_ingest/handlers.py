@@ -25,7 +25,7 @@ from reelay_common.domain.oauth import ACCOUNT_DISCONNECTED, ACCOUNT_REAUTH_REQU
 from reelay_common.domain.records import AccountRecord, AccountStatus, Change, UploadRecord, account_status
 from reelay_common.domain.rules import PRIVACY_LEVEL_NOT_OFFERED, check_privacy_level
 from reelay_common.domain.states import CANCELLABLE_STATES, UploadState
-from reelay_common.domain.tenancy import split_scoped
+from reelay_common.domain.tenancy import DEFAULT_TENANT, scoped, split_scoped
 from reelay_common.domain.tiktok import CreatorInfo, TokenGrant
 from reelay_common.logging import get_logger
 
@@ -51,18 +51,30 @@ REFUSALS = (RequestRejected, NotFoundError)
 
 @dataclass(frozen=True)
 class UploadTarget:
-    """What can be checked before a video's bytes arrive."""
+    """What can be checked before a video's bytes arrive (`account_id` is the client's own)."""
 
     account_id: str
     mode: UploadMode
     post_info: PostInfo | None
     url: str | None = None
+    tenant_id: str = DEFAULT_TENANT
 
     @classmethod
     def of(cls, cmd: UploadRequested) -> UploadTarget:
         """The target of an upload command."""
         url = cmd.source.url if isinstance(cmd.source, UrlSource | PullFromUrlSource) else None
-        return cls(account_id=cmd.account_id, mode=cmd.mode, post_info=cmd.post_info, url=url)
+        return cls(
+            account_id=cmd.account_id,
+            mode=cmd.mode,
+            post_info=cmd.post_info,
+            url=url,
+            tenant_id=cmd.tenant_id,
+        )
+
+    @property
+    def account_key(self) -> str:
+        """The account's stored key (scoped to the tenant)."""
+        return scoped(self.tenant_id, self.account_id)
 
 
 @dataclass(frozen=True)
@@ -76,7 +88,8 @@ class Accepted:
 async def check_upload_target(target: UploadTarget, deps: IngestDeps) -> None:
     """Refuse (RequestRejected and friends) an upload TikTok or our own rules would refuse."""
     policy = deps.policy
-    account = await deps.accounts.get(target.account_id)
+    # Another tenant's account is not found here, exactly like one that does not exist.
+    account = await deps.accounts.get(target.account_key)
     if account is None:
         raise NotFoundError(
             f"account {target.account_id!r} is not registered; register it with POST /v1/accounts",
@@ -90,7 +103,7 @@ async def check_upload_target(target: UploadTarget, deps: IngestDeps) -> None:
         except InvalidInputError as exc:
             raise RequestRejected(exc.message, code=exc.code or "url_refused") from exc
     if target.mode == "direct" and target.post_info is not None and policy.check_creator_info:
-        info = await _creator_info(target.account_id, deps)
+        info = await _creator_info(target.account_key, deps)
         if info is None:
             return
         offered = list(info.privacy_level_options)
@@ -160,7 +173,7 @@ def _check_account_can_post(account: AccountRecord, mode: UploadMode) -> None:
     scope = REQUIRED_SCOPE[mode]
     if scope not in account.scopes:
         raise RequestRejected(
-            f"mode {mode!r} needs the TikTok scope {scope}, which account {account.account_id!r} "
+            f"mode {mode!r} needs the TikTok scope {scope}, which account {account.client_account_id!r} "
             "has not granted",
             code="missing_scope",
             extra={"required_scope": scope, "scopes": list(account.scopes)},
@@ -180,7 +193,8 @@ async def accept_upload(
     `check_upload_target` already passed for (a form's fields before its file); the check is made
     unless that is `cmd`'s own target.
     """
-    existing = await deps.uploads.find_in_flight(cmd.request_id)
+    key = scoped(cmd.tenant_id, cmd.request_id)  # the tenant's request_id, as stored
+    existing = await deps.uploads.find_in_flight(key)
     if existing is not None:
         return _replay(existing, cmd)
     target = UploadTarget.of(cmd)
@@ -190,7 +204,7 @@ async def accept_upload(
         except REFUSALS:
             # A replay of an upload already settled into history answers as it did, even if its
             # target would be refused today (the account disconnected since, say).
-            settled = await deps.uploads.get(cmd.request_id)
+            settled = await deps.uploads.get(key)
             if settled is None:
                 raise
             return _replay(settled, cmd)
@@ -209,6 +223,7 @@ async def accept_upload(
         "upload_accepted",
         request_id=cmd.request_id,
         account_id=cmd.account_id,
+        tenant_id=cmd.tenant_id,
         mode=cmd.mode,
         source_kind=cmd.source.kind,
         queued=sent,  # False: Kafka did not take it in time; the relay sends it
@@ -246,19 +261,21 @@ class Cancelling:
     asked_tiktok: bool
 
 
-async def cancel_upload(request_id: str, deps: IngestDeps) -> Cancelling:
-    """Cancel an upload: ours while TikTok has nothing of it (scheduled, or queued before its init),
-    TikTok's for a PULL_FROM_URL download in progress.
+async def cancel_upload(key: str, deps: IngestDeps) -> Cancelling:
+    """Cancel the upload stored under `key` (a tenant's request_id, scoped): ours while TikTok has
+    nothing of it (scheduled, or queued before its init), TikTok's for a PULL_FROM_URL download in
+    progress.
 
     Idempotent: an upload already cancelled is answered as it is. Otherwise, once TikTok has it,
     ConflictError names its state (or TikTok's `publish_not_cancellable`).
     """
-    record = await deps.uploads.get(request_id)
+    request_id = split_scoped(key)[1]  # the client's own, for what it is told
+    record = await deps.uploads.get(key)
     if record is None:
         raise NotFoundError(f"no upload with request_id {request_id!r}", code="unknown_upload")
     if record.state in CANCELLABLE_STATES:
         cancelled = await deps.recorder.record(
-            request_id,
+            key,
             Change(
                 UploadState.CANCELLED,
                 source="ingest",
@@ -273,7 +290,7 @@ async def cancel_upload(request_id: str, deps: IngestDeps) -> Cancelling:
             if isinstance(cancelled.source, BlobSource):
                 await deps.blobs.delete(cancelled.source.blob_id)
             return Cancelling(cancelled, asked_tiktok=False)
-        record = await deps.uploads.get(request_id) or record  # it moved on meanwhile
+        record = await deps.uploads.get(key) or record  # it moved on meanwhile
     if record.state is UploadState.CANCELLED:
         return Cancelling(record, asked_tiktok=False)
     if _tiktok_may_cancel(record):
@@ -310,7 +327,8 @@ def same_request(record: UploadRecord, cmd: UploadRequested) -> bool:
 
     A streamed file is stored anew on every call, so blobs compare by size, type and name.
     """
-    if (record.account_id, record.mode, record.post_info) != (cmd.account_id, cmd.mode, cmd.post_info):
+    asked = (scoped(cmd.tenant_id, cmd.account_id), cmd.mode, cmd.post_info)
+    if (record.account_id, record.mode, record.post_info) != asked:
         return False
     if isinstance(record.source, BlobSource) and isinstance(cmd.source, BlobSource):
         return (record.source.size, record.source.content_type, record.source.filename) == (
@@ -349,7 +367,9 @@ def _replay(record: UploadRecord, cmd: UploadRequested) -> Accepted:
 
 @dataclass(frozen=True)
 class RegisterAccount:
-    """Register (or refresh) an account with tokens obtained from TikTok elsewhere."""
+    """Register (or refresh) an account with tokens obtained from TikTok elsewhere.
+
+    `account_id` is the stored key (`Tenant.key` of the client's id)."""
 
     account_id: str
     grant: TokenGrant
@@ -360,10 +380,11 @@ async def register_account(cmd: RegisterAccount, deps: IngestDeps) -> tuple[Acco
     existing = await deps.accounts.get(cmd.account_id)
     if existing is not None and existing.open_id is not None and existing.open_id != cmd.grant.open_id:
         # Re-pointing an account at another TikTok user would post to the wrong profile.
+        account_id = existing.client_account_id
         raise ConflictError(
-            f"account {cmd.account_id!r} is registered for another TikTok user (open_id)",
+            f"account {account_id!r} is registered for another TikTok user (open_id)",
             code="account_open_id_mismatch",
-            extra={"account_id": cmd.account_id},
+            extra={"account_id": account_id},
         )
     record = await deps.accounts.upsert_tokens(cmd.account_id, cmd.grant)
     log.info(
@@ -387,10 +408,16 @@ async def pass_on_webhook(event: WebhookEvent, deps: IngestDeps) -> TikTokWebhoo
         await account_removed(event.user_openid, event.reason, deps.lifecycle)
     record = await deps.uploads.find_by_publish_id(event.publish_id) if event.publish_id else None
     # The event as received, with the account it belongs to.
-    message = TikTokWebhookReceived(
-        **asdict(event), account_id=record.account_id if record is not None else None
+    owner = (
+        {"account_id": record.client_account_id, "tenant_id": record.tenant_id} if record is not None else {}
     )
-    key = message.account_id or event.user_openid or event.publish_id or "unknown"
+    message = TikTokWebhookReceived(**asdict(event), **owner)
+    key = (
+        (record.account_id if record is not None else None)
+        or event.user_openid
+        or event.publish_id
+        or "unknown"
+    )
     try:
         async with asyncio.timeout(deps.policy.enqueue_timeout_seconds):
             await deps.publisher.publish(deps.topics.publish_events, message, key=key)

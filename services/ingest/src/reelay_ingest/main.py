@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from reelay_common.adapters.mongo.creator_info import MongoCreatorInfoCache
 from reelay_common.adapters.mongo.oauth_states import MongoOAuthStateStore
+from reelay_common.adapters.mongo.tenants import MongoTenantStore
 from reelay_common.adapters.ops_server import serve_app
 from reelay_common.logging import get_logger
 from reelay_common.runtime import Infrastructure, run_service, supervise
@@ -91,6 +92,7 @@ async def run(
                 policy=oauth_policy_of(settings),
                 creator_infos=creator_infos,
             ),
+            tenants=MongoTenantStore(infra.db),
         )
         app = instrument_app(create_app(settings, deps, ready_checks=infra.ready_checks()))
 

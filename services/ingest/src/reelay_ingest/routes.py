@@ -57,7 +57,7 @@ from reelay_ingest.schemas import (
     UploadView,
     WebhookAck,
 )
-from reelay_ingest.tenancy import context_of, current_tenant
+from reelay_ingest.tenancy import Tenant, TenantDep, context_of, current_tenant
 from reelay_ingest.webhooks import parse_webhook, verify_signature
 
 log = get_logger(__name__)
@@ -139,6 +139,7 @@ async def submit_upload(
     request: Request,
     response: Response,
     context: ContextDep,
+    tenant: TenantDep,
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", max_length=128, pattern=ID_PATTERN)
     ] = None,
@@ -161,9 +162,9 @@ async def submit_upload(
     """
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type == "application/json" or media_type.endswith("+json"):
-        accepted = await _upload_from_json(request, context.deps, idempotency_key)
+        accepted = await _upload_from_json(request, tenant, context.deps, idempotency_key)
     elif media_type == "multipart/form-data":
-        accepted = await _upload_from_form(request, context.deps, idempotency_key)
+        accepted = await _upload_from_form(request, tenant, context.deps, idempotency_key)
     else:
         raise UnsupportedMediaError(
             "send application/json (a video URL) or multipart/form-data (a file)",
@@ -173,14 +174,19 @@ async def submit_upload(
     record = accepted.record
     if not accepted.replayed:
         context.metrics.uploads_accepted.labels(record.mode, record.source.kind).inc()
-    status_url = _status_url(request, context, record.request_id)
+    status_url = _status_url(request, context, record.client_request_id)
     response.headers["Location"] = status_url
     return UploadAccepted(
-        request_id=record.request_id, state=record.state, status_url=status_url, replayed=accepted.replayed
+        request_id=record.client_request_id,
+        state=record.state,
+        status_url=status_url,
+        replayed=accepted.replayed,
     )
 
 
-async def _upload_from_json(request: Request, deps: IngestDeps, idempotency_key: str | None) -> Accepted:
+async def _upload_from_json(
+    request: Request, tenant: Tenant, deps: IngestDeps, idempotency_key: str | None
+) -> Accepted:
     raw = await _read_body(request, MAX_JSON_BYTES)
     try:
         body = UploadByUrl.model_validate_json(raw)
@@ -193,17 +199,19 @@ async def _upload_from_json(request: Request, deps: IngestDeps, idempotency_key:
         if body.video_url is not None
         else PullFromUrlSource(url=str(body.pull_from_url))
     )
-    return await accept_upload(_command(request_id, body, source), deps)
+    return await accept_upload(_command(request_id, tenant, body, source), deps)
 
 
 # What a JSON body and a form both say of an upload, under the command's own names.
 _REQUEST_FIELDS = frozenset({"account_id", "mode", "post_info", "publish_at", "callback_url"})
 
 
-def _command(request_id: str, request: UploadByUrl | UploadForm, source: VideoSource) -> UploadRequested:
-    """The command a JSON body or a form asks for, with its video's `source`."""
+def _command(
+    request_id: str, tenant: Tenant, request: UploadByUrl | UploadForm, source: VideoSource
+) -> UploadRequested:
+    """The command a JSON body or a form asks for, of `tenant`, with its video's `source`."""
     said = {name: getattr(request, name) for name in _REQUEST_FIELDS}
-    return UploadRequested(request_id=request_id, source=source, **said)
+    return UploadRequested(request_id=request_id, tenant_id=tenant.id, source=source, **said)
 
 
 def _form_model(model: type[BaseModel], fields: dict[str, str]) -> Any:
@@ -213,14 +221,16 @@ def _form_model(model: type[BaseModel], fields: dict[str, str]) -> Any:
         raise _validation_error(exc, "body") from exc
 
 
-def _early_target(fields: dict[str, str]) -> UploadTarget | None:
+def _early_target(fields: dict[str, str], tenant: Tenant) -> UploadTarget | None:
     # With the text fields before the file, the request is refused before a byte is stored.
     if "account_id" not in fields or "mode" not in fields:
         return None
     if fields["mode"] == "direct" and "post_info" not in fields:
         return None  # post_info may still follow the file
     target = cast(UploadTargetFields, _form_model(UploadTargetFields, fields))
-    return UploadTarget(account_id=target.account_id, mode=target.mode, post_info=target.post_info)
+    return UploadTarget(
+        account_id=target.account_id, mode=target.mode, post_info=target.post_info, tenant_id=tenant.id
+    )
 
 
 @dataclass(frozen=True)
@@ -231,7 +241,9 @@ class _StoredFile:
     checked: UploadTarget | None
 
 
-async def _upload_from_form(request: Request, deps: IngestDeps, idempotency_key: str | None) -> Accepted:
+async def _upload_from_form(
+    request: Request, tenant: Tenant, deps: IngestDeps, idempotency_key: str | None
+) -> Accepted:
     policy = deps.policy
     declared = request.headers.get("content-length")
     limit = policy.max_upload_bytes + FORM_OVERHEAD_BYTES
@@ -248,7 +260,7 @@ async def _upload_from_form(request: Request, deps: IngestDeps, idempotency_key:
             if isinstance(part, FormField):
                 _add_field(fields, part)
                 continue
-            stored = await _store_file(part, fields, stored, deps)
+            stored = await _store_file(part, fields, stored, tenant, deps)
         if stored is None:
             raise RequestRejected("the form has no file part named 'file'", code="file_missing")
         form = cast(UploadForm, _form_model(UploadForm, fields))
@@ -257,7 +269,9 @@ async def _upload_from_form(request: Request, deps: IngestDeps, idempotency_key:
         if stored.checked is None:  # else account_id was learnt already, from the fields before the file
             learned["account_id"] = form.account_id
         bind_learned(**learned)
-        accepted = await accept_upload(_command(request_id, form, stored.blob), deps, checked=stored.checked)
+        accepted = await accept_upload(
+            _command(request_id, tenant, form, stored.blob), deps, checked=stored.checked
+        )
     except BaseException:
         if stored is not None and not await _may_be_kept(stored.blob, request_id, deps):
             await _discard(stored.blob, deps)
@@ -279,7 +293,7 @@ def _add_field(fields: dict[str, str], part: FormField) -> None:
 
 
 async def _store_file(
-    part: FormFile, fields: dict[str, str], stored: _StoredFile | None, deps: IngestDeps
+    part: FormFile, fields: dict[str, str], stored: _StoredFile | None, tenant: Tenant, deps: IngestDeps
 ) -> _StoredFile:
     """Check what can be checked, then stream the file into the blob store."""
     if part.name != "file":
@@ -289,7 +303,7 @@ async def _store_file(
     if stored is not None:
         raise RequestRejected("send exactly one file", code="duplicate_field")
     content_type = video_content_type(part.content_type, part.filename)
-    target = _early_target(fields)
+    target = _early_target(fields, tenant)
     if target is not None:
         bind_learned(account_id=target.account_id)
         await check_upload_target(target, deps)
@@ -336,12 +350,14 @@ async def _discard(blob: BlobSource, deps: IngestDeps) -> None:
 )
 async def get_upload(
     context: ContextDep,
+    tenant: TenantDep,
     request_id: Annotated[str, Path(max_length=128, pattern=ID_PATTERN)],
 ) -> UploadView:
     """The upload's state, TikTok's publish_id and post ids, and its history of state changes
     (each with time, source and detail such as TikTok's fail_reason)."""
     bind_learned(request_id=request_id)
-    record = await context.deps.uploads.get(request_id)
+    # Another tenant's request_id is another key: not found, exactly like an unknown one.
+    record = await context.deps.uploads.get(tenant.key(request_id))
     if record is None:
         raise NotFoundError(f"no upload with request_id {request_id!r}", code="unknown_upload")
     return UploadView.of(record)
@@ -359,6 +375,7 @@ async def get_upload(
 )
 async def delete_upload(
     context: ContextDep,
+    tenant: TenantDep,
     response: Response,
     request_id: Annotated[str, Path(max_length=128, pattern=ID_PATTERN)],
 ) -> UploadView:
@@ -368,7 +385,7 @@ async def delete_upload(
     `publish_cancelled` when it confirms. Otherwise 409 `not_cancellable` with its state.
     Cancelling a cancelled upload answers it again."""
     bind_learned(request_id=request_id)
-    done = await cancel_upload(request_id, context.deps)
+    done = await cancel_upload(tenant.key(request_id), context.deps)
     if done.asked_tiktok:
         response.status_code = 202
     return UploadView.of(done.record)
@@ -379,12 +396,18 @@ async def delete_upload(
 )
 async def list_uploads(
     context: ContextDep,
+    tenant: TenantDep,
     account_id: Annotated[str | None, Query(max_length=128, pattern=ID_PATTERN)] = None,
     state: UploadState | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> UploadList:
-    """Uploads, newest first, optionally of one account and/or in one state."""
-    records = await context.deps.uploads.list(account_id=account_id, state=state, limit=limit)
+    """The tenant's uploads, newest first, optionally of one account and/or in one state."""
+    records = await context.deps.uploads.list(
+        tenant_id=tenant.id,
+        account_id=tenant.key(account_id) if account_id is not None else None,
+        state=state,
+        limit=limit,
+    )
     items = [UploadView.of(r) for r in records]
     return UploadList(items=items, count=len(items))
 
@@ -403,13 +426,15 @@ async def list_uploads(
         **_errors(400, 409, 422),
     },
 )
-async def create_account(body: AccountRegistration, response: Response, context: ContextDep) -> AccountView:
+async def create_account(
+    body: AccountRegistration, response: Response, context: ContextDep, tenant: TenantDep
+) -> AccountView:
     """Register an account (201), or replace the tokens of an existing one (200), from a TikTok
     OAuth token response. Tokens are encrypted at rest and never returned. An account_id already
     bound to another TikTok user (open_id) answers 409."""
     bind_learned(account_id=body.account_id)
     record, created = await register_account(
-        RegisterAccount(account_id=body.account_id, grant=body.grant()),
+        RegisterAccount(account_id=tenant.key(body.account_id), grant=body.grant()),
         context.deps,
     )
     if not created:

@@ -26,7 +26,6 @@ from reelay_common.domain.messages import (
 )
 from reelay_common.domain.records import AccountRecord, CallbackDelivery, CallbackOutcome, UploadRecord
 from reelay_common.domain.states import UploadState
-from reelay_common.domain.tenancy import split_scoped
 from reelay_common.domain.tiktok import CreatorInfo, TokenGrant
 
 # The patterns of UrlSource and PullFromUrlSource (a host right after the scheme): a URL the edge
@@ -236,8 +235,9 @@ class UploadView(BaseModel):
             else SourceView(kind=src.kind)
         )
         return cls(
-            request_id=record.request_id,
-            account_id=record.account_id,
+            # The client's own ids: its tenant is the caller's (docs/architecture.md, "Tenants").
+            request_id=record.client_request_id,
+            account_id=record.client_account_id,
             mode=record.mode,
             state=record.state,
             source=source,
@@ -389,7 +389,7 @@ class AccountView(BaseModel):
     def of(cls, record: AccountRecord, **live: Any) -> AccountView:
         """The view of a stored account (keyed by the client's own id), with `live` creator_info."""
         return cls(
-            account_id=split_scoped(record.account_id)[1],
+            account_id=record.client_account_id,
             open_id=record.open_id,
             status=record.status.value,
             scopes=list(record.scopes),

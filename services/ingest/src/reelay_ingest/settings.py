@@ -21,6 +21,10 @@ class IngestSettings(CommonSettings):
     # Bearer keys accepted on /v1 (comma-separated in the environment, so keys can be rotated by
     # listing the new one beside the old). The dev key is refused when REELAY_ENV=prod.
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=lambda: [SecretStr(DEV_API_KEY)])
+    # How long a tenant's key, once looked up, is trusted without reading it again: a revoked key
+    # keeps working on a replica for up to this long (docs/architecture.md, "Tenants"); 0 reads
+    # it on every request.
+    api_key_cache_seconds: float = Field(10.0, ge=0)
     max_upload_bytes: int = Field(MAX_VIDEO_BYTES, gt=0, le=MAX_VIDEO_BYTES)
     # Lets video URLs point at loopback/private addresses: for local development and tests only.
     allow_private_urls: bool = False

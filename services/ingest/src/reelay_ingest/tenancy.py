@@ -11,7 +11,8 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from reelay_common.domain.tenancy import DEFAULT_TENANT, scoped
+from reelay_common.domain.tenancy import scoped
+from reelay_common.logging import bind_learned
 
 from reelay_ingest.context import AppContext
 from reelay_ingest.problems import Unauthorized
@@ -42,13 +43,16 @@ async def current_tenant(
 ) -> Tenant:
     """The tenant of the presented API key; 401 without a valid one.
 
-    The keys configured in INGEST_API_KEYS belong to the default tenant.
+    The keys configured in INGEST_API_KEYS belong to the default tenant; a tenant's own keys
+    (`reelay-admin keys create`) to theirs (`reelay_ingest.keyring`).
     """
     if credentials is None:
         raise Unauthorized("an API key is required: send Authorization: Bearer <key>")
-    if not context.api_key_valid(credentials.credentials):
+    tenant_id = await context.keys.tenant_of(credentials.credentials)
+    if tenant_id is None:
         raise Unauthorized("the API key is not valid")
-    return Tenant(DEFAULT_TENANT)
+    bind_learned(tenant_id=tenant_id)
+    return Tenant(tenant_id)
 
 
 TenantDep = Annotated[Tenant, Depends(current_tenant)]

@@ -20,6 +20,7 @@ from reelay_common.domain.errors import RateLimitedError
 from reelay_common.domain.messages import PublishStatusChanged
 from reelay_common.domain.records import CallbackDelivery
 from reelay_common.domain.rules import Backoff
+from reelay_common.domain.tenancy import scoped
 from reelay_common.logging import get_logger
 from reelay_common.ports import UploadStore
 
@@ -79,7 +80,8 @@ async def handle_status_changed(msg: PublishStatusChanged, deps: CallbackDeps) -
     Nothing to do for an unknown upload, an upload with no callback URL (and no default), or a
     state whose callback is finished already (a redelivered or repeated announcement). Raises
     CallbackDeferred while retries are due."""
-    record = await deps.uploads.get(msg.request_id)
+    key = scoped(msg.tenant_id, msg.request_id)  # the upload's stored key
+    record = await deps.uploads.get(key)
     if record is None:
         log.info("callback_skipped", reason="unknown_upload", request_id=msg.request_id)
         return
@@ -96,7 +98,7 @@ async def handle_status_changed(msg: PublishStatusChanged, deps: CallbackDeps) -
     answer = await deps.sender.send(url, callback_body(msg), delivery_id=delivery_id(msg))
     now = deps.clock()
     delivery, wait = _outcome(msg, answer, first=first, attempts=attempts, now=now, policy=deps.policy)
-    if await deps.uploads.record_callback(msg.request_id, delivery) is None:
+    if await deps.uploads.record_callback(key, delivery) is None:
         # Finished meanwhile by another consumer (a rebalance handed the record over twice).
         log.info("callback_finished_elsewhere", state=msg.state.value)
         return

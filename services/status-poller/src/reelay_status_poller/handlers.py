@@ -28,6 +28,7 @@ from reelay_common.domain.profiles import LearnedSchedule
 from reelay_common.domain.records import Change, UploadRecord
 from reelay_common.domain.rules import Backoff, upload_state_for
 from reelay_common.domain.states import UploadState
+from reelay_common.domain.tenancy import scoped
 from reelay_common.domain.tiktok import PublishStatus, PublishStatusCode
 from reelay_common.logging import bind_learned, get_logger
 from reelay_common.metrics import STATUS_POLLS_PER_PUBLISH
@@ -118,13 +119,14 @@ async def start_tracking(event: VideoUploaded, deps: PollerDeps) -> None:
     """Make the upload due for polling now; idempotent on redelivery, a no-op once terminal."""
     # Its request_id / account_id / publish_id are bound by the consumer loop, for every line.
     # A checkpoint guarded by the state just read; if the state moved meanwhile, read again.
+    key = scoped(event.tenant_id, event.request_id)  # the upload's stored key
     for _ in range(3):
-        record = await deps.uploads.get(event.request_id)
+        record = await deps.uploads.get(key)
         if record is None:
             raise InvalidInputError(
                 f"no upload {event.request_id!r} for this VideoUploaded event", code="unknown_request"
             )
-        if record.account_id != event.account_id:
+        if record.account_id != scoped(event.tenant_id, event.account_id):
             raise InvalidInputError(
                 f"upload {event.request_id!r} belongs to another account than the event says",
                 code="account_mismatch",
@@ -153,7 +155,7 @@ async def start_tracking(event: VideoUploaded, deps: PollerDeps) -> None:
             fields["poll_next_at"] = await _learned_next_poll(fresh, now, deps) or now
             fields["poll_attempts"] = 0
             fields["trace_context"] = trace_carrier()  # each poll continues this trace
-        updated = await deps.uploads.checkpoint(event.request_id, fields, expect_state=record.state)
+        updated = await deps.uploads.checkpoint(key, fields, expect_state=record.state)
         if updated is not None:
             log.info("tracking_started", state=updated.state.value)
             return
@@ -194,7 +196,7 @@ def webhook_key(event: TikTokWebhookReceived) -> str:
 async def _apply_webhook_to(record: UploadRecord, event: TikTokWebhookReceived, deps: PollerDeps) -> None:
     # Learnt from the upload the webhook names (the event itself carries no request_id).
     learned = {"request_id": record.request_id}
-    if event.account_id != record.account_id:
+    if event.account_id is None or scoped(event.tenant_id, event.account_id) != record.account_id:
         learned["account_id"] = record.account_id
     bind_learned(**learned)
     detail: dict[str, Any] = {"webhook_event": event.event, "create_time": event.create_time}

@@ -59,6 +59,7 @@ from reelay_common.domain.rules import (
     uses_up_retry_deadline,
 )
 from reelay_common.domain.states import UploadState
+from reelay_common.domain.tenancy import DEFAULT_TENANT, scoped
 from reelay_common.domain.tiktok import (
     CreatorInfo,
     FileUploadSourceInfo,
@@ -67,6 +68,7 @@ from reelay_common.domain.tiktok import (
 )
 from reelay_common.logging import bind_learned, get_logger
 from reelay_common.ports import (
+    AccountStore,
     ChunkedUpload,
     CreatorInfoCache,
     Outbox,
@@ -85,6 +87,9 @@ UPLOAD_URL_LIFETIME = timedelta(hours=1)  # TikTok: an upload_url is valid for 1
 # `uploaded_bytes`, a 416's Content-Range), never this one, so a write per chunk (a guarded update:
 # tens of ms on FerretDB, more than a chunk's transfer on a fast link) buys nothing.
 PROGRESS_CHECKPOINT_INTERVAL = timedelta(seconds=5)
+
+# The dead-letter reason of a command whose account is not one of its tenant's.
+ACCOUNT_NOT_IN_TENANT = "account_not_in_tenant"
 
 # FAILED publishes whose reason says TikTok's side broke, not our video: a new publish may succeed.
 RETRYABLE_FAIL_REASONS = frozenset({"internal"})
@@ -116,6 +121,8 @@ class UploaderDeps:
     tiktok: TikTokApi
     open_reader: ReaderFactory
     events_topic: str
+    # Where a command's account is looked up in its tenant before anything is stored.
+    accounts: AccountStore
     chunk_size: int = 10_000_000
     max_video_bytes: int = MAX_VIDEO_BYTES
     max_init_attempts: int = 3
@@ -179,6 +186,7 @@ async def handle_upload_requested(cmd: UploadRequested, deps: UploaderDeps) -> N
     job: _Job | None = None
     record: UploadRecord | None = None
     try:
+        await _check_account_of_tenant(cmd, deps)
         record, created = await deps.uploads.create(
             cmd, source=STATE_SOURCE, lease_seconds=deps.outbox.lease_seconds
         )
@@ -186,7 +194,7 @@ async def handle_upload_requested(cmd: UploadRequested, deps: UploaderDeps) -> N
             # Upstream producers may skip ingest: then this is the first anyone hears of it.
             deps.recorder.created(record)
             await deps.outbox.drain(record.request_id, leased=record)
-        if record.account_id != cmd.account_id or record.mode != cmd.mode:
+        if record.account_id != scoped(cmd.tenant_id, cmd.account_id) or record.mode != cmd.mode:
             log.warning(
                 "request_id_conflict",
                 stored_account_id=record.account_id,
@@ -224,6 +232,17 @@ async def handle_upload_requested(cmd: UploadRequested, deps: UploaderDeps) -> N
             bytes_sent=job.bytes_confirmed if job else 0,
             inits=job.inits if job else 0,
             duration_ms=round((time.monotonic() - started) * 1000),
+        )
+
+
+async def _check_account_of_tenant(cmd: UploadRequested, deps: UploaderDeps) -> None:
+    """Refuse (PermanentError, so the record is dead-lettered and nothing is stored or posted) a
+    command whose account is not one of its tenant's: a record produced straight onto the topic
+    naming one tenant and another's account (docs/architecture.md, "Tenants")."""
+    if await deps.accounts.get(scoped(cmd.tenant_id, cmd.account_id)) is None:
+        raise InvalidInputError(
+            f"account {cmd.account_id!r} is not an account of tenant {cmd.tenant_id!r}",
+            code=ACCOUNT_NOT_IN_TENANT,
         )
 
 
@@ -280,12 +299,19 @@ def _detail_fields(exc: RetryableError) -> dict[str, Any]:
 
 async def handle_dead_letter(letter: DeadLetter, deps: UploaderDeps) -> None:
     """Mark the upload behind a dead-lettered `UploadRequested` failed, when the record names one."""
-    if letter.request_id is None:
+    if letter.request_id is None or letter.reason == ACCOUNT_NOT_IN_TENANT:
+        # Refused before anything was stored: the upload under that id (if any) is not its.
         return
-    record = await deps.uploads.get(letter.request_id)
+    tenant_id = letter.tenant_id or DEFAULT_TENANT
+    try:
+        key = scoped(tenant_id, letter.request_id)
+        account_key = scoped(tenant_id, letter.account_id) if letter.account_id is not None else None
+    except ValueError:  # ids of a record too broken to name an upload
+        return
+    record = await deps.uploads.get(key)
     if record is None:
         return
-    if letter.account_id is not None and letter.account_id != record.account_id:
+    if account_key is not None and account_key != record.account_id:
         # A bad record borrowing someone else's request_id must not fail their upload.
         log.warning("dead_letter_request_id_conflict", request_id=letter.request_id)
         return
@@ -299,9 +325,7 @@ async def handle_dead_letter(letter: DeadLetter, deps: UploaderDeps) -> None:
         "partition": letter.partition,
         "offset": letter.offset,
     }
-    await deps.recorder.record(
-        letter.request_id, Change(UploadState.FAILED, source=STATE_SOURCE, detail=detail)
-    )
+    await deps.recorder.record(key, Change(UploadState.FAILED, source=STATE_SOURCE, detail=detail))
 
 
 Verdict = Literal["complete", "partial", "dead"]
@@ -615,8 +639,9 @@ class _Job:
             return
         self._bind_publish(rec.publish_id)
         event = VideoUploaded(
-            request_id=rec.request_id,
-            account_id=rec.account_id,
+            request_id=rec.client_request_id,
+            account_id=rec.client_account_id,
+            tenant_id=rec.tenant_id,
             publish_id=rec.publish_id,
             mode=rec.mode,
             video_size=rec.video_size,

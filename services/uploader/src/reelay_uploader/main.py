@@ -81,6 +81,7 @@ async def run(
         blobs = infra.blobs  # REELAY_BLOB_STORE: local, s3 or gridfs
         deps = UploaderDeps(
             uploads=infra.uploads,
+            accounts=infra.accounts,
             recorder=infra.recorder,
             outbox=infra.outbox,
             publisher=infra.publisher,

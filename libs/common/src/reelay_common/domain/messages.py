@@ -1,7 +1,8 @@
 """Every message Reelay puts on Kafka: frozen pydantic models, the public contract.
 
 Rules (docs/architecture.md, "Public contract"): messages are facts named in the past tense, keyed by
-`account_id`, and only ever gain optional fields. Readers ignore unknown fields. A breaking change
+the account's stored key (`account_id` scoped to its `tenant_id`: docs/architecture.md, "Tenants"),
+and only ever gain optional fields. Readers ignore unknown fields. A breaking change
 is a new message on a new topic. `make schemas` exports their JSON Schema to `schemas/`."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic import (
 )
 
 from reelay_common.domain.states import UploadState
+from reelay_common.domain.tenancy import DEFAULT_TENANT, TENANT_ID_PATTERN
 
 TOPIC_UPLOAD_REQUESTED = "reelay.upload.requested"
 
@@ -45,6 +47,18 @@ RequestId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-
 
 
 AccountId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+
+
+# The tenant (team) a message's ids belong to (docs/architecture.md, "Tenants"): an additive field,
+# "default" when absent, so a deployment with one tenant and every producer written before tenants
+# keep working. `request_id` and `account_id` stay the client's own ids; Reelay scopes them.
+TenantId = Annotated[
+    str,
+    Field(
+        pattern=TENANT_ID_PATTERN,
+        description='The tenant the request_id and account_id belong to (absent: "default").',
+    ),
+]
 
 
 # Where the state changes of an upload are POSTed (signed). https, or http only where the deployment
@@ -151,12 +165,15 @@ VideoSource = Annotated[UrlSource | PullFromUrlSource | BlobSource, Field(discri
 class UploadRequested(Message):
     """Command-as-fact on `reelay.upload.requested`: publish this video for this account.
 
-    Produced by the ingest API or directly by upstream services (key: account_id).
+    Produced by the ingest API or directly by upstream services (key: the account's stored key,
+    `tenancy.scoped(tenant_id, account_id)`). A record whose account is not one of `tenant_id`'s is
+    dead-lettered (`account_not_in_tenant`) and posts nothing.
     """
 
     schema_version: Literal[1] = 1
     request_id: RequestId
     account_id: AccountId
+    tenant_id: TenantId = DEFAULT_TENANT
     mode: UploadMode
     source: VideoSource
     post_info: PostInfo | None = None
@@ -185,6 +202,7 @@ class VideoUploaded(Message):
     type: Literal["video_uploaded"] = "video_uploaded"
     request_id: RequestId
     account_id: AccountId
+    tenant_id: TenantId = DEFAULT_TENANT
     publish_id: str = Field(min_length=1, max_length=64)
     mode: UploadMode
     video_size: int | None = None
@@ -204,6 +222,8 @@ class TikTokWebhookReceived(Message):
     reason: str | None = None
     post_id: str | None = None
     account_id: str | None = None
+    # The tenant of `account_id` (set with it, from the upload the webhook names).
+    tenant_id: TenantId = DEFAULT_TENANT
     received_at: datetime = Field(default_factory=utcnow)
 
 
@@ -219,6 +239,7 @@ class PublishStatusChanged(Message):
 
     request_id: RequestId
     account_id: AccountId
+    tenant_id: TenantId = DEFAULT_TENANT
     publish_id: str | None = None
     state: UploadState
     previous_state: UploadState | None = None
@@ -240,6 +261,7 @@ class DeadLetter(Message):
     error: str
     request_id: str | None = None
     account_id: str | None = None
+    tenant_id: str | None = None
     failed_at: datetime = Field(default_factory=utcnow)
 
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from reelay_common.domain.messages import PostInfo, StateSource, UploadMode, UploadRequested, VideoSource
 from reelay_common.domain.states import UploadState
+from reelay_common.domain.tenancy import DEFAULT_TENANT, scoped, split_scoped
 
 
 @dataclass(frozen=True)
@@ -125,17 +126,27 @@ class CallbackDelivery(BaseModel):
         return self.outcome != "pending"
 
 
-# The fields of UploadRequested an upload keeps under the same names (and `requested_at`).
-_KEPT_OF_REQUEST = ("request_id", "account_id", "mode", "source", "post_info", "publish_at", "callback_url")
+# The fields of UploadRequested an upload keeps under the same names (and `requested_at`); its ids
+# are kept scoped to its tenant.
+_KEPT_OF_REQUEST = ("mode", "source", "post_info", "publish_at", "callback_url")
 
 
 class UploadRecord(BaseModel):
-    """The `uploads` document: one per request_id (`_id` = request_id)."""
+    """The `uploads` document: one per request_id of a tenant.
+
+    `request_id` (`_id`) and `account_id` are the stored keys, `tenancy.scoped(tenant_id, id)` of
+    the client's own ids (the ids themselves for the default tenant, so documents written before
+    tenants keep their keys); every service works with these. What goes back to the client (the
+    API's views, `reelay.publish.status`, callbacks) carries `client_request_id` /
+    `client_account_id` and `tenant_id` (docs/architecture.md, "Tenants").
+    """
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
     request_id: Annotated[str, STORE_MANAGED] = Field(alias="_id")
     account_id: str
+    # Absent from documents written before tenants: those are the default tenant's.
+    tenant_id: Annotated[str, STORE_MANAGED] = DEFAULT_TENANT
     mode: UploadMode
     source: VideoSource
     post_info: PostInfo | None = None
@@ -202,6 +213,9 @@ class UploadRecord(BaseModel):
             outbox.append(OutboxEntry.upload_requested(at=now, due_at=cmd.publish_at if scheduled else None))
         return cls(
             **{name: getattr(cmd, name) for name in _KEPT_OF_REQUEST},
+            request_id=scoped(cmd.tenant_id, cmd.request_id),
+            account_id=scoped(cmd.tenant_id, cmd.account_id),
+            tenant_id=cmd.tenant_id,
             requested_at=cmd.requested_at,
             state=state,
             history=[HistoryEntry(state=state, at=now, source=source)],
@@ -214,8 +228,22 @@ class UploadRecord(BaseModel):
     def request(self) -> UploadRequested:
         """The request this upload was accepted from, as of its creation (ingest sends it again)."""
         return UploadRequested(
-            **{name: getattr(self, name) for name in _KEPT_OF_REQUEST}, requested_at=self.created_at
+            **{name: getattr(self, name) for name in _KEPT_OF_REQUEST},
+            request_id=self.client_request_id,
+            account_id=self.client_account_id,
+            tenant_id=self.tenant_id,
+            requested_at=self.created_at,
         )
+
+    @property
+    def client_request_id(self) -> str:
+        """The request_id the client chose (the stored key without its tenant)."""
+        return split_scoped(self.request_id)[1]
+
+    @property
+    def client_account_id(self) -> str:
+        """The account_id the client chose (the stored key without its tenant)."""
+        return split_scoped(self.account_id)[1]
 
     def new_document(self) -> dict[str, Any]:
         """The fields of a new document, by alias (`_id`); facts learnt later are left out."""
@@ -271,11 +299,16 @@ def account_status(value: object) -> AccountStatus:
 
 
 class AccountRecord(BaseModel):
-    """The `accounts` document. Tokens are stored encrypted (`*_enc`), never in clear."""
+    """The `accounts` document. Tokens are stored encrypted (`*_enc`), never in clear.
+
+    `account_id` (`_id`) is the stored key, `tenancy.scoped(tenant_id, the client's account_id)`.
+    """
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
     account_id: str = Field(alias="_id")
+    # Absent from documents written before tenants: those are the default tenant's.
+    tenant_id: str = DEFAULT_TENANT
     open_id: str | None = None
     scopes: list[str] = Field(default_factory=list)
     access_token_enc: str | None = None
@@ -298,3 +331,8 @@ class AccountRecord(BaseModel):
     def missing_scopes(self) -> list[str]:
         """The asked-for scopes the user did not grant."""
         return [s for s in self.requested_scopes if s not in self.scopes]
+
+    @property
+    def client_account_id(self) -> str:
+        """The account_id the client chose (the stored key without its tenant)."""
+        return split_scoped(self.account_id)[1]

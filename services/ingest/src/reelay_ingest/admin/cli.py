@@ -11,7 +11,7 @@ import typer
 from pymongo.asynchronous.database import AsyncDatabase
 from reelay_common.adapters.mongo.client import connect, ensure_indexes
 
-from reelay_ingest.admin import tokens
+from reelay_ingest.admin import tenants, tokens
 from reelay_ingest.settings import IngestSettings
 
 APP_NAME = "reelay-admin"
@@ -52,6 +52,8 @@ def indexes() -> None:
 
 
 app.add_typer(tokens.app, name="tokens")
+app.add_typer(tenants.tenants_app)
+app.add_typer(tenants.keys_app)
 
 
 def main() -> None:

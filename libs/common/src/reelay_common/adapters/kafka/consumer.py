@@ -141,8 +141,12 @@ def _describe_decode_error(exc: Exception) -> tuple[str, str]:
     return "undecodable", f"{type(exc).__name__}: {exc}"
 
 
+# The ids a dead letter carries: the client's own, and the tenant they belong to.
+_LETTER_IDS = ("request_id", "account_id", "tenant_id")
+
+
 def _ids_from_raw(value: bytes | None) -> dict[str, str]:
-    """request_id/account_id from a raw JSON record, best effort (for dead letters of bad records)."""
+    """The ids of a raw JSON record (`_LETTER_IDS`), best effort (for dead letters of bad records)."""
     if not value:
         return {}
     try:
@@ -151,12 +155,12 @@ def _ids_from_raw(value: bytes | None) -> dict[str, str]:
         return {}
     if not isinstance(data, dict):
         return {}
-    return {k: v for k in ("request_id", "account_id") if isinstance(v := data.get(k), str) and v}
+    return {k: v for k in _LETTER_IDS if isinstance(v := data.get(k), str) and v}
 
 
 def _ids_from_message(message: object) -> dict[str, str]:
     out: dict[str, str] = {}
-    for k in ("request_id", "account_id", "publish_id"):
+    for k in (*_LETTER_IDS, "publish_id"):
         v = getattr(message, k, None)
         if isinstance(v, str) and v:
             out[k] = v
@@ -484,7 +488,7 @@ class ConsumerLoop(Generic[T]):
         """Call the handler until its outcome is final (or raise Abandoned); counts attempts."""
         unexpected = 0
         retries = 0
-        ids = {k: v for k, v in _ids_from_message(message).items() if k in ("request_id", "account_id")}
+        ids = {k: v for k, v in _ids_from_message(message).items() if k in _LETTER_IDS}
         while True:
             progress.attempts += 1
             attempts = progress.attempts
@@ -553,6 +557,7 @@ class ConsumerLoop(Generic[T]):
             error=error,
             request_id=ids.get("request_id"),
             account_id=ids.get("account_id"),
+            tenant_id=ids.get("tenant_id"),
         )
         retries = 0
         while True:

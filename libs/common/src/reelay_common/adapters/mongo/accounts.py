@@ -21,7 +21,7 @@ from reelay_common.adapters.mongo.write_guard import WriteGuard
 from reelay_common.domain.errors import InvalidInputError
 from reelay_common.domain.messages import utcnow
 from reelay_common.domain.records import AccountRecord, AccountStatus, account_status
-from reelay_common.domain.tenancy import SCOPE_SEPARATOR
+from reelay_common.domain.tenancy import SCOPE_SEPARATOR, split_scoped
 from reelay_common.domain.tiktok import TokenGrant
 from reelay_common.logging import get_logger
 
@@ -104,7 +104,8 @@ class MongoAccountStore:
                         **extra,
                     },
                     "$inc": {"token_version": 1},
-                    "$setOnInsert": {"created_at": now},
+                    # The tenant of the stored key (docs/architecture.md, "Tenants").
+                    "$setOnInsert": {"created_at": now, "tenant_id": split_scoped(account_id)[0]},
                 },
                 upsert=True,
                 return_document=ReturnDocument.AFTER,

@@ -46,10 +46,18 @@ async def ensure_indexes(db: AsyncDatabase[dict[str, Any]]) -> None:
             )
             await coll.create_index([("state", ASCENDING), ("created_at", DESCENDING)], name="state_created")
             await coll.create_index([("publish_id", ASCENDING)], name="publish_id")
+            # One tenant's listing (docs/architecture.md, "Tenants").
+            await coll.create_index(
+                [("tenant_id", ASCENDING), ("created_at", DESCENDING)], name="tenant_created"
+            )
         # Only work in flight is ever due for a poll, owes Kafka a message or waits to be archived.
         await db["uploads_in_flight"].create_index([("poll_next_at", ASCENDING)], name="poll_next_at")
         await db["uploads_in_flight"].create_index([("outbox_due_at", ASCENDING)], name="outbox_due_at")
         await db["uploads_in_flight"].create_index([("updated_at", ASCENDING)], name="updated_at")
+        # A tenant's API keys are listed by tenant (reelay-admin keys list).
+        await db["api_keys"].create_index(
+            [("tenant_id", ASCENDING), ("created_at", ASCENDING)], name="tenant"
+        )
     await _backfill_request_ids(db)
 
 

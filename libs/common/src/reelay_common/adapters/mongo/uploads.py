@@ -22,6 +22,7 @@ from reelay_common.domain.messages import (
 )
 from reelay_common.domain.records import CallbackDelivery, Change, OutboxEntry, UploadRecord, check_settable
 from reelay_common.domain.states import TERMINAL_STATES, UploadState, states_before
+from reelay_common.domain.tenancy import DEFAULT_TENANT
 
 Document = dict[str, Any]
 
@@ -61,6 +62,14 @@ def new_upload_document(
     record = UploadRecord.new(cmd.model_copy(update=cut), source=source, now=now, enqueue=enqueue)
     doc: Document = to_bson(record.new_document())
     return doc
+
+
+def tenant_filter(tenant_id: str) -> Document:
+    """The documents of `tenant_id`: the default tenant's include those written before tenants,
+    which have no `tenant_id` (a null match finds a missing field)."""
+    if tenant_id == DEFAULT_TENANT:
+        return {"tenant_id": {"$in": [DEFAULT_TENANT, None]}}
+    return {"tenant_id": tenant_id}
 
 
 # Terminal states that end tracking for good; `published` may still be watched for post ids.
@@ -109,11 +118,12 @@ class MongoUploadStore:
         doc = new_upload_document(cmd, source=source, now=now, enqueue=enqueue)
         if lease_seconds > 0:
             doc["outbox_lease_until"] = now + timedelta(seconds=lease_seconds)
+        key = str(doc["_id"])  # the request_id scoped to its tenant
         try:
             with translate_errors("claim a request_id"):
-                await self._ids.insert_one({"_id": cmd.request_id, "at": now})
+                await self._ids.insert_one({"_id": key, "at": now})
         except DuplicateKeyError:
-            existing = await self.get(cmd.request_id)
+            existing = await self.get(key)
             if existing is not None:
                 return existing, False
             # Claimed, but no upload stored: the claimant died between its two inserts, or is
@@ -123,9 +133,9 @@ class MongoUploadStore:
             with translate_errors("insert an upload"):
                 await self._live.insert_one({**doc, _REV: 0})
         except DuplicateKeyError:
-            existing = await self.get(cmd.request_id)
+            existing = await self.get(key)
             if existing is None:  # archived in between: get() looks in flight first, then history
-                raise RetryableError(f"upload {cmd.request_id} moved during create; try again") from None
+                raise RetryableError(f"upload {key} moved during create; try again") from None
             return existing, False
         return UploadRecord.model_validate(doc), True
 
@@ -209,12 +219,20 @@ class MongoUploadStore:
         )
 
     async def list(
-        self, *, account_id: str | None = None, state: UploadState | None = None, limit: int = 100
+        self,
+        *,
+        tenant_id: str | None = None,
+        account_id: str | None = None,
+        state: UploadState | None = None,
+        limit: int = 100,
     ) -> builtins.list[UploadRecord]:
-        """Uploads, newest first, optionally for one account and/or in one state."""
+        """Uploads, newest first, optionally of one tenant, for one account (its stored key) and/or
+        in one state."""
         if not 1 <= limit <= 1000:
             raise ValueError("limit must be between 1 and 1000")
         query: Document = {}
+        if tenant_id is not None:
+            query.update(tenant_filter(tenant_id))
         if account_id is not None:
             query["account_id"] = account_id
         if state is not None:
