@@ -18,6 +18,7 @@ import httpx
 import pytest
 from tiktok_sandbox.media import write_sample_mp4
 
+from tests.browser import consent
 from tests.e2e.flows import connect_account
 from tests.e2e.stack import API_KEY, Stack
 
@@ -145,3 +146,46 @@ class TestTheCommandLine:
         no_key = await reelay(stack, "uploads", env={"REELAY_API_KEY": ""})
         assert no_key.code == 2
         assert "REELAY_API_KEY" in no_key.stderr
+
+
+class TestAccountsFromTheCommandLine:
+    async def test_connect_waits_for_the_oauth_round_trip_then_list_and_disconnect(
+        self, stack: Stack, http: httpx.AsyncClient
+    ) -> None:
+        username = f"cli-{os.urandom(4).hex()}"
+        resp = await http.post(f"{stack.sandbox_url}/sandbox/users", json={"username": username})
+        resp.raise_for_status()
+        account_id = f"acct-{username}"
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("REELAY_")}
+        environment.update({"REELAY_URL": stack.ingest_url, "REELAY_API_KEY": API_KEY})
+        proc = await asyncio.create_subprocess_exec(
+            str(REELAY),
+            *("accounts", "connect", account_id, "--no-browser", "--json", "--timeout", "120"),
+            env=environment,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        try:
+            # The CLI prints TikTok's authorize URL first, then waits; the creator approves meanwhile.
+            first = json.loads(await asyncio.wait_for(proc.stdout.readline(), timeout=60))
+            assert first["type"] == "authorize"
+            page = await consent(http, first["authorize_url"], creator=username)
+            assert page.status_code == 200, f"{page.text}\n{stack.logs()}"
+            rest, err = await asyncio.wait_for(proc.communicate(), timeout=180)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+        assert proc.returncode == 0, f"{rest.decode()}\n{err.decode()}"
+        result = json.loads(rest.decode().splitlines()[-1])
+        assert result["type"] == "result"
+        assert result["account"]["status"] == "connected"
+
+        listed = await reelay(stack, "accounts", "list", "--json")
+        assert listed.code == 0
+        assert account_id in [a["account_id"] for a in json.loads(listed.stdout)["items"]]
+        gone = await reelay(stack, "accounts", "disconnect", account_id, "--json")
+        assert gone.code == 0, gone
+        assert json.loads(gone.stdout)["status"] == "disconnected"
+        again = await reelay(stack, "accounts", "show", account_id, "--json")
+        assert json.loads(again.stdout)["status"] == "disconnected"
