@@ -1,7 +1,7 @@
-"""Must-show (issue 8): after a refresh and a key rotation, with the services running, no TikTok token
-(old or new, as the sandbox issued them) appears in clear in any document of the database or in any
-Reelay service's log. Later steps (an OAuth connect, a disconnect) slot in as further steps that
-`ledger.collect` after acting; the search at the end stays the same."""
+"""Must-show (issue 8): after an OAuth round trip, a refresh, a key rotation and a disconnect, with the
+services running, no TikTok token (old or new, as the sandbox issued them) appears in clear in any
+document of the database or in any Reelay service's log. Each step acts, then `ledger.collect`s the
+tokens the sandbox issued; the search at the end covers all of them."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from tiktok_sandbox.media import write_sample_mp4
 
-from tests.e2e.flows import post_video
+from tests.e2e.flows import connect_account_via_oauth, post_video
 from tests.e2e.stack import Stack, running_stack, wait_for_upload_state
 from tests.e2e.token_audit import TokenLedger, assert_no_token_in_clear
 
@@ -111,7 +111,7 @@ async def expire_access_token(db: AsyncDatabase[dict[str, Any]], account_id: str
 
 
 class TestNoTokenInClear:
-    async def test_after_a_refresh_and_a_key_rotation(
+    async def test_after_an_oauth_connect_a_refresh_a_key_rotation_and_a_disconnect(
         self,
         keyed_stack: Stack,
         http: httpx.AsyncClient,
@@ -121,6 +121,11 @@ class TestNoTokenInClear:
         stack, db, ledger = keyed_stack, mongo_client[keyed_stack.database], TokenLedger()
         video = write_sample_mp4(video_dir / "clip.mp4", 300_000)
         outputs: dict[str, str] = {}
+
+        # 0. Connect an account through TikTok's OAuth (the code exchanged by ingest's callback).
+        connected_id, connected_open_id = await connect_account_via_oauth(http, stack)
+        assert len(await ledger.collect(http, stack, connected_open_id)) == 2
+        await publish_once(http, stack, connected_id, video)
 
         # 1. Register tokens (under the old key), and refresh them through the running services.
         account_id, open_id = await register_expiring(http, stack)
@@ -133,7 +138,7 @@ class TestNoTokenInClear:
         rotated = admin_tokens(stack, "rotate", "--json", keys=f"{NEW_KEY},{OLD_KEY}")
         outputs["tokens rotate"] = rotated.stdout + rotated.stderr
         assert rotated.returncode == 0, rotated.stderr
-        assert json.loads(rotated.stdout)["rotated"] == 1
+        assert json.loads(rotated.stdout)["rotated"] == 2
 
         # 3. Refresh again, now under the new key, and publish with the rotated tokens.
         await expire_access_token(db, account_id)
@@ -144,10 +149,20 @@ class TestNoTokenInClear:
         checked = admin_tokens(stack, "check", "--json", keys=NEW_KEY)
         outputs["tokens check"] = checked.stdout + checked.stderr
         assert checked.returncode == 0, checked.stdout
-        assert json.loads(checked.stdout)["current"] == 1
+        assert json.loads(checked.stdout)["current"] == 2
 
-        # (An OAuth connect and a disconnect, when they exist, go here: act, then ledger.collect.)
+        # 5. Disconnect both: TikTok's grant is revoked and the stored tokens are deleted.
+        for gone in (connected_id, account_id):
+            resp = await http.delete(f"{stack.ingest_url}/v1/accounts/{gone}", headers=stack.headers)
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["status"] == "disconnected"
+        await ledger.collect(http, stack, connected_open_id)
+        await ledger.collect(http, stack, open_id)
+        stored = await db["accounts"].find({"_id": {"$in": [connected_id, account_id]}}).to_list(10)
+        assert [d.get("access_token_enc") for d in stored] == [None, None]
+        assert [d.get("refresh_token_enc") for d in stored] == [None, None]
 
         searched = await assert_no_token_in_clear(db, stack, ledger, also=outputs)
-        assert len(ledger.tokens) == 6  # three access tokens and three refresh tokens
+        # OAuth: one pair; the registered account: three (registered, two refreshes).
+        assert len(ledger.tokens) == 8
         assert {"accounts", "uploads"} <= searched

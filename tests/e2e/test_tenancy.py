@@ -127,6 +127,13 @@ async def what_b_sees(
             f"{base}/v1/uploads", params={"account_id": account_id}, headers=auth
         ),
         "list_all": await http.get(f"{base}/v1/uploads", headers=auth),
+        "disconnect_account": await http.delete(f"{base}/v1/accounts/{account_id}", headers=auth),
+        "list_accounts": await http.get(f"{base}/v1/accounts", headers=auth),
+        "complete_connect": await http.post(
+            f"{base}/v1/accounts/{account_id}/connect/complete",
+            headers=auth,
+            json={"code": "probe-code", "state": "probe-state"},
+        ),
     }
     return {name: (resp.status_code, resp.json()) for name, resp in calls.items()}
 

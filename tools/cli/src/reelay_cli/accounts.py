@@ -14,6 +14,7 @@ from reelay_cli.commands import (
     KeyOpt,
     TimeoutOpt,
     UrlOpt,
+    answer,
     api_of,
     exit_with,
     reported,
@@ -36,14 +37,14 @@ def accounts_list(
     ctx: typer.Context, url: UrlOpt = None, api_key: KeyOpt = None, json_mode: JsonOpt = False
 ) -> None:
     """The registered accounts. With --json: {"items": [...]}."""
-    wiring = wiring_of(ctx)
-    out = Output(json_mode=json_mode, force_terminal=wiring.force_terminal)
-    with reported(out), api_of(url, api_key, wiring) as api:
-        items = api.accounts()
-        if json_mode:
-            out.json({"items": items})
-        else:
-            out.out.print(accounts_table(items))
+    answer(
+        ctx,
+        url,
+        api_key,
+        json_mode,
+        lambda api: {"items": api.accounts()},
+        lambda out, listing: out.out.print(accounts_table(listing["items"])),
+    )
 
 
 @accounts_app.command("show")
@@ -55,15 +56,12 @@ def accounts_show(
     json_mode: JsonOpt = False,
 ) -> None:
     """One account: status, scopes, token expiry, the creator. With --json: the account."""
-    wiring = wiring_of(ctx)
-    out = Output(json_mode=json_mode, force_terminal=wiring.force_terminal)
-    with reported(out), api_of(url, api_key, wiring) as api:
-        view = api.account(account_id)
-        if json_mode:
-            out.json(view)
-        else:
-            for line in account_summary(view):
-                out.say(line)
+
+    def show(out: Output, view: dict[str, Any]) -> None:
+        for line in account_summary(view):
+            out.say(line)
+
+    answer(ctx, url, api_key, json_mode, lambda api: api.account(account_id), show)
 
 
 @accounts_app.command("connect")
@@ -163,11 +161,11 @@ def accounts_disconnect(
     json_mode: JsonOpt = False,
 ) -> None:
     """Disconnect an account (its tokens are revoked and forgotten). With --json: the account."""
-    wiring = wiring_of(ctx)
-    out = Output(json_mode=json_mode, force_terminal=wiring.force_terminal)
-    with reported(out), api_of(url, api_key, wiring) as api:
-        view = api.disconnect(account_id)
-        if json_mode:
-            out.json(view)
-        else:
-            out.say(f"{account_id} is {view.get('status', 'disconnected')}")
+    answer(
+        ctx,
+        url,
+        api_key,
+        json_mode,
+        lambda api: api.disconnect(account_id),
+        lambda out, view: out.say(f"{account_id} is {view.get('status', 'disconnected')}"),
+    )

@@ -9,7 +9,7 @@ import webbrowser
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
@@ -94,6 +94,26 @@ def reported(out: Output) -> Iterator[None]:
     except CliError as exc:
         out.error(exc)
         raise typer.Exit(ExitCode.FAILED) from None
+
+
+def answer(
+    ctx: typer.Context,
+    url: str | None,
+    api_key: str | None,
+    json_mode: bool,
+    call: Callable[[ReelayApi], Any],
+    show: Callable[[Output, Any], None],
+) -> None:
+    """A command that is one API call: make it, then print its answer as JSON (--json) or as `show`
+    says; an API error is reported and exits 1."""
+    wiring = wiring_of(ctx)
+    out = Output(json_mode=json_mode, force_terminal=wiring.force_terminal)
+    with reported(out), api_of(url, api_key, wiring) as api:
+        view = call(api)
+        if json_mode:
+            out.json(view)
+        else:
+            show(out, view)
 
 
 def exit_with(code: ExitCode) -> NoReturn:

@@ -16,6 +16,7 @@ from reelay_cli.commands import (
     KeyOpt,
     TimeoutOpt,
     UrlOpt,
+    answer,
     api_of,
     exit_with,
     reported,
@@ -226,14 +227,14 @@ def list_uploads(
     json_mode: JsonOpt = False,
 ) -> None:
     """List uploads, newest first. With --json: the API's {"items": [...], "count": N}."""
-    wiring = wiring_of(ctx)
-    out = Output(json_mode=json_mode, force_terminal=wiring.force_terminal)
-    with reported(out), api_of(url, api_key, wiring) as api:
-        listing = api.uploads(account_id=account, state=state.value if state else None, limit=limit)
-        if json_mode:
-            out.json(listing)
-        else:
-            out.out.print(uploads_table(listing.get("items") or []))
+    answer(
+        ctx,
+        url,
+        api_key,
+        json_mode,
+        lambda api: api.uploads(account_id=account, state=state.value if state else None, limit=limit),
+        lambda out, listing: out.out.print(uploads_table(listing.get("items") or [])),
+    )
 
 
 def cancel(
@@ -244,13 +245,11 @@ def cancel(
     json_mode: JsonOpt = False,
 ) -> None:
     """Cancel an upload TikTok has nothing of yet (scheduled or queued). With --json: the upload."""
-    wiring = wiring_of(ctx)
-    out = Output(json_mode=json_mode, force_terminal=wiring.force_terminal)
-    with reported(out), api_of(url, api_key, wiring) as api:
-        view = api.cancel(request_id)
-        if json_mode:
-            out.json(view)
-        elif view.get("state") == "cancelled":
+
+    def show(out: Output, view: dict[str, Any]) -> None:
+        if view.get("state") == "cancelled":
             out.say(f"cancelled {request_id}")
         else:
             out.say(f"TikTok was asked to stop its download of {request_id}; it ends failed once it confirms")
+
+    answer(ctx, url, api_key, json_mode, lambda api: api.cancel(request_id), show)
