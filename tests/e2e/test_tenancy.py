@@ -154,6 +154,9 @@ class TestOverHttp:
             "post_for_account": 404,
             "list_of_account": 200,
             "list_all": 200,
+            "disconnect_account": 404,
+            "list_accounts": 200,
+            "complete_connect": 400,
         }
 
         open_id = await connect(http, stack, a, account_id)

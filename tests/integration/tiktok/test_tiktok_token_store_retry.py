@@ -60,8 +60,9 @@ async def test_a_late_grant_reconnects_an_account_a_racing_refresh_marked_dead(
     )
     assert mine is not None
     live = await layer.client.refresh_token(grant["refresh_token"])  # TikTok rotates now
-    # Our lock expired while the store was down; another caller refreshed with the dead token.
-    racer = MongoTokenProvider(layer.store, layer.client)
+    # Our lock expired while the store was down; another caller took it over, refreshed with the
+    # dead token and waited for us no longer than it was told to.
+    racer = MongoTokenProvider(layer.store, layer.client, takeover_wait_seconds=0.2)
     with pytest.raises(AuthExpiredError):
         await racer.access_token("acct")
     marked = await layer.store.get("acct")
@@ -74,6 +75,47 @@ async def test_a_late_grant_reconnects_an_account_a_racing_refresh_marked_dead(
     assert record is not None
     assert record.status == "connected", "the live grant was stored, yet the account stays dead"
     assert await layer.tokens.access_token("acct") == live.access_token
+
+
+async def test_a_refresh_that_took_over_an_expired_lock_waits_for_its_owners_late_grant(
+    layer: TikTokLayer, sandbox: SandboxHandle
+) -> None:
+    # make chaos: a FerretDB restart outlasted the refresh lock; the caller that took it over met
+    # invalid_grant, marked the account reauth_required, and the uploads meeting that failed for good
+    # although the slow owner stored the live grant moments later.
+    _, grant = await connect_account(layer, sandbox.base_url, "acct", username="takeover", expires_in=1)
+    seen = await layer.store.get_tokens("acct")
+    assert seen is not None
+    slow = await layer.store.try_lock_refresh(
+        "acct", owner="slow", expect_version=seen.token_version, lock_seconds=0.01
+    )
+    assert slow is not None
+    assert not slow.took_over_lock
+    live = await layer.client.refresh_token(grant["refresh_token"])  # TikTok rotates now
+    await asyncio.sleep(0.05)  # the slow owner's lock expires
+
+    racer = asyncio.create_task(
+        MongoTokenProvider(layer.store, layer.client, takeover_wait_seconds=30).access_token("acct")
+    )
+
+    async def racer_locked() -> bool:
+        doc = await layer.store.get("acct")
+        return doc is not None and doc.refresh_lock_owner not in (None, "slow")
+
+    await eventually(racer_locked, timeout=30, interval=0.05, what="the racer to take over the lock")
+    await asyncio.sleep(1.0)  # it has met invalid_grant by now, and waits
+    assert not racer.done()
+    waiting = await layer.store.get("acct")
+    assert waiting is not None
+    assert waiting.status == "connected", "the account was given up while the live grant was on its way"
+
+    await layer.store.store_refreshed("acct", owner="slow", grant=live)
+
+    assert await asyncio.wait_for(racer, timeout=30) == live.access_token
+    record = await layer.store.get("acct")
+    assert record is not None
+    assert record.status == "connected"
+    assert record.refresh_lock_owner is None, "the racer kept its lock"
 
 
 async def test_a_caller_cancelled_while_the_grant_is_stored_does_not_lose_it(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -43,6 +43,9 @@ class AccountTokens:
     refresh_token: str | None
     refresh_expires_at: datetime | None
     token_version: int
+    # Set by try_lock_refresh when the lock it took had been another caller's and had expired: that
+    # caller may still be on its way to store a grant TikTok already rotated to.
+    took_over_lock: bool = False
 
     def __repr__(self) -> str:
         # Keep tokens out of reprs, tracebacks and logs.
@@ -170,7 +173,8 @@ class MongoAccountStore:
         exactly one gets the tokens back (read in the same atomic step: the latest refresh token).
         """
         now = self._clock()
-        doc = await self._write(
+        # The document as it was (only the lock fields change): whose lock, if any, was taken over.
+        before = await self._write(
             account_id,
             lambda: self._col.find_one_and_update(
                 {
@@ -185,10 +189,13 @@ class MongoAccountStore:
                         "refresh_lock_owner": owner,
                     }
                 },
-                return_document=ReturnDocument.AFTER,
+                return_document=ReturnDocument.BEFORE,
             ),
         )
-        return self._tokens(doc) if doc is not None else None
+        if before is None:
+            return None
+        previous = before.get("refresh_lock_owner")
+        return replace(self._tokens(before), took_over_lock=previous is not None and previous != owner)
 
     async def store_refreshed(self, account_id: str, *, owner: str, grant: TokenGrant) -> int:
         """Persist a refreshed grant (always the new, rotated refresh token), release our lock;

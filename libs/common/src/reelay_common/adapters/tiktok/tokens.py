@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,7 @@ class MongoTokenProvider:
         refresh_margin_seconds: float = 300.0,
         lock_seconds: float = 60.0,
         store_grant_seconds: float = 300.0,
+        takeover_wait_seconds: float | None = None,
         poll_interval_seconds: float = 0.1,
         wait_timeout_seconds: float | None = None,
         owner: str | None = None,
@@ -53,6 +55,12 @@ class MongoTokenProvider:
         self._margin = timedelta(seconds=refresh_margin_seconds)
         self._lock_seconds = lock_seconds
         self._store_grant_seconds = store_grant_seconds
+        # How long a refresh refused after taking over an expired lock waits for that lock's owner
+        # to store the grant it may hold (by default as long as that owner keeps trying).
+        self._takeover_wait = (
+            takeover_wait_seconds if takeover_wait_seconds is not None else store_grant_seconds
+        )
+        self._takeover_poll = max(poll_interval_seconds, 0.5)
         self._in_flight: set[asyncio.Future[str]] = set()  # refreshes outliving a cancelled caller
         self._poll = poll_interval_seconds
         # Losers wait at most a lock lifetime (plus slack), after which the lock is up for grabs.
@@ -138,10 +146,15 @@ class MongoTokenProvider:
         try:
             grant = await self._client.refresh_token(mine.refresh_token)
         except AuthExpiredError as exc:
+            # A slower winner whose lock expired may store a rotated token yet; our refresh token was
+            # then already dead. Use theirs rather than disconnecting the account. When we took over
+            # its lock, it may still be retrying that store (found by `make chaos`: a FerretDB restart
+            # outlasted the lock and the uploads that met the account `reauth_required` meanwhile
+            # failed for good): wait for it, still holding the lock, before giving the account up.
+            current = await (
+                self._await_other_grant(mine) if mine.took_over_lock else self._store.get_tokens(account_id)
+            )
             await self._store.release_refresh_lock(account_id, owner=self._owner)
-            # A slower winner whose lock expired may have stored a rotated token meanwhile; our
-            # refresh token was then already dead. Use theirs rather than disconnecting the account.
-            current = await self._store.get_tokens(account_id)
             if current is not None and current.token_version != mine.token_version and current.access_token:
                 return current.access_token
             await self._store.mark_reauth_required(account_id)
@@ -167,6 +180,21 @@ class MongoTokenProvider:
             refresh_expires_in=grant.refresh_expires_in,
         )
         return grant.access_token
+
+    async def _await_other_grant(self, mine: AccountTokens) -> AccountTokens | None:
+        """The account's tokens once another caller stored a newer version, or as they are after
+        `takeover_wait_seconds` (the grant it held is then taken to be lost)."""
+        deadline = time.monotonic() + self._takeover_wait
+        current: AccountTokens | None = None
+        while True:
+            # The database may be what the other caller waits for too: an error is waited out.
+            with contextlib.suppress(RetryableError):
+                current = await self._store.get_tokens(mine.account_id)
+            if current is not None and current.token_version != mine.token_version:
+                return current
+            if time.monotonic() >= deadline:
+                return current
+            await self._sleep(self._takeover_poll)
 
     async def _store_grant(self, account_id: str, grant: TokenGrant, *, until: float) -> int:
         """Store the grant TikTok just rotated to, retrying a database failure (bounded).
