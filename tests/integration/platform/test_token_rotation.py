@@ -124,7 +124,7 @@ class TestRotate:
 
     async def test_an_account_without_tokens_is_counted_apart(self, mongo_db: Db) -> None:
         await seed(mongo_db, OLD, 2, "old")
-        await store(mongo_db, OLD).mark_revoked("old-1")  # revoking clears the tokens
+        await store(mongo_db, OLD).mark_disconnected("old-1")  # disconnecting clears the tokens
 
         report = await rotator(mongo_db, NEW, OLD).rotate()
 
@@ -198,7 +198,7 @@ class TestCheck:
         await seed(mongo_db, older, 1, "older")
         await seed(mongo_db, LOST, 1, "lost")
         await seed(mongo_db, OLD, 1, "gone")
-        await store(mongo_db, OLD).mark_revoked("gone-0")
+        await store(mongo_db, OLD).mark_disconnected("gone-0")
 
         report = await rotator(mongo_db, NEW, OLD, older).check()
 
