@@ -15,8 +15,6 @@ from reelay_common.domain.api_keys import (
     check_key_id,
     check_text,
     default_tenant,
-    key_digest,
-    new_api_key,
 )
 from reelay_common.domain.tenancy import DEFAULT_TENANT, check_tenant_id
 
@@ -52,14 +50,7 @@ class FakeTenantStore:
     async def create_key(self, tenant_id: str, *, label: str | None = None) -> tuple[ApiKeyRecord, NewApiKey]:
         label = check_text(label, what="key label", limit=KEY_LABEL_MAX)
         await self._known_tenant(tenant_id)
-        new = new_api_key()
-        record = ApiKeyRecord(
-            key_id=new.key_id,
-            tenant_id=tenant_id,
-            digest=key_digest(new.key),
-            label=label,
-            created_at=stored_now(),
-        )
+        record, new = ApiKeyRecord.issue(tenant_id, label=label, now=stored_now())
         self.keys[new.key_id] = record
         return record, new
 

@@ -105,6 +105,16 @@ class ApiKeyRecord(BaseModel):
         """Whether the key was revoked (it lets nobody in any more)."""
         return self.revoked_at is not None
 
+    @classmethod
+    def issue(cls, tenant_id: str, *, label: str | None, now: datetime) -> tuple[ApiKeyRecord, NewApiKey]:
+        """A new key of `tenant_id` (its `label` checked already, with `check_text`): the record to
+        store, holding the key's digest only, and the key to show once."""
+        new = new_api_key()
+        record = cls(
+            key_id=new.key_id, tenant_id=tenant_id, digest=key_digest(new.key), label=label, created_at=now
+        )
+        return record, new
+
 
 # The default tenant exists without a document: it owns INGEST_API_KEYS and every id stored before
 # tenants. This is what it looks like in a listing.

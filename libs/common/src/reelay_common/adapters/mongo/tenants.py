@@ -28,8 +28,6 @@ from reelay_common.domain.api_keys import (
     check_key_id,
     check_text,
     default_tenant,
-    key_digest,
-    new_api_key,
 )
 from reelay_common.domain.tenancy import DEFAULT_TENANT, check_tenant_id
 
@@ -85,14 +83,7 @@ class MongoTenantStore:
     async def create_key(self, tenant_id: str, *, label: str | None = None) -> tuple[ApiKeyRecord, NewApiKey]:
         label = check_text(label, what="key label", limit=KEY_LABEL_MAX)
         await self._known_tenant(tenant_id)
-        new = new_api_key()
-        record = ApiKeyRecord(
-            key_id=new.key_id,
-            tenant_id=tenant_id,
-            digest=key_digest(new.key),
-            label=label,
-            created_at=self._clock(),
-        )
+        record, new = ApiKeyRecord.issue(tenant_id, label=label, now=self._clock())
         with translate_errors("create an API key"):
             await self._keys.insert_one(record.model_dump(by_alias=True))
         return record, new
