@@ -115,10 +115,15 @@ async def wait_healthy(cfg: StackConfig, launched: Launched, table: ProcessTable
         if await check(spec.health):
             say(f"  {spec.name:<14} healthy ({time.monotonic() - began:.1f}s)")
             return
-        exited = launched.proc.poll() if launched.proc is not None else None
-        gone = exited is not None or not is_ours(
-            table.info(launched.pid), marker=spec.marker, stack_id=cfg.stack_id
-        )
+        # A process we spawned is gone only when it exited: right after the fork, before the exec,
+        # /proc still shows our own command line and environment, which `is_ours` would refuse
+        # (seen: SeaweedFS reported as "exited before it was healthy" while it went on to start).
+        if launched.proc is not None:
+            exited = launched.proc.poll()
+            gone = exited is not None
+        else:
+            exited = None
+            gone = not is_ours(table.info(launched.pid), marker=spec.marker, stack_id=cfg.stack_id)
         if gone:
             remove_pid(cfg.pid_file(spec.name))
             code = f" with code {exited}" if exited is not None else ""
