@@ -15,7 +15,7 @@ The same seam reads a video at the speed of the wire: httpcore asks its stream f
 (`READ_NUM_BYTES`), while asyncio hands the socket's data over in pieces of up to 256 KiB, which
 anyio then splits and copies again for each 64 KiB read. Every connection here reads whatever has
 arrived, up to `RECEIVE_BYTES` (`BulkReadStream`): a 200 MB download took 0.27-0.44 s of CPU at
-64 KiB and 0.15-0.17 s this way on the bench machine (docs/performance.md).
+64 KiB and 0.15-0.17 s this way (docs/design.md, "Video URLs: one GET, read in bulk").
 """
 
 from __future__ import annotations
