@@ -377,17 +377,20 @@ async def file_pieces(path: Path, offset: int, length: int) -> AsyncIterator[byt
 
 async def put_all_chunks(
     cfg: dict[str, Any], body: Callable[[int, int], AsyncIterator[bytes]], http: httpx.AsyncClient
-) -> float:
-    """Init a publish (untimed), then PUT every planned chunk from `body(first, length)` with plain
-    httpx streaming; the seconds from before the first PUT's body is opened to the last answer."""
+) -> tuple[float, float]:
+    """Init a publish, then PUT every planned chunk from `body(first, length)` with plain httpx
+    streaming: the init's seconds, and the seconds from before the first PUT's body is opened to
+    the last answer."""
     size = int(cfg["size"])
     client = TikTokClient(
         http, base_url=cfg["base_url"], client_key=CLIENT_KEY, client_secret=SecretStr(CLIENT_SECRET)
     )
+    # One init first, unmeasured: imports and the connection, as the uploader's warm-up does.
+    await client.init_inbox(cfg["token"], plan_chunks(WARMUP_MB * MB))
     plan = plan_chunks(size)
     began = time.perf_counter()
     init = await client.init_inbox(cfg["token"], plan)
-    INIT_SECONDS.append(time.perf_counter() - began)
+    init_seconds = time.perf_counter() - began
     assert init.upload_url is not None
     started = time.perf_counter()
     for first, last in chunk_ranges(plan):
@@ -401,31 +404,21 @@ async def put_all_chunks(
             },
         )
         assert response.status_code in (201, 206), response.status_code
-    return time.perf_counter() - started
+    return init_seconds, time.perf_counter() - started
 
 
-INIT_SECONDS: list[float] = []  # the bare side's init call (the second one: the first is cold)
-
-
-def child_result(seconds: float) -> dict[str, Any]:
-    return {"seconds": seconds, "init_seconds": INIT_SECONDS[-1], "peak_rss_mb": peak_rss_mb()}
-
-
-async def _warm_init(cfg: dict[str, Any], http: httpx.AsyncClient) -> None:
-    """One init first, unmeasured: imports and the connection, as the uploader's warm-up does."""
-    client = TikTokClient(
-        http, base_url=cfg["base_url"], client_key=CLIENT_KEY, client_secret=SecretStr(CLIENT_SECRET)
-    )
-    await client.init_inbox(cfg["token"], plan_chunks(WARMUP_MB * MB))
+def child_result(timed: tuple[float, float]) -> dict[str, Any]:
+    """A bare side's result from put_all_chunks' (init seconds, PUT seconds)."""
+    init_seconds, seconds = timed
+    return {"seconds": seconds, "init_seconds": init_seconds, "peak_rss_mb": peak_rss_mb()}
 
 
 async def run_bare(cfg: dict[str, Any]) -> dict[str, Any]:
     """Every chunk of the file from local disk (the page cache), PUT with plain httpx streaming."""
     path = Path(cfg["path"])
     async with httpx.AsyncClient(timeout=httpx.Timeout(120.0)) as http:
-        await _warm_init(cfg, http)
-        seconds = await put_all_chunks(cfg, lambda first, length: file_pieces(path, first, length), http)
-    return child_result(seconds)
+        timed = await put_all_chunks(cfg, lambda first, length: file_pieces(path, first, length), http)
+    return child_result(timed)
 
 
 # -- child: the bare pipe (URL sources) -------------------------------------------------------------
@@ -438,7 +431,6 @@ async def run_pipe(cfg: dict[str, Any]) -> dict[str, Any]:
     (source server -> us -> sandbox), with nothing of Reelay in between.
     """
     async with httpx.AsyncClient(timeout=httpx.Timeout(120.0)) as http:
-        await _warm_init(cfg, http)
         source: httpx.Response | None = None
         pieces: AsyncIterator[bytes] | None = None
         held = b""
@@ -456,11 +448,11 @@ async def run_pipe(cfg: dict[str, Any]) -> dict[str, Any]:
                 yield piece
 
         try:
-            seconds = await put_all_chunks(cfg, take, http)
+            timed = await put_all_chunks(cfg, take, http)
         finally:
             if source is not None:
                 await source.aclose()
-    return child_result(seconds)
+    return child_result(timed)
 
 
 CHILDREN = {"uploader": run_uploader, "bare": run_bare, "pipe": run_pipe}
@@ -634,6 +626,11 @@ def warmup_source(kind: str, path: Path, source_base: str, spent: list[BlobSourc
         warm, _ = asyncio.run(save_blob(kind, path))
         spent.append(warm)
         return warm.model_dump(mode="json")
+    return url_source(kind, source_base, path)
+
+
+def url_source(kind: str, source_base: str, path: Path) -> dict[str, Any]:
+    """The UrlSource of `path` on the source server, for `url-range` or `url-norange`."""
     prefix = "range" if kind == "url-range" else "norange"
     return {"kind": "url", "url": f"{source_base}/{prefix}/{path.name}"}
 
@@ -736,9 +733,7 @@ def main() -> None:
                     blob, row["write_seconds"] = asyncio.run(save_blob(kind, path))
                     source: dict[str, Any] = blob.model_dump(mode="json")
                 else:
-                    prefix = "range" if kind == "url-range" else "norange"
-                    source = {"kind": "url", "url": f"{source_base}/{prefix}/{path.name}"}
-
+                    source = url_source(kind, source_base, path)
                 cfg = {
                     "kind": kind,
                     "base_url": base_url,
