@@ -65,7 +65,10 @@ class BulkReadStream(httpcore.AsyncNetworkStream):
 
 
 class BulkReadBackend(httpcore.AsyncNetworkBackend):
-    """A network backend (by default httpcore's own) whose connections are `BulkReadStream`s."""
+    """A network backend (by default httpcore's own) whose connections are `BulkReadStream`s.
+
+    TCP only: no transport here is given a unix socket (httpcore's base refuses one).
+    """
 
     def __init__(self, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
         self._inner = inner or httpcore.AnyIOBackend()
@@ -81,15 +84,6 @@ class BulkReadBackend(httpcore.AsyncNetworkBackend):
         stream = await self._inner.connect_tcp(
             host, port, timeout=timeout, local_address=local_address, socket_options=socket_options
         )
-        return BulkReadStream(stream)
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await self._inner.connect_unix_socket(path, timeout=timeout, socket_options=socket_options)
         return BulkReadStream(stream)
 
     async def sleep(self, seconds: float) -> None:
