@@ -133,7 +133,10 @@ class TestKilledPoller:
         self, world: World, tmp_path: Path
     ) -> None:
         account = await world.connected_account("acct-k")
-        env = world.env(POLLER_LEASE_SECONDS="3")
+        # Both leases short: the SIGKILL may land mid-drain, between the outbox lease and its
+        # settle, and the replacement then waits out that lease (30 s by default, as long as the
+        # read of the announcements below) before it sends `published`.
+        env = world.env(POLLER_LEASE_SECONDS="3", REELAY_OUTBOX_LEASE_SECONDS="3")
         first_log = tmp_path / "first.log"
 
         async with _poller_process(env, first_log) as first:
