@@ -454,6 +454,12 @@ class ProgressLog(FakeUploadStore):
             self.progress.append(fields["uploaded_bytes"])
         return await super().checkpoint(request_id, fields, expect_state=expect_state)
 
+    async def transition(self, request_id: str, change: Change) -> UploadRecord | None:
+        # The init's checkpoint rides on the move to `uploading`; `uploaded` records the whole size.
+        if change.target is UploadState.UPLOADING and "uploaded_bytes" in change.fields():
+            self.progress.append(change.fields()["uploaded_bytes"])
+        return await super().transition(request_id, change)
+
 
 class TickingClock(FakeClock):
     """A clock that moves on by `step` each time it is read."""
@@ -844,7 +850,7 @@ class TestRefusals:
 
 
 class TestRetryableFailures:
-    async def test_a_retryable_init_failure_propagates_and_changes_nothing_but_the_state(self) -> None:
+    async def test_a_retryable_init_failure_propagates_and_changes_nothing(self) -> None:
         world = make_world()
         world.tiktok.init_errors = [
             TransientTikTokError("internal_error", code="internal_error", http_status=500)
@@ -854,8 +860,10 @@ class TestRetryableFailures:
             await handle_upload_requested(cmd, world.deps)
         record = await world.uploads.get(cmd.request_id)
         assert record is not None
-        assert record.state is UploadState.UPLOADING
+        # Nothing is on its way to TikTok: still `accepted` (and cancellable), nothing announced.
+        assert record.state is UploadState.ACCEPTED
         assert (record.publish_id, record.init_attempts) == (None, 0)
+        assert [e.state for e in world.status_events()] == [UploadState.ACCEPTED]
 
         await redeliver(cmd, world)
 
@@ -975,7 +983,7 @@ class TestRetryDeadline:
             world.clock.advance(self.DEADLINE.total_seconds() * 3)
         record = await world.uploads.get(cmd.request_id)
         assert record is not None
-        assert (record.state, record.retrying_since) == (UploadState.UPLOADING, None)
+        assert (record.state, record.retrying_since) == (UploadState.ACCEPTED, None)
 
         await handle_upload_requested(cmd, deps)  # the window opened again
 

@@ -1,34 +1,56 @@
-"""A publish TikTok just created is recorded despite a database hiccup: forgotten, the retry would
-init a second, orphan publish that counts against the creator's daily post cap (found by
-`make chaos`: FerretDB restarted right after an init)."""
+"""A new publish and the move to `uploading` are one write, made once TikTok created the publish.
+
+- Recorded despite a database hiccup: forgotten, the retry would init a second, orphan publish
+  that counts against the creator's daily post cap (found by `make chaos`: FerretDB restarted
+  right after an init).
+- A write that landed but whose answer was lost is recognised as ours, not as a lost race.
+- A cancel that lands during the init wins: the publish never gets a byte, so it never posts.
+- The `uploading` announcement is sent beside the chunks, not before them.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import BaseModel
 from reelay_common.domain.errors import DatabaseUnavailableError
-from reelay_common.domain.records import UploadRecord
+from reelay_common.domain.messages import PublishStatusChanged
+from reelay_common.domain.records import Change, UploadRecord
 from reelay_common.domain.states import UploadState
+from reelay_common.ports import ChunkedUpload, ProgressCallback
 from reelay_testing.stores import FakeUploadStore
 from reelay_uploader.handlers import handle_upload_requested
 
-from tests.unit.uploader.test_upload_handler import direct, make_world
+from tests.unit.uploader.test_upload_handler import FakeTikTok, direct, make_world
+
+
+def _carries_a_new_publish(change: Change) -> bool:
+    return change.target is UploadState.UPLOADING and "publish_id" in change.fields()
 
 
 class LosesTheFirstInitCheckpoint(FakeUploadStore):
-    """The in-memory store, whose first write of a new publish_id fails as a lost server does."""
+    """The in-memory store, whose first write of a new publish_id fails as a lost server does:
+    before it is applied (`landed=False`) or after, its answer lost on the way back."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, landed: bool = False) -> None:
         super().__init__()
+        self.landed = landed
         self.failed = 0
+
+    async def transition(self, request_id: str, change: Change) -> UploadRecord | None:
+        if not _carries_a_new_publish(change) or self.failed:
+            return await super().transition(request_id, change)
+        self.failed += 1
+        if self.landed:
+            await super().transition(request_id, change)
+        raise DatabaseUnavailableError("server selection timed out")
 
     async def checkpoint(
         self, request_id: str, fields: Mapping[str, Any], *, expect_state: UploadState | None = None
     ) -> UploadRecord | None:
-        if "publish_id" in fields and not self.failed:
-            self.failed += 1
-            raise DatabaseUnavailableError("server selection timed out")
+        assert "publish_id" not in fields, "a first publish is recorded with the move to uploading"
         return await super().checkpoint(request_id, fields, expect_state=expect_state)
 
 
@@ -44,3 +66,86 @@ async def test_the_checkpoint_of_a_new_publish_is_retried_and_tiktok_inits_once(
     assert record is not None
     assert record.state is UploadState.UPLOADED
     assert record.publish_id is not None
+
+
+async def test_a_checkpoint_that_landed_with_its_answer_lost_is_taken_as_ours() -> None:
+    store = LosesTheFirstInitCheckpoint(landed=True)
+    world = make_world(uploads=store)
+
+    await handle_upload_requested(direct(), world.deps)
+
+    assert store.failed == 1
+    assert len(world.tiktok.inits) == 1, "a second publish was initialised"
+    [post] = world.tiktok.posts
+    record = await world.uploads.get("req-1")
+    assert record is not None
+    assert (record.state, record.publish_id) == (UploadState.UPLOADED, post.publish_id)
+    assert [h.state for h in record.history].count(UploadState.UPLOADING) == 1
+    assert [e.state for e in world.status_events()] == [
+        UploadState.ACCEPTED,
+        UploadState.UPLOADING,
+        UploadState.UPLOADED,
+    ]
+
+
+async def test_a_cancel_during_the_init_wins_and_not_a_byte_is_sent() -> None:
+    world = make_world()
+    created = world.tiktok.init_upload
+
+    async def init_while_cancelled(*args: Any, **kwargs: Any) -> Any:
+        # Ingest's cancel lands while TikTok creates the publish: the upload was still `accepted`.
+        await world.uploads.transition("req-1", Change(UploadState.CANCELLED, source="ingest"))
+        return await created(*args, **kwargs)
+
+    world.tiktok.init_upload = init_while_cancelled  # type: ignore[method-assign]  # a hook on one fake
+
+    await handle_upload_requested(direct(), world.deps)
+
+    assert await world.state("req-1") is UploadState.CANCELLED
+    assert world.tiktok.puts == []
+    [publish] = world.tiktok.publishes.values()
+    assert publish.received == 0  # a publish without a byte can never become a post
+    assert world.tiktok.posts == []
+    assert world.uploaded_events() == []
+
+
+class HoldsTheUploadingAnnouncement:
+    """A Kafka that takes the `uploading` announcement only once TikTok has received a chunk."""
+
+    def __init__(self, tiktok: FakeTikTok) -> None:
+        self.chunk_arrived = asyncio.Event()
+        self.tiktok = tiktok
+        self.upload_chunks = tiktok.upload_chunks
+
+    async def chunks(self, upload: ChunkedUpload, *, on_progress: ProgressCallback | None = None) -> None:
+        async def progress(confirmed: int) -> None:
+            self.chunk_arrived.set()
+            if on_progress is not None:
+                await on_progress(confirmed)
+
+        await self.upload_chunks(upload, on_progress=progress)
+
+    def wrap(self, publish: Any) -> Any:
+        async def held(topic: str, message: BaseModel, *, key: str) -> None:
+            if isinstance(message, PublishStatusChanged) and message.state is UploadState.UPLOADING:
+                await asyncio.wait_for(self.chunk_arrived.wait(), timeout=5)
+            await publish(topic, message, key=key)
+
+        return held
+
+
+async def test_the_uploading_announcement_is_sent_beside_the_chunks_and_before_uploaded() -> None:
+    world = make_world()
+    hold = HoldsTheUploadingAnnouncement(world.tiktok)
+    world.tiktok.upload_chunks = hold.chunks  # type: ignore[method-assign]  # a hook on one fake
+    world.publisher.publish = hold.wrap(world.publisher.publish)  # type: ignore[method-assign]
+
+    # Sent before the first PUT, the announcement would wait out the 5 s and fail the test.
+    await asyncio.wait_for(handle_upload_requested(direct(), world.deps), timeout=4)
+
+    assert await world.state("req-1") is UploadState.UPLOADED
+    assert [e.state for e in world.status_events()] == [
+        UploadState.ACCEPTED,
+        UploadState.UPLOADING,
+        UploadState.UPLOADED,
+    ]

@@ -173,9 +173,9 @@ class Recorder(Protocol):
         """Count a new upload's first state (`accepted` or `scheduled`), as `record` counts a change."""
         ...
 
-    async def record(self, request_id: str, change: Change) -> UploadRecord | None:
-        """A guarded transition (its announcement written with it), then sent. None when the
-        guard refused."""
+    async def record(self, request_id: str, change: Change, *, send: bool = True) -> UploadRecord | None:
+        """A guarded transition (its announcement written with it), then sent (unless `send` is
+        False: then the caller drains the outbox, or the relay does). None when the guard refused."""
         ...
 
 

@@ -26,14 +26,15 @@ class StateRecorder:
         source = record.history[0].source if record.history else "ingest"
         UPLOAD_STATE_TRANSITIONS.labels(state=record.state.value, source=source).inc()
 
-    async def record(self, request_id: str, change: Change) -> UploadRecord | None:
+    async def record(self, request_id: str, change: Change, *, send: bool = True) -> UploadRecord | None:
         """Move the upload to `change.target` if that is forward, then send its announcement; None
         if the guard refused.
 
         The announcement is part of the transition's own update (the outbox), so it cannot be lost
         between the Mongo write and the Kafka publish; Kafka being down delays it, never fails the
         transition. A refused transition still sends what the upload owes (a retried handler whose
-        first try died after its update).
+        first try died after its update). `send=False` leaves a move's announcement to the caller
+        (`Outbox.drain`, e.g. beside work that need not wait for it), or to the relay loop.
         """
         target, source = change.target, change.source
         moved = await self._uploads.transition(request_id, change)
@@ -48,7 +49,8 @@ class StateRecorder:
                 state=target.value,
                 source=source,
             )
-            await self._outbox.drain(request_id)
+            if send:
+                await self._outbox.drain(request_id)
             return moved
         current = await self._uploads.get(request_id)
         if current is None:

@@ -345,6 +345,8 @@ class _Job:
         self.inits = 0
         self._reader: VideoReader | None = None
         self._validated = False
+        # The `uploading` announcement, sent beside the first chunks (see _record_new_publish).
+        self._announcing: asyncio.Task[bool] | None = None
 
     # -- the decision ------------------------------------------------------------------------
 
@@ -364,14 +366,19 @@ class _Job:
         try:
             if state is UploadState.ACCEPTED:
                 await self._validate()
-                moved = await self.deps.recorder.record(
-                    self.rid, Change(UploadState.UPLOADING, source=STATE_SOURCE)
-                )
-                self.rec = moved or await self._reload()
-                if self.rec.state is not UploadState.UPLOADING:
-                    raise _Superseded
-            if isinstance(self.rec.source, PullFromUrlSource):
-                return await self._pull(self.rec.source)
+            if isinstance(pull := self.rec.source, PullFromUrlSource):
+                if state is UploadState.ACCEPTED:
+                    # TikTok fetches the video itself: `uploading` before the init, whose attempt
+                    # is marked in the document before it is sent.
+                    moved = await self.deps.recorder.record(
+                        self.rid, Change(UploadState.UPLOADING, source=STATE_SOURCE)
+                    )
+                    self.rec = moved or await self._reload()
+                    if self.rec.state is not UploadState.UPLOADING:
+                        raise _Superseded
+                return await self._pull(pull)
+            # A file upload stays `accepted` (and cancellable) through its wait for the init quota
+            # and the init; it moves to `uploading` with the new publish's checkpoint, in one write.
             return await self._file_upload()
         except _Superseded:
             log.info("upload_superseded")
@@ -384,6 +391,13 @@ class _Job:
         except PermanentError as exc:
             await self._fail(exc.detail())
             return "failed"
+        except asyncio.CancelledError:
+            task, self._announcing = self._announcing, None
+            if task is not None:
+                task.cancel()  # what it did not send, the relay loop does
+            raise
+        finally:
+            await self._announced()
 
     async def _file_upload(self) -> Outcome:
         while True:
@@ -613,6 +627,7 @@ class _Job:
     async def _uploaded(self, publish_id: str, plan: FileUploadSourceInfo | None) -> Outcome:
         """Record `uploaded` and tell the status-poller (VideoUploaded on the publish events)."""
         self._bind_publish(publish_id)
+        await self._announced()  # `uploading` is announced before `uploaded`, by this drain or ours
         fields: dict[str, Any] = {"publish_id": publish_id}
         detail: dict[str, Any] = {"publish_id": publish_id}
         if plan is not None:
@@ -650,6 +665,7 @@ class _Job:
         await self.deps.publisher.publish(self.deps.events_topic, event, key=rec.account_id)
 
     async def _fail(self, detail: Mapping[str, Any]) -> None:
+        await self._announced()
         full = dict(detail)
         if self.publish_id is not None:
             full.setdefault("publish_id", self.publish_id)
@@ -682,7 +698,8 @@ class _Job:
         return self._reader
 
     async def _checkpoint_init(self, fields: Mapping[str, Any]) -> UploadRecord:
-        """Record a publish TikTok just created, retrying a database failure (bounded).
+        """Record a publish TikTok just created (with the move to `uploading` for a first init),
+        retrying a database failure (bounded).
 
         Given up at the first Mongo failure, the publish_id was forgotten and the retry made a
         second init: an orphan publish that counts against the creator's daily post cap (found by
@@ -691,13 +708,48 @@ class _Job:
         delay, deadline = 0.5, time.monotonic() + INIT_CHECKPOINT_RETRY_SECONDS
         while True:
             try:
-                return await self._checkpoint(fields)
+                return await self._record_new_publish(fields)
             except RetryableError as exc:
                 if time.monotonic() + delay >= deadline:
                     raise
                 log.warning("init_checkpoint_retry", error=type(exc).__name__)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _record_new_publish(self, fields: Mapping[str, Any]) -> UploadRecord:
+        """The checkpoint of a new publish; from `accepted`, the move to `uploading` in the same write.
+
+        One guarded update instead of two, and the `uploading` announcement is sent beside the
+        first chunks instead of before them: `uploading` then means what it says, bytes on their
+        way to TikTok (docs/design.md, "The life of an upload"). A cancel that won the race leaves
+        a publish without a byte, which can never become a post.
+        """
+        if self.rec.state is UploadState.UPLOADING:
+            return await self._checkpoint(fields)
+        change = Change(UploadState.UPLOADING, source=STATE_SOURCE, set_fields=fields)
+        moved = await self.deps.recorder.record(self.rid, change, send=False)
+        if moved is None:
+            # Refused: cancelled meanwhile, or our own write landed and its answer was lost.
+            moved = await self._reload()
+            if moved.state is not UploadState.UPLOADING or moved.publish_id != fields["publish_id"]:
+                raise _Superseded
+        self._announcing = asyncio.create_task(self._send_announcements())
+        return moved
+
+    async def _send_announcements(self) -> bool:
+        try:
+            return await self.deps.outbox.drain(self.rid)
+        except RetryableError as exc:
+            # Mongo away mid-drain: the entry stays in the outbox, for the relay loop to send.
+            log.info("announcement_left_to_relay", error=type(exc).__name__, **_detail_fields(exc))
+            return False
+
+    async def _announced(self) -> None:
+        """Wait for the announcement sent beside the chunks: the next transition's own drain would
+        find its outbox lease taken and leave that transition's announcement to the relay."""
+        task, self._announcing = self._announcing, None
+        if task is not None:
+            await task
 
     async def _checkpoint(self, fields: Mapping[str, Any]) -> UploadRecord:
         updated = await self.deps.uploads.checkpoint(self.rid, fields, expect_state=UploadState.UPLOADING)
