@@ -721,7 +721,7 @@ class _Job:
 
         One guarded update instead of two, and the `uploading` announcement is sent beside the
         first chunks instead of before them: `uploading` then means what it says, bytes on their
-        way to TikTok (docs/design.md, "The life of an upload"). A cancel that won the race leaves
+        way to TikTok (docs/design.md, "`uploading` starts with the bytes"). A cancel that won the race leaves
         a publish without a byte, which can never become a post.
         """
         if self.rec.state is UploadState.UPLOADING:
