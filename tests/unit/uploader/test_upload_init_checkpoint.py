@@ -114,7 +114,6 @@ class HoldsTheUploadingAnnouncement:
 
     def __init__(self, tiktok: FakeTikTok) -> None:
         self.chunk_arrived = asyncio.Event()
-        self.tiktok = tiktok
         self.upload_chunks = tiktok.upload_chunks
 
     async def chunks(self, upload: ChunkedUpload, *, on_progress: ProgressCallback | None = None) -> None:

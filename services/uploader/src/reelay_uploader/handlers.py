@@ -346,7 +346,7 @@ class _Job:
         self._reader: VideoReader | None = None
         self._validated = False
         # The `uploading` announcement, sent beside the first chunks (see _record_new_publish).
-        self._announcing: asyncio.Task[bool] | None = None
+        self._announcing: asyncio.Task[None] | None = None
 
     # -- the decision ------------------------------------------------------------------------
 
@@ -721,8 +721,8 @@ class _Job:
 
         One guarded update instead of two, and the `uploading` announcement is sent beside the
         first chunks instead of before them: `uploading` then means what it says, bytes on their
-        way to TikTok (docs/design.md, "`uploading` starts with the bytes"). A cancel that won the race leaves
-        a publish without a byte, which can never become a post.
+        way to TikTok (docs/design.md, "`uploading` starts with the bytes"). A cancel that won the
+        race leaves a publish without a byte, which can never become a post.
         """
         if self.rec.state is UploadState.UPLOADING:
             return await self._checkpoint(fields)
@@ -736,13 +736,12 @@ class _Job:
         self._announcing = asyncio.create_task(self._send_announcements())
         return moved
 
-    async def _send_announcements(self) -> bool:
+    async def _send_announcements(self) -> None:
         try:
-            return await self.deps.outbox.drain(self.rid)
+            await self.deps.outbox.drain(self.rid)
         except RetryableError as exc:
             # Mongo away mid-drain: the entry stays in the outbox, for the relay loop to send.
             log.info("announcement_left_to_relay", error=type(exc).__name__, **_detail_fields(exc))
-            return False
 
     async def _announced(self) -> None:
         """Wait for the announcement sent beside the chunks: the next transition's own drain would
