@@ -263,8 +263,8 @@ class Cancelling:
 
 async def cancel_upload(key: str, deps: IngestDeps) -> Cancelling:
     """Cancel the upload stored under `key` (a tenant's request_id, scoped): ours while TikTok has
-    nothing of it (scheduled, or queued before its init), TikTok's for a PULL_FROM_URL download in
-    progress.
+    no byte of it (scheduled, or accepted: until its publish is recorded), TikTok's for a
+    PULL_FROM_URL download in progress.
 
     Idempotent: an upload already cancelled is answered as it is. Otherwise, once TikTok has it,
     ConflictError names its state (or TikTok's `publish_not_cancellable`).

@@ -379,8 +379,9 @@ async def delete_upload(
     response: Response,
     request_id: Annotated[str, Path(max_length=128, pattern=ID_PATTERN)],
 ) -> UploadView:
-    """Cancel a scheduled upload, or one still waiting in the queue before its init: 200, it ends
-    `cancelled` (announced like every change, and its stored file deleted). A PULL_FROM_URL upload
+    """Cancel a scheduled upload, or one still `accepted` (queued, or waiting for its init or in it;
+    a publish whose init the cancel overtook never gets a byte): 200, it ends `cancelled`
+    (announced like every change, and its stored file deleted). A PULL_FROM_URL upload
     TikTok is still downloading: 202, TikTok is asked to cancel and the upload ends `failed` with
     `publish_cancelled` when it confirms. Otherwise 409 `not_cancellable` with its state.
     Cancelling a cancelled upload answers it again."""

@@ -54,7 +54,8 @@ TERMINAL_STATES: frozenset[UploadState] = frozenset(
     }
 )
 
-# An upload may be cancelled only while TikTok has nothing of it: held, or queued before its init.
+# An upload may be cancelled only while TikTok has no byte of it: held, or accepted (queued, or
+# waiting for its init or in it: a file upload moves to `uploading` only with its recorded publish).
 CANCELLABLE_STATES: frozenset[UploadState] = frozenset({UploadState.SCHEDULED, UploadState.ACCEPTED})
 
 
