@@ -303,6 +303,16 @@ class TestStreamingARange:
         assert max(sizes) <= 4096
         assert sum(sizes) == 100_000
 
+    async def test_hands_out_the_pieces_as_they_arrive_when_they_fit(self) -> None:
+        # Not re-cut (httpx's chunk_size would copy every byte twice to do so): the origin sends
+        # 10,000-byte pieces, so a read from 5,000 is the rest of the first, then whole ones.
+        async with (
+            client(Origin(honour_range=False)) as http,
+            await UrlVideoReader.open(http, URL, allow_private=True) as reader,
+        ):
+            sizes = [len(piece) async for piece in reader.stream(5000, 50_000)]
+        assert sizes == [5000, 10_000, 10_000, 10_000, 10_000, 5000]
+
     async def test_a_source_that_ends_early_is_retryable(self) -> None:
         origin = Origin()
         async with client(origin) as http, await UrlVideoReader.open(http, URL, allow_private=True) as reader:

@@ -87,13 +87,21 @@ class _Body:
         self.position = position
         self.end = end
         self._skip = skip
-        self._pieces = response.aiter_raw(piece_size)
-        self._held = b""  # the tail of a network piece that the previous read did not take
+        self._piece_size = piece_size
+        # Network pieces as they arrive (up to guarded_http's RECEIVE_BYTES): httpx's chunk_size
+        # would copy every byte twice more (into a BytesIO, then out of it) to re-cut them.
+        self._pieces = response.aiter_raw()
+        self._held = b""  # the network piece the last read did not finish handing out
+        self._at = 0  # where in `_held` the next read starts
         self.usable = True
 
     async def read(self, limit: int) -> bytes:
-        """Up to `limit` bytes at `position`, b"" once the body ended; raises httpx.TransportError."""
-        if not self._held:
+        """Up to `limit` bytes at `position`, b"" once the body ended; raises httpx.TransportError.
+
+        A network piece no larger than `limit` and the piece size is handed out as it came,
+        uncopied; a larger one in slices, copying only the slice.
+        """
+        if self._at == len(self._held):
             # A read that does not finish (cancelled, or the connection broke) leaves the body at
             # an unknown place in the stream: it must not be reused.
             self.usable = False
@@ -106,16 +114,20 @@ class _Body:
                 if self._skip >= len(piece):
                     self._skip -= len(piece)
                     continue
-                self._held, self._skip = piece[self._skip :], 0
+                self._held, self._at, self._skip = piece, self._skip, 0
                 break
             self.usable = True
-        piece, self._held = self._held[:limit], self._held[limit:]
+        start, held = self._at, self._held
+        stop = min(len(held), start + min(limit, self._piece_size))
+        self._at = stop
+        piece = held if start == 0 and stop == len(held) else held[start:stop]
         self.position += len(piece)
         return piece
 
     def unread(self, data: bytes) -> None:
         """Put back the bytes just read, so that the next read hands them out again."""
-        self._held = data + self._held
+        self._held = data + self._held[self._at :]
+        self._at = 0
         self.position -= len(data)
 
     async def aclose(self) -> None:
