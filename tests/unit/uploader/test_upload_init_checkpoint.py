@@ -21,6 +21,7 @@ from reelay_common.domain.records import Change, UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.ports import ChunkedUpload, ProgressCallback
 from reelay_testing.stores import FakeUploadStore
+from reelay_uploader import handlers
 from reelay_uploader.handlers import handle_upload_requested
 
 from tests.unit.uploader.test_upload_handler import FakeTikTok, direct, make_world
@@ -141,6 +142,74 @@ async def test_the_uploading_announcement_is_sent_beside_the_chunks_and_before_u
 
     # Sent before the first PUT, the announcement would wait out the 5 s and fail the test.
     await asyncio.wait_for(handle_upload_requested(direct(), world.deps), timeout=4)
+
+    assert await world.state("req-1") is UploadState.UPLOADED
+    assert [e.state for e in world.status_events()] == [
+        UploadState.ACCEPTED,
+        UploadState.UPLOADING,
+        UploadState.UPLOADED,
+    ]
+
+
+class CountsLeases(FakeUploadStore):
+    """The in-memory store, counting outbox leases: one per drain that found something to send."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.leases = 0
+
+    async def lease_outbox(self, request_id: str, now: Any, lease_seconds: float) -> UploadRecord | None:
+        self.leases += 1
+        return await super().lease_outbox(request_id, now, lease_seconds)
+
+
+async def test_an_upload_done_within_the_linger_announces_uploading_with_uploaded() -> None:
+    world = make_world(uploads=CountsLeases())
+    assert isinstance(world.uploads, CountsLeases)
+    upload_chunks = world.tiktok.upload_chunks
+
+    async def wire_time(upload: ChunkedUpload, *, on_progress: ProgressCallback | None = None) -> None:
+        await asyncio.sleep(0.05)  # the bytes take time: room for a drain beside them, were it due
+        await upload_chunks(upload, on_progress=on_progress)
+
+    world.tiktok.upload_chunks = wire_time  # type: ignore[method-assign]  # a hook on one fake
+
+    await handle_upload_requested(direct(), world.deps)
+
+    assert [e.state for e in world.status_events()] == [
+        UploadState.ACCEPTED,
+        UploadState.UPLOADING,
+        UploadState.UPLOADED,
+    ]
+    # One drain (`uploaded`'s) sent both; nothing is left owed.
+    assert world.uploads.leases == 1
+    record = await world.uploads.get("req-1")
+    assert record is not None
+    assert record.outbox == []
+
+
+async def test_an_upload_longer_than_the_linger_announces_uploading_while_it_runs(
+    monkeypatch: Any,
+) -> None:
+    monkeypatch.setattr(handlers, "UPLOADING_ANNOUNCE_LINGER_SECONDS", 0.05)
+    world = make_world()
+    announced = asyncio.Event()
+    publish, upload_chunks = world.publisher.publish, world.tiktok.upload_chunks
+
+    async def noted(topic: str, message: BaseModel, *, key: str) -> None:
+        await publish(topic, message, key=key)
+        if isinstance(message, PublishStatusChanged) and message.state is UploadState.UPLOADING:
+            announced.set()
+
+    async def slow_chunks(upload: ChunkedUpload, *, on_progress: ProgressCallback | None = None) -> None:
+        # The bytes take until consumers were told `uploading` (or 2 s, failing the test).
+        await asyncio.wait_for(announced.wait(), timeout=2)
+        await upload_chunks(upload, on_progress=on_progress)
+
+    world.publisher.publish = noted  # type: ignore[method-assign]  # hooks on two fakes
+    world.tiktok.upload_chunks = slow_chunks  # type: ignore[method-assign]
+
+    await handle_upload_requested(direct(), world.deps)
 
     assert await world.state("req-1") is UploadState.UPLOADED
     assert [e.state for e in world.status_events()] == [

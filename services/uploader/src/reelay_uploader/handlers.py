@@ -18,6 +18,7 @@ upload is recorded `failed` with `retries_exhausted` and the last error, and the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
@@ -108,6 +109,11 @@ Outcome = Literal[
 
 # How long the checkpoint of a new publish is retried before the upload is handed back (and re-inits).
 INIT_CHECKPOINT_RETRY_SECONDS = 60.0
+
+# How long the `uploading` announcement waits before it is sent beside the chunks: an upload that
+# reaches its next state sooner announces both with that state's one drain (docs/design.md,
+# "`uploading` starts with the bytes").
+UPLOADING_ANNOUNCE_LINGER_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -347,6 +353,8 @@ class _Job:
         self._validated = False
         # The `uploading` announcement, sent beside the first chunks (see _record_new_publish).
         self._announcing: asyncio.Task[None] | None = None
+        self._announce_now = asyncio.Event()  # ends the task's linger
+        self._announce_started = False  # the task is past its linger: it drains (or drained)
 
     # -- the decision ------------------------------------------------------------------------
 
@@ -627,7 +635,8 @@ class _Job:
     async def _uploaded(self, publish_id: str, plan: FileUploadSourceInfo | None) -> Outcome:
         """Record `uploaded` and tell the status-poller (VideoUploaded on the publish events)."""
         self._bind_publish(publish_id)
-        await self._announced()  # `uploading` is announced before `uploaded`, by this drain or ours
+        # `uploading` is announced before `uploaded`: by the drain beside the chunks, or by ours.
+        await self._announced(next_drains=True)
         fields: dict[str, Any] = {"publish_id": publish_id}
         detail: dict[str, Any] = {"publish_id": publish_id}
         if plan is not None:
@@ -665,7 +674,7 @@ class _Job:
         await self.deps.publisher.publish(self.deps.events_topic, event, key=rec.account_id)
 
     async def _fail(self, detail: Mapping[str, Any]) -> None:
-        await self._announced()
+        await self._announced(next_drains=True)
         full = dict(detail)
         if self.publish_id is not None:
             full.setdefault("publish_id", self.publish_id)
@@ -737,18 +746,33 @@ class _Job:
         return moved
 
     async def _send_announcements(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._announce_now.wait(), UPLOADING_ANNOUNCE_LINGER_SECONDS)
+        self._announce_started = True
         try:
             await self.deps.outbox.drain(self.rid)
         except RetryableError as exc:
             # Mongo away mid-drain: the entry stays in the outbox, for the relay loop to send.
             log.info("announcement_left_to_relay", error=type(exc).__name__, **_detail_fields(exc))
 
-    async def _announced(self) -> None:
-        """Wait for the announcement sent beside the chunks: the next transition's own drain would
-        find its outbox lease taken and leave that transition's announcement to the relay."""
+    async def _announced(self, *, next_drains: bool = False) -> None:
+        """Settle the announcement sent beside the chunks before what comes next.
+
+        With `next_drains` (a transition whose own drain follows), an announcement still in its
+        linger is withdrawn: that drain sends it, first, with the new state's. Otherwise this waits
+        for it (cut short, if lingering): the next drain would find its outbox lease taken and
+        leave that transition's announcement to the relay.
+        """
         task, self._announcing = self._announcing, None
-        if task is not None:
-            await task
+        if task is None:
+            return
+        if next_drains and not self._announce_started:
+            task.cancel()  # still lingering: drain was never called, the outbox entry is intact
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return
+        self._announce_now.set()
+        await task
 
     async def _checkpoint(self, fields: Mapping[str, Any]) -> UploadRecord:
         updated = await self.deps.uploads.checkpoint(self.rid, fields, expect_state=UploadState.UPLOADING)
