@@ -156,9 +156,10 @@ class TestKilledBetweenWriteAndSend:
         history = [S(h["state"]) for h in upload["history"]]
         # Whichever write the crash cut off from its send (the first that owed Kafka, `cut` unless a
         # relay took an earlier one): every change is announced all the same. (The uploader's
-        # crash may come after TikTok has every byte: the `uploading` announcement is sent beside
-        # the chunks. Then TikTok's webhook can settle the upload before the restarted uploader
-        # records `uploaded`, and the history goes from `uploading` to `published`.)
+        # crash comes after TikTok has every byte: the `uploading` announcement lingers, and a
+        # video this small sends it with `uploaded`'s drain, or beside the chunks when slow. Then
+        # TikTok's webhook can settle the upload before the restarted uploader records
+        # `uploaded`, and the history goes from `uploading` to `published`.)
         assert {S.ACCEPTED, cut, S.PUBLISHED} <= set(history) <= set(states), (
             f"{cut} (or an earlier change) was written before the crash but never announced: "
             f"history {history}, announced {states}"

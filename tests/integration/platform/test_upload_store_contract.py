@@ -504,6 +504,39 @@ class TestOutbox:
         assert later_claim is not None
         assert later_claim.request_id == "req-2"
 
+    async def test_an_announcement_left_to_its_writer_waits_for_the_relay(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        await sent(store, "req-1")
+        moved = await store.transition(
+            "req-1", Change(S.UPLOADING, source="uploader", announce_after=timedelta(seconds=60))
+        )
+        assert moved is not None
+        assert moved.outbox_due_at is not None
+        assert moved.outbox_due_at - moved.history[-1].at == timedelta(seconds=60)
+        now = datetime.now(UTC)
+        assert await store.claim_due_outbox(now, 30) is None  # no relay takes it before its time
+        claimed = await store.claim_due_outbox(now + timedelta(seconds=61), 30)  # the writer died
+        assert claimed is not None
+        assert [e.state for e in claimed.outbox] == [S.UPLOADING]
+
+    async def test_the_writer_drains_what_it_left_for_later_at_once(self, store: UploadStore) -> None:
+        await store.create(cmd(), source="ingest")
+        await sent(store, "req-1")
+        await store.transition(
+            "req-1", Change(S.UPLOADING, source="uploader", announce_after=timedelta(seconds=60))
+        )
+        leased = await store.lease_outbox("req-1", datetime.now(UTC), 30)
+        assert leased is not None
+        assert [e.state for e in leased.outbox] == [S.UPLOADING]
+        # The next change is due at once, and the one before it goes first.
+        await store.settle_outbox("req-1", [], next_try_at=datetime.now(UTC) + timedelta(seconds=60))
+        moved = await store.transition("req-1", Change(S.UPLOADED, source="uploader"))
+        assert moved is not None
+        assert moved.outbox_due_at == moved.history[-1].at
+        claimed = await store.claim_due_outbox(datetime.now(UTC) + timedelta(seconds=1), 30)
+        assert claimed is not None
+        assert [e.state for e in claimed.outbox] == [S.UPLOADING, S.UPLOADED]
+
     async def test_counts_the_uploads_that_still_owe_kafka(self, store: UploadStore) -> None:
         for n in range(1, 4):
             await store.create(cmd(n), source="ingest")

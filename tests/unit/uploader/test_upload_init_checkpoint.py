@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -202,6 +203,11 @@ async def test_an_upload_longer_than_the_linger_announces_uploading_while_it_run
             announced.set()
 
     async def slow_chunks(upload: ChunkedUpload, *, on_progress: ProgressCallback | None = None) -> None:
+        # Meanwhile no relay loop takes the announcement: it is due once the linger is over.
+        record = await world.uploads.get("req-1")
+        assert record is not None
+        assert record.outbox_due_at is not None
+        assert record.outbox_due_at - record.history[-1].at == timedelta(seconds=0.05)
         # The bytes take until consumers were told `uploading` (or 2 s, failing the test).
         await asyncio.wait_for(announced.wait(), timeout=2)
         await upload_chunks(upload, on_progress=on_progress)

@@ -79,8 +79,9 @@ class UploadStore(Protocol):
 
     async def transition(self, request_id: str, change: Change) -> UploadRecord | None:
         """Move to `change.target` if that is forward from the current state (atomic, guarded),
-        append the history entry and apply `change.set_fields`. Returns the new record, or None if
-        the guard refused (already there or beyond)."""
+        append the history entry and its announcement to the outbox (due now, or
+        `change.announce_after` from now) and apply `change.set_fields`. Returns the new record, or
+        None if the guard refused (already there or beyond)."""
         ...
 
     async def checkpoint(

@@ -735,7 +735,13 @@ class _Job:
         """
         if self.rec.state is UploadState.UPLOADING:
             return await self._checkpoint(fields)
-        change = Change(UploadState.UPLOADING, source=STATE_SOURCE, set_fields=fields)
+        change = Change(
+            UploadState.UPLOADING,
+            source=STATE_SOURCE,
+            set_fields=fields,
+            # No relay loop takes the announcement while it lingers here (a crash leaves it theirs).
+            announce_after=timedelta(seconds=UPLOADING_ANNOUNCE_LINGER_SECONDS),
+        )
         moved = await self.deps.recorder.record(self.rid, change, send=False)
         if moved is None:
             # Refused: cancelled meanwhile, or our own write landed and its answer was lost.

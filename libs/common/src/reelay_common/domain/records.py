@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -32,12 +32,17 @@ LEARNT_LATER = _FieldRole("learnt_later")
 @dataclass(frozen=True)
 class Change:
     """One state change asked of an upload: the state to move to, who says so, its history detail
-    (TikTok's fail_reason, log_id...) and the fields set in the same guarded update."""
+    (TikTok's fail_reason, log_id...) and the fields set in the same guarded update.
+
+    `announce_after`: how long the relay loop leaves the announcement to its writer (the outbox
+    is due then, not at once); the writer's own drain may send it any time before.
+    """
 
     target: UploadState
     source: StateSource
     detail: Mapping[str, Any] | None = None
     set_fields: Mapping[str, Any] | None = None
+    announce_after: timedelta | None = None
 
     def fields(self) -> dict[str, Any]:
         """A copy of the fields to set with the move (empty when none)."""
