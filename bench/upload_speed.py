@@ -236,6 +236,12 @@ def serve_source(directory: Path, port_file: Path) -> None:
 # -- child: the uploader --------------------------------------------------------------------------
 
 
+def cpu_seconds_of(pid: int) -> float:
+    """User + system CPU a running process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def peak_rss_mb(pid: int | None = None) -> float:
     """A process's peak RSS (VmHWM; this one's by default), in MiB. Not ru_maxrss: Linux carries
     that across fork and exec, so a child of a parent that grew (botocore's models) would report
@@ -746,7 +752,10 @@ def main() -> None:
                 bare_runs, pipe_runs, uploader_runs = [], [], []
 
                 def side(mode: str, side_cfg: dict[str, Any]) -> Child:
+                    sandbox_cpu = cpu_seconds_of(processes[0].pid)
                     done = run_child(mode, side_cfg, env, args.row_timeout)
+                    if done.result is not None:  # the other half of the two cores' work
+                        done.result["sandbox_cpu_seconds"] = cpu_seconds_of(processes[0].pid) - sandbox_cpu
                     # The sandbox keeps every upload on disk: each side starts with it empty. Left
                     # there, the bare side's copy slowed the uploader's PUTs that followed it by
                     # 30-45% (0.57 s -> 0.75-0.83 s for 200 MB, same code, the sandbox's writes).
@@ -839,6 +848,20 @@ def report(
                 f"| {row['kind']} | {row['size_mb']} MB | {bare_s:.2f} | {save_s:.2f} "
                 f"| {row['size_mb'] / save_s:.0f} | {bare_s / save_s:.2f} |"
             )
+    print()
+    print("CPU seconds of each side's whole child run (warm-up and setup included) and of the sandbox")
+    print("meanwhile: on two cores, (child + sandbox) / 2 is about the least the run can take.")
+    print()
+    print("| source | video | bare: client + sandbox | pipe: client + sandbox | uploader: child + sandbox |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        cells = [row["kind"], f"{row['size_mb']} MB"]
+        for side_name in ("bare", "pipe", "uploader"):
+            result = row[side_name]
+            cpu = (result or {}).get("cpu_seconds")
+            sandbox = (result or {}).get("sandbox_cpu_seconds")
+            cells.append(f"{cpu:.2f} + {sandbox:.2f}" if cpu is not None and sandbox is not None else "—")
+        print("| " + " | ".join(cells) + " |")
     if len(sizes) > 1:
         print()
         print(f"| source | uploader peak RSS {sizes[0]} MB | {sizes[-1]} MB | ratio |")
