@@ -81,12 +81,12 @@ class FakeUploadStore:
         source: StateSource,
         now: datetime,
         *,
-        due_after: timedelta | None = None,
+        due_at: datetime | None = None,
     ) -> dict[str, Any]:
-        """The outbox fields after appending the announcement of `state` (due `due_after` from now)."""
+        """The outbox fields after appending the announcement of `state` (due `due_at`, or now)."""
         entry = OutboxEntry.status(state, source=source, at=now)
         outbox = [*(e.model_dump() for e in record.outbox), entry.model_dump()]
-        return {"outbox": outbox, "outbox_due_at": now + due_after if due_after is not None else now}
+        return {"outbox": outbox, "outbox_due_at": due_at or now}
 
     async def transition(self, request_id: str, change: Change) -> UploadRecord | None:
         """Move forward to `change.target` with its fields; None if unknown, or already there or beyond."""
@@ -98,7 +98,7 @@ class FakeUploadStore:
         now = stored_now()
         entry = as_stored(change.history_entry(now))
         history = [*as_stored([h.model_dump() for h in record.history]), entry]
-        owing = self._owing(record, target, change.source, now, due_after=change.announce_after)
+        owing = self._owing(record, target, change.source, now, due_at=change.outbox_due_at(now))
         return self._put(
             record, {**fields, "state": target.value, "updated_at": now, "history": history, **owing}
         )

@@ -48,6 +48,10 @@ class Change:
         """A copy of the fields to set with the move (empty when none)."""
         return dict(self.set_fields or {})
 
+    def outbox_due_at(self, now: datetime) -> datetime:
+        """When the relay loop may send the change's announcement, written `now`."""
+        return now + self.announce_after if self.announce_after is not None else now
+
     def history_entry(self, at: datetime) -> dict[str, Any]:
         """The history entry the change appends, made `at` (a store converts it as it stores it)."""
         return {

@@ -195,11 +195,15 @@ class MongoUploadStore:
         now = bson_now()
         entry = to_bson(change.history_entry(now))
         announce = OutboxEntry.status(target, source=change.source, at=now)
-        due = now + change.announce_after if change.announce_after is not None else now
         return await self._update(
             {"_id": request_id, "state": {"$in": [s.value for s in states_before(target)]}},
             {
-                "$set": {**to_bson(fields), "state": target.value, "updated_at": now, "outbox_due_at": due},
+                "$set": {
+                    **to_bson(fields),
+                    "state": target.value,
+                    "updated_at": now,
+                    "outbox_due_at": change.outbox_due_at(now),
+                },
                 "$push": {"history": entry, "outbox": to_bson(announce.model_dump())},
             },
             what="transition an upload",
