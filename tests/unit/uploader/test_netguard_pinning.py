@@ -2,24 +2,27 @@
 
 A name whose DNS answer changes between the check and the connection (DNS rebinding) reaches
 nothing; a public name still works, with its own Host header and TLS server name. A real HTTP
-server on loopback stands in for "the internet": a test network backend routes the public test
-address to it (no real network is used), and a test resolver plays DNS.
+server on loopback stands in for "the internet": a test resolver below the guard's check routes
+the public test address to it (no real network is used), and a test DNS answers names.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import AsyncIterator, Iterable
+import socket
+import ssl
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-import httpcore
 import httpx
 import pytest
+import trustme
+from aiohttp.abc import ResolveResult
 from reelay_common.adapters import netguard
 from reelay_common.adapters.callbacks import HttpCallbackSender, callback_sender
-from reelay_common.adapters.guarded_http import GuardedTransport, guarded_transport
+from reelay_common.adapters.guarded_http import GuardedTransport, PinnedResolver, guarded_transport
 from reelay_common.adapters.netguard import IPAddress
 from reelay_common.adapters.url_reader import UrlVideoReader
 from reelay_common.domain.callbacks import CallbackAnswer
@@ -85,36 +88,25 @@ async def serving() -> AsyncIterator[Server]:
         yield server
 
 
-class Network(httpcore.AsyncNetworkBackend):
-    """A test network below the guard: a subclass says only how it `dial`s."""
+class Internet(PinnedResolver):
+    """The guard's lookup, and the network below it. The connector connects to exactly the
+    addresses its resolver answers: those the guard vetted are recorded as dialled, and PUBLIC is
+    routed to the loopback server; anything else is connected as answered (so an address that got
+    past the guard would really arrive)."""
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        return await self.dial(host, port, timeout)
+    def __init__(self, resolver: netguard.Resolver | None = None) -> None:
+        super().__init__(resolver)
+        self.dialled: list[tuple[str, int]] = []
 
-    async def dial(self, host: str, port: int, timeout: float | None) -> httpcore.AsyncNetworkStream:
-        raise NotImplementedError
-
-
-@dataclass
-class Internet(Network):
-    """The network below the guard: routes PUBLIC to the loopback server, connects anything else
-    as asked (so a connection to 127.0.0.1 that got past the guard would really arrive)."""
-
-    server: Server
-    dialled: list[tuple[str, int]] = field(default_factory=list)
-    inner: httpcore.AsyncNetworkBackend = field(default_factory=httpcore.AnyIOBackend)
-
-    async def dial(self, host: str, port: int, timeout: float | None) -> httpcore.AsyncNetworkStream:
-        self.dialled.append((host, port))
-        target = "127.0.0.1" if host == str(PUBLIC) else host
-        return await self.inner.connect_tcp(target, port, timeout=timeout)
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        vetted = await super().resolve(host, port, family)
+        self.dialled.extend((answer["host"], port) for answer in vetted)
+        return [
+            ResolveResult(**{**answer, "host": "127.0.0.1"}) if answer["host"] == str(PUBLIC) else answer
+            for answer in vetted
+        ]
 
 
 @pytest.fixture
@@ -130,8 +122,8 @@ async def open_refused(url: str, *, hop_to: str = "") -> tuple[Server, Internet]
     refuse it as not public; the server and the network below, to see what reached them."""
     async with serving() as server:
         server.hop_to = hop_to.format(port=server.port)
-        internet = Internet(server)
-        async with httpx.AsyncClient(transport=GuardedTransport(inner=internet)) as http:
+        internet = Internet()
+        async with httpx.AsyncClient(transport=GuardedTransport(resolver=internet)) as http:
             with pytest.raises(InvalidInputError) as err:
                 await UrlVideoReader.open(http, url.format(port=server.port))
     assert err.value.code == "url_not_public"
@@ -141,10 +133,10 @@ async def open_refused(url: str, *, hop_to: str = "") -> tuple[Server, Internet]
 class TestPinnedConnections:
     async def test_a_public_name_is_fetched_from_the_address_that_was_checked(self, dns: Dns) -> None:
         async with serving() as server:
-            internet = Internet(server)
+            internet = Internet()
             url = f"http://video.example:{server.port}/v.mp4"
             async with (
-                httpx.AsyncClient(transport=GuardedTransport(inner=internet)) as http,
+                httpx.AsyncClient(transport=GuardedTransport(resolver=internet)) as http,
                 await UrlVideoReader.open(http, url) as reader,
             ):
                 got = b"".join([piece async for piece in reader.stream(0, reader.size)])
@@ -167,9 +159,9 @@ class TestPinnedConnections:
 
     async def test_a_callback_to_a_rebinding_name_reaches_nothing(self, dns: Dns) -> None:
         async with serving() as server:
-            internet = Internet(server)
+            internet = Internet()
             url = f"https://rebind.example:{server.port}/hook"
-            async with httpx.AsyncClient(transport=GuardedTransport(inner=internet)) as http:
+            async with httpx.AsyncClient(transport=GuardedTransport(resolver=internet)) as http:
                 answer = await HttpCallbackSender(http, "s3cret").send(url, b"{}", delivery_id="d")
         assert answer == CallbackAnswer("refused", error="callback_url_not_public")
         assert dns.asked == ["rebind.example", "rebind.example"]  # checked public, then rebound
@@ -185,9 +177,9 @@ class TestPinnedConnections:
 
     async def test_the_guarded_transport_refuses_private_literals_and_names(self) -> None:
         async with serving() as server:
-            internet = Internet(server)
             dns = Dns({"inside.example": [[PUBLIC, ipaddress.ip_address("10.0.0.7")]]})
-            transport = GuardedTransport(resolver=dns, inner=internet)
+            internet = Internet(dns)
+            transport = GuardedTransport(resolver=internet)
             async with httpx.AsyncClient(transport=transport) as http:
                 for url in (
                     f"http://127.0.0.1:{server.port}/v.mp4",
@@ -209,41 +201,40 @@ class TestPinnedConnections:
         assert response.content == VIDEO
 
 
-@dataclass
-class TlsRecorder(Network):
-    """A network that records what a TLS client sends: where it dials, the server name it starts
-    TLS with, and the bytes of the request; it answers with a canned response."""
-
-    dialled: list[str] = field(default_factory=list)
-    server_names: list[str | None] = field(default_factory=list)
-    sent: list[bytes] = field(default_factory=list)
-
-    async def dial(self, host: str, port: int, timeout: float | None) -> httpcore.AsyncNetworkStream:
-        self.dialled.append(host)
-        return _RecordingStream(self, [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
-
-
-class _RecordingStream(httpcore.AsyncMockStream):
-    def __init__(self, recorder: TlsRecorder, buffer: list[bytes]) -> None:
-        super().__init__(buffer)
-        self._recorder = recorder
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._recorder.sent.append(buffer)
-
-    async def start_tls(
-        self, ssl_context: object, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore.AsyncNetworkStream:
-        self._recorder.server_names.append(server_hostname)
-        return self
-
-
 async def test_https_keeps_the_names_server_name_and_host_header() -> None:
-    recorder = TlsRecorder()
-    dns = Dns({"video.example": [[PUBLIC]]})
-    async with httpx.AsyncClient(transport=GuardedTransport(resolver=dns, inner=recorder)) as http:
-        response = await http.get("https://video.example/v.mp4")
+    # A real TLS server on loopback with a certificate for video.example only: the handshake and
+    # the certificate's check pass only if the client asks for that name, while the TCP
+    # connection goes to the checked address.
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("video.example").configure_cert(server_context)
+    server_names: list[str | None] = []
+    server_context.sni_callback = lambda _sock, name, _ctx: server_names.append(name)
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    heads: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_context)
+    port = listener.sockets[0].getsockname()[1]
+    internet = Internet(Dns({"video.example": [[PUBLIC]]}))
+    async with (
+        listener,
+        httpx.AsyncClient(transport=GuardedTransport(resolver=internet, ssl_context=client_context)) as http,
+    ):
+        response = await http.get(f"https://video.example:{port}/v.mp4")
     assert response.text == "ok"
-    assert recorder.dialled == [str(PUBLIC)]  # TCP to the checked address ...
-    assert recorder.server_names == ["video.example"]  # ... TLS (SNI, certificate check) for the name
-    assert b"\r\nHost: video.example\r\n" in b"".join(recorder.sent)
+    assert internet.dialled == [(str(PUBLIC), port)]  # TCP to the checked address ...
+    assert server_names == ["video.example"]  # ... TLS (SNI, certificate check) for the name
+    assert f"\r\nHost: video.example:{port}\r\n".encode() in heads[0]
+
+
+def test_the_uploaders_transport_is_pinned() -> None:
+    # What production builds: the pinned resolver under the guarded transport, unless allowed.
+    assert isinstance(guarded_transport(), GuardedTransport)
+    assert not isinstance(guarded_transport(allow_private=True), GuardedTransport)

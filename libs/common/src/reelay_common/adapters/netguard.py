@@ -3,10 +3,11 @@
 Checked after DNS resolution (a public name can resolve to 127.0.0.1) and again on every redirect
 by whoever follows it. `allow_private=True` exists for local development and tests only.
 
-A check alone is not enough: httpx would resolve the name a second time to connect, and a name
-whose answer changes in between (DNS rebinding) would pass the check with a public address and
-connect to 127.0.0.1. `adapters.guarded_http` closes that gap: it connects only to addresses that
-passed `public_addresses`, the very ones it checked."""
+A check alone is not enough: the HTTP client's connector would resolve the name a second time to
+connect, and a name whose answer changes in between (DNS rebinding) would pass the check with a
+public address and connect to 127.0.0.1. `adapters.guarded_http` closes that gap: its connector's
+resolver (`PinnedResolver`) answers only addresses that passed `public_addresses`, and those are
+the ones connected to."""
 
 from __future__ import annotations
 

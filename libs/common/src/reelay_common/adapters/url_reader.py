@@ -88,8 +88,9 @@ class _Body:
         self.end = end
         self._skip = skip
         self._piece_size = piece_size
-        # Network pieces as they arrive (up to guarded_http's RECEIVE_BYTES): httpx's chunk_size
-        # would copy every byte twice more (into a BytesIO, then out of it) to re-cut them.
+        # Network pieces as the transport received them (aiohttp's, up to guarded_http's
+        # RECEIVE_BYTES): httpx's chunk_size would copy every byte twice more (into a BytesIO, then
+        # out of it) to re-cut them.
         self._pieces = response.aiter_raw()
         self._held = b""  # the network piece the last read did not finish handing out
         self._at = 0  # where in `_held` the next read starts
