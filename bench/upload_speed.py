@@ -76,6 +76,7 @@ from reelay_common.logging import configure_logging
 from reelay_common.outbox import OutboxRelay
 from reelay_common.ports import VideoReader
 from reelay_common.recorder import StateRecorder
+from reelay_common.runtime import tiktok_http_client
 from reelay_testing.publisher import FakePublisher
 from reelay_testing.stores import FakeAccountStore
 from reelay_uploader.handlers import UploaderDeps, handle_upload_requested
@@ -276,7 +277,7 @@ async def run_uploader(cfg: dict[str, Any]) -> dict[str, Any]:
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(mongo.close)
         # The same two clients as the uploader's composition root (bootstrap.run).
-        tiktok_http = await stack.enter_async_context(httpx.AsyncClient(timeout=httpx.Timeout(30.0)))
+        tiktok_http = await stack.enter_async_context(tiktok_http_client(30.0))
         source_http = await stack.enter_async_context(
             httpx.AsyncClient(  # as the uploader's main builds it
                 transport=guarded_transport(allow_private=True),

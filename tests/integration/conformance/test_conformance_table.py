@@ -62,6 +62,7 @@ from reelay_common.domain.records import UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.domain.tiktok import FileUploadSourceInfo, PullFromUrlSourceInfo, TokenGrant
 from reelay_common.ports import ChunkedUpload, RateLimiter, TokenProvider, VideoReader
+from reelay_common.runtime import tiktok_transport
 from reelay_common.settings import DEV_TOKEN_KEY
 from reelay_ingest.deps import IngestDeps, Topics
 from reelay_ingest.errors import RequestRejected
@@ -473,10 +474,11 @@ class _CountingStream(httpx.AsyncByteStream):
 
 
 class Wire(httpx.AsyncBaseTransport):
-    """Wraps the real transport: records every request Reelay sends, and how many PUTs overlap."""
+    """Wraps the services' own transport to TikTok (`runtime.tiktok_transport`): records every
+    request Reelay sends, and how many PUTs overlap."""
 
     def __init__(self) -> None:
-        self._inner = httpx.AsyncHTTPTransport()
+        self._inner = tiktok_transport()
         self.sent: list[Sent] = []
         self._puts_in_flight = 0
         self.max_puts_in_flight = 0

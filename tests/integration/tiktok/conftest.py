@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
+from reelay_common.runtime import tiktok_http_client
 from tiktok_sandbox.testing import SandboxHandle, running_sandbox
 
 from tests.integration.tiktok.tiktok_it import TikTokLayer, build_layer
@@ -28,7 +29,7 @@ async def sandbox() -> AsyncIterator[SandboxHandle]:
 
 @pytest.fixture
 async def tt_http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
+    async with tiktok_http_client(30.0) as http:  # the services' own client (aiohttp underneath)
         yield http
 
 

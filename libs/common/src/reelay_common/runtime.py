@@ -25,6 +25,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from reelay_common.adapters.blobs import open_blob_store
 from reelay_common.adapters.crypto import TokenCipher
+from reelay_common.adapters.http_transport import AiohttpTransport
 from reelay_common.adapters.kafka.publisher import KafkaPublisher
 from reelay_common.adapters.kafka.topics import ensure_topics
 from reelay_common.adapters.mongo.accounts import MongoAccountStore
@@ -133,7 +134,7 @@ class Infrastructure:
                 KafkaPublisher(settings.kafka_bootstrap_servers, client_id=app_name)
             )
             tiktok_http = await stack.enter_async_context(
-                instrument_http_client(httpx.AsyncClient(timeout=settings.tiktok_timeout_seconds))
+                instrument_http_client(tiktok_http_client(settings.tiktok_timeout_seconds))
             )
             tiktok = TikTokClient.from_settings(tiktok_http, settings)
             accounts = MongoAccountStore(db, TokenCipher(settings.token_keys()))
@@ -209,6 +210,18 @@ class Infrastructure:
     def ready_checks(self) -> dict[str, Check]:
         """The readiness checks of the shared infrastructure: Mongo answers, the producer sees Kafka."""
         return {"mongo": self.mongo_ready, "kafka": self.publisher.healthy}
+
+
+def tiktok_transport() -> httpx.AsyncBaseTransport:
+    """The transport of every call to TikTok: httpx's API over aiohttp's connections (HTTP parsed
+    in C; docs/design.md, "HTTP underneath"), proxies and CA bundle from the environment as
+    httpx's default client takes them."""
+    return AiohttpTransport(trust_env=True)
+
+
+def tiktok_http_client(timeout_seconds: float) -> httpx.AsyncClient:
+    """The client of every call to TikTok (`tiktok_transport`), each timeout `timeout_seconds`."""
+    return httpx.AsyncClient(timeout=timeout_seconds, transport=tiktok_transport())
 
 
 def instrument_http_client(client: httpx.AsyncClient) -> httpx.AsyncClient:

@@ -88,7 +88,7 @@ class _Body:
         self.end = end
         self._skip = skip
         self._piece_size = piece_size
-        # Network pieces as the transport received them (aiohttp's, up to guarded_http's
+        # Network pieces as the transport received them (aiohttp's, up to http_transport's
         # RECEIVE_BYTES): httpx's chunk_size would copy every byte twice more (into a BytesIO, then
         # out of it) to re-cut them.
         self._pieces = response.aiter_raw()

@@ -1,4 +1,4 @@
-"""httpx's API over aiohttp's connections (`guarded_http.AiohttpTransport`), against real loopback
+"""httpx's API over aiohttp's connections (`http_transport.AiohttpTransport`), against real loopback
 servers: bodies arrive byte for byte both ways, the request target is sent as httpx encoded it,
 aiohttp's failures surface as the httpx errors the callers catch, and connections are reused only
 when their body was read to the end."""
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-from reelay_common.adapters.guarded_http import RECEIVE_BYTES, AiohttpTransport
+from reelay_common.adapters.http_transport import RECEIVE_BYTES, AiohttpTransport
 
 BODY = os.urandom(3 * RECEIVE_BYTES + 12345)
 
@@ -324,3 +324,102 @@ async def test_closing_the_client_closes_its_connections() -> None:
             assert (await http.get(f"http://127.0.0.1:{served.port}/v")).content == BODY
         await transport.aclose()
     assert served.connections == 2
+
+
+async def big_body(size: int = 64 * 1024 * 1024, piece: int = 1024 * 1024) -> AsyncIterator[bytes]:
+    """Far more than the sockets' buffers hold: a peer that stops reading stops the writes."""
+    block = b"\x00" * piece
+    for _ in range(size // piece):
+        yield block
+
+
+async def test_a_peer_that_stops_reading_the_body_is_a_write_timeout() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, served: Served) -> None:
+        served.heads.append(await reader.readuntil(b"\r\n\r\n"))
+        await asyncio.sleep(10)  # and never reads the body
+
+    size = 64 * 1024 * 1024
+    async with serving(answer) as served, client(timeout=httpx.Timeout(10.0, write=0.3)) as http:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(httpx.WriteTimeout):
+            await http.put(
+                f"http://127.0.0.1:{served.port}/up",
+                content=big_body(size),
+                headers={"Content-Length": str(size)},
+            )
+        assert asyncio.get_running_loop().time() - started < 5  # not the server's 10 s, nor forever
+    assert len(served.heads) == 1
+
+
+async def test_a_slow_source_of_the_body_is_no_write_timeout() -> None:
+    async def slow() -> AsyncIterator[bytes]:
+        for piece in (b"a" * 1000, b"b" * 1000, b"c" * 1000):
+            await asyncio.sleep(0.3)  # the video's own source taking its time (a slow URL)
+            yield piece
+
+    async with serving(echo) as served, client(timeout=httpx.Timeout(10.0, write=0.1)) as http:
+        response = await http.put(
+            f"http://127.0.0.1:{served.port}/up", content=slow(), headers={"Content-Length": "3000"}
+        )
+    assert response.status_code == 204
+    assert served.bodies[0] == b"a" * 1000 + b"b" * 1000 + b"c" * 1000
+
+
+class SourceBroke(Exception):
+    pass
+
+
+async def test_an_error_of_the_bodys_own_source_is_raised_as_itself() -> None:
+    async def breaking() -> AsyncIterator[bytes]:
+        yield b"x" * 1000
+        raise SourceBroke("the video ended early")
+
+    async with serving(echo) as served, client() as http:
+        with pytest.raises(SourceBroke, match="ended early"):
+            await http.put(
+                f"http://127.0.0.1:{served.port}/up", content=breaking(), headers={"Content-Length": "5000"}
+            )
+
+
+async def test_proxies_from_the_environment_only_where_trusted(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with serving(echo) as proxy, serving(echo) as target:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        url = f"http://127.0.0.1:{target.port}/v?sig=a%2Fb"
+        async with httpx.AsyncClient(transport=AiohttpTransport(trust_env=True)) as http:
+            await http.get(url)
+        assert proxy.heads[0].split(b"\r\n")[0] == f"GET {url} HTTP/1.1".encode()  # through the proxy
+        async with httpx.AsyncClient(transport=AiohttpTransport()) as http:
+            await http.get(url)
+        assert len(proxy.heads) == 1  # not trusted: straight to the target
+        assert target.heads[0].split(b"\r\n")[0] == b"GET /v?sig=a%2Fb HTTP/1.1"
+
+
+async def test_a_body_goes_on_after_an_early_answer_until_the_answer_ends() -> None:
+    size, watched = 64 * 1024 * 1024, 32 * 1024 * 1024  # far past what sockets buffer
+    got = asyncio.get_running_loop().create_future()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, served: Served) -> None:
+        served.heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")  # answers first, then reads
+        await writer.drain()
+        received, ended = 0, False
+        while piece := await reader.read(256 * 1024):
+            received += len(piece)
+            if received >= watched and not ended:
+                writer.write(b"ok")  # the answer ends half way through the body
+                ended = True
+        got.set_result(received)
+
+    async with serving(answer) as served, client(timeout=httpx.Timeout(10.0, write=5.0)) as http:
+        async with http.stream(
+            "PUT",
+            f"http://127.0.0.1:{served.port}/up",
+            content=big_body(size),
+            headers={"Content-Length": str(size)},
+        ) as response:
+            # the body goes on past the request's own end (and its write deadline's) meanwhile
+            assert await asyncio.wait_for(response.aread(), 20) == b"ok"
+        # and stops with the answer (httpx's own transport would have sent it all first)
+        assert watched <= await asyncio.wait_for(got, 10) < size
