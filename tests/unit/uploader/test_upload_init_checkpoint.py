@@ -5,16 +5,19 @@
   right after an init).
 - A write that landed but whose answer was lost is recognised as ours, not as a lost race.
 - A cancel that lands during the init wins: the publish never gets a byte, so it never posts.
+- The first chunk goes out beside that write, but completes only once the write is durable; a
+  write that fails for good leaves TikTok without a whole chunk.
 - The `uploading` announcement is sent beside the chunks, not before them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from pydantic import BaseModel
 from reelay_common.domain.errors import DatabaseUnavailableError
 from reelay_common.domain.messages import PublishStatusChanged
@@ -25,7 +28,7 @@ from reelay_testing.stores import FakeUploadStore
 from reelay_uploader import handlers
 from reelay_uploader.handlers import handle_upload_requested
 
-from tests.unit.uploader.test_upload_handler import FakeTikTok, direct, make_world
+from tests.unit.uploader.test_upload_handler import BIG, FakeTikTok, PatternReader, direct, make_world
 
 
 def _carries_a_new_publish(change: Change) -> bool:
@@ -109,6 +112,92 @@ async def test_a_cancel_during_the_init_wins_and_not_a_byte_is_sent() -> None:
     assert publish.received == 0  # a publish without a byte can never become a post
     assert world.tiktok.posts == []
     assert world.uploaded_events() == []
+
+
+class HoldsTheInitCheckpoint(FakeUploadStore):
+    """The in-memory store, whose write of a new publish waits for `release` (a slow server)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def transition(self, request_id: str, change: Change) -> UploadRecord | None:
+        if _carries_a_new_publish(change):
+            self.holding.set()
+            await self.release.wait()
+        return await super().transition(request_id, change)
+
+
+class CountingReader(PatternReader):
+    """The video, counting the bytes it handed out (to the PUTs)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.handed = 0
+
+    async def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
+        async for piece in super().stream(offset, length):
+            self.handed += len(piece)
+            yield piece
+
+
+async def test_the_first_chunk_goes_out_beside_the_write_and_completes_only_after_it() -> None:
+    store = HoldsTheInitCheckpoint()
+    reader = CountingReader(BIG)
+    world = make_world(uploads=store, reader=reader)
+
+    handling = asyncio.create_task(handle_upload_requested(direct(), world.deps))
+    await asyncio.wait_for(store.holding.wait(), 5)
+    for _ in range(100):  # the first chunk's bytes go out while the write is in flight...
+        if reader.handed >= 10_000_000:
+            break
+        await asyncio.sleep(0)
+    assert reader.handed >= 10_000_000, "the first PUT waited for the write"
+    await asyncio.sleep(0.05)
+    [publish] = world.tiktok.publishes.values()
+    assert world.tiktok.puts == []  # ...but no chunk is whole at TikTok before the write is durable
+    assert publish.received == 0
+    assert reader.handed == 10_000_000  # nothing of the second chunk either
+
+    store.release.set()
+    await asyncio.wait_for(handling, 5)
+    assert await world.state("req-1") is UploadState.UPLOADED
+    assert [first for _, first, _ in world.tiktok.puts] == [
+        0,
+        10_000_000,
+        20_000_000,
+        30_000_000,
+        40_000_000,
+        50_000_000,
+    ]
+    record = await world.uploads.get("req-1")
+    assert record is not None
+    assert record.publish_id == publish.publish_id
+
+
+class NeverRecordsTheInit(FakeUploadStore):
+    """The in-memory store, whose every write of a new publish fails (Mongo away for good)."""
+
+    async def transition(self, request_id: str, change: Change) -> UploadRecord | None:
+        if _carries_a_new_publish(change):
+            raise DatabaseUnavailableError("server selection timed out")
+        return await super().transition(request_id, change)
+
+
+async def test_a_publish_that_cannot_be_recorded_never_gets_a_whole_chunk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(handlers, "INIT_CHECKPOINT_RETRY_SECONDS", 0.2)
+    world = make_world(uploads=NeverRecordsTheInit())
+
+    with pytest.raises(DatabaseUnavailableError):
+        await handle_upload_requested(direct(), world.deps)
+
+    [publish] = world.tiktok.publishes.values()
+    assert world.tiktok.puts == []
+    assert publish.received == 0  # the redelivery inits again; this publish can never post
+    assert await world.state("req-1") is UploadState.ACCEPTED
 
 
 class HoldsTheUploadingAnnouncement:
@@ -205,6 +294,11 @@ async def test_an_upload_longer_than_the_linger_announces_uploading_while_it_run
     async def slow_chunks(upload: ChunkedUpload, *, on_progress: ProgressCallback | None = None) -> None:
         # Meanwhile no relay loop takes the announcement: it is due once the linger is over.
         record = await world.uploads.get("req-1")
+        for _ in range(100):  # the write recording the publish goes on beside the first PUT
+            if record is not None and record.outbox_due_at is not None:
+                break
+            await asyncio.sleep(0)
+            record = await world.uploads.get("req-1")
         assert record is not None
         assert record.outbox_due_at is not None
         assert record.outbox_due_at - record.history[-1].at == timedelta(seconds=0.05)

@@ -4,9 +4,12 @@ resume after any crash, and record the outcome (docs/design.md, step 2).
 Pure logic against ports (UploadStore, a StateRecorder, Publisher, TikTokApi, a reader factory, a
 clock): no Kafka, HTTP or Mongo here. It keeps promise 2 (docs/architecture.md, "Promises"): never two
 TikTok posts for one request. Hence the order of things: the `publish_id` and `upload_url` are
-checkpointed before the first PUT, and a redelivered request resumes that publish (from TikTok's
+checkpointed before TikTok can hold a whole chunk, and a redelivered request resumes that publish (from TikTok's
 own count of the bytes it holds) or confirms it through status/fetch. A new init happens only when
 the old publish can never become a post: its upload URL expired before TikTok had every byte.
+The first PUT of a new publish goes out beside the write that records it, its last piece held
+until that write is durable (`_HeldBack`): TikTok cannot hold a whole chunk of a publish that is
+not recorded (docs/design.md, "The first chunk goes out beside its record").
 
 Outcomes, as the consumer loop reads them: returning commits the record (done, failed for good, or
 nothing to do); RetryableError leaves it uncommitted to be retried; cancellation (shutdown,
@@ -20,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -177,6 +180,46 @@ class _FilePublish:
             plan=plan,
             confirmed=rec.uploaded_bytes,
         )
+
+
+class _HeldBack:
+    """The video's reader for the PUTs of a new publish whose record is still being written.
+
+    Each stream hands on every piece as it comes except its last, which waits for `recorded()`
+    (the record of the publish, durable; raising if it failed). Once that returned, streams pass
+    straight through. So the bytes of the first chunk go out while the guarded write is in flight,
+    and no chunk is whole at TikTok before the publish is recorded: a crash or a lost race in that
+    window leaves a publish without a byte, which can never become a post (promise 2).
+    """
+
+    def __init__(self, reader: VideoReader, recorded: Callable[[], Awaitable[None]]) -> None:
+        self._reader = reader
+        self._recorded = recorded
+        self._released = False
+
+    @property
+    def size(self) -> int:
+        return self._reader.size
+
+    @property
+    def content_type(self) -> str:
+        return self._reader.content_type
+
+    async def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
+        pieces = self._reader.stream(offset, length)
+        if self._released:
+            async for piece in pieces:
+                yield piece
+            return
+        held: bytes | None = None
+        async for piece in pieces:
+            if held is not None:
+                yield held
+            held = piece
+        await self._recorded()  # the record's error ends the PUT a piece short of its length
+        self._released = True
+        if held is not None:
+            yield held
 
 
 class _Superseded(Exception):
@@ -355,6 +398,9 @@ class _Job:
         self._announcing: asyncio.Task[None] | None = None
         self._announce_now = asyncio.Event()  # ends the task's linger
         self._announce_started = False  # the task is past its linger: it drains (or drained)
+        # The write recording a new publish, in flight beside its first PUT (see _HeldBack).
+        self._recording: asyncio.Task[UploadRecord] | None = None
+        self._recorded = False
 
     # -- the decision ------------------------------------------------------------------------
 
@@ -400,6 +446,8 @@ class _Job:
             await self._fail(exc.detail())
             return "failed"
         except asyncio.CancelledError:
+            if self._recording is not None:
+                self._recording.cancel()  # as a write cut short: the redelivery reads what landed
             task, self._announcing = self._announcing, None
             if task is not None:
                 task.cancel()  # what it did not send, the relay loop does
@@ -509,7 +557,8 @@ class _Job:
         return await self.deps.creator_infos.get_or_fetch(account_id, fetch)
 
     async def _init_file_upload(self) -> _FilePublish:
-        """Init a FILE_UPLOAD publish and checkpoint it before a single byte is sent."""
+        """Init a FILE_UPLOAD publish and start the write that records it; `_put_chunks` sends
+        the first chunk meanwhile but completes none before the write is durable."""
         rec = self.rec
         if rec.init_attempts >= self.deps.max_init_attempts:
             raise PermanentError(
@@ -527,17 +576,20 @@ class _Job:
         if not result.upload_url:
             raise TikTokRejectedError("TikTok's init answered without an upload_url", code="no_upload_url")
         expires = self.deps.clock() + UPLOAD_URL_LIFETIME - self.deps.upload_url_margin
-        self.rec = await self._checkpoint_init(
-            {
-                "publish_id": result.publish_id,
-                "upload_url": result.upload_url,
-                "upload_url_expires_at": expires,
-                "video_size": plan.video_size,
-                "chunk_size": plan.chunk_size,
-                "total_chunk_count": plan.total_chunk_count,
-                "uploaded_bytes": 0,
-                "init_attempts": rec.init_attempts + 1,
-            }
+        self._recorded = False
+        self._recording = asyncio.create_task(
+            self._checkpoint_init(
+                {
+                    "publish_id": result.publish_id,
+                    "upload_url": result.upload_url,
+                    "upload_url_expires_at": expires,
+                    "video_size": plan.video_size,
+                    "chunk_size": plan.chunk_size,
+                    "total_chunk_count": plan.total_chunk_count,
+                    "uploaded_bytes": 0,
+                    "init_attempts": rec.init_attempts + 1,
+                }
+            )
         )
         log.info(
             "upload_initialised",
@@ -558,6 +610,7 @@ class _Job:
         """PUT the chunks from `start_offset`, checkpointing TikTok's confirmed progress as it grows."""
         reader = await self._open_reader()
         if reader.size != pub.plan.video_size:
+            await self._publish_recorded()
             raise InvalidInputError(
                 f"the video changed size since the upload began ({pub.plan.video_size} -> "
                 f"{reader.size} bytes)",
@@ -593,18 +646,23 @@ class _Job:
             upload = ChunkedUpload(
                 pub.upload_url,
                 pub.plan,
-                reader,
+                reader
+                if self._recorded or self._recording is None
+                else _HeldBack(reader, self._publish_recorded),
                 start_offset=start_offset,
                 account_id=self.rec.account_id,
                 publish_id=pub.publish_id,
             )
             await self.deps.tiktok.upload_chunks(upload, on_progress=progress)
+            await self._publish_recorded()  # done by now (no chunk completes before it)
             await settle()
         except asyncio.CancelledError:
             if writing is not None:
                 writing.cancel()  # shutdown: the resume asks TikTok, not this record
             raise
         except Exception:
+            # A new publish's record failing is the upload's failure, whatever the PUT then said.
+            await self._publish_recorded()
             # The upload stopped short (a chunk failed, the URL expired, the source broke): leave
             # the record at what TikTok confirmed. (A kill skips this; the resume asks TikTok.)
             if writing is not None:
@@ -612,6 +670,15 @@ class _Job:
             if self.bytes_confirmed > written:
                 await self._quietly(self._checkpoint({"uploaded_bytes": self.bytes_confirmed}))
             raise
+
+    async def _publish_recorded(self) -> None:
+        """Wait for the write recording a new publish (`_init_file_upload`), if one is in flight;
+        raises its error (the same each time asked), else keeps the record it wrote."""
+        task = self._recording
+        if task is None or self._recorded:
+            return
+        self.rec = await asyncio.shield(task)  # the write is not cut short by a PUT's end
+        self._recorded = True
 
     async def _tiktok_side(self, pub: _FilePublish) -> tuple[Verdict, int]:
         """Where TikTok stands on the checkpointed publish, and how many bytes it holds."""
