@@ -277,7 +277,11 @@ async def run_uploader(cfg: dict[str, Any]) -> dict[str, Any]:
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(mongo.close)
         # The same two clients as the uploader's composition root (bootstrap.run).
-        tiktok_http = await stack.enter_async_context(tiktok_http_client(30.0))
+        tiktok_http = await stack.enter_async_context(
+            httpx.AsyncClient(timeout=30.0)
+            if os.environ.get("BENCH_TIKTOK_TRANSPORT") == "httpx"
+            else tiktok_http_client(30.0)
+        )
         source_http = await stack.enter_async_context(
             httpx.AsyncClient(  # as the uploader's main builds it
                 transport=guarded_transport(allow_private=True),
@@ -666,6 +670,12 @@ def main() -> None:
     )
     parser.add_argument("--child-logs", type=Path, help="append every child's log lines to this file")
     parser.add_argument("--url-kinds", nargs="*", default=list(URL_KINDS), choices=URL_KINDS)
+    parser.add_argument(
+        "--tiktok-transport",
+        choices=("services", "httpx"),
+        default="services",
+        help="the uploader's transport to TikTok: the services' own (default) or httpx's, for an A/B",
+    )
     parser.add_argument("--repeat", type=int, default=2, help="runs of each side per row; the best counts")
     parser.add_argument("--row-timeout", type=float, default=300.0, help="seconds before a child is stopped")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "CONFIG"), help=argparse.SUPPRESS)
@@ -687,6 +697,7 @@ def main() -> None:
     kinds = [*args.url_kinds, *args.stores]
     gridfs_max_mb = args.gridfs_max_mb or (10 if args.quick else 200)
     os.environ.setdefault("BENCH_MONGODB_DATABASE", f"reelay_bench_speed_{os.getpid()}")
+    os.environ["BENCH_TIKTOK_TRANSPORT"] = args.tiktok_transport
     workdir = Path(tempfile.mkdtemp(prefix="reelay-bench-speed-"))
     videos, sandbox_dir = workdir / "videos", workdir / "sandbox"
     videos.mkdir()
