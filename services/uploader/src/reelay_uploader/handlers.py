@@ -4,9 +4,10 @@ resume after any crash, and record the outcome (docs/design.md, step 2).
 Pure logic against ports (UploadStore, a StateRecorder, Publisher, TikTokApi, a reader factory, a
 clock): no Kafka, HTTP or Mongo here. It keeps promise 2 (docs/architecture.md, "Promises"): never two
 TikTok posts for one request. Hence the order of things: the `publish_id` and `upload_url` are
-checkpointed before TikTok can hold a whole chunk, and a redelivered request resumes that publish (from TikTok's
-own count of the bytes it holds) or confirms it through status/fetch. A new init happens only when
-the old publish can never become a post: its upload URL expired before TikTok had every byte.
+checkpointed before TikTok can hold a whole chunk, and a redelivered request resumes that publish
+(from TikTok's own count of the bytes it holds) or confirms it through status/fetch. A new init
+happens only when the old publish can never become a post: its upload URL expired before TikTok
+had every byte.
 The first PUT of a new publish goes out beside the write that records it, its last piece held
 until that write is durable (`_HeldBack`): TikTok cannot hold a whole chunk of a publish that is
 not recorded (docs/design.md, "The first chunk goes out beside its record").
