@@ -399,9 +399,9 @@ class _Job:
         self._announcing: asyncio.Task[None] | None = None
         self._announce_now = asyncio.Event()  # ends the task's linger
         self._announce_started = False  # the task is past its linger: it drains (or drained)
-        # The write recording a new publish, in flight beside its first PUT (see _HeldBack).
+        # The write recording a new publish, in flight beside its first PUT (see _HeldBack);
+        # None again once its record was taken.
         self._recording: asyncio.Task[UploadRecord] | None = None
-        self._recorded = False
 
     # -- the decision ------------------------------------------------------------------------
 
@@ -577,7 +577,6 @@ class _Job:
         if not result.upload_url:
             raise TikTokRejectedError("TikTok's init answered without an upload_url", code="no_upload_url")
         expires = self.deps.clock() + UPLOAD_URL_LIFETIME - self.deps.upload_url_margin
-        self._recorded = False
         self._recording = asyncio.create_task(
             self._checkpoint_init(
                 {
@@ -647,9 +646,7 @@ class _Job:
             upload = ChunkedUpload(
                 pub.upload_url,
                 pub.plan,
-                reader
-                if self._recorded or self._recording is None
-                else _HeldBack(reader, self._publish_recorded),
+                reader if self._recording is None else _HeldBack(reader, self._publish_recorded),
                 start_offset=start_offset,
                 account_id=self.rec.account_id,
                 publish_id=pub.publish_id,
@@ -676,10 +673,10 @@ class _Job:
         """Wait for the write recording a new publish (`_init_file_upload`), if one is in flight;
         raises its error (the same each time asked), else keeps the record it wrote."""
         task = self._recording
-        if task is None or self._recorded:
+        if task is None:
             return
         self.rec = await asyncio.shield(task)  # the write is not cut short by a PUT's end
-        self._recorded = True
+        self._recording = None
 
     async def _tiktok_side(self, pub: _FilePublish) -> tuple[Verdict, int]:
         """Where TikTok stands on the checkpointed publish, and how many bytes it holds."""
