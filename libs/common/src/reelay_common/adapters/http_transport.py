@@ -78,16 +78,27 @@ class _RequestBody:
     for, so the time the body's own source takes is not counted (as in httpx). An exception from the
     source is kept in `failure`: aiohttp reports it as a lost connection."""
 
-    def __init__(self, request: httpx.Request, *, write_timeout: float | None) -> None:
-        self._request = request
+    def __init__(self, source: httpx.AsyncByteStream, *, write_timeout: float | None) -> None:
+        self._source = source
         self._write_timeout = write_timeout
         self.deadline: asyncio.Timeout | None = None
         self.failure: Exception | None = None
 
+    @classmethod
+    def of(cls, request: httpx.Request, *, write_timeout: float | None) -> _RequestBody | None:
+        """The body of `request`, or None if it has none (a GET: aiohttp then sends no framing)."""
+        try:
+            content = request.content
+        except httpx.RequestNotRead:  # a streamed body
+            stream = request.stream
+            assert isinstance(stream, httpx.AsyncByteStream)
+            return cls(stream, write_timeout=write_timeout)
+        return cls(httpx.ByteStream(content), write_timeout=write_timeout) if content else None
+
     async def pieces(self) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         try:
-            async for piece in self._source():
+            async for piece in self._source:
                 if self.deadline is not None and self._write_timeout is not None:
                     self.deadline.reschedule(loop.time() + self._write_timeout)
                 yield piece
@@ -96,17 +107,6 @@ class _RequestBody:
         except Exception as exc:
             self.failure = exc
             raise
-
-    async def _source(self) -> AsyncIterator[bytes]:
-        try:
-            content = self._request.content
-        except httpx.RequestNotRead:  # a streamed body
-            stream = self._request.stream
-            assert isinstance(stream, httpx.AsyncByteStream)
-            async for piece in stream:
-                yield piece
-        else:
-            yield content
 
 
 class _Body(httpx.AsyncByteStream):
@@ -180,7 +180,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             if name.lower() != b"transfer-encoding"  # aiohttp frames a body of unknown length itself
         ]
         timeout = request.extensions.get("timeout", {})
-        body = _RequestBody(request, write_timeout=timeout.get("write")) if _has_body(request) else None
+        body = _RequestBody.of(request, write_timeout=timeout.get("write"))
         with _as_httpx_errors(request, body):
             try:
                 async with asyncio.timeout(None) as deadline:  # armed only while a piece is written
@@ -223,10 +223,3 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         session, self._session = self._session, None
         if session is not None:
             await session.close()
-
-
-def _has_body(request: httpx.Request) -> bool:
-    try:
-        return bool(request.content)
-    except httpx.RequestNotRead:  # a streamed body
-        return True
