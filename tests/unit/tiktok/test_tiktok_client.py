@@ -514,6 +514,35 @@ class TestPutChunk:
         assert info.value.http_status is None
         assert isinstance(info.value.__cause__, httpx.ReadError)
 
+    @pytest.mark.parametrize("answer", ["dropped", "early"])
+    async def test_a_body_cut_short_is_closed_before_the_put_returns(self, answer: str) -> None:
+        # The transport stops reading the body (the connection dropped, or the server answered
+        # before it had it all) and never closes it: the video reader behind it must be closed by
+        # then, not by the garbage collector (it held a file open: a ResourceWarning at random).
+        closed: list[bool] = []
+
+        async def pieces() -> AsyncIterator[bytes]:
+            try:
+                for _ in range(10):
+                    yield b"x"
+            finally:
+                closed.append(True)
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            async for _ in request.stream:  # type: ignore[union-attr]  # async body
+                break  # one piece, then the transport is done with the body
+            if answer == "dropped":
+                raise httpx.WriteError("connection reset mid-body", request=request)
+            return httpx.Response(403, json={"error": {"code": "access_denied", "message": "expired"}})
+
+        client, http = make_client(handler, streaming=True)
+        async with http:
+            with pytest.raises(TransientTikTokError if answer == "dropped" else UploadUrlExpiredError):
+                await client.put_chunk(
+                    UPLOAD_URL, first=0, last=9, total=10, content_type="video/mp4", body=pieces()
+                )
+            assert closed == [True]
+
     @pytest.mark.parametrize("size", [9, 11])
     async def test_refuses_a_body_that_does_not_match_content_length(self, size: int) -> None:
         async def handler(request: httpx.Request) -> httpx.Response:

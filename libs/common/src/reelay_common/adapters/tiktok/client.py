@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Final, TypeVar
@@ -265,7 +265,13 @@ class TikTokClient:
                 "Content-Length": str(length),
                 "Content-Range": f"bytes {first}-{last}/{total}",
             }
-            response = await self._send_chunk(upload_url, _exactly(body, length), headers)
+            content = _exactly(body, length)
+            try:
+                response = await self._send_chunk(upload_url, content, headers)
+            finally:
+                # A PUT cut short leaves the body where the transport stopped reading it: closed
+                # here, the video reader's file or connection is let go of now, not by the GC.
+                await _close_body(content)
             result = _chunk_result(response, sent_last=last)
         TIKTOK_UPLOADED_BYTES.inc(last - first + 1)
         return result
@@ -373,17 +379,35 @@ def _chunk_result(response: httpx.Response, *, sent_last: int) -> PutResult:
     )
 
 
-async def _exactly(body: AsyncIterable[bytes], length: int) -> AsyncIterator[bytes]:
-    """Pass `body` through piece by piece, refusing to send more or fewer than `length` bytes."""
+async def _exactly(body: AsyncIterable[bytes], length: int) -> AsyncGenerator[bytes, None]:
+    """Pass `body` through piece by piece, refusing to send more or fewer than `length` bytes;
+    `body` is closed with it."""
     sent = 0
-    async for piece in body:
-        sent += len(piece)
-        if sent > length:
-            raise _BodyLengthError(f"video reader yielded more than the {length} bytes of the chunk")
-        if piece:
-            yield piece
+    try:
+        async for piece in body:
+            sent += len(piece)
+            if sent > length:
+                raise _BodyLengthError(f"video reader yielded more than the {length} bytes of the chunk")
+            if piece:
+                yield piece
+    finally:
+        await _close_body(body)
     if sent != length:
         raise _BodyLengthError(f"video reader yielded {sent} bytes for a chunk of {length}")
+
+
+async def _close_body(body: AsyncIterable[bytes]) -> None:
+    """Close a body generator, unless the transport is inside it right now: then the transport's
+    own end (its writer cancelled with the connection) runs it to its end."""
+    close = getattr(body, "aclose", None)
+    if close is None:
+        return
+    try:
+        await close()
+    except RuntimeError as exc:
+        if "already running" not in str(exc):
+            raise
+        log.debug("chunk_body_close_left_to_transport")
 
 
 def _log_id_from(response: httpx.Response) -> str | None:
