@@ -16,8 +16,13 @@ publish's checkpoint).
 
 Every side is warm and starts alike: the uploader child first handles a 1 MB upload of the same
 kind, unmeasured (a running service has its imports and connections; a cold child paid ~70 ms of
-first-use imports inside the window), the bare children make one init first, and the sandbox's
-stored uploads are deleted after every child.
+first-use imports inside the window), the bare children make one init first. Then each child says
+it is ready and waits for the parent's go; the parent deletes the sandbox's stored uploads (the
+last side's copy of the same video) and syncs the disk in between. So the sandbox writes every
+side's bytes into memory freed a moment before: on this VM, memory left free for two seconds goes
+back to the host, and writing into it costs ten times as much (bench/fresh_pages.py), which made
+either side of a pair up to 2x slower at random. Before the first side of each size, a file of
+that size is written into the sandbox's folder to be freed the same way.
 
 Source kinds: `url-range` and `url-norange` (a local HTTP server process on 127.0.0.1 serving the
 generated file, honouring Range or ignoring it), and one per blob store given with `--stores`
@@ -46,6 +51,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -71,6 +77,7 @@ from reelay_common.adapters.tiktok.gateway import TikTokGateway
 from reelay_common.adapters.url_reader import UrlVideoReader
 from reelay_common.domain.chunks import chunk_ranges, plan_chunks
 from reelay_common.domain.messages import BlobSource, UploadRequested, UrlSource
+from reelay_common.domain.records import Change, UploadRecord
 from reelay_common.domain.states import UploadState
 from reelay_common.logging import configure_logging
 from reelay_common.outbox import OutboxRelay
@@ -87,6 +94,7 @@ BARE_PIECE = 256 * 1024  # what the bare PUT streams per write
 INGEST_PIECE = 64 * 1024  # what the bench feeds a blob store's save, piece by piece
 S3_PART_BYTES = 8 * 1024 * 1024  # REELAY_S3_PART_BYTES' default
 MB = 1000 * 1000
+READY = "reelay-bench-child-ready"  # a child's line to the parent: set up, waiting for its go
 WARMUP_MB = 1  # the uploader child's first, unmeasured upload (see run_uploader)
 
 
@@ -267,12 +275,36 @@ class StaticTokens:
         return self._token
 
 
+class TimedUploadStore(MongoUploadStore):
+    """The real store, noting to the microsecond when each transition was asked: the moment its
+    history entry is stamped, which the record keeps to the millisecond only (1 ms is 5% of a
+    10 MB upload here)."""
+
+    def __init__(self, db: Any) -> None:
+        super().__init__(db)
+        self._asked: dict[tuple[str, UploadState], float] = {}
+
+    async def transition(self, request_id: str, change: Change) -> UploadRecord | None:
+        self._asked.setdefault((request_id, change.target), time.perf_counter())
+        return await super().transition(request_id, change)
+
+    def between(self, request_id: str, start: UploadState, end: UploadState) -> float:
+        """Seconds from the first transition to `start` to the first to `end`."""
+        return self._asked[(request_id, end)] - self._asked[(request_id, start)]
+
+
+async def ready_to_time() -> None:
+    """Tell the parent this child is set up, and wait for its go (see the module's docstring)."""
+    print(READY, flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
+
+
 async def run_uploader(cfg: dict[str, Any]) -> dict[str, Any]:
     """Drive handle_upload_requested for one video; report its uploading -> uploaded time and RSS."""
     mongo = connect(mongodb_uri(), app_name="reelay-bench-uploader")
     db = mongo[bench_db()]
     await ensure_indexes(db)
-    store = MongoUploadStore(db)
+    store = TimedUploadStore(db)
     publisher = FakePublisher()
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(mongo.close)
@@ -356,6 +388,7 @@ async def run_uploader(cfg: dict[str, Any]) -> dict[str, Any]:
             warmed = await store.get(warmup.request_id)
             assert warmed is not None
             assert warmed.state is UploadState.UPLOADED, warmed.history[-1]
+        await ready_to_time()
         baseline = peak_rss_mb()
         started = time.perf_counter()
         await handle_upload_requested(cmd, deps)
@@ -365,8 +398,12 @@ async def run_uploader(cfg: dict[str, Any]) -> dict[str, Any]:
     assert record is not None
     assert record.state is UploadState.UPLOADED, (record.state, record.history[-1].detail)
     at = {h.state: h.at for h in record.history}
+    seconds = store.between(cmd.request_id, UploadState.UPLOADING, UploadState.UPLOADED)
+    # The same window as the record's history (which keeps milliseconds), to the microsecond.
+    stored = (at[UploadState.UPLOADED] - at[UploadState.UPLOADING]).total_seconds()
+    assert abs(seconds - stored) < 0.005, (seconds, stored)
     return {
-        "seconds": (at[UploadState.UPLOADED] - at[UploadState.UPLOADING]).total_seconds(),
+        "seconds": seconds,
         "handler_seconds": handler_seconds,
         "baseline_rss_mb": baseline,
         "peak_rss_mb": peak,
@@ -401,6 +438,7 @@ async def put_all_chunks(
     # One init first, unmeasured: imports and the connection, as the uploader's warm-up does.
     await client.init_inbox(cfg["token"], plan_chunks(WARMUP_MB * MB))
     plan = plan_chunks(size)
+    await ready_to_time()
     began = time.perf_counter()
     init = await client.init_inbox(cfg["token"], plan)
     init_seconds = time.perf_counter() - began
@@ -576,28 +614,69 @@ class Child:
 CHILD_LOGS: Path | None = None
 
 
-def run_child(mode: str, cfg: dict[str, Any], env: dict[str, str], timeout: float) -> Child:
-    # Every side starts with no dirty pages on the disk: the blob just written (fsynced) and the
-    # sandbox's copies of earlier runs would otherwise hold up FerretDB's own fsyncs (SQLite) during
-    # the uploader's init and checkpoints (measured: +0.2-0.5 s on the `uploading` -> init step).
-    os.sync()
+def run_child(
+    mode: str, cfg: dict[str, Any], env: dict[str, str], timeout: float, on_ready: Callable[[], None]
+) -> Child:
+    """Run one child; `on_ready` runs between its READY line and the go the parent answers with."""
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--child", mode, json.dumps(cfg)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stdin, stdout, stderr = process.stdin, process.stdout, process.stderr
+    assert stdin is not None
+    assert stdout is not None
+    assert stderr is not None
+    lines: list[str] = []
+    errors: list[str] = []
+
+    def talk() -> None:
+        for line in stdout:
+            if line.rstrip("\n") != READY:
+                lines.append(line)
+                continue
+            on_ready()
+            with contextlib.suppress(BrokenPipeError):
+                stdin.write("go\n")
+                stdin.flush()
+
+    readers = [
+        threading.Thread(target=talk, daemon=True),
+        threading.Thread(target=lambda: errors.extend(stderr), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
     try:
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", mode, json.dumps(cfg)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
         return Child(None, f"stopped after {timeout:.0f} s")
+    finally:
+        for reader in readers:
+            reader.join(timeout=10)
+        with contextlib.suppress(BrokenPipeError):
+            stdin.close()
+    out, err = "".join(lines), "".join(errors)
     if CHILD_LOGS is not None:  # --child-logs: each child's log lines (the service's JSON logs)
         with CHILD_LOGS.open("a") as f:
-            f.write(f"=== {mode} {cfg['kind']} {cfg['size']}\n{out.stdout}{out.stderr}")
-    if out.returncode != 0:
-        return Child(None, (out.stderr.strip().splitlines() or ["failed"])[-1][:200])
-    return Child(json.loads(out.stdout.strip().splitlines()[-1]))
+            f.write(f"=== {mode} {cfg['kind']} {cfg['size']}\n{out}{err}")
+    if process.returncode != 0:
+        return Child(None, (err.strip().splitlines() or ["failed"])[-1][:200])
+    return Child(json.loads(out.strip().splitlines()[-1]))
+
+
+def write_ballast(path: Path, size: int) -> None:
+    """A file of `size` bytes for the first side of a size to free at its go (the later sides free
+    the copy the side before them left in the sandbox)."""
+    zeros = bytes(8 * 1024 * 1024)
+    with path.open("wb") as f:
+        for _ in range(size // len(zeros)):
+            f.write(zeros)
+        f.write(zeros[: size % len(zeros)])
 
 
 def new_token(base_url: str) -> str:
@@ -721,6 +800,18 @@ def main() -> None:
         "LOG_LEVEL": "warning",
     }
     base_url = f"http://127.0.0.1:{port}"
+
+    def free_sandbox_pages() -> None:
+        # Between a child's READY and its go. The sandbox keeps every upload on disk: each side
+        # starts with it empty (left there, the bare side's copy slowed the uploader's PUTs that
+        # followed it by 30-45%), and with the memory of the last side's copy just freed (see the
+        # docstring). No dirty pages either: the blob just written (fsynced) and the sandbox's
+        # copies would otherwise hold up FerretDB's own fsyncs (SQLite) during the uploader's init
+        # and checkpoints (measured: +0.2-0.5 s on the `uploading` -> init step).
+        for part in sandbox_dir.iterdir():
+            part.unlink(missing_ok=True)
+        os.sync()
+
     processes: list[subprocess.Popen[bytes]] = []
     rows: list[dict[str, Any]] = []
     started = datetime.now(UTC)
@@ -742,6 +833,7 @@ def main() -> None:
         for size_mb in sizes:
             path = videos / f"video-{size_mb}.mp4"
             write_sample_mp4(path, size_mb * MB)
+            write_ballast(sandbox_dir / f"ballast-{size_mb}", size_mb * MB)
             for kind in kinds:
                 if kind == "gridfs" and size_mb > gridfs_max_mb:
                     continue
@@ -765,14 +857,9 @@ def main() -> None:
 
                 def side(mode: str, side_cfg: dict[str, Any]) -> Child:
                     sandbox_cpu = cpu_seconds_of(processes[0].pid)
-                    done = run_child(mode, side_cfg, env, args.row_timeout)
+                    done = run_child(mode, side_cfg, env, args.row_timeout, free_sandbox_pages)
                     if done.result is not None:  # the other half of the two cores' work
                         done.result["sandbox_cpu_seconds"] = cpu_seconds_of(processes[0].pid) - sandbox_cpu
-                    # The sandbox keeps every upload on disk: each side starts with it empty. Left
-                    # there, the bare side's copy slowed the uploader's PUTs that followed it by
-                    # 30-45% (0.57 s -> 0.75-0.83 s for 200 MB, same code, the sandbox's writes).
-                    for part in sandbox_dir.iterdir():
-                        part.unlink(missing_ok=True)
                     return done
 
                 for attempt in range(args.repeat):
