@@ -253,6 +253,7 @@ class TikTokClient:
 
         201/206 return a PutResult; 403 raises UploadUrlExpiredError, 416 UploadOutOfSyncError with
         the server's progress, 5xx and lost connections TransientTikTokError, 400/404 TikTokRejectedError.
+        `body` is closed before this returns or raises, however far the transport read it.
         """
         with observe_tiktok_call(ENDPOINT_VIDEO_UPLOAD):
             if not 0 <= first <= last < total:
