@@ -582,6 +582,7 @@ async def run_floor(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 CHILDREN = {"uploader": run_uploader, "bare": run_bare, "pipe": run_pipe, "floor": run_floor}
+STATE_WRITERS = frozenset({"uploader", "floor"})  # the children given a database of their own (`state_db`)
 
 
 def run_child_main(mode: str, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -931,20 +932,22 @@ def main() -> None:
                 bare_runs, pipe_runs, floor_runs, uploader_runs = [], [], [], []
 
                 def side(mode: str, side_cfg: dict[str, Any]) -> Child:
-                    # The state of each side that writes some in a database of its own: one
-                    # upload in flight, as for a service at work. Shared, every upload the run
-                    # made stayed in flight (there is no poller to settle them), and each guarded
-                    # write scans the in-flight collection on FerretDB: a row got slower with the
-                    # rows before it (FerretDB's CPU in a 10 MB window grew from 3.7 to 11.8 ms
-                    # over eight uploader runs; url-norange, run after url-range, paid for it).
-                    state_db = f"{bench_db()}_{mode}_{uuid.uuid4().hex[:8]}"
+                    # A side that writes state does it in a database of its own: one upload in
+                    # flight, as for a service at work. Shared, every upload the run made stayed
+                    # in flight (there is no poller to settle them), and each guarded write scans
+                    # the in-flight collection on FerretDB: a row got slower with the rows before
+                    # it (FerretDB's CPU in a 10 MB window grew from 3.7 to 11.8 ms over eight
+                    # uploader runs; url-norange, run after url-range, paid for it).
+                    state_db = (
+                        f"{bench_db()}_{mode}_{uuid.uuid4().hex[:8]}" if mode in STATE_WRITERS else None
+                    )
                     sandbox_cpu = cpu_seconds_of(processes[0].pid)
                     try:
-                        done = run_child(
-                            mode, side_cfg | {"state_db": state_db}, env, args.row_timeout, free_sandbox_pages
-                        )
+                        if state_db is not None:
+                            side_cfg = side_cfg | {"state_db": state_db}
+                        done = run_child(mode, side_cfg, env, args.row_timeout, free_sandbox_pages)
                     finally:
-                        if mode in ("uploader", "floor"):
+                        if state_db is not None:
                             asyncio.run(drop_bench_db(state_db))
                     if done.result is not None:  # the other half of the two cores' work
                         done.result["sandbox_cpu_seconds"] = cpu_seconds_of(processes[0].pid) - sandbox_cpu
