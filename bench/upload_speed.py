@@ -8,7 +8,8 @@ same real sandbox process (tools/tiktok-sandbox), one after the other:
   (its history), and the child's peak RSS;
 - `bare`: an httpx streaming PUT of each planned chunk of the same file, read from local disk
   (init untimed): the speed of the wire on this machine;
-- `pipe` (URL sources): one streaming httpx GET of the source piped into the same PUTs;
+- `pipe` (URL sources and the S3 store): one streaming read of the whole source (an httpx GET,
+  a plain get_object) piped into the same PUTs;
 - `floor`: the bare PUT with the one write the uploader makes beside its bytes (the real store's
   move to `uploading` with the new publish's checkpoint, the chunk's last piece held until it is
   durable): the least an upload can take that records its publish before TikTok has every byte.
@@ -61,7 +62,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -181,6 +182,9 @@ BLOB_STORES: dict[str, Callable[[], AbstractAsyncContextManager[BlobStoreLike]]]
 }
 
 URL_KINDS = ("url-range", "url-norange")
+PIPED_KINDS = frozenset(
+    {*URL_KINDS, "s3"}
+)  # the sources with a bare pipe (run_pipe): a read apart from the PUT
 
 
 def mongodb_uri() -> str:
@@ -484,25 +488,63 @@ async def run_bare(cfg: dict[str, Any]) -> dict[str, Any]:
     return child_result(timed)
 
 
-# -- child: the bare pipe (URL sources) -------------------------------------------------------------
+# -- child: the bare pipe (URL sources and the S3 store) ----------------------------------------
+
+
+@asynccontextmanager
+async def source_pieces(
+    cfg: dict[str, Any], http: httpx.AsyncClient
+) -> AsyncIterator[Callable[[], AsyncGenerator[bytes, None]]]:
+    """What opens the pipe's ONE read of the whole source, and yields it piece by piece.
+
+    A URL: one streaming httpx GET. An S3 blob: one plain get_object of the whole object from a
+    client built as the services build it (connect_s3), asked once for the object's head before
+    the timed part (the uploader's warm-up leaves its client with a connection and its first-use
+    costs paid; the GET itself is timed).
+    """
+    source = cfg["source"]
+    if source["kind"] == "url":
+
+        async def url_pieces() -> AsyncGenerator[bytes, None]:
+            async with http.stream("GET", source["url"]) as response:
+                async for piece in response.aiter_raw(BARE_PIECE):
+                    yield piece
+
+        yield url_pieces
+        return
+    if source.get("store") != "s3":
+        raise ValueError(f"no bare pipe for a {source.get('store')} blob")
+    async with s3_client() as client:
+        store = S3BlobStore(client, bucket=s3_bucket(), prefix=s3_prefix(), part_bytes=S3_PART_BYTES)
+        key = store.key(source["blob_id"])
+        await client.head_object(Bucket=s3_bucket(), Key=key)
+
+        async def s3_pieces() -> AsyncGenerator[bytes, None]:
+            response = await client.get_object(Bucket=s3_bucket(), Key=key)
+            async with response["Body"] as body:
+                while piece := await body.read(BARE_PIECE):
+                    yield piece
+
+        yield s3_pieces
 
 
 async def run_pipe(cfg: dict[str, Any]) -> dict[str, Any]:
-    """ONE streaming httpx GET of the source, piped into the chunk PUTs (the GET is timed too).
+    """ONE streaming read of the whole source, piped into the chunk PUTs (the read is timed too).
 
-    The least any URL upload can cost on this machine: the same two transfers as the uploader
-    (source server -> us -> sandbox), with nothing of Reelay in between.
+    The least any upload from that source can cost on this machine: the same two transfers as the
+    uploader (source server -> us -> sandbox), with nothing of Reelay in between.
     """
-    async with httpx.AsyncClient(timeout=httpx.Timeout(120.0)) as http:
-        source: httpx.Response | None = None
-        pieces: AsyncIterator[bytes] | None = None
+    async with (
+        httpx.AsyncClient(timeout=httpx.Timeout(120.0)) as http,
+        source_pieces(cfg, http) as open_source,
+    ):
+        pieces: AsyncGenerator[bytes, None] | None = None
         held = b""
 
         async def take(first: int, length: int) -> AsyncIterator[bytes]:
-            nonlocal held, source, pieces
+            nonlocal held, pieces
             if pieces is None:  # opened with the first chunk: inside the timed part
-                source = await http.send(http.build_request("GET", cfg["source"]["url"]), stream=True)
-                pieces = source.aiter_raw(BARE_PIECE)
+                pieces = open_source()
             while length:
                 if not held:
                     held = await anext(pieces)
@@ -513,8 +555,8 @@ async def run_pipe(cfg: dict[str, Any]) -> dict[str, Any]:
         try:
             timed = await put_all_chunks(cfg, take, http)
         finally:
-            if source is not None:
-                await source.aclose()
+            if pieces is not None:
+                await pieces.aclose()
     return child_result(timed)
 
 
@@ -956,7 +998,7 @@ def main() -> None:
                 for attempt in range(args.repeat):
                     # A new sandbox user each time: TikTok caps the pending inbox shares per user.
                     bare_runs.append(side("bare", cfg | {"token": new_token(base_url)}))
-                    if kind in URL_KINDS:
+                    if kind in PIPED_KINDS:
                         pipe_runs.append(side("pipe", cfg | {"token": new_token(base_url)}))
                     floor_runs.append(side("floor", cfg | {"token": new_token(base_url)}))
                     warm = warmup_source(kind, warmup_path, source_base, warmups)
