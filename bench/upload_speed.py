@@ -163,7 +163,12 @@ async def s3_client() -> AsyncIterator[Any]:
 async def s3_store() -> AsyncIterator[BlobStoreLike]:
     """The S3 store on S3_ENDPOINT_URL (SeaweedFS here), under the run's own prefix."""
     async with s3_client() as client:
-        yield S3BlobStore(client, bucket=s3_bucket(), prefix=s3_prefix(), part_bytes=S3_PART_BYTES)
+        yield s3_blob_store(client)
+
+
+def s3_blob_store(client: Any) -> S3BlobStore:
+    """The run's S3 store on `client`: its bucket, its own prefix, the services' part size."""
+    return S3BlobStore(client, bucket=s3_bucket(), prefix=s3_prefix(), part_bytes=S3_PART_BYTES)
 
 
 def s3_bucket() -> str:
@@ -182,9 +187,8 @@ BLOB_STORES: dict[str, Callable[[], AbstractAsyncContextManager[BlobStoreLike]]]
 }
 
 URL_KINDS = ("url-range", "url-norange")
-PIPED_KINDS = frozenset(
-    {*URL_KINDS, "s3"}
-)  # the sources with a bare pipe (run_pipe): a read apart from the PUT
+# The sources with a bare pipe (run_pipe): a read apart from the PUT.
+PIPED_KINDS = frozenset({*URL_KINDS, "s3"})
 
 
 def mongodb_uri() -> str:
@@ -515,8 +519,7 @@ async def source_pieces(
     if source.get("store") != "s3":
         raise ValueError(f"no bare pipe for a {source.get('store')} blob")
     async with s3_client() as client:
-        store = S3BlobStore(client, bucket=s3_bucket(), prefix=s3_prefix(), part_bytes=S3_PART_BYTES)
-        key = store.key(source["blob_id"])
+        key = s3_blob_store(client).key(source["blob_id"])
         await client.head_object(Bucket=s3_bucket(), Key=key)
 
         async def s3_pieces() -> AsyncGenerator[bytes, None]:
